@@ -1,0 +1,149 @@
+"""Settings: one object, read from an optional file (TOML/YAML/JSON) and ``TIDELINE_*`` env vars.
+
+Nested fields use a double underscore in env vars, e.g. ``TIDELINE_EVALUATION__COST_BPS=2``.
+The object is passed in to the code that needs it; nothing deep in the library reads env vars.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from tideline.errors import ConfigError
+
+MODEL_FAMILIES: tuple[str, ...] = ("xgboost", "lightgbm", "sklearn", "torch")
+
+
+class FeatureConfig(BaseModel):
+    """What the feature and label builders compute. Its hash is stored with each model version."""
+
+    horizon: int = Field(1, ge=1, le=250, description="label horizon in bars")
+    return_windows: list[int] = [1, 2, 3, 5, 10, 20, 60]
+    vol_windows: list[int] = [5, 20, 60]
+    sma_windows: list[int] = [5, 10, 20, 50]
+    volume_windows: list[int] = [5, 20, 60]
+    rsi_window: int = 14
+    bollinger_window: int = 20
+    seq_len: int = Field(16, ge=2, le=256, description="bars of history the sequence model sees")
+    cross_sectional: bool = True
+    calendar: bool = True
+
+
+class EvaluationConfig(BaseModel):
+    cost_bps: float = Field(1.0, ge=0, description="cost per unit of turnover, in basis points")
+    n_splits: int = Field(4, ge=2, le=50, description="walk-forward folds")
+    holdout_fraction: float = Field(0.2, gt=0, lt=0.9)
+    embargo_bars: int = Field(0, ge=0, description="extra gap after the purge (the purge is the horizon)")
+    periods_per_year: float | None = Field(None, description="annualisation; inferred from bar spacing if unset")
+    bootstrap_samples: int = Field(1000, ge=100)
+    block_size: int | None = Field(None, description="stationary-bootstrap mean block; sqrt(n) if unset")
+
+
+class TrainingConfig(BaseModel):
+    families: list[str] = list(MODEL_FAMILIES)
+    seed: int = 7
+    max_train_rows: int | None = Field(
+        600_000, description="most recent rows kept for the final fit (None: all); CV folds use fewer"
+    )
+    cv_max_train_rows: int = Field(200_000, ge=1000, description="row cap for each walk-forward fold's fit")
+    n_threads: int = Field(0, ge=0, description="threads for the learners (0: all cores)")
+    params: dict[str, dict[str, Any]] = Field(default_factory=dict, description="per-family overrides")
+
+    @field_validator("families")
+    @classmethod
+    def _known_families(cls, v: list[str]) -> list[str]:
+        unknown = sorted(set(v) - set(MODEL_FAMILIES))
+        if unknown:
+            raise ValueError(f"unknown model families {unknown}; known: {list(MODEL_FAMILIES)}")
+        if not v:
+            raise ValueError("at least one model family is needed")
+        return v
+
+
+class PolicyConfig(BaseModel):
+    """The promotion gate. Defaults follow the seeds; every threshold is configurable."""
+
+    min_sharpe: float = 0.5
+    min_relative_improvement: float = Field(
+        0.05, description="candidate Sharpe must beat production by this fraction ..."
+    )
+    tolerance: float = Field(0.0, ge=0, description="... or stay within this fraction of it (0: must beat)")
+    key_metric_floor: float = Field(0.9, ge=0, le=1, description="no key metric below this share of production")
+    key_metrics: list[str] = ["sharpe", "directional_accuracy", "profit_factor"]
+    min_trades: int = Field(30, ge=0)
+    max_drawdown: float = Field(0.35, gt=0, description="largest allowed peak-to-trough loss (fraction)")
+    significance_alpha: float = Field(0.10, gt=0, lt=1)
+    require_significance: bool = True
+
+
+class Settings(BaseSettings):
+    """Everything configurable. Precedence: explicit arguments > env vars > settings file > defaults."""
+
+    model_config = SettingsConfigDict(env_prefix="TIDELINE_", env_nested_delimiter="__", extra="forbid")
+
+    registry: str = Field("", description="registry URI: file:///path or s3://bucket/prefix ('' = ./.tideline/registry)")
+    home: Path = Field(Path(".tideline"), description="local working directory for the embedded default")
+    s3_endpoint_url: str | None = Field(None, description="S3 endpoint (MinIO); falls back to AWS_ENDPOINT_URL")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "WARNING"
+    features: FeatureConfig = FeatureConfig()
+    evaluation: EvaluationConfig = EvaluationConfig()
+    training: TrainingConfig = TrainingConfig()
+    policy: PolicyConfig = PolicyConfig()
+
+    def registry_uri(self) -> str:
+        if self.registry:
+            return self.registry
+        return (self.home / "registry").resolve().as_uri()
+
+    def endpoint_url(self) -> str | None:
+        return self.s3_endpoint_url or os.environ.get("AWS_ENDPOINT_URL") or None
+
+
+def _read_file(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise ConfigError(f"cannot read settings file {path}: {e.strerror or e}") from None
+    try:
+        if path.suffix == ".toml":
+            data = tomllib.loads(text)
+        elif path.suffix in (".yaml", ".yml"):
+            data = yaml.safe_load(text) or {}
+        elif path.suffix == ".json":
+            data = json.loads(text)
+        else:
+            raise ConfigError(f"settings file {path} must be .toml, .yaml/.yml or .json")
+    except (tomllib.TOMLDecodeError, yaml.YAMLError, json.JSONDecodeError) as e:
+        raise ConfigError(f"settings file {path} is not valid: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"settings file {path} must hold a mapping at the top level")
+    return data.get("tideline", data)
+
+
+def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def load_settings(path: str | Path | None = None, **overrides: Any) -> Settings:
+    """Build the settings: file (``path`` or ``TIDELINE_CONFIG``) < env vars < ``overrides``."""
+    path = path or os.environ.get("TIDELINE_CONFIG")
+    file_data = _read_file(Path(path)) if path else {}
+    try:
+        env_only = Settings()  # env vars and defaults
+        env_set = env_only.model_dump(exclude_unset=True)
+        merged = _deep_merge(_deep_merge(file_data, env_set), {k: v for k, v in overrides.items() if v is not None})
+        return Settings.model_validate(merged) if merged else env_only
+    except ValidationError as e:
+        first = e.errors()[0]
+        loc = ".".join(str(x) for x in first["loc"])
+        raise ConfigError(f"invalid setting {loc}: {first['msg']}") from None

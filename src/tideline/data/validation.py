@@ -1,0 +1,428 @@
+"""Validate raw bars: type them, find defective rows, and either refuse (strict) or quarantine them.
+
+Everything is vectorized. Row numbers are 1-based data rows in source order (the header excluded),
+so row 1 is the first line under a CSV header.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+
+from tideline.data.schema import BAR_COLUMNS, NUMERIC_COLUMNS, PRICE_COLUMNS
+from tideline.errors import ValidationError
+
+log = logging.getLogger(__name__)
+
+MAX_ROWS_KEPT = 20
+"""How many row numbers a Problem keeps (``count`` has the true total)."""
+
+_MSG_ROWS = 5  # row numbers shown per problem in one-line messages
+
+# row-level defect codes, in report order, with what they mean
+ROW_CODES: dict[str, str] = {
+    "unparsable_timestamp": "timestamp could not be parsed (or is out of range)",
+    "nan_value": "missing or NaN value",
+    "non_numeric": "non-numeric value",
+    "inf_value": "infinite value",
+    "non_positive_price": "price <= 0",
+    "high_below_low": "high < low",
+    "open_outside_range": "open outside [low, high]",
+    "close_outside_range": "close outside [low, high]",
+    "negative_volume": "volume < 0",
+    "duplicate_key": "duplicate (symbol, timestamp); every copy is dropped",
+}
+DATASET_CODES: dict[str, str] = {
+    "unsorted_time": "timestamps go backwards within a symbol (file order)",
+}
+
+
+@dataclass
+class Problem:
+    """One kind of defect: ``rows`` holds the first row numbers (1-based), ``count`` the true total."""
+
+    code: str
+    message: str
+    rows: list[int]
+    count: int
+    columns: list[str] = field(default_factory=list)
+
+    def short(self) -> str:
+        """``code (N rows: r1, r2, ... [cols])`` for one-line messages."""
+        shown = ", ".join(str(r) for r in self.rows[:_MSG_ROWS])
+        if self.count > _MSG_ROWS:
+            shown += ", ..."
+        noun = "row" if self.count == 1 else "rows"
+        cols = f" [{', '.join(self.columns)}]" if self.columns else ""
+        return f"{self.code} ({self.count} {noun}: {shown}{cols})"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "code": self.code,
+            "message": self.message,
+            "count": int(self.count),
+            "rows": [int(r) for r in self.rows],
+            "columns": list(self.columns),
+        }
+
+
+@dataclass
+class ValidationReport:
+    """Outcome of ``validate_bars``: the typed clean frame, the quarantined rows and the problems."""
+
+    clean: pd.DataFrame
+    quarantined: pd.DataFrame
+    problems: list[Problem]
+    n_input: int
+    mode: str = "strict"
+
+    @property
+    def n_clean(self) -> int:
+        return len(self.clean)
+
+    @property
+    def n_quarantined(self) -> int:
+        return len(self.quarantined)
+
+    @property
+    def ok(self) -> bool:
+        """True when no problem of any kind was found."""
+        return not self.problems
+
+    def headline(self) -> str:
+        """One line: ``N problems: code (rows...), ...``."""
+        if not self.problems:
+            return "no problems"
+        n = len(self.problems)
+        return f"{n} problem{'s' if n != 1 else ''}: " + ", ".join(p.short() for p in self.problems)
+
+    def summary(self) -> str:
+        """Human-readable, one line per problem."""
+        lines = [
+            f"{self.n_input} rows read, {self.n_clean} clean, {self.n_quarantined} quarantined "
+            f"({len(self.problems)} problem{'s' if len(self.problems) != 1 else ''})"
+        ]
+        for p in self.problems:
+            rows = ", ".join(str(r) for r in p.rows)
+            more = f" (+{p.count - len(p.rows)} more)" if p.count > len(p.rows) else ""
+            cols = f" [{', '.join(p.columns)}]" if p.columns else ""
+            noun = "row" if p.count == 1 else "rows"
+            lines.append(f"  {p.code}: {p.count} {noun}{cols} - {p.message}; rows {rows}{more}")
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok,
+            "mode": self.mode,
+            "n_input": int(self.n_input),
+            "n_clean": int(self.n_clean),
+            "n_quarantined": int(self.n_quarantined),
+            "problems": [p.to_dict() for p in self.problems],
+        }
+
+    def write(self, directory: str | os.PathLike[str]) -> list[Path]:
+        """Write ``quarantine.csv`` (bad rows, ``row``, ``reason``) and ``validation.json`` to a directory."""
+        out = Path(directory)
+        out.mkdir(parents=True, exist_ok=True)
+        csv_path, json_path = out / "quarantine.csv", out / "validation.json"
+        self.quarantined.to_csv(csv_path, index=False)
+        json_path.write_text(json.dumps(self.to_dict(), indent=2) + "\n", encoding="utf-8")
+        return [csv_path, json_path]
+
+
+# ------------------------------------------------------------------------------------- helpers
+def _empty_clean() -> pd.DataFrame:
+    data: dict[str, Any] = {
+        "timestamp": pd.Series([], dtype="datetime64[ns]"),
+        "symbol": pd.Series([], dtype=str),
+    }
+    for c in NUMERIC_COLUMNS:
+        data[c] = pd.Series([], dtype="float64")
+    return pd.DataFrame(data)
+
+
+def _structural(message: str, code: str, n_input: int, df: pd.DataFrame | None, mode: str) -> ValidationError:
+    problem = Problem(code=code, message=message, rows=[], count=0)
+    quarantined = df.copy() if df is not None else pd.DataFrame()
+    report = ValidationReport(_empty_clean(), quarantined, [problem], n_input, mode)
+    return ValidationError(message, report)
+
+
+def _normalise_columns(df: pd.DataFrame) -> dict[str, Any]:
+    """Map required column name -> source column label, matching case- and space-insensitively."""
+    found: dict[str, Any] = {}
+    for label in df.columns:
+        key = str(label).strip().lower()
+        if key in BAR_COLUMNS and key not in found:
+            found[key] = label
+    return found
+
+
+def _is_blank(s: pd.Series) -> np.ndarray:
+    """NA, or a string of only whitespace."""
+    na = s.isna().to_numpy()
+    if s.dtype == object or pd.api.types.is_string_dtype(s.dtype):
+        stripped = s.astype("string").str.strip()
+        na = na | (stripped == "").fillna(True).to_numpy(dtype=bool)
+    return na
+
+
+_NAT = np.iinfo(np.int64).min
+_UNIT_NS = {"s": 1_000_000_000, "ms": 1_000_000, "us": 1_000, "ns": 1}
+
+
+def _to_ns(parsed: pd.Series) -> np.ndarray:
+    """Datetimes (naive, or tz-aware -> UTC) of any unit as int64 ns; ``_NAT`` where NaT or out of range."""
+    if isinstance(parsed.dtype, pd.DatetimeTZDtype):
+        parsed = parsed.dt.tz_convert("UTC").dt.tz_localize(None)
+    arr = parsed.to_numpy()
+    unit = np.datetime_data(arr.dtype)[0]
+    factor = _UNIT_NS.get(unit)
+    if factor is None:  # unusual unit (e.g. days): go through microseconds
+        arr, factor = arr.astype("datetime64[us]"), 1_000
+    ints = arr.view(np.int64)
+    limit = np.iinfo(np.int64).max // factor
+    ok = ~np.isnat(arr) & (np.abs(ints) < limit)
+    out = np.full(len(arr), _NAT, dtype=np.int64)
+    out[ok] = ints[ok] * factor
+    return out
+
+
+def _parse_timestamps(s: pd.Series) -> np.ndarray:
+    """int64 nanoseconds since the epoch (UTC, tz dropped); ``_NAT`` where unparsable or out of range."""
+    if isinstance(s.dtype, pd.DatetimeTZDtype) or pd.api.types.is_datetime64_dtype(s.dtype):
+        return _to_ns(s)
+    if pd.api.types.is_numeric_dtype(s.dtype) and not pd.api.types.is_bool_dtype(s.dtype):
+        vals = pd.to_numeric(s, errors="coerce").astype("float64")
+        finite = np.isfinite(vals.to_numpy())
+        med = float(np.median(np.abs(vals.to_numpy()[finite]))) if finite.any() else 0.0
+        unit = "s" if med < 1e11 else "ms" if med < 1e14 else "us" if med < 1e17 else "ns"
+        return _to_ns(pd.to_datetime(vals.where(finite), unit=unit, errors="coerce"))
+    text = s.astype("string").str.strip()
+    out = _to_ns(pd.to_datetime(text, utc=True, errors="coerce", format="ISO8601"))
+    failed = (out == _NAT) & text.notna().to_numpy() & (text != "").fillna(False).to_numpy(dtype=bool)
+    if failed.any():
+        uniq = pd.unique(text[failed].to_numpy(dtype=object))
+        if len(uniq) <= 10_000:  # other formats: parse each distinct value once
+            again = pd.to_datetime(pd.Series(uniq, dtype=object), utc=True, errors="coerce", format="mixed")
+            retry = _to_ns(again)
+            out[failed] = retry[pd.Index(uniq).get_indexer(text[failed].to_numpy(dtype=object))]
+    return out
+
+
+def _numeric(s: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+    """float64 values and a mask of non-blank values that are not numbers."""
+    if pd.api.types.is_numeric_dtype(s.dtype) and not pd.api.types.is_bool_dtype(s.dtype):
+        return s.to_numpy(dtype="float64", na_value=np.nan), np.zeros(len(s), dtype=bool)
+    blank = _is_blank(s)
+    coerced = pd.to_numeric(s.astype("string").str.strip(), errors="coerce")
+    vals = coerced.to_numpy(dtype="float64", na_value=np.nan)
+    non_numeric = np.isnan(vals) & ~blank
+    # literal "nan" strings count as missing, not as non-numeric
+    if non_numeric.any():
+        txt = s.astype("string").str.strip().str.lower()
+        literal_nan = txt.isin(["nan", "na", "n/a", "null", "none"]).fillna(False).to_numpy(dtype=bool)
+        non_numeric &= ~literal_nan
+    return vals, non_numeric
+
+
+def _problem(
+    code: str, mask: np.ndarray, row_numbers: np.ndarray, columns: list[str] | None = None
+) -> Problem | None:
+    idx = np.flatnonzero(mask)
+    if len(idx) == 0:
+        return None
+    msg = ROW_CODES.get(code) or DATASET_CODES[code]
+    if columns:
+        msg = f"{msg} in {', '.join(columns)}"
+    rows = [int(r) for r in row_numbers[idx[:MAX_ROWS_KEPT]]]
+    return Problem(code, msg, rows, int(len(idx)), columns or [])
+
+
+# ---------------------------------------------------------------------------------------- public
+def validate_bars(
+    df: pd.DataFrame,
+    *,
+    mode: Literal["strict", "quarantine"] = "strict",
+    min_rows: int = 1,
+) -> ValidationReport:
+    """Type and check raw bars.
+
+    ``strict``: any problem (including unsorted time) raises ``ValidationError`` with the report
+    attached. ``quarantine``: bad rows are set aside (all copies of a duplicated key), unsorted data
+    is sorted and recorded, and an error is raised only when fewer than ``min_rows`` rows survive.
+    Nothing is ever filled in.
+    """
+    if mode not in ("strict", "quarantine"):
+        raise ValueError(f"mode must be 'strict' or 'quarantine', not {mode!r}")
+    if df is None or not isinstance(df, pd.DataFrame) or len(df) == 0:
+        raise _structural("market data is empty: no rows to validate", "empty", 0, None, mode)
+    n = len(df)
+    colmap = _normalise_columns(df)
+    keys = [str(c).strip().lower() for c in df.columns]
+    doubled = [c for c in BAR_COLUMNS if keys.count(c) > 1]
+    if doubled:
+        raise _structural(
+            f"market data has duplicate columns: {', '.join(doubled)}", "duplicate_columns", n, df, mode
+        )
+    missing = [c for c in BAR_COLUMNS if c not in colmap]
+    if missing:
+        have = ", ".join(str(c) for c in df.columns[:12]) + (", ..." if len(df.columns) > 12 else "")
+        raise _structural(
+            f"market data is missing required column{'s' if len(missing) > 1 else ''} {', '.join(missing)} "
+            f"(found: {have})",
+            "missing_columns",
+            n,
+            df,
+            mode,
+        )
+
+    row_numbers = np.arange(1, n + 1, dtype=np.int64)
+    masks: dict[str, np.ndarray] = {}
+    missing_by_col: dict[str, np.ndarray] = {}
+    nonnum_by_col: dict[str, np.ndarray] = {}
+
+    # timestamp
+    ts_src = df[colmap["timestamp"]]
+    ts_blank = _is_blank(ts_src)
+    ts = _parse_timestamps(ts_src)
+    ts_bad = ts == _NAT
+    missing_by_col["timestamp"] = ts_blank
+    masks["unparsable_timestamp"] = ts_bad & ~ts_blank
+
+    # symbol
+    sym_src = df[colmap["symbol"]]
+    sym_blank = _is_blank(sym_src)
+    missing_by_col["symbol"] = sym_blank
+    symbols = sym_src.astype("string").str.strip().fillna("").astype(str)
+
+    # numeric columns
+    values: dict[str, np.ndarray] = {}
+    for c in NUMERIC_COLUMNS:
+        vals, non_numeric = _numeric(df[colmap[c]])
+        values[c] = vals
+        nonnum_by_col[c] = non_numeric
+        missing_by_col[c] = np.isnan(vals) & ~non_numeric
+    nan_cols = [c for c in BAR_COLUMNS if missing_by_col[c].any()]
+    masks["nan_value"] = np.logical_or.reduce([missing_by_col[c] for c in BAR_COLUMNS])
+    nonnum_cols = [c for c in NUMERIC_COLUMNS if nonnum_by_col[c].any()]
+    masks["non_numeric"] = np.logical_or.reduce([nonnum_by_col[c] for c in NUMERIC_COLUMNS])
+    inf_by_col = {c: np.isinf(values[c]) for c in NUMERIC_COLUMNS}
+    inf_cols = [c for c in NUMERIC_COLUMNS if inf_by_col[c].any()]
+    masks["inf_value"] = np.logical_or.reduce(list(inf_by_col.values()))
+
+    o, h, lo, cl, v = (values[c] for c in NUMERIC_COLUMNS)
+    finite = np.isfinite(o) & np.isfinite(h) & np.isfinite(lo) & np.isfinite(cl)
+    with np.errstate(invalid="ignore"):
+        nonpos_by_col = {c: values[c] <= 0 for c in PRICE_COLUMNS}
+        nonpos_cols = [c for c in PRICE_COLUMNS if nonpos_by_col[c].any()]
+        masks["non_positive_price"] = np.logical_or.reduce(list(nonpos_by_col.values()))
+        masks["high_below_low"] = finite & (h < lo)
+        masks["open_outside_range"] = finite & (h >= lo) & ((o < lo) | (o > h))
+        masks["close_outside_range"] = finite & (h >= lo) & ((cl < lo) | (cl > h))
+        masks["negative_volume"] = v < 0
+
+    # duplicates and ordering among rows with a usable key
+    keyed = ~ts_bad & ~sym_blank
+    codes, uniques = pd.factorize(symbols, sort=True)
+    codes = codes.astype(np.int64)
+    dup = np.zeros(n, dtype=bool)
+    unsorted_rows = np.zeros(n, dtype=bool)
+    kidx = np.flatnonzero(keyed)
+    if len(kidx) > 1:
+        korder = kidx[np.lexsort((ts[kidx], codes[kidx]))]  # stable: file order within equal keys
+        kc, kt = codes[korder], ts[korder]
+        same = (kc[1:] == kc[:-1]) & (kt[1:] == kt[:-1])
+        d = np.zeros(len(korder), dtype=bool)
+        d[1:] |= same
+        d[:-1] |= same
+        dup[korder[d]] = True
+        forder = kidx[np.argsort(codes[kidx], kind="stable")]  # file order within each symbol
+        fc, ft = codes[forder], ts[forder]
+        back = (fc[1:] == fc[:-1]) & (ft[1:] < ft[:-1])
+        unsorted_rows[forder[1:][back]] = True
+    masks["duplicate_key"] = dup
+
+    problems: list[Problem] = []
+    cols_for = {
+        "nan_value": nan_cols,
+        "non_numeric": nonnum_cols,
+        "inf_value": inf_cols,
+        "non_positive_price": nonpos_cols,
+    }
+    for code in ROW_CODES:
+        p = _problem(code, masks[code], row_numbers, cols_for.get(code))
+        if p:
+            problems.append(p)
+    unsorted = _problem("unsorted_time", unsorted_rows, row_numbers)
+    if unsorted:
+        unsorted.message += f" ({unsorted.count} step{'s' if unsorted.count != 1 else ''} back)"
+        problems.append(unsorted)
+
+    bad = np.logical_or.reduce([masks[c] for c in ROW_CODES])
+    good = ~bad
+
+    # quarantined: source rows + row + reason
+    bad_idx = np.flatnonzero(bad)
+    quarantined = df.iloc[bad_idx].copy()
+    quarantined = quarantined.rename(columns={c: f"source_{c}" for c in ("row", "reason") if c in df.columns})
+    quarantined.insert(0, "row", row_numbers[bad_idx])
+    if len(bad_idx):
+        per_col_masks: dict[str, dict[str, np.ndarray]] = {
+            "nan_value": missing_by_col,
+            "non_numeric": nonnum_by_col,
+            "inf_value": inf_by_col,
+            "non_positive_price": nonpos_by_col,
+        }
+        reason = np.full(len(bad_idx), "", dtype=object)
+        for code in ROW_CODES:
+            m = masks[code][bad_idx]
+            if not m.any():
+                continue
+            detail = np.full(int(m.sum()), code, dtype=object)
+            per_col = per_col_masks.get(code)
+            if per_col is not None:
+                cols = np.full(int(m.sum()), "", dtype=object)
+                for c, cm in per_col.items():
+                    sub = cm[bad_idx][m]
+                    cols[sub] = cols[sub] + np.where(cols[sub] == "", "", ",") + c
+                detail = detail + "[" + cols + "]"
+            reason[m] = np.where(reason[m] == "", detail, reason[m] + "; " + detail)
+        quarantined["reason"] = reason
+    else:
+        quarantined["reason"] = pd.Series([], dtype=object)
+    quarantined = quarantined.reset_index(drop=True)
+
+    # clean frame, typed and sorted by (symbol, timestamp)
+    gidx = np.flatnonzero(good)
+    gidx = gidx[np.lexsort((ts[gidx], codes[gidx]))]
+    clean = pd.DataFrame(
+        {
+            "timestamp": ts[gidx].view("datetime64[ns]"),
+            "symbol": pd.Series(np.asarray(uniques, dtype=object)[codes[gidx]], dtype=str),
+            **{c: values[c][gidx] for c in NUMERIC_COLUMNS},
+        }
+    )
+    report = ValidationReport(clean, quarantined, problems, n, mode)
+
+    if len(gidx) == 0:
+        raise ValidationError(
+            f"market data has no usable rows: all {n} rows are bad; {report.headline()}", report
+        )
+    if mode == "strict" and problems:
+        raise ValidationError(f"market data failed validation: {report.headline()}", report)
+    if len(gidx) < min_rows:
+        raise ValidationError(
+            f"market data has only {len(gidx)} usable rows (need at least {min_rows}); {report.headline()}",
+            report,
+        )
+    if problems:
+        log.warning("market data: quarantined %d of %d rows; %s", len(bad_idx), n, report.headline())
+    return report

@@ -1,0 +1,447 @@
+"""Honest evaluation: purged walk-forward splits, a costed long/short strategy, metrics, significance tests.
+
+Conventions
+- Rows are (timestamp, symbol) observations; several symbols share a timestamp, so splits are made over
+  *unique* timestamps and a purge of ``horizon + embargo`` unique timestamps separates train from test.
+- The strategy holds ``sign(pred)`` of each symbol for one bar and earns that symbol's ``next_return``
+  (a log return). The portfolio return at ``t`` is the equal-weight mean over the symbols present at ``t``;
+  averaging log returns instead of simple returns is a close approximation for bar-sized moves. Costs are
+  ``cost_bps / 1e4`` per unit of turnover ``|position_t - position_prev|``, starting flat.
+- Portfolio returns are treated as log returns: equity is ``exp(cumsum(r))``.
+- Every metric is a finite float: degenerate cases (no variance, no trades, tiny samples) give 0.0 and
+  unbounded ratios are capped at :data:`RATIO_CAP`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from tideline.errors import DataError
+
+log = logging.getLogger(__name__)
+
+RATIO_CAP = 99.0
+"""Upper bound for profit factor and Sortino when there are no losses."""
+
+_DAY = np.timedelta64(1, "D")
+
+
+# ------------------------------------------------------------------------------------------------ splits
+
+
+@dataclass
+class Split:
+    """Row positions of one fold."""
+
+    train_idx: np.ndarray
+    test_idx: np.ndarray
+
+
+def _time_index(timestamps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted unique timestamps and each row's position among them."""
+    ts = np.asarray(timestamps)
+    if ts.ndim != 1 or len(ts) == 0:
+        raise DataError("no timestamps to split")
+    return np.unique(ts, return_inverse=True)
+
+
+def purged_walk_forward_splits(
+    timestamps: np.ndarray, n_splits: int, horizon: int, embargo: int = 0
+) -> list[Split]:
+    """Expanding-window folds over unique timestamps with a purge before each test block.
+
+    Unique times are cut into ``n_splits + 1`` contiguous blocks; fold ``k`` tests on block ``k + 1`` and
+    trains on every earlier time except the last ``horizon + embargo`` unique times before the test block,
+    so no training label window (t .. t + horizon) reaches into the test period.
+    """
+    if n_splits < 1:
+        raise DataError("n_splits must be >= 1")
+    if horizon < 0 or embargo < 0:
+        raise DataError("horizon and embargo must be >= 0")
+    uniq, inv = _time_index(timestamps)
+    n_u = len(uniq)
+    gap = horizon + embargo
+    blocks = np.array_split(np.arange(n_u), n_splits + 1)
+    if len(blocks[0]) <= gap or any(len(b) == 0 for b in blocks):
+        raise DataError(
+            f"too little data for {n_splits} walk-forward folds: {n_u} distinct timestamps",
+            hint=f"each of {n_splits + 1} blocks needs more than {gap} timestamps (horizon + embargo)",
+        )
+    splits = []
+    for k in range(n_splits):
+        block = blocks[k + 1]
+        start, end = int(block[0]), int(block[-1]) + 1
+        train = np.flatnonzero(inv < start - gap)
+        test = np.flatnonzero((inv >= start) & (inv < end))
+        splits.append(Split(train_idx=train, test_idx=test))
+    log.debug("walk-forward: %d folds over %d timestamps, purge %d", n_splits, n_u, gap)
+    return splits
+
+
+def holdout_split(
+    timestamps: np.ndarray, fraction: float, horizon: int, embargo: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """(dev_idx, holdout_idx): the last ``fraction`` of unique times, with a purge gap before it."""
+    if not 0.0 < fraction < 1.0:
+        raise DataError("hold-out fraction must be between 0 and 1")
+    uniq, inv = _time_index(timestamps)
+    n_u = len(uniq)
+    n_hold = max(1, int(round(fraction * n_u)))
+    start = n_u - n_hold
+    gap = horizon + embargo
+    if start - gap <= 0:
+        raise DataError(
+            f"too little data for a {fraction:.0%} hold-out: {n_u} distinct timestamps",
+            hint=f"need more than {n_hold + gap} timestamps",
+        )
+    return np.flatnonzero(inv < start - gap), np.flatnonzero(inv >= start)
+
+
+# ------------------------------------------------------------------------------------------------ strategy
+
+
+def _portfolio(
+    pred: np.ndarray, next_return: np.ndarray, meta: pd.DataFrame, cost_bps: float
+) -> pd.DataFrame:
+    """Per-timestamp gross, turnover, net and trade count of the sign(pred) strategy (index: timestamp)."""
+    pred = np.asarray(pred, dtype=np.float64)
+    nr = np.asarray(next_return, dtype=np.float64)
+    if not (len(pred) == len(nr) == len(meta)):
+        raise DataError(f"length mismatch: pred {len(pred)}, returns {len(nr)}, meta {len(meta)}")
+    if len(pred) == 0:
+        return pd.DataFrame(
+            {"gross": [], "turnover": [], "net": [], "trades": []},
+            index=pd.DatetimeIndex([], name="timestamp"),
+        )
+    pos = np.sign(np.nan_to_num(pred, nan=0.0))
+    nr = np.nan_to_num(nr, nan=0.0, posinf=0.0, neginf=0.0)
+    ts = meta["timestamp"].to_numpy()
+    sym = pd.factorize(meta["symbol"].to_numpy())[0]
+    order = np.lexsort((ts, sym))  # by symbol, then time
+    pos_s = pos[order]
+    prev = np.empty_like(pos_s)
+    prev[0] = 0.0
+    prev[1:] = pos_s[:-1]
+    first = np.ones(len(order), dtype=bool)
+    first[1:] = sym[order][1:] != sym[order][:-1]
+    prev[first] = 0.0  # each symbol starts flat
+    turnover = np.empty_like(pos)
+    turnover[order] = np.abs(pos_s - prev)
+    frame = pd.DataFrame({"timestamp": ts, "gross": pos * nr, "turnover": turnover, "trades": turnover > 0})
+    per = frame.groupby("timestamp", sort=True).agg(
+        gross=("gross", "mean"), turnover=("turnover", "mean"), trades=("trades", "sum")
+    )
+    per["net"] = per["gross"] - cost_bps / 1e4 * per["turnover"]
+    return per
+
+
+def strategy_returns(
+    pred: np.ndarray, next_return: np.ndarray, meta: pd.DataFrame, cost_bps: float
+) -> pd.Series:
+    """Net portfolio return per timestamp (sorted) of holding ``sign(pred)`` of each symbol for one bar."""
+    return _portfolio(pred, next_return, meta, cost_bps)["net"].rename("return")
+
+
+# ------------------------------------------------------------------------------------------------- metrics
+
+
+@dataclass
+class Metrics:
+    """Prediction and strategy quality on one evaluation window."""
+
+    directional_accuracy: float = 0.0
+    hit_rate: float = 0.0
+    rmse: float = 0.0
+    mae: float = 0.0
+    ic: float = 0.0
+    sharpe: float = 0.0
+    sortino: float = 0.0
+    max_drawdown: float = 0.0
+    win_rate: float = 0.0
+    profit_factor: float = 0.0
+    turnover: float = 0.0
+    n_trades: int = 0
+    total_return: float = 0.0
+    annual_return: float = 0.0
+    n_obs: int = 0
+    cost_bps: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Metrics:
+        kw: dict[str, Any] = {}
+        for f in fields(cls):
+            if f.name in d and d[f.name] is not None:
+                kw[f.name] = int(d[f.name]) if f.type in (int, "int") else float(d[f.name])
+        return cls(**kw)
+
+
+def _finite(x: float, default: float = 0.0) -> float:
+    x = float(x)
+    return x if math.isfinite(x) else default
+
+
+def _spearman(a: np.ndarray, b: np.ndarray) -> float:
+    if len(a) < 3:
+        return 0.0
+    ra, rb = stats.rankdata(a), stats.rankdata(b)
+    sa, sb = ra.std(), rb.std()
+    if sa == 0 or sb == 0:
+        return 0.0
+    return _finite(np.mean((ra - ra.mean()) * (rb - rb.mean())) / (sa * sb))
+
+
+def _series_metrics(r: np.ndarray, periods_per_year: float) -> dict[str, float]:
+    """Sharpe, Sortino, drawdown, win rate, profit factor and returns of a per-period log-return series."""
+    n = len(r)
+    keys = ("sharpe", "sortino", "max_drawdown", "win_rate", "profit_factor", "total_return", "annual_return")
+    out = dict.fromkeys(keys, 0.0)
+    if n == 0:
+        return out
+    ann = math.sqrt(max(periods_per_year, 0.0))
+    mean = float(r.mean())
+    sd = float(r.std(ddof=1)) if n > 1 else 0.0
+    if sd > 1e-15:
+        out["sharpe"] = _finite(mean / sd * ann)
+    downside = float(np.sqrt(np.mean(np.minimum(r, 0.0) ** 2)))
+    if downside > 1e-15:
+        out["sortino"] = _finite(min(mean / downside * ann, RATIO_CAP))
+    elif mean > 0:
+        out["sortino"] = RATIO_CAP
+    cum = np.concatenate([[0.0], np.cumsum(r)])
+    out["max_drawdown"] = _finite(float(np.max(1.0 - np.exp(cum - np.maximum.accumulate(cum)))))
+    out["win_rate"] = float(np.mean(r > 0))
+    gains, losses = float(r[r > 0].sum()), float(-r[r < 0].sum())
+    if losses > 0:
+        out["profit_factor"] = _finite(min(gains / losses, RATIO_CAP))
+    elif gains > 0:
+        out["profit_factor"] = RATIO_CAP
+    out["total_return"] = _finite(math.expm1(min(float(cum[-1]), 700.0)))
+    out["annual_return"] = _finite(math.expm1(min(mean * periods_per_year, 700.0)))
+    return out
+
+
+def evaluate_predictions(
+    pred: np.ndarray,
+    y: np.ndarray,
+    next_return: np.ndarray,
+    meta: pd.DataFrame,
+    *,
+    cost_bps: float,
+    periods_per_year: float,
+) -> Metrics:
+    """Score predicted forward returns ``pred`` against realised ``y`` and the costed sign(pred) strategy."""
+    pred = np.asarray(pred, dtype=np.float64)
+    y = np.asarray(y, dtype=np.float64)
+    if len(pred) != len(y):
+        raise DataError(f"length mismatch: pred {len(pred)}, y {len(y)}")
+    port = _portfolio(pred, next_return, meta, cost_bps)
+    ok = np.isfinite(pred) & np.isfinite(y)
+    p, t = pred[ok], y[ok]
+    m = Metrics(cost_bps=float(cost_bps), n_obs=len(port))
+    nz = t != 0
+    if nz.any():
+        m.directional_accuracy = float(np.mean(np.sign(p[nz]) == np.sign(t[nz])))
+    if len(p):
+        err = p - t
+        m.rmse = _finite(np.sqrt(np.mean(err**2)))
+        m.mae = _finite(np.mean(np.abs(err)))
+        m.ic = _spearman(p, t)
+    pos = np.sign(np.nan_to_num(pred, nan=0.0))
+    nr = np.nan_to_num(np.asarray(next_return, dtype=np.float64), nan=0.0)
+    active = pos != 0
+    if active.any():
+        m.hit_rate = float(np.mean(pos[active] * nr[active] > 0))
+    for k, v in _series_metrics(port["net"].to_numpy(), periods_per_year).items():
+        setattr(m, k, v)
+    if len(port):
+        m.turnover = _finite(port["turnover"].mean())
+        m.n_trades = int(port["trades"].sum())
+    return m
+
+
+def baseline_metrics(
+    y: np.ndarray,
+    next_return: np.ndarray,
+    last_return: np.ndarray,
+    meta: pd.DataFrame,
+    *,
+    cost_bps: float,
+    periods_per_year: float,
+) -> dict[str, Metrics]:
+    """Naive strategies on the same window, net of costs.
+
+    - ``buy_and_hold``: long every symbol from its first bar, one entry cost, never rebalanced. It is not
+      a forecaster, so its prediction metrics (accuracy, hit rate, rmse, mae, ic) are 0.
+    - ``always_long``: the same positions, scored as a forecaster predicting ``+median(|y|)`` every bar.
+    - ``last_return_sign``: momentum; position = sign of the last 1-bar return, which is also the forecast.
+    """
+    y = np.asarray(y, dtype=np.float64)
+    n = len(y)
+    finite_y = np.abs(y[np.isfinite(y)])
+    up = float(np.median(finite_y)) if len(finite_y) and np.median(finite_y) > 0 else 1e-6
+    long_pred = np.full(n, up)
+    always = evaluate_predictions(
+        long_pred, y, next_return, meta, cost_bps=cost_bps, periods_per_year=periods_per_year
+    )
+    hold = Metrics.from_dict(always.to_dict())
+    for k in ("directional_accuracy", "hit_rate", "rmse", "mae", "ic"):
+        setattr(hold, k, 0.0)
+    momentum = evaluate_predictions(
+        np.nan_to_num(np.asarray(last_return, dtype=np.float64), nan=0.0),
+        y,
+        next_return,
+        meta,
+        cost_bps=cost_bps,
+        periods_per_year=periods_per_year,
+    )
+    return {"buy_and_hold": hold, "always_long": always, "last_return_sign": momentum}
+
+
+def infer_periods_per_year(timestamps: np.ndarray) -> float:
+    """Bars per year from the data's own spacing.
+
+    Rule, with ``d`` the median spacing of unique timestamps:
+    - ``d >= 2 days`` (weekly, monthly bars): ``365.25 days / d``;
+    - otherwise ``bars per active calendar day * active days per year``, where active days per year is 365
+      when more than 10% of bars fall on a weekend (24/7 markets such as crypto) and 252 otherwise
+      (stocks, FX). Daily stock bars give 252, hourly FX about 24 * 252, hourly crypto 24 * 365.
+    Fewer than two timestamps: 252.
+    """
+    ts = np.unique(np.asarray(timestamps).astype("datetime64[ns]"))
+    if len(ts) < 2:
+        log.warning("cannot infer bar frequency from %d timestamp(s); assuming 252 periods per year", len(ts))
+        return 252.0
+    d = np.median(np.diff(ts)) / _DAY
+    if d >= 2.0:
+        return float(365.25 / d)
+    days = ts.astype("datetime64[D]")
+    n_days = len(np.unique(days))
+    bars_per_day = len(ts) / n_days
+    dow = (days.view(np.int64) + 3) % 7  # Monday = 0
+    weekend_share = float(np.mean(dow >= 5))
+    days_per_year = 365.0 if weekend_share > 0.10 else 252.0
+    return float(bars_per_day * days_per_year)
+
+
+# -------------------------------------------------------------------------------------------- significance
+
+
+@dataclass
+class SignificanceResult:
+    """Outcome of a one-sided test that ``a`` beats ``b``."""
+
+    method: str
+    statistic: float
+    p_value: float
+    mean_diff: float
+    ci_low: float
+    ci_high: float
+    n: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _stationary_indices(n: int, n_samples: int, block: float, rng: np.random.Generator) -> np.ndarray:
+    """Politis-Romano stationary bootstrap indices ``(n_samples, n)`` with mean block length ``block``."""
+    p = 1.0 / max(block, 1.0)
+    new_block = rng.random((n_samples, n)) < p
+    new_block[:, 0] = True
+    starts = rng.integers(0, n, size=(n_samples, n))
+    t = np.broadcast_to(np.arange(n), (n_samples, n))
+    last = np.maximum.accumulate(np.where(new_block, t, 0), axis=1)  # where the current block began
+    rows = np.arange(n_samples)[:, None]
+    return (starts[rows, last] + (t - last)) % n
+
+
+def paired_bootstrap_test(
+    returns_a: np.ndarray,
+    returns_b: np.ndarray,
+    *,
+    n_samples: int = 1000,
+    block_size: float | None = None,
+    seed: int = 0,
+) -> SignificanceResult:
+    """One-sided stationary bootstrap test of H0: mean(a - b) <= 0 on the paired difference series.
+
+    The bootstrap distribution of the mean difference is centred on the observed mean to get the null;
+    ``p = (1 + #{centred >= observed}) / (1 + n_samples)``. ``ci_low``/``ci_high``: 95% percentile interval
+    of the mean difference. Default mean block length: ``sqrt(n)``.
+    """
+    a = np.asarray(returns_a, dtype=np.float64)
+    b = np.asarray(returns_b, dtype=np.float64)
+    if len(a) != len(b):
+        raise DataError(f"paired series differ in length: {len(a)} vs {len(b)}")
+    d = a - b
+    d = d[np.isfinite(d)]
+    n = len(d)
+    if n < 2:
+        mean = float(d.mean()) if n else 0.0
+        return SignificanceResult("stationary_bootstrap", 0.0, 1.0, mean, mean, mean, n)
+    mean = float(d.mean())
+    block = float(block_size) if block_size else math.sqrt(n)
+    rng = np.random.default_rng(seed)
+    chunk = max(1, min(n_samples, 4_000_000 // n))
+    boot = np.empty(n_samples)
+    for s in range(0, n_samples, chunk):
+        k = min(chunk, n_samples - s)
+        boot[s : s + k] = d[_stationary_indices(n, k, block, rng)].mean(axis=1)
+    centred = boot - mean
+    tol = 1e-12 * max(1.0, abs(mean))
+    p = (1.0 + float(np.sum(centred >= mean - tol))) / (1.0 + n_samples)
+    sd = float(boot.std(ddof=1))
+    statistic = mean / sd if sd > 0 else 0.0
+    lo, hi = np.percentile(boot, [2.5, 97.5])
+    return SignificanceResult(
+        "stationary_bootstrap", _finite(statistic), float(min(p, 1.0)), mean, float(lo), float(hi), n
+    )
+
+
+def diebold_mariano(loss_a: np.ndarray, loss_b: np.ndarray, horizon: int = 1) -> SignificanceResult:
+    """One-sided Diebold-Mariano test that ``a`` has lower expected loss than ``b``.
+
+    ``d = loss_a - loss_b``; long-run variance by Newey-West (Bartlett weights, lag ``horizon - 1``); the
+    statistic gets the Harvey-Leybourne-Newbold small-sample correction and a t(n-1) p-value
+    (small p: ``a`` is better). ``mean_diff`` is mean(loss_a - loss_b), negative when ``a`` is better.
+    """
+    la = np.asarray(loss_a, dtype=np.float64)
+    lb = np.asarray(loss_b, dtype=np.float64)
+    if len(la) != len(lb):
+        raise DataError(f"paired losses differ in length: {len(la)} vs {len(lb)}")
+    d = la - lb
+    d = d[np.isfinite(d)]
+    n = len(d)
+    h = max(int(horizon), 1)
+    if n < 3:
+        mean = float(d.mean()) if n else 0.0
+        return SignificanceResult("diebold_mariano", 0.0, 1.0, mean, mean, mean, n)
+    mean = float(d.mean())
+    dc = d - mean
+    var = float(np.dot(dc, dc) / n)
+    for k in range(1, min(h, n)):
+        w = 1.0 - k / h  # Bartlett weight for lag k with bandwidth h - 1
+        var += 2.0 * w * float(np.dot(dc[k:], dc[:-k]) / n)
+    if var <= 0:
+        var = float(np.dot(dc, dc) / n)
+    se = math.sqrt(var / n)
+    tcrit = float(stats.t.ppf(0.975, n - 1))
+    if se <= 1e-300:
+        p = 0.0 if mean < 0 else 1.0
+        stat = math.copysign(1e12, mean) if mean != 0 else 0.0
+        return SignificanceResult("diebold_mariano", stat, p, mean, mean, mean, n)
+    correction = math.sqrt(max((n + 1 - 2 * h + h * (h - 1) / n) / n, 1e-12))
+    stat = mean / se * correction
+    p = float(stats.t.cdf(stat, df=n - 1))
+    return SignificanceResult(
+        "diebold_mariano", _finite(stat), _finite(p, 1.0), mean, mean - tcrit * se, mean + tcrit * se, n
+    )

@@ -1,0 +1,551 @@
+"""Features and labels for bar data, computed per symbol with no look-ahead.
+
+Every feature at row ``t`` uses only bars of the same symbol at times ``<= t`` (cross-sectional ranks use
+other symbols' features at the same timestamp, which obey the same rule). Features are scale-free (log
+returns, ratios, z-scores), warm-up rows are NaN and never back-filled, and ``inf`` becomes NaN.
+
+The work is a loop over symbols (not rows) with vectorised numpy / pandas rolling inside each symbol, so
+each symbol's values depend on nothing but its own past.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from scipy.stats import rankdata
+
+from tideline.config import FeatureConfig
+from tideline.errors import ConfigError, DataError
+
+log = logging.getLogger(__name__)
+
+FEATURES_VERSION = 1
+"""Bumped whenever a feature's definition changes; part of :func:`feature_config_hash`."""
+
+SEQ_CHANNELS: tuple[str, ...] = ("ret", "range", "vz")
+"""Sequence channels: 1-bar log return, log(high/low), log-volume z-score over 20 bars."""
+
+_SEQ_VZ_WINDOW = 20
+_PRICE_COLUMNS = ("open", "high", "low", "close", "volume")
+_LN2 = math.log(2.0)
+
+
+@dataclass
+class FeatureSpec:
+    """Which columns a model consumes: tabular features plus a lagged sequence block."""
+
+    tabular: list[str]
+    sequence: list[str]
+    channels: list[str]
+    seq_len: int
+
+    @property
+    def all_columns(self) -> list[str]:
+        """Tabular then sequence columns (the order of ``Dataset.X``)."""
+        return [*self.tabular, *self.sequence]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "tabular": list(self.tabular),
+            "sequence": list(self.sequence),
+            "channels": list(self.channels),
+            "seq_len": int(self.seq_len),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> FeatureSpec:
+        return cls(
+            tabular=list(d["tabular"]),
+            sequence=list(d["sequence"]),
+            channels=list(d["channels"]),
+            seq_len=int(d["seq_len"]),
+        )
+
+    def sequence_array(self, X: pd.DataFrame) -> np.ndarray:
+        """The sequence block as float32 ``(n, seq_len, n_channels)``, oldest bar first."""
+        missing = [c for c in self.sequence if c not in X.columns]
+        if missing:
+            raise DataError(f"feature frame lacks {len(missing)} sequence columns, e.g. {missing[0]}")
+        arr = X[self.sequence].to_numpy(dtype=np.float32)
+        # columns are grouped by channel, each channel oldest -> newest
+        return np.ascontiguousarray(arr.reshape(len(X), len(self.channels), self.seq_len).transpose(0, 2, 1))
+
+
+def sequence_columns(channels: list[str] | tuple[str, ...], seq_len: int) -> list[str]:
+    """``seq_{channel}_l{lag}`` for each channel, lags from ``seq_len-1`` (oldest) down to 0 (newest)."""
+    return [f"seq_{ch}_l{k}" for ch in channels for k in range(seq_len - 1, -1, -1)]
+
+
+@dataclass
+class Dataset:
+    """Model-ready rows sorted by (timestamp, symbol): features, forward-return label, next-bar return."""
+
+    X: pd.DataFrame
+    y: np.ndarray
+    next_return: np.ndarray
+    meta: pd.DataFrame
+    spec: FeatureSpec
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.X)
+
+    def subset(self, idx: np.ndarray | list[int] | slice) -> Dataset:
+        """Rows at positions ``idx`` (index reset)."""
+        if isinstance(idx, slice):
+            idx = np.arange(len(self))[idx]
+        idx = np.asarray(idx)
+        return Dataset(
+            X=self.X.iloc[idx].reset_index(drop=True),
+            y=self.y[idx],
+            next_return=self.next_return[idx],
+            meta=self.meta.iloc[idx].reset_index(drop=True),
+            spec=self.spec,
+            info=dict(self.info),
+        )
+
+
+# ----------------------------------------------------------------------------------------------- helpers
+
+
+def feature_config_hash(cfg: FeatureConfig) -> str:
+    """First 16 hex chars of sha256 over canonical JSON of the config (plus :data:`FEATURES_VERSION`)."""
+    payload = {"features_version": FEATURES_VERSION, "config": cfg.model_dump(mode="json")}
+    text = json.dumps(payload, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+def _check_cfg(cfg: FeatureConfig) -> None:
+    for name in ("return_windows", "sma_windows"):
+        if not getattr(cfg, name) or min(getattr(cfg, name)) < 1:
+            raise ConfigError(f"features.{name} must be a non-empty list of windows >= 1")
+    for name in ("vol_windows", "volume_windows"):
+        if not getattr(cfg, name) or min(getattr(cfg, name)) < 2:
+            raise ConfigError(f"features.{name} must be a non-empty list of windows >= 2")
+    if cfg.rsi_window < 2 or cfg.bollinger_window < 2:
+        raise ConfigError("features.rsi_window and features.bollinger_window must be >= 2")
+
+
+def _ref_window(windows: list[int], preferred: int) -> int:
+    """``preferred`` if configured, else the middle of the sorted windows."""
+    ws = sorted(set(windows))
+    return preferred if preferred in ws else ws[len(ws) // 2]
+
+
+def _lag(x: np.ndarray, k: int) -> np.ndarray:
+    """``x`` shifted ``k`` bars later (``k`` > 0: past values; ``k`` < 0: future values)."""
+    out = np.full_like(x, np.nan)
+    if k == 0:
+        out[:] = x
+    elif k > 0 and k < len(x):
+        out[k:] = x[:-k]
+    elif k < 0 and -k < len(x):
+        out[:k] = x[-k:]
+    return out
+
+
+def _div(num: np.ndarray, den: np.ndarray, neutral: float) -> np.ndarray:
+    """num/den; ``neutral`` where den == 0, NaN where either is NaN."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out = num / den
+    out[(den == 0) & np.isfinite(num)] = neutral
+    return out
+
+
+def _prepare(bars: pd.DataFrame) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray, np.ndarray | None]:
+    """Arrays sorted by (symbol, timestamp), segment starts/ends, and the sort order if one was needed."""
+    missing = [c for c in ("timestamp", "symbol", *_PRICE_COLUMNS) if c not in bars.columns]
+    if missing:
+        raise DataError(f"bars lack columns {missing}")
+    if len(bars) == 0:
+        raise DataError("no bars to compute features from")
+    ts = bars["timestamp"].to_numpy()
+    if not np.issubdtype(ts.dtype, np.datetime64):
+        raise DataError("bars.timestamp must be datetime64 (validate the bars first)")
+    ts = ts.astype("datetime64[ns]").view(np.int64)
+    codes, _ = pd.factorize(bars["symbol"], sort=True)
+    dc, dt = np.diff(codes), np.diff(ts)
+    order: np.ndarray | None = None
+    if not bool(np.all((dc > 0) | ((dc == 0) & (dt >= 0)))):
+        log.debug("bars not sorted by (symbol, timestamp); sorting a copy")
+        order = np.lexsort((ts, codes))
+        codes, ts = codes[order], ts[order]
+    arrays = {"ts": ts, "code": codes}
+    for col in _PRICE_COLUMNS:
+        a = bars[col].to_numpy(dtype=np.float64)
+        arrays[col] = a[order] if order is not None else a
+    cut = np.flatnonzero(np.diff(codes)) + 1
+    starts = np.concatenate([[0], cut]).astype(np.int64)
+    ends = np.concatenate([cut, [len(codes)]]).astype(np.int64)
+    return arrays, starts, ends, order
+
+
+# ----------------------------------------------------------------------------------------- per symbol
+
+
+def _tabular_names(cfg: FeatureConfig) -> list[str]:
+    vw = sorted(set(cfg.vol_windows))
+    bw = cfg.bollinger_window
+    names = [f"ret_{w}" for w in sorted(set(cfg.return_windows))]
+    for w in vw:
+        names += [f"rvol_{w}", f"pvol_{w}", f"gkvol_{w}"]
+    names += ["vol_ratio", "ret_z"]
+    names += [f"rsi_{cfg.rsi_window}", "macd", "macd_signal", "macd_hist", f"roc_{cfg.rsi_window}"]
+    for w in sorted(set(cfg.sma_windows)):
+        names += [f"sma_ratio_{w}", f"ema_ratio_{w}"]
+    names += [f"bb_pctb_{bw}", f"bb_width_{bw}", f"stoch_{bw}", f"dist_high_{bw}", f"dist_low_{bw}"]
+    names += [f"vz_{w}" for w in sorted(set(cfg.volume_windows))]
+    names += ["dlogv", "hl_range", "clv", "body", "upper_wick", "lower_wick", "gap"]
+    return names
+
+
+def _symbol_features(a: dict[str, np.ndarray], cfg: FeatureConfig) -> dict[str, np.ndarray]:
+    """All per-symbol tabular features plus the sequence channels, for one symbol's sorted bars."""
+    o, h, lo, c, v = a["open"], a["high"], a["low"], a["close"], a["volume"]
+    f: dict[str, np.ndarray] = {}
+    with np.errstate(divide="ignore", invalid="ignore"):
+        logc = np.log(c)
+        r1 = logc - _lag(logc, 1)
+        for w in sorted(set(cfg.return_windows)):
+            f[f"ret_{w}"] = logc - _lag(logc, w)
+        hl = np.log(h / lo)
+        co = np.log(c / o)
+        logv = np.log1p(np.maximum(v, 0.0))
+        rng = h - lo
+        base = pd.DataFrame(
+            {
+                "r1": r1,
+                "hl2": hl * hl,
+                "gk": 0.5 * hl * hl - (2.0 * _LN2 - 1.0) * co * co,
+                "logv": logv,
+                "c": c,
+            }
+        )
+        for w in sorted(set(cfg.vol_windows)):
+            roll = base[["r1", "hl2", "gk"]].rolling(w, min_periods=w)
+            f[f"rvol_{w}"] = roll["r1"].std().to_numpy()
+            f[f"pvol_{w}"] = np.sqrt(roll["hl2"].mean().to_numpy() / (4.0 * _LN2))
+            f[f"gkvol_{w}"] = np.sqrt(np.maximum(roll["gk"].mean().to_numpy(), 0.0))
+        vw = sorted(set(cfg.vol_windows))
+        f["vol_ratio"] = np.log(f[f"rvol_{vw[0]}"] / f[f"rvol_{vw[-1]}"])
+        ref_vol = f"rvol_{_ref_window(cfg.vol_windows, 20)}"
+        f["ret_z"] = _div(r1, f[ref_vol], 0.0)
+
+        # RSI (Wilder smoothing), centred to [-0.5, 0.5]
+        n = cfg.rsi_window
+        diff = pd.Series(c - _lag(c, 1))
+        gain = diff.clip(lower=0).ewm(alpha=1.0 / n, adjust=False, min_periods=n).mean().to_numpy()
+        loss = (-diff).clip(lower=0).ewm(alpha=1.0 / n, adjust=False, min_periods=n).mean().to_numpy()
+        f[f"rsi_{n}"] = _div(gain, gain + loss, 0.5) - 0.5
+
+        # MACD (12, 26, 9) normalised by price
+        cs = base["c"]
+        ema12 = cs.ewm(span=12, adjust=False, min_periods=26).mean().to_numpy()
+        ema26 = cs.ewm(span=26, adjust=False, min_periods=26).mean().to_numpy()
+        macd = (ema12 - ema26) / c
+        signal = pd.Series(macd).ewm(span=9, adjust=False, min_periods=9).mean().to_numpy()
+        f["macd"], f["macd_signal"], f["macd_hist"] = macd, signal, macd - signal
+        f[f"roc_{n}"] = c / _lag(c, n) - 1.0
+
+        for w in sorted(set(cfg.sma_windows)):
+            sma = cs.rolling(w, min_periods=w).mean().to_numpy()
+            ema = cs.ewm(span=w, adjust=False, min_periods=w).mean().to_numpy()
+            f[f"sma_ratio_{w}"] = c / sma - 1.0
+            f[f"ema_ratio_{w}"] = c / ema - 1.0
+
+        bw = cfg.bollinger_window
+        m = cs.rolling(bw, min_periods=bw).mean().to_numpy()
+        s = cs.rolling(bw, min_periods=bw).std().to_numpy()
+        f[f"bb_pctb_{bw}"] = _div(c - (m - 2.0 * s), 4.0 * s, 0.5)
+        f[f"bb_width_{bw}"] = 4.0 * s / m
+        hh = pd.Series(h).rolling(bw, min_periods=bw).max().to_numpy()
+        ll = pd.Series(lo).rolling(bw, min_periods=bw).min().to_numpy()
+        f[f"stoch_{bw}"] = _div(c - ll, hh - ll, 0.5)
+        f[f"dist_high_{bw}"] = np.log(c / hh)
+        f[f"dist_low_{bw}"] = np.log(c / ll)
+
+        vz_windows = sorted(set(cfg.volume_windows) | {_SEQ_VZ_WINDOW})
+        lv = base["logv"]
+        vz: dict[int, np.ndarray] = {}
+        for w in vz_windows:
+            mu = lv.rolling(w, min_periods=w).mean().to_numpy()
+            sd = lv.rolling(w, min_periods=w).std().to_numpy()
+            vz[w] = _div(logv - mu, sd, 0.0)
+        for w in sorted(set(cfg.volume_windows)):
+            f[f"vz_{w}"] = vz[w]
+        f["dlogv"] = logv - _lag(logv, 1)
+
+        f["hl_range"] = hl
+        f["clv"] = _div(c - lo, rng, 0.5)
+        f["body"] = _div(c - o, rng, 0.0)
+        f["upper_wick"] = _div(h - np.maximum(o, c), rng, 0.0)
+        f["lower_wick"] = _div(np.minimum(o, c) - lo, rng, 0.0)
+        f["gap"] = np.log(o / _lag(c, 1))
+
+        f["_ch_ret"], f["_ch_range"], f["_ch_vz"] = r1, hl, vz[_SEQ_VZ_WINDOW]
+    return f
+
+
+def _calendar(ts_ns: np.ndarray) -> dict[str, np.ndarray]:
+    """Hour-of-day, day-of-week and month as sin/cos pairs (from the bar's own timestamp)."""
+    day_ns = 86_400 * 10**9
+    days = np.floor_divide(ts_ns, day_ns)
+    hour = (ts_ns - days * day_ns) / 3.6e12
+    dow = (days + 3) % 7  # 1970-01-01 was a Thursday; Monday = 0
+    month = ts_ns.view("datetime64[ns]").astype("datetime64[M]").astype(np.int64) % 12
+    two_pi = 2.0 * np.pi
+    return {
+        "hour_sin": np.sin(two_pi * hour / 24.0),
+        "hour_cos": np.cos(two_pi * hour / 24.0),
+        "dow_sin": np.sin(two_pi * dow / 7.0),
+        "dow_cos": np.cos(two_pi * dow / 7.0),
+        "month_sin": np.sin(two_pi * month / 12.0),
+        "month_cos": np.cos(two_pi * month / 12.0),
+    }
+
+
+def _cs_rank_sorted(ts_ns: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """Percentile rank (average ties, in (0, 1]) of ``values`` among rows sharing a timestamp; NaN stays NaN.
+
+    Sort-based; used when the timestamp x symbol grid would be too sparse for :func:`_cs_rank_dense`.
+    """
+    n = len(values)
+    out = np.full(n, np.nan)
+    ok = np.flatnonzero(np.isfinite(values))
+    if len(ok) == 0:
+        return out
+    t, x = ts_ns[ok], values[ok]
+    order = np.lexsort((x, t))
+    ts_s, xs = t[order], x[order]
+    new_group = np.empty(len(order), dtype=bool)
+    new_group[0] = True
+    new_group[1:] = ts_s[1:] != ts_s[:-1]
+    gid = np.cumsum(new_group) - 1
+    gstart = np.flatnonzero(new_group)
+    gsize = np.diff(np.append(gstart, len(order)))
+    new_run = new_group.copy()  # runs of equal values within a group share the average rank
+    new_run[1:] |= xs[1:] != xs[:-1]
+    rid = np.cumsum(new_run) - 1
+    rstart = np.flatnonzero(new_run)
+    rlen = np.diff(np.append(rstart, len(order)))
+    avg_rank = (rstart - gstart[gid[rstart]]) + (rlen + 1) / 2.0
+    res = np.empty(len(order))
+    res[order] = avg_rank[rid] / gsize[gid]
+    out[ok] = res
+    return out
+
+
+def _cs_rank_dense(
+    gid: np.ndarray, code: np.ndarray, n_groups: int, n_codes: int, values: np.ndarray
+) -> np.ndarray:
+    """Same as :func:`_cs_rank_sorted` on a dense (timestamp x symbol) grid; fast when symbols share times."""
+    grid = np.full((n_groups, n_codes), np.nan)
+    grid[gid, code] = values
+    ranks = rankdata(grid, axis=1, method="average", nan_policy="omit")
+    counts = np.isfinite(grid).sum(axis=1, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        pct = ranks / counts
+    return pct[gid, code]
+
+
+# ----------------------------------------------------------------------------------------------- public
+
+
+def compute_features(bars: pd.DataFrame, cfg: FeatureConfig) -> tuple[pd.DataFrame, FeatureSpec]:
+    """Features aligned to ``bars`` rows (same index): ``timestamp``, ``symbol`` and float32 feature columns.
+
+    Row ``t`` uses only its symbol's bars at times ``<= t`` (and, for ``cs_rank_*``, other symbols' features
+    at the same timestamp). Warm-up rows are NaN. Cross-sectional ranks are added when there are at least
+    three symbols and ``cfg.cross_sectional``; calendar features when ``cfg.calendar``.
+    """
+    buf, spec = _feature_matrix(bars, cfg)
+    frame = pd.DataFrame(buf.T, columns=spec.all_columns, index=bars.index, copy=False)
+    frame.insert(0, "symbol", bars["symbol"].to_numpy())
+    frame.insert(0, "timestamp", bars["timestamp"].to_numpy().astype("datetime64[ns]"))
+    return frame, spec
+
+
+def _feature_matrix(bars: pd.DataFrame, cfg: FeatureConfig) -> tuple[np.ndarray, FeatureSpec]:
+    """Float32 ``(n_features, n_rows)`` matrix in ``bars`` row order, and its spec."""
+    _check_cfg(cfg)
+    arrays, starts, ends, order = _prepare(bars)
+    n = len(arrays["ts"])
+    n_symbols = len(starts)
+    tabular = _tabular_names(cfg)
+    cal = cfg.calendar
+    if cal:
+        tabular += ["hour_sin", "hour_cos", "dow_sin", "dow_cos", "month_sin", "month_cos"]
+    rets = sorted(set(cfg.return_windows))
+    cs_sources = [f"ret_{w}" for w in (1, 5, 20) if w in rets]
+    cs_sources += [f"rvol_{_ref_window(cfg.vol_windows, 20)}", f"vz_{_ref_window(cfg.volume_windows, 20)}"]
+    use_cs = cfg.cross_sectional and n_symbols >= 3
+    if use_cs:
+        tabular += [f"cs_rank_{s}" for s in cs_sources]
+    channels = list(SEQ_CHANNELS)
+    seq_len = cfg.seq_len
+    sequence = sequence_columns(channels, seq_len)
+    columns = [*tabular, *sequence]
+    col_idx = {c: i for i, c in enumerate(columns)}
+
+    buf = np.empty((len(columns), n), dtype=np.float32)  # one row per feature -> column-contiguous frame
+    channel_buf = {ch: np.empty(n, dtype=np.float64) for ch in channels}
+    for s, e in zip(starts.tolist(), ends.tolist(), strict=True):
+        seg = {k: arrays[k][s:e] for k in _PRICE_COLUMNS}
+        feats = _symbol_features(seg, cfg)
+        for name, values in feats.items():
+            if name.startswith("_ch_"):
+                channel_buf[name[4:]][s:e] = values
+            else:
+                buf[col_idx[name], s:e] = values
+        for ch in channels:
+            x = channel_buf[ch][s:e]
+            for k in range(seq_len):
+                buf[col_idx[f"seq_{ch}_l{k}"], s:e] = _lag(x, k)
+    if cal:
+        for name, values in _calendar(arrays["ts"]).items():
+            buf[col_idx[name]] = values
+    np.putmask(buf, ~np.isfinite(buf), np.float32(np.nan))
+    if use_cs:
+        uniq_ts, gid = np.unique(arrays["ts"], return_inverse=True)
+        dense = len(uniq_ts) * n_symbols <= 4 * n + 1_000_000
+        for src in cs_sources:
+            vals = buf[col_idx[src]].astype(np.float64)
+            if dense:
+                ranks = _cs_rank_dense(gid, arrays["code"], len(uniq_ts), n_symbols, vals)
+            else:
+                ranks = _cs_rank_sorted(arrays["ts"], vals)
+            buf[col_idx[f"cs_rank_{src}"]] = ranks
+
+    if order is not None:  # back to the caller's row order
+        inv = np.empty_like(order)
+        inv[order] = np.arange(n)
+        buf = buf[:, inv]
+    spec = FeatureSpec(tabular=tabular, sequence=sequence, channels=channels, seq_len=seq_len)
+    log.debug("computed %d features for %d rows, %d symbols", len(columns), n, n_symbols)
+    return buf, spec
+
+
+def compute_labels(bars: pd.DataFrame, horizon: int) -> pd.DataFrame:
+    """``fwd_return`` = log(close[t+h]/close[t]), ``direction`` (1 up, 0 down or flat, NaN unknown) and
+    ``next_return`` = log(close[t+1]/close[t]), per symbol, aligned to ``bars`` rows; NaN at each tail."""
+    if horizon < 1:
+        raise ConfigError("label horizon must be >= 1")
+    arrays, starts, ends, order = _prepare(bars)
+    n = len(arrays["ts"])
+    fwd = np.full(n, np.nan)
+    nxt = np.full(n, np.nan)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        logc = np.log(arrays["close"])
+        for s, e in zip(starts.tolist(), ends.tolist(), strict=True):
+            x = logc[s:e]
+            fwd[s:e] = _lag(x, -horizon) - x
+            nxt[s:e] = _lag(x, -1) - x
+    fwd[~np.isfinite(fwd)] = np.nan
+    nxt[~np.isfinite(nxt)] = np.nan
+    direction = np.where(np.isnan(fwd), np.nan, (fwd > 0).astype(np.float64))
+    if order is not None:
+        inv = np.empty_like(order)
+        inv[order] = np.arange(n)
+        fwd, direction, nxt = fwd[inv], direction[inv], nxt[inv]
+    return pd.DataFrame({"fwd_return": fwd, "direction": direction, "next_return": nxt}, index=bars.index)
+
+
+def _sorted_rows(bars: pd.DataFrame, keep: np.ndarray) -> np.ndarray:
+    """Positions of ``keep`` rows ordered by (timestamp, symbol)."""
+    rows = np.flatnonzero(keep)
+    ts = bars["timestamp"].to_numpy()[rows]
+    sym = pd.factorize(bars["symbol"].to_numpy()[rows], sort=True)[0]
+    return rows[np.lexsort((sym, ts))]
+
+
+def _complete_rows(buf: np.ndarray) -> np.ndarray:
+    """Boolean mask of columns (rows of the data) where every feature is finite."""
+    keep = np.ones(buf.shape[1], dtype=bool)
+    for row in buf:  # one feature at a time keeps the temporaries small
+        keep &= np.isfinite(row)
+    return keep
+
+
+def _take(
+    bars: pd.DataFrame, buf: np.ndarray, spec: FeatureSpec, rows: np.ndarray
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(X, meta) of the given rows, in that order."""
+    X = pd.DataFrame(np.take(buf, rows, axis=1).T, columns=spec.all_columns, copy=False)
+    meta = pd.DataFrame(
+        {
+            "timestamp": bars["timestamp"].to_numpy().astype("datetime64[ns]")[rows],
+            "symbol": bars["symbol"].to_numpy()[rows],
+        }
+    )
+    return X, meta
+
+
+def build_dataset(bars: pd.DataFrame, cfg: FeatureConfig) -> Dataset:
+    """Features + labels; rows with any NaN feature or label dropped; sorted by (timestamp, symbol)."""
+    buf, spec = _feature_matrix(bars, cfg)
+    labels = compute_labels(bars, cfg.horizon)
+    fwd = labels["fwd_return"].to_numpy()
+    nxt = labels["next_return"].to_numpy()
+    keep = _complete_rows(buf) & np.isfinite(fwd) & np.isfinite(nxt)
+    if not keep.any():
+        raise DataError(
+            "no rows left after feature warm-up and label horizon",
+            hint=f"need more than ~{_warmup_bars(cfg)} bars per symbol",
+        )
+    rows = _sorted_rows(bars, keep)
+    X, meta = _take(bars, buf, spec, rows)
+    log.info("dataset: %d of %d rows kept, %d features", len(rows), len(bars), len(spec.all_columns))
+    return Dataset(
+        X=X,
+        y=fwd[rows].astype(np.float64),
+        next_return=nxt[rows].astype(np.float64),
+        meta=meta,
+        spec=spec,
+        info={"feature_hash": feature_config_hash(cfg)},
+    )
+
+
+def build_inference_frame(
+    bars: pd.DataFrame, cfg: FeatureConfig, spec: FeatureSpec | None = None
+) -> tuple[pd.DataFrame, pd.DataFrame, FeatureSpec]:
+    """Features of every fully warmed-up row (latest bars included), sorted by (timestamp, symbol).
+
+    Pass the trained model's ``spec`` to get exactly its columns (``DataError`` if one cannot be computed,
+    e.g. cross-sectional ranks with fewer than three symbols).
+    """
+    buf, computed = _feature_matrix(bars, cfg)
+    if spec is not None and spec.all_columns != computed.all_columns:
+        pos = {c: i for i, c in enumerate(computed.all_columns)}
+        missing = [c for c in spec.all_columns if c not in pos]
+        if missing:
+            raise DataError(
+                f"cannot compute {len(missing)} features the model needs, e.g. {missing[0]}",
+                hint="cross-sectional features need at least 3 symbols; use the model's feature config",
+            )
+        buf = buf[[pos[c] for c in spec.all_columns]]
+    spec = spec or computed
+    rows = _sorted_rows(bars, _complete_rows(buf))
+    X, meta = _take(bars, buf, spec, rows)
+    return X, meta, spec
+
+
+def _warmup_bars(cfg: FeatureConfig) -> int:
+    """Roughly how many bars per symbol the features need before the first complete row."""
+    longest = max(
+        max(cfg.return_windows),
+        max(cfg.vol_windows) + 1,
+        max(cfg.sma_windows),
+        max(cfg.volume_windows),
+        cfg.bollinger_window,
+        cfg.rsi_window + 1,
+        35,
+        _SEQ_VZ_WINDOW + cfg.seq_len,
+    )
+    return int(longest) + cfg.horizon

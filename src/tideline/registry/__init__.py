@@ -1,0 +1,33 @@
+"""Model registry: immutable versions with checksummed artifacts, statuses, aliases (CAS), history.
+
+See ``tideline.registry.core`` for the storage layout and guarantees.
+"""
+
+from tideline.registry.core import (
+    ALIASES,
+    ANY,
+    ArtifactInfo,
+    AttachmentInfo,
+    Event,
+    ModelVersion,
+    Registry,
+    Status,
+    open_registry,
+)
+from tideline.registry.store import FileStore, S3Store, Store, open_store
+
+__all__ = [
+    "ALIASES",
+    "ANY",
+    "ArtifactInfo",
+    "AttachmentInfo",
+    "Event",
+    "FileStore",
+    "ModelVersion",
+    "Registry",
+    "S3Store",
+    "Status",
+    "Store",
+    "open_registry",
+    "open_store",
+]

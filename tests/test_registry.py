@@ -1,0 +1,433 @@
+"""Registry tests: every behaviour against a directory store and a real S3 API (moto server)."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+
+from tideline.errors import (
+    AliasConflict,
+    ConfigError,
+    IntegrityError,
+    PolicyError,
+    RegistryError,
+    StorageUnavailable,
+    VersionNotFound,
+)
+from tideline.registry import FileStore, Registry, S3Store, Status, open_registry, open_store
+from tideline.registry.store import PreconditionFailed
+
+
+@pytest.fixture(scope="module")
+def moto_endpoint() -> Iterator[str]:
+    """A moto S3 server on loopback for this module."""
+    from moto.server import ThreadedMotoServer
+
+    with pytest.MonkeyPatch.context() as mp:
+        for k, v in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                     "AWS_DEFAULT_REGION": "us-east-1"}.items():
+            mp.setenv(k, v)
+        server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+        server.start()
+        host, port = server.get_host_and_port()
+        try:
+            yield f"http://{host}:{port}"
+        finally:
+            server.stop()
+
+
+@pytest.fixture(autouse=True)
+def _aws_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+
+
+def _new_bucket(endpoint: str) -> str:
+    name = f"reg-{uuid.uuid4().hex[:12]}"
+    boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket=name)
+    return name
+
+
+@pytest.fixture(params=["file", "s3"])
+def uri(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[str, str | None]:
+    """(registry URI, endpoint) for a fresh, empty registry on each backend."""
+    if request.param == "file":
+        return f"file://{tmp_path / 'registry'}", None
+    endpoint = request.getfixturevalue("moto_endpoint")
+    return f"s3://{_new_bucket(endpoint)}/team/models", endpoint
+
+
+@pytest.fixture
+def reg(uri: tuple[str, str | None]) -> Registry:
+    return open_registry(uri[0], endpoint_url=uri[1])
+
+
+def _artifacts(root: Path, tag: str) -> Path:
+    d = root / f"art-{tag}-{uuid.uuid4().hex[:6]}"
+    (d / "sub").mkdir(parents=True)
+    (d / "model.json").write_text(json.dumps({"tag": tag}))
+    (d / "weights.bin").write_bytes(bytes(range(256)) * 4 + tag.encode())
+    (d / "sub" / "spec.txt").write_text(f"spec {tag}\n")
+    return d
+
+
+def _meta(**kw: Any) -> dict[str, Any]:
+    base: dict[str, Any] = {
+        "family": "xgboost",
+        "params": {"n_estimators": 10},
+        "features": ["ret_1", "vol_5"],
+        "training_window": {"start": "2020-01-01", "end": "2020-06-01", "n_rows": 100, "symbols": ["A"]},
+        "metrics": {"sharpe": 1.2},
+        "code_version": "abc123",
+    }
+    base.update(kw)
+    return base
+
+
+# -- stores -----------------------------------------------------------------------------------------
+def test_store_conditional_writes(reg: Registry) -> None:
+    s = reg.store
+    e1 = s.put("x/k.json", b"1", if_none_match=True)
+    with pytest.raises(PreconditionFailed):
+        s.put("x/k.json", b"2", if_none_match=True)
+    e2 = s.put("x/k.json", b"3", if_match=e1)
+    with pytest.raises(PreconditionFailed):
+        s.put("x/k.json", b"4", if_match=e1)  # stale etag
+    with pytest.raises(PreconditionFailed):
+        s.put("x/missing.json", b"5", if_match=e2)
+    assert s.get("x/k.json") == (b"3", e2)
+    assert s.list("x/") == ["x/k.json"] and s.exists("x/k.json")
+    s.delete("x/k.json")
+    assert not s.exists("x/k.json") and s.list("x/") == []
+
+
+def test_open_store_uris(tmp_path: Path) -> None:
+    assert isinstance(open_store(f"file://{tmp_path}/a"), FileStore)
+    assert isinstance(open_store(str(tmp_path / "b")), FileStore)
+    s3 = open_store("s3://bucket/some/prefix", endpoint_url="http://127.0.0.1:9")
+    assert isinstance(s3, S3Store) and s3.prefix == "some/prefix"
+    for bad in ["ftp://host/x", "file://relative/x", "s3:///nobucket", "", "gs://b/p"]:
+        with pytest.raises(ConfigError):
+            open_store(bad)
+
+
+# -- register / get / list --------------------------------------------------------------------------
+def test_register_get_list(reg: Registry, tmp_path: Path) -> None:
+    mv1 = reg.register(_artifacts(tmp_path, "a"), _meta())
+    meta2 = _meta(family="lightgbm", parent_version="v1")
+    mv2 = reg.register(_artifacts(tmp_path, "b"), meta2, status=Status.SHADOW)
+    assert (mv1.version, mv2.version) == ("v1", "v2")
+    assert set(mv1.artifacts) == {"model.json", "weights.bin", "sub/spec.txt"}
+    assert mv1.artifacts["weights.bin"].size == 1025
+    got = reg.get("v2")
+    assert got == mv2 and got.family == "lightgbm" and got.parent_version == "v1"
+    assert [m.version for m in reg.list_versions()] == ["v1", "v2"]
+    assert reg.statuses() == {"v1": Status.CANDIDATE, "v2": Status.SHADOW}
+    assert reg.status("v2") is Status.SHADOW
+    assert [e.action for e in reg.history()] == ["register", "register"]
+    # A fresh client (another process) sees the same thing.
+    other = Registry(reg.store)
+    assert other.get("v1").artifacts == mv1.artifacts
+    with pytest.raises(VersionNotFound, match="v1, v2"):
+        reg.resolve("v9")
+    with pytest.raises(VersionNotFound):
+        reg.get("production")  # alias not set
+    with pytest.raises(ConfigError, match="unknown model metadata"):
+        reg.register(_artifacts(tmp_path, "c"), _meta(colour="red"))
+    with pytest.raises(ConfigError):
+        reg.register(_artifacts(tmp_path, "c"), _meta(version="v7"))
+    with pytest.raises(PolicyError):
+        reg.register(_artifacts(tmp_path, "c"), _meta(), status=Status.ACTIVE)
+
+
+def test_fetch_verifies_checksums(reg: Registry, tmp_path: Path) -> None:
+    src = _artifacts(tmp_path, "a")
+    mv = reg.register(src, _meta())
+    out = reg.fetch("v1", tmp_path / "out")
+    assert (out / "weights.bin").read_bytes() == (src / "weights.bin").read_bytes()
+    assert (out / "sub" / "spec.txt").read_text() == "spec a\n"
+
+    reg.store.put(mv.artifact_prefix + "weights.bin", b"tampered")
+    dest = tmp_path / "out2"
+    with pytest.raises(IntegrityError, match="weights.bin"):
+        reg.fetch("v1", dest)
+    assert not dest.exists()
+    assert not [p for p in tmp_path.iterdir() if ".fetch-" in p.name]  # partial download removed
+
+    reg.store.delete(mv.artifact_prefix + "model.json")
+    with pytest.raises(IntegrityError, match="model.json"):
+        reg.fetch("v1", tmp_path / "out3")
+    assert not (tmp_path / "out3").exists()
+
+
+def test_attachments(reg: Registry, tmp_path: Path) -> None:
+    reg.register(_artifacts(tmp_path, "a"), _meta())
+    reg.put_attachment("v1", "decision.json", b'{"promote": true}')
+    assert reg.get_attachment("v1", "decision.json") == b'{"promote": true}'
+    reg.put_attachment("v1", "decision.json", b'{"promote": false}')  # overwrite
+    assert reg.get_attachment("v1", "decision.json") == b'{"promote": false}'
+    assert set(reg.attachments("v1")) == {"decision.json"}
+    reg.store.put("attachments/v1/decision.json", b"evil")
+    with pytest.raises(IntegrityError, match="decision.json"):
+        reg.get_attachment("v1", "decision.json")
+    with pytest.raises(RegistryError, match="no attachment"):
+        reg.get_attachment("v1", "report.html")
+
+
+# -- promote / rollback / aliases -------------------------------------------------------------------
+def test_promote_rollback_history(reg: Registry, tmp_path: Path) -> None:
+    for t in "abcd":
+        reg.register(_artifacts(tmp_path, t), _meta())
+    with pytest.raises(PolicyError, match="no previous"):
+        reg.rollback(reason="nothing yet")
+    reg.set_alias("candidate", "v2")
+    reg.promote("v1", reason="first", actor="alice")
+    ev = reg.promote("candidate", reason="better sharpe", actor="ci")
+    assert (ev.version, ev.from_version, ev.actor) == ("v2", "v1", "ci")
+    assert reg.aliases() == {"production": "v2", "previous": "v1"}  # candidate cleared
+    reg.promote("v3", reason="third")
+    assert reg.statuses() == {"v1": Status.RETIRED, "v2": Status.RETIRED, "v3": Status.ACTIVE,
+                              "v4": Status.CANDIDATE}
+    n = len(reg.history())
+    assert reg.promote("v3", reason="again").version == "v3"  # idempotent, nothing written
+    assert len(reg.history()) == n
+
+    ev = reg.rollback(reason="v3 lost money", actor="controller")
+    assert (ev.version, ev.from_version) == ("v2", "v3")
+    assert reg.aliases() == {"production": "v2", "previous": "v1"}
+    assert reg.status("v3") is Status.RETIRED and reg.status("v2") is Status.ACTIVE
+    reg.rollback(reason="again")
+    assert reg.aliases() == {"production": "v1"}
+    with pytest.raises(PolicyError, match="no previous"):
+        reg.rollback(reason="nothing left")
+
+    with pytest.raises(VersionNotFound):
+        reg.promote("v42", reason="x")
+    with pytest.raises(PolicyError):
+        reg.set_status("v4", Status.ACTIVE)
+    with pytest.raises(PolicyError):
+        reg.set_status("v1", Status.RETIRED)
+    reg.set_status("v4", Status.CANARY)
+    assert reg.get("production").version == "v1"
+    hist = reg.history()
+    assert [e.action for e in hist][-7:] == ["set_alias", "promote", "promote", "promote", "rollback",
+                                             "rollback", "set_status"]
+    assert hist[-3].reason == "v3 lost money" and hist[-3].actor == "controller"
+
+
+def test_alias_cas(reg: Registry, tmp_path: Path) -> None:
+    for t in "abc":
+        reg.register(_artifacts(tmp_path, t), _meta())
+    reg.set_alias("candidate", "v1", expected=None)
+    with pytest.raises(AliasConflict, match="v1"):
+        reg.set_alias("candidate", "v2", expected=None)
+    reg.set_alias("candidate", "v2", expected="v1")
+    with pytest.raises(AliasConflict):
+        reg.set_alias("candidate", "v3", expected="v1")
+    reg.set_alias("shadow", "v3")
+    reg.set_alias("shadow", None, expected="v3")
+    assert reg.aliases() == {"candidate": "v2"}
+    reg.promote("v1", reason="r")
+    with pytest.raises(AliasConflict):
+        reg.promote("v2", reason="r", expected="v3")
+    with pytest.raises(ConfigError):
+        reg.set_alias("prod", "v1")
+    with pytest.raises(PolicyError):
+        reg.set_alias("production", "v2")
+    with pytest.raises(VersionNotFound):
+        reg.set_alias("candidate", "v99")
+
+
+# -- concurrency ------------------------------------------------------------------------------------
+def _check_consistent(reg: Registry, n_expected: int) -> None:
+    versions = reg.list_versions()
+    ids = [m.version for m in versions]
+    assert len(ids) == len(set(ids)) == n_expected
+    assert ids == [f"v{i}" for i in range(1, n_expected + 1)]  # natural order, no gaps
+    for m in versions:
+        assert reg.get(m.version).artifact_prefix == m.artifact_prefix
+    aliases = reg.aliases()
+    assert set(aliases.values()) <= set(ids)
+    hist = reg.history()
+    assert sorted(e.version for e in hist if e.action == "register") == sorted(ids)  # no lost update
+    # Replaying the history gives the current production alias and statuses.
+    prod = None
+    for e in hist:
+        if e.action in ("promote", "rollback"):
+            assert e.from_version == prod
+            prod = e.version
+    assert prod == aliases.get("production")
+    statuses = reg.statuses()
+    assert [v for v, s in statuses.items() if s is Status.ACTIVE] == ([prod] if prod else [])
+
+
+def test_concurrent_writers_threads(reg: Registry, tmp_path: Path) -> None:
+    errors: list[BaseException] = []
+    promoted: list[str] = []
+
+    def worker(i: int) -> None:
+        try:
+            r = Registry(reg.store)  # separate client object, shared store
+            for j in range(10):
+                mv = r.register(_artifacts(tmp_path, f"t{i}-{j}"), _meta(extra={"t": i, "j": j}))
+                if j % 3 == 0:
+                    r.promote(mv.version, reason=f"thread {i}")
+                    promoted.append(mv.version)
+        except BaseException as e:  # noqa: BLE001 - surfaced below
+            errors.append(e)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    _check_consistent(reg, 40)
+    assert len([e for e in reg.history() if e.action == "promote"]) == len(promoted) == 16
+    tags = {(m.extra["t"], m.extra["j"]) for m in reg.list_versions()}
+    assert tags == {(i, j) for i in range(4) for j in range(10)}
+
+
+def _proc_worker(root: str, art_root: str, i: int) -> None:
+    r = open_registry(root)
+    for j in range(5):
+        mv = r.register(_artifacts(Path(art_root), f"p{i}-{j}"), _meta())
+        if j % 2 == 0:
+            r.promote(mv.version, reason=f"proc {i}")
+
+
+def test_concurrent_writers_processes(tmp_path: Path) -> None:
+    root = str(tmp_path / "registry")
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=_proc_worker, args=(root, str(tmp_path), i)) for i in range(3)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+    assert [p.exitcode for p in procs] == [0, 0, 0]
+    reg = open_registry(root)
+    _check_consistent(reg, 15)
+    assert len([e for e in reg.history() if e.action == "promote"]) == 9
+
+
+# -- crash safety, deletion, retention --------------------------------------------------------------
+def test_killed_writer_leaves_no_version(
+    reg: Registry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    reg.register(_artifacts(tmp_path, "ok"), _meta())
+    real_put = reg.store.put
+
+    def dying_put(key: str, data: bytes, **kw: Any) -> str:
+        if key.startswith("versions/"):
+            raise SystemExit("killed before the manifest")
+        return real_put(key, data, **kw)
+
+    monkeypatch.setattr(reg.store, "put", dying_put)
+    with pytest.raises(SystemExit):
+        reg.register(_artifacts(tmp_path, "dead"), _meta())
+    monkeypatch.undo()
+
+    fresh = Registry(reg.store)
+    assert [m.version for m in fresh.list_versions()] == ["v1"]
+    with pytest.raises(VersionNotFound):
+        fresh.get("v2")
+    prefixes = {k.split("/")[1] for k in reg.store.list("artifacts/")}
+    assert len(prefixes) == 2  # the dead writer's uploads are there, unreferenced
+    assert fresh.cleanup(keep_last=10) == []  # too young: could be a registration in flight
+    removed = fresh.cleanup(keep_last=10, orphan_grace_s=0)
+    assert len(removed) == 1 and removed[0].startswith("artifacts/")
+    left = {k.split("/")[1] for k in reg.store.list("artifacts/")}
+    assert left == {fresh.get("v1").artifact_prefix.split("/")[1]}
+    assert fresh.register(_artifacts(tmp_path, "next"), _meta()).version == "v2"
+    fresh.fetch("v1", tmp_path / "v1")
+
+
+def test_delete(reg: Registry, tmp_path: Path) -> None:
+    for t in "abc":
+        reg.register(_artifacts(tmp_path, t), _meta())
+    reg.promote("v1", reason="r")
+    reg.put_attachment("v3", "report.txt", b"hello")
+    with pytest.raises(PolicyError, match="production"):
+        reg.delete("v1")
+    reg.set_alias("candidate", "v2")
+    with pytest.raises(PolicyError, match="candidate"):
+        reg.delete("v2")
+    prefix = reg.get("v3").artifact_prefix
+    reg.delete("v3")
+    assert reg.store.list(prefix) == [] and reg.store.list("attachments/v3/") == []
+    with pytest.raises(VersionNotFound):
+        reg.get("v3")
+    with pytest.raises(VersionNotFound):
+        reg.set_alias("shadow", "v3")
+    assert reg.register(_artifacts(tmp_path, "d"), _meta()).version == "v4"  # ids never reused
+    assert [m.version for m in reg.list_versions()] == ["v1", "v2", "v4"]
+    assert reg.history()[-2].action == "delete"
+
+
+def test_cleanup_keeps_aliased_and_active(reg: Registry, tmp_path: Path) -> None:
+    for t in "abcdef":
+        reg.register(_artifacts(tmp_path, t), _meta())
+    reg.promote("v2", reason="r")
+    reg.promote("v3", reason="r")  # production v3, previous v2
+    reg.set_alias("candidate", "v5")
+    removed = reg.cleanup(keep_last=1)
+    assert removed == ["v1", "v4"]
+    assert [m.version for m in reg.list_versions()] == ["v2", "v3", "v5", "v6"]
+    assert reg.cleanup(keep_last=1) == []
+    with pytest.raises(ConfigError):
+        reg.cleanup(keep_last=-1)
+
+
+# -- validation and failures ------------------------------------------------------------------------
+@pytest.mark.parametrize("bad", ["../x", "/abs", "v1/../../etc", "a\\b", "v1/x", "..", "", "v0", "v01"])
+def test_path_traversal_rejected(reg: Registry, bad: str) -> None:
+    with pytest.raises(ConfigError):
+        reg.get(bad)
+    with pytest.raises(ConfigError):
+        reg.delete(bad)
+    if bad not in ("v1/x", "v0", "v01"):  # those are fine storage keys, just not version ids
+        with pytest.raises(ConfigError):
+            reg.store.get(bad)
+        with pytest.raises(ConfigError):
+            reg.store.put(bad, b"x")
+
+
+def test_bad_attachment_and_artifact_names(reg: Registry, tmp_path: Path) -> None:
+    reg.register(_artifacts(tmp_path, "a"), _meta())
+    for bad in ["../x", "/etc/passwd", "a/b", ".hidden", ""]:
+        with pytest.raises(ConfigError):
+            reg.put_attachment("v1", bad, b"x")
+        with pytest.raises(ConfigError):
+            reg.get_attachment("v1", bad)
+    d = _artifacts(tmp_path, "b")
+    (d / "bad name!").write_text("x")
+    with pytest.raises(ConfigError, match="bad name"):
+        reg.register(d, _meta())
+
+
+def test_unreachable_s3_endpoint() -> None:
+    reg = open_registry("s3://bucket/prefix", endpoint_url="http://127.0.0.1:9")
+    t0 = time.monotonic()
+    with pytest.raises(StorageUnavailable, match="cannot reach S3 endpoint http://127.0.0.1:9"):
+        reg.list_versions()
+    assert time.monotonic() - t0 < 10
+
+
+def test_missing_bucket(moto_endpoint: str, tmp_path: Path) -> None:
+    reg = open_registry("s3://no-such-bucket-here/models", endpoint_url=moto_endpoint)
+    with pytest.raises(RegistryError, match="no-such-bucket-here"):
+        reg.list_versions()
+    with pytest.raises(RegistryError, match="no-such-bucket-here"):
+        reg.aliases()
+    with pytest.raises(RegistryError, match="bucket 'no-such-bucket-here' does not exist"):
+        reg.register(_artifacts(tmp_path, "a"), _meta())

@@ -1,0 +1,158 @@
+"""The promotion gate: metrics in, a decision with human-readable reasons out. No I/O here.
+
+A candidate is promoted only if every check passes:
+
+* ``min_sharpe`` — hold-out Sharpe (net of costs) at least ``min_sharpe``;
+* ``min_trades`` — enough position changes for the figures to mean something;
+* ``max_drawdown`` — the hold-out equity curve never fell further than ``max_drawdown``;
+* with a production model, measured on the same hold-out window:
+  * ``vs_production`` — Sharpe beats production by ``min_relative_improvement`` (relative to
+    ``max(|production|, 0.1)``), or stays within ``tolerance`` of it when a tolerance is set;
+  * ``key_metric_floor`` — no key metric below ``key_metric_floor`` x production's value;
+  * ``significance`` — the paired test (candidate minus production returns on the same periods) rejects
+    "no better" at ``significance_alpha``. Not required when the candidate is accepted only by tolerance.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any, Mapping
+
+from tideline.config import PolicyConfig
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    passed: bool
+    detail: str
+
+
+@dataclass
+class PolicyDecision:
+    approved: bool
+    checks: list[Check] = field(default_factory=list)
+    compared_to: str | None = None
+
+    @property
+    def reasons(self) -> list[str]:
+        """Why: the failed checks when rejected, every check when approved."""
+        failed = [c.detail for c in self.checks if not c.passed]
+        return failed if failed else [c.detail for c in self.checks]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "approved": self.approved,
+            "compared_to": self.compared_to,
+            "reasons": self.reasons,
+            "checks": [asdict(c) for c in self.checks],
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> PolicyDecision:
+        return cls(
+            approved=bool(d["approved"]),
+            checks=[Check(**c) for c in d.get("checks", [])],
+            compared_to=d.get("compared_to"),
+        )
+
+
+def _get(metrics: Mapping[str, Any], name: str) -> float:
+    v = metrics.get(name)
+    try:
+        f = float(v)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return float("nan")
+    return f
+
+
+def _fmt(x: float) -> str:
+    return f"{x:.3f}" if math.isfinite(x) else "n/a"
+
+
+def decide(
+    candidate: Mapping[str, Any],
+    cfg: PolicyConfig,
+    *,
+    production: Mapping[str, Any] | None = None,
+    production_version: str | None = None,
+    p_value: float | None = None,
+    production_error: str | None = None,
+) -> PolicyDecision:
+    """Decide whether ``candidate`` (hold-out metrics) may replace ``production`` (same window)."""
+    checks: list[Check] = []
+    sharpe = _get(candidate, "sharpe")
+    finite = all(math.isfinite(_get(candidate, k)) for k in ("sharpe", "max_drawdown", "directional_accuracy"))
+    checks.append(Check("finite_metrics", finite, "metrics are finite" if finite else "metrics are not finite"))
+
+    checks.append(
+        Check(
+            "min_sharpe",
+            sharpe >= cfg.min_sharpe,
+            f"hold-out Sharpe {_fmt(sharpe)} {'>=' if sharpe >= cfg.min_sharpe else '<'} minimum {cfg.min_sharpe}",
+        )
+    )
+    trades = _get(candidate, "n_trades")
+    ok = trades >= cfg.min_trades
+    checks.append(Check("min_trades", ok, f"{int(trades) if math.isfinite(trades) else 0} trades "
+                                          f"{'>=' if ok else '<'} minimum {cfg.min_trades}"))
+    dd = _get(candidate, "max_drawdown")
+    ok = dd <= cfg.max_drawdown
+    checks.append(Check("max_drawdown", ok, f"max drawdown {_fmt(dd)} {'<=' if ok else '>'} limit {cfg.max_drawdown}"))
+
+    if production_error is not None:
+        checks.append(
+            Check("vs_production", False, f"production {production_version} could not be evaluated: {production_error}")
+        )
+    elif production is not None:
+        p_sharpe = _get(production, "sharpe")
+        scale = max(abs(p_sharpe), 0.1)
+        need = p_sharpe + cfg.min_relative_improvement * scale
+        beats = sharpe >= need
+        within = cfg.tolerance > 0 and sharpe >= p_sharpe - cfg.tolerance * scale
+        if beats:
+            detail = (f"Sharpe {_fmt(sharpe)} beats production {production_version} ({_fmt(p_sharpe)}) by the "
+                      f"required {cfg.min_relative_improvement:.0%}")
+        elif within:
+            detail = (f"Sharpe {_fmt(sharpe)} within {cfg.tolerance:.0%} tolerance of production "
+                      f"{production_version} ({_fmt(p_sharpe)})")
+        else:
+            detail = (f"Sharpe {_fmt(sharpe)} does not beat production {production_version} ({_fmt(p_sharpe)}) "
+                      f"by {cfg.min_relative_improvement:.0%} (needs {_fmt(need)})")
+        checks.append(Check("vs_production", beats or within, detail))
+
+        low = []
+        for m in cfg.key_metrics:
+            c, p = _get(candidate, m), _get(production, m)
+            if not (math.isfinite(c) and math.isfinite(p)):
+                continue
+            floor = cfg.key_metric_floor * p if p > 0 else p
+            if c < floor:
+                low.append(f"{m} {_fmt(c)} < {_fmt(floor)}")
+        checks.append(
+            Check(
+                "key_metric_floor",
+                not low,
+                f"key metrics below {cfg.key_metric_floor:.0%} of production: {', '.join(low)}"
+                if low
+                else f"no key metric below {cfg.key_metric_floor:.0%} of production",
+            )
+        )
+
+        if cfg.require_significance and not (within and not beats):
+            sig = p_value is not None and math.isfinite(p_value) and p_value < cfg.significance_alpha
+            pv = "n/a" if p_value is None else f"{p_value:.3f}"
+            checks.append(
+                Check(
+                    "significance",
+                    sig,
+                    f"improvement over production significant (p={pv} < {cfg.significance_alpha})"
+                    if sig
+                    else f"improvement over production not significant (p={pv} >= {cfg.significance_alpha})",
+                )
+            )
+
+    return PolicyDecision(
+        approved=all(c.passed for c in checks), checks=checks, compared_to=production_version
+    )

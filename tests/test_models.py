@@ -1,0 +1,229 @@
+"""Model families: fit/predict quality, save/load round trips, determinism and safe loading."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from tideline.errors import ModelError
+from tideline.models import FAMILIES, Model, default_params, load_model, make_model
+
+SRC = Path(__file__).resolve().parents[1] / "src" / "tideline"
+
+# Small, fast settings so the whole module runs in seconds.
+FAST: dict[str, dict[str, Any]] = {
+    "xgboost": {"num_boost_round": 150},
+    "lightgbm": {"num_boost_round": 150},
+    "sklearn": {"max_iter": 150},
+    "torch": {"batch_size": 256, "max_epochs": 6, "patience": 2, "lr": 3e-3},
+}
+ARTIFACT = {"xgboost": "model.ubj", "lightgbm": "model.txt", "sklearn": "model.skops", "torch": "model.pt"}
+
+
+@dataclass
+class Spec:
+    """Stand-in for tideline.features.FeatureSpec."""
+
+    tabular: list[str]
+    sequence: list[str]
+    channels: list[str]
+    seq_len: int
+
+    @property
+    def all_columns(self) -> list[str]:
+        return [*self.tabular, *self.sequence]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"tabular": self.tabular, "sequence": self.sequence, "channels": self.channels,
+                "seq_len": self.seq_len}
+
+
+def _dataset(n: int = 8000, seed: int = 0) -> tuple[pd.DataFrame, np.ndarray, Spec]:
+    rng = np.random.default_rng(seed)
+    tab = [f"f{i}" for i in range(6)]
+    channels = ["ret", "vol"]
+    seq_len = 8
+    seq = [f"seq_{c}_l{lag}" for lag in range(seq_len - 1, -1, -1) for c in channels]
+    X = pd.DataFrame(rng.standard_normal((n, len(tab) + len(seq))).astype(np.float32), columns=tab + seq)
+    X["other"] = np.float32(1.0)  # extra columns are ignored
+    signal = 0.6 * X["f0"] - 0.4 * X["f1"] + 0.5 * X["seq_ret_l0"]
+    y = 1e-3 * (signal.to_numpy(np.float64) + 0.8 * rng.standard_t(3, n))
+    return X, y, Spec(tab, seq, channels, seq_len)
+
+
+X_ALL, Y_ALL, SPEC = _dataset()
+TRAIN, VALID, TEST = slice(0, 5000), slice(5000, 6500), slice(6500, None)
+
+
+def _fit(family: str, seed: int = 3) -> Model:
+    m = make_model(family, seed=seed, params=FAST[family], n_threads=1)
+    return m.fit(X_ALL.iloc[TRAIN], Y_ALL[TRAIN], SPEC, X_valid=X_ALL.iloc[VALID], y_valid=Y_ALL[VALID])
+
+
+@pytest.fixture(scope="module", params=FAMILIES)
+def fitted(request: pytest.FixtureRequest) -> Model:
+    return _fit(request.param)
+
+
+def test_fit_predicts_held_out(fitted: Model) -> None:
+    pred = fitted.predict(X_ALL.iloc[TEST])
+    assert pred.dtype == np.float64 and pred.shape == (len(X_ALL.iloc[TEST]),)
+    assert np.isfinite(pred).all()
+    corr = np.corrcoef(pred, Y_ALL[TEST])[0, 1]
+    assert corr > 0.2, f"{fitted.family}: held-out correlation {corr:.3f}"
+    expected = SPEC.tabular if fitted.family != "torch" else SPEC.tabular + SPEC.sequence
+    assert sorted(fitted.columns) == sorted(expected)
+
+
+def test_save_load_round_trip(fitted: Model, tmp_path: Path) -> None:
+    files = fitted.save(tmp_path / "m")
+    assert sorted(files) == sorted([ARTIFACT[fitted.family], "model.json"])
+    meta = json.loads((tmp_path / "m" / "model.json").read_text())
+    assert meta["family"] == fitted.family and meta["columns"] == fitted.columns
+    assert meta["spec"] == SPEC.to_dict() and meta["library_versions"]
+    loaded = load_model(tmp_path / "m")
+    assert type(loaded) is type(fitted)
+    np.testing.assert_array_equal(loaded.predict(X_ALL.iloc[TEST]), fitted.predict(X_ALL.iloc[TEST]))
+    np.testing.assert_array_equal(type(fitted).load(tmp_path / "m").predict(X_ALL.iloc[:50]),
+                                  fitted.predict(X_ALL.iloc[:50]))
+
+
+def test_deterministic_with_seed(fitted: Model) -> None:
+    again = _fit(fitted.family)
+    np.testing.assert_array_equal(again.predict(X_ALL.iloc[TEST]), fitted.predict(X_ALL.iloc[TEST]))
+
+
+def test_missing_column_and_nan(fitted: Model) -> None:
+    with pytest.raises(ModelError, match="f1"):
+        fitted.predict(X_ALL.iloc[TEST].drop(columns=["f1"]))
+    X = X_ALL.iloc[TEST].copy()
+    X.iloc[::7, 0] = np.nan
+    assert np.isfinite(fitted.predict(X)).all()
+
+
+def _corrupt(src: Path, dst: Path, name: str, data: bytes, *, fix_checksum: bool) -> None:
+    shutil.copytree(src, dst)
+    (dst / name).write_bytes(data)
+    if fix_checksum:  # get past the sha256 check so the library's own parser sees the bad file
+        meta = json.loads((dst / "model.json").read_text())
+        meta["files"][name] = hashlib.sha256(data).hexdigest()
+        (dst / "model.json").write_text(json.dumps(meta))
+
+
+def test_corrupt_files_raise_model_error(fitted: Model, tmp_path: Path) -> None:
+    src = tmp_path / "good"
+    fitted.save(src)
+    name = ARTIFACT[fitted.family]
+    raw = (src / name).read_bytes()
+    for i, data in enumerate([raw[: len(raw) // 2], b"garbage" * 10, b""]):
+        for fix in (False, True):
+            dst = tmp_path / f"bad{i}{fix}"
+            _corrupt(src, dst, name, data, fix_checksum=fix)
+            with pytest.raises(ModelError):
+                load_model(dst)
+    (tmp_path / "nojson").mkdir()
+    shutil.copy(src / name, tmp_path / "nojson" / name)
+    with pytest.raises(ModelError, match="missing"):
+        load_model(tmp_path / "nojson")
+    dst = tmp_path / "badjson"
+    shutil.copytree(src, dst)
+    (dst / "model.json").write_text((src / "model.json").read_text()[:40])
+    with pytest.raises(ModelError, match="corrupt"):
+        load_model(dst)
+    dst = tmp_path / "noartifact"
+    shutil.copytree(src, dst)
+    (dst / name).unlink()
+    with pytest.raises(ModelError, match="missing"):
+        load_model(dst)
+
+
+def _sneaky(x: Any) -> Any:  # a custom function: not on the allow-list
+    return x
+
+
+def test_skops_refuses_unexpected_types(tmp_path: Path) -> None:
+    import skops.io as sio
+    from sklearn.linear_model import LinearRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import FunctionTransformer
+
+    good = _fit("sklearn")
+    good.save(tmp_path / "good")
+    Xt, yt = X_ALL[SPEC.tabular].to_numpy()[:200], Y_ALL[:200]
+    evil = make_pipeline(FunctionTransformer(_sneaky), LinearRegression()).fit(Xt, yt)
+    sio.dump(evil, tmp_path / "evil.skops")
+    assert sio.get_untrusted_types(file=tmp_path / "evil.skops")
+    _corrupt(tmp_path / "good", tmp_path / "bad", "model.skops", (tmp_path / "evil.skops").read_bytes(),
+             fix_checksum=True)
+    with pytest.raises(ModelError, match="not allowed"):
+        load_model(tmp_path / "bad")
+    # A type skops trusts by default but which is not the expected estimator is refused too.
+    sio.dump(LinearRegression().fit(Xt, yt), tmp_path / "lin.skops")
+    _corrupt(tmp_path / "good", tmp_path / "lin", "model.skops", (tmp_path / "lin.skops").read_bytes(),
+             fix_checksum=True)
+    with pytest.raises(ModelError, match="HistGradientBoostingRegressor"):
+        load_model(tmp_path / "lin")
+
+
+class _Payload:
+    pass
+
+
+def test_torch_refuses_pickled_objects(tmp_path: Path) -> None:
+    import torch
+
+    _fit("torch").save(tmp_path / "good")
+    torch.save({"w": _Payload()}, tmp_path / "obj.pt")
+    _corrupt(tmp_path / "good", tmp_path / "bad", "model.pt", (tmp_path / "obj.pt").read_bytes(), fix_checksum=True)
+    with pytest.raises(ModelError, match="weights-only"):
+        load_model(tmp_path / "bad")
+
+
+def test_api_errors(tmp_path: Path) -> None:
+    for family in FAMILIES:
+        assert isinstance(default_params(family), dict) and default_params(family)
+        m = make_model(family, seed=0)
+        assert m.family == family
+        with pytest.raises(ModelError, match="not fitted"):
+            m.predict(X_ALL.iloc[:5])
+        with pytest.raises(ModelError, match="not fitted"):
+            m.save(tmp_path / family)
+        with pytest.raises(ModelError, match="f0"):
+            m.fit(X_ALL.drop(columns=["f0"]), Y_ALL, SPEC)
+    with pytest.raises(ModelError, match="unknown model family"):
+        make_model("catboost", seed=0)
+    with pytest.raises(ModelError, match="unknown torch params"):
+        make_model("torch", seed=0, params={"d_modle": 8})
+    with pytest.raises(ModelError, match="unknown sklearn params"):
+        make_model("sklearn", seed=0, params={"random_state": 1})
+    with pytest.raises(ModelError, match="seq_"):
+        bad = Spec(SPEC.tabular, [c.replace("seq_", "s_") for c in SPEC.sequence], SPEC.channels, SPEC.seq_len)
+        make_model("torch", seed=0).fit(X_ALL.rename(columns=lambda c: c.replace("seq_", "s_")), Y_ALL, bad)
+    (tmp_path / "alien").mkdir()
+    (tmp_path / "alien" / "model.json").write_text(json.dumps({"family": "catboost", "format_version": 1}))
+    with pytest.raises(ModelError, match="unknown model family"):
+        load_model(tmp_path / "alien")
+
+
+def test_no_unsafe_loading_in_source() -> None:
+    bad: list[str] = []
+    patterns = [re.compile(r"\bpickle\.loads?\("), re.compile(r"\bjoblib\.load\("), re.compile(r"\bcloudpickle\."),
+                re.compile(r"trusted\s*=\s*True"), re.compile(r"\bdill\.loads?\(")]
+    for path in sorted(SRC.rglob("*.py")):
+        text = path.read_text(encoding="utf-8")
+        for pat in patterns:
+            bad += [f"{path.name}: {m.group(0)}" for m in pat.finditer(text)]
+        for m in re.finditer(r"torch\.load\(", text):
+            call = text[m.start() : text.find(")", m.start()) + 1]
+            if not re.search(r"weights_only\s*=\s*True", call):
+                bad.append(f"{path.name}: {call}")
+    assert not bad, f"unsafe deserialisation in src/tideline: {bad}"

@@ -1,0 +1,5 @@
+import sys
+
+from tideline.cli import main
+
+sys.exit(main())

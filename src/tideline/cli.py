@@ -1,0 +1,408 @@
+"""The ``tideline`` command line. Thin: parses options, calls the library, renders results.
+
+Errors from the library (``TidelineError``) become one line on stderr and a non-zero exit code;
+a traceback is shown only with ``TIDELINE_DEBUG=1``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import sys
+import traceback
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import click
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from tideline import __version__
+from tideline.config import MODEL_FAMILIES, Settings, load_settings
+from tideline.errors import ConfigError, TidelineError
+
+app = typer.Typer(
+    name="tideline", help="Keep trading models good as markets change.", no_args_is_help=True,
+    pretty_exceptions_enable=False, add_completion=False,
+)
+models_app = typer.Typer(help="Inspect and move model versions in the registry.", no_args_is_help=True)
+data_app = typer.Typer(help="Market data: validate files, generate synthetic markets.", no_args_is_help=True)
+app.add_typer(models_app, name="models")
+app.add_typer(data_app, name="data")
+
+# Wide enough for the result tables when output goes to a file or a pipe (rich uses 80 there).
+_WIDTH = None if sys.stdout.isatty() else int(os.environ.get("COLUMNS", "150"))
+out = Console(width=_WIDTH)
+err = Console(stderr=True)
+
+
+# ---- shared options ---------------------------------------------------------------------------------
+class State:
+    def __init__(self) -> None:
+        self.config: Path | None = None
+        self.registry: str | None = None
+
+    def settings(self, **overrides: Any) -> Settings:
+        s = load_settings(self.config, **overrides)
+        if self.registry:
+            s = s.model_copy(update={"registry": self.registry})
+        logging.basicConfig(level=s.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s",
+                            stream=sys.stderr)
+        return s
+
+
+def _state(ctx: typer.Context) -> State:
+    return ctx.ensure_object(State)
+
+
+def _version(value: bool) -> None:
+    if value:
+        out.print(f"tideline {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    ctx: typer.Context,
+    registry: Annotated[Optional[str], typer.Option(
+        "--registry", envvar="TIDELINE_REGISTRY",
+        help="Registry URI: file:///path or s3://bucket/prefix (endpoint from AWS_ENDPOINT_URL).")] = None,
+    config: Annotated[Optional[Path], typer.Option(
+        "--config", envvar="TIDELINE_CONFIG", help="Settings file (.toml, .yaml or .json).")] = None,
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="Show the version and exit.")] = False,
+) -> None:
+    st = _state(ctx)
+    st.registry, st.config = registry, config
+
+
+def _open_registry(s: Settings):  # noqa: ANN202 - Registry, imported lazily to keep --help fast
+    from tideline.registry import open_registry
+
+    return open_registry(s.registry_uri(), endpoint_url=s.endpoint_url())
+
+
+def _print_json(obj: Any) -> None:
+    sys.stdout.write(json.dumps(obj, indent=2, default=str) + "\n")
+
+
+# ---- progress -----------------------------------------------------------------------------------------
+def _reporter(enabled: bool):  # noqa: ANN202
+    from tideline.cycle import Reporter
+
+    class RichReporter(Reporter):
+        def __init__(self) -> None:
+            self.progress = Progress(
+                SpinnerColumn(), TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                TimeElapsedColumn(), console=err, transient=False, disable=not enabled,
+            )
+
+        @contextlib.contextmanager
+        def stage(self, name: str, total: int | None = None) -> Iterator[Callable[[int], None]]:
+            task = self.progress.add_task(name, total=total if total is not None else 1)
+            try:
+                yield lambda n=1: self.progress.advance(task, n)
+            finally:
+                self.progress.update(task, completed=total if total is not None else 1)
+
+    return RichReporter()
+
+
+# ---- cycle --------------------------------------------------------------------------------------------
+def _fmt(v: Any, nd: int = 3) -> str:
+    return f"{v:.{nd}f}" if isinstance(v, float) else str(v)
+
+
+@app.command()
+def cycle(
+    ctx: typer.Context,
+    data: Annotated[Optional[str], typer.Option(
+        "--data", help="Bars: CSV/Parquet file, a directory of them, or s3://bucket/prefix.")] = None,
+    synthetic: Annotated[bool, typer.Option("--synthetic", help="Use a generated synthetic market.")] = False,
+    symbols: Annotated[int, typer.Option(min=1, max=500, help="Synthetic: number of symbols.")] = 10,
+    bars: Annotated[int, typer.Option(min=300, max=2_000_000, help="Synthetic: bars per symbol.")] = 3000,
+    seed: Annotated[int, typer.Option(help="Seed for the synthetic market and the models.")] = 7,
+    families: Annotated[Optional[str], typer.Option(
+        help=f"Comma-separated model families (default: all of {', '.join(MODEL_FAMILIES)}).")] = None,
+    horizon: Annotated[Optional[int], typer.Option(min=1, help="Label horizon in bars.")] = None,
+    cost_bps: Annotated[Optional[float], typer.Option(min=0, help="Cost per unit turnover, bps.")] = None,
+    quarantine: Annotated[bool, typer.Option(
+        "--quarantine", help="Drop bad rows (reported) instead of refusing the data.")] = False,
+    promote: Annotated[bool, typer.Option("--promote/--no-promote", help="Promote if the policy passes.")] = True,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+) -> None:
+    """Run one retraining cycle: validate, train every family, evaluate, register, promote if allowed."""
+    if bool(data) == synthetic:
+        raise ConfigError("give exactly one of --data PATH or --synthetic")
+    s = _state(ctx).settings()
+    upd: dict[str, Any] = {"training": s.training.model_copy(update={"seed": seed})}
+    if families:
+        fams = [f.strip() for f in families.split(",") if f.strip()]
+        bad = sorted(set(fams) - set(MODEL_FAMILIES))
+        if bad or not fams:
+            raise ConfigError(f"unknown model families {bad}; choose from {', '.join(MODEL_FAMILIES)}")
+        upd["training"] = upd["training"].model_copy(update={"families": fams})
+    if horizon is not None:
+        upd["features"] = s.features.model_copy(update={"horizon": horizon})
+    if cost_bps is not None:
+        upd["evaluation"] = s.evaluation.model_copy(update={"cost_bps": cost_bps})
+    s = s.model_copy(update=upd)
+
+    from tideline.cycle import CycleRunner
+
+    reg = _open_registry(s)
+    runner = CycleRunner(s, reg, _reporter(enabled=not as_json and err.is_terminal))
+    if not as_json:
+        err.print(f"[dim]registry {s.registry_uri()}[/dim]")
+    res = runner.run(
+        data, synthetic={"n_symbols": symbols, "n_bars": bars, "seed": seed} if synthetic else None,
+        quarantine=quarantine, promote=promote,
+    )
+    if as_json:
+        _print_json(res.to_dict())
+        return
+    _render_cycle(res)
+
+
+def _render_cycle(res: Any) -> None:
+    d = res.data
+    out.print(f"[bold]data[/bold] {d['source']}: {d['rows']:,} bars, {len(d['symbols'])} symbol(s), "
+              f"{d['start']} .. {d['end']}; {d['dataset_rows']:,} labelled rows x {d['features']} features, "
+              f"horizon {d['horizon']}, cost {d['cost_bps']} bps")
+    if d["rows_quarantined"]:
+        out.print(f"[yellow]quarantined {d['rows_quarantined']} rows:[/yellow] " + "; ".join(d["problems"]))
+    h = d["holdout"]
+    out.print(f"[bold]hold-out[/bold] {h['start']} .. {h['end']} ({h['rows']:,} rows); "
+              f"{d['walk_forward_folds']} purged walk-forward folds before it")
+    t = Table(title="candidates vs production and baselines (hold-out, net of costs)")
+    for col in ("model", "version", "WF Sharpe", "Sharpe", "Sortino", "dir.acc", "IC", "maxDD", "PF",
+                "trades", "p vs prod", "decision"):
+        t.add_column(col, no_wrap=True)
+    for c in res.candidates:
+        m = c.holdout
+        wf = c.walk_forward.get("sharpe_mean")
+        decision = ("[bold green]PROMOTED[/]" if c.promoted else
+                    "[green]approved[/]" if c.decision.approved else "[red]rejected[/]")
+        t.add_row(c.family, c.version or "-", _fmt(wf, 2) if wf is not None else "-", _fmt(m.sharpe, 2),
+                  _fmt(m.sortino, 2), _fmt(m.directional_accuracy), _fmt(m.ic), _fmt(m.max_drawdown),
+                  _fmt(m.profit_factor, 2), str(m.n_trades),
+                  _fmt(c.p_value) if c.p_value is not None else "-", decision)
+    if res.production_metrics is not None:
+        m = res.production_metrics
+        t.add_row(f"production", res.production_version, "-", _fmt(m.sharpe, 2), _fmt(m.sortino, 2),
+                  _fmt(m.directional_accuracy), _fmt(m.ic), _fmt(m.max_drawdown), _fmt(m.profit_factor, 2),
+                  str(m.n_trades), "-", "current")
+    for name, m in res.baselines.items():
+        t.add_row(f"[dim]{name}[/dim]", "baseline", "-", _fmt(m.sharpe, 2), _fmt(m.sortino, 2),
+                  _fmt(m.directional_accuracy), _fmt(m.ic), _fmt(m.max_drawdown), _fmt(m.profit_factor, 2),
+                  str(m.n_trades), "-", "")
+    out.print(t)
+    for c in res.candidates:
+        mark = "[green]✔[/]" if c.decision.approved else "[red]✘[/]"
+        out.print(f"{mark} {c.family} {c.version or ''}: " + "; ".join(c.decision.reasons), highlight=False)
+    if res.production_error:
+        out.print(f"[yellow]production {res.production_version} could not be evaluated:[/] {res.production_error}")
+    out.print(f"[bold]result[/bold] {res.promotion_note}")
+    stages = ", ".join(f"{k} {v:.1f}s" for k, v in res.timings.items())
+    out.print(f"[dim]timings: {stages}[/dim]")
+
+
+# ---- models -------------------------------------------------------------------------------------------
+def _version_row(mv: Any, status: str, aliases: dict[str, str]) -> dict[str, Any]:
+    m = mv.metrics or {}
+    names = sorted(a for a, v in aliases.items() if v == mv.version)
+    return {
+        "version": mv.version, "family": mv.family, "status": status, "aliases": names,
+        "created_at": mv.created_at, "sharpe": m.get("sharpe"),
+        "directional_accuracy": m.get("directional_accuracy"),
+        "approved": (mv.decision or {}).get("approved"), "parent": mv.parent_version,
+    }
+
+
+@models_app.command("list")
+def models_list(ctx: typer.Context, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """List every version with its status, aliases and hold-out metrics."""
+    reg = _open_registry(_state(ctx).settings())
+    aliases, statuses = reg.aliases(), reg.statuses()
+    rows = [_version_row(mv, str(getattr(statuses.get(mv.version), "value", statuses.get(mv.version))), aliases)
+            for mv in reg.list_versions()]
+    if as_json:
+        _print_json(rows)
+        return
+    if not rows:
+        out.print("no model versions yet: run `tideline cycle --synthetic` or `tideline cycle --data FILE`")
+        return
+    t = Table(title="model versions")
+    for col in ("version", "family", "status", "aliases", "created", "Sharpe", "dir.acc", "approved", "parent"):
+        t.add_column(col)
+    for r in rows:
+        t.add_row(r["version"], r["family"], r["status"], ",".join(r["aliases"]), str(r["created_at"])[:19],
+                  _fmt(r["sharpe"], 2), _fmt(r["directional_accuracy"]), str(r["approved"]), str(r["parent"] or "-"))
+    out.print(t)
+
+
+@models_app.command("show")
+def models_show(ctx: typer.Context, version: Annotated[str, typer.Argument(help="Version or alias.")],
+                as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Show one version: metadata, metrics, decision and artifacts."""
+    reg = _open_registry(_state(ctx).settings())
+    mv = reg.get(version)
+    d = mv.model_dump(mode="json")
+    d["status"] = str(getattr(reg.status(mv.version), "value", reg.status(mv.version)))
+    d["aliases"] = sorted(a for a, v in reg.aliases().items() if v == mv.version)
+    if as_json:
+        _print_json(d)
+        return
+    out.print(f"[bold]{mv.version}[/bold] {mv.family} — {d['status']} {' '.join(d['aliases'])}")
+    for k in ("created_at", "parent_version", "code_version", "data_hash", "feature_config_hash"):
+        out.print(f"  {k}: {d.get(k)}")
+    out.print(f"  training_window: {d['training_window']}")
+    out.print(f"  features: {len(mv.features)}")
+    t = Table(title="hold-out metrics (net of costs)")
+    t.add_column("metric")
+    t.add_column("value")
+    for k, v in (mv.metrics or {}).items():
+        t.add_row(k, _fmt(v, 4))
+    out.print(t)
+    if mv.decision:
+        verdict = "approved" if mv.decision.get("approved") else "rejected"
+        out.print(f"  policy: {verdict}")
+        for c in mv.decision.get("checks", []):
+            out.print(f"    {'✔' if c['passed'] else '✘'} {c['detail']}")
+    for name, a in mv.artifacts.items():
+        out.print(f"  artifact {name}: sha256 {a.sha256[:16]}… {a.size:,} bytes")
+
+
+@models_app.command("history")
+def models_history(ctx: typer.Context, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Every promotion, rollback and alias move, oldest first."""
+    reg = _open_registry(_state(ctx).settings())
+    events = [e.model_dump(mode="json") for e in reg.history()]
+    if as_json:
+        _print_json(events)
+        return
+    if not events:
+        out.print("no history yet")
+        return
+    t = Table(title="registry history")
+    for col in ("at", "action", "version", "from", "alias", "actor", "reason"):
+        t.add_column(col, overflow="fold")
+    for e in events:
+        t.add_row(str(e.get("at"))[:19], str(e.get("action")), str(e.get("version") or "-"),
+                  str(e.get("from_version") or "-"), str(e.get("alias") or "-"), str(e.get("actor") or "-"),
+                  str(e.get("reason") or ""))
+    out.print(t)
+
+
+@models_app.command("promote")
+def models_promote(ctx: typer.Context, version: Annotated[str, typer.Argument(help="Version to promote.")],
+                   reason: Annotated[str, typer.Option(help="Why (kept in history).")] = "manual promotion") -> None:
+    """Make VERSION production (the old production becomes `previous`)."""
+    reg = _open_registry(_state(ctx).settings())
+    ev = reg.promote(reg.resolve(version), reason=reason, actor="cli")
+    out.print(f"production -> {ev.version} (previous: {ev.from_version or '-'})")
+
+
+@models_app.command("rollback")
+def models_rollback(ctx: typer.Context,
+                    reason: Annotated[str, typer.Option(help="Why (kept in history).")] = "manual rollback") -> None:
+    """Put the previous production version back."""
+    reg = _open_registry(_state(ctx).settings())
+    ev = reg.rollback(reason=reason, actor="cli")
+    out.print(f"rolled back: production -> {ev.version} (was {ev.from_version})")
+
+
+@models_app.command("delete")
+def models_delete(ctx: typer.Context, version: Annotated[str, typer.Argument()]) -> None:
+    """Delete a version (never production or any aliased version)."""
+    reg = _open_registry(_state(ctx).settings())
+    reg.delete(version)
+    out.print(f"deleted {version}")
+
+
+@models_app.command("cleanup")
+def models_cleanup(ctx: typer.Context,
+                   keep: Annotated[int, typer.Option(min=1, help="Versions to keep (aliased ones always kept).")] = 20
+                   ) -> None:
+    """Retention: delete old versions beyond --keep that no alias points to."""
+    reg = _open_registry(_state(ctx).settings())
+    gone = reg.cleanup(keep_last=keep)
+    out.print(f"deleted {len(gone)} version(s){': ' + ', '.join(gone) if gone else ''}")
+
+
+# ---- data ---------------------------------------------------------------------------------------------
+@data_app.command("validate")
+def data_validate(
+    ctx: typer.Context, path: Annotated[str, typer.Argument(help="CSV/Parquet file, directory or s3:// prefix.")],
+    report: Annotated[Optional[Path], typer.Option(help="Write the quarantine report (CSV + JSON) here.")] = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Check market data; exit non-zero when it has problems."""
+    from tideline.data import load_bars, validate_bars
+
+    s = _state(ctx).settings()
+    rep = validate_bars(load_bars(path, endpoint_url=s.endpoint_url()), mode="quarantine")
+    if report is not None:
+        rep.write(report)
+    if as_json:
+        _print_json(rep.to_dict())
+    else:
+        out.print(rep.summary())
+    if rep.problems:
+        raise typer.Exit(3)
+
+
+@data_app.command("synth")
+def data_synth(
+    out_path: Annotated[Path, typer.Argument(metavar="OUT", help="Output .csv or .parquet.")],
+    symbols: Annotated[int, typer.Option(min=1, max=500)] = 10,
+    bars: Annotated[int, typer.Option(min=10, max=2_000_000)] = 3000,
+    seed: Annotated[int, typer.Option()] = 0,
+    shift: Annotated[Optional[list[int]], typer.Option(help="Bar index of a regime shift (repeatable).")] = None,
+) -> None:
+    """Write a synthetic multi-symbol market with hidden, regime-dependent signal."""
+    from tideline.data import synthetic_market, write_bars
+
+    df = synthetic_market(n_symbols=symbols, n_bars=bars, seed=seed, shifts=shift or None)
+    write_bars(df, out_path)
+    out.print(f"wrote {len(df):,} bars ({symbols} symbols) to {out_path}")
+
+
+# ---- entry point --------------------------------------------------------------------------------------
+def main(argv: list[str] | None = None) -> int:
+    """Console-script entry: turns every failure into a one-line message and an exit code."""
+    debug = os.environ.get("TIDELINE_DEBUG") == "1"
+    try:
+        rv = app(args=argv, prog_name="tideline", standalone_mode=False)
+        return int(rv or 0)
+    except click.exceptions.UsageError as e:
+        e.show(file=sys.stderr)
+        return 2
+    except click.exceptions.Exit as e:
+        return int(e.exit_code or 0)
+    except click.exceptions.Abort:
+        err.print("aborted")
+        return 130
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        return 130
+    except TidelineError as e:
+        if debug:
+            traceback.print_exc()
+        err.print(f"[bold red]error:[/bold red] {e}", highlight=False, soft_wrap=True)
+        return e.exit_code
+    except Exception as e:  # an unexpected failure: one line, traceback only on request
+        if debug:
+            traceback.print_exc()
+        err.print(f"[bold red]internal error:[/bold red] {type(e).__name__}: {e} "
+                  f"(set TIDELINE_DEBUG=1 for the traceback)", highlight=False, soft_wrap=True)
+        return 70
+
+
+if __name__ == "__main__":
+    sys.exit(main())

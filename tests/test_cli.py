@@ -1,0 +1,115 @@
+"""The command line: real commands, real exit codes, one-line errors (never a traceback)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from conftest import EXAMPLES, FAST_PARAMS
+from tideline.cli import main
+
+
+def _cfg(tmp_path: Path) -> Path:
+    import yaml
+
+    f = tmp_path / "fast.yaml"
+    f.write_text(yaml.safe_dump({
+        "training": {"params": FAST_PARAMS, "families": ["lightgbm", "sklearn"]},
+        "evaluation": {"n_splits": 2, "bootstrap_samples": 200},
+        "policy": {"min_sharpe": -100.0, "min_trades": 0, "max_drawdown": 10.0, "require_significance": False,
+                   "min_relative_improvement": -100.0, "key_metric_floor": 0.0},
+    }))
+    return f
+
+
+def run(args: list[str], capsys) -> tuple[int, str, str]:
+    code = main(args)
+    o, e = capsys.readouterr()
+    return code, o, e
+
+
+def test_cycle_json_and_models_commands(tmp_path, capsys):
+    reg = (tmp_path / "reg").as_uri()
+    base = ["--registry", reg, "--config", str(_cfg(tmp_path))]
+    code, o, e = run([*base, "cycle", "--synthetic", "--symbols", "3", "--bars", "900", "--json"], capsys)
+    assert code == 0, e
+    res = json.loads(o)
+    assert res["promoted_version"] is not None  # the permissive policy above approves
+    assert {c["family"] for c in res["candidates"]} == {"lightgbm", "sklearn"}
+    assert "buy_and_hold" in res["baselines"]
+
+    code, o, _ = run([*base, "models", "list", "--json"], capsys)
+    rows = json.loads(o)
+    assert code == 0 and len(rows) == 2
+    prod = next(r for r in rows if "production" in r["aliases"])
+    other = next(r for r in rows if r is not prod)
+
+    code, o, _ = run([*base, "models", "show", "production", "--json"], capsys)
+    assert code == 0 and json.loads(o)["version"] == prod["version"]
+    code, o, _ = run([*base, "models", "show", prod["version"]], capsys)
+    assert code == 0 and "hold-out metrics" in o
+
+    code, o, _ = run([*base, "models", "promote", other["version"], "--reason", "test"], capsys)
+    assert code == 0 and other["version"] in o
+    code, o, _ = run([*base, "models", "rollback", "--reason", "bad"], capsys)
+    assert code == 0 and prod["version"] in o
+    code, o, _ = run([*base, "models", "history", "--json"], capsys)
+    actions = [ev["action"] for ev in json.loads(o)]
+    assert code == 0 and actions[-1] == "rollback" and actions.count("promote") >= 2
+
+    code, _, e = run([*base, "models", "delete", prod["version"]], capsys)
+    assert code != 0 and "production" in e
+    code, _, e = run([*base, "models", "show", "v999"], capsys)
+    assert code != 0 and "v999" in e
+
+
+def test_cycle_table_output_on_real_data(tmp_path, capsys):
+    base = ["--registry", (tmp_path / "reg").as_uri(), "--config", str(_cfg(tmp_path))]
+    code, o, e = run([*base, "cycle", "--data", str(EXAMPLES / "GOOG_1d.csv"), "--families", "lightgbm"], capsys)
+    assert code == 0, e
+    assert "buy_and_hold" in o and "lightgbm" in o and "result" in o
+
+
+@pytest.mark.parametrize("args,msg,code", [
+    (["cycle"], "exactly one of", 2),
+    (["cycle", "--synthetic", "--families", "catboost"], "unknown model families", 2),
+    (["cycle", "--data", "/nonexistent/prices.csv"], "not found", 3),
+    (["models", "rollback"], "previous", None),
+    (["models", "promote", "v7"], "v7", None),
+    (["--registry", "ftp://x/y", "models", "list"], "registry", 2),
+])
+def test_bad_arguments_give_one_line_errors(tmp_path, capsys, args, msg, code):
+    if args[0] != "--registry":
+        args = ["--registry", (tmp_path / "reg").as_uri(), *args]
+    rc, _, e = run(args, capsys)
+    assert rc != 0
+    if code is not None:
+        assert rc == code
+    assert msg.lower() in e.lower()
+    assert "Traceback" not in e
+
+
+def test_console_script_broken_csv_exits_nonzero_without_traceback(tmp_path):
+    df = pd.read_csv(EXAMPLES / "GOOG_1d.csv").head(400)
+    df.loc[10, "close"] = -5.0
+    df.loc[20, "volume"] = -1
+    bad = tmp_path / "bad.csv"
+    df.to_csv(bad, index=False)
+    env = {**os.environ, "TIDELINE_REGISTRY": (tmp_path / "reg").as_uri()}
+    p = subprocess.run([sys.executable, "-m", "tideline", "cycle", "--data", str(bad)],
+                       capture_output=True, text=True, env=env, timeout=120)
+    assert p.returncode == 3, p.stderr
+    assert "Traceback" not in p.stderr
+    assert "validation" in p.stderr.lower()
+    assert not (tmp_path / "reg" / "versions").exists() or not any((tmp_path / "reg" / "versions").iterdir())
+
+    p = subprocess.run([sys.executable, "-m", "tideline", "data", "validate", str(bad)],
+                       capture_output=True, text=True, env=env, timeout=120)
+    assert p.returncode == 3
+    assert "11" in p.stdout and "21" in p.stdout  # 1-based data row numbers of the two bad rows

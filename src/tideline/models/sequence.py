@@ -143,7 +143,7 @@ class SequenceModel(Model):
             "batch_size": 2048,
             "max_epochs": 4,
             "patience": 1,
-            "max_rows": 150_000,
+            "max_rows": 100_000,
             "max_valid_rows": 50_000,
             "huber_delta": 1.0,
             "clip_sigma": 5.0,

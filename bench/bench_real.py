@@ -1,0 +1,60 @@
+"""Real-market cycles: one cycle per file (default: ../shared/data/*.csv, else examples/data), into a
+throw-away registry, reporting hold-out metrics of every family next to the baselines, net of costs.
+Honest figures: whatever they are. Prints one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("files", nargs="*")
+    ap.add_argument("--cost-bps", type=float, default=None)
+    args = ap.parse_args()
+    files = [Path(f) for f in args.files] or sorted((ROOT.parent / "shared" / "data").glob("*.csv")) \
+        or sorted((ROOT / "examples" / "data").glob("*.csv"))
+
+    from tideline.config import load_settings
+    from tideline.cycle import CycleRunner
+    from tideline.errors import TidelineError
+    from tideline.registry import open_registry
+
+    results = []
+    for f in files:
+        with tempfile.TemporaryDirectory(prefix="tideline-real-") as tmp:
+            s = load_settings(registry=Path(tmp).as_uri())
+            if args.cost_bps is not None:
+                s = s.model_copy(update={"evaluation": s.evaluation.model_copy(update={"cost_bps": args.cost_bps})})
+            try:
+                res = CycleRunner(s, open_registry(s.registry_uri())).run(str(f))
+            except TidelineError as e:
+                results.append({"file": f.name, "error": str(e)})
+                continue
+            row = {
+                "file": f.name, "bars": res.data["rows"], "holdout": res.data["holdout"],
+                "cost_bps": res.data["cost_bps"], "periods_per_year": round(res.data["periods_per_year"], 1),
+                "models": {c.family: _m(c.holdout) | {"approved": c.decision.approved} for c in res.candidates},
+                "baselines": {k: _m(v) for k, v in res.baselines.items()},
+                "promoted": res.promoted_version, "wall_s": round(res.timings["total"], 1),
+            }
+            results.append(row)
+    json.dump({"name": "real_data", "results": results}, sys.stdout)
+    sys.stdout.write("\n")
+
+
+def _m(m) -> dict:  # noqa: ANN001
+    return {"sharpe": round(m.sharpe, 2), "directional_accuracy": round(m.directional_accuracy, 4),
+            "max_drawdown": round(m.max_drawdown, 3), "total_return": round(m.total_return, 4),
+            "n_trades": m.n_trades}
+
+
+if __name__ == "__main__":
+    main()

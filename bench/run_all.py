@@ -1,0 +1,69 @@
+"""Run every benchmark (each in its own process, so peak RSS is its own), write bench/results.json and
+bench/RESULTS.md (the table the README includes)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+BENCHES = [["bench_cycle.py"], ["bench_real.py"]]
+
+
+def run(argv: list[str]) -> dict:
+    p = subprocess.run([sys.executable, str(HERE / argv[0]), *argv[1:]], capture_output=True, text=True)
+    if p.returncode != 0:
+        return {"name": argv[0], "error": (p.stderr.strip().splitlines() or ["failed"])[-1]}
+    return json.loads(p.stdout.strip().splitlines()[-1])
+
+
+def markdown(meta: dict, results: list[dict]) -> str:
+    lines = [f"Measured {meta['date']} on {meta['cores']} cores ({meta['machine']}), Python {meta['python']}.", ""]
+    for r in results:
+        if r.get("name") == "cycle":
+            lines += [
+                "| cycle benchmark | value | target |", "|---|---|---|",
+                f"| bars (symbols x bars) | {r['bars']:,} ({r['symbols']} x {r['bars'] // r['symbols']:,}) | 1,000,000 |",
+                f"| families | {', '.join(r['families'])} | all |",
+                f"| wall time | {r['wall_s']} s | <= 120 s |",
+                f"| peak RSS | {r['peak_rss_gib']} GiB | <= 4 GiB |",
+                f"| dataset | {r['dataset_rows']:,} rows x {r['features']} features | |",
+                "", "| stage | seconds |", "|---|---|",
+                *[f"| {k} | {v} |" for k, v in r["stages_s"].items()], "",
+                "| family | hold-out Sharpe | hold-out dir. accuracy |", "|---|---|---|",
+                *[f"| {k} | {v['sharpe']} | {v['directional_accuracy']} |" for k, v in r["holdout"].items()], "",
+            ]
+        elif r.get("name") == "real_data":
+            lines += ["| data | model / baseline | hold-out Sharpe | dir. acc. | max DD | total return | trades |",
+                      "|---|---|---|---|---|---|---|"]
+            for f in r["results"]:
+                if "error" in f:
+                    lines.append(f"| {f['file']} | refused: {f['error']} | | | | | |")
+                    continue
+                for name, m in {**f["models"], **{f"*{k}*": v for k, v in f["baselines"].items()}}.items():
+                    lines.append(f"| {f['file']} ({f['cost_bps']} bps) | {name} | {m['sharpe']} | "
+                                 f"{m['directional_accuracy']} | {m['max_drawdown']} | {m['total_return']} | "
+                                 f"{m['n_trades']} |")
+            lines.append("")
+        elif "error" in r:
+            lines += [f"{r['name']}: failed: {r['error']}", ""]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    meta = {"date": dt.date.today().isoformat(), "cores": os.cpu_count(), "machine": platform.machine(),
+            "python": platform.python_version()}
+    results = [run(b) for b in BENCHES]
+    (HERE / "results.json").write_text(json.dumps({"meta": meta, "results": results}, indent=2) + "\n")
+    md = markdown(meta, results)
+    (HERE / "RESULTS.md").write_text(md + "\n")
+    print(md)
+
+
+if __name__ == "__main__":
+    main()

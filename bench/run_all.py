@@ -62,6 +62,12 @@ def main() -> None:
     (HERE / "results.json").write_text(json.dumps({"meta": meta, "results": results}, indent=2) + "\n")
     md = markdown(meta, results)
     (HERE / "RESULTS.md").write_text(md + "\n")
+    readme = HERE.parent / "README.md"
+    text = readme.read_text()
+    start, end = "<!-- bench:start -->", "<!-- bench:end -->"
+    if start in text and end in text:  # the README shows the latest measured table
+        head, rest = text.split(start, 1)
+        readme.write_text(head + start + "\n" + md + "\n" + end + rest.split(end, 1)[1])
     print(md)
 
 

@@ -52,7 +52,7 @@ class TrainingConfig(BaseModel):
     max_train_rows: int | None = Field(
         600_000, description="most recent rows kept for the final fit (None: all); CV folds use fewer"
     )
-    cv_max_train_rows: int = Field(200_000, ge=1000, description="row cap for each walk-forward fold's fit")
+    cv_max_train_rows: int = Field(150_000, ge=1000, description="row cap for each walk-forward fold's fit")
     n_threads: int = Field(0, ge=0, description="threads for the learners (0: all cores)")
     params: dict[str, dict[str, Any]] = Field(default_factory=dict, description="per-family overrides")
 

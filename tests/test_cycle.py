@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import pandas as pd
@@ -40,6 +41,9 @@ def test_full_cycle_registers_every_family_and_compares_with_production(tmp_path
         assert mv.metrics["n_obs"] > 0
         assert mv.data_hash and mv.feature_config_hash and mv.training_window["n_rows"] > 0
         assert "baselines" in mv.evaluation and "walk_forward" in mv.evaluation
+        ref = pd.read_parquet(io.BytesIO(reg.get_attachment(mv.version, "reference.parquet")))
+        assert len(ref) > 100 and "prediction" in ref and ref["prediction"].notna().all()
+        assert ref["timestamp"].max() <= pd.Timestamp(mv.training_window["end"])  # training rows only
     assert set(res.baselines) >= {"buy_and_hold", "always_long", "last_return_sign"}
     for c in res.candidates:
         assert len(c.folds) == 3

@@ -1,8 +1,9 @@
-"""One retraining cycle on one machine: load -> validate -> features -> train every family ->
-evaluate (purged walk-forward + hold-out) -> compare with production on the same window ->
-register every candidate -> promote the best one if, and only if, the policy passes.
+"""One retraining cycle: load -> validate -> features -> train every family -> evaluate (purged
+walk-forward + hold-out) -> compare with production on the same window -> register every candidate ->
+promote the best one if, and only if, the policy passes.
 
-The same steps are the components of the KFP pipeline; here they run in-process.
+Each step is a function here. ``CycleRunner`` runs them in-process (``tideline cycle``); the KFP
+components call the same functions, one per task, with artifacts in between (``tideline.steps``).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import math
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,11 +24,12 @@ import numpy as np
 import pandas as pd
 
 from tideline import __version__
-from tideline.config import Settings
+from tideline.config import FeatureConfig, Settings
 from tideline.data import load_bars, synthetic_market, validate_bars
 from tideline.errors import AliasConflict, DataError, ModelError, TidelineError
 from tideline.evaluation import (
     Metrics,
+    Split,
     baseline_metrics,
     evaluate_predictions,
     holdout_split,
@@ -36,12 +38,15 @@ from tideline.evaluation import (
     purged_walk_forward_splits,
     strategy_returns,
 )
-from tideline.features import Dataset, FeatureSpec, build_dataset, feature_config_hash
-from tideline.models import Model, load_model, make_model
+from tideline.features import Dataset, build_dataset, feature_config_hash
+from tideline.models import Model, load_model, make_model, read_meta
 from tideline.policy import PolicyDecision, decide
-from tideline.registry import Registry
+from tideline.registry import ModelVersion, Registry
 
 log = logging.getLogger(__name__)
+
+REFERENCE_ATTACHMENT = "reference.parquet"
+REFERENCE_ROWS = 5000
 
 
 class Reporter:
@@ -50,6 +55,50 @@ class Reporter:
     @contextlib.contextmanager
     def stage(self, name: str, total: int | None = None) -> Iterator[Callable[[int], None]]:
         yield lambda n=1: None
+
+
+# ---- records ------------------------------------------------------------------------------------------
+@dataclass
+class Plan:
+    """The evaluation windows of one dataset: development rows, hold-out rows, walk-forward folds."""
+
+    dev: np.ndarray
+    hold: np.ndarray
+    splits: list[Split]
+    periods_per_year: float
+
+
+@dataclass
+class FamilyResult:
+    """What training one family produced: hold-out and walk-forward figures and hold-out predictions."""
+
+    family: str
+    holdout: Metrics
+    walk_forward: dict[str, float]
+    folds: list[dict[str, Any]]
+    fit_seconds: float
+    holdout_pred: np.ndarray = field(repr=False)
+    reference: pd.DataFrame | None = field(default=None, repr=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"family": self.family, "holdout": self.holdout.to_dict(), "walk_forward": self.walk_forward,
+                "folds": self.folds, "fit_seconds": round(self.fit_seconds, 3)}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], holdout_pred: np.ndarray,
+                  reference: pd.DataFrame | None = None) -> FamilyResult:
+        return cls(d["family"], Metrics.from_dict(d["holdout"]), dict(d["walk_forward"]), list(d["folds"]),
+                   float(d["fit_seconds"]), holdout_pred, reference)
+
+
+@dataclass
+class ProductionScore:
+    """The production model measured on the same hold-out window (or why it could not be)."""
+
+    version: str | None = None
+    metrics: Metrics | None = None
+    returns: pd.Series | None = field(default=None, repr=False)
+    error: str | None = None
 
 
 @dataclass
@@ -63,7 +112,6 @@ class CandidateResult:
     fit_seconds: float
     version: str | None = None
     promoted: bool = False
-    returns: pd.Series | None = field(default=None, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -105,6 +153,7 @@ class CycleResult:
         }
 
 
+# ---- helpers ------------------------------------------------------------------------------------------
 def code_version() -> str:
     """The git commit of the running code when there is one, else the package version."""
     try:
@@ -125,12 +174,17 @@ def data_hash(bars: pd.DataFrame) -> str:
     return h.hexdigest()[:32]
 
 
+def _ts(x: Any) -> str:
+    return str(pd.Timestamp(x))
+
+
 def _recent(idx: np.ndarray, cap: int | None) -> np.ndarray:
     """The most recent ``cap`` rows of ``idx`` (rows are sorted by time)."""
     return idx if cap is None or len(idx) <= cap else idx[-cap:]
 
 
-def _inner_validation(ts: np.ndarray, idx: np.ndarray, horizon: int, frac: float = 0.1) -> tuple[np.ndarray, np.ndarray]:
+def _inner_validation(ts: np.ndarray, idx: np.ndarray, horizon: int, frac: float = 0.1
+                      ) -> tuple[np.ndarray, np.ndarray]:
     """Split a training index into (fit, early-stopping) parts by time, purged by the horizon."""
     times = np.unique(ts[idx])
     n_val = max(1, int(len(times) * frac))
@@ -141,8 +195,247 @@ def _inner_validation(ts: np.ndarray, idx: np.ndarray, horizon: int, frac: float
     return idx[ts[idx] < purge_from], idx[ts[idx] >= cut]
 
 
+# ---- steps --------------------------------------------------------------------------------------------
+def load_and_validate(settings: Settings, source: str | Path | None = None, *,
+                      synthetic: dict[str, Any] | None = None, quarantine: bool = False
+                      ) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """Read bars (a file, a directory, an S3 prefix or the synthetic market) and validate them."""
+    if synthetic is not None:
+        raw = synthetic_market(**synthetic)
+        origin = f"synthetic({', '.join(f'{k}={v}' for k, v in synthetic.items())})"
+    elif source is not None:
+        raw = load_bars(source, endpoint_url=settings.endpoint_url())
+        origin = str(source)
+    else:
+        raise DataError("no market data given: pass --data PATH or --synthetic")
+    return validated(raw, origin, quarantine=quarantine)
+
+
+def validated(raw: pd.DataFrame, origin: str, *, quarantine: bool = False) -> tuple[pd.DataFrame, dict[str, Any]]:
+    report = validate_bars(raw, mode="quarantine" if quarantine else "strict")
+    bars = report.clean
+    info = {
+        "source": origin,
+        "rows": int(len(bars)),
+        "rows_input": int(report.n_input),
+        "rows_quarantined": int(report.n_input - report.n_clean),
+        "symbols": sorted(map(str, bars["symbol"].unique())),
+        "start": _ts(bars["timestamp"].min()),
+        "end": _ts(bars["timestamp"].max()),
+        "data_hash": data_hash(bars),
+        "problems": [p.message for p in report.problems],
+    }
+    return bars, info
+
+
+def make_dataset(bars: pd.DataFrame, cfg: FeatureConfig, min_rows: int = 200) -> Dataset:
+    ds = build_dataset(bars, cfg)
+    if len(ds) < min_rows:
+        raise DataError(f"only {len(ds)} usable rows after feature warm-up; a cycle needs at least {min_rows}",
+                        hint="give more history")
+    return ds
+
+
+def plan_windows(ds: Dataset, settings: Settings) -> Plan:
+    """Hold-out = the last ``holdout_fraction`` of time; purged walk-forward folds before it."""
+    ev, h = settings.evaluation, settings.features.horizon
+    ts = ds.meta["timestamp"].to_numpy()
+    ppy = ev.periods_per_year or infer_periods_per_year(ts)
+    dev, hold = holdout_split(ts, ev.holdout_fraction, h, ev.embargo_bars)
+    splits = purged_walk_forward_splits(ts[dev], ev.n_splits, h, ev.embargo_bars)
+    return Plan(dev, hold, splits, ppy)
+
+
+def describe_plan(ds: Dataset, plan: Plan, settings: Settings) -> dict[str, Any]:
+    ts = ds.meta["timestamp"].to_numpy()
+    return {
+        "dataset_rows": len(ds), "features": len(ds.spec.all_columns), "horizon": settings.features.horizon,
+        "periods_per_year": plan.periods_per_year, "cost_bps": settings.evaluation.cost_bps,
+        "holdout": {"start": _ts(ts[plan.hold][0]), "end": _ts(ts[plan.hold][-1]), "rows": int(len(plan.hold))},
+        "training_end": _ts(ts[plan.dev][-1]), "training_rows": int(len(plan.dev)),
+        "walk_forward_folds": len(plan.splits),
+    }
+
+
+def _metrics(pred: np.ndarray, ds: Dataset, idx: np.ndarray, plan: Plan, settings: Settings) -> Metrics:
+    return evaluate_predictions(
+        pred, ds.y[idx], ds.next_return[idx], ds.meta.iloc[idx].reset_index(drop=True),
+        cost_bps=settings.evaluation.cost_bps, periods_per_year=plan.periods_per_year,
+    )
+
+
+def holdout_returns(pred: np.ndarray, ds: Dataset, plan: Plan, settings: Settings) -> pd.Series:
+    """Net strategy returns per hold-out period of predictions ``pred`` (one per hold-out row)."""
+    return strategy_returns(pred, ds.next_return[plan.hold], ds.meta.iloc[plan.hold].reset_index(drop=True),
+                            settings.evaluation.cost_bps)
+
+
+def baselines(ds: Dataset, plan: Plan, settings: Settings) -> dict[str, Metrics]:
+    hold = plan.hold
+    last_ret = ds.X["ret_1"].to_numpy(dtype=np.float64) if "ret_1" in ds.X else np.zeros(len(ds))
+    return baseline_metrics(
+        ds.y[hold], ds.next_return[hold], last_ret[hold], ds.meta.iloc[hold].reset_index(drop=True),
+        cost_bps=settings.evaluation.cost_bps, periods_per_year=plan.periods_per_year,
+    )
+
+
+def fit_model(family: str, ds: Dataset, idx: np.ndarray, settings: Settings, cap: int | None) -> Model:
+    """Fit one family on rows ``idx`` (the latest ``cap``), early-stopping on their purged last 10%."""
+    ts = ds.meta["timestamp"].to_numpy()
+    fit_idx, val_idx = _inner_validation(ts, _recent(idx, cap), settings.features.horizon)
+    t = settings.training
+    model = make_model(family, seed=t.seed, params=t.params.get(family), n_threads=t.n_threads)
+    kw: dict[str, Any] = {}
+    if len(val_idx):
+        kw = {"X_valid": ds.X.iloc[val_idx], "y_valid": ds.y[val_idx]}
+    return model.fit(ds.X.iloc[fit_idx], ds.y[fit_idx], ds.spec, **kw)
+
+
+def reference_sample(model: Model, ds: Dataset, idx: np.ndarray, seed: int, n: int = REFERENCE_ROWS) -> pd.DataFrame:
+    """A sample of the training rows' tabular features and the model's predictions (for drift checks)."""
+    rng = np.random.default_rng(seed)
+    pick = np.sort(rng.choice(idx, size=min(n, len(idx)), replace=False))
+    ref = ds.X.iloc[pick][ds.spec.tabular].reset_index(drop=True)
+    ref["prediction"] = model.predict(ds.X.iloc[pick])
+    ref.insert(0, "timestamp", ds.meta["timestamp"].iloc[pick].to_numpy())
+    ref.insert(1, "symbol", ds.meta["symbol"].iloc[pick].to_numpy())
+    return ref
+
+
+def train_family(family: str, ds: Dataset, plan: Plan, settings: Settings,
+                 advance: Callable[[int], None] | None = None) -> tuple[Model, FamilyResult]:
+    """Purged walk-forward on the development rows, then the final fit and its hold-out figures."""
+    advance = advance or (lambda n=1: None)
+    t0 = time.perf_counter()
+    ts = ds.meta["timestamp"].to_numpy()
+    folds: list[dict[str, Any]] = []
+    for k, sp in enumerate(plan.splits):
+        tr, te = plan.dev[sp.train_idx], plan.dev[sp.test_idx]
+        m = fit_model(family, ds, tr, settings, settings.training.cv_max_train_rows)
+        fm = _metrics(m.predict(ds.X.iloc[te]), ds, te, plan, settings)
+        folds.append({"fold": k, "train_rows": int(len(tr)), "test_rows": int(len(te)),
+                      "test_start": _ts(ts[te][0]), "test_end": _ts(ts[te][-1]), **fm.to_dict()})
+        advance(1)
+    model = fit_model(family, ds, plan.dev, settings, settings.training.max_train_rows)
+    pred = model.predict(ds.X.iloc[plan.hold])
+    hm = _metrics(pred, ds, plan.hold, plan, settings)
+    wf = {
+        f"{key}_{stat}": float(fn([f[key] for f in folds]))
+        for key in ("sharpe", "directional_accuracy", "ic")
+        for stat, fn in (("mean", np.mean), ("std", np.std))
+    } if folds else {}
+    ref = reference_sample(model, ds, plan.dev, settings.training.seed)
+    advance(1)
+    return model, FamilyResult(family, hm, wf, folds, time.perf_counter() - t0, pred, ref)
+
+
+def score_production(registry: Registry, ds: Dataset, plan: Plan, bars: pd.DataFrame, settings: Settings
+                     ) -> ProductionScore:
+    """Score the current production model on the same hold-out rows (sha256 verified on fetch)."""
+    prod = registry.aliases().get("production")
+    if prod is None:
+        return ProductionScore()
+    try:
+        mv = registry.get(prod)
+        with tempfile.TemporaryDirectory(prefix="tideline-prod-") as tmp:
+            model = load_model(registry.fetch(prod, Path(tmp)))
+        if mv.feature_config_hash != feature_config_hash(settings.features):
+            # production was trained on another feature config: rebuild its features on these bars
+            pds = build_dataset(bars, FeatureConfig.model_validate(mv.feature_config))
+            key = pd.MultiIndex.from_frame(ds.meta[["timestamp", "symbol"]].iloc[plan.hold])
+            pos = pd.MultiIndex.from_frame(pds.meta[["timestamp", "symbol"]]).get_indexer(key)
+            if (pos < 0).any():
+                raise ModelError(f"production features cannot be rebuilt for {int((pos < 0).sum())} hold-out rows")
+            pred = model.predict(pds.X.iloc[pos])
+        else:
+            pred = model.predict(ds.X.iloc[plan.hold])
+        return ProductionScore(prod, _metrics(pred, ds, plan.hold, plan, settings),
+                               holdout_returns(pred, ds, plan, settings))
+    except TidelineError as e:
+        log.warning("production %s could not be evaluated: %s", prod, e)
+        return ProductionScore(prod, error=str(e))
+
+
+def judge(result: FamilyResult, prod: ProductionScore, ds: Dataset, plan: Plan, settings: Settings
+          ) -> CandidateResult:
+    """Significance against production on the same periods, then the promotion policy."""
+    p_value = None
+    if prod.returns is not None:
+        a, b = holdout_returns(result.holdout_pred, ds, plan, settings).align(prod.returns, join="inner")
+        ev = settings.evaluation
+        p_value = paired_bootstrap_test(a.to_numpy(), b.to_numpy(), n_samples=ev.bootstrap_samples,
+                                        block_size=ev.block_size, seed=settings.training.seed).p_value
+    decision = decide(
+        result.holdout.to_dict(), settings.policy, production=prod.metrics.to_dict() if prod.metrics else None,
+        production_version=prod.version, p_value=p_value, production_error=prod.error,
+    )
+    return CandidateResult(result.family, result.holdout, result.walk_forward, result.folds, decision, p_value,
+                           result.fit_seconds)
+
+
+def register_candidate(registry: Registry, model_dir: Path, cand: CandidateResult, *, info: dict[str, Any],
+                       settings: Settings, base: Mapping[str, Metrics], prod: ProductionScore,
+                       reference: pd.DataFrame | None = None) -> ModelVersion:
+    """Store one candidate: artifacts, lineage, metrics, evaluation and the policy decision."""
+    meta = read_meta(model_dir)
+    mv = registry.register(model_dir, {
+        "family": cand.family,
+        "params": meta.get("params", {}),
+        "features": list(meta.get("columns", [])),
+        "feature_config": settings.features.model_dump(),
+        "feature_config_hash": feature_config_hash(settings.features),
+        "training_window": {"start": info["start"], "end": info["training_end"],
+                            "n_rows": info["training_rows"], "symbols": info["symbols"]},
+        "data_hash": info["data_hash"],
+        "code_version": code_version(),
+        "parent_version": prod.version,
+        "metrics": cand.holdout.to_dict(),
+        "evaluation": {
+            "walk_forward": cand.walk_forward, "folds": cand.folds,
+            "baselines": {k: v.to_dict() for k, v in base.items()},
+            "production": prod.metrics.to_dict() if prod.metrics else None,
+            "p_value_vs_production": cand.p_value, "holdout": info["holdout"],
+            "cost_bps": settings.evaluation.cost_bps, "source": info["source"],
+        },
+        "decision": cand.decision.to_dict(),
+    })
+    if reference is not None:
+        import io
+
+        buf = io.BytesIO()
+        reference.to_parquet(buf, index=False)
+        registry.put_attachment(mv.version, REFERENCE_ATTACHMENT, buf.getvalue(), actor="cycle")
+    cand.version = mv.version
+    return mv
+
+
+def choose_best(candidates: list[CandidateResult]) -> CandidateResult | None:
+    """The approved candidate with the best hold-out Sharpe (walk-forward Sharpe breaks ties)."""
+    approved = [c for c in candidates if c.decision.approved and c.version]
+    if not approved:
+        return None
+    return max(approved, key=lambda c: (c.holdout.sharpe, c.walk_forward.get("sharpe_mean", -math.inf)))
+
+
+def promote_best(registry: Registry, candidates: list[CandidateResult], prod_version: str | None,
+                 *, actor: str = "cycle") -> tuple[str | None, str]:
+    """Promote the best approved candidate, only if production is still the one it was measured against."""
+    best = choose_best(candidates)
+    if best is None:
+        return None, "no candidate passed the promotion policy; production unchanged"
+    assert best.version is not None
+    try:
+        registry.promote(best.version, reason=f"{actor}: {best.family} passed the policy; hold-out Sharpe "
+                                              f"{best.holdout.sharpe:.2f}", actor=actor, expected=prod_version)
+    except AliasConflict as e:
+        return None, f"not promoted: production moved during the cycle ({e})"
+    best.promoted = True
+    return best.version, f"promoted {best.version} ({best.family})"
+
+
+# ---- the in-process cycle -----------------------------------------------------------------------------
 class CycleRunner:
-    """Runs one cycle against a registry with the given settings."""
+    """Runs one cycle against a registry with the given settings, all steps in this process."""
 
     def __init__(self, settings: Settings, registry: Registry, reporter: Reporter | None = None) -> None:
         self.s = settings
@@ -158,221 +451,46 @@ class CycleRunner:
         finally:
             self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - t0
 
-    # ---- steps -------------------------------------------------------------------------------------
-    def load(self, source: str | Path | None, *, synthetic: dict[str, Any] | None = None,
-             quarantine: bool = False) -> tuple[pd.DataFrame, dict[str, Any]]:
-        with self._timed("load"):
-            if synthetic is not None:
-                raw = synthetic_market(**synthetic)
-                origin = f"synthetic({', '.join(f'{k}={v}' for k, v in synthetic.items())})"
-            elif source is not None:
-                raw = load_bars(source, endpoint_url=self.s.endpoint_url())
-                origin = str(source)
-            else:
-                raise DataError("no market data given: pass --data PATH or --synthetic")
-        with self._timed("validate"):
-            report = validate_bars(raw, mode="quarantine" if quarantine else "strict")
-        bars = report.clean
-        info = {
-            "source": origin,
-            "rows": int(len(bars)),
-            "rows_input": int(report.n_input),
-            "rows_quarantined": int(report.n_input - report.n_clean),
-            "symbols": sorted(map(str, bars["symbol"].unique())),
-            "start": str(bars["timestamp"].min()),
-            "end": str(bars["timestamp"].max()),
-            "data_hash": data_hash(bars),
-            "problems": [p.message for p in report.problems],
-        }
-        return bars, info
-
-    def features(self, bars: pd.DataFrame) -> Dataset:
-        with self._timed("features"):
-            ds = build_dataset(bars, self.s.features)
-        if len(ds) < 200:
-            raise DataError(
-                f"only {len(ds)} usable rows after feature warm-up; a cycle needs at least 200",
-                hint="give more history",
-            )
-        return ds
-
-    def _fit(self, family: str, ds: Dataset, idx: np.ndarray, cap: int | None) -> Model:
-        h = self.s.features.horizon
-        ts = ds.meta["timestamp"].to_numpy()
-        idx = _recent(idx, cap)
-        fit_idx, val_idx = _inner_validation(ts, idx, h)
-        model = make_model(
-            family, seed=self.s.training.seed, params=self.s.training.params.get(family),
-            n_threads=self.s.training.n_threads,
-        )
-        kw: dict[str, Any] = {}
-        if len(val_idx):
-            kw = {"X_valid": ds.X.iloc[val_idx], "y_valid": ds.y[val_idx]}
-        return model.fit(ds.X.iloc[fit_idx], ds.y[fit_idx], ds.spec, **kw)
-
-    def _evaluate(self, pred: np.ndarray, ds: Dataset, idx: np.ndarray, ppy: float) -> Metrics:
-        return evaluate_predictions(
-            pred, ds.y[idx], ds.next_return[idx], ds.meta.iloc[idx].reset_index(drop=True),
-            cost_bps=self.s.evaluation.cost_bps, periods_per_year=ppy,
-        )
-
-    def _returns(self, pred: np.ndarray, ds: Dataset, idx: np.ndarray) -> pd.Series:
-        return strategy_returns(pred, ds.next_return[idx], ds.meta.iloc[idx].reset_index(drop=True),
-                                self.s.evaluation.cost_bps)
-
-    def production(self, ds: Dataset, hold: np.ndarray, bars: pd.DataFrame, ppy: float
-                   ) -> tuple[str | None, Metrics | None, pd.Series | None, str | None]:
-        """Score the current production model on the same hold-out window."""
-        try:
-            prod = self.registry.aliases().get("production")
-        except TidelineError:
-            raise
-        if prod is None:
-            return None, None, None, None
-        try:
-            mv = self.registry.get(prod)
-            with tempfile.TemporaryDirectory(prefix="tideline-prod-") as tmp:
-                model = load_model(self.registry.fetch(prod, Path(tmp)))
-            X = ds.X
-            if mv.feature_config_hash != feature_config_hash(self.s.features):
-                # production was trained on another feature config: rebuild its features on these bars
-                from tideline.config import FeatureConfig
-
-                pcfg = FeatureConfig.model_validate(mv.feature_config)
-                pds = build_dataset(bars, pcfg)
-                key = pd.MultiIndex.from_frame(ds.meta[["timestamp", "symbol"]].iloc[hold])
-                pkey = pd.MultiIndex.from_frame(pds.meta[["timestamp", "symbol"]])
-                pos = pkey.get_indexer(key)
-                if (pos < 0).any():
-                    raise ModelError(f"production features cannot be rebuilt for {int((pos < 0).sum())} hold-out rows")
-                pred = model.predict(pds.X.iloc[pos])
-            else:
-                pred = model.predict(X.iloc[hold])
-            return prod, self._evaluate(pred, ds, hold, ppy), self._returns(pred, ds, hold), None
-        except TidelineError as e:
-            log.warning("production %s could not be evaluated: %s", prod, e)
-            return prod, None, None, str(e)
-
-    # ---- the cycle ---------------------------------------------------------------------------------
     def run(self, source: str | Path | None = None, *, synthetic: dict[str, Any] | None = None,
             quarantine: bool = False, promote: bool = True) -> CycleResult:
         t_start = time.perf_counter()
-        rep = self.reporter
-        with rep.stage("load + validate"):
-            bars, info = self.load(source, synthetic=synthetic, quarantine=quarantine)
-        with rep.stage("features + labels"):
-            ds = self.features(bars)
-        ev, h = self.s.evaluation, self.s.features.horizon
-        ts = ds.meta["timestamp"].to_numpy()
-        ppy = ev.periods_per_year or infer_periods_per_year(ts)
-        dev, hold = holdout_split(ts, ev.holdout_fraction, h, ev.embargo_bars)
-        splits = purged_walk_forward_splits(ts[dev], ev.n_splits, h, ev.embargo_bars)
-        info.update({
-            "dataset_rows": len(ds), "features": len(ds.spec.all_columns), "horizon": h,
-            "periods_per_year": ppy, "cost_bps": ev.cost_bps,
-            "holdout": {"start": str(pd.Timestamp(ts[hold][0])), "end": str(pd.Timestamp(ts[hold][-1])),
-                        "rows": int(len(hold))},
-            "walk_forward_folds": len(splits),
-        })
-
+        rep, s = self.reporter, self.s
+        with rep.stage("load + validate"), self._timed("load+validate"):
+            bars, info = load_and_validate(s, source, synthetic=synthetic, quarantine=quarantine)
+        with rep.stage("features + labels"), self._timed("features"):
+            ds = make_dataset(bars, s.features)
+        plan = plan_windows(ds, s)
+        info.update(describe_plan(ds, plan, s))
         with self._timed("baselines"):
-            last_ret = ds.X["ret_1"].to_numpy(dtype=np.float64) if "ret_1" in ds.X else np.zeros(len(ds))
-            baselines = baseline_metrics(
-                ds.y[hold], ds.next_return[hold], last_ret[hold], ds.meta.iloc[hold].reset_index(drop=True),
-                cost_bps=ev.cost_bps, periods_per_year=ppy,
-            )
+            base = baselines(ds, plan, s)
         with rep.stage("production on hold-out"), self._timed("production"):
-            prod_version, prod_metrics, prod_returns, prod_error = self.production(ds, hold, bars, ppy)
+            prod = score_production(self.registry, ds, plan, bars, s)
 
         candidates: list[CandidateResult] = []
-        models: dict[str, Model] = {}
-        families = self.s.training.families
-        with rep.stage("train + evaluate", total=len(families) * (len(splits) + 1)) as advance:
+        trained: dict[str, tuple[Model, FamilyResult]] = {}
+        families = s.training.families
+        with rep.stage("train + evaluate", total=len(families) * (len(plan.splits) + 1)) as advance:
             for fam in families:
-                t0 = time.perf_counter()
-                folds: list[dict[str, Any]] = []
-                for k, sp in enumerate(splits):
-                    tr, te = dev[sp.train_idx], dev[sp.test_idx]
-                    m = self._fit(fam, ds, tr, self.s.training.cv_max_train_rows)
-                    fm = self._evaluate(m.predict(ds.X.iloc[te]), ds, te, ppy)
-                    folds.append({"fold": k, "train_rows": int(len(tr)), "test_rows": int(len(te)),
-                                  "test_start": str(pd.Timestamp(ts[te][0])), "test_end": str(pd.Timestamp(ts[te][-1])), **fm.to_dict()})
-                    advance(1)
-                model = self._fit(fam, ds, dev, self.s.training.max_train_rows)
-                pred = model.predict(ds.X.iloc[hold])
-                hm = self._evaluate(pred, ds, hold, ppy)
-                rets = self._returns(pred, ds, hold)
-                advance(1)
-                self.timings[f"train:{fam}"] = time.perf_counter() - t0
-                wf = {
-                    f"{key}_{stat}": float(fn([f[key] for f in folds]))
-                    for key in ("sharpe", "directional_accuracy", "ic")
-                    for stat, fn in (("mean", np.mean), ("std", np.std))
-                } if folds else {}
-                p_value = None
-                if prod_returns is not None:
-                    a, b = rets.align(prod_returns, join="inner")
-                    p_value = paired_bootstrap_test(
-                        a.to_numpy(), b.to_numpy(), n_samples=ev.bootstrap_samples,
-                        block_size=ev.block_size, seed=self.s.training.seed,
-                    ).p_value
-                decision = decide(
-                    hm.to_dict(), self.s.policy, production=prod_metrics.to_dict() if prod_metrics else None,
-                    production_version=prod_version, p_value=p_value, production_error=prod_error,
-                )
-                candidates.append(CandidateResult(fam, hm, wf, folds, decision, p_value,
-                                                  time.perf_counter() - t0, returns=rets))
-                models[fam] = model
+                with self._timed(f"train:{fam}"):
+                    model, fr = train_family(fam, ds, plan, s, advance)
+                trained[fam] = (model, fr)
+                candidates.append(judge(fr, prod, ds, plan, s))
 
         with rep.stage("register", total=len(candidates)) as advance, self._timed("register"):
-            common = {
-                "feature_config": self.s.features.model_dump(),
-                "feature_config_hash": feature_config_hash(self.s.features),
-                "training_window": {"start": info["start"], "end": str(pd.Timestamp(ts[dev][-1])),
-                                    "n_rows": int(len(dev)), "symbols": info["symbols"]},
-                "data_hash": info["data_hash"],
-                "code_version": code_version(),
-                "parent_version": prod_version,
-            }
             for c in candidates:
+                model, fr = trained[c.family]
                 with tempfile.TemporaryDirectory(prefix="tideline-model-") as tmp:
-                    models[c.family].save(Path(tmp))
-                    mv = self.registry.register(Path(tmp), {
-                        **common,
-                        "family": c.family,
-                        "params": models[c.family].params,
-                        "features": list(models[c.family].columns),
-                        "metrics": c.holdout.to_dict(),
-                        "evaluation": {
-                            "walk_forward": c.walk_forward, "folds": c.folds,
-                            "baselines": {k: v.to_dict() for k, v in baselines.items()},
-                            "production": prod_metrics.to_dict() if prod_metrics else None,
-                            "p_value_vs_production": c.p_value,
-                            "holdout": info["holdout"], "cost_bps": ev.cost_bps,
-                        },
-                        "decision": c.decision.to_dict(),
-                    })
-                c.version = mv.version
+                    model.save(Path(tmp))
+                    register_candidate(self.registry, Path(tmp), c, info=info, settings=s, base=base, prod=prod,
+                                       reference=fr.reference)
                 advance(1)
 
         promoted, note = None, "no candidate passed the promotion policy; production unchanged"
-        approved = [c for c in candidates if c.decision.approved]
-        if approved and promote:
-            best = max(approved, key=lambda c: (c.holdout.sharpe, c.walk_forward.get("sharpe_mean", -math.inf)))
-            assert best.version is not None
+        if promote:
             with self._timed("promote"):
-                try:
-                    self.registry.promote(
-                        best.version, reason=f"cycle: {best.family} passed the policy; "
-                                             f"hold-out Sharpe {best.holdout.sharpe:.2f}",
-                        actor="cycle", expected=prod_version,
-                    )
-                    best.promoted, promoted = True, best.version
-                    note = f"promoted {best.version} ({best.family})"
-                except AliasConflict as e:
-                    note = f"not promoted: production moved during the cycle ({e})"
-        elif approved:
+                promoted, note = promote_best(self.registry, candidates, prod.version)
+        elif choose_best(candidates) is not None:
             note = "promotion disabled (--no-promote); approved candidates stay CANDIDATE"
         self.timings["total"] = time.perf_counter() - t_start
-        return CycleResult(candidates, baselines, prod_version, prod_metrics, prod_error, promoted,
-                           info, dict(self.timings), note)
+        return CycleResult(candidates, base, prod.version, prod.metrics, prod.error, promoted, info,
+                           dict(self.timings), note)

@@ -113,3 +113,10 @@ def test_console_script_broken_csv_exits_nonzero_without_traceback(tmp_path):
                        capture_output=True, text=True, env=env, timeout=120)
     assert p.returncode == 3
     assert "11" in p.stdout and "21" in p.stdout  # 1-based data row numbers of the two bad rows
+
+
+def test_unreachable_s3_registry_is_a_clear_error(monkeypatch, capsys):
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
+    rc, _, e = run(["--registry", "s3://models/tideline", "models", "list"], capsys)
+    assert rc == 9, e
+    assert "cannot reach" in e.lower() and "Traceback" not in e

@@ -120,3 +120,13 @@ def test_unreachable_s3_registry_is_a_clear_error(monkeypatch, capsys):
     rc, _, e = run(["--registry", "s3://models/tideline", "models", "list"], capsys)
     assert rc == 9, e
     assert "cannot reach" in e.lower() and "Traceback" not in e
+
+
+def test_error_text_is_printed_verbatim(tmp_path, capsys):
+    """Column names in brackets must survive (rich would eat '[close]' as markup)."""
+    df = pd.read_csv(EXAMPLES / "GOOG_1d.csv").head(300)
+    df.loc[4, "close"] = None
+    bad = tmp_path / "nan.csv"
+    df.to_csv(bad, index=False)
+    rc, _, e = run(["--registry", (tmp_path / "reg").as_uri(), "cycle", "--data", str(bad)], capsys)
+    assert rc == 3 and "nan_value (1 row: 5 [close])" in e

@@ -21,6 +21,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
 from tideline import __version__
 from tideline.config import MODEL_FAMILIES, Settings, load_settings
@@ -175,7 +176,7 @@ def _render_cycle(res: Any) -> None:
               f"{d['start']} .. {d['end']}; {d['dataset_rows']:,} labelled rows x {d['features']} features, "
               f"horizon {d['horizon']}, cost {d['cost_bps']} bps")
     if d["rows_quarantined"]:
-        out.print(f"[yellow]quarantined {d['rows_quarantined']} rows:[/yellow] " + "; ".join(d["problems"]))
+        out.print(Text(f"quarantined {d['rows_quarantined']} rows: ", "yellow").append("; ".join(d["problems"])))
     h = d["holdout"]
     out.print(f"[bold]hold-out[/bold] {h['start']} .. {h['end']} ({h['rows']:,} rows); "
               f"{d['walk_forward_folds']} purged walk-forward folds before it")
@@ -204,9 +205,11 @@ def _render_cycle(res: Any) -> None:
     out.print(t)
     for c in res.candidates:
         mark = "[green]✔[/]" if c.decision.approved else "[red]✘[/]"
-        out.print(f"{mark} {c.family} {c.version or ''}: " + "; ".join(c.decision.reasons), highlight=False)
+        out.print(Text.from_markup(f"{mark} {c.family} {c.version or ''}: ").append("; ".join(c.decision.reasons)),
+                  highlight=False)
     if res.production_error:
-        out.print(f"[yellow]production {res.production_version} could not be evaluated:[/] {res.production_error}")
+        out.print(Text(f"production {res.production_version} could not be evaluated: ", "yellow")
+                  .append(str(res.production_error)))
     out.print(f"[bold]result[/bold] {res.promotion_note}")
     stages = ", ".join(f"{k} {v:.1f}s" for k, v in res.timings.items())
     out.print(f"[dim]timings: {stages}[/dim]")
@@ -352,7 +355,7 @@ def data_validate(
     if as_json:
         _print_json(rep.to_dict())
     else:
-        out.print(rep.summary())
+        out.print(rep.summary(), markup=False, highlight=False)
     if rep.problems:
         raise typer.Exit(3)
 
@@ -394,13 +397,13 @@ def main(argv: list[str] | None = None) -> int:
     except TidelineError as e:
         if debug:
             traceback.print_exc()
-        err.print(f"[bold red]error:[/bold red] {e}", highlight=False, soft_wrap=True)
+        err.print(Text.assemble(("error: ", "bold red"), str(e)), highlight=False, soft_wrap=True)
         return e.exit_code
     except Exception as e:  # an unexpected failure: one line, traceback only on request
         if debug:
             traceback.print_exc()
-        err.print(f"[bold red]internal error:[/bold red] {type(e).__name__}: {e} "
-                  f"(set TIDELINE_DEBUG=1 for the traceback)", highlight=False, soft_wrap=True)
+        err.print(Text.assemble(("internal error: ", "bold red"), f"{type(e).__name__}: {e} "
+                                "(set TIDELINE_DEBUG=1 for the traceback)"), highlight=False, soft_wrap=True)
         return 70
 
 

@@ -78,6 +78,7 @@ def test_cycle_table_output_on_real_data(tmp_path, capsys):
 
 @pytest.mark.parametrize("args,msg,code", [
     (["cycle"], "exactly one of", 2),
+    (["cycle", "--bogus"], "no such option", 2),
     (["cycle", "--synthetic", "--families", "catboost"], "unknown model families", 2),
     (["cycle", "--data", "/nonexistent/prices.csv"], "not found", 3),
     (["models", "rollback"], "previous", None),

@@ -16,7 +16,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
-import click
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
@@ -376,19 +375,46 @@ def data_synth(
     out.print(f"wrote {len(df):,} bars ({symbols} symbols) to {out_path}")
 
 
+# ---- sub-commands that live in their own modules ----------------------------------------------------
+from tideline.cli_trigger import trigger_app  # noqa: E402  (they import this module lazily)
+
+app.add_typer(trigger_app, name="trigger")
+
+
 # ---- entry point --------------------------------------------------------------------------------------
+def _classes(name: str) -> tuple[type[BaseException], ...]:
+    """The exception class ``name`` from click and from the click copy typer may ship (typer._click)."""
+    import importlib
+
+    found: list[type[BaseException]] = []
+    for mod in ("click.exceptions", "typer._click.exceptions", "typer.exceptions"):
+        try:
+            cls = getattr(importlib.import_module(mod), name, None)
+        except ImportError:
+            continue
+        if isinstance(cls, type) and issubclass(cls, BaseException) and cls not in found:
+            found.append(cls)
+    return tuple(found)
+
+
+_USAGE, _CLICK_ERR, _EXIT, _ABORT = (_classes(n) for n in ("UsageError", "ClickException", "Exit", "Abort"))
+
+
 def main(argv: list[str] | None = None) -> int:
     """Console-script entry: turns every failure into a one-line message and an exit code."""
     debug = os.environ.get("TIDELINE_DEBUG") == "1"
     try:
         rv = app(args=argv, prog_name="tideline", standalone_mode=False)
         return int(rv or 0)
-    except click.exceptions.UsageError as e:
-        e.show(file=sys.stderr)
+    except _USAGE as e:
+        e.show(file=sys.stderr)  # type: ignore[attr-defined]
         return 2
-    except click.exceptions.Exit as e:
-        return int(e.exit_code or 0)
-    except click.exceptions.Abort:
+    except _CLICK_ERR as e:
+        e.show(file=sys.stderr)  # type: ignore[attr-defined]
+        return int(getattr(e, "exit_code", 1) or 1)
+    except _EXIT as e:
+        return int(getattr(e, "exit_code", 0) or 0)
+    except _ABORT:
         err.print("aborted")
         return 130
     except KeyboardInterrupt:

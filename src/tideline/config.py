@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, Field, ValidationError, field_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from tideline.errors import ConfigError
@@ -83,6 +83,100 @@ class PolicyConfig(BaseModel):
     require_significance: bool = True
 
 
+TRIGGER_RULES: tuple[str, ...] = (
+    "no_production", "model_age", "new_data", "performance_decay", "drift", "regime_shift", "cadence", "manual",
+)
+
+
+class TriggerConfig(BaseModel):
+    """When to retrain (``tideline.triggers``). Every threshold is configurable; times are in days."""
+
+    enabled: list[str] = Field(default_factory=lambda: list(TRIGGER_RULES), description="rules that may fire")
+    max_model_age_days: float = Field(7.0, gt=0, description="model_age: production older than this")
+    min_new_bars: int = Field(10_000, ge=1, description="new_data: bars after the training window, all symbols")
+    min_live_sharpe: float = Field(0.3, description="performance_decay: live Sharpe below this")
+    max_accuracy_drop: float = Field(0.02, ge=0, description="performance_decay: live accuracy drop vs baseline")
+    min_live_samples: int = Field(200, ge=1, description="performance_decay: live outcomes needed to judge")
+    drift_share_threshold: float = Field(0.3, gt=0, le=1, description="drift: share of drifted features")
+    regime_short_window: int = Field(20, ge=2, description="bars in one realized-volatility estimate")
+    regime_long_window: int = Field(2000, ge=10, description="reference bars without a training window")
+    regime_high_quantile: float = Field(0.9, gt=0, lt=1, description="above this quantile of reference vol: high")
+    regime_low_quantile: float = Field(0.1, gt=0, lt=1, description="below this quantile of reference vol: low")
+    cadence_high_days: float = Field(3.0, gt=0, description="cadence in a high-volatility regime")
+    cadence_normal_days: float = Field(7.0, gt=0, description="cadence in a normal regime")
+    cadence_low_days: float = Field(14.0, gt=0, description="cadence in a low-volatility regime")
+    lock_ttl_seconds: float = Field(6 * 3600.0, gt=0, description="a run lock older than this may be taken over")
+
+    @field_validator("enabled")
+    @classmethod
+    def _known_rules(cls, v: list[str]) -> list[str]:
+        unknown = sorted(set(v) - set(TRIGGER_RULES))
+        if unknown:
+            raise ValueError(f"unknown trigger rules {unknown}; known: {list(TRIGGER_RULES)}")
+        return v
+
+    @model_validator(mode="after")
+    def _quantiles_ordered(self) -> TriggerConfig:
+        if self.regime_low_quantile >= self.regime_high_quantile:
+            raise ValueError("regime_low_quantile must be below regime_high_quantile")
+        return self
+
+
+# drift methods tideline knows, with their default thresholds. Distances (drift when score >= threshold) and
+# p-value tests (drift when p-value <= threshold) are all Evidently stat tests, called by name.
+DRIFT_DISTANCE_METHODS: tuple[str, ...] = ("wasserstein", "psi", "jensenshannon", "hellinger", "kl_div", "ed")
+DRIFT_PVALUE_METHODS: tuple[str, ...] = ("ks", "t_test", "mannw", "anderson", "cramer_von_mises", "es")
+
+
+class DriftConfig(BaseModel):
+    """Feature and prediction drift checks (``tideline.drift``).
+
+    ``auto`` picks per column: a p-value test (``ks``) when either side has fewer than
+    ``min_rows_for_distance`` rows (distances are noisy on small samples), else Jensen-Shannon for columns
+    with at most ``discrete_max_unique`` distinct values and the normed Wasserstein distance for the rest.
+    Both sides are sampled down to ``sample_size`` rows first: this bounds the time, and p-value tests on
+    huge samples would call every negligible difference a drift.
+    """
+
+    sample_size: int = Field(10_000, ge=100, description="rows sampled from each side before testing")
+    report_sample_size: int | None = Field(
+        5_000, ge=100, description="rows per side for the HTML report (None: sample_size); its figures are "
+                                   "computed on the same rows it shows")
+    method: str = Field("auto", description="'auto' or one stat test for every column (see thresholds)")
+    thresholds: dict[str, float] = Field(
+        default_factory=lambda: {"wasserstein": 0.1, "psi": 0.1, "jensenshannon": 0.1, "hellinger": 0.1,
+                                 "kl_div": 0.1, "ed": 0.1, "ks": 0.05, "t_test": 0.05, "mannw": 0.05,
+                                 "anderson": 0.05, "cramer_von_mises": 0.05, "es": 0.05},
+        description="per method: distance drifts when score >= threshold; p-value test when p <= threshold")
+    min_rows_for_distance: int = Field(1000, ge=10, description="auto: below this use the KS test")
+    discrete_max_unique: int = Field(5, ge=2, description="auto: columns with this few values use Jensen-Shannon")
+    drift_share_threshold: float = Field(0.3, gt=0, le=1, description="dataset drifted when this share drifts")
+    prediction_drift: bool = True
+    ignore_columns: list[str] = Field(
+        default_factory=lambda: ["month_sin", "month_cos"],
+        description="never tested (a recent window spans a month or two: month features always 'drift')")
+    seed: int = 0
+
+    @field_validator("method")
+    @classmethod
+    def _known_method(cls, v: str) -> str:
+        known = ("auto", *DRIFT_DISTANCE_METHODS, *DRIFT_PVALUE_METHODS)
+        if v not in known:
+            raise ValueError(f"unknown drift method {v!r}; known: {list(known)}")
+        return v
+
+    @field_validator("thresholds")
+    @classmethod
+    def _known_thresholds(cls, v: dict[str, float]) -> dict[str, float]:
+        unknown = sorted(set(v) - set(DRIFT_DISTANCE_METHODS) - set(DRIFT_PVALUE_METHODS))
+        if unknown:
+            raise ValueError(f"thresholds for unknown drift methods {unknown}")
+        bad = sorted(k for k, x in v.items() if not x > 0)
+        if bad:
+            raise ValueError(f"drift thresholds must be > 0: {bad}")
+        return v
+
+
 class Settings(BaseSettings):
     """Everything configurable. Precedence: explicit arguments > env vars > settings file > defaults."""
 
@@ -96,6 +190,8 @@ class Settings(BaseSettings):
     evaluation: EvaluationConfig = EvaluationConfig()
     training: TrainingConfig = TrainingConfig()
     policy: PolicyConfig = PolicyConfig()
+    drift: DriftConfig = DriftConfig()
+    triggers: TriggerConfig = TriggerConfig()
 
     def registry_uri(self) -> str:
         if self.registry:

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-BENCHES = [["bench_cycle.py"], ["bench_real.py"]]
+BENCHES = [["bench_cycle.py"], ["bench_drift.py"], ["bench_real.py"]]
 
 
 def run(argv: list[str]) -> dict:
@@ -37,6 +37,17 @@ def markdown(meta: dict, results: list[dict]) -> str:
                 *[f"| {k} | {v} |" for k, v in r["stages_s"].items()], "",
                 "| family | hold-out Sharpe | hold-out dir. accuracy |", "|---|---|---|",
                 *[f"| {k} | {v['sharpe']} | {v['directional_accuracy']} |" for k, v in r["holdout"].items()], "",
+            ]
+        elif r.get("name") == "drift":
+            lines += [
+                "| drift benchmark | value | target |", "|---|---|---|",
+                f"| data | {r['rows']:,} current x {r['features']} features (reference {r.get('reference_rows', r['rows']):,}) | 100k x 50 |",
+                f"| drift check (median of 3) | {r['seconds']} s | <= 2 s |",
+                f"| recall of shifted columns | {r['recall']} | >= 0.95 |",
+                f"| unshifted columns flagged | {r['false_positive_rate']} | <= 0.05 |",
+                f"| Evidently HTML report | {r.get('report_html_seconds')} s | |",
+                f"| Evidently default DataDriftPreset, same data | {r.get('default_preset_seconds')} s | (for comparison) |",
+                "",
             ]
         elif r.get("name") == "real_data":
             lines += ["| data | model / baseline | hold-out Sharpe | dir. acc. | max DD | total return | trades |",

@@ -1,0 +1,249 @@
+"""The retraining cycle as a KFP v2 pipeline: the same definition runs under kfp.local and compiles for a
+cluster. Local runs execute every task as a real subprocess (ParallelFor fan-out, Collected fan-in, If)."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from conftest import FAST_PARAMS, ROOT
+from tideline import steps
+from tideline.config import Settings, load_settings
+from tideline.data import synthetic_market
+from tideline.errors import AliasConflict, ConfigError, ValidationError
+from tideline.orchestration import (
+    PipelinesUnavailable,
+    compile_pipeline,
+    pipeline_arguments,
+    run_local,
+    schedule,
+    start_retrain,
+    submit,
+)
+from tideline.registry import open_registry
+
+SYN = {"n_symbols": 3, "n_bars": 900, "seed": 7}
+FAMILIES = ["lightgbm", "sklearn"]
+PERMISSIVE = {"min_sharpe": -100.0, "min_trades": 0, "max_drawdown": 10.0, "require_significance": False,
+              "min_relative_improvement": -100.0, "key_metric_floor": 0.0}
+COMPONENTS = ["ingest", "validate", "features", "drift-report", "train", "evaluate-and-select", "register",
+              "gate", "request-rollout"]
+UNREACHABLE = "http://127.0.0.1:9"
+
+
+def _settings(tmp: Path, **policy) -> Settings:
+    return load_settings(
+        registry=(tmp / "reg").as_uri(), home=str(tmp / "home"),
+        training={"params": FAST_PARAMS, "families": FAMILIES},
+        evaluation={"n_splits": 2, "bootstrap_samples": 200},
+        policy=policy,
+    )
+
+
+def _metrics_logged(task_dir: str) -> dict:
+    out = json.loads((Path(task_dir) / "executor_output.json").read_text())
+    return out["artifacts"]["metrics"]["artifacts"][0]["metadata"]
+
+
+@pytest.fixture(scope="module")
+def approved_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("approved")
+    s = _settings(tmp, **PERMISSIVE)
+    t0 = time.perf_counter()
+    summary = run_local(s, synthetic=SYN, families=FAMILIES, reason="test: permissive policy")
+    return s, summary, time.perf_counter() - t0
+
+
+# ---- local runs ---------------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_local_run_executes_every_step_and_requests_rollout_when_approved(approved_run):
+    s, summary, seconds = approved_run
+    tasks = summary["tasks"]
+    names = {t.rsplit("/", 1)[-1] for t in tasks}
+    assert names == set(COMPONENTS), tasks  # every step ran, the If branch included
+    loop = sorted(t for t in tasks if t.endswith("/train"))
+    assert len(loop) == 2 and all(t.startswith("for-loop-") for t in loop)  # one ParallelFor task per family
+
+    reg = open_registry(s.registry_uri())
+    versions = reg.list_versions()
+    assert sorted(mv.family for mv in versions) == FAMILIES  # fan-in reached register with both models
+    assert summary["versions"] == {mv.family: mv.version for mv in versions}
+    for mv in versions:
+        assert mv.decision["approved"] is True and mv.metrics["n_obs"] > 0
+        assert mv.evaluation["baselines"] and mv.evaluation["holdout"]["rows"] > 0
+        assert mv.data_hash and mv.training_window["n_rows"] > 0
+        ref = pd.read_parquet(io.BytesIO(reg.get_attachment(mv.version, "reference.parquet")))
+        assert len(ref) > 100 and ref["prediction"].notna().all()
+        reg.fetch(mv.version, Path(summary["pipeline_root"]) / "fetched" / mv.version)  # sha256 verified
+
+    best = max(versions, key=lambda mv: mv.metrics["sharpe"])
+    assert summary["decision"] == "approved" and summary["best"]["version"] == best.version
+    assert summary["candidate"] == best.version and summary["promoted"] is None
+    assert reg.aliases() == {"candidate": best.version}  # rollout mode: production untouched
+    assert any(e.alias == "candidate" and "test: permissive policy" in e.reason for e in reg.history())
+
+    # metrics are logged for the UI; the drift report is a real HTML page
+    train_metrics = _metrics_logged(tasks[loop[0]])
+    assert "holdout_sharpe" in train_metrics and "wf_sharpe_mean" in train_metrics
+    judged = _metrics_logged(tasks["evaluate-and-select"])
+    assert judged["approved_candidates"] == 2
+    html = next(Path(tasks["drift-report"]).glob("report*"))
+    assert html.stat().st_size > 10_000 and "<html" in html.read_text(errors="replace")[:5000].lower()
+    assert _metrics_logged(tasks["drift-report"])  # drift figures logged too
+    print(f"local pipeline run: {seconds:.1f} s")
+
+
+@pytest.mark.slow
+def test_direct_mode_promotes_against_the_production_it_was_measured_against(approved_run, tmp_path):
+    s, summary, _ = approved_run
+    uri = s.registry_uri()
+    v = summary["candidate"]
+    # a stale expectation loses the compare-and-swap; the right one promotes
+    with pytest.raises(AliasConflict):
+        steps.request_rollout(uri, v, "direct", expected_production="v999")
+    out = steps.request_rollout(uri, v, "direct", expected_production=None)
+    assert out["action"] == "promoted"
+    assert open_registry(uri).aliases()["production"] == v
+    with pytest.raises(ConfigError, match="rollout mode"):
+        steps.request_rollout(uri, v, "sideways")
+
+
+@pytest.mark.slow
+def test_strict_policy_skips_the_rollout_branch_and_sets_no_alias(tmp_path):
+    s = _settings(tmp_path, min_sharpe=100.0)
+    summary = run_local(s, synthetic=SYN, families=FAMILIES)
+    names = {t.rsplit("/", 1)[-1] for t in summary["tasks"]}
+    assert names == set(COMPONENTS) - {"request-rollout"}  # the If branch did not run
+    reg = open_registry(s.registry_uri())
+    assert len(reg.list_versions()) == 2  # every candidate is still registered, with its decision
+    assert all(mv.decision["approved"] is False for mv in reg.list_versions())
+    assert summary["decision"] == "rejected" and summary["candidate"] is None and summary["rollout"] is None
+    assert reg.aliases() == {}
+    assert any("Sharpe" in r and "100" in r for r in summary["reasons"]["lightgbm"])
+
+
+@pytest.mark.slow
+def test_bad_data_fails_the_validate_task_and_registers_nothing(tmp_path):
+    df = synthetic_market(n_symbols=3, n_bars=400, seed=1)
+    df.loc[5, "high"] = df.loc[5, "low"] - 1.0
+    bad = tmp_path / "bad.csv"
+    df.to_csv(bad, index=False)
+    s = _settings(tmp_path, **PERMISSIVE)
+    with pytest.raises(ValidationError) as ei:
+        run_local(s, source=bad, families=["lightgbm"])
+    msg = str(ei.value)
+    assert "pipeline task 'validate' failed" in msg and "high_below_low" in msg and "row" in msg
+    assert ei.value.exit_code == 3
+    run_dirs = list((tmp_path / "home" / "pipeline-runs").glob("*/tideline-retrain-*"))
+    assert len(run_dirs) == 1
+    assert not list(run_dirs[0].glob("features")) and not list(run_dirs[0].glob("register"))  # stopped there
+    report = json.loads(next(run_dirs[0].glob("validate/report/validation.json")).read_text())
+    assert report["ok"] is False and report["problems"]
+    reg_dir = tmp_path / "reg"
+    assert not reg_dir.exists() or open_registry(s.registry_uri()).list_versions() == []
+
+
+# ---- compile --------------------------------------------------------------------------------------------
+def _compile_fresh(out: Path) -> bytes:
+    """Compile in a clean process with the default image (TIDELINE_IMAGE unset), as the repo's YAML is."""
+    env = {k: v for k, v in os.environ.items() if k != "TIDELINE_IMAGE"}
+    subprocess.run([sys.executable, "-c", "import sys; from tideline.orchestration import compile_pipeline; "
+                    "compile_pipeline(sys.argv[1])", str(out)], check=True, env=env, cwd=ROOT, timeout=120)
+    return out.read_bytes()
+
+
+def test_compiled_pipeline_has_every_component_the_loop_and_the_gate(tmp_path):
+    fresh = _compile_fresh(tmp_path / "retrain.yaml")
+    spec = yaml.safe_load(fresh)
+    comps = spec["components"]
+    for name in COMPONENTS:
+        assert f"comp-{name}" in comps, name
+    dag = spec["root"]["dag"]["tasks"]
+    loops = [t for t in dag.values() if "parameterIterator" in t]
+    assert len(loops) == 1 and "families" in json.dumps(loops[0]["parameterIterator"])
+    conds = [t for t in dag.values() if t.get("triggerPolicy", {}).get("condition")]
+    assert len(conds) == 1 and "approved" in conds[0]["triggerPolicy"]["condition"]
+    assert "gate" in conds[0]["triggerPolicy"]["condition"]
+    # fan-in: the evaluation and registration take lists of the loop's artifacts
+    assert comps["comp-evaluate-and-select"]["inputDefinitions"]["artifacts"]["results"]["isArtifactList"]
+    assert comps["comp-register"]["inputDefinitions"]["artifacts"]["models"]["isArtifactList"]
+    assert comps["comp-drift-report"]["outputDefinitions"]["artifacts"]["report"]["artifactType"][
+        "schemaTitle"] == "system.HTML"
+    images = {e["container"]["image"] for e in spec["deploymentSpec"]["executors"].values()}
+    assert images == {"ghcr.io/tideline/tideline:0.1.0"}
+    params = spec["root"]["inputDefinitions"]["parameters"]
+    assert {"registry_uri", "source", "synthetic_json", "families", "settings_json", "quarantine",
+            "rollout_mode"} <= set(params)
+
+
+def test_committed_pipeline_yaml_is_up_to_date(tmp_path):
+    committed = ROOT / "pipelines" / "retrain.yaml"
+    assert committed.is_file(), "pipelines/retrain.yaml is missing: run `.venv/bin/python pipelines/retrain.py`"
+    fresh = _compile_fresh(tmp_path / "retrain.yaml")
+    assert committed.read_bytes() == fresh, (
+        "pipelines/retrain.yaml is stale (the pipeline or a component changed): regenerate it with "
+        "`.venv/bin/python pipelines/retrain.py` (or `tideline pipeline compile`) and commit it")
+
+
+def test_cli_compile_and_usage_errors(tmp_path):
+    import typer
+    from typer.testing import CliRunner
+
+    from tideline.cli_pipeline import pipeline_app
+
+    app = typer.Typer()
+    app.add_typer(pipeline_app, name="pipeline")
+    app.callback()(lambda: None)
+    runner = CliRunner()
+    out = tmp_path / "p.yaml"
+    res = runner.invoke(app, ["pipeline", "compile", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    assert "comp-train" in yaml.safe_load(out.read_text())["components"]
+    res = runner.invoke(app, ["pipeline", "run", "--synthetic"])
+    assert isinstance(res.exception, ConfigError) and "submit" in str(res.exception)
+    res = runner.invoke(app, ["pipeline", "schedule", "--host", UNREACHABLE, "--cron", "0 2 * * *", "--synthetic"])
+    assert isinstance(res.exception, ConfigError) and "6" in str(res.exception)
+
+
+# ---- cluster entry points -------------------------------------------------------------------------------
+def test_schedule_rejects_a_five_field_cron_before_any_network():
+    with pytest.raises(ConfigError, match="5 fields; KFP needs 6"):
+        schedule(UNREACHABLE, cron="0 2 * * *", arguments={})
+    with pytest.raises(ConfigError, match="invalid field"):
+        schedule(UNREACHABLE, cron="0 0 2 * * $", arguments={})
+
+
+def test_submit_to_an_unreachable_host_fails_fast_and_clearly(tmp_path):
+    s = load_settings(registry="s3://bucket/reg")
+    args = pipeline_arguments(s, source="s3://bucket/bars/", families=["lightgbm"], for_cluster=True)
+    t0 = time.perf_counter()
+    with pytest.raises(PipelinesUnavailable) as ei:
+        submit(UNREACHABLE, arguments=args)
+    assert time.perf_counter() - t0 < 30
+    assert UNREACHABLE in str(ei.value) and ei.value.exit_code == 9
+    with pytest.raises(PipelinesUnavailable):
+        schedule(UNREACHABLE, cron="0 0 2 * * *", arguments=args)
+    with pytest.raises(PipelinesUnavailable):
+        start_retrain(s, mode="kfp", host=UNREACHABLE, reason="drift", source="s3://bucket/bars/")
+
+
+def test_cluster_runs_refuse_paths_the_pods_cannot_see(tmp_path):
+    s = _settings(tmp_path)
+    with pytest.raises(ConfigError, match="s3:// registry"):
+        start_retrain(s, mode="kfp", host=UNREACHABLE, reason="drift", synthetic=SYN)
+    s3 = load_settings(registry="s3://bucket/reg")
+    with pytest.raises(ConfigError, match="s3://"):
+        pipeline_arguments(s3, source=str(tmp_path / "bars.csv"), for_cluster=True)
+    with pytest.raises(ConfigError, match="exactly one"):
+        pipeline_arguments(s3, for_cluster=True)
+    with pytest.raises(ConfigError, match="mode"):
+        start_retrain(s, mode="argo", synthetic=SYN)

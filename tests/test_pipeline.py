@@ -247,3 +247,70 @@ def test_cluster_runs_refuse_paths_the_pods_cannot_see(tmp_path):
         pipeline_arguments(s3, for_cluster=True)
     with pytest.raises(ConfigError, match="mode"):
         start_retrain(s, mode="argo", synthetic=SYN)
+
+
+class _FakeRun:
+    def __init__(self, run_id: str, state: str) -> None:
+        self.run_id, self.state, self.display_name = run_id, state, f"run-{run_id}"
+
+
+class _FakeKfp:
+    """Stands in for kfp.Client's two read calls: the logic under test is ours, not KFP's."""
+
+    def __init__(self, runs: list[_FakeRun], experiment_exists: bool = True) -> None:
+        self.runs, self.exists = runs, experiment_exists
+
+    def get_experiment(self, experiment_name: str):
+        if not self.exists:
+            raise ValueError("no experiment")
+        return type("Exp", (), {"experiment_id": "e1"})()
+
+    def list_runs(self, experiment_id: str, page_size: int, sort_by: str):
+        return type("Resp", (), {"runs": self.runs})()
+
+
+def test_active_runs_on_kfp_block_a_second_start(monkeypatch):
+    from tideline import orchestration
+    from tideline.config import load_settings
+
+    assert orchestration.active_runs(_FakeKfp([_FakeRun("a", "SUCCEEDED"), _FakeRun("b", "FAILED")]), "x") == []
+    assert orchestration.active_runs(_FakeKfp([], experiment_exists=False), "x") == []
+    busy = _FakeKfp([_FakeRun("a", "SUCCEEDED"), _FakeRun("b", "RUNNING")])
+    assert [r["run_id"] for r in orchestration.active_runs(busy, "x")] == ["b"]
+
+    submitted = []
+    monkeypatch.setattr(orchestration, "_client", lambda host: busy)
+    monkeypatch.setattr(orchestration, "submit", lambda *a, **k: submitted.append(k) or "new")
+    s = load_settings(registry="s3://models/tideline")
+    with pytest.raises(orchestration.RunInProgress, match="already in progress"):
+        orchestration.start_retrain(s, mode="kfp", host="http://kfp:8888", synthetic={"n_symbols": 3})
+    assert submitted == []
+    monkeypatch.setattr(orchestration, "_client", lambda host: _FakeKfp([_FakeRun("a", "SUCCEEDED")]))
+    out = orchestration.start_retrain(s, mode="kfp", host="http://kfp:8888", synthetic={"n_symbols": 3})
+    assert out["run_id"] == "new" and len(submitted) == 1
+
+
+@pytest.mark.slow
+def test_trigger_run_starts_the_real_local_pipeline_once(tmp_path, capsys, monkeypatch):
+    """`tideline trigger run` with an empty registry: no_production fires and the real pipeline runs."""
+    from tideline.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    cfg = tmp_path / "t.yaml"
+    cfg.write_text(yaml.safe_dump({
+        "training": {"params": FAST_PARAMS, "families": ["lightgbm"]},
+        "evaluation": {"n_splits": 2, "bootstrap_samples": 200}, "policy": PERMISSIVE,
+    }))
+    reg = (tmp_path / "reg").as_uri()
+    args = ["--registry", reg, "--config", str(cfg), "trigger", "run", "--synthetic", "--symbols", "3",
+            "--bars", "900", "--mode", "local", "--json"]
+    assert main(args) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["started"] is True and "no_production" in out["reason"]
+    r = open_registry(reg)
+    assert [v.family for v in r.list_versions()] == ["lightgbm"]
+    assert r.aliases().get("candidate") == r.list_versions()[0].version
+    # the lock was released and the decision recorded: a forced second run may start
+    assert main([*args, "--force"]) == 0
+    assert json.loads(capsys.readouterr().out)["started"] is True
+    assert len(r.list_versions()) == 2

@@ -55,6 +55,12 @@ class PipelinesUnavailable(TidelineError):
     exit_code = 9
 
 
+class RunInProgress(TidelineError):
+    """A retraining run is already in progress; a second one is not started."""
+
+    exit_code = 11
+
+
 # ---- arguments ----------------------------------------------------------------------------------------
 def _families(settings: Settings, families: Sequence[str] | None) -> list[str]:
     fams = list(families) if families else list(settings.training.families)
@@ -335,6 +341,24 @@ def schedule(host: str, *, cron: str = DEFAULT_CRON, name: str = "tideline-retra
     return str(rr.recurring_run_id)
 
 
+ACTIVE_STATES = frozenset({"PENDING", "RUNNING", "PAUSED", "CANCELING"})
+
+
+def active_runs(client: Any, experiment: str, *, page_size: int = 50) -> list[dict[str, str]]:
+    """Runs of ``experiment`` that are still in progress on the cluster (newest ``page_size`` looked at)."""
+    try:
+        exp = client.get_experiment(experiment_name=experiment)
+    except Exception:  # no such experiment yet: nothing can be running in it
+        return []
+    resp = client.list_runs(experiment_id=exp.experiment_id, page_size=page_size, sort_by="created_at desc")
+    out = []
+    for r in getattr(resp, "runs", None) or []:
+        state = str(getattr(r, "state", "") or "").upper()
+        if state in ACTIVE_STATES:
+            out.append({"run_id": str(r.run_id), "name": str(getattr(r, "display_name", "") or ""), "state": state})
+    return out
+
+
 # ---- the entry the triggers use -----------------------------------------------------------------------
 def start_retrain(settings: Settings, *, mode: str = "local", host: str | None = None, reason: str = "manual",
                   source: str | None = None, synthetic: dict[str, Any] | None = None,
@@ -352,6 +376,13 @@ def start_retrain(settings: Settings, *, mode: str = "local", host: str | None =
             raise ConfigError("mode 'kfp' needs the Kubeflow Pipelines host URL")
         args = pipeline_arguments(settings, source=source, synthetic=synthetic, families=families,
                                   rollout_mode=rollout_mode, reason=reason, for_cluster=True)
+        client = _client(host)
+        with _kfp_errors(host, "list runs"):
+            running = active_runs(client, experiment)
+        if running:  # a retrain already in progress on the cluster is never started twice
+            r = running[0]
+            raise RunInProgress(f"a retraining run is already in progress on {host}: {r['name'] or r['run_id']} "
+                                f"({r['state']}); not starting another")
         slug = re.sub(r"[^a-z0-9-]+", "-", reason.lower()).strip("-")[:40] or "manual"
         run_id = submit(host, arguments=args, experiment=experiment, run_name=f"tideline-retrain-{slug}-{_run_id()}")
         return {"mode": "kfp", "reason": reason, "run_id": run_id, "host": host}

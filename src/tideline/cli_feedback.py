@@ -1,0 +1,97 @@
+"""``tideline feedback``: join the prediction log with realized bars; live metrics per served version.
+
+Wired into the root CLI with ``app.command("feedback")(feedback)``. The root helpers (``_state``,
+``_open_registry``, consoles) are imported inside the command: ``tideline.cli`` imports this module, so
+importing it back at module level would be circular.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Annotated, Optional
+
+import typer
+
+if TYPE_CHECKING:
+    from tideline.feedback import FeedbackReport, LiveMetrics
+
+
+def _vkey(version: str) -> tuple[int, str]:
+    """v2 before v10."""
+    return (int(version[1:]), version) if version[1:].isdigit() else (1 << 30, version)
+
+
+def feedback(
+    ctx: typer.Context,
+    data: Annotated[str, typer.Option(
+        "--data", help="Recent bars (covering the predictions and their horizon): CSV/Parquet file, a "
+                       "directory of them, or s3://bucket/prefix.")],
+    since: Annotated[Optional[str], typer.Option(
+        "--since", help="Only predictions logged at or after this ISO time (UTC when no zone is given).",
+    )] = None,
+    cost_bps: Annotated[Optional[float], typer.Option(
+        "--cost-bps", min=0.0, help="Cost per unit of turnover in bps (default: the cost each version was "
+                                    "evaluated with).")] = None,
+    write: Annotated[bool, typer.Option(
+        "--write/--no-write", help="Store live-metrics.json as an attachment of each version.")] = True,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+) -> None:
+    """Realized outcomes of logged predictions: accuracy, error, Sharpe and change points per version."""
+    from tideline.cli import _open_registry, _print_json, _state, err
+    from tideline.data import load_bars, validate_bars
+    from tideline.feedback import _utc, run_feedback
+
+    s = _state(ctx).settings()
+    since_ts = _utc(since, "--since")
+    raw = load_bars(data, endpoint_url=s.endpoint_url())
+    clean = validate_bars(raw, mode="strict").clean
+    reg = _open_registry(s)
+    if not as_json:
+        err.print(f"[dim]registry {s.registry_uri()}[/dim]")
+    report = run_feedback(reg, clean, cost_bps=cost_bps, since=since_ts, write=write)
+    if as_json:
+        _print_json(report.to_dict())
+        return
+    _render(report, s.registry_uri(), write)
+
+
+def _render(report: FeedbackReport, registry_uri: str, write: bool) -> None:
+    from rich.table import Table
+
+    from tideline.cli import out
+
+    out.print(f"{report.n_predictions:,} logged predictions"
+              + (f" since {report.since}" if report.since else "")
+              + f": {report.n_realized:,} realized, {report.n_pending:,} pending, "
+                f"{report.n_unknown_bar:,} with an unknown bar, {report.n_duplicates:,} duplicates dropped",
+              highlight=False)
+    if report.metrics:
+        t = Table(title="live outcomes")
+        cols = ("version", "role", "n", "pending", "accuracy", "baseline", "MAE", "Sharpe", "change points")
+        for col in cols:
+            t.add_column(col, no_wrap=True, justify="left" if col in ("version", "role") else "right")
+
+        def cells(m: LiveMetrics) -> list[str]:
+            return [f"{m.n:,}", f"{m.n_pending:,}", f"{m.directional_accuracy:.3f}",
+                    f"{m.baseline_accuracy:.3f}", f"{m.mae:.4g}", f"{m.sharpe:.2f}"]
+
+        for v, whole in sorted(report.versions.items(), key=lambda kv: _vkey(kv[0])):
+            rows = [[v, r, *cells(m), ""] for (vv, r), m in sorted(report.metrics.items()) if vv == v]
+            if len(rows) > 1:
+                rows.append([v, "all", *cells(whole), ""])
+            cps = report.change_points.get(v, [])
+            rows[-1][-1] = f"{len(cps)}" + (f" (first {cps[0].timestamp or cps[0].index})" if cps else "")
+            for i, row in enumerate(rows):
+                t.add_row(*row, end_section=i == len(rows) - 1)
+        out.print(t)
+    for ex in report.unknown_examples:
+        out.print(f"unknown bar: {ex['version']} {ex['role']} symbol={ex['symbol']} "
+                  f"bar_time={ex['bar_time']}", highlight=False)
+    for v, why in sorted(report.skipped.items()):
+        out.print(f"skipped {v}: {why}", highlight=False)
+    for note in report.notes:
+        out.print(note, highlight=False)
+    if report.attachments:
+        out.print(f"stored live-metrics.json for {', '.join(sorted(report.attachments))} in {registry_uri}",
+                  highlight=False)
+    elif not write:
+        out.print("not stored (--no-write)")

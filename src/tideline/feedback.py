@@ -1,0 +1,535 @@
+"""Live outcomes: join logged predictions with what the market did next, and measure each served version.
+
+The predictor logs every prediction to the registry store (``predictions/<YYYY-MM-DD>/<role>-<version>-<uuid>
+.parquet``; columns ``request_id, time, symbol, bar_time, feature_hash, prediction, version, role``). Once
+the bars after a prediction's bar exist, its realized outcome is known:
+
+* ``fwd_return`` = log(close[t+h] / close[t]) of the prediction's symbol, ``t`` = the bar it was made on
+  (``bar_time``, matched **exactly** to a bar of that symbol), ``h`` = the version's label horizon
+  (``feature_config["horizon"]``) — the same definition as ``tideline.features.compute_labels``;
+* ``next_return`` = log(close[t+1] / close[t]) (what the one-bar ``sign(pred)`` strategy earns);
+* ``error`` = prediction - fwd_return; ``hit`` = sign(prediction) == sign(fwd_return).
+
+Each logged prediction gets a ``status``:
+
+* ``realized``    its bar exists and so does the bar ``h`` bars later;
+* ``pending``     its bar exists but the horizon has not elapsed in the data yet, or its bar is later than
+                  the symbol's last bar (the data has not caught up yet);
+* ``unknown_bar`` no bar of that symbol at exactly that time (a misaligned timestamp, an unknown symbol, a
+                  prediction made without symbol/timestamp): counted and reported, never guessed.
+
+Retried requests can log the same prediction twice: rows with the same (version, role, symbol, bar_time)
+are de-duplicated, keeping the first by log ``time``, and counted.
+
+Metrics reuse ``tideline.evaluation`` (same conventions as the offline evaluation: log returns, the
+``sign(pred)`` strategy earning ``next_return`` net of ``cost_bps`` per unit of turnover, equal weight over
+the symbols present at a timestamp, Sharpe annualised with ``periods_per_year``). ``run_feedback`` stores
+the result as the ``live-metrics.json`` attachment of each version, which the ``performance_decay``
+trigger rule reads (``n``, ``sharpe``, ``directional_accuracy``, ``baseline_accuracy``), and runs
+``drift.PerformanceMonitor`` over each version's absolute errors to find change points.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, Final
+
+import numpy as np
+import pandas as pd
+
+from tideline.config import EvaluationConfig, FeatureConfig
+from tideline.errors import ConfigError, DataError, TidelineError
+from tideline.evaluation import evaluate_predictions, infer_periods_per_year, strategy_returns
+
+if TYPE_CHECKING:
+    from tideline.drift import ChangePoint
+    from tideline.registry import Registry
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "LIVE_METRICS_ATTACHMENT",
+    "PREDICTIONS_PREFIX",
+    "PREDICTION_COLUMNS",
+    "FeedbackReport",
+    "LiveMetrics",
+    "join_outcomes",
+    "live_metrics",
+    "load_prediction_log",
+    "run_feedback",
+]
+
+LIVE_METRICS_ATTACHMENT: Final = "live-metrics.json"  # read by tideline.triggers (performance_decay)
+PREDICTIONS_PREFIX: Final = "predictions/"
+PREDICTION_COLUMNS: Final[tuple[str, ...]] = (
+    "request_id", "time", "symbol", "bar_time", "feature_hash", "prediction", "version", "role")
+STATUSES: Final[tuple[str, ...]] = ("realized", "pending", "unknown_bar")
+DEDUP_KEY: Final[list[str]] = ["version", "role", "symbol", "bar_time"]
+ALL_ROLES: Final = "all"
+_KEY_RE = re.compile(r"^predictions/(\d{4}-\d{2}-\d{2})/[^/]+\.parquet$")
+
+
+# ---- the prediction log --------------------------------------------------------------------------------
+def _utc(value: Any, what: str) -> pd.Timestamp | None:
+    """A tz-aware UTC timestamp (naive input is taken as UTC); None stays None."""
+    if value is None:
+        return None
+    try:
+        ts = pd.Timestamp(value)
+    except (ValueError, TypeError):
+        raise ConfigError(f"{what} {value!r} is not a timestamp",
+                          hint="ISO 8601, e.g. 2024-05-01T00:00:00Z") from None
+    if pd.isna(ts):
+        raise ConfigError(f"{what} {value!r} is not a timestamp")
+    return ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
+
+
+def _naive_utc(s: pd.Series) -> pd.Series:
+    """Any timestamps (strings, naive = UTC, tz-aware) as tz-naive UTC datetime64[ns]; bad values NaT."""
+    out = pd.to_datetime(s, utc=True, errors="coerce", format="mixed")
+    return out.dt.tz_convert("UTC").dt.tz_localize(None).astype("datetime64[ns]")
+
+
+def _empty_log() -> pd.DataFrame:
+    return pd.DataFrame({
+        "request_id": pd.Series([], dtype=object), "time": pd.Series([], dtype="datetime64[ns, UTC]"),
+        "symbol": pd.Series([], dtype=object), "bar_time": pd.Series([], dtype="datetime64[ns]"),
+        "feature_hash": pd.Series([], dtype=object), "prediction": pd.Series([], dtype=np.float64),
+        "version": pd.Series([], dtype=object), "role": pd.Series([], dtype=object)})
+
+
+def normalize_predictions(df: pd.DataFrame) -> pd.DataFrame:
+    """The log's columns with fixed types: ``time`` tz-aware UTC, ``bar_time`` tz-naive UTC (like bars),
+    ``prediction`` float64, text columns as str (missing values stay None). DataError on missing columns."""
+    missing = [c for c in PREDICTION_COLUMNS if c not in df.columns]
+    if missing:
+        raise DataError(f"prediction log lacks columns {missing}",
+                        hint=f"expected {list(PREDICTION_COLUMNS)}")
+    out = df.loc[:, list(PREDICTION_COLUMNS)].copy()
+    out["time"] = pd.to_datetime(out["time"], utc=True, errors="coerce", format="mixed")
+    out["bar_time"] = _naive_utc(out["bar_time"])
+    out["prediction"] = pd.to_numeric(out["prediction"], errors="coerce").astype(np.float64)
+    for c in ("request_id", "feature_hash", "version", "role", "symbol"):
+        col = out[c].astype("string")
+        ok = (col.notna() & (col != "")).fillna(False).to_numpy(dtype=bool)
+        out[c] = col.astype(object).where(ok, None)
+    return out.reset_index(drop=True)
+
+
+def load_prediction_log(registry: Registry, since: Any = None, until: Any = None) -> pd.DataFrame:
+    """Every logged prediction with ``since <= time < until`` (either bound optional), sorted by time.
+
+    Reads the Parquet objects under ``predictions/<YYYY-MM-DD>/`` of the registry store; day folders
+    outside the bounds are not read. An object that cannot be read is skipped with a warning (its key is
+    listed in ``df.attrs["unreadable"]``); a key outside the layout is ignored.
+    """
+    lo, hi = _utc(since, "since"), _utc(until, "until")
+    if lo is not None and hi is not None and hi <= lo:
+        raise ConfigError(f"until ({hi}) must be after since ({lo})")
+    frames: list[pd.DataFrame] = []
+    unreadable: list[str] = []
+    for key in registry.store.list(PREDICTIONS_PREFIX):
+        m = _KEY_RE.match(key)
+        if not m:
+            continue
+        day = m.group(1)
+        if (lo is not None and day < f"{lo:%Y-%m-%d}") or (hi is not None and day > f"{hi:%Y-%m-%d}"):
+            continue
+        try:
+            raw, _ = registry.store.get(key)
+            part = pd.read_parquet(io.BytesIO(raw))
+            frames.append(normalize_predictions(part))
+        except (OSError, ValueError, DataError, KeyError) as e:  # a torn or foreign object: skip it
+            log.warning("skipped unreadable prediction log object %s: %s", key, e)
+            unreadable.append(key)
+    frames = [f for f in frames if len(f)]
+    df = pd.concat(frames, ignore_index=True) if frames else _empty_log()
+    if lo is not None:
+        df = df.loc[df["time"] >= lo]
+    if hi is not None:
+        df = df.loc[df["time"] < hi]
+    df = df.sort_values("time", kind="stable").reset_index(drop=True)
+    df.attrs["unreadable"] = unreadable
+    return df
+
+
+# ---- joining outcomes ----------------------------------------------------------------------------------
+def _dedup(predictions: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(kept, dropped): duplicates on (version, role, symbol, bar_time) dropped, first by time kept.
+    Rows without a symbol or bar_time are never duplicates of each other (they cannot be joined anyway)."""
+    p = predictions.sort_values("time", kind="stable")
+    keyed = p["symbol"].notna() & p["bar_time"].notna()
+    dup = keyed & p.duplicated(subset=DEDUP_KEY, keep="first")
+    return p.loc[~dup].sort_index(), p.loc[dup]
+
+
+def join_outcomes(predictions: pd.DataFrame, bars: pd.DataFrame, horizon: int) -> pd.DataFrame:
+    """Each de-duplicated prediction with its realized outcome over ``horizon`` bars of its symbol.
+
+    ``bars``: validated bars (``validate_bars(...).clean``; one bar per (symbol, timestamp)). Returns the
+    prediction columns plus ``fwd_return``, ``next_return``, ``outcome_time`` (time of the bar ``horizon``
+    bars later), ``error``, ``hit`` (1.0/0.0; NaN unless realized) and ``status`` (realized / pending /
+    unknown_bar, see the module doc), in the predictions' order. ``df.attrs``: ``horizon``,
+    ``n_duplicates`` and ``duplicates`` (per (version, role): how many rows were dropped).
+    """
+    if int(horizon) != horizon or horizon < 1:
+        raise ConfigError(f"horizon must be an integer >= 1, got {horizon!r}")
+    horizon = int(horizon)
+    missing = [c for c in ("timestamp", "symbol", "close") if c not in bars.columns]
+    if missing:
+        raise DataError(f"bars lack columns {missing}")
+    preds = normalize_predictions(predictions)
+    kept, dropped = _dedup(preds)
+
+    b = bars.loc[:, ["timestamp", "symbol", "close"]].copy()
+    b["timestamp"] = _naive_utc(b["timestamp"])
+    b["symbol"] = b["symbol"].astype(str)
+    if b.duplicated(["symbol", "timestamp"]).any():
+        raise DataError("bars have several rows for the same (symbol, timestamp)", hint="validate them first")
+    b = b.sort_values(["symbol", "timestamp"], kind="stable").reset_index(drop=True)
+    # positional shift within each symbol: the offline label definition (features.compute_labels)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        b["_logc"] = np.log(b["close"].to_numpy(dtype=np.float64))
+    by_sym = b.groupby("symbol", sort=False)
+    b["fwd_return"] = by_sym["_logc"].shift(-horizon) - b["_logc"]
+    b["next_return"] = by_sym["_logc"].shift(-1) - b["_logc"]
+    b["outcome_time"] = by_sym["timestamp"].shift(-horizon)
+    for c in ("fwd_return", "next_return"):
+        b.loc[~np.isfinite(b[c].to_numpy(dtype=np.float64)), c] = np.nan
+    b = b.drop(columns="_logc")
+    last_bar = b.groupby("symbol", sort=False)["timestamp"].max()
+
+    right = b.rename(columns={"timestamp": "bar_time"}).drop(columns="close")
+    right["_matched"] = True
+    joined = kept.reset_index(names="_pos").merge(right, on=["symbol", "bar_time"], how="left",
+                                                  validate="many_to_one", sort=False)
+    joined = joined.sort_values("_pos", kind="stable").drop(columns="_pos").reset_index(drop=True)
+    matched = joined["_matched"].eq(True).to_numpy()
+    joined = joined.drop(columns="_matched")
+    fwd = joined["fwd_return"].to_numpy(dtype=np.float64)
+    sym_last = joined["symbol"].map(last_bar)
+    beyond = (~matched & joined["bar_time"].notna().to_numpy() & sym_last.notna().to_numpy()
+              & (joined["bar_time"] > sym_last).to_numpy())
+    realized = matched & np.isfinite(fwd)
+    status = np.where(realized, "realized", np.where(matched | beyond, "pending", "unknown_bar"))
+    joined["status"] = status
+    pred = joined["prediction"].to_numpy(dtype=np.float64)
+    joined["error"] = np.where(realized, pred - fwd, np.nan)
+    joined["hit"] = np.where(realized & np.isfinite(pred), (np.sign(pred) == np.sign(fwd)).astype(np.float64),
+                             np.nan)
+    for c in ("fwd_return", "next_return"):
+        joined[c] = joined[c].astype(np.float64)
+    joined["outcome_time"] = joined["outcome_time"].astype("datetime64[ns]")
+
+    per_key = dropped.groupby(["version", "role"], dropna=False).size()
+    joined.attrs["horizon"] = horizon
+    joined.attrs["n_duplicates"] = int(len(dropped))
+    joined.attrs["duplicates"] = {(str(v), str(r)): int(n) for (v, r), n in per_key.items()}
+    return joined
+
+
+# ---- metrics ------------------------------------------------------------------------------------------
+@dataclass
+class LiveMetrics:
+    """Live quality of one version (and role) on its realized predictions.
+
+    ``n`` realized outcomes (predictions whose horizon has elapsed), ``n_pending`` waiting for bars,
+    ``n_unknown_bar`` unmatched, ``n_duplicates`` dropped retries. Accuracy counts rows with a non-zero
+    realized move (as ``evaluation.evaluate_predictions``); ``baseline_accuracy`` is the always-long
+    accuracy on the same rows (share of up moves). ``error_*`` are quantiles of prediction - fwd_return.
+    ``strategy_return`` is the summed net log return of the ``sign(pred)`` strategy over ``n_periods``
+    timestamps (``total_return`` the same as a simple return), ``sharpe`` annualised. Degenerate cases
+    (no outcomes, no variance) give 0.0, like the offline metrics.
+    """
+
+    version: str
+    role: str
+    n: int = 0
+    n_pending: int = 0
+    n_unknown_bar: int = 0
+    n_duplicates: int = 0
+    directional_accuracy: float = 0.0
+    baseline_accuracy: float = 0.0
+    mae: float = 0.0
+    rmse: float = 0.0
+    error_p05: float = 0.0
+    error_p50: float = 0.0
+    error_p95: float = 0.0
+    ic: float = 0.0
+    strategy_return: float = 0.0
+    total_return: float = 0.0
+    sharpe: float = 0.0
+    n_periods: int = 0
+    cost_bps: float = 0.0
+    periods_per_year: float = 0.0
+    first_bar_time: str | None = None
+    last_bar_time: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _fin(x: float) -> float:
+    x = float(x)
+    return x if math.isfinite(x) else 0.0
+
+
+def _metrics_for(rows: pd.DataFrame, version: str, role: str, *, cost_bps: float, periods_per_year: float,
+                 n_duplicates: int = 0) -> LiveMetrics:
+    st = rows["status"]
+    m = LiveMetrics(version=version, role=role, n_pending=int((st == "pending").sum()),
+                    n_unknown_bar=int((st == "unknown_bar").sum()), n_duplicates=int(n_duplicates),
+                    cost_bps=float(cost_bps), periods_per_year=float(periods_per_year))
+    r = rows.loc[(st == "realized") & np.isfinite(rows["prediction"].to_numpy(dtype=np.float64))]
+    m.n = int(len(r))
+    if m.n == 0:
+        return m
+    pred = r["prediction"].to_numpy(dtype=np.float64)
+    y = r["fwd_return"].to_numpy(dtype=np.float64)
+    meta = pd.DataFrame({"timestamp": r["bar_time"].to_numpy(), "symbol": r["symbol"].to_numpy()})
+    ev = evaluate_predictions(pred, y, r["next_return"].to_numpy(dtype=np.float64), meta, cost_bps=cost_bps,
+                              periods_per_year=periods_per_year)
+    moved = y != 0
+    m.directional_accuracy = ev.directional_accuracy
+    m.baseline_accuracy = float(np.mean(y[moved] > 0)) if moved.any() else 0.0
+    m.mae, m.rmse, m.ic, m.sharpe = ev.mae, ev.rmse, ev.ic, ev.sharpe
+    q = np.quantile(pred - y, [0.05, 0.5, 0.95])
+    m.error_p05, m.error_p50, m.error_p95 = (_fin(v) for v in q)
+    m.total_return = ev.total_return
+    m.strategy_return = _fin(strategy_returns(pred, r["next_return"].to_numpy(dtype=np.float64), meta,
+                                              cost_bps).sum())
+    m.n_periods = int(ev.n_obs)
+    m.first_bar_time, m.last_bar_time = str(r["bar_time"].min()), str(r["bar_time"].max())
+    return m
+
+
+def live_metrics(joined: pd.DataFrame, *, cost_bps: float,
+                 periods_per_year: float | None = None) -> dict[tuple[str, str], LiveMetrics]:
+    """``LiveMetrics`` per (version, role) of a ``join_outcomes`` frame (several may be concatenated).
+
+    ``periods_per_year``: annualisation (give ``infer_periods_per_year`` of the bars); None infers it from
+    the predictions' own bar times, which undercounts when only some bars were predicted.
+    """
+    if cost_bps < 0:
+        raise ConfigError("cost_bps must be >= 0")
+    need = {"version", "role", "symbol", "bar_time", "prediction", "fwd_return", "next_return", "status"}
+    if not need <= set(joined.columns):
+        raise DataError(f"not a join_outcomes frame: lacks {sorted(need - set(joined.columns))}")
+    if periods_per_year is None:
+        bt = joined.loc[joined["status"] == "realized", "bar_time"].dropna().to_numpy()
+        periods_per_year = infer_periods_per_year(bt)
+    dups: Mapping[tuple[str, str], int] = joined.attrs.get("duplicates", {})
+    out: dict[tuple[str, str], LiveMetrics] = {}
+    if len(joined) == 0:
+        return out
+    for (v, r), rows in joined.groupby(["version", "role"], sort=True, dropna=False):
+        key = (str(v), str(r))
+        out[key] = _metrics_for(rows, *key, cost_bps=cost_bps, periods_per_year=periods_per_year,
+                                n_duplicates=dups.get(key, 0))
+    return out
+
+
+def _version_rows(joined: pd.DataFrame) -> pd.DataFrame:
+    """A version's predictions over all its roles, one per (symbol, bar_time) (the first logged): the
+    version's own record, whichever slot served it."""
+    j = joined.sort_values("time", kind="stable")
+    keyed = j["symbol"].notna() & j["bar_time"].notna()
+    return j.loc[~(keyed & j.duplicated(subset=["symbol", "bar_time"], keep="first"))].sort_index()
+
+
+# ---- the feedback run ------------------------------------------------------------------------------------
+@dataclass
+class FeedbackReport:
+    """What one ``run_feedback`` found: metrics per (version, role) and per version, change points."""
+
+    at: datetime
+    since: str | None
+    n_predictions: int
+    n_duplicates: int
+    periods_per_year: float
+    metrics: dict[tuple[str, str], LiveMetrics] = field(default_factory=dict)
+    versions: dict[str, LiveMetrics] = field(default_factory=dict)
+    horizons: dict[str, int] = field(default_factory=dict)
+    change_points: dict[str, list[ChangePoint]] = field(default_factory=dict)
+    monitored: dict[str, int] = field(default_factory=dict)  # version -> errors fed to the monitor
+    unknown_examples: list[dict[str, Any]] = field(default_factory=list)
+    attachments: dict[str, str] = field(default_factory=dict)  # version -> attachment written
+    skipped: dict[str, str] = field(default_factory=dict)  # version -> why it was not measured
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def n_realized(self) -> int:
+        return sum(m.n for m in self.versions.values())
+
+    @property
+    def n_pending(self) -> int:
+        return sum(m.n_pending for m in self.metrics.values())
+
+    @property
+    def n_unknown_bar(self) -> int:
+        return sum(m.n_unknown_bar for m in self.metrics.values())
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "at": self.at.isoformat(),
+            "since": self.since,
+            "n_predictions": self.n_predictions,
+            "n_realized": self.n_realized,
+            "n_pending": self.n_pending,
+            "n_unknown_bar": self.n_unknown_bar,
+            "n_duplicates": self.n_duplicates,
+            "periods_per_year": self.periods_per_year,
+            "horizons": dict(self.horizons),
+            "versions": {v: m.to_dict() for v, m in self.versions.items()},
+            "metrics": [m.to_dict() for _, m in sorted(self.metrics.items())],
+            "change_points": {v: [c.to_dict() for c in cps] for v, cps in self.change_points.items()},
+            "monitored": dict(self.monitored),
+            "unknown_examples": list(self.unknown_examples),
+            "attachments": dict(self.attachments),
+            "skipped": dict(self.skipped),
+            "notes": list(self.notes),
+        }
+
+    def summary(self) -> str:
+        lines = [f"{self.n_predictions:,} logged predictions: {self.n_realized:,} realized, "
+                 f"{self.n_pending:,} pending, {self.n_unknown_bar:,} with an unknown bar, "
+                 f"{self.n_duplicates:,} duplicates dropped"]
+        for (v, r), m in sorted(self.metrics.items()):
+            lines.append(f"{v} {r}: n={m.n:,} pending={m.n_pending:,} accuracy={m.directional_accuracy:.3f} "
+                         f"(baseline {m.baseline_accuracy:.3f}) MAE={m.mae:.4g} Sharpe={m.sharpe:.2f}")
+        for v, cps in self.change_points.items():
+            if cps:
+                lines.append(f"{v}: {len(cps)} change point(s) in live errors, first at "
+                             f"{cps[0].timestamp or cps[0].index}")
+        for v, why in self.skipped.items():
+            lines.append(f"{v}: skipped ({why})")
+        if self.attachments:
+            lines.append("stored " + ", ".join(f"{v}/{a}" for v, a in sorted(self.attachments.items())))
+        return "\n".join(lines)
+
+
+def _horizon_of(mv: Any) -> int:
+    h = (mv.feature_config or {}).get("horizon")
+    if h is None:
+        return int(FeatureConfig().horizon)
+    if isinstance(h, bool) or not isinstance(h, (int, float)) or int(h) != h or h < 1:
+        raise DataError(f"{mv.version} has an invalid feature_config horizon {h!r}")
+    return int(h)
+
+
+def _cost_of(mv: Any, cost_bps: float | None) -> float:
+    if cost_bps is not None:
+        return float(cost_bps)
+    c = (mv.metrics or {}).get("cost_bps")
+    if isinstance(c, (int, float)) and not isinstance(c, bool) and math.isfinite(c) and c >= 0:
+        return float(c)
+    return float(EvaluationConfig().cost_bps)
+
+
+def _change_points(rows: pd.DataFrame, monitor_kwargs: Mapping[str, Any]) -> tuple[list[ChangePoint], int]:
+    from tideline.drift import PerformanceMonitor
+
+    r = rows.loc[rows["status"] == "realized"].sort_values(["bar_time", "symbol"], kind="stable")
+    series = pd.Series(np.abs(r["error"].to_numpy(dtype=np.float64)), index=pd.DatetimeIndex(r["bar_time"]))
+    monitor = PerformanceMonitor(**dict(monitor_kwargs))
+    return monitor.detect(series), len(series)
+
+
+def run_feedback(registry: Registry, bars: pd.DataFrame, *, cost_bps: float | None = None, since: Any = None,
+                 until: Any = None, write: bool = True, now: datetime | None = None,
+                 periods_per_year: float | None = None,
+                 monitor_kwargs: Mapping[str, Any] | None = None) -> FeedbackReport:
+    """Join the prediction log with ``bars``, measure every served (version, role), store the results.
+
+    Per version: the horizon is its ``feature_config["horizon"]``; ``cost_bps`` None means the cost the
+    version was evaluated with (its ``metrics["cost_bps"]``, else the default); ``periods_per_year`` None
+    is inferred from the bars. With ``write`` each version with realized outcomes gets the attachment
+    ``live-metrics.json`` (the version's record over all roles at top level, ``roles`` per role, change
+    points, ``updated_at``); a version without any keeps its previous record. Versions in the log that
+    are not in the registry are skipped (their horizon is unknown) and listed in ``skipped``.
+    """
+    at = (now or datetime.now(UTC))
+    at = at.replace(tzinfo=UTC) if at.tzinfo is None else at.astimezone(UTC)
+    since_ts = _utc(since, "since")
+    log_df = load_prediction_log(registry, since=since_ts, until=until)
+    if bars is None or len(bars) == 0:
+        raise DataError("no bars to join the predictions with")
+    ppy = float(periods_per_year) if periods_per_year else infer_periods_per_year(
+        pd.to_datetime(bars["timestamp"]).to_numpy())
+    report = FeedbackReport(at=at, since=None if since_ts is None else since_ts.isoformat(),
+                            n_predictions=len(log_df), n_duplicates=0, periods_per_year=ppy)
+    for key in log_df.attrs.get("unreadable", []):
+        report.notes.append(f"skipped unreadable prediction log object {key}")
+    if len(log_df) == 0:
+        report.notes.append("no logged predictions" + (f" since {report.since}" if report.since else ""))
+        return report
+    no_version = log_df["version"].isna()
+    if no_version.any():
+        report.notes.append(f"{int(no_version.sum())} logged prediction(s) without a version were ignored")
+        log_df = log_df.loc[~no_version]
+    monitor_kwargs = dict(monitor_kwargs or {})
+    for version, preds in log_df.groupby("version", sort=True):
+        v = str(version)
+        try:
+            mv = registry.get(v)
+        except TidelineError as e:
+            report.skipped[v] = f"not in the registry: {e}"
+            log.warning("feedback: %s skipped: %s", v, e)
+            continue
+        h = _horizon_of(mv)
+        cost = _cost_of(mv, cost_bps)
+        report.horizons[v] = h
+        joined = join_outcomes(preds, bars, h)
+        report.n_duplicates += joined.attrs["n_duplicates"]
+        per_role = live_metrics(joined, cost_bps=cost, periods_per_year=ppy)
+        report.metrics.update(per_role)
+        whole = _metrics_for(_version_rows(joined), v, ALL_ROLES, cost_bps=cost, periods_per_year=ppy,
+                             n_duplicates=joined.attrs["n_duplicates"])
+        # pending / unknown counts of the version: every role's rows (the same bar may wait in two roles)
+        whole.n_pending = sum(m.n_pending for m in per_role.values())
+        whole.n_unknown_bar = sum(m.n_unknown_bar for m in per_role.values())
+        report.versions[v] = whole
+        unknown = joined.loc[joined["status"] == "unknown_bar"]
+        room = max(0, 5 - len(report.unknown_examples))
+        report.unknown_examples.extend(
+            {"version": v, "role": rr, "symbol": s, "bar_time": None if pd.isna(t) else str(t)}
+            for rr, s, t in unknown[["role", "symbol", "bar_time"]].head(room).itertuples(index=False,
+                                                                                          name=None))
+        cps, fed = _change_points(_version_rows(joined), monitor_kwargs)
+        report.change_points[v], report.monitored[v] = cps, fed
+        if write:
+            if whole.n == 0:
+                report.notes.append(f"{v}: no realized outcomes yet; its {LIVE_METRICS_ATTACHMENT} was left "
+                                    "as it was")
+                continue
+            record = live_record(whole, per_role, cps, horizon=h, updated_at=at, since=report.since,
+                                 monitored=fed)
+            registry.put_attachment(v, LIVE_METRICS_ATTACHMENT,
+                                    json.dumps(record, indent=1, default=str).encode(), actor="feedback")
+            report.attachments[v] = LIVE_METRICS_ATTACHMENT
+    return report
+
+
+def live_record(whole: LiveMetrics, per_role: Mapping[tuple[str, str], LiveMetrics], change_points: list[Any],
+                *, horizon: int, updated_at: datetime, since: str | None, monitored: int) -> dict[str, Any]:
+    """The ``live-metrics.json`` document of one version. Top level: the version over all roles, with the
+    keys ``triggers.rule_performance_decay`` reads (``n``, ``sharpe``, ``directional_accuracy``,
+    ``baseline_accuracy``); ``roles``: the same per role."""
+    top = whole.to_dict()
+    top.pop("role")
+    return top | {
+        "horizon": horizon,
+        "updated_at": updated_at.isoformat(),
+        "since": since,
+        "roles": {r: m.to_dict() for (_, r), m in sorted(per_role.items())},
+        "change_points": [c.to_dict() for c in change_points],
+        "n_monitored": monitored,
+        "source": "tideline.feedback",
+    }

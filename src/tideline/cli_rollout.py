@@ -1,0 +1,282 @@
+"""``tideline serve`` and ``tideline rollout start|resume|status|promote|rollback`` (local backend).
+
+Wired into the root CLI with ``app.add_typer(rollout_app, name="rollout")`` and ``app.command("serve")(serve)``.
+State shared between commands: the rollout document in the registry store (``rollouts/<name>.json``) and
+the local serving state (router and predictor pids/ports) in ``<settings.home>/serving/<name>.json``.
+The root helpers (``_state``, ``_open_registry``, consoles) are imported inside the commands:
+``tideline.cli`` imports this module, so importing it back at module level would be circular.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from typing import TYPE_CHECKING, Annotated, Any, Optional
+
+import typer
+
+from tideline.errors import ConfigError, PolicyError
+
+if TYPE_CHECKING:
+    from tideline.config import Settings
+    from tideline.registry import Registry
+    from tideline.rollout.backends.local import LocalBackend
+    from tideline.rollout.machine import RolloutStatus
+
+rollout_app = typer.Typer(
+    help="Shadow and canary rollouts of a candidate version, with automatic rollback (local: `tideline serve`).",
+    no_args_is_help=True,
+)
+
+_NAME = typer.Option("--name", help="Served model / rollout name.")
+
+
+def _ctx(ctx: typer.Context) -> tuple[Settings, Registry]:
+    from tideline.cli import _open_registry, _state
+
+    s = _state(ctx).settings()
+    return s, _open_registry(s)
+
+
+def _backend(s: Settings, reg: Registry, name: str) -> LocalBackend:
+    from tideline.rollout.backends.local import LocalBackend
+
+    return LocalBackend(reg, name, home=s.home)
+
+
+def _line(st: RolloutStatus) -> str:
+    w = f" {st.weight}%" if st.phase.value == "Canary" else ""
+    return f"[{st.phase.value}{w}] {st.candidate} vs {st.baseline}: {st.message}"
+
+
+def _run_controller(s: Settings, reg: Registry, name: str) -> RolloutStatus:
+    from tideline.cli import out
+    from tideline.rollout.controller import RolloutController
+
+    backend = _backend(s, reg, name)
+    ctrl = RolloutController(name, backend, reg.store)
+    last: list[str] = []
+
+    def show(st: RolloutStatus) -> None:
+        line = _line(st)
+        if not last or last[-1] != line:
+            out.print(line, highlight=False, markup=False)
+            last.append(line)
+
+    try:
+        return ctrl.run(until_terminal=True, on_status=show)
+    finally:
+        backend.close()
+
+
+# ---- serve ----------------------------------------------------------------------------------------------
+def serve(
+    ctx: typer.Context,
+    name: Annotated[str, _NAME] = "tideline",
+    port: Annotated[int, typer.Option(help="Router port (0: pick a free one).")] = 8080,
+    host: Annotated[str, typer.Option(help="Router address.")] = "127.0.0.1",
+    version: Annotated[Optional[str], typer.Option(help="Version to serve (default: production).")] = None,
+    detach: Annotated[bool, typer.Option("--detach", help="Start and return; stop with --stop.")] = False,
+    stop: Annotated[bool, typer.Option("--stop", help="Stop the router and predictors of NAME.")] = False,
+) -> None:
+    """Serve the production model locally: the router in front of an active predictor process."""
+    from tideline.cli import err, out
+
+    s, reg = _ctx(ctx)
+    backend = _backend(s, reg, name)
+    if stop:
+        backend.shutdown()
+        out.print(f"stopped serving {name}")
+        return
+    v = reg.resolve(version or "production")
+    st = backend.start_serving(v, port=port, host=host)
+    r = st["router"]
+    out.print(f"serving {name} {v} at http://{host}:{r['port']} (router pid {r['pid']}, "
+              f"predictor pid {st['active']['pid']} port {st['active']['port']})", highlight=False)
+    if detach:
+        return
+    err.print("[dim]Ctrl-C stops the router and the predictors[/dim]")
+    stopping = {"now": False}
+
+    def _stop(signum: int, frame: Any) -> None:
+        stopping["now"] = True
+
+    signal.signal(signal.SIGTERM, _stop)
+    try:
+        while not stopping["now"]:
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        backend.shutdown()
+        backend.close()
+        out.print(f"stopped serving {name}")
+
+
+# ---- rollout ---------------------------------------------------------------------------------------------
+@rollout_app.command("start")
+def rollout_start(
+    ctx: typer.Context,
+    candidate: Annotated[str, typer.Option("--candidate", help="Version (or alias) to roll out.")],
+    name: Annotated[str, _NAME] = "tideline",
+    shadow_seconds: Annotated[float, typer.Option(min=0, help="Minimum shadow time; 0 skips shadow.")] = 60.0,
+    min_labelled: Annotated[int, typer.Option(
+        min=0, help="Labelled live outcomes needed to leave shadow (needs an outcome source; 0: none).")] = 0,
+    steps: Annotated[str, typer.Option(help="Canary weights in percent; a final 100 means promote.")] = "10,25,50,100",
+    interval: Annotated[float, typer.Option(min=0.1, help="Seconds between analyses.")] = 30.0,
+    failure_limit: Annotated[int, typer.Option(min=1, help="Consecutive failed analyses that roll back.")] = 2,
+    max_inconclusive: Annotated[int, typer.Option(min=0, help="Inconclusive analyses in a row that roll back.")] = 20,
+    max_error_rate: Annotated[float, typer.Option(min=0, max=1)] = 0.01,
+    max_p99_ms: Annotated[float, typer.Option(min=0.001)] = 250.0,
+    min_requests: Annotated[int, typer.Option(min=1, help="Candidate requests per interval to judge it.")] = 20,
+    detach: Annotated[bool, typer.Option("--detach", help="Run the controller in the background.")] = False,
+) -> None:
+    """Start a rollout of CANDIDATE against production: shadow, canary steps, promote or roll back."""
+    from tideline.cli import out
+    from tideline.rollout.analysis import Thresholds
+    from tideline.rollout.controller import create_rollout
+    from tideline.rollout.machine import RolloutSpec, ShadowSpec, parse_steps
+
+    s, reg = _ctx(ctx)
+    baseline = reg.aliases().get("production")
+    if baseline is None:
+        raise PolicyError("nothing is in production to roll out against",
+                          hint="promote a version first: `tideline models promote VERSION`")
+    cand = reg.resolve(candidate)
+    backend = _backend(s, reg, name)
+    try:
+        backend.router_state()  # fails with a clear message when `tideline serve` is not running
+    finally:
+        backend.close()
+    try:
+        spec = RolloutSpec(
+            name=name, target=name, candidate=cand, baseline=baseline,
+            shadow=ShadowSpec(min_duration_s=shadow_seconds, min_labelled=min_labelled),
+            steps=parse_steps(steps), interval_s=interval, failure_limit=failure_limit,
+            max_inconclusive=max_inconclusive,
+            thresholds=Thresholds(max_error_rate=max_error_rate, max_p99_latency_ms=max_p99_ms,
+                                  min_requests=min_requests),
+        )
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    create_rollout(reg.store, spec, time.time())
+    reg.set_alias("candidate", cand, reason=f"rollout {name} started", actor="rollout")
+    out.print(f"rollout {name}: {cand} vs production {baseline}, shadow {shadow_seconds:g}s, "
+              f"steps {list(spec.steps)}, every {interval:g}s", highlight=False)
+    if detach:
+        log_path = s.home / "serving" / "logs" / f"rollout-{name}.log"
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        argv = [sys.executable, "-m", "tideline", "--registry", reg.store.uri]
+        from tideline.cli import _state
+
+        if _state(ctx).config is not None:
+            argv += ["--config", str(_state(ctx).config)]
+        argv += ["rollout", "resume", "--name", name]
+        with open(log_path, "ab") as logf:
+            p = subprocess.Popen(argv, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                 start_new_session=True)
+        out.print(f"controller running in the background (pid {p.pid}, log {log_path}); "
+                  f"follow it with `tideline rollout status --watch`", highlight=False)
+        return
+    st = _run_controller(s, reg, name)
+    if st.phase.value != "Promoted":
+        raise typer.Exit(1)
+
+
+@rollout_app.command("resume")
+def rollout_resume(ctx: typer.Context, name: Annotated[str, _NAME] = "tideline") -> None:
+    """Run the controller of an existing rollout until it ends (after a crash, or for --detach)."""
+    s, reg = _ctx(ctx)
+    st = _run_controller(s, reg, name)
+    if st.phase.value != "Promoted":
+        raise typer.Exit(1)
+
+
+def _status_dict(doc: Any) -> dict[str, Any]:
+    return {"spec": doc.spec.to_dict(), "status": doc.status.to_dict(), "events": doc.events,
+            "controller": doc.owner, "lease_until": doc.lease_until,
+            "applied": doc.applied_generation >= doc.status.generation}
+
+
+def _render_status(doc: Any) -> None:
+    from rich.table import Table
+
+    from tideline.cli import out
+
+    st = doc.status
+    out.print(f"[bold]rollout {doc.spec.name}[/bold] {_line(st)}", highlight=False)
+    out.print(f"  steps {list(doc.spec.steps)}, interval {doc.spec.interval_s:g}s, failures "
+              f"{st.failures}/{doc.spec.failure_limit}, inconclusive {st.inconclusive}", highlight=False)
+    if st.analyses:
+        last = st.analyses[-1]
+        t = Table(title=f"last analysis: {last['verdict']} ({last.get('phase')} {last.get('weight')}%)")
+        for col in ("check", "value", "threshold", "result", "reason"):
+            t.add_column(col, overflow="fold")
+        for c in last["checks"]:
+            res = {True: "[green]pass[/]", False: "[red]fail[/]", None: "[yellow]n/a[/]"}[c["passed"]]
+            v = c["value"]
+            t.add_row(c["name"], f"{v:.4g}" if isinstance(v, float) else str(v), f"{c['threshold']:g}", res,
+                      c["reason"])
+        out.print(t)
+    for e in doc.events[-8:]:
+        out.print(f"  {time.strftime('%H:%M:%S', time.localtime(e['at']))} {e['msg']}", highlight=False)
+
+
+@rollout_app.command("status")
+def rollout_status(
+    ctx: typer.Context, name: Annotated[str, _NAME] = "tideline",
+    watch: Annotated[bool, typer.Option("--watch", help="Refresh until the rollout ends.")] = False,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Phase, weight, last analysis and recent events of a rollout."""
+    from tideline.cli import _print_json, out
+    from tideline.rollout.controller import load_rollout
+
+    _, reg = _ctx(ctx)
+    seen = ""
+    while True:
+        doc, _ = load_rollout(reg.store, name)
+        if as_json and not watch:
+            _print_json(_status_dict(doc))
+            return
+        line = _line(doc.status)
+        if not watch:
+            _render_status(doc)
+            return
+        if line != seen:
+            out.print(line, highlight=False, markup=False)
+            seen = line
+        if doc.status.terminal:
+            return
+        time.sleep(1.0)
+
+
+def _manual(ctx: typer.Context, name: str, action: str) -> None:
+    from tideline.cli import out
+    from tideline.rollout.controller import RolloutController, request_action
+
+    s, reg = _ctx(ctx)
+    request_action(reg.store, name, action)
+    backend = _backend(s, reg, name)
+    try:  # apply it now unless a live controller holds the lease (then that controller applies it)
+        ctrl = RolloutController(name, backend, reg.store)
+        st = ctrl.reconcile_once()
+        if st.phase.value == "Promoting":
+            st = ctrl.reconcile_once()
+    finally:
+        backend.close()
+    out.print(_line(st), highlight=False, markup=False)
+
+
+@rollout_app.command("promote")
+def rollout_promote(ctx: typer.Context, name: Annotated[str, _NAME] = "tideline") -> None:
+    """Skip the remaining analysis: promote the candidate now (compare-and-swap against the baseline)."""
+    _manual(ctx, name, "promote")
+
+
+@rollout_app.command("rollback")
+def rollout_rollback(ctx: typer.Context, name: Annotated[str, _NAME] = "tideline") -> None:
+    """Abort the rollout: canary weight 0, shadow off, candidate retired; production untouched."""
+    _manual(ctx, name, "rollback")

@@ -1,0 +1,429 @@
+"""Rollout analysis: metrics in, verdict out. Pure (no I/O, no clock).
+
+The predictor processes expose cumulative Prometheus counters (``tideline_requests_total{model,version,
+role,code}`` and the ``tideline_request_duration_seconds`` histogram, see docs/CONTRACTS.md). A
+``MetricsSnapshot`` is one reading of them, keyed by ``(version, role)``; ``delta(prev, cur)`` is what
+happened during one analysis interval (counter resets from a restarted process are handled the way
+Prometheus' ``increase`` does: a series that went down counts from zero). ``analyze`` turns the
+interval's numbers for the candidate and the active model, plus optional live outcomes (errors and
+direction hits once the market has revealed them) and paired predictions on shadowed requests, into
+one ``AnalysisResult``:
+
+* ``fail``          some check failed (the machine counts consecutive failures against ``failure_limit``);
+* ``inconclusive``  too little traffic to judge error rate and latency (like Argo Rollouts'
+                    inconclusive: never a failure by itself);
+* ``pass``          traffic checks passed; outcome checks passed or had too few labelled samples (those
+                    are reported as inconclusive checks, and the shadow gate separately waits for
+                    ``min_labelled`` samples).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+
+Verdict = Literal["pass", "fail", "inconclusive"]
+
+REQUESTS_METRIC = "tideline_requests_total"
+DURATION_METRIC = "tideline_request_duration_seconds"
+
+
+# ---- thresholds ----------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Thresholds:
+    """Limits a candidate must stay within during each analysis interval."""
+
+    max_error_rate: float = 0.01
+    """share of the candidate's requests answered with a 5xx."""
+    max_p99_latency_ms: float = 250.0
+    accuracy_margin: float = 0.02
+    """candidate live directional accuracy may be below the active model's by at most this."""
+    max_ks: float = 0.25
+    """two-sample Kolmogorov-Smirnov statistic of candidate vs active live absolute errors."""
+    max_prediction_divergence: float = 0.35
+    """Jensen-Shannon distance (base 2, 0..1) of candidate vs active predictions on the same requests."""
+    min_requests: int = 20
+    """fewer candidate requests in an interval: error rate and latency are inconclusive."""
+    min_labelled: int = 50
+    """fewer labelled outcomes (or prediction pairs) per side: accuracy/KS/divergence are inconclusive."""
+
+    def __post_init__(self) -> None:
+        for name in ("max_error_rate", "accuracy_margin"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"{name} must be within [0, 1]")
+        for name in ("max_ks", "max_prediction_divergence"):
+            if not 0 < getattr(self, name) <= 1:
+                raise ValueError(f"{name} must be within (0, 1]")
+        if self.max_p99_latency_ms <= 0:
+            raise ValueError("max_p99_latency_ms must be positive")
+        if self.min_requests < 1 or self.min_labelled < 1:
+            raise ValueError("min_requests and min_labelled must be at least 1")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any] | None) -> Thresholds:
+        return cls(**dict(d or {}))
+
+
+# ---- metrics snapshots ---------------------------------------------------------------------------------
+@dataclass
+class SeriesMetrics:
+    """Counters of one (version, role): requests by class and the latency histogram (cumulative buckets)."""
+
+    requests: float = 0.0
+    errors: float = 0.0
+    """5xx responses (the server's fault)."""
+    client_errors: float = 0.0
+    """4xx responses (the caller's fault: not held against the model)."""
+    buckets: dict[float, float] = field(default_factory=dict)
+    """upper bound in seconds (``inf`` for +Inf) -> cumulative count, Prometheus style."""
+    latency_count: float = 0.0
+    latency_sum: float = 0.0
+
+    def add(self, other: SeriesMetrics) -> SeriesMetrics:
+        b = dict(self.buckets)
+        for le, c in other.buckets.items():
+            b[le] = b.get(le, 0.0) + c
+        return SeriesMetrics(self.requests + other.requests, self.errors + other.errors,
+                             self.client_errors + other.client_errors, b,
+                             self.latency_count + other.latency_count, self.latency_sum + other.latency_sum)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"requests": self.requests, "errors": self.errors, "client_errors": self.client_errors,
+                "buckets": [[_le_str(le), c] for le, c in sorted(self.buckets.items())],
+                "latency_count": self.latency_count, "latency_sum": self.latency_sum}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> SeriesMetrics:
+        return cls(float(d.get("requests", 0)), float(d.get("errors", 0)), float(d.get("client_errors", 0)),
+                   {float(le): float(c) for le, c in d.get("buckets", [])},
+                   float(d.get("latency_count", 0)), float(d.get("latency_sum", 0)))
+
+
+def _le_str(le: float) -> str:
+    return "+Inf" if math.isinf(le) else repr(le)
+
+
+@dataclass
+class MetricsSnapshot:
+    """One reading of the predictors' cumulative counters, keyed by (version, role)."""
+
+    series: dict[tuple[str, str], SeriesMetrics] = field(default_factory=dict)
+
+    @classmethod
+    def parse(cls, text: str, *, model: str | None = None) -> MetricsSnapshot:
+        """Parse Prometheus text exposition (``GET /metrics`` of a predictor). Unknown metrics are ignored."""
+        from prometheus_client.parser import text_string_to_metric_families
+
+        snap = cls()
+        for fam in text_string_to_metric_families(text):
+            for s in fam.samples:
+                lab = s.labels
+                if model is not None and lab.get("model", model) != model:
+                    continue
+                version, role = lab.get("version"), lab.get("role")
+                if not version or not role or s.value is None or math.isnan(s.value):
+                    continue
+                key = (version, role)
+                if s.name == REQUESTS_METRIC:
+                    m = snap.series.setdefault(key, SeriesMetrics())
+                    m.requests += s.value
+                    code = str(lab.get("code", ""))
+                    if code.startswith("5"):
+                        m.errors += s.value
+                    elif code.startswith("4"):
+                        m.client_errors += s.value
+                elif s.name == DURATION_METRIC + "_bucket":
+                    m = snap.series.setdefault(key, SeriesMetrics())
+                    le = float(lab.get("le", "+Inf"))
+                    m.buckets[le] = m.buckets.get(le, 0.0) + s.value
+                elif s.name == DURATION_METRIC + "_count":
+                    snap.series.setdefault(key, SeriesMetrics()).latency_count += s.value
+                elif s.name == DURATION_METRIC + "_sum":
+                    snap.series.setdefault(key, SeriesMetrics()).latency_sum += s.value
+        return snap
+
+    def merge(self, other: MetricsSnapshot) -> MetricsSnapshot:
+        """Sum of two snapshots (e.g. the active and the candidate process)."""
+        out = {k: SeriesMetrics().add(v) for k, v in self.series.items()}
+        for k, v in other.series.items():
+            out[k] = out[k].add(v) if k in out else SeriesMetrics().add(v)
+        return MetricsSnapshot(out)
+
+    def select(self, version: str, roles: Iterable[str] | None = None) -> SeriesMetrics:
+        """Sum over the series of ``version`` (optionally only the given roles)."""
+        wanted = set(roles) if roles is not None else None
+        acc = SeriesMetrics()
+        for (v, r), m in self.series.items():
+            if v == version and (wanted is None or r in wanted):
+                acc = acc.add(m)
+        return acc
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"series": [{"version": v, "role": r, **m.to_dict()} for (v, r), m in sorted(self.series.items())]}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any] | None) -> MetricsSnapshot:
+        out: dict[tuple[str, str], SeriesMetrics] = {}
+        for s in (d or {}).get("series", []):
+            out[(s["version"], s["role"])] = SeriesMetrics.from_dict(s)
+        return cls(out)
+
+
+def _series_delta(prev: SeriesMetrics | None, cur: SeriesMetrics) -> SeriesMetrics:
+    if prev is None:
+        return SeriesMetrics().add(cur)
+    reset = (cur.requests < prev.requests or cur.latency_count < prev.latency_count
+             or cur.errors < prev.errors or cur.client_errors < prev.client_errors
+             or any(c < prev.buckets.get(le, 0.0) for le, c in cur.buckets.items()))
+    if reset:  # the process restarted: everything it counted since is this interval's increase
+        return SeriesMetrics().add(cur)
+    return SeriesMetrics(
+        cur.requests - prev.requests, cur.errors - prev.errors, cur.client_errors - prev.client_errors,
+        {le: c - prev.buckets.get(le, 0.0) for le, c in cur.buckets.items()},
+        cur.latency_count - prev.latency_count, cur.latency_sum - prev.latency_sum,
+    )
+
+
+def delta(prev: MetricsSnapshot | None, cur: MetricsSnapshot) -> MetricsSnapshot:
+    """Increase of every counter between two snapshots; a series that went down was reset (restart)."""
+    prev_series = prev.series if prev is not None else {}
+    return MetricsSnapshot({k: _series_delta(prev_series.get(k), m) for k, m in cur.series.items()})
+
+
+def p99_from_histogram(buckets: Mapping[float, float], q: float = 0.99) -> float | None:
+    """Quantile ``q`` (seconds) from cumulative buckets, interpolated like PromQL's histogram_quantile.
+
+    None when the histogram is empty. A quantile in the +Inf bucket returns the largest finite bound.
+    """
+    if not 0 < q < 1:
+        raise ValueError("q must be within (0, 1)")
+    items = sorted(buckets.items())
+    if not items:
+        return None
+    total = items[-1][1] if math.isinf(items[-1][0]) else max(c for _, c in items)
+    if total <= 0:
+        return None
+    rank = q * total
+    prev_le, prev_c = 0.0, 0.0
+    for le, c in items:
+        if c >= rank:
+            if math.isinf(le):
+                finite = [b for b, _ in items if not math.isinf(b)]
+                return finite[-1] if finite else None
+            if c == prev_c:
+                return le
+            return prev_le + (le - prev_le) * (rank - prev_c) / (c - prev_c)
+        prev_le, prev_c = le, c
+    return items[-1][0] if not math.isinf(items[-1][0]) else prev_le
+
+
+# ---- analysis ------------------------------------------------------------------------------------------
+@dataclass
+class LiveOutcomes:
+    """Realized outcomes of live predictions (from the prediction log joined with later bars).
+
+    ``*_errors``: prediction - realized forward return, one per labelled prediction;
+    ``*_hits``: 1 when the predicted direction was right, else 0.
+    """
+
+    candidate_errors: Sequence[float] = ()
+    active_errors: Sequence[float] = ()
+    candidate_hits: Sequence[float] = ()
+    active_hits: Sequence[float] = ()
+
+
+@dataclass
+class AnalysisInput:
+    """What one analysis interval saw."""
+
+    candidate: SeriesMetrics
+    active: SeriesMetrics
+    outcomes: LiveOutcomes | None = None
+    paired_predictions: tuple[Sequence[float], Sequence[float]] | None = None
+    """(candidate, active) predictions for the same shadowed requests, index-aligned."""
+    candidate_up: bool | None = None
+    """False when the backend could not reach a candidate it had deployed."""
+
+
+@dataclass
+class Check:
+    name: str
+    value: float | None
+    threshold: float
+    passed: bool | None
+    """None: inconclusive (too little data)."""
+    reason: str
+
+    def to_dict(self) -> dict[str, Any]:
+        v = self.value
+        return {"name": self.name, "value": None if v is None or not math.isfinite(v) else v,
+                "threshold": self.threshold, "passed": self.passed, "reason": self.reason}
+
+
+@dataclass
+class AnalysisResult:
+    verdict: Verdict
+    checks: list[Check]
+    reasons: list[str]
+    labelled: int = 0
+    """labelled live outcomes available for the candidate (the shadow gate waits for min_labelled)."""
+    at: float | None = None
+
+    @property
+    def passed(self) -> bool:
+        return self.verdict == "pass"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"verdict": self.verdict, "checks": [c.to_dict() for c in self.checks],
+                "reasons": list(self.reasons), "labelled": self.labelled, "at": self.at}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> AnalysisResult:
+        checks = [Check(c["name"], c.get("value"), c["threshold"], c.get("passed"), c.get("reason", ""))
+                  for c in d.get("checks", [])]
+        return cls(d["verdict"], checks, list(d.get("reasons", [])), int(d.get("labelled", 0)), d.get("at"))
+
+
+def ks_statistic(a: Sequence[float], b: Sequence[float]) -> float:
+    """Two-sample Kolmogorov-Smirnov statistic: the largest gap between the two empirical CDFs."""
+    x, y = np.sort(np.asarray(a, dtype=float)), np.sort(np.asarray(b, dtype=float))
+    if x.size == 0 or y.size == 0:
+        raise ValueError("both samples must be non-empty")
+    grid = np.concatenate([x, y])
+    cdf_x = np.searchsorted(x, grid, side="right") / x.size
+    cdf_y = np.searchsorted(y, grid, side="right") / y.size
+    return float(np.max(np.abs(cdf_x - cdf_y)))
+
+
+def js_distance(a: Sequence[float], b: Sequence[float], bins: int = 20) -> float:
+    """Jensen-Shannon distance (base 2, in [0, 1]) between the histograms of two samples.
+
+    Bins are the pooled sample's quantiles, so the figure does not depend on the predictions' scale.
+    """
+    x, y = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    x, y = x[np.isfinite(x)], y[np.isfinite(y)]
+    if x.size == 0 or y.size == 0:
+        raise ValueError("both samples must have finite values")
+    pooled = np.concatenate([x, y])
+    edges = np.unique(np.quantile(pooled, np.linspace(0, 1, bins + 1)))
+    if edges.size < 2:  # every value identical on both sides
+        return 0.0
+    idx_x = np.clip(np.searchsorted(edges, x, side="right") - 1, 0, edges.size - 2)
+    idx_y = np.clip(np.searchsorted(edges, y, side="right") - 1, 0, edges.size - 2)
+    p = np.bincount(idx_x, minlength=edges.size - 1) / x.size
+    q = np.bincount(idx_y, minlength=edges.size - 1) / y.size
+    m = (p + q) / 2
+
+    def kl(u: np.ndarray, v: np.ndarray) -> float:
+        mask = u > 0
+        return float(np.sum(u[mask] * np.log2(u[mask] / v[mask])))
+
+    return float(math.sqrt(max(0.0, (kl(p, m) + kl(q, m)) / 2)))
+
+
+def _finite(xs: Sequence[float]) -> np.ndarray:
+    arr = np.asarray(xs, dtype=float)
+    return arr[np.isfinite(arr)]
+
+
+def analyze(inp: AnalysisInput, thr: Thresholds) -> AnalysisResult:
+    """Run every check on one interval; see the module docstring for how the verdict is formed."""
+    checks: list[Check] = []
+    c = inp.candidate
+
+    if inp.candidate_up is False:
+        checks.append(Check("candidate_up", 0.0, 1.0, False, "the candidate predictor is not reachable"))
+
+    # error rate (5xx share of the candidate's requests)
+    if c.requests < thr.min_requests:
+        checks.append(Check("error_rate", None, thr.max_error_rate, None,
+                            f"only {c.requests:.0f} candidate requests (< {thr.min_requests})"))
+    else:
+        rate = c.errors / c.requests
+        ok = rate <= thr.max_error_rate
+        checks.append(Check("error_rate", rate, thr.max_error_rate, ok,
+                            f"error rate {rate:.2%} {'<=' if ok else '>'} {thr.max_error_rate:.2%} "
+                            f"({c.errors:.0f}/{c.requests:.0f})"))
+
+    # p99 latency
+    hist_n = max(c.buckets.values(), default=0.0)
+    if hist_n < thr.min_requests:
+        checks.append(Check("p99_latency_ms", None, thr.max_p99_latency_ms, None,
+                            f"only {hist_n:.0f} timed candidate requests (< {thr.min_requests})"))
+    else:
+        p99 = p99_from_histogram(c.buckets)
+        ms = float("inf") if p99 is None else p99 * 1000.0
+        ok = ms <= thr.max_p99_latency_ms
+        checks.append(Check("p99_latency_ms", ms, thr.max_p99_latency_ms, ok,
+                            f"p99 latency {ms:.1f} ms {'<=' if ok else '>'} {thr.max_p99_latency_ms:g} ms"))
+
+    labelled = 0
+    o = inp.outcomes
+    if o is not None:
+        ch, ah = _finite(o.candidate_hits), _finite(o.active_hits)
+        labelled = int(max(ch.size, _finite(o.candidate_errors).size))
+        if ch.size < thr.min_labelled or ah.size < thr.min_labelled:
+            checks.append(Check("directional_accuracy", None, -thr.accuracy_margin, None,
+                                f"{ch.size} candidate / {ah.size} active labelled outcomes "
+                                f"(< {thr.min_labelled})"))
+        else:
+            diff = float(ch.mean() - ah.mean())
+            ok = diff >= -thr.accuracy_margin
+            checks.append(Check("directional_accuracy", diff, -thr.accuracy_margin, ok,
+                                f"live directional accuracy {ch.mean():.3f} vs active {ah.mean():.3f} "
+                                f"({diff:+.3f}; allowed margin {thr.accuracy_margin:.3f})"))
+        ce, ae = _finite(o.candidate_errors), _finite(o.active_errors)
+        if ce.size < thr.min_labelled or ae.size < thr.min_labelled:
+            checks.append(Check("error_ks", None, thr.max_ks, None,
+                                f"{ce.size} candidate / {ae.size} active live errors (< {thr.min_labelled})"))
+        else:
+            ks = ks_statistic(np.abs(ce), np.abs(ae))
+            worse = float(np.median(np.abs(ce))) > float(np.median(np.abs(ae)))
+            ok = ks <= thr.max_ks or not worse
+            checks.append(Check("error_ks", ks, thr.max_ks, ok,
+                                f"KS of live |error| vs active {ks:.3f} "
+                                f"{'<=' if ks <= thr.max_ks else '>'} {thr.max_ks}"
+                                + ("" if ks <= thr.max_ks else
+                                   (" and the candidate's errors are larger" if worse
+                                    else " but the candidate's errors are smaller"))))
+
+    if inp.paired_predictions is not None:
+        cp, ap = inp.paired_predictions
+        if len(cp) != len(ap):
+            raise ValueError("paired predictions must have the same length")
+        cp_a, ap_a = np.asarray(cp, dtype=float), np.asarray(ap, dtype=float)
+        bad = int(np.sum(~np.isfinite(cp_a)))
+        n = int(np.sum(np.isfinite(cp_a) & np.isfinite(ap_a)))
+        if bad:
+            checks.append(Check("prediction_divergence", 1.0, thr.max_prediction_divergence, False,
+                                f"{bad} non-finite candidate predictions on shadowed requests"))
+        elif n < thr.min_labelled:
+            checks.append(Check("prediction_divergence", None, thr.max_prediction_divergence, None,
+                                f"only {n} paired predictions (< {thr.min_labelled})"))
+        else:
+            mask = np.isfinite(cp_a) & np.isfinite(ap_a)
+            js = js_distance(cp_a[mask], ap_a[mask])
+            ok = js <= thr.max_prediction_divergence
+            checks.append(Check("prediction_divergence", js, thr.max_prediction_divergence, ok,
+                                f"Jensen-Shannon distance of predictions vs active {js:.3f} "
+                                f"{'<=' if ok else '>'} {thr.max_prediction_divergence} ({n} pairs)"))
+
+    failed = [ch for ch in checks if ch.passed is False]
+    traffic_unknown = [ch for ch in checks if ch.name in ("error_rate", "p99_latency_ms") and ch.passed is None]
+    if failed:
+        verdict: Verdict = "fail"
+        reasons = [ch.reason for ch in failed]
+    elif traffic_unknown:
+        verdict = "inconclusive"
+        reasons = [ch.reason for ch in traffic_unknown]
+    else:
+        verdict = "pass"
+        reasons = [ch.reason for ch in checks if ch.passed]
+    return AnalysisResult(verdict, checks, reasons, labelled)

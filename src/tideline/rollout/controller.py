@@ -1,0 +1,362 @@
+"""The rollout controller: one scheduler loop over analysis (pure), the machine (pure) and a backend.
+
+State lives in the registry store under ``rollouts/<name>.json`` (one ``RolloutDoc``: spec, status, the
+last metrics snapshot, the last applied generation, a pending manual request and the controller lease),
+always written with compare-and-swap. Each ``reconcile_once``:
+
+1. loads the document; if another controller holds an unexpired lease it only reports the status;
+2. renews its lease (CAS: of two controllers racing, exactly one wins; the other steps back);
+3. if the last transition's actions were not confirmed applied (``applied_generation < generation``:
+   the previous controller died or an action failed) re-applies ``desired_actions(status)`` — all
+   idempotent — before anything else;
+4. reads the backend's counters, takes the interval's delta against the stored snapshot, analyzes;
+5. ``advance``-s the machine, persists the new status (CAS) BEFORE applying the returned actions, then
+   applies them and records the new ``applied_generation``.
+
+A permanent error while applying (production moved meanwhile, a version was deleted) fails the rollout;
+other errors are retried on the next interval, ``max_apply_failures`` times in a row at most.
+The clock is injected: tests and demos run a fake clock whose ``sleep`` only moves time forward.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from tideline.errors import ConfigError, PolicyError, RegistryError
+from tideline.registry.store import NotFound, PreconditionFailed, Store
+from tideline.rollout import machine as m
+from tideline.rollout.analysis import AnalysisInput, AnalysisResult, MetricsSnapshot, Thresholds, analyze, delta
+from tideline.rollout.backends import PERMANENT_ERRORS, Backend, apply_action
+
+log = logging.getLogger(__name__)
+
+Analyzer = Callable[[AnalysisInput, Thresholds], AnalysisResult]
+MAX_EVENTS = 50
+
+
+class Clock(Protocol):
+    def now(self) -> float: ...
+    def sleep(self, seconds: float) -> None: ...
+
+
+class SystemClock:
+    def now(self) -> float:
+        return time.time()
+
+    def sleep(self, seconds: float) -> None:
+        time.sleep(seconds)
+
+
+class FakeClock:
+    """A clock that only moves when slept on (or advanced); ``on_sleep`` runs before time moves."""
+
+    def __init__(self, start: float = 1_700_000_000.0, on_sleep: Callable[[float], None] | None = None) -> None:
+        self.t = float(start)
+        self.on_sleep = on_sleep
+
+    def now(self) -> float:
+        return self.t
+
+    def sleep(self, seconds: float) -> None:
+        if self.on_sleep is not None:
+            self.on_sleep(seconds)
+        self.t += seconds
+
+
+def rollout_key(name: str) -> str:
+    return f"rollouts/{name}.json"
+
+
+@dataclass
+class RolloutDoc:
+    spec: m.RolloutSpec
+    status: m.RolloutStatus
+    snapshot: dict[str, Any] | None = None
+    snapshot_at: float | None = None
+    applied_generation: int = 0
+    requested_action: str | None = None
+    owner: str | None = None
+    lease_until: float = 0.0
+    apply_failures: int = 0
+    events: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_json(self) -> bytes:
+        d = {"spec": self.spec.to_dict(), "status": self.status.to_dict(), "snapshot": self.snapshot,
+             "snapshot_at": self.snapshot_at, "applied_generation": self.applied_generation,
+             "requested_action": self.requested_action, "owner": self.owner, "lease_until": self.lease_until,
+             "apply_failures": self.apply_failures, "events": self.events[-MAX_EVENTS:],
+             "write_id": uuid.uuid4().hex}
+        return json.dumps(d, indent=1, default=str).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes) -> RolloutDoc:
+        try:
+            d = json.loads(data)
+            return cls(spec=m.RolloutSpec.from_dict(d["spec"]), status=m.RolloutStatus.from_dict(d["status"]),
+                       snapshot=d.get("snapshot"), snapshot_at=d.get("snapshot_at"),
+                       applied_generation=int(d.get("applied_generation", 0)),
+                       requested_action=d.get("requested_action"), owner=d.get("owner"),
+                       lease_until=float(d.get("lease_until", 0.0)),
+                       apply_failures=int(d.get("apply_failures", 0)), events=list(d.get("events", [])))
+        except (ValueError, KeyError, TypeError) as e:
+            raise RegistryError(f"rollout document is corrupt: {e}") from e
+
+    def add_event(self, at: float, msg: str) -> None:
+        self.events = [*self.events, {"at": at, "msg": msg}][-MAX_EVENTS:]
+
+
+# ---- the document in the store ------------------------------------------------------------------------
+def load_rollout(store: Store, name: str) -> tuple[RolloutDoc, str]:
+    try:
+        data, etag = store.get(rollout_key(name))
+    except NotFound:
+        raise ConfigError(f"no rollout named {name!r}", hint="start one with `tideline rollout start`") from None
+    return RolloutDoc.from_json(data), etag
+
+
+def list_rollouts(store: Store) -> list[str]:
+    return [k[len("rollouts/"):-len(".json")] for k in store.list("rollouts/")
+            if k.endswith(".json") and k.count("/") == 1]
+
+
+def create_rollout(store: Store, spec: m.RolloutSpec, now: float) -> RolloutDoc:
+    """Write a new rollout (Pending). Refused while a rollout of that name is still running."""
+    doc = RolloutDoc(spec=spec, status=m.RolloutStatus.initial(spec))
+    doc.add_event(now, f"created: {spec.candidate} vs {spec.baseline}, steps {list(spec.steps)}")
+    key = rollout_key(spec.name)
+    try:
+        store.put(key, doc.to_json(), if_none_match=True)
+        return doc
+    except PreconditionFailed:
+        pass
+    old, etag = load_rollout(store, spec.name)
+    if not old.status.terminal:
+        raise PolicyError(f"rollout {spec.name!r} is still {old.status.phase.value} "
+                          f"({old.spec.candidate} vs {old.spec.baseline})",
+                          hint="wait for it, or `tideline rollout promote|rollback` it first")
+    stamp = int(now)
+    store.put(f"rollouts/history/{spec.name}-{stamp}-{old.spec.candidate}.json", old.to_json())
+    try:
+        store.put(key, doc.to_json(), if_match=etag)
+    except PreconditionFailed:
+        raise PolicyError(f"rollout {spec.name!r} changed while starting a new one; try again") from None
+    return doc
+
+
+def request_action(store: Store, name: str, action: str) -> RolloutDoc:
+    """Record a manual ``promote``/``rollback`` for the controller (compare-and-swap)."""
+    if action not in ("promote", "rollback"):
+        raise ConfigError(f"unknown rollout action {action!r}")
+    for _ in range(50):
+        doc, etag = load_rollout(store, name)
+        if doc.status.terminal or doc.status.phase == m.Phase.PROMOTING:
+            raise PolicyError(f"rollout {name!r} already {'ended' if doc.status.terminal else 'is promoting'}: "
+                              f"{doc.status.phase.value}",
+                              hint="use `tideline models promote|rollback` to move production now")
+        doc.requested_action = action
+        try:
+            store.put(rollout_key(name), doc.to_json(), if_match=etag)
+            return doc
+        except PreconditionFailed:
+            time.sleep(0.01)
+    raise PolicyError(f"could not record {action} for rollout {name!r}: too many concurrent writers")
+
+
+class _Lost(Exception):
+    """Our compare-and-swap write lost: another controller acted."""
+
+
+# ---- the controller -----------------------------------------------------------------------------------
+class RolloutController:
+    def __init__(self, spec: m.RolloutSpec | str, backend: Backend, store: Store, clock: Clock | None = None,
+                 analyzer: Analyzer = analyze, *, owner: str | None = None, lease_s: float | None = None,
+                 max_apply_failures: int = 3) -> None:
+        self.name = spec if isinstance(spec, str) else spec.name
+        self._spec = None if isinstance(spec, str) else spec
+        self.backend = backend
+        self.store = store
+        self.clock = clock or SystemClock()
+        self.analyzer = analyzer
+        self.owner = owner or f"controller-{uuid.uuid4().hex[:12]}"
+        self.lease_s = lease_s
+        self.max_apply_failures = max_apply_failures
+        self.last_analysis: AnalysisResult | None = None
+
+    # -- store ----------------------------------------------------------------------------------------
+    def _load(self) -> tuple[RolloutDoc, str]:
+        try:
+            return load_rollout(self.store, self.name)
+        except ConfigError:
+            if self._spec is None:
+                raise
+        create_rollout(self.store, self._spec, self.clock.now())
+        return load_rollout(self.store, self.name)
+
+    def _write(self, doc: RolloutDoc, etag: str) -> str:
+        try:
+            return self.store.put(rollout_key(self.name), doc.to_json(), if_match=etag)
+        except PreconditionFailed:
+            raise _Lost() from None
+
+    def status(self) -> m.RolloutStatus:
+        return load_rollout(self.store, self.name)[0].status
+
+    # -- one pass -------------------------------------------------------------------------------------
+    def reconcile_once(self) -> m.RolloutStatus:
+        doc, etag = self._load()
+        try:
+            return self._reconcile(doc, etag)
+        except _Lost:
+            log.info("rollout %s: another controller acted first; stepping back", self.name)
+            return load_rollout(self.store, self.name)[0].status
+
+    def _reconcile(self, doc: RolloutDoc, etag: str) -> m.RolloutStatus:
+        now = self.clock.now()
+        spec = doc.spec
+        lease = self.lease_s if self.lease_s is not None else 3 * spec.interval_s
+        if doc.owner not in (None, self.owner) and doc.lease_until > now:
+            return doc.status  # another live controller owns this rollout
+        if doc.status.terminal and doc.applied_generation >= doc.status.generation:
+            if doc.owner == self.owner:
+                doc.owner, doc.lease_until = None, 0.0
+                self._write(doc, etag)
+            return doc.status
+        doc.owner, doc.lease_until = self.owner, now + lease
+        etag = self._write(doc, etag)
+
+        if doc.applied_generation < doc.status.generation:  # recover: finish what the last pass started
+            log.info("rollout %s: re-applying the actions of %s (generation %d)", self.name,
+                     doc.status.phase.value, doc.status.generation)
+            done, etag = self._apply(doc, etag, m.desired_actions(spec, doc.status))
+            if not done or doc.status.terminal:
+                return doc.status
+
+        analysis = None
+        if doc.status.phase in (m.Phase.SHADOW, m.Phase.CANARY):
+            analysis = self._analyze(doc, now)
+        new, actions = m.advance(spec, doc.status, analysis, now, doc.requested_action)  # type: ignore[arg-type]
+        if doc.requested_action:
+            doc.add_event(now, f"manual {doc.requested_action} requested")
+        doc.requested_action = None
+        if new.message != doc.status.message:
+            doc.add_event(now, new.message)
+        doc.status = new
+        etag = self._write(doc, etag)  # persisted BEFORE the actions are applied
+        if actions:
+            self._apply(doc, etag, actions)
+        elif doc.applied_generation < new.generation:
+            doc.applied_generation = new.generation
+            self._write(doc, etag)
+        return doc.status
+
+    def _analyze(self, doc: RolloutDoc, now: float) -> AnalysisResult | None:
+        spec = doc.spec
+        cur = self.backend.read_metrics()
+        prev = MetricsSnapshot.from_dict(doc.snapshot) if doc.snapshot is not None else None
+        due = doc.snapshot_at is None or now - doc.snapshot_at >= 0.9 * spec.interval_s
+        if prev is None or not due:
+            if prev is None:
+                doc.snapshot, doc.snapshot_at = cur.to_dict(), now
+            return None
+        d = delta(prev, cur)
+        doc.snapshot, doc.snapshot_at = cur.to_dict(), now
+        inp = AnalysisInput(
+            candidate=d.select(spec.candidate), active=d.select(spec.baseline),
+            outcomes=self.backend.read_outcomes(spec.candidate, spec.baseline),
+            paired_predictions=(self.backend.read_paired_predictions(spec.candidate)
+                                if doc.status.phase == m.Phase.SHADOW else None),
+            candidate_up=self.backend.candidate_up(spec.candidate),
+        )
+        res = self.analyzer(inp, spec.thresholds)
+        res.at = now
+        self.last_analysis = res
+        return res
+
+    def _apply(self, doc: RolloutDoc, etag: str, actions: list[m.Action]) -> tuple[bool, str]:
+        """Apply actions; record success (applied_generation) or the failure. Returns (done, etag)."""
+        now = self.clock.now()
+        try:
+            for a in actions:
+                apply_action(self.backend, a, doc.spec)
+        except PERMANENT_ERRORS as e:
+            return self._fail(doc, etag, f"{type(e).__name__}: {e}"), etag
+        except Exception as e:  # noqa: BLE001 - any backend failure is retried, a bounded number of times
+            doc.apply_failures += 1
+            log.warning("rollout %s: applying %s failed (%d/%d): %s", self.name, doc.status.phase.value,
+                        doc.apply_failures, self.max_apply_failures, e)
+            doc.add_event(now, f"applying {doc.status.phase.value} failed ({doc.apply_failures}/"
+                               f"{self.max_apply_failures}): {e}")
+            if doc.apply_failures >= self.max_apply_failures and not doc.status.terminal:
+                return self._fail(doc, etag, f"could not apply {doc.status.phase.value}: {e}"), etag
+            self._write(doc, etag)
+            return False, etag
+        self._snapshot_after_change(doc, now)
+        doc.applied_generation = doc.status.generation
+        doc.apply_failures = 0
+        etag = self._write(doc, etag)
+        return True, etag
+
+    def _snapshot_after_change(self, doc: RolloutDoc, now: float) -> None:
+        """A new phase/weight starts its first interval from fresh counters (no mixing of steps)."""
+        if doc.status.phase in (m.Phase.SHADOW, m.Phase.CANARY):
+            try:
+                doc.snapshot, doc.snapshot_at = self.backend.read_metrics().to_dict(), now
+            except Exception as e:  # noqa: BLE001 - the next pass takes it instead
+                log.warning("rollout %s: reading metrics failed: %s", self.name, e)
+                doc.snapshot, doc.snapshot_at = None, None
+
+    def _fail(self, doc: RolloutDoc, etag: str, why: str) -> bool:
+        now = self.clock.now()
+        new, actions = m.advance(doc.spec, doc.status, None, now, error=why)
+        if new.generation == doc.status.generation:  # already terminal: nothing more to do
+            return False
+        doc.status = new
+        doc.apply_failures = 0
+        doc.add_event(now, new.message)
+        etag = self._write(doc, etag)
+        try:
+            for a in actions:
+                apply_action(self.backend, a, doc.spec)
+        except Exception as e:  # noqa: BLE001 - recorded; the next pass re-applies desired_actions
+            log.error("rollout %s: applying Failed's actions failed: %s", self.name, e)
+            doc.add_event(now, f"applying Failed's actions failed: {e}")
+            self._write(doc, etag)
+            return False
+        doc.applied_generation = new.generation
+        self._write(doc, etag)
+        return True
+
+    # -- loop ------------------------------------------------------------------------------------------
+    def run(self, until_terminal: bool = True, max_iterations: int | None = None,
+            on_status: Callable[[m.RolloutStatus], None] | None = None) -> m.RolloutStatus:
+        """Reconcile every ``interval_s`` (on the injected clock) until terminal or ``max_iterations``."""
+        status = self.status() if max_iterations == 0 else None
+        i = 0
+        while max_iterations is None or i < max_iterations:
+            i += 1
+            gen_before = status.generation if status is not None else -1
+            status = self.reconcile_once()
+            if on_status is not None:
+                on_status(status)
+            if status.terminal and until_terminal:
+                doc, _ = load_rollout(self.store, self.name)
+                if doc.applied_generation >= status.generation:
+                    break
+                if doc.apply_failures >= self.max_apply_failures:  # give up; the events say why
+                    log.error("rollout %s ended %s but its actions could not be applied", self.name,
+                              status.phase.value)
+                    break
+            if status.phase in (m.Phase.PENDING, m.Phase.PROMOTING) and status.generation != gen_before:
+                continue  # progress that needs no waiting (start, finish a promotion)
+            self.clock.sleep(self._spec_interval())
+        assert status is not None
+        return status
+
+    def _spec_interval(self) -> float:
+        return load_rollout(self.store, self.name)[0].spec.interval_s

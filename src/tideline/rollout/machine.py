@@ -1,0 +1,425 @@
+"""The rollout state machine. Pure: ``advance`` maps (spec, status, analysis, time, manual action) to a new
+status and the idempotent actions that make the world match it.
+
+Phases::
+
+    Pending -> Shadow -> Canary[w0] -> Canary[w1] -> ... -> Promoting -> Promoted
+                 |           |                                   |
+                 +-----------+--> RolledBack (failure_limit consecutive failed analyses,
+                                  max_inconclusive inconclusive ones in a row, or a manual rollback)
+    any non-terminal --(a permanent error applying an action, e.g. production moved meanwhile)--> Failed
+
+* Pending -> Shadow on the first call (``SetShadow(candidate)``: every request is mirrored to the
+  candidate, whose answers are thrown away). With ``shadow.min_duration_s == 0`` the shadow phase is
+  skipped and the rollout starts at the first canary step.
+* Shadow -> Canary when a *passing* analysis arrives after at least ``min_duration_s`` in shadow and
+  with at least ``min_labelled`` labelled live outcomes for the candidate (``SetShadow(None)``,
+  ``DeployCanary``, ``SetWeight(steps[0])``).
+* Canary step i -> i+1 on every passing interval. Steps are canary weights in percent; a final 100 means
+  "promote" — the canary slot never gets 100% as a canary: traffic goes to 100% by *promotion*.
+* Promoting: ``PromoteInRegistry(candidate, expected_production=baseline)`` (compare-and-swap), then
+  ``SetActive(candidate)`` (the slot serving the candidate becomes the active one, all traffic, the canary
+  slot is emptied and its weight is 0). The next call, made once those actions were applied, moves to
+  Promoted. A manual ``promote`` jumps here from any non-terminal phase. Promoting is the point of no
+  return: a manual rollback arriving then is ignored (undo with ``tideline models rollback``).
+* RolledBack: ``SetWeight(0)`` first, then ``SetShadow(None)``, ``RemoveCanary``, ``RetireInRegistry``
+  (candidate alias cleared, status RETIRED). Production never moved, so it is left alone.
+* Promoted, RolledBack and Failed are terminal and absorbing.
+
+Crash safety: the controller persists the new status BEFORE applying the actions, every action is
+idempotent, and ``desired_actions(spec, status)`` rebuilds the complete action list for any persisted
+status. A controller killed at any point re-applies that list on restart and ends consistent. The
+orders above keep traffic on ready models at every intermediate point: weights only go up after the
+canary is deployed, the canary is removed only after its weight is 0, and the active slot changes only
+to a deployed, ready candidate.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from enum import Enum
+from typing import Any, Literal
+
+from tideline.rollout.analysis import AnalysisResult, Thresholds
+
+
+class Phase(str, Enum):
+    PENDING = "Pending"
+    SHADOW = "Shadow"
+    CANARY = "Canary"
+    PROMOTING = "Promoting"
+    PROMOTED = "Promoted"
+    ROLLED_BACK = "RolledBack"
+    FAILED = "Failed"
+
+    @property
+    def terminal(self) -> bool:
+        return self in TERMINAL
+
+
+TERMINAL: frozenset[Phase] = frozenset({Phase.PROMOTED, Phase.ROLLED_BACK, Phase.FAILED})
+MAX_ANALYSES = 10
+ManualAction = Literal["promote", "rollback"]
+
+
+# ---- spec ----------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ShadowSpec:
+    min_duration_s: float = 60.0
+    """0 skips the shadow phase."""
+    min_labelled: int = 50
+    """labelled live outcomes the candidate needs before it may take real traffic (0: none)."""
+    max_duration_s: float = 3600.0
+    """still short of ``min_labelled`` after this long in shadow: roll back (0: wait forever)."""
+
+
+@dataclass(frozen=True)
+class RolloutSpec:
+    name: str
+    target: str
+    """the served model (the predictor's --name / the InferenceService)."""
+    candidate: str
+    baseline: str
+    """the production version when the rollout started (promotion is a CAS against it)."""
+    shadow: ShadowSpec = ShadowSpec()
+    steps: tuple[int, ...] = (10, 25, 50, 100)
+    interval_s: float = 30.0
+    thresholds: Thresholds = Thresholds()
+    failure_limit: int = 2
+    """consecutive failed analyses that roll back."""
+    max_inconclusive: int = 20
+    """consecutive inconclusive analyses that roll back (0: never)."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "steps", tuple(int(s) for s in self.steps))
+        if not self.name or not self.target:
+            raise ValueError("a rollout needs a name and a target")
+        if self.candidate == self.baseline:
+            raise ValueError(f"candidate {self.candidate} is already the baseline")
+        if not self.steps:
+            raise ValueError("at least one canary step is needed (100 alone promotes right after shadow)")
+        if any(not 0 < s <= 100 for s in self.steps) or list(self.steps) != sorted(set(self.steps)):
+            raise ValueError(f"steps must be strictly increasing percentages in 1..100, got {list(self.steps)}")
+        if self.interval_s <= 0:
+            raise ValueError("interval_s must be positive")
+        if self.failure_limit < 1 or self.max_inconclusive < 0:
+            raise ValueError("failure_limit must be >= 1 and max_inconclusive >= 0")
+        if self.shadow.min_duration_s < 0 or self.shadow.min_labelled < 0 or self.shadow.max_duration_s < 0:
+            raise ValueError("shadow minimums must be >= 0")
+
+    @property
+    def canary_weights(self) -> tuple[int, ...]:
+        """The weights the canary slot takes; a trailing 100 means promotion, not a canary weight."""
+        return tuple(s for s in self.steps if s < 100)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["steps"] = list(self.steps)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> RolloutSpec:
+        d = dict(d)
+        d["shadow"] = ShadowSpec(**d.get("shadow", {}))
+        d["thresholds"] = Thresholds.from_dict(d.get("thresholds"))
+        d["steps"] = tuple(d.get("steps", (10, 25, 50, 100)))
+        return cls(**d)
+
+
+# ---- status --------------------------------------------------------------------------------------------
+@dataclass
+class RolloutStatus:
+    phase: Phase = Phase.PENDING
+    weight: int = 0
+    """traffic share of the canary slot (0 outside Canary; after promotion the candidate IS the active)."""
+    step_index: int = -1
+    failures: int = 0
+    """consecutive failed analyses."""
+    inconclusive: int = 0
+    """consecutive inconclusive analyses."""
+    started_at: float | None = None
+    phase_since: float | None = None
+    last_analysis_at: float | None = None
+    analyses: list[dict[str, Any]] = field(default_factory=list)
+    message: str = ""
+    candidate: str = ""
+    baseline: str = ""
+    generation: int = 0
+    """bumped whenever the desired state of the world changes."""
+
+    @property
+    def terminal(self) -> bool:
+        return self.phase in TERMINAL
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["phase"] = self.phase.value
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> RolloutStatus:
+        d = dict(d)
+        d["phase"] = Phase(d.get("phase", "Pending"))
+        d["analyses"] = list(d.get("analyses", []))
+        return cls(**d)
+
+    @classmethod
+    def initial(cls, spec: RolloutSpec) -> RolloutStatus:
+        return cls(candidate=spec.candidate, baseline=spec.baseline, message="waiting for the controller")
+
+
+# ---- actions -------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Action:
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": type(self).__name__, **asdict(self)}
+
+
+@dataclass(frozen=True)
+class SetShadow(Action):
+    version: str | None
+
+
+@dataclass(frozen=True)
+class DeployCanary(Action):
+    """Start (or keep) a ready predictor for ``version`` in the canary slot, weight unchanged."""
+
+    version: str
+
+
+@dataclass(frozen=True)
+class SetWeight(Action):
+    percent: int
+
+
+@dataclass(frozen=True)
+class RemoveCanary(Action):
+    """Weight 0 (if not already), then stop the canary slot."""
+
+
+@dataclass(frozen=True)
+class SetActive(Action):
+    """Make the slot serving ``version`` the active one (all traffic); empty the canary slot."""
+
+    version: str
+
+
+@dataclass(frozen=True)
+class MarkInRegistry(Action):
+    """Registry status of the candidate (SHADOW/CANARY); the ``shadow`` alias follows the shadow phase."""
+
+    version: str
+    status: str
+
+
+@dataclass(frozen=True)
+class PromoteInRegistry(Action):
+    version: str
+    expected_production: str
+
+
+@dataclass(frozen=True)
+class RetireInRegistry(Action):
+    """RollbackInRegistry: candidate/shadow aliases that point at ``version`` cleared, status RETIRED.
+
+    Production is not touched (it never moved during the rollout)."""
+
+    version: str
+
+
+@dataclass(frozen=True)
+class Event(Action):
+    msg: str
+
+
+RollbackInRegistry = RetireInRegistry
+
+
+def _promote_actions(spec: RolloutSpec) -> list[Action]:
+    c = spec.candidate
+    return [SetShadow(None), DeployCanary(c), PromoteInRegistry(c, spec.baseline), SetActive(c)]
+
+
+def _rollback_actions(spec: RolloutSpec) -> list[Action]:
+    return [SetWeight(0), SetShadow(None), RemoveCanary(), RetireInRegistry(spec.candidate)]
+
+
+def desired_actions(spec: RolloutSpec, status: RolloutStatus) -> list[Action]:
+    """Every idempotent action that brings the world to what ``status`` says (used after a restart)."""
+    c = spec.candidate
+    p = status.phase
+    if p == Phase.PENDING:
+        return []
+    if p == Phase.SHADOW:
+        return [SetWeight(0), MarkInRegistry(c, "SHADOW"), SetShadow(c)]
+    if p == Phase.CANARY:
+        return [SetShadow(None), MarkInRegistry(c, "CANARY"), DeployCanary(c), SetWeight(status.weight)]
+    if p in (Phase.PROMOTING, Phase.PROMOTED):
+        return _promote_actions(spec)
+    if p == Phase.ROLLED_BACK:
+        return _rollback_actions(spec)
+    return [SetWeight(0), SetShadow(None), RemoveCanary()]  # Failed: back to the active slot only
+
+
+# ---- transitions ---------------------------------------------------------------------------------------
+def _enter(st: RolloutStatus, phase: Phase, now: float, message: str, *, weight: int = 0,
+           step_index: int = -1) -> None:
+    st.phase, st.phase_since, st.message = phase, now, message
+    st.weight, st.step_index = weight, step_index
+    st.generation += 1
+    if not phase.terminal:  # a new step starts with a clean slate; terminal phases keep the counts
+        st.failures = st.inconclusive = 0
+
+
+def _to_canary_or_promote(spec: RolloutSpec, st: RolloutStatus, now: float, why: str,
+                          actions: list[Action]) -> None:
+    weights = spec.canary_weights
+    if not weights:
+        _start_promotion(spec, st, now, why, actions)
+        return
+    _enter(st, Phase.CANARY, now, f"{why}; canary at {weights[0]}%", weight=weights[0], step_index=0)
+    actions += [SetShadow(None), MarkInRegistry(spec.candidate, "CANARY"), DeployCanary(spec.candidate),
+                SetWeight(weights[0]), Event(st.message)]
+
+
+def _start_promotion(spec: RolloutSpec, st: RolloutStatus, now: float, why: str, actions: list[Action]) -> None:
+    _enter(st, Phase.PROMOTING, now, f"{why}; promoting {spec.candidate}", weight=0)
+    actions += [*_promote_actions(spec), Event(st.message)]
+
+
+def _roll_back(spec: RolloutSpec, st: RolloutStatus, now: float, why: str, actions: list[Action]) -> None:
+    _enter(st, Phase.ROLLED_BACK, now, f"rolled back: {why}", weight=0)
+    actions += [*_rollback_actions(spec), Event(st.message)]
+
+
+def advance(
+    spec: RolloutSpec,
+    status: RolloutStatus,
+    analysis: AnalysisResult | None,
+    now: float,
+    action: ManualAction | None = None,
+    *,
+    error: str | None = None,
+) -> tuple[RolloutStatus, list[Action]]:
+    """One step of the machine. Returns a new status (the input is not changed) and the actions to apply.
+
+    ``analysis`` is the result of the interval that just ended (None: no analysis this call).
+    ``action`` is a manual request; ``error`` reports a permanent failure applying the last actions.
+    """
+    if action not in (None, "promote", "rollback"):
+        raise ValueError(f"unknown manual action {action!r}")
+    st = copy.deepcopy(status)
+    actions: list[Action] = []
+    if st.phase.terminal:
+        return st, actions
+    if st.started_at is None:
+        st.started_at = now
+    if error is not None:
+        _enter(st, Phase.FAILED, now, f"failed: {error}", weight=0)
+        return st, [*desired_actions(spec, st), Event(st.message)]
+    if st.phase == Phase.PROMOTING:
+        # The point of no return: production has (or is about to have) moved in the registry. A manual
+        # request here is ignored; undo a promotion with `tideline models rollback` once Promoted.
+        _enter(st, Phase.PROMOTED, now, f"promoted {spec.candidate} (was {spec.baseline})"
+               + (f"; manual {action} ignored: the promotion was already under way" if action else ""), weight=0)
+        return st, [Event(st.message)]
+    if action == "rollback":
+        _roll_back(spec, st, now, "manual rollback", actions)
+        return st, actions
+    if action == "promote":
+        _start_promotion(spec, st, now, "manual promotion", actions)
+        return st, actions
+
+    if st.phase == Phase.PENDING:
+        if spec.shadow.min_duration_s > 0:
+            _enter(st, Phase.SHADOW, now, f"shadowing {spec.candidate} next to {spec.baseline}")
+            actions += [SetWeight(0), MarkInRegistry(spec.candidate, "SHADOW"), SetShadow(spec.candidate),
+                        Event(st.message)]
+        else:
+            _to_canary_or_promote(spec, st, now, "shadow skipped", actions)
+        return st, actions
+    if analysis is None:
+        return st, actions
+
+    # Shadow or Canary with a fresh analysis.
+    st.last_analysis_at = now
+    rec = analysis.to_dict()
+    rec["at"] = now
+    rec["phase"] = st.phase.value
+    rec["weight"] = st.weight
+    st.analyses = [*st.analyses, rec][-MAX_ANALYSES:]
+    reasons = "; ".join(analysis.reasons) or analysis.verdict
+    if analysis.verdict == "fail":
+        st.failures += 1
+        st.inconclusive = 0
+        if st.failures >= spec.failure_limit:
+            _roll_back(spec, st, now, f"{st.failures} consecutive failed analyses ({reasons})", actions)
+        else:
+            st.message = f"analysis failed ({st.failures}/{spec.failure_limit}): {reasons}"
+        return st, actions
+    if analysis.verdict == "inconclusive":
+        st.inconclusive += 1
+        if spec.max_inconclusive and st.inconclusive >= spec.max_inconclusive:
+            _roll_back(spec, st, now, f"{st.inconclusive} inconclusive analyses in a row ({reasons})", actions)
+        else:
+            st.message = f"analysis inconclusive ({st.inconclusive}): {reasons}"
+        return st, actions
+
+    st.failures = st.inconclusive = 0
+    if st.phase == Phase.SHADOW:
+        waited = now - (st.phase_since if st.phase_since is not None else now)
+        if waited < spec.shadow.min_duration_s:
+            st.message = f"shadow passing; {spec.shadow.min_duration_s - waited:.0f}s of shadow left"
+        elif analysis.labelled < spec.shadow.min_labelled:
+            if spec.shadow.max_duration_s and waited >= spec.shadow.max_duration_s:
+                _roll_back(spec, st, now, f"only {analysis.labelled}/{spec.shadow.min_labelled} labelled "
+                                          f"outcomes after {waited:.0f}s of shadow", actions)
+            else:
+                st.message = (f"shadow passing; waiting for labelled outcomes "
+                              f"({analysis.labelled}/{spec.shadow.min_labelled})")
+        else:
+            _to_canary_or_promote(spec, st, now, f"shadow passed after {waited:.0f}s", actions)
+        return st, actions
+    # Canary
+    weights = spec.canary_weights
+    nxt = st.step_index + 1
+    if nxt >= len(weights):
+        _start_promotion(spec, st, now, f"canary passed at {st.weight}%", actions)
+    else:
+        prev = st.weight
+        _enter(st, Phase.CANARY, now, f"canary passed at {prev}%; now {weights[nxt]}%",
+               weight=weights[nxt], step_index=nxt)
+        actions += [SetWeight(weights[nxt]), Event(st.message)]
+    return st, actions
+
+
+def validate_status(spec: RolloutSpec, st: RolloutStatus) -> list[str]:
+    """Internal consistency of a status; returns the problems (empty when valid)."""
+    problems = []
+    weights = spec.canary_weights
+    if st.phase == Phase.CANARY:
+        if not 0 <= st.step_index < len(weights) or st.weight != weights[st.step_index]:
+            problems.append(f"canary weight {st.weight} / step {st.step_index} not in {list(weights)}")
+    elif st.weight != 0:
+        problems.append(f"weight {st.weight} outside the canary phase")
+    if not 0 <= st.weight < 100:
+        problems.append(f"canary weight {st.weight} out of range (100% comes only by promotion)")
+    if st.failures >= spec.failure_limit and not st.terminal:
+        problems.append("failure limit reached without rollback")
+    if len(st.analyses) > MAX_ANALYSES:
+        problems.append("too many analyses kept")
+    if (st.candidate, st.baseline) != (spec.candidate, spec.baseline):
+        problems.append("status and spec disagree on the versions")
+    return problems
+
+
+def parse_steps(text: str | Sequence[int]) -> tuple[int, ...]:
+    """``"10,25,50,100"`` -> (10, 25, 50, 100)."""
+    if isinstance(text, str):
+        try:
+            return tuple(int(x) for x in text.replace(" ", "").split(",") if x)
+        except ValueError:
+            raise ValueError(f"steps must be comma-separated integers, got {text!r}") from None
+    return tuple(int(x) for x in text)

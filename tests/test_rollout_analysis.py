@@ -1,0 +1,177 @@
+"""tideline.rollout.analysis: snapshots from Prometheus text, interval deltas, every check's three outcomes."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from tideline.rollout.analysis import (
+    AnalysisInput,
+    AnalysisResult,
+    LiveOutcomes,
+    MetricsSnapshot,
+    SeriesMetrics,
+    Thresholds,
+    analyze,
+    delta,
+    js_distance,
+    ks_statistic,
+    p99_from_histogram,
+)
+
+PROM = """\
+# HELP tideline_requests_total requests
+# TYPE tideline_requests_total counter
+tideline_requests_total{model="tideline",version="v1",role="active",code="200"} 990.0
+tideline_requests_total{model="tideline",version="v1",role="active",code="500"} 10.0
+tideline_requests_total{model="tideline",version="v1",role="active",code="400"} 5.0
+tideline_requests_total{model="tideline",version="v2",role="canary",code="200"} 100.0
+tideline_requests_total{model="other",version="v9",role="active",code="200"} 7.0
+# TYPE tideline_request_duration_seconds histogram
+tideline_request_duration_seconds_bucket{model="tideline",version="v1",role="active",le="0.01"} 900.0
+tideline_request_duration_seconds_bucket{model="tideline",version="v1",role="active",le="0.1"} 1000.0
+tideline_request_duration_seconds_bucket{model="tideline",version="v1",role="active",le="+Inf"} 1005.0
+tideline_request_duration_seconds_count{model="tideline",version="v1",role="active"} 1005.0
+tideline_request_duration_seconds_sum{model="tideline",version="v1",role="active"} 5.0
+# TYPE tideline_model_info gauge
+tideline_model_info{version="v1",role="active",ref="production"} 1.0
+"""
+
+
+def _series(requests: float, errors: float = 0.0, fast: float | None = None, le_fast: float = 0.05,
+            slow_le: float = 1.0) -> SeriesMetrics:
+    """``requests`` timed requests: ``fast`` of them under ``le_fast`` seconds, the rest under ``slow_le``."""
+    fast = requests if fast is None else fast
+    return SeriesMetrics(requests=requests, errors=errors,
+                         buckets={le_fast: fast, slow_le: requests, math.inf: requests},
+                         latency_count=requests, latency_sum=0.0)
+
+
+def test_parse_prometheus_text_per_version_and_role() -> None:
+    snap = MetricsSnapshot.parse(PROM, model="tideline")
+    a = snap.series[("v1", "active")]
+    assert (a.requests, a.errors, a.client_errors) == (1005.0, 10.0, 5.0)
+    assert a.buckets == {0.01: 900.0, 0.1: 1000.0, math.inf: 1005.0}
+    assert a.latency_count == 1005.0
+    assert snap.series[("v2", "canary")].requests == 100.0
+    assert ("v9", "active") not in snap.series  # other model filtered out
+    assert snap.select("v2").requests == 100.0
+    assert MetricsSnapshot.from_dict(snap.to_dict()).series == snap.series
+
+
+def test_delta_is_the_interval_increase_and_handles_counter_resets() -> None:
+    prev = MetricsSnapshot({("v1", "active"): _series(100, 1), ("v2", "canary"): _series(50, 0)})
+    cur = MetricsSnapshot({("v1", "active"): _series(160, 4), ("v2", "canary"): _series(10, 2),
+                           ("v3", "canary"): _series(5)})
+    d = delta(prev, cur)
+    assert (d.series[("v1", "active")].requests, d.series[("v1", "active")].errors) == (60, 3)
+    # v2 went down: the process restarted, so its whole current count is this interval's increase
+    assert (d.series[("v2", "canary")].requests, d.series[("v2", "canary")].errors) == (10, 2)
+    assert d.series[("v3", "canary")].requests == 5  # new series
+    assert delta(None, cur).series[("v1", "active")].requests == 160
+
+
+def test_p99_from_histogram_interpolates_like_promql() -> None:
+    assert p99_from_histogram({0.1: 50, 0.2: 100, math.inf: 100}) == pytest.approx(0.198)
+    assert p99_from_histogram({0.1: 100, math.inf: 100}) == pytest.approx(0.099)
+    assert p99_from_histogram({0.1: 10, 1.0: 20, math.inf: 1000}) == 1.0  # in +Inf: largest finite bound
+    assert p99_from_histogram({0.1: 0, math.inf: 0}) is None
+    assert p99_from_histogram({}) is None
+
+
+def _check(res: AnalysisResult, name: str):  # noqa: ANN202
+    return next(c for c in res.checks if c.name == name)
+
+
+def test_error_rate_pass_fail_inconclusive() -> None:
+    thr = Thresholds(max_error_rate=0.01, min_requests=20)
+    ok = analyze(AnalysisInput(_series(1000, 5), _series(1000)), thr)
+    assert ok.verdict == "pass" and _check(ok, "error_rate").passed is True
+    bad = analyze(AnalysisInput(_series(1000, 50), _series(1000)), thr)
+    assert bad.verdict == "fail" and _check(bad, "error_rate").passed is False
+    assert "error rate 5.00%" in bad.reasons[0]
+    few = analyze(AnalysisInput(_series(5, 5), _series(1000)), thr)
+    assert few.verdict == "inconclusive" and _check(few, "error_rate").passed is None
+
+
+def test_latency_pass_fail_inconclusive() -> None:
+    thr = Thresholds(max_p99_latency_ms=250, min_requests=20)
+    ok = analyze(AnalysisInput(_series(1000, fast=995), _series(1000)), thr)
+    assert _check(ok, "p99_latency_ms").passed is True and ok.verdict == "pass"
+    slow = analyze(AnalysisInput(_series(1000, fast=900, slow_le=2.0), _series(1000)), thr)
+    c = _check(slow, "p99_latency_ms")
+    assert c.passed is False and c.value > 250 and slow.verdict == "fail"
+    few = analyze(AnalysisInput(_series(3), _series(1000)), thr)
+    assert _check(few, "p99_latency_ms").passed is None
+
+
+def _outcomes(rng: np.random.Generator, n: int, cand_acc: float, act_acc: float, cand_scale: float = 1.0,
+              n_active: int | None = None) -> LiveOutcomes:
+    na = n if n_active is None else n_active
+    return LiveOutcomes(candidate_errors=rng.normal(0, cand_scale, n), active_errors=rng.normal(0, 1.0, na),
+                        candidate_hits=(rng.random(n) < cand_acc).astype(float),
+                        active_hits=(rng.random(na) < act_acc).astype(float))
+
+
+def test_accuracy_and_ks_checks() -> None:
+    rng = np.random.default_rng(0)
+    thr = Thresholds(accuracy_margin=0.02, max_ks=0.25, min_labelled=50)
+    traffic = (_series(1000), _series(1000))
+    same = analyze(AnalysisInput(*traffic, outcomes=_outcomes(rng, 4000, 0.55, 0.55)), thr)
+    assert same.verdict == "pass" and same.labelled == 4000
+    assert _check(same, "directional_accuracy").passed is True and _check(same, "error_ks").passed is True
+    worse = analyze(AnalysisInput(*traffic, outcomes=_outcomes(rng, 4000, 0.45, 0.56)), thr)
+    acc = _check(worse, "directional_accuracy")
+    assert worse.verdict == "fail" and acc.passed is False and acc.value < -0.02
+    big_errors = analyze(AnalysisInput(*traffic, outcomes=_outcomes(rng, 4000, 0.55, 0.55, cand_scale=3.0)), thr)
+    ks = _check(big_errors, "error_ks")
+    assert ks.passed is False and ks.value > 0.25 and big_errors.verdict == "fail"
+    # a candidate whose errors are much SMALLER differs too, but is not held against it
+    small = analyze(AnalysisInput(*traffic, outcomes=_outcomes(rng, 4000, 0.55, 0.55, cand_scale=0.2)), thr)
+    assert _check(small, "error_ks").passed is True and "smaller" in _check(small, "error_ks").reason
+    few = analyze(AnalysisInput(*traffic, outcomes=_outcomes(rng, 10, 0.0, 1.0)), thr)
+    assert _check(few, "directional_accuracy").passed is None and _check(few, "error_ks").passed is None
+    assert few.verdict == "pass" and few.labelled == 10  # outcome checks lacking data never fail a verdict
+
+
+def test_prediction_divergence_check() -> None:
+    rng = np.random.default_rng(1)
+    thr = Thresholds(max_prediction_divergence=0.35, min_labelled=50)
+    traffic = (_series(1000), _series(1000))
+    a = rng.normal(0, 0.01, 2000)
+    close = analyze(AnalysisInput(*traffic, paired_predictions=(a + rng.normal(0, 0.001, a.size), a)), thr)
+    assert _check(close, "prediction_divergence").passed is True and close.verdict == "pass"
+    shifted = analyze(AnalysisInput(*traffic, paired_predictions=(a + 0.03, a)), thr)
+    d = _check(shifted, "prediction_divergence")
+    assert d.passed is False and d.value > 0.35 and shifted.verdict == "fail"
+    nan = analyze(AnalysisInput(*traffic, paired_predictions=(np.full(100, np.nan), a[:100])), thr)
+    assert _check(nan, "prediction_divergence").passed is False
+    few = analyze(AnalysisInput(*traffic, paired_predictions=(a[:10], a[:10])), thr)
+    assert _check(few, "prediction_divergence").passed is None and few.verdict == "pass"
+
+
+def test_unreachable_candidate_fails() -> None:
+    res = analyze(AnalysisInput(_series(0), _series(1000), candidate_up=False), Thresholds())
+    assert res.verdict == "fail" and "not reachable" in res.reasons[0]
+
+
+def test_statistics_helpers() -> None:
+    assert ks_statistic([1, 2, 3], [1, 2, 3]) == 0.0
+    assert ks_statistic([0, 0, 0], [1, 1, 1]) == 1.0
+    assert js_distance([1.0] * 10, [1.0] * 10) == 0.0
+    assert js_distance(np.arange(100.0), np.arange(100.0) + 1000) == pytest.approx(1.0)
+    with pytest.raises(ValueError):
+        ks_statistic([], [1])
+
+
+def test_result_round_trip_and_threshold_validation() -> None:
+    res = analyze(AnalysisInput(_series(1000, 50), _series(1000)), Thresholds())
+    again = AnalysisResult.from_dict(res.to_dict())
+    assert again.verdict == res.verdict and [c.name for c in again.checks] == [c.name for c in res.checks]
+    assert Thresholds.from_dict(Thresholds(max_ks=0.3).to_dict()).max_ks == 0.3
+    with pytest.raises(ValueError):
+        Thresholds(max_error_rate=2)
+    with pytest.raises(ValueError):
+        Thresholds(min_requests=0)

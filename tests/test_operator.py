@@ -1,0 +1,289 @@
+"""The ModelRollout operator's handlers, called directly the kopf way (dict bodies, a kopf.Patch), over a
+test double of the Kubernetes API, a real registry on S3 (moto on loopback) and the real machine/analysis."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import logging
+import uuid
+from pathlib import Path
+from typing import Any
+
+import boto3
+import jsonschema
+import kopf
+import pytest
+import yaml
+from kube_doubles import FakeCustomObjectsApi, validate_isvc
+from kubernetes.client.exceptions import ApiException
+from test_crd import CRD_PATH, strict
+
+from tideline import operator as op
+from tideline.registry import Registry, Status, open_registry
+from tideline.rollout import machine as m
+from tideline.rollout.analysis import MetricsSnapshot, SeriesMetrics
+from tideline.rollout.backends.kserve import GROUP as KS_GROUP
+from tideline.rollout.backends.kserve import PLURAL as KS_PLURAL
+from tideline.rollout.backends.kserve import storage_uri
+
+NS = "trading"
+SCHEMA = yaml.safe_load(CRD_PATH.read_text())["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+log = logging.getLogger("test-operator")
+
+
+class ScriptedMetricsReader:
+    """Metrics-reader double: each read returns one interval's counter increase for the given health."""
+
+    def __init__(self) -> None:
+        self.error_share = 0.0
+        self.reads = 0
+
+    def read(self, *, window_s: int, versions: list[str]) -> MetricsSnapshot:
+        self.reads += 1
+        n = 200.0
+
+        def series(errors: float) -> SeriesMetrics:
+            return SeriesMetrics(requests=n, errors=errors, buckets={0.05: n * 0.9, 0.1: n, float("inf"): n},
+                                 latency_count=n, latency_sum=n * 0.03)
+
+        return MetricsSnapshot({("v2", "shadow"): series(0.0), ("v2", "active"): series(n * self.error_share),
+                                ("v1", "active"): series(0.0)})
+
+
+class World:
+    def __init__(self, registry: Registry, mode: str = "Serverless", spec: dict[str, Any] | None = None) -> None:
+        self.registry = registry
+        self.api = FakeCustomObjectsApi()
+        self.api.add(KS_GROUP, NS, KS_PLURAL, {
+            "apiVersion": "serving.kserve.io/v1beta1", "kind": "InferenceService",
+            "metadata": {"name": "tideline", "namespace": NS},
+            "spec": {"predictor": {"model": {"modelFormat": {"name": "tideline"}, "runtime": "tideline",
+                                             "storageUri": storage_uri(registry, "v1"), "args": ["--ref=v1"]}}},
+        })
+        cr_spec = {"targetRef": "tideline", "candidate": "v2", "registry": registry.store.uri, "mode": mode,
+                   "metricsSource": "pods",
+                   "strategy": {"shadow": {"minDurationSeconds": 10, "minLabelledSamples": 0},
+                                "canary": {"steps": [10, 50, 100]}},
+                   "analysis": {"intervalSeconds": 5, "failureLimit": 2,
+                                "thresholds": {"minRequests": 20, "maxErrorRate": 0.05}}}
+        cr_spec.update(spec or {})
+        self.api.add(op.GROUP, NS, op.PLURAL, {"apiVersion": "tideline.io/v1alpha1", "kind": "ModelRollout",
+                                               "metadata": {"name": "roll", "namespace": NS}, "spec": cr_spec})
+        self.metrics = ScriptedMetricsReader()
+        self.now = 1_700_000_000.0
+        self.rec = op.Reconciler(self.api, None, open_registry_fn=lambda uri: registry, clock=lambda: self.now,
+                                 metrics_reader_factory=lambda source, ns, isvc: self.metrics)
+
+    def body(self) -> dict[str, Any]:
+        return copy.deepcopy(self.api.objects[(op.GROUP, NS, op.PLURAL, "roll")])
+
+    def status(self) -> dict[str, Any]:
+        return self.body().get("status") or {}
+
+    def isvc(self) -> dict[str, Any]:
+        return copy.deepcopy(self.api.objects[(KS_GROUP, NS, KS_PLURAL, "tideline")])
+
+    def tick(self, body: dict[str, Any] | None = None, dt: float = 5.0) -> kopf.Patch:
+        self.now += dt
+        patch = kopf.Patch()
+        op.on_reconcile(body=body or self.body(), patch=patch, logger=log)  # the kopf handler itself
+        obj = self.body()
+        jsonschema.Draft4Validator(strict(SCHEMA)).validate(obj)  # every status written fits the CRD
+        validate_isvc(self.isvc())
+        for p in self.api.patches(KS_PLURAL):
+            validate_isvc(p, partial=True)
+        if patch:  # apply what kopf would apply after the handler
+            self.api.patch_namespaced_custom_object(op.GROUP, "v1alpha1", NS, op.PLURAL, "roll", dict(patch))
+        return patch
+
+    def annotate(self, action: str) -> None:
+        self.api.patch_namespaced_custom_object(op.GROUP, "v1alpha1", NS, op.PLURAL, "roll",
+                                                {"metadata": {"annotations": {op.ACTION_ANNOTATION: action}}})
+
+
+@pytest.fixture
+def registry(s3_server: str, tmp_path: Path) -> Registry:
+    bucket = f"op-{uuid.uuid4().hex[:10]}"
+    boto3.client("s3", endpoint_url=s3_server, region_name="us-east-1").create_bucket(Bucket=bucket)
+    reg = open_registry(f"s3://{bucket}/reg", endpoint_url=s3_server)
+    for tag in ("v1", "v2"):
+        d = tmp_path / tag
+        d.mkdir()
+        (d / "model.ubj").write_bytes(tag.encode())
+        reg.register(d, {"family": "lightgbm"})
+    reg.promote("v1", reason="first")
+    reg.set_alias("candidate", "v2", reason="pipeline")
+    return reg
+
+
+@pytest.fixture
+def world(registry: Registry, monkeypatch: pytest.MonkeyPatch) -> World:
+    w = World(registry)
+    monkeypatch.setattr(op, "_reconciler", w.rec)
+    return w
+
+
+def _order(api: FakeCustomObjectsApi) -> list[str]:
+    return [f"{verb}:{plural}" for verb, plural, _, _ in api.calls if verb.startswith("patch")]
+
+
+def test_full_rollout_status_first_then_cluster(world: World) -> None:
+    world.tick()
+    st = world.status()
+    assert st["phase"] == "Shadow" and st["baseline"] == "v1" and st["candidate"] == "v2"
+    # the status was written BEFORE the InferenceService was touched, and the applied generation after
+    assert _order(world.api)[:3] == ["patch_status:modelrollouts", "patch:inferenceservices",
+                                     "patch_status:modelrollouts"]
+    assert st["appliedGeneration"] == st["machineGeneration"]
+    assert "--shadow-ref=v2" in world.isvc()["spec"]["predictor"]["model"]["args"]
+
+    phases = []
+    for _ in range(10):
+        world.tick()
+        phases.append((world.status()["phase"], world.status()["weight"]))
+        if world.status()["phase"] == "Promoted":
+            break
+    assert phases == [("Shadow", 0), ("Canary", 10), ("Canary", 50), ("Promoted", 0)]
+    st = world.status()
+    assert st["conditions"][1]["type"] == "Succeeded" and st["conditions"][1]["status"] == "True"
+    assert [a["verdict"] for a in st["lastAnalyses"]] == ["pass"] * 4
+    assert st["lastAnalyses"][-1]["reasons"] and st["lastAnalyses"][-1]["time"].endswith("Z")
+    assert any("promoted v2" in e["message"] for e in st["events"])
+    pred = world.isvc()["spec"]["predictor"]
+    assert "canaryTrafficPercent" not in pred and pred["model"]["storageUri"] == storage_uri(world.registry, "v2")
+    assert world.registry.aliases()["production"] == "v2"
+    # a finished rollout is left alone
+    n = len(world.api.calls)
+    world.tick()
+    assert [c[0] for c in world.api.calls[n:]] == []
+
+
+def test_failing_candidate_is_rolled_back(world: World) -> None:
+    world.tick()
+    world.tick()
+    world.tick()  # canary 10
+    assert world.status()["phase"] == "Canary"
+    world.metrics.error_share = 0.3
+    world.tick()
+    assert world.status()["failures"] == 1 and world.status()["lastAnalyses"][-1]["verdict"] == "fail"
+    world.tick()
+    st = world.status()
+    assert st["phase"] == "RolledBack" and "error rate 30.00%" in st["message"]
+    pred = world.isvc()["spec"]["predictor"]
+    assert pred["canaryTrafficPercent"] == 0 and pred["model"]["storageUri"] == storage_uri(world.registry, "v1")
+    assert world.registry.aliases()["production"] == "v1" and world.registry.status("v2") == Status.RETIRED
+
+
+def test_manual_promote_annotation_is_handled_and_removed(world: World) -> None:
+    world.tick()  # Shadow
+    world.annotate("promote")
+    patch = world.tick()
+    assert patch["metadata"]["annotations"] == {op.ACTION_ANNOTATION: None}
+    assert op.ACTION_ANNOTATION not in (world.body()["metadata"].get("annotations") or {})
+    assert world.status()["phase"] == "Promoted"
+    assert world.registry.aliases()["production"] == "v2"
+    # a request on a finished rollout is answered with an event and removed
+    world.annotate("rollback")
+    patch = world.tick()
+    assert patch["metadata"]["annotations"] == {op.ACTION_ANNOTATION: None}
+    assert "the rollout is Promoted" in world.status()["events"][-1]["message"]
+    assert world.registry.aliases()["production"] == "v2"
+
+
+def test_abort_annotation_rolls_back(world: World) -> None:
+    world.tick()
+    world.tick()
+    world.tick()
+    world.annotate("abort")
+    world.tick()
+    assert world.status()["phase"] == "RolledBack" and "manual rollback" in world.status()["message"]
+
+
+def test_restarted_operator_finishes_actions_of_a_recorded_status(world: World) -> None:
+    world.tick()
+    world.tick()
+    world.api.fail_next["patch"] = ApiException(status=503, reason="Service Unavailable")
+    world.tick()  # Shadow -> Canary recorded, but the cluster refused the first patch
+    st = world.status()
+    assert st["phase"] == "Canary" and st["appliedGeneration"] < st["machineGeneration"]
+    assert "canaryTrafficPercent" not in world.isvc()["spec"]["predictor"]
+    # a new operator process: fresh reconciler, same recorded status
+    fresh = op.Reconciler(world.api, None, open_registry_fn=lambda uri: world.registry, clock=lambda: world.now,
+                          metrics_reader_factory=lambda *a: world.metrics)
+    world.now += 1
+    fresh.reconcile(world.body(), kopf.Patch(), log)
+    st = world.status()
+    assert st["appliedGeneration"] == st["machineGeneration"] and st["phase"] == "Canary"
+    pred = world.isvc()["spec"]["predictor"]
+    assert pred["canaryTrafficPercent"] == 10 and pred["model"]["storageUri"] == storage_uri(world.registry, "v2")
+
+
+def test_stale_body_backs_off_without_touching_anything(world: World) -> None:
+    world.tick()
+    stale = world.body()
+    world.annotate("rollback")  # the object moves on after `stale` was read
+    stale["metadata"]["annotations"] = {op.ACTION_ANNOTATION: "rollback"}
+    n = len(world.api.calls)
+    patch = kopf.Patch()
+    world.now += 5
+    op.on_reconcile(body=stale, patch=patch, logger=log)
+    verbs = [c[0] + ":" + c[1] for c in world.api.calls[n:]]
+    assert verbs == ["patch_status:modelrollouts"]  # tried once, got 409, stopped
+    assert not patch and world.status()["phase"] == "Shadow"
+    world.tick()  # the fresh body is handled
+    assert world.status()["phase"] == "RolledBack"
+
+
+def test_production_moved_meanwhile_fails_the_rollout(world: World, tmp_path: Path) -> None:
+    world.tick()
+    world.tick()
+    world.tick()  # canary 10
+    d = tmp_path / "v3"
+    d.mkdir()
+    (d / "m").write_bytes(b"3")
+    world.registry.register(d, {"family": "lightgbm"})
+    world.registry.promote("v3", reason="hotfix")
+    world.annotate("promote")
+    world.tick()
+    st = world.status()
+    assert st["phase"] == "Failed" and "production is v3, expected v1" in st["message"]
+    assert st["appliedGeneration"] == st["machineGeneration"]
+    pred = world.isvc()["spec"]["predictor"]  # the cluster went back to the baseline revision
+    assert pred["canaryTrafficPercent"] == 0 and pred["model"]["storageUri"] == storage_uri(world.registry, "v1")
+    assert world.registry.aliases()["production"] == "v3"
+
+
+def test_invalid_spec_fails_with_one_line(registry: Registry, monkeypatch: pytest.MonkeyPatch) -> None:
+    w = World(registry, spec={"strategy": {"canary": {"steps": [50, 10]}}})
+    monkeypatch.setattr(op, "_reconciler", w.rec)
+    w.tick()
+    st = w.status()
+    assert st["phase"] == "Failed" and "steps must be strictly increasing" in st["message"]
+    assert "\n" not in st["message"] and w.api.patches(KS_PLURAL) == []
+
+
+def test_no_production_means_no_baseline(registry: Registry, monkeypatch: pytest.MonkeyPatch,
+                                         tmp_path: Path) -> None:
+    w = World(registry)
+    empty = open_registry(f"file://{tmp_path}/empty")
+    w.rec = op.Reconciler(w.api, None, open_registry_fn=lambda uri: empty, clock=lambda: w.now)
+    monkeypatch.setattr(op, "_reconciler", w.rec)
+    w.tick()
+    assert w.status()["phase"] == "Failed" and "nothing is in production" in w.status()["message"]
+
+
+def test_status_mapping_covers_every_machine_field() -> None:
+    spec = m.RolloutSpec(name="r", target="t", candidate="v2", baseline="v1")
+    st = m.RolloutStatus(phase=m.Phase.CANARY, weight=25, step_index=1, failures=1, inconclusive=2,
+                         started_at=1.5, phase_since=2.5, last_analysis_at=3.25,
+                         analyses=[{"verdict": "fail", "checks": [{"name": "error_rate", "value": 0.2,
+                                                                   "threshold": 0.01, "passed": False,
+                                                                   "reason": "x"}],
+                                    "reasons": ["x"], "labelled": 3, "at": 3.25, "phase": "Canary", "weight": 25}],
+                         message="m", candidate="v2", baseline="v1", generation=4)
+    assert {f.name for f in dataclasses.fields(m.RolloutStatus)} == set(op._FIELDS)
+    cr = op.status_to_cr(st)
+    jsonschema.Draft4Validator(strict(SCHEMA["properties"]["status"])).validate(cr)
+    assert op.status_from_cr(cr) == st
+    assert m.validate_status(spec, st) == []

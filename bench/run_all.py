@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-BENCHES = [["bench_cycle.py"], ["bench_drift.py"], ["bench_real.py"]]
+BENCHES = [["bench_cycle.py"], ["bench_drift.py"], ["bench_predictor.py"], ["bench_real.py"]]
 
 
 def run(argv: list[str]) -> dict:
@@ -47,6 +47,31 @@ def markdown(meta: dict, results: list[dict]) -> str:
                 f"| unshifted columns flagged | {r['false_positive_rate']} | <= 0.05 |",
                 f"| Evidently HTML report | {r.get('report_html_seconds')} s | |",
                 f"| Evidently default DataDriftPreset, same data | {r.get('default_preset_seconds')} s | (for comparison) |",
+                "",
+            ]
+        elif r.get("name") == "predictor":
+            lines += [
+                "| predictor benchmark (one-row v1 requests, keep-alive, loopback) | value | target |",
+                "|---|---|---|",
+                f"| tideline predictor p50 / p99 | {r['p50_ms']} ms / {r['p99_ms']} ms | |",
+                f"| floor: bare kserve.Model returning a constant, p50 / p99 | {r['floor_p50_ms']} ms / {r['floor_p99_ms']} ms | |",
+                f"| p50 ratio to the floor | {r['ratio_p50']} | <= 1.5 |",
+                f"| batch throughput ({r['batch_rows']} rows/request) | {r['rows_per_s']:,} rows/s (floor {r['floor_rows_per_s']:,}) | |",
+                f"| model | {r['model']} | |",
+                "",
+            ]
+        elif r.get("name") == "router":
+            lines += [
+                "| router benchmark | value | target |", "|---|---|---|",
+                f"| p50 added by the local router | {r['overhead_p50_ms']} ms (direct {r['direct_p50_ms']} ms, routed {r['routed_p50_ms']} ms) | <= 1 ms |",
+                "",
+            ]
+        elif r.get("name") == "rollback":
+            lines += [
+                "| time to rollback (bad candidate, real processes) | value | target |", "|---|---|---|",
+                f"| analysis interval | {r['interval_s']} s | |",
+                f"| first bad response -> rolled back | {r['seconds_to_rollback']} s = {r['intervals_to_rollback']} intervals | <= 3 intervals |",
+                f"| 5xx seen by clients during the switch | {r['client_5xx']} of {r['client_requests']} | 0 |",
                 "",
             ]
         elif r.get("name") == "real_data":

@@ -232,7 +232,17 @@ class Model(ABC):
         """Predicted forward return for each row of ``X`` (float64, length ``len(X)``)."""
         if not self._fitted:
             raise ModelError(f"{self.family} model is not fitted")
-        Xa = _matrix(X, self.columns, "prediction")
+        return self.predict_array(_matrix(X, self.columns, "prediction"))
+
+    def predict_array(self, X: np.ndarray) -> np.ndarray:
+        """``predict`` for a float32 matrix whose columns are ``self.columns`` in that order (no DataFrame:
+        the serving hot path)."""
+        if not self._fitted:
+            raise ModelError(f"{self.family} model is not fitted")
+        Xa = np.ascontiguousarray(X, dtype=np.float32)
+        if Xa.ndim != 2 or Xa.shape[1] != len(self.columns):
+            raise ModelError(
+                f"prediction matrix has shape {Xa.shape}; the model needs (n, {len(self.columns)})")
         if len(Xa) == 0:
             return np.zeros(0, dtype=np.float64)
         try:
@@ -340,6 +350,11 @@ def _json_default(o: Any) -> Any:
 def _matrix(X: pd.DataFrame, columns: list[str], what: str) -> np.ndarray:
     if not isinstance(X, pd.DataFrame):
         raise ModelError(f"{what} features must be a pandas DataFrame, got {type(X).__name__}")
+    if len(X.columns) == len(columns) and X.columns.tolist() == columns:  # already in order: skip the copy
+        try:
+            return np.ascontiguousarray(X.to_numpy(dtype=np.float32, na_value=np.nan))
+        except (TypeError, ValueError) as e:
+            raise ModelError(f"{what} features are not numeric: {e}") from None
     missing = [c for c in columns if c not in X.columns]
     if missing:
         shown = ", ".join(missing[:10]) + (f" (+{len(missing) - 10} more)" if len(missing) > 10 else "")

@@ -1,0 +1,404 @@
+"""``TidelinePredictor``: a KServe custom predictor (``kserve.Model``) serving one registry version.
+
+* Loading: the ref (alias or version id) is resolved in the registry, every artifact is fetched and its
+  sha256 verified by ``Registry.fetch`` BEFORE ``tideline.models.load_model`` reads it.
+* Serving: kserve decodes v1 (dict) and v2 (``InferRequest``) bodies; ``preprocess`` validates them
+  (``tideline.serving.validation``), ``predict`` runs the model captured when the request started and
+  answers with the predictions and the version that made them (also in the ``x-model-version`` header).
+* Hot reload: a background task polls the registry every ``reload_interval`` seconds; when the alias
+  moved, the new version is fetched, verified and loaded in a worker thread and swapped in with a single
+  reference assignment. A failed reload keeps the old version serving and is counted and logged.
+* Shadow slot: an optional second version runs on the same rows after the active response is computed,
+  in its own worker thread with a timeout; its predictions are only logged and measured.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import shutil
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+import pandas as pd
+from kserve import Model as KServeModel
+from kserve.errors import InferenceError
+from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
+
+from tideline.errors import TidelineError, VersionNotFound
+from tideline.models import Model, load_model
+from tideline.registry import Registry
+from tideline.serving import metrics as m
+from tideline.serving.chaos import Chaos, ChaosMonkey
+from tideline.serving.predlog import PredictionLog
+from tideline.serving.validation import Batch, RequestError, Schema, validate_v1, validate_v2
+
+log = logging.getLogger(__name__)
+
+ROLES = ("active", "canary")
+_INLINE_ROWS = 512  # bigger batches are predicted in a worker thread so the event loop stays free
+_MAX_SHADOW_INFLIGHT = 64
+
+
+@dataclass(frozen=True)
+class Slot:
+    """One loaded model version."""
+
+    version: str
+    model: Model
+    role: str  # active | canary | shadow
+    ref: str
+    loaded_at: float
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        return tuple(self.model.columns)
+
+
+@dataclass(frozen=True)
+class Serving:
+    """What requests use; replaced as a whole (one reference assignment) on reload."""
+
+    active: Slot
+    shadow: Slot | None
+    schema: Schema
+    index: pd.Index  # schema.columns, built once (a DataFrame from a ready Index is ~4x faster)
+
+
+@dataclass(frozen=True)
+class Prepared:
+    serving: Serving
+    batch: Batch
+    v2: bool
+    request_id: str
+    started: datetime
+
+
+def load_slot(registry: Registry, ref: str, role: str, *, version: str | None = None,
+              workdir: str | None = None) -> Slot:
+    """Resolve ``ref`` (unless ``version`` is given), fetch with sha256 verification, load the model."""
+    v = version or registry.resolve(ref)
+    tmp = Path(tempfile.mkdtemp(prefix=f"tideline-{v}-", dir=workdir))
+    try:
+        dest = registry.fetch(v, tmp / "model")  # IntegrityError before anything is parsed
+        model = load_model(dest)  # fully read into memory: the files can go
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    if not model.columns:
+        raise TidelineError(f"model {v} lists no input columns")
+    log.info("loaded %s (%s, %d features) as %s from %r", v, model.family, len(model.columns), role, ref)
+    return Slot(version=v, model=model, role=role, ref=ref, loaded_at=time.time())
+
+
+def _schema(active: Slot, shadow: Slot | None, max_rows: int) -> Schema:
+    req = active.columns
+    extra = tuple(c for c in (shadow.columns if shadow else ()) if c not in set(req))
+    return Schema(required=req, optional=extra, max_rows=max_rows)
+
+
+class TidelinePredictor(KServeModel):
+    """The kserve model. ``load()`` loads the slots (raising TidelineError on failure)."""
+
+    def __init__(
+        self,
+        name: str,
+        registry: Registry,
+        *,
+        ref: str = "production",
+        role: str = "active",
+        shadow_ref: str | None = None,
+        reload_interval: float = 0.0,
+        prediction_log: PredictionLog | None = None,
+        max_rows: int = 10_000,
+        chaos: Chaos | None = None,
+        shadow_timeout: float = 2.0,
+    ) -> None:
+        super().__init__(name, return_response_headers=True)
+        if role not in ROLES:
+            raise ValueError(f"role must be one of {ROLES}")
+        self.registry = registry
+        self.ref = ref
+        self.role = role
+        self.shadow_ref = shadow_ref
+        self.reload_interval = float(reload_interval)
+        self.predlog = prediction_log
+        self.max_rows = int(max_rows)
+        self.monkey = ChaosMonkey(chaos) if chaos is not None and chaos.active else None
+        self.shadow_timeout = float(shadow_timeout)
+        self.serving: Serving | None = None
+        self.engine = True  # kserve runs start_engine() inside the server's event loop: our background tasks
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._shadow_pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="tideline-shadow")
+        self._shadow_inflight = 0
+        self._retry_at: dict[tuple[str, str], tuple[float, int]] = {}  # (slot, version) -> (time, failures)
+        self._request_prefix = uuid.uuid4().hex[:16]  # + a counter: unique without a syscall per request
+        self._request_seq = 0
+
+    # -- loading -------------------------------------------------------------------------------
+    @property
+    def version(self) -> str:
+        return self.serving.active.version if self.serving else ""
+
+    def load(self) -> bool:
+        active = load_slot(self.registry, self.ref, self.role)
+        shadow = None
+        if self.shadow_ref:
+            try:
+                shadow = load_slot(self.registry, self.shadow_ref, "shadow")
+            except VersionNotFound as e:
+                if not _is_unset_alias(e):
+                    raise
+                log.warning("shadow ref %r is not set; no shadow until it is", self.shadow_ref)
+        self._install(active, shadow)
+        self.ready = True
+        return True
+
+    def _install(self, active: Slot, shadow: Slot | None) -> None:
+        old = self.serving
+        schema = _schema(active, shadow, self.max_rows)
+        self.serving = Serving(active, shadow, schema, pd.Index(schema.columns))  # the atomic swap
+        for slot in (active, shadow):
+            if slot is not None:
+                m.MODEL_INFO.labels(version=slot.version, role=slot.role, ref=slot.ref).set(1)
+        if old is not None:
+            for slot, new in ((old.active, active), (old.shadow, shadow)):
+                if slot is not None and (new is None or new.version != slot.version):
+                    m.forget(m.MODEL_INFO, slot.version, slot.role, slot.ref)
+
+    # -- background tasks (hot reload) -----------------------------------------------------------
+    async def start_engine(self) -> None:
+        self.ready = self.serving is not None
+        if self.reload_interval > 0:
+            self._spawn(self._reload_loop())
+        if self.predlog is not None:
+            self.predlog.start()
+
+    def _spawn(self, coro: Any) -> asyncio.Task[Any]:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def _reload_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.reload_interval)
+            try:
+                await self.check_reload()
+            except Exception:  # pragma: no cover - the loop itself must never die
+                log.exception("reload check failed")
+
+    async def check_reload(self) -> None:
+        """Resolve the refs; load and swap in whatever moved. Old versions keep serving on failure."""
+        loop = asyncio.get_running_loop()
+        serving = self.serving
+        assert serving is not None
+        wanted: dict[str, str | None] = {}
+        for slot_name, ref in (("active", self.ref), ("shadow", self.shadow_ref)):
+            if not ref:
+                continue
+            try:
+                wanted[slot_name] = await loop.run_in_executor(None, self.registry.resolve, ref)
+            except VersionNotFound as e:
+                if slot_name == "shadow" and _is_unset_alias(e):
+                    wanted["shadow"] = None
+                else:
+                    log.warning("cannot resolve %r in the registry (still serving %s): %s", ref,
+                                serving.active.version if slot_name == "active" else "the old shadow", e)
+            except Exception as e:
+                log.warning("registry unreachable while polling %r (still serving): %s", ref, e)
+        new_active, new_shadow = serving.active, serving.shadow
+        changed = False
+        if "active" in wanted and wanted["active"] != serving.active.version:
+            slot = await self._reload("active", self.ref, self.role, wanted["active"], serving.active.version)
+            if slot is not None:
+                new_active, changed = slot, True
+        if "shadow" in wanted:
+            target = wanted["shadow"]
+            current = serving.shadow.version if serving.shadow else None
+            if target is None and current is not None:
+                log.warning("shadow alias %r was unset: shadow %s stopped", self.shadow_ref, current)
+                new_shadow, changed = None, True
+            elif target is not None and target != current:
+                slot = await self._reload("shadow", self.shadow_ref or "", "shadow", target, current)
+                if slot is not None:
+                    new_shadow, changed = slot, True
+        if changed:
+            self._install(new_active, new_shadow)
+
+    async def _reload(self, slot_name: str, ref: str, role: str, version: str | None,
+                      current: str | None) -> Slot | None:
+        assert version is not None
+        key = (slot_name, version)
+        retry = self._retry_at.get(key)
+        if retry is not None and time.monotonic() < retry[0]:
+            return None
+        loop = asyncio.get_running_loop()
+        try:
+            slot = await loop.run_in_executor(
+                None, lambda: load_slot(self.registry, ref, role, version=version))
+        except Exception as e:
+            failures = (retry[1] if retry else 0) + 1
+            backoff = min(60.0, max(self.reload_interval, 0.5) * 2 ** (failures - 1))
+            self._retry_at[key] = (time.monotonic() + backoff, failures)
+            m.MODEL_RELOADS.labels(outcome="failed").inc()
+            log.error("reload of %s slot %r -> %s refused, still serving %s (retry in %.0fs): %s",
+                      slot_name, ref, version, current or "nothing", backoff, e)
+            return None
+        self._retry_at.pop(key, None)
+        m.MODEL_RELOADS.labels(outcome="ok").inc()
+        log.warning("hot reload: %s slot %r moved %s -> %s", slot_name, ref, current, version)
+        return slot
+
+    # -- kserve handlers ---------------------------------------------------------------------------
+    def validate(self, payload: Any) -> Any:
+        return payload  # preprocess did the validation (kserve's own checks would 500 on odd bodies)
+
+    async def preprocess(self, payload: Any, headers: dict[str, str] | None = None) -> Prepared:
+        serving = self.serving
+        if serving is None:
+            raise RequestError(503, "no model loaded yet")
+        if isinstance(payload, InferRequest):
+            batch = validate_v2(payload.inputs, serving.schema)
+            v2, rid = True, payload.id
+        else:
+            if isinstance(payload, bytes | bytearray | str):
+                # kserve hands non-JSON content types over undecoded
+                try:
+                    payload = orjson.loads(payload)
+                except orjson.JSONDecodeError as e:
+                    raise RequestError(400, f"the body is not valid JSON: {e}") from None
+            batch = validate_v1(payload, serving.schema)
+            v2, rid = False, None
+        request_id = (headers or {}).get("x-request-id") or rid or self._next_request_id()
+        return Prepared(serving, batch, v2, str(request_id)[:128], datetime.now(UTC))
+
+    def _next_request_id(self) -> str:
+        self._request_seq += 1
+        return f"{self._request_prefix}-{self._request_seq:x}"
+
+    async def predict(self, payload: Prepared, headers: dict[str, str] | None = None,
+                      response_headers: dict[str, str] | None = None) -> Any:
+        serving, batch = payload.serving, payload.batch
+        active = serving.active
+        if response_headers is not None:
+            response_headers["x-model-version"] = active.version
+            response_headers["x-request-id"] = payload.request_id
+        if self.monkey is not None:
+            delay = self.monkey.delay_s()
+            if delay:
+                await asyncio.sleep(delay)
+            if self.monkey.fail():
+                raise InferenceError(f"chaos: injected failure ({self.monkey.chaos.describe()})")
+        # the request columns start with the active model's, in its order: no DataFrame needed
+        n_req = len(serving.schema.required)
+        X = batch.X if batch.X.shape[1] == n_req else batch.X[:, :n_req]
+        try:
+            if batch.n <= _INLINE_ROWS:
+                preds = active.model.predict_array(X)
+            else:
+                preds = await asyncio.get_running_loop().run_in_executor(None, active.model.predict_array, X)
+        except TidelineError as e:
+            raise InferenceError(f"model {active.version} failed to predict: {e}") from None
+        preds = np.asarray(preds, dtype=np.float64).reshape(-1)
+        if preds.shape[0] != batch.n:
+            raise InferenceError(
+                f"model {active.version} returned {preds.shape[0]} predictions for {batch.n} rows")
+        finite = np.isfinite(preds)
+        if not finite.all():
+            bad = int((~finite).sum())
+            raise InferenceError(
+                f"model {active.version} produced {bad} non-finite prediction(s) for {batch.n} row(s); "
+                "the model is broken, not the request"
+            )
+        m.observe_predictions(preds, active.version, active.role)
+        if self.predlog is not None:
+            self.predlog.record(request_id=payload.request_id, X=batch.X, symbols=batch.symbols,
+                                bar_times=batch.bar_times, predictions=preds, version=active.version,
+                                role=active.role, at=payload.started)
+        if serving.shadow is not None:
+            self._start_shadow(serving.shadow, payload)
+        if payload.v2:
+            return InferResponse(
+                response_id=payload.request_id, model_name=self.name, model_version=active.version,
+                infer_outputs=[InferOutput(name="prediction", shape=[batch.n], datatype="FP64",
+                                           data=preds.tolist())],
+                parameters={"role": active.role},
+            )
+        return {"predictions": preds.tolist(), "model_name": self.name, "model_version": active.version,
+                "role": active.role}
+
+    # -- shadow ------------------------------------------------------------------------------------
+    def _start_shadow(self, shadow: Slot, payload: Prepared) -> None:
+        """Fire and forget: the task starts after this request's response is on its way."""
+        if self._shadow_inflight >= _MAX_SHADOW_INFLIGHT:
+            m.SHADOW_REQUESTS.labels(version=shadow.version, outcome="dropped").inc()
+            return
+        self._shadow_inflight += 1
+        try:
+            self._spawn(self._run_shadow(shadow, payload))
+        except Exception:  # pragma: no cover - no running loop
+            self._shadow_inflight -= 1
+
+    async def _run_shadow(self, shadow: Slot, payload: Prepared) -> None:
+        batch = payload.batch
+        try:
+            fut = asyncio.get_running_loop().run_in_executor(
+                self._shadow_pool, _shadow_predict, shadow, batch, payload.serving.index)
+            preds = await asyncio.wait_for(fut, self.shadow_timeout)
+        except TimeoutError:
+            m.SHADOW_REQUESTS.labels(version=shadow.version, outcome="timeout").inc()
+            log.warning("shadow %s took longer than %.1fs; dropped", shadow.version, self.shadow_timeout)
+            return
+        except Exception as e:
+            m.SHADOW_REQUESTS.labels(version=shadow.version, outcome="error").inc()
+            log.warning("shadow %s failed: %s", shadow.version, _one_line(e))
+            return
+        finally:
+            self._shadow_inflight -= 1
+        m.child(m.SHADOW_REQUESTS, shadow.version, "ok").inc()
+        m.observe_predictions(preds, shadow.version, "shadow")
+        if self.predlog is not None:
+            self.predlog.record(request_id=payload.request_id, X=batch.X, symbols=batch.symbols,
+                                bar_times=batch.bar_times, predictions=preds, version=shadow.version,
+                                role="shadow", at=payload.started)
+
+    def stop(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        self._shadow_pool.shutdown(wait=False, cancel_futures=True)
+        super().stop()
+
+
+def _shadow_predict(shadow: Slot, batch: Batch, index: pd.Index) -> np.ndarray:
+    cols = shadow.columns
+    if batch.columns[: len(cols)] == cols:  # same features as the active model (the usual case)
+        preds = shadow.model.predict_array(batch.X[:, : len(cols)])
+    else:
+        X = pd.DataFrame(batch.X, columns=index, copy=False)
+        need = [c for c in cols if c in X.columns]
+        if len(need) != len(cols) or X[need].isna().to_numpy().any():
+            missing = [c for c in cols if c not in X.columns or X[c].isna().any()]
+            raise TidelineError(
+                f"the request lacks {len(missing)} feature(s) the shadow needs: {missing[:5]}")
+        preds = shadow.model.predict(X)
+    preds = np.asarray(preds, dtype=np.float64).reshape(-1)
+    if preds.shape[0] != batch.n or not np.isfinite(preds).all():
+        raise TidelineError(f"shadow {shadow.version} produced non-finite or missing predictions")
+    return preds
+
+
+def _is_unset_alias(e: VersionNotFound) -> bool:
+    return "is not set" in e.message
+
+
+def _one_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0] if text else ''}"[:300]

@@ -1,0 +1,324 @@
+"""Request validation for the predictor: every refusal is a ``RequestError`` with an HTTP status and a
+one-line message saying what is wrong (never a traceback).
+
+Status codes: 400 = the envelope is not what the protocol says (not JSON, ``instances`` not a list, a v2
+input without a name ...); 422 = well-formed but unusable for this model (unknown or missing features,
+booleans or strings where numbers belong, NaN/inf, a value outside float32 range, a bad timestamp, more
+rows than ``--max-rows``); 413 = the body is larger than ``--max-body-bytes`` (checked before parsing,
+in ``tideline.serving.server``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Final
+
+import numpy as np
+
+F32_MAX: Final = float(np.finfo(np.float32).max)
+META_FIELDS: Final = ("symbol", "timestamp")
+NUMERIC_V2_TYPES: Final = frozenset(
+    {"FP32", "FP64", "INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32", "UINT64"}
+)
+_NUMBER: Final = (int, float)
+_MAX_SYMBOL_LEN: Final = 64
+_MAX_NAMES_SHOWN: Final = 8
+
+
+class RequestError(Exception):
+    """A request the predictor refuses; ``status`` is the HTTP status, ``message`` goes to the client."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Validated rows: ``X`` float64 ``(n, len(columns))`` (all finite, within float32 range)."""
+
+    X: np.ndarray
+    columns: tuple[str, ...]
+    symbols: list[str | None]
+    bar_times: list[datetime | None]  # naive UTC
+
+    @property
+    def n(self) -> int:
+        return int(self.X.shape[0])
+
+
+@dataclass(frozen=True)
+class Schema:
+    """What a request may carry: ``required`` features (the active model's columns), ``optional`` extra
+    features (a shadow model's columns the active one does not use), plus ``symbol`` / ``timestamp``."""
+
+    required: tuple[str, ...]
+    optional: tuple[str, ...] = ()
+    max_rows: int = 10_000
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        return self.required + self.optional
+
+
+def _names(names: Sequence[str]) -> str:
+    shown = ", ".join(repr(str(n)[:80]) for n in list(names)[:_MAX_NAMES_SHOWN])
+    more = len(names) - _MAX_NAMES_SHOWN
+    return shown + (f" (+{more} more)" if more > 0 else "")
+
+
+def _kind(v: Any) -> str:
+    if v is None:
+        return "null"
+    if isinstance(v, bool):
+        return "a boolean"
+    if isinstance(v, str):
+        return "a string"
+    if isinstance(v, list):
+        return "a list"
+    if isinstance(v, dict):
+        return "an object"
+    return type(v).__name__
+
+
+def _check_rows(n: int, schema: Schema) -> None:
+    if n == 0:
+        raise RequestError(422, "no rows to predict: send at least one instance")
+    if n > schema.max_rows:
+        raise RequestError(422, f"{n} rows in one request; the limit is {schema.max_rows} (--max-rows)")
+
+
+def _check_values(X: np.ndarray, columns: Sequence[str], where: str) -> None:
+    """Refuse NaN/inf and values a float32 model input cannot hold, naming the first bad cell."""
+    with np.errstate(invalid="ignore"):
+        bad = ~(np.abs(X) <= F32_MAX)  # NaN compares False, so it is caught too
+    if bad.any():
+        r, c = (int(i) for i in np.argwhere(bad)[0])
+        v = float(X[r, c])
+        what = "not finite" if not np.isfinite(v) else f"outside the float32 range (|x| <= {F32_MAX:.4g})"
+        raise RequestError(
+            422, f"{where.format(row=r)}: feature {columns[c]!r} is {v!r}, {what}; "
+            f"{int(bad.sum())} bad value(s) in total"
+        )
+
+
+def parse_time(value: Any, where: str) -> datetime | None:
+    """ISO-8601 timestamp string (or null) -> naive UTC datetime."""
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise RequestError(422, f"{where}: timestamp must be an ISO-8601 string or null, got {_kind(value)}")
+    try:
+        ts = datetime.fromisoformat(value)
+    except ValueError:
+        raise RequestError(422, f"{where}: timestamp {value[:60]!r} is not an ISO-8601 time") from None
+    if ts.tzinfo is not None:
+        ts = ts.astimezone(UTC).replace(tzinfo=None)
+    return ts
+
+
+def _symbol(value: Any, where: str) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise RequestError(422, f"{where}: symbol must be a string or null, got {_kind(value)}")
+    if not value or len(value) > _MAX_SYMBOL_LEN:
+        raise RequestError(422, f"{where}: symbol must have 1 to {_MAX_SYMBOL_LEN} characters")
+    return value
+
+
+# --------------------------------------------------------------------------------------------- v1
+
+
+def validate_v1(payload: Any, schema: Schema) -> Batch:
+    """``{"instances": [{feature: number, ..., "symbol": str?, "timestamp": str?}, ...]}`` -> Batch."""
+    if not isinstance(payload, dict):
+        raise RequestError(400, 'the body must be a JSON object {"instances": [...]}, got ' + _kind(payload))
+    if "instances" not in payload:
+        keys = _names(list(payload)) if payload else "none"
+        raise RequestError(400, f'the body needs "instances" (a list of feature objects); keys given: {keys}')
+    extra_keys = [k for k in payload if k not in ("instances", "parameters")]
+    if extra_keys:
+        raise RequestError(400, f"unexpected top-level key(s) {_names(extra_keys)}; send only \"instances\"")
+    instances = payload["instances"]
+    if not isinstance(instances, list):
+        raise RequestError(400, f'"instances" must be a list of objects, got {_kind(instances)}')
+    _check_rows(len(instances), schema)
+
+    required = schema.required
+    optional = schema.optional
+    allowed = frozenset(required) | frozenset(optional) | frozenset(META_FIELDS)
+    n_req = len(required)
+    rows: list[list[Any]] = []
+    symbols: list[str | None] = []
+    times: list[datetime | None] = []
+    for i, inst in enumerate(instances):
+        if type(inst) is not dict:
+            raise RequestError(400, f"instances[{i}] must be an object of feature: number, got {_kind(inst)}")
+        try:
+            row = [inst[c] for c in required]
+        except KeyError:
+            missing = [c for c in required if c not in inst]
+            raise RequestError(
+                422, f"instances[{i}] lacks {len(missing)} feature(s) the model needs: {_names(missing)}"
+            ) from None
+        n_meta = ("symbol" in inst) + ("timestamp" in inst)
+        if len(inst) != n_req + n_meta:
+            unknown = [k for k in inst if k not in allowed]
+            if unknown:
+                raise RequestError(
+                    422, f"instances[{i}] has {len(unknown)} unknown feature(s): {_names(unknown)} "
+                    f"(the model takes {n_req} features: {_names(required)})"
+                )
+            row.extend(inst.get(c) for c in optional)  # optional (shadow-only) features
+        elif optional:
+            row.extend([None] * len(optional))
+        for j, v in enumerate(row):
+            t = type(v)
+            if t is not float and t is not int:
+                if j >= n_req and v is None:
+                    continue  # an optional feature left out
+                raise RequestError(
+                    422, f"instances[{i}]: feature {schema.columns[j]!r} must be a number, got {_kind(v)}"
+                )
+        rows.append(row)
+        symbols.append(_symbol(inst.get("symbol"), f"instances[{i}]"))
+        times.append(parse_time(inst.get("timestamp"), f"instances[{i}]"))
+    try:
+        X = np.array(rows, dtype=np.float64)
+    except (OverflowError, ValueError, TypeError):
+        X = _slow_matrix(rows, schema.columns, "instances[{row}]")
+    if optional:
+        # optional features that were left out are NaN: only the shadow model reads them, and it is
+        # refused there (counted as a shadow error), never in the response.
+        _check_values(X[:, :n_req], required, "instances[{row}]")
+        with np.errstate(invalid="ignore"):
+            over = np.abs(X[:, n_req:]) > F32_MAX
+        if over.any():
+            r, c = (int(i) for i in np.argwhere(over)[0])
+            raise RequestError(422, f"instances[{r}]: feature {optional[c]!r} is outside the float32 range")
+    else:
+        _check_values(X, required, "instances[{row}]")
+    return Batch(X=X, columns=schema.columns, symbols=symbols, bar_times=times)
+
+
+def _slow_matrix(rows: list[list[Any]], columns: Sequence[str], where: str) -> np.ndarray:
+    """Cell by cell, to name the value that does not fit a float64 (e.g. a 400-digit integer)."""
+    X = np.empty((len(rows), len(columns)), dtype=np.float64)
+    for r, row in enumerate(rows):
+        for c, v in enumerate(row):
+            try:
+                X[r, c] = np.nan if v is None else float(v)
+            except (OverflowError, ValueError, TypeError):
+                raise RequestError(
+                    422, f"{where.format(row=r)}: feature {columns[c]!r} is outside the float32 range"
+                ) from None
+    return X
+
+
+# --------------------------------------------------------------------------------------------- v2
+
+
+def validate_v2(inputs: Any, schema: Schema) -> Batch:
+    """Open Inference Protocol inputs (objects with name, shape, datatype, data; e.g. kserve's
+    ``InferInput``): one tensor per feature, shape ``[n]`` or ``[n, 1]``; optional BYTES ``symbol`` and
+    ``timestamp`` tensors of the same length."""
+    if not isinstance(inputs, list) or not inputs:
+        raise RequestError(400, '"inputs" must be a non-empty list of tensors, one per feature')
+    allowed = frozenset(schema.columns)
+    by_name: dict[str, Any] = {}
+    for k, t in enumerate(inputs):
+        name = getattr(t, "name", None)
+        if not isinstance(name, str) or not name:
+            raise RequestError(400, f"inputs[{k}] has no name")
+        if name in by_name:
+            raise RequestError(400, f"input {name[:80]!r} is given twice")
+        by_name[name] = t
+    unknown = [n for n in by_name if n not in allowed and n not in META_FIELDS]
+    if unknown:
+        raise RequestError(
+            422, f"{len(unknown)} unknown input(s): {_names(unknown)} "
+            f"(the model takes {len(schema.required)} features: {_names(schema.required)})"
+        )
+    missing = [c for c in schema.required if c not in by_name]
+    if missing:
+        raise RequestError(
+            422, f"{len(missing)} feature input(s) the model needs are missing: {_names(missing)}")
+
+    n: int | None = None
+    first: str = ""
+
+    def length(name: str, t: Any) -> int:
+        nonlocal n, first
+        shape = getattr(t, "shape", None)
+        data = getattr(t, "data", None)
+        if not isinstance(shape, list) or not shape or not all(type(s) is int and s >= 0 for s in shape):
+            raise RequestError(400, f"input {name!r}: shape must be a list of non-negative integers")
+        if len(shape) > 2 or (len(shape) == 2 and shape[1] != 1):
+            raise RequestError(422, f"input {name!r}: shape {shape} is not [n] or [n, 1] (one value per row)")
+        if not isinstance(data, list):
+            raise RequestError(400, f"input {name!r}: data must be a flat list")
+        if len(data) != shape[0]:
+            raise RequestError(
+                422, f"input {name!r}: shape {shape} says {shape[0]} values, data has {len(data)}")
+        if n is None:
+            n, first = shape[0], name
+            _check_rows(n, schema)
+        elif shape[0] != n:
+            raise RequestError(
+                422, f"input {name!r} has {shape[0]} rows but {first!r} has {n}; all must match")
+        return shape[0]
+
+    columns = [c for c in schema.columns if c in by_name]
+    X = np.empty((0, 0))
+    for j, c in enumerate(columns):
+        t = by_name[c]
+        dt = str(getattr(t, "datatype", "")).upper()
+        if dt not in NUMERIC_V2_TYPES:
+            raise RequestError(
+                422, f"input {c!r} has datatype {dt or 'none'}; features must be numeric (FP32 or FP64)"
+            )
+        rows = length(c, t)
+        data = t.data
+        for r, v in enumerate(data):
+            if type(v) is not float and type(v) is not int:
+                raise RequestError(422, f"input {c!r}: value {r} must be a number, got {_kind(v)}")
+        if j == 0:
+            X = np.full((rows, len(schema.columns)), np.nan, dtype=np.float64)
+        try:
+            X[:, schema.columns.index(c)] = data
+        except (OverflowError, ValueError, TypeError):
+            raise RequestError(422, f"input {c!r}: a value is outside the float32 range") from None
+    n_req = len(schema.required)
+    _check_values(X[:, :n_req], schema.required, "row {row}")
+    if schema.optional:
+        with np.errstate(invalid="ignore"):
+            if (np.abs(X[:, n_req:]) > F32_MAX).any():
+                raise RequestError(422, "an optional feature input is outside the float32 range")
+
+    nrows = X.shape[0]
+    meta: dict[str, list[Any]] = {}
+    for m in META_FIELDS:
+        t = by_name.get(m)
+        if t is None:
+            meta[m] = [None] * nrows
+            continue
+        dt = str(getattr(t, "datatype", "")).upper()
+        if dt != "BYTES":
+            raise RequestError(422, f"input {m!r} must have datatype BYTES (strings), got {dt or 'none'}")
+        length(m, t)
+        vals = []
+        for r, v in enumerate(t.data):
+            if isinstance(v, bytes):
+                try:
+                    v = v.decode("utf-8")
+                except UnicodeDecodeError:
+                    raise RequestError(422, f"input {m!r}: value {r} is not UTF-8") from None
+            vals.append(v)
+        meta[m] = vals
+    symbols = [_symbol(v, f"row {r}") for r, v in enumerate(meta["symbol"])]
+    times = [parse_time(v, f"row {r}") for r, v in enumerate(meta["timestamp"])]
+    return Batch(X=X, columns=schema.columns, symbols=symbols, bar_times=times)

@@ -12,14 +12,25 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-BENCHES = [["bench_cycle.py"], ["bench_drift.py"], ["bench_predictor.py"], ["bench_real.py"]]
+BENCHES = [["bench_cycle.py"], ["bench_drift.py"], ["bench_predictor.py"], ["bench_rollout.py"], ["bench_real.py"]]
 
 
-def run(argv: list[str]) -> dict:
+def run(argv: list[str]) -> list[dict]:
+    """Every JSON object line a benchmark printed (one benchmark may report several results)."""
     p = subprocess.run([sys.executable, str(HERE / argv[0]), *argv[1:]], capture_output=True, text=True)
     if p.returncode != 0:
-        return {"name": argv[0], "error": (p.stderr.strip().splitlines() or ["failed"])[-1]}
-    return json.loads(p.stdout.strip().splitlines()[-1])
+        return [{"name": argv[0], "error": (p.stderr.strip().splitlines() or ["failed"])[-1]}]
+    out = []
+    for line in p.stdout.splitlines():
+        line = line.strip()
+        if line.startswith("{"):
+            try:
+                obj = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(obj, dict) and "name" in obj:
+                out.append(obj)
+    return out or [{"name": argv[0], "error": "printed no JSON result line"}]
 
 
 def markdown(meta: dict, results: list[dict]) -> str:
@@ -94,7 +105,7 @@ def markdown(meta: dict, results: list[dict]) -> str:
 def main() -> None:
     meta = {"date": dt.date.today().isoformat(), "cores": os.cpu_count(), "machine": platform.machine(),
             "python": platform.python_version()}
-    results = [run(b) for b in BENCHES]
+    results = [r for b in BENCHES for r in run(b)]
     (HERE / "results.json").write_text(json.dumps({"meta": meta, "results": results}, indent=2) + "\n")
     md = markdown(meta, results)
     (HERE / "RESULTS.md").write_text(md + "\n")

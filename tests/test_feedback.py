@@ -25,6 +25,7 @@ from tideline.feedback import (
     join_outcomes,
     live_metrics,
     load_prediction_log,
+    outcomes_from_log,
     run_feedback,
 )
 from tideline.registry import ModelVersion, Registry, open_registry
@@ -464,3 +465,55 @@ def test_cli_feedback_wired_into_tideline(reg: Registry, tmp_path: Path,
     d = json.loads(capsys.readouterr().out)
     assert d["versions"][mv.version]["n"] == 1 and d["versions"][mv.version]["n_pending"] == 1
     assert cli.main(["--registry", reg.store.uri, "feedback", "--data", str(data), "--since", "nope"]) == 2
+
+
+# ---- live outcomes for the rollout analysis -------------------------------------------------------------
+def test_outcomes_from_log_by_hand(reg: Registry, tmp_path: Path) -> None:
+    base = register(reg, tmp_path, horizon=1).version
+    cand = register(reg, tmp_path, horizon=2).version
+    other = register(reg, tmp_path, horizon=1).version
+    since = LOGGED - pd.Timedelta(minutes=1)
+    log = pd.concat([
+        pred_rows([("AAA", t, 0.01) for t in range(6)] + [("BBB", t, -0.01) for t in range(4)], version=base),
+        pred_rows([("AAA", 0, -0.02), ("AAA", 1, 0.02), ("AAA", 2, 0.02)], version=cand, role="shadow",
+                  start=LOGGED + pd.Timedelta(minutes=1)),
+        pred_rows([("BBB", 6, 0.03), ("AAA", 9, 0.01), ("ZZZ", 1, 0.5)], version=cand, role="canary",
+                  start=LOGGED + pd.Timedelta(minutes=2)),
+        pred_rows([("AAA", 0, 0.05)], version=cand, role="canary",  # a retry: the first one is kept
+                  start=LOGGED + pd.Timedelta(minutes=3)),
+        pred_rows([("AAA", 7, 1.0)], version=base, start=since - pd.Timedelta(hours=1)),  # before since
+        pred_rows([("AAA", 1, 1.0)], version=other),  # another version: ignored
+    ], ignore_index=True)
+    write_log(reg, log)
+    bars = tiny_bars()
+
+    def expect(items: list[tuple[str, int, float]], h: int) -> tuple[list[float], list[float]]:
+        y = [lr(s_, t, h) for s_, t, _ in items]
+        return ([p - yy for (_, _, p), yy in zip(items, y, strict=True)],
+                [float(np.sign(p) == np.sign(yy)) for (_, _, p), yy in zip(items, y, strict=True)])
+
+    base_items = [("AAA", t, 0.01) for t in range(6)] + [("BBB", t, -0.01) for t in range(4)]
+    cand_items = [("AAA", 0, -0.02), ("AAA", 1, 0.02), ("AAA", 2, 0.02), ("BBB", 6, 0.03)]  # AAA 9: pending
+
+    unpaired = outcomes_from_log(reg, bars, since=since, min_pairs=100)
+    o = unpaired(cand, base)
+    ce, ch = expect(cand_items, 2)
+    be, bh = expect(base_items, 1)
+    assert sorted(o.candidate_errors) == pytest.approx(sorted(ce)) and sorted(o.candidate_hits) == sorted(ch)
+    assert sorted(o.active_errors) == pytest.approx(sorted(be)) and sorted(o.active_hits) == sorted(bh)
+    assert unpaired.last_report == {"candidate": 4, "baseline": 10, "paired": False, "common": 3,
+                                    "logged": len(log) - 2}  # the old row and the other version dropped
+
+    # paired: only the bars both versions predicted (the shadowed AAA 0..2), from a bars FILE this time
+    path = write_bars(bars, tmp_path / "recent.parquet")
+    paired = outcomes_from_log(reg, str(path), since=since, min_pairs=3)
+    o = paired(cand, base)
+    ce, ch = expect(cand_items[:3], 2)
+    be, bh = expect(base_items[:3], 1)
+    assert sorted(o.candidate_errors) == pytest.approx(sorted(ce)) and sorted(o.active_errors) == pytest.approx(sorted(be))
+    assert sorted(o.candidate_hits) == sorted(ch) and sorted(o.active_hits) == sorted(bh)
+    assert paired.last_report["paired"] is True and paired.last_error is None
+
+    # a bars source that cannot be read: no outcomes this interval (inconclusive), never an exception
+    broken = outcomes_from_log(reg, str(tmp_path / "missing.parquet"), since=since)
+    assert broken(cand, base) is None and broken.last_error

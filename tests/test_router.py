@@ -198,6 +198,25 @@ def test_dead_canary_never_causes_a_5xx(router: Proc, ups: dict[str, Proc]) -> N
     assert status == 502 and "unreachable" in json.loads(data)["error"]
 
 
+def test_canary_5xx_is_answered_by_active_and_counted(router: Proc, ups: dict[str, Proc]) -> None:
+    c = Client(router.port)
+    before = MetricsSnapshot.parse(Client(ups["bad"].port).call("GET", "/metrics")[2].decode())
+    c.state(active=ups["v1"].url, canary=ups["bad"].url, weight=50, shadow=None)
+    try:
+        results = [c.predict({"x-request-id": uuid.uuid4().hex}) for _ in range(200)]
+    finally:
+        c.state(canary=None, weight=0)
+    assert all(s == 200 for s, _, _ in results)  # clients never see the canary's 500s ...
+    retried = [h for _, h, _ in results if h.get("x-tideline-retried") == "canary-5xx"]
+    assert 60 <= len(retried) <= 140 and all(h["x-model-version"] == "v1" for h in retried)
+    _, _, data = c.call("GET", "/metrics")
+    m = re.search(r'tideline_router_canary_retries_total\{reason="5xx"\} ([\d.e+]+)', data.decode())
+    assert m and float(m.group(1)) >= len(retried)
+    after = MetricsSnapshot.parse(Client(ups["bad"].port).call("GET", "/metrics")[2].decode())
+    # ... but the canary's own counters (what the rollout analysis reads) still show every one of them
+    assert after.select("v3").errors - before.select("v3").errors == len(retried)
+
+
 def test_router_overhead_on_loopback(router: Proc, ups: dict[str, Proc]) -> None:
     direct, routed = Client(ups["v1"].port), Client(router.port)
 

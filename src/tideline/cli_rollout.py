@@ -51,11 +51,32 @@ def _line(st: RolloutStatus) -> str:
     return f"[{st.phase.value}{w}] {st.candidate} vs {st.baseline}: {st.message}"
 
 
+def _outcomes(s: Settings, reg: Registry, name: str) -> Any:
+    """The live-outcome provider of a rollout whose spec names recent bars (``--bars``), else None.
+
+    Predictions are joined from the rollout's creation on (both versions, every role)."""
+    from tideline.feedback import outcomes_from_log
+    from tideline.rollout.controller import load_rollout
+
+    doc, _ = load_rollout(reg.store, name)
+    if not doc.spec.bars:
+        return None
+    since = doc.events[0]["at"] if doc.events else time.time()
+    return outcomes_from_log(reg, doc.spec.bars, since=_epoch_utc(since), endpoint_url=s.endpoint_url())
+
+
+def _epoch_utc(epoch: float) -> Any:
+    import pandas as pd
+
+    return pd.Timestamp(epoch, unit="s", tz="UTC")
+
+
 def _run_controller(s: Settings, reg: Registry, name: str) -> RolloutStatus:
     from tideline.cli import out
+    from tideline.rollout.backends.local import LocalBackend
     from tideline.rollout.controller import RolloutController
 
-    backend = _backend(s, reg, name)
+    backend = LocalBackend(reg, name, home=s.home, outcomes=_outcomes(s, reg, name))
     ctrl = RolloutController(name, backend, reg.store)
     last: list[str] = []
 
@@ -131,6 +152,13 @@ def rollout_start(
     max_error_rate: Annotated[float, typer.Option(min=0, max=1)] = 0.01,
     max_p99_ms: Annotated[float, typer.Option(min=0.001)] = 250.0,
     min_requests: Annotated[int, typer.Option(min=1, help="Candidate requests per interval to judge it.")] = 20,
+    bars: Annotated[Optional[str], typer.Option(
+        "--bars", help="Recent bars (CSV, Parquet, a directory, s3://) to join live predictions with: enables "
+                       "the live accuracy and error checks. Without it they stay inconclusive.")] = None,
+    accuracy_margin: Annotated[float, typer.Option(
+        min=0, max=1, help="Live directional accuracy the candidate may lose against production.")] = 0.02,
+    min_outcomes: Annotated[int, typer.Option(
+        min=1, help="Labelled live outcomes per side before the accuracy/error checks count.")] = 50,
     detach: Annotated[bool, typer.Option("--detach", help="Run the controller in the background.")] = False,
 ) -> None:
     """Start a rollout of CANDIDATE against production: shadow, canary steps, promote or roll back."""
@@ -145,6 +173,12 @@ def rollout_start(
         raise PolicyError("nothing is in production to roll out against",
                           hint="promote a version first: `tideline models promote VERSION`")
     cand = reg.resolve(candidate)
+    if bars is not None and "://" not in bars:
+        from pathlib import Path
+
+        if not Path(bars).expanduser().exists():
+            raise ConfigError(f"--bars {bars}: no such file or directory")
+        bars = str(Path(bars).expanduser().resolve())  # the background controller may run elsewhere
     backend = _backend(s, reg, name)
     try:
         backend.router_state()  # fails with a clear message when `tideline serve` is not running
@@ -155,16 +189,19 @@ def rollout_start(
             name=name, target=name, candidate=cand, baseline=baseline,
             shadow=ShadowSpec(min_duration_s=shadow_seconds, min_labelled=min_labelled),
             steps=parse_steps(steps), interval_s=interval, failure_limit=failure_limit,
-            max_inconclusive=max_inconclusive,
+            max_inconclusive=max_inconclusive, bars=bars,
             thresholds=Thresholds(max_error_rate=max_error_rate, max_p99_latency_ms=max_p99_ms,
-                                  min_requests=min_requests),
+                                  min_requests=min_requests, accuracy_margin=accuracy_margin,
+                                  min_labelled=min_outcomes),
         )
     except ValueError as e:
         raise ConfigError(str(e)) from None
     create_rollout(reg.store, spec, time.time())
     reg.set_alias("candidate", cand, reason=f"rollout {name} started", actor="rollout")
     out.print(f"rollout {name}: {cand} vs production {baseline}, shadow {shadow_seconds:g}s, "
-              f"steps {list(spec.steps)}, every {interval:g}s", highlight=False)
+              f"steps {list(spec.steps)}, every {interval:g}s"
+              + (f", live outcomes from {bars}" if bars else ", no live outcomes (--bars not given)"),
+              highlight=False)
     if detach:
         log_path = s.home / "serving" / "logs" / f"rollout-{name}.log"
         log_path.parent.mkdir(parents=True, exist_ok=True)

@@ -60,9 +60,11 @@ __all__ = [
     "PREDICTION_COLUMNS",
     "FeedbackReport",
     "LiveMetrics",
+    "LiveOutcomeSource",
     "join_outcomes",
     "live_metrics",
     "load_prediction_log",
+    "outcomes_from_log",
     "run_feedback",
 ]
 
@@ -533,3 +535,109 @@ def live_record(whole: LiveMetrics, per_role: Mapping[tuple[str, str], LiveMetri
         "n_monitored": monitored,
         "source": "tideline.feedback",
     }
+
+
+# ---- live outcomes for a rollout's analysis ---------------------------------------------------------------
+class LiveOutcomeSource:
+    """``outcomes_from_log``'s provider: ``provider(candidate, baseline) -> LiveOutcomes | None``.
+
+    Each call reads the prediction log (``since`` onwards, every role), keeps the rows of the two versions,
+    joins them with the bars (``join_outcomes``, each version with its own label horizon) and returns the
+    realized errors and direction hits of the candidate (any role: shadow copies and canary answers) and of
+    the baseline. A version's rows are one per (symbol, bar_time), the first logged.
+
+    Paired when possible: if both versions have realized outcomes on at least ``min_pairs`` common
+    (symbol, bar_time) keys (always the case in shadow, where the same requests reach both), only those
+    common bars are compared, so both sides face the same market; otherwise (a canary splits the
+    requests, so each bar was usually predicted by one version only) every realized row of each side.
+
+    ``bars``: a DataFrame of bars, or a source for ``tideline.data.load_bars`` (CSV, Parquet, a directory,
+    ``s3://``), re-read at most every ``refresh_s`` seconds (the recent bars keep arriving); validated in
+    quarantine mode (bad rows are dropped, never guessed). Never raises: a failure (unreadable bars, a
+    store error) is logged, kept in ``last_error`` and answered with None, which leaves the outcome checks
+    inconclusive for that interval. ``last_report`` holds the counts of the last call.
+    """
+
+    def __init__(self, registry: Registry, bars: pd.DataFrame | str | Any, *, since: Any = None,
+                 until: Any = None, min_pairs: int = 50, refresh_s: float = 30.0,
+                 endpoint_url: str | None = None) -> None:
+        self.registry = registry
+        self.since = _utc(since, "since")
+        self.until = _utc(until, "until")
+        self.min_pairs = int(min_pairs)
+        self.refresh_s = float(refresh_s)
+        self.endpoint_url = endpoint_url
+        self._source = None if isinstance(bars, pd.DataFrame) else str(bars)
+        self._bars: pd.DataFrame | None = self._clean(bars) if isinstance(bars, pd.DataFrame) else None
+        self._bars_at = float("-inf")
+        self._horizons: dict[str, int] = {}
+        self.last_error: str | None = None
+        self.last_report: dict[str, Any] = {}
+
+    @staticmethod
+    def _clean(raw: pd.DataFrame) -> pd.DataFrame:
+        from tideline.data import validate_bars
+
+        return validate_bars(raw, mode="quarantine").clean
+
+    def bars(self) -> pd.DataFrame:
+        import time as _time
+
+        if self._source is not None and (self._bars is None or _time.monotonic() - self._bars_at >= self.refresh_s):
+            from tideline.data import load_bars
+
+            self._bars = self._clean(load_bars(self._source, endpoint_url=self.endpoint_url))
+            self._bars_at = _time.monotonic()
+        assert self._bars is not None
+        return self._bars
+
+    def _horizon(self, version: str) -> int:
+        if version not in self._horizons:
+            self._horizons[version] = _horizon_of(self.registry.get(version))
+        return self._horizons[version]
+
+    def _realized(self, log_df: pd.DataFrame, version: str, bars: pd.DataFrame) -> pd.DataFrame:
+        rows = log_df.loc[log_df["version"] == version]
+        if len(rows) == 0:
+            return rows.assign(error=pd.Series([], dtype=np.float64), hit=pd.Series([], dtype=np.float64))
+        joined = _version_rows(join_outcomes(rows, bars, self._horizon(version)))
+        ok = (joined["status"] == "realized") & np.isfinite(joined["prediction"].to_numpy(dtype=np.float64))
+        return joined.loc[ok]
+
+    def __call__(self, candidate: str, baseline: str) -> Any:
+        from tideline.rollout.analysis import LiveOutcomes
+
+        try:
+            bars = self.bars()
+            log_df = load_prediction_log(self.registry, since=self.since, until=self.until)
+            log_df = log_df.loc[log_df["version"].isin([candidate, baseline])]
+            cand = self._realized(log_df, candidate, bars)
+            base = self._realized(log_df, baseline, bars)
+        except (TidelineError, OSError, ValueError, KeyError) as e:
+            self.last_error = f"{type(e).__name__}: {e}"
+            log.warning("live outcomes unavailable this interval: %s", self.last_error)
+            return None
+        self.last_error = None
+        key = ["symbol", "bar_time"]
+        common = cand[key].merge(base[key], on=key, how="inner")
+        paired = len(common) >= self.min_pairs and self.min_pairs > 0
+        if paired:
+            cand = cand.merge(common, on=key, how="inner")
+            base = base.merge(common, on=key, how="inner")
+        self.last_report = {"candidate": int(len(cand)), "baseline": int(len(base)), "paired": paired,
+                            "common": int(len(common)), "logged": int(len(log_df))}
+        return LiveOutcomes(
+            candidate_errors=cand["error"].to_numpy(dtype=np.float64).tolist(),
+            active_errors=base["error"].to_numpy(dtype=np.float64).tolist(),
+            candidate_hits=cand["hit"].to_numpy(dtype=np.float64).tolist(),
+            active_hits=base["hit"].to_numpy(dtype=np.float64).tolist(),
+        )
+
+
+def outcomes_from_log(registry: Registry, bars: pd.DataFrame | str | Any, *, since: Any = None,
+                      until: Any = None, min_pairs: int = 50, refresh_s: float = 30.0,
+                      endpoint_url: str | None = None) -> LiveOutcomeSource:
+    """The live-outcome provider a rollout backend calls each analysis interval (see ``LiveOutcomeSource``):
+    ``outcomes_from_log(registry, "recent.parquet", since=rollout_start)(candidate, baseline)``."""
+    return LiveOutcomeSource(registry, bars, since=since, until=until, min_pairs=min_pairs, refresh_s=refresh_s,
+                             endpoint_url=endpoint_url)

@@ -91,6 +91,10 @@ class RolloutSpec:
     """consecutive failed analyses that roll back."""
     max_inconclusive: int = 20
     """consecutive inconclusive analyses that roll back (0: never)."""
+    bars: str | None = None
+    """recent bars (a ``tideline.data.load_bars`` source) to join live predictions with for the outcome
+    checks (accuracy, error KS); None: those checks stay inconclusive. Kept in the spec so a restarted
+    controller uses the same source."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "steps", tuple(int(s) for s in self.steps))

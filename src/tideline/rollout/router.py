@@ -9,11 +9,17 @@
   ``predictions`` are kept as pairs (``GET /_tideline/pairs``) for the divergence check.
 * Status codes, bodies and headers (``x-model-version`` included) pass through; ``x-tideline-route:
   active|canary`` is added. A connection failure on the canary route is retried once on the active
-  upstream, so a dead canary never causes a client-visible 5xx.
+  upstream, so a dead canary never causes a client-visible 5xx; so is a 5xx *answer* from the canary
+  (``retry_canary_5xx``, on by default: predictions are pure functions of the request, so replaying one
+  is safe). The canary's own ``/metrics`` still count its 5xx (that is what the rollout analysis reads),
+  and the router counts the retries (``tideline_router_canary_retries_total{reason}``); a retried answer
+  carries ``x-tideline-retried: canary-5xx|canary-unreachable``. A connection failure on the active route
+  right after the active upstream was switched (an old predictor stopping) is retried once on the new one.
 * Admin API on the same server: ``GET /_tideline/state``, ``PUT /_tideline/state`` (JSON with any of
   ``active``, ``canary``, ``weight``, ``shadow``; applied atomically), ``GET /_tideline/pairs``,
   ``GET /_tideline/health`` and ``GET /metrics`` (``tideline_router_requests_total{route,code}``,
-  ``tideline_router_shadow_total{outcome}``, ``tideline_router_fallbacks_total``).
+  ``tideline_router_shadow_total{outcome}``, ``tideline_router_fallbacks_total``,
+  ``tideline_router_canary_retries_total{reason}``).
 
 Entry: ``python -m tideline.rollout.router --port 0 --active URL`` prints ``READY port=<p>``.
 aiohttp on uvloop with keep-alive upstream pools was measured at well under 1 ms of added p50 latency on
@@ -82,8 +88,10 @@ class Router:
     """The router app. ``await start(host, port)`` serves; ``state`` is replaced atomically."""
 
     def __init__(self, state: RouterState, *, seed: int | None = None, timeout_s: float = 30.0,
-                 shadow_queue: int = 1000, shadow_workers: int = 32, pairs_kept: int = 5000) -> None:
+                 shadow_queue: int = 1000, shadow_workers: int = 32, pairs_kept: int = 5000,
+                 retry_canary_5xx: bool = True) -> None:
         self.state = state.validate()
+        self.retry_canary_5xx = retry_canary_5xx
         self._rng = random.Random(seed)
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
         self._shadow_q: asyncio.Queue[tuple[Any, ...]] | None = None
@@ -102,6 +110,10 @@ class Router:
         self._fallbacks = Counter("tideline_router_fallbacks_total",
                                   "Canary connection failures retried on the active upstream",
                                   registry=self.registry)
+        self._retries = Counter("tideline_router_canary_retries_total",
+                                "Canary requests answered by the active upstream instead (why)",
+                                ["reason"], registry=self.registry)
+        self._retry_children = {r: self._retries.labels(reason=r) for r in ("5xx", "unreachable")}
         self._children: dict[tuple[str, int], Any] = {}
         self._shadow_children = {o: self._shadow.labels(outcome=o) for o in ("sent", "error", "dropped")}
 
@@ -214,15 +226,24 @@ class Router:
         if not rid:
             headers["x-request-id"] = uuid.uuid4().hex  # lets shadow and prediction logs pair up
         path = request.path_qs
+        retried = None
         try:
             try:
                 status, rh, data = await self._send(st.canary if route == "canary" else st.active,
                                                     request.method, path, headers, body)
             except aiohttp.ClientConnectionError:
-                if route != "canary":
-                    raise
-                self._fallbacks.inc()
-                route = "active"
+                cur = self.state
+                if route == "canary":
+                    self._fallbacks.inc()
+                    self._retry_children["unreachable"].inc()
+                    retried = "canary-unreachable"
+                elif cur.active == st.active:
+                    raise  # the active upstream itself is down: a real outage
+                route, st = "active", cur  # the active was switched while this request was on its way
+                status, rh, data = await self._send(st.active, request.method, path, headers, body)
+            if route == "canary" and status >= 500 and self.retry_canary_5xx:
+                self._retry_children["5xx"].inc()
+                retried, route = "canary-5xx", "active"
                 status, rh, data = await self._send(st.active, request.method, path, headers, body)
         except aiohttp.ClientConnectionError as e:
             self._count(route, 502)
@@ -244,6 +265,8 @@ class Router:
         for k, v in rh:
             resp.headers.add(k, v)
         resp.headers["x-tideline-route"] = route
+        if retried:
+            resp.headers["x-tideline-retried"] = retried
         return resp
 
     async def _shadow_worker(self) -> None:
@@ -293,13 +316,15 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--timeout", type=float, default=30.0, help="upstream timeout in seconds")
     p.add_argument("--shadow-queue", type=int, default=1000, help="mirrored requests waiting at most")
     p.add_argument("--shadow-workers", type=int, default=32, help="mirrored requests in flight at most")
+    p.add_argument("--retry-canary-5xx", action=argparse.BooleanOptionalAction, default=True,
+                   help="answer a canary's 5xx from the active upstream instead (default: on)")
     return p.parse_args(argv)
 
 
 async def _serve(args: argparse.Namespace) -> None:
     router = Router(RouterState(args.active, args.canary, args.weight, args.shadow), seed=args.seed,
                     timeout_s=args.timeout, shadow_queue=args.shadow_queue,
-                    shadow_workers=args.shadow_workers)
+                    shadow_workers=args.shadow_workers, retry_canary_5xx=args.retry_canary_5xx)
     port = await router.start(args.host, args.port)
     sys.stdout.write(f"READY port={port}\n")
     sys.stdout.flush()

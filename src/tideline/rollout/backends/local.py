@@ -24,7 +24,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -58,13 +58,23 @@ class Proc:
         return f"http://127.0.0.1:{self.port}"
 
 
-def default_predictor_factory(registry_uri: str, name: str, *, reload_interval: float = 0.0) -> PredictorFactory:
-    """The real predictor: ``python -m tideline.serving ...`` (see docs/CONTRACTS.md)."""
+def default_predictor_factory(registry_uri: str, name: str, *, reload_interval: float = 0.0,
+                              extra_args: Sequence[str] = (),
+                              env: Callable[[str, str], Mapping[str, str]] | None = None) -> PredictorFactory:
+    """The real predictor: ``python -m tideline.serving ...`` (see docs/CONTRACTS.md).
+
+    ``extra_args`` are appended (e.g. ``--log-flush-seconds 1``); ``env(version, role)`` may return
+    environment variables for that one process (e.g. ``TIDELINE_CHAOS`` for a drill on the candidate
+    only): the command is then prefixed with ``env NAME=VALUE ...``."""
 
     def make(version: str, role: str) -> list[str]:
-        return [sys.executable, "-m", "tideline.serving", "--registry", registry_uri, "--name", name,
+        argv = [sys.executable, "-m", "tideline.serving", "--registry", registry_uri, "--name", name,
                 "--ref", version, "--role", role, "--http-port", "0",
-                "--reload-interval", str(reload_interval)]
+                "--reload-interval", str(reload_interval), *extra_args]
+        extra_env = dict(env(version, role)) if env is not None else {}
+        if extra_env:
+            argv = ["env", *(f"{k}={v}" for k, v in extra_env.items()), *argv]
+        return argv
 
     return make
 

@@ -287,3 +287,24 @@ def test_status_mapping_covers_every_machine_field() -> None:
     jsonschema.Draft4Validator(strict(SCHEMA["properties"]["status"])).validate(cr)
     assert op.status_from_cr(cr) == st
     assert m.validate_status(spec, st) == []
+
+
+def test_bars_in_the_spec_wire_live_outcomes_into_the_analysis(registry: Registry, monkeypatch: pytest.MonkeyPatch,
+                                                                tmp_path: Path) -> None:
+    from tideline.feedback import LiveOutcomeSource
+
+    w = World(registry, spec={"bars": str(tmp_path / "recent.parquet")})
+    monkeypatch.setattr(op, "_reconciler", w.rec)
+    w.tick()
+    src = w.rec._outcomes[(NS, "roll")]
+    assert isinstance(src, LiveOutcomeSource) and src.registry is registry
+    assert rollout_bars(w) == str(tmp_path / "recent.parquet")
+    # without bars no outcome source is built: accuracy and KS checks stay inconclusive
+    w2 = World(registry)
+    monkeypatch.setattr(op, "_reconciler", w2.rec)
+    w2.tick()
+    assert (NS, "roll") not in w2.rec._outcomes
+
+
+def rollout_bars(w: World) -> str | None:
+    return op.rollout_spec("roll", w.body()["spec"], "v1").bars

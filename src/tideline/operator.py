@@ -30,6 +30,8 @@ from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
+import pandas as pd
+
 from tideline.errors import ConfigError, TidelineError
 from tideline.registry import Registry, open_registry
 from tideline.rollout import machine
@@ -90,6 +92,7 @@ def rollout_spec(name: str, spec: Mapping[str, Any], baseline: str) -> machine.R
     try:
         return machine.RolloutSpec(
             name=name, target=str(spec["targetRef"]), candidate=str(spec["candidate"]), baseline=baseline,
+            bars=str(spec["bars"]) if spec.get("bars") else None,
             shadow=machine.ShadowSpec(**shadow_kw),
             thresholds=Thresholds(**{names[k]: v for k, v in thr.items() if k in names}), **kw,
         )
@@ -174,6 +177,7 @@ class Reconciler:
             source, core_api=self.core_api, namespace=ns, isvc_name=isvc))
         self._registries: dict[str, Registry] = {}
         self._readers: dict[tuple[str, str], Any] = {}
+        self._outcomes: dict[tuple[str, str], Any] = {}
         self._locks: dict[tuple[str, str], threading.Lock] = {}
         self._guard = threading.Lock()
 
@@ -202,6 +206,7 @@ class Reconciler:
         return ((obj or {}).get("metadata") or {}).get("resourceVersion")
 
     def forget(self, namespace: str, name: str) -> None:
+        self._outcomes.pop((namespace, name), None)
         self._readers.pop((namespace, name), None)
         with self._guard:
             self._locks.pop((namespace, name), None)
@@ -260,7 +265,8 @@ class Reconciler:
             spec = rollout_spec(name, spec_cr, str(baseline))
             if status is None:
                 status = machine.RolloutStatus.initial(spec)
-            backend = self._backend(ns, name, spec_cr, spec, registry)
+            started = pd.Timestamp(status.started_at, unit="s", tz="UTC") if status.started_at else None
+            backend = self._backend(ns, name, spec_cr, spec, registry, started)
         except TidelineError as e:
             st = status or machine.RolloutStatus(candidate=str(spec_cr.get("candidate", "")))
             st = dataclasses.replace(st, phase=machine.Phase.FAILED, message=f"failed: {e}",
@@ -324,14 +330,23 @@ class Reconciler:
             apply_action(backend, a, spec)
 
     def _backend(self, ns: str, name: str, spec_cr: Mapping[str, Any], spec: machine.RolloutSpec,
-                 registry: Registry) -> KServeBackend:
+                 registry: Registry, started: Any = None) -> KServeBackend:
         source = str(spec_cr.get("metricsSource") or "pods")
         reader = self._readers.get((ns, name))
         if reader is None:
             reader = self._readers[(ns, name)] = self._reader_factory(source, ns, spec.target)
+        outcomes = None
+        if spec.bars:  # live outcomes: the prediction log joined with realized returns from these bars
+            outcomes = self._outcomes.get((ns, name))
+            if outcomes is None:
+                from tideline.feedback import outcomes_from_log
+
+                outcomes = self._outcomes[(ns, name)] = outcomes_from_log(
+                    registry, spec.bars, since=started, endpoint_url=os.environ.get("AWS_ENDPOINT_URL"))
         return KServeBackend(
             self.custom_api, ns, spec.target, registry, str(spec_cr.get("mode") or "Serverless"), reader,
             versions=[spec.candidate], baseline=spec.baseline, window_s=int(spec.interval_s),
+            outcomes_reader=outcomes,
         )
 
     @staticmethod

@@ -11,6 +11,7 @@ help:
 	@echo "make test   - create .venv, install tideline with test extras, run the whole test suite"
 	@echo "make demo   - run one full retraining cycle on the embedded default (synthetic market, local registry)"
 	@echo "make bench  - run the benchmarks in bench/ and write bench/results.json + bench/RESULTS.md"
+	@echo "make kind-up | images | deploy | pipeline-upload | e2e | kind-down - tideline on a local kind cluster (docs/KIND.md)"
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "tideline needs Python >= 3.11"' \
@@ -35,3 +36,125 @@ bench: $(STAMP)
 
 clean:
 	rm -rf .tideline .pytest_cache build *.egg-info src/*.egg-info
+
+# ---- Kubernetes on kind: make kind-up images deploy pipeline-upload e2e kind-down (docs/KIND.md) ----------
+# Every version lives in versions.env; each target checks its tools (scripts/check-tools.sh) and is idempotent.
+include versions.env
+
+KIND_CLUSTER ?= tideline
+NS           ?= tideline
+KIND         ?= kind
+KUBECTL      ?= kubectl
+HELM         ?= helm
+DOCKER       ?= docker
+PROMETHEUS   ?= 0
+K            := $(KUBECTL) --context kind-$(KIND_CLUSTER)
+CHECK        := DOCKER=$(DOCKER) KIND=$(KIND) KUBECTL=$(KUBECTL) HELM=$(HELM) scripts/check-tools.sh
+PIPELINE_IMAGE   := ghcr.io/tideline/tideline:$(TIDELINE_VERSION)
+PREDICTOR_IMAGE  := ghcr.io/tideline/tideline-predictor:$(TIDELINE_VERSION)
+CONTROLLER_IMAGE := ghcr.io/tideline/tideline-controller:$(TIDELINE_VERSION)
+KFP_HOST     ?= http://localhost:8888
+E2E_REGISTRY := s3://tideline-models/registry
+PF_PIDS      := .tideline/port-forward.pids
+
+.PHONY: kind-up images deploy pipeline-upload e2e kind-down chart-sync _cluster
+
+_cluster:
+	@$(CHECK) kubectl
+	@$(K) get --raw /readyz >/dev/null 2>&1 \
+		|| { echo "error: no reachable kind cluster 'kind-$(KIND_CLUSTER)'; run: make kind-up"; exit 1; }
+
+kind-up:
+	@$(CHECK) docker kind kubectl helm
+	@command -v git >/dev/null || { echo "error: git is required (kubectl fetches the KFP manifests with it)"; exit 1; }
+	@if $(KIND) get clusters 2>/dev/null | grep -qx '$(KIND_CLUSTER)'; then echo "kind cluster $(KIND_CLUSTER) exists"; \
+	else $(KIND) create cluster --name $(KIND_CLUSTER) --image $(KIND_NODE_IMAGE) --config kind-config.yaml --wait 180s; fi
+	# cert-manager: KServe's webhook certificates
+	$(K) apply --server-side --force-conflicts -f https://github.com/cert-manager/cert-manager/releases/download/$(CERT_MANAGER_VERSION)/cert-manager.yaml
+	$(K) -n cert-manager rollout status deploy/cert-manager-webhook --timeout=300s
+	# KServe (controller + CRDs, then the cluster runtimes); our InferenceService asks for RawDeployment
+	$(K) apply --server-side --force-conflicts -f https://github.com/kserve/kserve/releases/download/$(KSERVE_VERSION)/kserve.yaml
+	$(K) -n kserve rollout status deploy/kserve-controller-manager --timeout=300s
+	$(K) apply --server-side --force-conflicts -f https://github.com/kserve/kserve/releases/download/$(KSERVE_VERSION)/kserve-cluster-resources.yaml
+	# Kubeflow Pipelines standalone (brings Argo Workflows and its CronWorkflow CRD)
+	$(K) apply -k "github.com/kubeflow/pipelines/manifests/kustomize/cluster-scoped-resources?ref=$(KFP_VERSION)"
+	$(K) wait --for condition=established --timeout=120s crd/applications.app.k8s.io crd/cronworkflows.argoproj.io
+	$(K) apply -k "github.com/kubeflow/pipelines/manifests/kustomize/env/platform-agnostic?ref=$(KFP_VERSION)"
+	$(K) -n kubeflow wait --for=condition=Available deploy --all --timeout=900s
+	# Prometheus Operator CRDs always (our PodMonitor), the full stack with PROMETHEUS=1
+	$(HELM) upgrade --install prometheus-operator-crds prometheus-operator-crds --kube-context kind-$(KIND_CLUSTER) \
+		--repo https://prometheus-community.github.io/helm-charts --version $(PROMETHEUS_OPERATOR_CRDS_CHART_VERSION) \
+		--namespace monitoring --create-namespace --wait
+	@if [ "$(PROMETHEUS)" = "1" ]; then \
+		$(HELM) upgrade --install kps kube-prometheus-stack --kube-context kind-$(KIND_CLUSTER) \
+			--repo https://prometheus-community.github.io/helm-charts --version $(KUBE_PROMETHEUS_STACK_CHART_VERSION) \
+			--namespace monitoring -f manifests/addons/kube-prometheus-stack-values.yaml --wait --timeout 15m; \
+	else echo "(Prometheus + Grafana skipped; make kind-up PROMETHEUS=1 installs kube-prometheus-stack)"; fi
+	@echo "cluster kind-$(KIND_CLUSTER) ready; next: make images deploy"
+
+images:
+	@$(CHECK) docker kind
+	$(DOCKER) build --build-arg PYTHON_BASE_IMAGE=$(PYTHON_BASE_IMAGE) -f components/Dockerfile -t $(PIPELINE_IMAGE) .
+	$(DOCKER) build -f serving/Dockerfile -t $(PREDICTOR_IMAGE) .
+	$(DOCKER) build --build-arg PYTHON_BASE_IMAGE=$(PYTHON_BASE_IMAGE) -f docker/controller.Dockerfile -t $(CONTROLLER_IMAGE) .
+	@$(KIND) get clusters 2>/dev/null | grep -qx '$(KIND_CLUSTER)' \
+		|| { echo "error: kind cluster $(KIND_CLUSTER) not found; run: make kind-up"; exit 1; }
+	$(KIND) load docker-image --name $(KIND_CLUSTER) $(PIPELINE_IMAGE) $(PREDICTOR_IMAGE) $(CONTROLLER_IMAGE)
+
+deploy: _cluster
+	@$(CHECK) helm
+	# CRDs: Helm installs crds/ only on first install; apply keeps the ModelRollout CRD current
+	$(K) apply --server-side --force-conflicts -f manifests/crds/modelrollouts.tideline.io.yaml
+	$(HELM) upgrade --install tideline helm/tideline --kube-context kind-$(KIND_CLUSTER) --namespace $(NS) \
+		--create-namespace -f helm/tideline/values-kind.yaml --wait --timeout 10m
+	# KFP pipeline pods (namespace kubeflow) get the S3 credentials through Argo's workflowDefaults (kind only)
+	$(K) -n $(NS) get secret tideline-s3 -o go-template='{"apiVersion":"v1","kind":"Secret","metadata":{"name":"tideline-s3","namespace":"kubeflow"},"type":"Opaque","data":{"access-key-id":"{{index .data "access-key-id"}}","secret-access-key":"{{index .data "secret-access-key"}}"}}' \
+		| $(K) apply -f -
+	$(K) -n kubeflow patch configmap workflow-controller-configmap --type merge --patch-file manifests/addons/kfp-workflow-defaults.yaml
+	$(K) -n $(NS) wait --for=condition=complete job/minio-bucket-init --timeout=300s 2>/dev/null || true
+	$(K) -n $(NS) rollout status deploy/tideline-operator --timeout=300s
+
+pipeline-upload: $(STAMP) _cluster
+	$(BIN)/tideline pipeline compile
+	@$(K) -n kubeflow get svc ml-pipeline >/dev/null || { echo "error: Kubeflow Pipelines is not installed; run: make kind-up"; exit 1; }
+	@mkdir -p .tideline
+	@$(K) -n kubeflow port-forward svc/ml-pipeline 8888:8888 >/dev/null 2>&1 & echo $$! > .tideline/kfp-pf.pid; sleep 3
+	@trap 'kill $$(cat .tideline/kfp-pf.pid) 2>/dev/null' EXIT; \
+	$(BIN)/python scripts/kfp_upload.py --host $(KFP_HOST) --version-prefix $(TIDELINE_VERSION)
+
+e2e: $(STAMP) _cluster
+	@$(K) -n $(NS) get deploy tideline-operator >/dev/null || { echo "error: tideline is not deployed; run: make images deploy"; exit 1; }
+	@mkdir -p .tideline
+	@$(K) -n kubeflow port-forward svc/ml-pipeline 8888:8888 >/dev/null 2>&1 & echo $$! > .tideline/kfp-pf.pid; sleep 3
+	@trap 'kill $$(cat .tideline/kfp-pf.pid) 2>/dev/null' EXIT; set -e; \
+	export TIDELINE_REGISTRY=$(E2E_REGISTRY) TIDELINE_S3_ENDPOINT_URL=http://minio.$(NS).svc:9000; \
+	echo "== 1. pipeline run (direct promotion: the first production model)"; \
+	$(BIN)/python scripts/kfp_wait.py --host $(KFP_HOST) --timeout 3600 -- \
+		$(BIN)/tideline pipeline submit --host $(KFP_HOST) --synthetic --symbols 4 --bars 2000 --seed 7 --rollout-mode direct; \
+	echo "== 2. InferenceService Ready"; \
+	$(K) -n $(NS) wait --for=condition=Ready inferenceservice/tideline --timeout=600s; \
+	echo "== 3. pipeline run (rollout mode: a candidate)"; \
+	$(BIN)/python scripts/kfp_wait.py --host $(KFP_HOST) --timeout 3600 -- \
+		$(BIN)/tideline pipeline submit --host $(KFP_HOST) --synthetic --symbols 4 --bars 2000 --seed 11 --rollout-mode rollout; \
+	cand=$$($(K) -n $(NS) exec deploy/tideline-operator -- tideline models show candidate --json \
+		| $(BIN)/python -c "import json,sys; print(json.load(sys.stdin)['version'])"); \
+	echo "== 4. ModelRollout of $$cand"; \
+	sed "s/^  candidate: .*/  candidate: $$cand/" examples/k8s/modelrollout-e2e.yaml | $(K) -n $(NS) apply -f -; \
+	$(K) -n $(NS) wait --for=jsonpath='{.status.phase}'=Shadow modelrollout/tideline-e2e --timeout=300s; \
+	echo "== 5. roll back with kubectl"; \
+	$(K) -n $(NS) annotate --overwrite modelrollout/tideline-e2e tideline.io/action=rollback; \
+	$(K) -n $(NS) wait --for=jsonpath='{.status.phase}'=RolledBack modelrollout/tideline-e2e --timeout=300s; \
+	$(K) -n $(NS) wait --for=condition=Ready inferenceservice/tideline --timeout=300s; \
+	$(K) -n $(NS) delete modelrollout/tideline-e2e; \
+	echo "e2e: OK (run -> InferenceService Ready -> ModelRollout -> rollback)"
+
+kind-down:
+	@$(CHECK) kind
+	@if $(KIND) get clusters 2>/dev/null | grep -qx '$(KIND_CLUSTER)'; then $(KIND) delete cluster --name $(KIND_CLUSTER); \
+	else echo "kind cluster $(KIND_CLUSTER) does not exist: nothing to do"; fi
+
+# copy the files the Helm chart embeds from their single sources (tests fail when they drift)
+chart-sync:
+	cp manifests/crds/modelrollouts.tideline.io.yaml helm/tideline/crds/
+	cp manifests/cronworkflows/*.yaml helm/tideline/files/cronworkflows/
+	cp manifests/base/dashboards/tideline-rollouts.json helm/tideline/files/dashboards/

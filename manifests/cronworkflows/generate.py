@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from hera.workflows import Container, CronWorkflow, EmptyDirVolume, Env, Resources, SecretEnv
-from hera.workflows.models import Capabilities, PodSecurityContext, SeccompProfile, SecurityContext
+from hera.workflows.models import Capabilities, Metadata, PodSecurityContext, SeccompProfile, SecurityContext
 
 HERE = Path(__file__).resolve().parent
 NAMESPACE = "tideline"
@@ -51,6 +51,8 @@ def _cron(name: str, description: str, schedules: list[str], args: list[str]) ->
         failed_jobs_history_limit=5,
         entrypoint="trigger",
         service_account_name=SERVICE_ACCOUNT,
+        # the MinIO NetworkPolicy (manifests/base/networkpolicy-minio.yaml) admits pods with this label
+        pod_metadata=Metadata(labels={"tideline.io/s3-access": "true"}),
         active_deadline_seconds=3600,
         security_context=PodSecurityContext(
             run_as_non_root=True, run_as_user=10001, run_as_group=10001, fs_group=10001,

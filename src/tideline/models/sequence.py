@@ -141,7 +141,7 @@ class SequenceModel(Model):
             "lr": 2e-3,
             "weight_decay": 1e-2,
             "batch_size": 2048,
-            "max_epochs": 4,
+            "max_epochs": 3,
             "patience": 1,
             "max_rows": 100_000,
             "max_valid_rows": 50_000,

@@ -23,8 +23,19 @@ from rich.table import Table
 from rich.text import Text
 
 from tideline import __version__
-from tideline.config import MODEL_FAMILIES, Settings, load_settings
-from tideline.errors import ConfigError, TidelineError
+from tideline.cli_options import (
+    BarsOpt,
+    DataOpt,
+    FamiliesOpt,
+    QuarantineOpt,
+    SeedOpt,
+    SymbolsOpt,
+    SyntheticOpt,
+    one_source,
+    parse_families,
+)
+from tideline.config import Settings, load_settings
+from tideline.errors import TidelineError
 
 app = typer.Typer(
     name="tideline", help="Keep trading models good as markets change.", no_args_is_help=True,
@@ -121,31 +132,24 @@ def _fmt(v: Any, nd: int = 3) -> str:
 @app.command()
 def cycle(
     ctx: typer.Context,
-    data: Annotated[Optional[str], typer.Option(
-        "--data", help="Bars: CSV/Parquet file, a directory of them, or s3://bucket/prefix.")] = None,
-    synthetic: Annotated[bool, typer.Option("--synthetic", help="Use a generated synthetic market.")] = False,
-    symbols: Annotated[int, typer.Option(min=1, max=500, help="Synthetic: number of symbols.")] = 10,
-    bars: Annotated[int, typer.Option(min=300, max=2_000_000, help="Synthetic: bars per symbol.")] = 3000,
-    seed: Annotated[int, typer.Option(help="Seed for the synthetic market and the models.")] = 7,
-    families: Annotated[Optional[str], typer.Option(
-        help=f"Comma-separated model families (default: all of {', '.join(MODEL_FAMILIES)}).")] = None,
+    data: DataOpt = None,
+    synthetic: SyntheticOpt = False,
+    symbols: SymbolsOpt = 10,
+    bars: BarsOpt = 3000,
+    seed: SeedOpt = 7,
+    families: FamiliesOpt = None,
     horizon: Annotated[Optional[int], typer.Option(min=1, help="Label horizon in bars.")] = None,
     cost_bps: Annotated[Optional[float], typer.Option(min=0, help="Cost per unit turnover, bps.")] = None,
-    quarantine: Annotated[bool, typer.Option(
-        "--quarantine", help="Drop bad rows (reported) instead of refusing the data.")] = False,
+    quarantine: QuarantineOpt = False,
     promote: Annotated[bool, typer.Option("--promote/--no-promote", help="Promote if the policy passes.")] = True,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
     """Run one retraining cycle: validate, train every family, evaluate, register, promote if allowed."""
-    if bool(data) == synthetic:
-        raise ConfigError("give exactly one of --data PATH or --synthetic")
+    source, syn = one_source(data, synthetic, symbols, bars, seed)
     s = _state(ctx).settings()
     upd: dict[str, Any] = {"training": s.training.model_copy(update={"seed": seed})}
-    if families:
-        fams = [f.strip() for f in families.split(",") if f.strip()]
-        bad = sorted(set(fams) - set(MODEL_FAMILIES))
-        if bad or not fams:
-            raise ConfigError(f"unknown model families {bad}; choose from {', '.join(MODEL_FAMILIES)}")
+    fams = parse_families(families)
+    if fams:
         upd["training"] = upd["training"].model_copy(update={"families": fams})
     if horizon is not None:
         upd["features"] = s.features.model_copy(update={"horizon": horizon})
@@ -159,10 +163,7 @@ def cycle(
     runner = CycleRunner(s, reg, _reporter(enabled=not as_json and err.is_terminal))
     if not as_json:
         err.print(f"[dim]registry {s.registry_uri()}[/dim]")
-    res = runner.run(
-        data, synthetic={"n_symbols": symbols, "n_bars": bars, "seed": seed} if synthetic else None,
-        quarantine=quarantine, promote=promote,
-    )
+    res = runner.run(source, synthetic=syn, quarantine=quarantine, promote=promote)
     if as_json:
         _print_json(res.to_dict())
         return

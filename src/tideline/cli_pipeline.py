@@ -10,11 +10,22 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Annotated, Any, Optional
+from typing import Annotated, Optional
 
 import typer
 
-from tideline.config import MODEL_FAMILIES, Settings, load_settings
+from tideline.cli_options import (
+    BarsOpt,
+    DataOpt,
+    FamiliesOpt,
+    QuarantineOpt,
+    SeedOpt,
+    SymbolsOpt,
+    SyntheticOpt,
+    one_source,
+    parse_families,
+)
+from tideline.config import Settings, load_settings
 from tideline.errors import ConfigError
 
 pipeline_app = typer.Typer(
@@ -31,40 +42,13 @@ def _settings(ctx: typer.Context, seed: int | None = None) -> Settings:
     return s
 
 
-def _families(families: str | None) -> list[str] | None:
-    if not families:
-        return None
-    fams = [f.strip() for f in families.split(",") if f.strip()]
-    bad = sorted(set(fams) - set(MODEL_FAMILIES))
-    if bad or not fams:
-        raise ConfigError(f"unknown model families {bad}; choose from {', '.join(MODEL_FAMILIES)}")
-    return fams
-
-
-def _data(data: str | None, synthetic: bool, symbols: int, bars: int, seed: int
-          ) -> tuple[str | None, dict[str, Any] | None]:
-    if bool(data) == synthetic:
-        raise ConfigError("give exactly one of --data PATH|s3://bucket/prefix or --synthetic")
-    return data, ({"n_symbols": symbols, "n_bars": bars, "seed": seed} if synthetic else None)
-
-
 def _echo(text: str) -> None:
     sys.stdout.write(text + "\n")
 
 
-DataOpt = Annotated[Optional[str], typer.Option(
-    "--data", help="Bars: CSV/Parquet file, a directory of them, or s3://bucket/prefix.")]
-SyntheticOpt = Annotated[bool, typer.Option("--synthetic", help="Use a generated synthetic market.")]
-SymbolsOpt = Annotated[int, typer.Option(min=1, max=500, help="Synthetic: number of symbols.")]
-BarsOpt = Annotated[int, typer.Option(min=300, max=2_000_000, help="Synthetic: bars per symbol.")]
-SeedOpt = Annotated[int, typer.Option(help="Seed for the synthetic market and the models.")]
-FamiliesOpt = Annotated[Optional[str], typer.Option(
-    help=f"Comma-separated model families, one training task each (default: {', '.join(MODEL_FAMILIES)}).")]
 RolloutOpt = Annotated[str, typer.Option(
     "--rollout-mode", help="rollout: set the registry's candidate alias (canary/shadow later); "
                            "direct: promote to production now.")]
-QuarantineOpt = Annotated[bool, typer.Option(
-    "--quarantine", help="Drop bad rows (reported) instead of refusing the data.")]
 ReasonOpt = Annotated[str, typer.Option(help="Why this run (recorded with the rollout request).")]
 
 
@@ -91,9 +75,10 @@ def run_cmd(
                           hint="to run on a cluster use: tideline pipeline submit --host URL")
     from tideline.orchestration import run_local
 
-    source, syn = _data(data, synthetic, symbols, bars, seed)
+    source, syn = one_source(data, synthetic, symbols, bars, seed)
     s = _settings(ctx, seed)
-    summary = run_local(s, source=source, synthetic=syn, families=_families(families), rollout_mode=rollout_mode,
+    summary = run_local(s, source=source, synthetic=syn, families=parse_families(families),
+                        rollout_mode=rollout_mode,
                         pipeline_root=pipeline_root, quarantine=quarantine, reason=reason)
     if as_json:
         _echo(json.dumps(summary, indent=2, default=str))
@@ -143,8 +128,9 @@ def submit_cmd(
     """Create one run of the pipeline on a Kubeflow Pipelines cluster (needs an s3:// registry)."""
     from tideline.orchestration import pipeline_arguments, submit
 
-    source, syn = _data(data, synthetic, symbols, bars, seed)
-    args = pipeline_arguments(_settings(ctx, seed), source=source, synthetic=syn, families=_families(families),
+    source, syn = one_source(data, synthetic, symbols, bars, seed)
+    args = pipeline_arguments(_settings(ctx, seed), source=source, synthetic=syn,
+                              families=parse_families(families),
                               rollout_mode=rollout_mode, quarantine=quarantine, reason=reason, for_cluster=True)
     _echo(submit(host, arguments=args, experiment=experiment, run_name=run_name))
 
@@ -170,8 +156,9 @@ def schedule_cmd(
     from tideline.orchestration import pipeline_arguments, schedule, validate_cron
 
     cron = validate_cron(cron)  # before anything else: a wrong cron is the most likely mistake
-    source, syn = _data(data, synthetic, symbols, bars, seed)
-    args = pipeline_arguments(_settings(ctx, seed), source=source, synthetic=syn, families=_families(families),
+    source, syn = one_source(data, synthetic, symbols, bars, seed)
+    args = pipeline_arguments(_settings(ctx, seed), source=source, synthetic=syn,
+                              families=parse_families(families),
                               rollout_mode=rollout_mode, quarantine=quarantine, reason=f"schedule {cron}",
                               for_cluster=True)
     _echo(schedule(host, cron=cron, name=name, arguments=args, experiment=experiment))

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal, Optional
 
 import typer
 
+from tideline.cli_options import BarsOpt, DataOpt, SeedOpt, SymbolsOpt, SyntheticOpt, synthetic_spec
 from tideline.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -25,7 +26,6 @@ trigger_app = typer.Typer(
     no_args_is_help=True,
 )
 
-_DATA_HELP = "Recent bars: CSV/Parquet file, a directory of them, or s3://bucket/prefix."
 
 
 def _parse_now(now: str | None) -> datetime | None:
@@ -78,18 +78,14 @@ def _render(report: dict[str, Any], console: Console) -> None:
         console.print(f"[yellow]note:[/yellow] {note}")
 
 
-def _synthetic(synthetic: bool, symbols: int, bars: int, seed: int) -> dict[str, Any] | None:
-    return {"n_symbols": symbols, "n_bars": bars, "seed": seed} if synthetic else None
-
-
 @trigger_app.command("check")
 def check(
     ctx: typer.Context,
-    data: Annotated[Optional[str], typer.Option("--data", help=_DATA_HELP)] = None,
-    synthetic: Annotated[bool, typer.Option("--synthetic", help="Use the generated synthetic market.")] = False,
-    symbols: Annotated[int, typer.Option(min=1, max=500, help="Synthetic: number of symbols.")] = 10,
-    bars: Annotated[int, typer.Option(min=300, max=2_000_000, help="Synthetic: bars per symbol.")] = 3000,
-    seed: Annotated[int, typer.Option(help="Synthetic: seed.")] = 7,
+    data: DataOpt = None,
+    synthetic: SyntheticOpt = False,
+    symbols: SymbolsOpt = 10,
+    bars: BarsOpt = 3000,
+    seed: SeedOpt = 7,
     reason: Annotated[Optional[str], typer.Option("--reason", help="A manual retraining request.")] = None,
     now: Annotated[Optional[str], typer.Option("--now", help="Evaluate as of this time (ISO, UTC).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
@@ -99,7 +95,7 @@ def check(
     from tideline.triggers import build_context, evaluate
 
     s = _state(ctx).settings()
-    df = _bars(s, data, _synthetic(synthetic, symbols, bars, seed))
+    df = _bars(s, data, synthetic_spec(synthetic, symbols, bars, seed))
     report = evaluate(build_context(_open_registry(s), bars=df, now=_parse_now(now), manual=reason), s.triggers)
     d = report.to_dict()
     if as_json:
@@ -112,11 +108,11 @@ def check(
 @trigger_app.command("run")
 def run(
     ctx: typer.Context,
-    data: Annotated[Optional[str], typer.Option("--data", help=_DATA_HELP)] = None,
-    synthetic: Annotated[bool, typer.Option("--synthetic", help="Use the generated synthetic market.")] = False,
-    symbols: Annotated[int, typer.Option(min=1, max=500, help="Synthetic: number of symbols.")] = 10,
-    bars: Annotated[int, typer.Option(min=300, max=2_000_000, help="Synthetic: bars per symbol.")] = 3000,
-    seed: Annotated[int, typer.Option(help="Synthetic: seed.")] = 7,
+    data: DataOpt = None,
+    synthetic: SyntheticOpt = False,
+    symbols: SymbolsOpt = 10,
+    bars: BarsOpt = 3000,
+    seed: SeedOpt = 7,
     force: Annotated[bool, typer.Option("--force", help="Start a run even when no rule fires.")] = False,
     mode: Annotated[str, typer.Option("--mode", help="local (in this process) or kfp (submit to Kubeflow).")
                     ] = "local",
@@ -133,7 +129,7 @@ def run(
         raise ConfigError(f"--mode must be local or kfp, not {mode!r}")
     run_mode: Literal["local", "kfp"] = "local" if mode == "local" else "kfp"
     s = _state(ctx).settings()
-    synth = _synthetic(synthetic, symbols, bars, seed)
+    synth = synthetic_spec(synthetic, symbols, bars, seed)
     df = _bars(s, data, synth)
     if data is None and synth is None and not force and not reason:
         err.print("[dim]no --data: rules that need recent bars (new_data, regime_shift) cannot fire[/dim]")

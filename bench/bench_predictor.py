@@ -85,8 +85,27 @@ def make_registry(root: Path) -> tuple[str, list[dict[str, float]]]:
         info[mv.version] = {"trees": model.fit_info.get("n_trees"),
                             "model_predict_us": round(1e6 * statistics.median(times), 1)}
     reg.promote("v1", reason="bench")
+    info["by_family"] = one_row_us_by_family(ds)
     rows = [{k: float(v) for k, v in r.items()} for r in ds.X[model.columns].iloc[:2000].to_dict("records")]
     return (root / "reg").as_uri(), rows, info
+
+
+def one_row_us_by_family(ds: Any) -> dict[str, float]:
+    """In-process ``predict_array`` on one row, median us, for every tabular family (default params)."""
+    from tideline.models import make_model
+
+    out = {}
+    for family in ("lightgbm", "xgboost", "sklearn"):
+        model = make_model(family, seed=1)
+        model.fit(ds.X, ds.y, ds.spec)
+        X1 = ds.X[model.columns].iloc[:1].to_numpy(np.float32)
+        times = []
+        for _ in range(300):
+            t = time.perf_counter()
+            model.predict_array(X1)
+            times.append(time.perf_counter() - t)
+        out[family] = round(1e6 * statistics.median(times), 1)
+    return out
 
 
 def start(cmd: list[str], env: dict[str, str], port: int | None) -> tuple[subprocess.Popen[str], int]:
@@ -210,6 +229,7 @@ def main() -> None:
         "rows_per_s": p["rows_per_s"],
         "floor_rows_per_s": f["rows_per_s"],
         "model_predict_us": info["v1"]["model_predict_us"],
+        "one_row_predict_us_by_family": info["by_family"],
         "model": f"lightgbm, default params, early stopping ({info['v1']['trees']} trees), 57 features; "
                  "prediction log on",
         "full_300_trees": {**p300, "ratio_p50": round(p300["p50_ms"] / f["p50_ms"], 3),

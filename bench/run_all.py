@@ -69,6 +69,9 @@ def markdown(meta: dict, results: list[dict]) -> str:
                 f"| p50 ratio to the floor | {r['ratio_p50']} | <= 1.5 |",
                 f"| batch throughput ({r['batch_rows']} rows/request) | {r['rows_per_s']:,} rows/s (floor {r['floor_rows_per_s']:,}) | |",
                 f"| model | {r['model']} | |",
+                f"| one-row model call alone, in process (lightgbm / xgboost / sklearn) | "
+                + " / ".join(f"{v} us" for v in (r.get("one_row_predict_us_by_family") or {}).values())
+                + " | |",
                 "",
             ]
         elif r.get("name") == "router":

@@ -97,6 +97,26 @@ def test_save_load_round_trip(fitted: Model, tmp_path: Path) -> None:
                                   fitted.predict(X_ALL.iloc[:50]))
 
 
+def test_one_row_predictions_match_the_batch(fitted: Model) -> None:
+    """The serving hot path predicts one row at a time (LightGBM through its single-row C API): it must
+    give exactly the batch numbers, row by row, also after a save/load."""
+    X = X_ALL.iloc[TEST][fitted.columns].to_numpy(np.float32)[:40]
+    batch = fitted.predict_array(X)
+    rows = np.concatenate([fitted.predict_array(X[i : i + 1]) for i in range(len(X))])
+    np.testing.assert_allclose(rows, batch, rtol=1e-6, atol=1e-9)
+    if fitted.family == "lightgbm":
+        np.testing.assert_array_equal(rows, batch)
+        assert fitted._single_row.ok  # the fast path was taken, not the fallback
+    if fitted.family == "sklearn":
+        assert fitted._forest.ok
+        np.testing.assert_allclose(batch, fitted._est.predict(X) * fitted.y_scale + fitted.y_center,
+                                   rtol=1e-12, atol=1e-15)
+        Xn = X.copy()
+        Xn[::3, ::5] = np.nan  # missing values follow each node's learned direction, as in sklearn
+        np.testing.assert_allclose(fitted.predict_array(Xn[:20]), fitted._est.predict(Xn[:20]) * fitted.y_scale
+                                   + fitted.y_center, rtol=1e-12, atol=1e-15)
+
+
 def test_deterministic_with_seed(fitted: Model) -> None:
     again = _fit(fitted.family)
     np.testing.assert_array_equal(again.predict(X_ALL.iloc[TEST]), fitted.predict(X_ALL.iloc[TEST]))

@@ -10,6 +10,7 @@ in ``tideline.serving.server``).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -23,6 +24,7 @@ NUMERIC_V2_TYPES: Final = frozenset(
     {"FP32", "FP64", "INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32", "UINT64"}
 )
 _NUMBER: Final = (int, float)
+_NUMBER_TYPES: Final = frozenset(_NUMBER)  # exact types: bool (an int subclass) is not a number here
 _MAX_SYMBOL_LEN: Final = 64
 _MAX_NAMES_SHOWN: Final = 8
 
@@ -63,6 +65,11 @@ class Schema:
     def columns(self) -> tuple[str, ...]:
         return self.required + self.optional
 
+    @functools.cached_property
+    def allowed(self) -> frozenset[str]:
+        """Every key an instance may carry (built once per schema, not per request)."""
+        return frozenset(self.required) | frozenset(self.optional) | frozenset(META_FIELDS)
+
 
 def _names(names: Sequence[str]) -> str:
     shown = ", ".join(repr(str(n)[:80]) for n in list(names)[:_MAX_NAMES_SHOWN])
@@ -93,8 +100,9 @@ def _check_rows(n: int, schema: Schema) -> None:
 
 def _check_values(X: np.ndarray, columns: Sequence[str], where: str) -> None:
     """Refuse NaN/inf and values a float32 model input cannot hold, naming the first bad cell."""
-    with np.errstate(invalid="ignore"):
-        bad = ~(np.abs(X) <= F32_MAX)  # NaN compares False, so it is caught too
+    if (np.abs(X) <= F32_MAX).all():  # NaN compares False (silently), so it is caught too
+        return
+    bad = ~(np.abs(X) <= F32_MAX)
     if bad.any():
         r, c = (int(i) for i in np.argwhere(bad)[0])
         v = float(X[r, c])
@@ -150,7 +158,7 @@ def validate_v1(payload: Any, schema: Schema) -> Batch:
 
     required = schema.required
     optional = schema.optional
-    allowed = frozenset(required) | frozenset(optional) | frozenset(META_FIELDS)
+    allowed = schema.allowed
     n_req = len(required)
     rows: list[list[Any]] = []
     symbols: list[str | None] = []
@@ -176,17 +184,18 @@ def validate_v1(payload: Any, schema: Schema) -> Batch:
             row.extend(inst.get(c) for c in optional)  # optional (shadow-only) features
         elif optional:
             row.extend([None] * len(optional))
-        for j, v in enumerate(row):
-            t = type(v)
-            if t is not float and t is not int:
-                if j >= n_req and v is None:
-                    continue  # an optional feature left out
-                raise RequestError(
-                    422, f"instances[{i}]: feature {schema.columns[j]!r} must be a number, got {_kind(v)}"
-                )
+        if not _NUMBER_TYPES.issuperset(map(type, row)):  # the common case in C; the loop names the culprit
+            for j, v in enumerate(row):
+                t = type(v)
+                if t is not float and t is not int:
+                    if j >= n_req and v is None:
+                        continue  # an optional feature left out
+                    raise RequestError(
+                        422, f"instances[{i}]: feature {schema.columns[j]!r} must be a number, got {_kind(v)}"
+                    )
         rows.append(row)
-        symbols.append(_symbol(inst.get("symbol"), f"instances[{i}]"))
-        times.append(parse_time(inst.get("timestamp"), f"instances[{i}]"))
+        symbols.append(_symbol(inst["symbol"], f"instances[{i}]") if "symbol" in inst else None)
+        times.append(parse_time(inst["timestamp"], f"instances[{i}]") if "timestamp" in inst else None)
     try:
         X = np.array(rows, dtype=np.float64)
     except (OverflowError, ValueError, TypeError):

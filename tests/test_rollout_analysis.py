@@ -150,6 +150,15 @@ def test_prediction_divergence_check() -> None:
     assert _check(nan, "prediction_divergence").passed is False
     few = analyze(AnalysisInput(*traffic, paired_predictions=(a[:10], a[:10])), thr)
     assert _check(few, "prediction_divergence").passed is None and few.verdict == "pass"
+    # a candidate that differs AND is clearly more accurate on realized outcomes (a retrain after the market
+    # changed) is not failed for differing; one that differs and is merely as accurate still is
+    better = analyze(AnalysisInput(*traffic, paired_predictions=(a + 0.03, a),
+                                   outcomes=_outcomes(rng, 2000, 0.66, 0.40)), thr)
+    d = _check(better, "prediction_divergence")
+    assert d.passed is True and d.value > 0.35 and "more accurate" in d.reason and better.verdict == "pass"
+    same = analyze(AnalysisInput(*traffic, paired_predictions=(a + 0.03, a),
+                                 outcomes=_outcomes(rng, 2000, 0.55, 0.55)), thr)
+    assert _check(same, "prediction_divergence").passed is False and same.verdict == "fail"
 
 
 def test_unreachable_candidate_fails() -> None:

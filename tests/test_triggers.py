@@ -20,7 +20,7 @@ from typer.testing import CliRunner
 
 from tideline.config import TRIGGER_RULES, Settings, TriggerConfig
 from tideline.data import write_bars
-from tideline.errors import PolicyError
+from tideline.errors import ConfigError, PolicyError
 from tideline.registry import FileStore, ModelVersion, Registry, open_registry
 from tideline.triggers import (
     LOCK_KEY,
@@ -495,3 +495,30 @@ def test_cli_start_kwargs_fit_the_real_start_retrain() -> None:
     sig = inspect.signature(orchestration.start_retrain)
     sig.bind(settings=Settings(), reason="r", mode="kfp", host="http://h", source=None,
              synthetic={"n_symbols": 2, "n_bars": 400, "seed": 7})
+
+
+# ---- the training window after a detected change ------------------------------------------------------------
+def test_training_window_follows_the_last_detected_change() -> None:
+    from tideline.triggers import training_window
+
+    times = pd.date_range("2024-01-01", periods=500, freq="h")
+    # nothing detected: the latest lookback bars
+    w = training_window({"change_points": []}, times, min_bars=100, lookback_bars=300)
+    assert w.ready and w.start == times[200] and w.bars_after == 300 and "no change" in w.reason
+    w = training_window(None, times[:50], min_bars=100, lookback_bars=300)
+    assert w.ready and w.start == times[0] and w.bars_after == 50
+    # a change 80 bars ago: too little of the new regime yet
+    cps = [{"timestamp": str(times[100]), "detector": "adwin"}, {"timestamp": str(times[419]), "detector": "page_hinkley"}]
+    w = training_window({"change_points": cps}, times, min_bars=100, lookback_bars=300)
+    assert not w.ready and w.start == times[419] and w.bars_after == 80 and "need 100" in w.reason
+    # enough bars after the LAST change (timezone-aware stamps are read as UTC)
+    cps[1]["timestamp"] = (times[380].tz_localize("UTC")).isoformat()
+    w = training_window({"change_points": cps}, times, min_bars=100, lookback_bars=300)
+    assert w.ready and w.start == times[380] and w.bars_after == 119
+    # detections a few bars apart are one change, dated by the first of them
+    cps.append({"timestamp": str(times[400]), "detector": "adwin"})
+    w = training_window({"change_points": cps}, times, min_bars=100, lookback_bars=300)
+    assert w.ready and w.start == times[380] and w.bars_after == 119
+    assert training_window({}, [], min_bars=1, lookback_bars=1).ready is False
+    with pytest.raises(ConfigError):
+        training_window({}, times, min_bars=0, lookback_bars=10)

@@ -491,10 +491,12 @@ class ChangePoint:
     timestamp: pd.Timestamp | None
     detector: str
     detail: dict[str, float]
+    series: str = ""
+    """what was monitored, e.g. ``abs_error`` or ``hit`` (set by the caller)."""
 
     def to_dict(self) -> dict[str, Any]:
         return {"index": self.index, "timestamp": None if self.timestamp is None else str(self.timestamp),
-                "detector": self.detector, "detail": self.detail}
+                "detector": self.detector, "series": self.series, "detail": self.detail}
 
 
 class PerformanceMonitor:

@@ -31,6 +31,8 @@ trigger rule reads (``n``, ``sharpe``, ``directional_accuracy``, ``baseline_accu
 
 from __future__ import annotations
 
+import dataclasses
+
 import io
 import json
 import logging
@@ -438,10 +440,17 @@ def _cost_of(mv: Any, cost_bps: float | None) -> float:
 def _change_points(rows: pd.DataFrame, monitor_kwargs: Mapping[str, Any]) -> tuple[list[ChangePoint], int]:
     from tideline.drift import PerformanceMonitor
 
+    """Changes in the realized absolute errors and in the direction hits (a flipped signal barely moves the
+    errors' size but turns hits into misses), each watched by its own monitor; sorted by time."""
     r = rows.loc[rows["status"] == "realized"].sort_values(["bar_time", "symbol"], kind="stable")
-    series = pd.Series(np.abs(r["error"].to_numpy(dtype=np.float64)), index=pd.DatetimeIndex(r["bar_time"]))
-    monitor = PerformanceMonitor(**dict(monitor_kwargs))
-    return monitor.detect(series), len(series)
+    index = pd.DatetimeIndex(r["bar_time"])
+    found: list[ChangePoint] = []
+    for name, values in (("abs_error", np.abs(r["error"].to_numpy(dtype=np.float64))),
+                         ("hit", r["hit"].to_numpy(dtype=np.float64))):
+        monitor = PerformanceMonitor(**dict(monitor_kwargs))
+        found += [dataclasses.replace(c, series=name) for c in monitor.detect(pd.Series(values, index=index))]
+    found.sort(key=lambda c: (c.index, c.series))
+    return found, len(r)
 
 
 def run_feedback(registry: Registry, bars: pd.DataFrame, *, cost_bps: float | None = None, since: Any = None,

@@ -51,6 +51,8 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "DECISIONS_PREFIX",
+    "TrainingWindow",
+    "training_window",
     "LIVE_METRICS_ATTACHMENT",
     "DRIFT_ATTACHMENT",
     "LOCK_KEY",
@@ -427,6 +429,60 @@ def evaluate(ctx: TriggerContext, cfg: TriggerConfig | None = None) -> TriggerRe
             results.append(fn())
     return TriggerReport(now=ctx.now, production=ctx.production.version if ctx.production else None,
                          results=results, regime=regime, notes=list(ctx.notes))
+
+
+# ---- what a retrain should learn from ------------------------------------------------------------------
+@dataclass(frozen=True)
+class TrainingWindow:
+    """Where a retrain's data starts. ``ready`` False: not enough bars after a detected change yet."""
+
+    start: pd.Timestamp | None  # None: from the start of the available history (within the lookback)
+    bars_after: int
+    ready: bool
+    reason: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"start": None if self.start is None else str(self.start), "bars_after": self.bars_after,
+                "ready": self.ready, "reason": self.reason}
+
+
+def training_window(live_metrics: Mapping[str, Any] | None, bar_times: Any, *, min_bars: int,
+                    lookback_bars: int) -> TrainingWindow:
+    """Regime-aware training window from production's live record.
+
+    When the live monitor (``live-metrics.json`` ``change_points``: ADWIN / Page-Hinkley on realized errors)
+    found a change, the market the model was trained on is gone: retrain on the bars after the last change
+    only (detections less than ``min_bars`` apart count as one change, dated by the first), once there are
+    at least ``min_bars`` of them (before that a retrain would learn the old regime: not ready). Without a detected change: the latest ``lookback_bars``. ``bar_times``: the
+    distinct bar times available now (any order).
+    """
+    if min_bars < 1 or lookback_bars < 1:
+        raise ConfigError("training_window needs min_bars >= 1 and lookback_bars >= 1")
+    times = pd.DatetimeIndex(pd.to_datetime(pd.Index(bar_times).unique())).sort_values()
+    if len(times) == 0:
+        return TrainingWindow(None, 0, False, "no bars yet")
+    changes = []
+    for c in (live_metrics or {}).get("change_points") or []:
+        ts = _parse_time(c.get("timestamp")) if isinstance(c, Mapping) else None
+        if ts is not None:
+            changes.append(_naive_utc(ts))
+    if changes:
+        # the last change, moved back over earlier detections less than min_bars before it: two detectors
+        # (or one restarted after an alarm) often date the same change a few bars apart
+        changes.sort()
+        start = changes[-1]
+        for prev in reversed(changes[:-1]):
+            if int(((times > prev) & (times <= start)).sum()) >= min_bars:
+                break
+            start = prev
+        after = int((times > start).sum())
+        if after < min_bars:
+            return TrainingWindow(start, after, False, f"live errors changed at {start}; only {after} bars "
+                                  f"since (need {min_bars} to learn the new regime)")
+        return TrainingWindow(start, after, True, f"the {after} bars since live errors changed at {start}")
+    start = times[max(0, len(times) - lookback_bars)]
+    after = int((times >= start).sum())
+    return TrainingWindow(start, after, True, f"the latest {after} bars (no change detected in live errors)")
 
 
 # ---- context from the registry ---------------------------------------------------------------------------

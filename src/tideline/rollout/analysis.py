@@ -365,6 +365,7 @@ def analyze(inp: AnalysisInput, thr: Thresholds) -> AnalysisResult:
                             f"p99 latency {ms:.1f} ms {'<=' if ok else '>'} {thr.max_p99_latency_ms:g} ms"))
 
     labelled = 0
+    more_accurate: str | None = None  # set when live outcomes show the candidate clearly more accurate
     o = inp.outcomes
     if o is not None:
         ch, ah = _finite(o.candidate_hits), _finite(o.active_hits)
@@ -379,6 +380,8 @@ def analyze(inp: AnalysisInput, thr: Thresholds) -> AnalysisResult:
             checks.append(Check("directional_accuracy", diff, -thr.accuracy_margin, ok,
                                 f"live directional accuracy {ch.mean():.3f} vs active {ah.mean():.3f} "
                                 f"({diff:+.3f}; allowed margin {thr.accuracy_margin:.3f})"))
+            if diff >= max(thr.accuracy_margin, 1e-9):
+                more_accurate = f"{diff:+.3f} live directional accuracy on {ch.size} labelled outcomes"
         ce, ae = _finite(o.candidate_errors), _finite(o.active_errors)
         if ce.size < thr.min_labelled or ae.size < thr.min_labelled:
             checks.append(Check("error_ks", None, thr.max_ks, None,
@@ -410,10 +413,16 @@ def analyze(inp: AnalysisInput, thr: Thresholds) -> AnalysisResult:
         else:
             mask = np.isfinite(cp_a) & np.isfinite(ap_a)
             js = js_distance(cp_a[mask], ap_a[mask])
-            ok = js <= thr.max_prediction_divergence
+            within = js <= thr.max_prediction_divergence
+            # Divergence guards against a candidate that predicts differently for reasons nobody has checked.
+            # When realized outcomes already show it clearly MORE accurate (e.g. the market changed and the
+            # retrained model follows it), differing is the point, not a failure.
+            ok = within or more_accurate is not None
             checks.append(Check("prediction_divergence", js, thr.max_prediction_divergence, ok,
                                 f"Jensen-Shannon distance of predictions vs active {js:.3f} "
-                                f"{'<=' if ok else '>'} {thr.max_prediction_divergence} ({n} pairs)"))
+                                f"{'<=' if within else '>'} {thr.max_prediction_divergence} ({n} pairs)"
+                                + ("" if within or more_accurate is None
+                                   else f", accepted: the candidate is more accurate ({more_accurate})")))
 
     failed = [ch for ch in checks if ch.passed is False]
     traffic_unknown = [ch for ch in checks if ch.name in ("error_rate", "p99_latency_ms") and ch.passed is None]

@@ -1,0 +1,491 @@
+"""The story of a continuous-learning demo run as one self-contained HTML file.
+
+:func:`write_report` turns the demo's run record (a JSON-able dict: live outcomes per bar, the event
+timeline, retraining triggers, rollouts with their analyses, the registry, drift, learning figures and the
+story's pass/fail checks) into a single HTML document with plotly figures. Nothing is loaded from the
+network: plotly.js is inlined once in the head and an Evidently drift report, when there is one, is embedded
+whole in an ``<iframe srcdoc>``. Every part of the record may be missing or empty; the report then says
+"not available" for that part instead of failing. Everything taken from the record is HTML-escaped.
+
+:func:`summary_table_rows` gives the headline label/value pairs (shown in the report, reusable in a
+terminal) and :func:`rolling_accuracy` the trailing-window directional accuracy plotted in the report.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import logging
+import math
+import numbers
+import os
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from datetime import UTC, datetime
+from itertools import accumulate
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import plotly.graph_objects as go
+
+log = logging.getLogger(__name__)
+
+NA = "not available"
+DEFAULT_WINDOW = 100
+MARKER_KINDS = ("trigger", "retrain", "serve", "promoted", "rolled_back")  # events drawn on the live figure
+KIND_COLORS = {
+    "info": "#6b7280", "shift": "#dc2626", "train": "#0891b2", "serve": "#2563eb", "trigger": "#ea580c",
+    "retrain": "#7c3aed", "gate": "#0d9488", "rollout": "#4f46e5", "promoted": "#16a34a",
+    "rolled_back": "#be123c", "drift": "#ca8a04",
+}
+PHASE_COLORS = {"Promoted": "#16a34a", "RolledBack": "#dc2626"}
+VERDICT_COLORS = {"pass": "#16a34a", "fail": "#dc2626", "inconclusive": "#6b7280"}
+PLOT_CONFIG = {"displaylogo": False, "responsive": True}
+SECTIONS = (
+    ("live", "Live accuracy and equity"), ("learning", "Learning quality"), ("timeline", "Timeline"),
+    ("triggers", "Retraining triggers"), ("rollouts", "Rollouts"), ("registry", "Model registry"),
+    ("drift", "Drift (Evidently)"), ("config", "Configuration"),
+)
+CSS = """
+body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;color:#1f2937;margin:0;
+background:#f9fafb}
+main{max-width:1200px;margin:0 auto;padding:24px}
+h1{margin:0 0 4px}h2{margin-top:40px;border-bottom:2px solid #e5e7eb;padding-bottom:4px}
+.meta{color:#6b7280;margin-bottom:16px}nav a{margin-right:12px;color:#2563eb;text-decoration:none}
+table{border-collapse:collapse;margin:8px 0 16px;background:#fff;font-size:14px}
+th,td{border:1px solid #e5e7eb;padding:4px 8px;text-align:left;vertical-align:top}th{background:#f3f4f6}
+tr.fired td{background:#fff7ed}.na{color:#9ca3af;font-style:italic}
+.badge{display:inline-block;padding:1px 8px;border-radius:9px;color:#fff;font-size:12px;white-space:nowrap}
+.banner{padding:12px 16px;border-radius:6px;margin:16px 0;font-weight:600;color:#fff}
+.banner ul{margin:6px 0 0;font-weight:400}
+.ok{background:#16a34a}.bad{background:#dc2626}.neutral{background:#6b7280}
+.figure{background:#fff;border:1px solid #e5e7eb;margin:8px 0 16px}
+"""
+
+
+def rolling_accuracy(hits: Sequence[float], n: Sequence[float], window: int) -> list[float | None]:
+    """Trailing directional accuracy: hits / outcomes summed over the last ``window`` bars (this bar
+    included; fewer at the start), ``None`` where the window holds no outcome."""
+    import numpy as np
+
+    if window < 1:
+        raise ValueError(f"window must be >= 1, got {window}")
+    if len(hits) != len(n):
+        raise ValueError(f"hits and n differ in length: {len(hits)} != {len(n)}")
+    ch = np.concatenate([[0.0], np.cumsum(np.asarray(hits, dtype=float))])
+    cn = np.concatenate([[0.0], np.cumsum(np.asarray(n, dtype=float))])
+    end = np.arange(1, len(n) + 1)
+    start = np.maximum(0, end - window)
+    h, k = ch[end] - ch[start], cn[end] - cn[start]
+    return [float(a / b) if b > 0 else None for a, b in zip(h, k, strict=True)]
+
+
+def summary_table_rows(record: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """Headline (label, value) pairs of a run; "not available" for what the record lacks."""
+    market, learning = _dict(record.get("market")), _dict(record.get("learning"))
+    live, triggers = _rows(record.get("live")), _rows(record.get("triggers"))
+    rollouts, checks = _rows(record.get("rollouts")), _rows(record.get("checks"))
+    symbols, shifts = _list(market.get("symbols")), _list(market.get("shift_times"))
+    freq = f" ({market['freq']} bars)" if market.get("freq") else ""
+    fired = sum(1 for t in triggers if t.get("fired") is True)
+    phases = Counter(str(r.get("phase") or "unknown") for r in rollouts)
+    production = _dict(_dict(record.get("registry")).get("aliases")).get("production")
+    post_live = learning.get("post_shift_live_accuracy")
+    post_static = learning.get("post_shift_static_accuracy")
+    ok = sum(1 for c in checks if c.get("ok") is True)
+    return [
+        ("Symbols", f"{len(symbols)}{freq}" if symbols else NA),
+        ("Live bars", str(len(live)) if live else NA),
+        ("Regime shifts", str(len(shifts)) if "shift_times" in market else NA),
+        ("Live accuracy", _pct(_ratio(live, "hits", "n"))),
+        ("Static accuracy (v1 kept)", _pct(_ratio(live, "static_hits", "n"))),
+        ("Live return", _ret(_total(live, "strategy_return"))),
+        ("Static return", _ret(_total(live, "static_return"))),
+        ("Post-shift accuracy", f"{_pct(post_live)} live vs {_pct(post_static)} static"
+         if _num(post_live) is not None or _num(post_static) is not None else NA),
+        ("Recovery after the shift", _recovery(learning)),
+        ("Retraining triggers fired", f"{fired} of {len(triggers)} checks" if triggers else NA),
+        ("Rollouts", f"{len(rollouts)}: " + ", ".join(f"{v} {k}" for k, v in phases.items())
+         if rollouts else NA),
+        ("Production model", str(production) if production else NA),
+        ("Story checks", f"{ok} of {len(checks)} ok" if checks else NA),
+    ]
+
+
+def write_report(record: Mapping[str, Any], path: str | Path) -> Path:
+    """Write the run's story as one self-contained HTML file at ``path`` (atomically); returns its path."""
+    from plotly.offline import get_plotlyjs
+
+    target = Path(path).resolve()
+    title = str(record.get("title") or "tideline demo")
+    renderers: dict[str, Callable[[Mapping[str, Any]], str]] = {
+        "live": _live_section, "learning": _learning_section, "timeline": _timeline_section,
+        "triggers": _triggers_section, "rollouts": _rollouts_section, "registry": _registry_section,
+        "drift": _drift_section, "config": _config_section,
+    }
+    body = [_header(record, title)]
+    for key, heading in SECTIONS:
+        try:
+            content = renderers[key](record)
+        except Exception as exc:  # a malformed part must not cost the whole report
+            log.exception("report section %r failed", heading)
+            content = _na(f"could not render this section: {exc}")
+        body.append(f'<section id="{key}"><h2>{heading}</h2>{content}</section>')
+    doc = (
+        f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{_e(title)}</title>'
+        f'<meta name="viewport" content="width=device-width, initial-scale=1"><style>{CSS}</style>'
+        f'<script type="text/javascript">{get_plotlyjs()}</script></head>'
+        f'<body><main>{"".join(body)}</main></body></html>\n'
+    )
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_suffix(".tmp")
+    try:
+        tmp.write_text(doc, encoding="utf-8")
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+    log.info("report written to %s (%d bytes)", target, len(doc))
+    return target
+
+
+# ---------------------------------------------------------------- sections
+
+
+def _header(record: Mapping[str, Any], title: str) -> str:
+    meta = " · ".join([
+        f"started {_when(record.get('started_at'))} UTC" if _ts(record.get("started_at")) else f"date {NA}",
+        f"seed {_e(record['seed'])}" if record.get("seed") is not None else f"seed {NA}",
+        f"run time {_duration(record.get('seconds'))}",
+        f"{_e(record['cores'])} cores" if record.get("cores") is not None else f"cores {NA}",
+    ])
+    nav = " ".join(f'<a href="#{key}">{heading}</a>' for key, heading in SECTIONS)
+    checks = _rows(record.get("checks"))
+    failed = [c for c in checks if c.get("ok") is not True]
+    if not checks:
+        banner = f'<div class="banner neutral">story checks {NA}</div>'
+    elif failed:
+        items = "".join(f"<li>{_e(c.get('name', '?'))}: {_e(c.get('detail', ''))}</li>" for c in failed)
+        banner = (f'<div class="banner bad">story incomplete: {len(failed)} check(s) failed'
+                  f"<ul>{items}</ul></div>")
+    else:
+        banner = f'<div class="banner ok">story complete: all {len(checks)} checks passed</div>'
+    check_rows = [[_badge("ok", "#16a34a") if c.get("ok") is True else _badge("failed", "#dc2626"),
+                   _e(c.get("name", "")), _e(c.get("detail", ""))] for c in checks]
+    summary = _table(["", ""], [[_e(k), _e(v)] for k, v in summary_table_rows(record)], head=False)
+    return (f"<header><h1>{_e(title)}</h1><div class='meta'>{meta}</div><nav>{nav}</nav></header>{banner}"
+            f"{summary}{_table(['check', 'name', 'detail'], check_rows) if checks else ''}")
+
+
+def _live_section(record: Mapping[str, Any]) -> str:
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    live = [r for r in _rows(record.get("live")) if _ts(r.get("time"))]
+    if not live:
+        return _na(f"live outcomes {NA}")
+    window = max(1, int(_num(_dict(record.get("learning")).get("window_bars")) or DEFAULT_WINDOW))
+    x = [_ts(r.get("time")) for r in live]
+    n = [_num(r.get("n")) or 0.0 for r in live]
+    acc = rolling_accuracy([_num(r.get("hits")) or 0.0 for r in live], n, window)
+    fig = make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.06,
+                        subplot_titles=(f"rolling directional accuracy ({window} bars)", "cumulative return"))
+    versions = [str(r.get("version") or "unknown") for r in live]
+    for version in dict.fromkeys(versions):  # one trace per served version, joined at the hand-over bar
+        show = [v == version or (i > 0 and versions[i - 1] == version) for i, v in enumerate(versions)]
+        fig.add_trace(go.Scatter(x=x, y=[a if s else None for a, s in zip(acc, show, strict=True)],
+                                 name=_e(f"live: {version}"), mode="lines"), row=1, col=1)
+    has_static = any("static_hits" in r for r in live)
+    if has_static:
+        static = rolling_accuracy([_num(r.get("static_hits")) or 0.0 for r in live], n, window)
+        fig.add_trace(go.Scatter(x=x, y=static, name="static (v1 kept)", mode="lines",
+                                 line={"color": "#9ca3af", "dash": "dash"}), row=1, col=1)
+    for key, name, line in (("strategy_return", "live equity", {"color": "#111827"}),
+                            ("static_return", "static equity", {"color": "#9ca3af", "dash": "dash"})):
+        if key == "static_return" and not any(key in r for r in live):
+            continue
+        fig.add_trace(go.Scatter(x=x, y=list(accumulate(_num(r.get(key)) or 0.0 for r in live)), name=name,
+                                 mode="lines", line=line), row=2, col=1)
+    for shift in filter(None, map(_ts, _list(_dict(record.get("market")).get("shift_times")))):
+        fig.add_shape(type="line", xref="x", yref="paper", x0=shift, x1=shift, y0=0, y1=1,
+                      line={"color": KIND_COLORS["shift"], "width": 2})
+        fig.add_annotation(x=shift, xref="x", yref="paper", y=1.0, yanchor="bottom", showarrow=False,
+                           text="regime shift", font={"color": KIND_COLORS["shift"]})
+    events = [e for e in _rows(record.get("events")) if e.get("kind") in MARKER_KINDS and _ts(e.get("time"))]
+    for kind in MARKER_KINDS:
+        mine = [e for e in events if e.get("kind") == kind]
+        for t in (_ts(e["time"]) for e in mine):
+            fig.add_shape(type="line", xref="x", yref="paper", x0=t, x1=t, y0=0, y1=1,
+                          line={"color": KIND_COLORS[kind], "width": 1, "dash": "dot"})
+        if mine:  # markers carry the hover text (shapes have none)
+            fig.add_trace(go.Scatter(
+                x=[_ts(e["time"]) for e in mine], y=[1.02] * len(mine), mode="markers", name=f"event: {kind}",
+                marker={"color": KIND_COLORS[kind], "symbol": "triangle-down", "size": 10},
+                hovertext=[_e(f"{kind}: {e.get('text') or ''}") for e in mine],
+                hoverinfo="text+x"), row=1, col=1)
+    fig.update_yaxes(range=[0, 1.06], tickformat=".0%", row=1, col=1)
+    fig.update_yaxes(tickformat=".1%", row=2, col=1)
+    fig.update_layout(height=680, template="plotly_white", hovermode="closest", margin={"t": 60, "b": 40},
+                      legend={"orientation": "h", "y": -0.08})
+    note = "" if has_static else _na(f"static counterfactual {NA}")
+    return _figure(fig) + note
+
+
+def _learning_section(record: Mapping[str, Any]) -> str:
+    import plotly.graph_objects as go
+
+    learning = _dict(record.get("learning"))
+    if not learning:
+        return _na(f"learning figures {NA}")
+    rows = [
+        ["accuracy window", f"{_e(learning['window_bars'])} bars" if "window_bars" in learning else NA],
+        ["pre-shift accuracy", _pct(learning.get("pre_shift_accuracy"))],
+        ["post-shift accuracy, static (v1 kept)", _pct(learning.get("post_shift_static_accuracy"))],
+        ["post-shift accuracy, live", _pct(learning.get("post_shift_live_accuracy"))],
+        ["recovery after the shift", _e(_recovery(learning))],
+    ]
+    windows = _rows(learning.get("windows"))
+    if not windows:
+        return _table(["", ""], rows, head=False) + _na(f"accuracy windows {NA}")
+    labels = [_e(w.get("label", i)) for i, w in enumerate(windows)]
+    series = (("live", "live", "#2563eb"), ("static", "static (v1 kept)", "#9ca3af"))
+    fig = go.Figure([go.Bar(name=name, x=labels, y=[_num(w.get(key)) for w in windows], marker_color=color)
+                     for key, name, color in series])
+    fig.update_layout(barmode="group", height=360, template="plotly_white", yaxis={"tickformat": ".0%"},
+                      title="directional accuracy after the shift", margin={"t": 50, "b": 40})
+    return _table(["", ""], rows, head=False) + _figure(fig)
+
+
+def _timeline_section(record: Mapping[str, Any]) -> str:
+    events = _rows(record.get("events"))
+    if not events:
+        return _na(f"events {NA}")
+    rows = [[_duration(e.get("wall"), ""), _e(_when(e.get("time"))),
+             _badge(str(e.get("kind") or "?"), KIND_COLORS.get(str(e.get("kind")))),
+             _e(e.get("version") or ""), _e(e.get("text") or "")] for e in events]
+    return _table(["wall", "bar time", "kind", "version", "what happened"], rows)
+
+
+def _triggers_section(record: Mapping[str, Any]) -> str:
+    triggers = _rows(record.get("triggers"))
+    if not triggers:
+        return _na(f"trigger checks {NA}")
+    rows, classes = [], []
+    for t in triggers:
+        fired = t.get("fired") is True
+        if fired:
+            why = "; ".join(map(str, _list(t.get("reasons"))))
+        else:
+            why = "; ".join(f"{r.get('name', '?')}: {r.get('reason', '')}" for r in _rows(t.get("rules")))
+        rows.append([_e(_when(t.get("time"))), _badge("fired", KIND_COLORS["trigger"]) if fired else "no",
+                     _e(why)])
+        classes.append("fired" if fired else "")
+    return _table(["bar time", "fired", "reasons"], rows, classes)
+
+
+def _rollouts_section(record: Mapping[str, Any]) -> str:
+    rollouts = _rows(record.get("rollouts"))
+    if not rollouts:
+        return _na(f"rollouts {NA}")
+    return "".join(_rollout(r) for r in rollouts)
+
+
+def _rollout(rollout: Mapping[str, Any]) -> str:
+    import plotly.graph_objects as go
+
+    phase = str(rollout.get("phase") or "unknown")
+    label = rollout.get("label") or f"{rollout.get('candidate', '?')} vs {rollout.get('baseline', '?')}"
+    head = (f"<h3>{_e(rollout.get('name') or 'rollout')}: {_e(label)} "
+            f"{_badge(phase, PHASE_COLORS.get(phase))}</h3><p>{_e(rollout.get('message') or '')}</p>")
+    steps = _rows(rollout.get("steps"))
+    if steps:
+        by_wall = all(_num(s.get("wall")) is not None for s in steps)
+        x = [_num(s.get("wall")) if by_wall else _ts(s.get("time")) for s in steps]
+        phases = [str(s.get("phase") or "") for s in steps]
+        text = [p if i == 0 or p != phases[i - 1] else "" for i, p in enumerate(phases)]
+        fig = go.Figure(go.Scatter(x=x, y=[_num(s.get("weight")) for s in steps], mode="lines+markers+text",
+                                   line_shape="hv", text=[_e(t) for t in text], textposition="top center",
+                                   hovertext=[_e(p) for p in phases], name="canary weight"))
+        fig.update_layout(height=280, template="plotly_white", margin={"t": 30, "b": 40},
+                          xaxis_title="seconds since start" if by_wall else "bar time",
+                          yaxis={"title": "candidate weight %", "range": [-5, 115]})
+        head += _figure(fig)
+    else:
+        head += _na(f"rollout steps {NA}")
+    analyses = _rows(rollout.get("analyses"))
+    if all(_num(a.get("at")) is not None for a in analyses):
+        analyses = sorted(analyses, key=lambda a: float(a["at"]))
+    rows = [[_e(a.get("phase", "")), _e(a.get("weight", "")),
+             _badge(str(a.get("verdict", "?")), VERDICT_COLORS.get(str(a.get("verdict")))),
+             _e(a.get("labelled", "")), "<br>".join(_check(c) for c in _rows(a.get("checks"))),
+             _e("; ".join(map(str, _list(a.get("reasons")))))] for a in analyses]
+    head += (_table(["phase", "weight", "verdict", "labelled", "checks", "reasons"], rows) if rows
+             else _na(f"analyses {NA}"))
+    return head
+
+
+def _registry_section(record: Mapping[str, Any]) -> str:
+    registry = _dict(record.get("registry"))
+    if not registry:
+        return _na(f"registry {NA}")
+    aliases = _dict(registry.get("aliases"))
+    out = "<h3>Aliases</h3>" + (_table(["alias", "version"], [[_e(k), _e(v)] for k, v in aliases.items()])
+                                 if aliases else _na(f"aliases {NA}"))
+    metric_keys = ("sharpe", "directional_accuracy", "max_drawdown")
+    rows = []
+    for v in _rows(registry.get("versions")):
+        metrics = _dict(v.get("metrics"))
+        rows.append([_e(v.get("version", "")), _e(v.get("family", "")), _e(v.get("status", "")),
+                     _e(_when(v.get("created_at"))),
+                     *(_metric(k, metrics.get(k)) for k in metric_keys), _e(v.get("note") or "")])
+    headers = ["version", "family", "status", "created", *metric_keys, "note"]
+    out += "<h3>Versions</h3>" + (_table(headers, rows) if rows else _na(f"versions {NA}"))
+    cols = ("at", "action", "version", "from_version", "alias", "reason", "actor")
+    history = [[_e(_when(h.get(c))) if c == "at" else _e(h.get(c) or "") for c in cols]
+               for h in _rows(registry.get("history"))]
+    return out + "<h3>History</h3>" + (_table(list(cols), history) if history else _na(f"history {NA}"))
+
+
+def _drift_section(record: Mapping[str, Any]) -> str:
+    drift = _dict(record.get("drift"))
+    if not drift:
+        return _na(f"drift results {NA}")
+    out = f"<p>{_e(drift.get('summary') or f'summary {NA}')}</p>"
+    if _num(drift.get("share")) is not None:
+        out += f"<p>drifted feature share: {_pct(drift.get('share'))}</p>"
+    drifted = _list(drift.get("drifted"))
+    out += f"<p>drifted columns: {_e(', '.join(map(str, drifted))) if drifted else 'none'}</p>"
+    source = drift.get("html_path")
+    if not source:
+        return out + _na(f"Evidently report {NA} (none was written)")
+    try:
+        embedded = Path(str(source)).read_text(encoding="utf-8", errors="replace")
+    except OSError as exc:
+        log.warning("cannot read the Evidently report %s: %s", source, exc)
+        return out + _na(f"Evidently report {NA}: cannot read {source}")
+    return out + (f'<iframe srcdoc="{html.escape(embedded, quote=True)}" sandbox="allow-scripts" '
+                  f'title="Evidently drift report" style="width:100%;height:900px;border:1px solid #e5e7eb">'
+                  f"</iframe>")
+
+
+def _config_section(record: Mapping[str, Any]) -> str:
+    config = _dict(record.get("config"))
+    if not config:
+        return _na(f"configuration {NA}")
+    rows = [[_e(k), _e(v if isinstance(v, str) else json.dumps(v, default=str))] for k, v in config.items()]
+    return _table(["parameter", "value"], rows)
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def _e(value: Any) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def _na(text: str) -> str:
+    return f'<p class="na">{_e(text)}</p>'
+
+
+def _dict(value: Any) -> Mapping[str, Any]:
+    return value if isinstance(value, Mapping) else {}
+
+
+def _list(value: Any) -> list[Any]:
+    return list(value) if isinstance(value, list | tuple) else []
+
+
+def _rows(value: Any) -> list[Mapping[str, Any]]:
+    return [v for v in _list(value) if isinstance(v, Mapping)]
+
+
+def _num(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+        return None
+    return float(value)
+
+
+def _ratio(rows: list[Mapping[str, Any]], num: str, den: str) -> float | None:
+    if not any(num in r for r in rows):
+        return None
+    total = sum(_num(r.get(den)) or 0.0 for r in rows)
+    return sum(_num(r.get(num)) or 0.0 for r in rows) / total if total > 0 else None
+
+
+def _total(rows: list[Mapping[str, Any]], key: str) -> float | None:
+    return sum(_num(r.get(key)) or 0.0 for r in rows) if any(key in r for r in rows) else None
+
+
+def _ts(value: Any) -> str | None:
+    """An ISO time as naive UTC ``YYYY-MM-DD HH:MM:SS`` (what plotly's date axes read), else ``None``."""
+    try:
+        t = datetime.fromisoformat(str(value))
+    except ValueError:
+        return None
+    if t.tzinfo is not None:
+        t = t.astimezone(UTC).replace(tzinfo=None)
+    return t.strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _when(value: Any) -> str:
+    ts = _ts(value)
+    return ts[:16] if ts else (str(value) if value else "")
+
+
+def _pct(value: Any) -> str:
+    v = _num(value)
+    return f"{v:.1%}" if v is not None else NA
+
+
+def _ret(value: Any) -> str:
+    v = _num(value)
+    return f"{v:+.2%}" if v is not None else NA
+
+
+def _metric(name: str, value: Any) -> str:
+    v = _num(value)
+    if v is None:
+        return ""
+    return _pct(v) if name in ("directional_accuracy", "max_drawdown") else f"{v:.2f}"
+
+
+def _duration(value: Any, missing: str = NA) -> str:
+    s = _num(value)
+    if s is None:
+        return missing
+    return f"{s:.1f} s" if s < 60 else f"{int(s // 60)} min {s % 60:.0f} s"
+
+
+def _recovery(learning: Mapping[str, Any]) -> str:
+    if "recovery_bars" not in learning:
+        return NA
+    bars = _num(learning["recovery_bars"])
+    return f"{bars:.0f} bars" if bars is not None else "not reached"
+
+
+def _check(check: Mapping[str, Any]) -> str:
+    passed = check.get("passed")
+    mark = "✓" if passed is True else "✗" if passed is False else "?"
+    value, threshold = _num(check.get("value")), _num(check.get("threshold"))
+    text = (f"{check.get('name', '?')}: {'n/a' if value is None else f'{value:.4g}'} vs "
+            f"{'n/a' if threshold is None else f'{threshold:.4g}'} {mark}")
+    return f'<span title="{_e(check.get("reason") or "")}">{_e(text)}</span>'
+
+
+def _badge(text: str, color: str | None) -> str:
+    return f'<span class="badge" style="background:{color or "#6b7280"}">{_e(text)}</span>'
+
+
+def _table(
+    headers: list[str], rows: list[list[str]], classes: list[str] | None = None, head: bool = True
+) -> str:
+    """Rows of cells that are already HTML (the caller escapes)."""
+    thead = "<tr>" + "".join(f"<th>{_e(h)}</th>" for h in headers) + "</tr>" if head else ""
+    body = "".join((f'<tr class="{c}">' if c else "<tr>") + "".join(f"<td>{x}</td>" for x in row) + "</tr>"
+                   for row, c in zip(rows, classes or [""] * len(rows), strict=True))
+    return f"<table>{thead}{body}</table>"
+
+
+def _figure(fig: go.Figure) -> str:
+    div = fig.to_html(full_html=False, include_plotlyjs=False, config=PLOT_CONFIG)
+    return f'<div class="figure">{div}</div>'

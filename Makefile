@@ -3,13 +3,12 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
-DEMO_REGISTRY ?= file://$(CURDIR)/.tideline/demo-registry
 
 .PHONY: install test test-fast demo bench lint clean help
 
 help:
 	@echo "make test   - create .venv, install tideline with test extras, run the whole test suite"
-	@echo "make demo   - run one full retraining cycle on the embedded default (synthetic market, local registry)"
+	@echo "make demo   - the whole loop on one machine: train, serve, market shift, retrain, rollout, rollback, HTML report"
 	@echo "make bench  - run the benchmarks in bench/ and write bench/results.json + bench/RESULTS.md"
 	@echo "make kind-up | images | deploy | pipeline-upload | e2e | kind-down - tideline on a local kind cluster (docs/KIND.md)"
 
@@ -29,7 +28,7 @@ test-fast: $(STAMP)
 	$(BIN)/pytest -q -m "not slow"
 
 demo: $(STAMP)
-	$(BIN)/tideline --registry $(DEMO_REGISTRY) cycle --synthetic --symbols 8 --bars 3000 --seed 7
+	$(BIN)/tideline demo --seed 7
 
 bench: $(STAMP)
 	$(BIN)/python bench/run_all.py

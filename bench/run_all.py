@@ -12,7 +12,8 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-BENCHES = [["bench_cycle.py"], ["bench_drift.py"], ["bench_predictor.py"], ["bench_rollout.py"], ["bench_real.py"]]
+BENCHES = [["bench_cycle.py"], ["bench_drift.py"], ["bench_predictor.py"], ["bench_rollout.py"], ["bench_learning.py"],
+           ["bench_real.py"]]
 
 
 def run(argv: list[str]) -> list[dict]:
@@ -86,6 +87,22 @@ def markdown(meta: dict, results: list[dict]) -> str:
                 f"| analysis interval | {r['interval_s']} s | |",
                 f"| first bad response -> rolled back | {r['seconds_to_rollback']} s = {r['intervals_to_rollback']} intervals | <= 3 intervals |",
                 f"| 5xx seen by clients during the switch | {r['client_5xx']} of {r['client_requests']} | 0 |",
+                "",
+            ]
+        elif r.get("name") == "learning":
+            lines += [
+                f"| learning quality (`tideline demo`, seed {r['seed']}: {r['symbols']} symbols, {r['live_bars']} live bars, "
+                f"signal flips at bar {r['shift_at_bar']}) | value |", "|---|---|",
+                f"| story complete (retrain triggered, promoted, broken candidate rolled back, 0 5xx, nothing lost) | "
+                f"{'yes' if r['story_ok'] else 'NO: ' + ', '.join(r['failed_checks'])} |",
+                f"| directional accuracy before the shift | {r['pre_shift_accuracy']} |",
+                f"| after the shift: continuously retrained system / static v1 | {r['post_shift_live_accuracy']} / "
+                f"{r['post_shift_static_accuracy']} |",
+                *[f"| {w['label']}: retrained / static | {w['live']} / {w['static']} |" for w in r["windows"]],
+                f"| bars until the trailing {r['window_bars']}-bar accuracy is within {r['tolerance']} of the pre-shift level | "
+                f"{r['recovery_bars']} |",
+                f"| pipeline runs (seconds each) | {r['pipeline_runs']} ({', '.join(map(str, r['pipeline_run_s']))}) |",
+                f"| whole story, wall time | {r['wall_s']} s |",
                 "",
             ]
         elif r.get("name") == "real_data":

@@ -377,7 +377,8 @@ def data_synth(
 
 
 # ---- sub-commands that live in their own modules ----------------------------------------------------
-from tideline.cli_drift import drift_app  # noqa: E402  (they import this module lazily)
+from tideline.cli_demo import demo  # noqa: E402  (they import this module lazily)
+from tideline.cli_drift import drift_app  # noqa: E402
 from tideline.cli_feedback import feedback  # noqa: E402
 from tideline.cli_pipeline import pipeline_app  # noqa: E402
 from tideline.cli_rollout import rollout_app, serve  # noqa: E402
@@ -389,6 +390,7 @@ app.command("feedback")(feedback)
 app.add_typer(rollout_app, name="rollout")
 app.command("serve")(serve)
 app.add_typer(trigger_app, name="trigger")
+app.command("demo")(demo)
 
 
 # ---- entry point --------------------------------------------------------------------------------------

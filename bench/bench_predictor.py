@@ -76,14 +76,8 @@ def make_registry(root: Path) -> tuple[str, list[dict[str, float]]]:
         mv = reg.register(art, {"family": "lightgbm", "features": model.columns,
                                 "feature_config": cfg.model_dump(),
                                 "feature_config_hash": feature_config_hash(cfg)})
-        X1 = ds.X[model.columns].iloc[:1].to_numpy(np.float32)
-        times = []
-        for _ in range(2000):
-            t = time.perf_counter()
-            model.predict_array(X1)
-            times.append(time.perf_counter() - t)
         info[mv.version] = {"trees": model.fit_info.get("n_trees"),
-                            "model_predict_us": round(1e6 * statistics.median(times), 1)}
+                            "model_predict_us": one_row_us(model, ds, 2000)}
     reg.promote("v1", reason="bench")
     info["by_family"] = one_row_us_by_family(ds)
     rows = [{k: float(v) for k, v in r.items()} for r in ds.X[model.columns].iloc[:2000].to_dict("records")]
@@ -98,14 +92,19 @@ def one_row_us_by_family(ds: Any) -> dict[str, float]:
     for family in ("lightgbm", "xgboost", "sklearn"):
         model = make_model(family, seed=1)
         model.fit(ds.X, ds.y, ds.spec)
-        X1 = ds.X[model.columns].iloc[:1].to_numpy(np.float32)
-        times = []
-        for _ in range(300):
-            t = time.perf_counter()
-            model.predict_array(X1)
-            times.append(time.perf_counter() - t)
-        out[family] = round(1e6 * statistics.median(times), 1)
+        out[family] = one_row_us(model, ds, 300)
     return out
+
+
+def one_row_us(model: Any, ds: Any, repeat: int) -> float:
+    """Median microseconds of ``model.predict_array`` on one row (the serving hot path), in process."""
+    X1 = ds.X[model.columns].iloc[:1].to_numpy(np.float32)
+    times = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        model.predict_array(X1)
+        times.append(time.perf_counter() - t)
+    return round(1e6 * statistics.median(times), 1)
 
 
 def start(cmd: list[str], env: dict[str, str], port: int | None) -> tuple[subprocess.Popen[str], int]:

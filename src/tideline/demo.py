@@ -363,8 +363,8 @@ class Demo:
         share = round(res.drifted_share, 3)
         self.drift = {"html_path": str(html), "share": share, "drifted": drifted,
                       "summary": f"{out.version} at {self.traffic.now:%Y-%m-%d %H:%M}: {len(drifted)} of "
-                                 f"{len(res.columns)} features drifted (share {share:.2f}, the drift rule fires "
-                                 f"at {res.drift_share_threshold:.2f})"}
+                                 f"{len(res.columns)} features drifted (share {share:.2f}; the drift rule, off in "
+                                 f"the demo, would fire at {res.drift_share_threshold:.2f})"}
         note = "" if drifted else " - the shift flips the signal, not the features: drift alone cannot see it"
         self.tl.add("drift", self.drift["summary"] + note, bar_time=self.traffic.now, version=out.version)
 
@@ -387,10 +387,9 @@ class Demo:
                                   min_bars=self.cfg.min_window_bars, lookback_bars=self.cfg.lookback_bars)
             if cps and not self.change_announced:
                 self.change_announced = True
-                c = cps[-1]
-                self.tl.add("drift", f"live change detector ({c['detector']} on {c['series'] or 'outcomes'}) "
-                            f"finds a change in {prod}'s live outcomes at {c['timestamp']}", bar_time=tr.now,
-                            version=prod)
+                found = ", ".join(sorted({f"{c['detector']} on {c['series'] or 'outcomes'}" for c in cps}))
+                self.tl.add("drift", f"live change detectors ({found}) find a change in {prod}'s live outcomes, "
+                            f"dated {win.start}", bar_time=tr.now, version=prod)
             if not win.ready:
                 self.tl.add("retrain", f"deferred: {win.reason}", bar_time=tr.now)
                 return {"deferred": win.to_dict()}

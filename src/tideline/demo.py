@@ -229,7 +229,6 @@ class Traffic:
         self.pos = 0  # index into world.live_times of the next bar to send
         self.sent_at: dict[int, float] = {}
         self.statuses: dict[int, int] = {}
-        self.answers: list[dict[str, Any]] = []
         self.rows_answered = 0
         self.answered: set[tuple[str, str]] = set()  # (request id, version) of every answer the client got
         self.failures: list[str] = []
@@ -263,8 +262,6 @@ class Traffic:
             if r.status == 200:
                 doc = json.loads(data)
                 self.rows_answered += len(doc["predictions"])
-                self.answers.append({"time": t, "version": doc["model_version"],
-                                     "route": r.getheader("x-tideline-route", "")})
                 self.answered.add((f"bar-{self.pos:06d}", doc["model_version"]))
             else:
                 self.failures.append(f"bar {t}: HTTP {r.status}: {data[:200]!r}")

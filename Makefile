@@ -4,12 +4,13 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install test test-fast demo bench lint clean help
+.PHONY: install test test-fast demo bench reliability lint clean help
 
 help:
 	@echo "make test   - create .venv, install tideline with test extras, run the whole test suite"
 	@echo "make demo   - the whole loop on one machine: train, serve, market shift, retrain, rollout, rollback, HTML report"
 	@echo "make bench  - run the benchmarks in bench/ and write bench/results.json + bench/RESULTS.md"
+	@echo "make reliability - faults, bad input and attacks, many times each; writes the README reliability table"
 	@echo "make kind-up | images | deploy | pipeline-upload | e2e | kind-down - tideline on a local kind cluster (docs/KIND.md)"
 
 $(STAMP): pyproject.toml
@@ -32,6 +33,9 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/run_all.py
+
+reliability: $(STAMP)
+	$(BIN)/python bench/bench_reliability.py
 
 clean:
 	rm -rf .tideline .pytest_cache build *.egg-info src/*.egg-info

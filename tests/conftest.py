@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -9,6 +10,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples" / "data"
+sys.path.insert(0, str(ROOT / "bench"))  # the reliability scenarios (bench/reliability) are importable
 
 # Tests never touch a real cloud account or the user's settings.
 os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")

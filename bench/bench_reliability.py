@@ -1,0 +1,152 @@
+"""The reliability table: faults, bad input and attacks, each tried many times, and what was lost.
+
+Runs every scenario module of ``bench/reliability/`` in its own process (a crash or a leaked server in one
+cannot spoil another) and collects their rows (see ``bench/reliability/__init__.py`` for the row contract).
+Writes ``bench/reliability.json`` and ``bench/reliability.md`` (``reliability-quick.*`` for ``--quick``) and, for a full run, the README table between
+``<!-- reliability:start -->`` and ``<!-- reliability:end -->``. Exits 1 when any scenario failed a check or
+lost anything.
+
+    python bench/bench_reliability.py              # full stress (make reliability), several minutes
+    python bench/bench_reliability.py --quick      # the reduced form CI runs through the tests
+    python bench/bench_reliability.py --only registry,outage
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+README = ROOT / "README.md"
+START, END = "<!-- reliability:start -->", "<!-- reliability:end -->"
+MODULES = ["registry", "outage", "controller", "predictor", "inputs", "security"]
+AREAS = ["Faults", "Bad input", "Security"]
+KEYS = {"area", "scenario", "times", "unit", "result", "lost", "ok", "seconds"}
+ROW_PREFIX = "@@row "
+
+# The child: import one scenario module, run it, print each row on its own marked line.
+CHILD = f"""
+import json, sys
+from pathlib import Path
+from reliability.{{module}} import scenarios
+for row in scenarios(quick={{quick}}, work=Path({{work!r}})):
+    print({ROW_PREFIX!r} + json.dumps(row, default=str), flush=True)
+"""
+
+
+def _failed_row(module: str, why: str, seconds: float) -> dict[str, Any]:
+    return {"area": "Faults", "scenario": f"{module}: the scenario module did not finish", "times": 0,
+            "unit": "runs", "result": why, "lost": None, "ok": False, "seconds": round(seconds, 1)}
+
+
+def check_row(module: str, row: Any) -> dict[str, Any]:
+    """A row as the contract says, or a failed row naming what is wrong with it."""
+    if not isinstance(row, dict) or set(row) != KEYS:
+        got = sorted(row) if isinstance(row, dict) else type(row).__name__
+        return _failed_row(module, f"malformed row (keys {got})", 0.0)
+    if row["area"] not in AREAS or not isinstance(row["times"], int) or not isinstance(row["ok"], bool):
+        return _failed_row(module, f"malformed row {row!r:.200}", 0.0)
+    return row
+
+
+def run_module(module: str, quick: bool, timeout_s: float) -> list[dict[str, Any]]:
+    """Every row one module reports; a failed row when it crashed, hung or reported nothing."""
+    t0 = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix=f"tideline-rel-{module}-") as work:
+        code = CHILD.format(module=module, quick=quick, work=work)
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(HERE), os.environ.get("PYTHONPATH")]))}
+        try:
+            p = subprocess.run([sys.executable, "-c", code], cwd=HERE, env=env, capture_output=True, text=True,
+                               timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            return [_failed_row(module, f"timed out after {timeout_s:.0f} s", time.monotonic() - t0)]
+    rows = [check_row(module, json.loads(line[len(ROW_PREFIX):]))
+            for line in p.stdout.splitlines() if line.startswith(ROW_PREFIX)]
+    if p.returncode != 0:
+        last = (p.stderr.strip().splitlines() or ["no output"])[-1]
+        rows.append(_failed_row(module, f"exit {p.returncode}: {last[:300]}", time.monotonic() - t0))
+    elif not rows:
+        rows.append(_failed_row(module, "reported no rows", time.monotonic() - t0))
+    return rows
+
+
+def _lost(row: dict[str, Any]) -> str:
+    return "?" if row["lost"] is None else f"{row['lost']:,}"
+
+
+def markdown(meta: dict[str, Any], rows: list[dict[str, Any]]) -> str:
+    """The table the README shows: what was tried, how many times, what happened, what was lost."""
+    n_ok = sum(1 for r in rows if r["ok"] and r["lost"] == 0)
+    lines = [f"Measured {meta['date']} on {meta['cores']} cores ({meta['machine']}), "
+             f"{'reduced (--quick)' if meta['quick'] else 'full'} run, {meta['wall_s']:.0f} s: "
+             f"**{n_ok} of {len(rows)} scenarios held**, "
+             f"{sum(r['lost'] or 0 for r in rows)} things lost.", "",
+             "| area | what was tried | times | what happened | lost | ok |", "|---|---|---|---|---|---|"]
+    for r in sorted(rows, key=lambda r: AREAS.index(r["area"])):
+        result = str(r["result"]).replace("|", "\\|").replace("\n", " ")
+        lines.append(f"| {r['area']} | {r['scenario']} | {r['times']:,} {r['unit']} | {result} | {_lost(r)} | "
+                     f"{'yes' if r['ok'] and r['lost'] == 0 else '**NO**'} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_readme(table: str, readme: Path = README) -> bool:
+    """Replace the README's block between the markers; False when the markers are missing."""
+    text = readme.read_text()
+    if START not in text or END not in text:
+        return False
+    head, rest = text.split(START, 1)
+    _, tail = rest.split(END, 1)
+    readme.write_text(f"{head}{START}\n{table}{END}{tail}")
+    return True
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="the reduced form (what CI runs)")
+    ap.add_argument("--only", default="", help=f"comma-separated modules out of {','.join(MODULES)}")
+    ap.add_argument("--out", type=Path, default=None,
+                    help="JSON record (default bench/reliability.json, bench/reliability-quick.json for --quick)")
+    ap.add_argument("--readme", action=argparse.BooleanOptionalAction, default=None,
+                    help="write the README table (default: only for a full run of every module)")
+    ap.add_argument("--timeout", type=float, default=None, help="seconds per module (default 300 quick, 1800 full)")
+    args = ap.parse_args(argv)
+    modules = [m for m in args.only.split(",") if m] or MODULES
+    unknown = sorted(set(modules) - set(MODULES))
+    if unknown:
+        ap.error(f"unknown module(s) {', '.join(unknown)}; choose from {', '.join(MODULES)}")
+    timeout = args.timeout or (300.0 if args.quick else 1800.0)
+
+    t0 = time.monotonic()
+    rows: list[dict[str, Any]] = []
+    for module in modules:
+        t = time.monotonic()
+        got = run_module(module, args.quick, timeout)
+        rows += got
+        bad = sum(1 for r in got if not r["ok"] or r["lost"] != 0)
+        print(f"{module}: {len(got)} scenarios, {bad} failed, {time.monotonic() - t:.0f} s", file=sys.stderr)
+    meta = {"date": dt.date.today().isoformat(), "cores": os.cpu_count(), "machine": platform.machine(),
+            "python": platform.python_version(), "quick": args.quick, "modules": modules,
+            "wall_s": round(time.monotonic() - t0, 1)}
+    out = args.out or HERE / ("reliability-quick.json" if args.quick else "reliability.json")
+    out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
+    table = markdown(meta, rows)
+    out.with_suffix(".md").write_text(table)
+    print(table)
+    readme = args.readme if args.readme is not None else (not args.quick and modules == MODULES)
+    if readme and not write_readme(table):
+        print(f"README has no {START} / {END} block; table not written there", file=sys.stderr)
+    return 0 if all(r["ok"] and r["lost"] == 0 for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

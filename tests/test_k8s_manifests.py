@@ -77,10 +77,12 @@ RENDERS = {
     "helm-default": lambda: render(values(None)),
     "helm-kind": lambda: render(values("values-kind.yaml")),
     "helm-production": lambda: render(values("values-production.yaml")),
+    "helm-signing": lambda: render({"signing": {"enabled": True}}),
     "kustomize-base": lambda: kustomize("manifests/base"),
     "kustomize-kind": lambda: kustomize("manifests/overlays/kind"),
+    "kustomize-signed": lambda: kustomize("manifests/overlays/signed"),
 }
-NON_DEV = ("helm-default", "helm-production", "kustomize-base")
+NON_DEV = ("helm-default", "helm-production", "helm-signing", "kustomize-base", "kustomize-signed")
 _cache: dict[str, list[dict[str, Any]]] = {}
 
 
@@ -210,6 +212,9 @@ def test_helm_lint_is_clean(vals: str | None) -> None:
     {"registry": "file:///tmp/registry"},              # a cluster registry is s3://
     {"minio": {"consoleNodePort": 8080}},              # not a NodePort
     {"imagePullPolicy": "Sometimes"},
+    {"signing": {"enabled": "yes"}},                   # not a boolean
+    {"signing": {"existingSecret": "Not_A_Name"}},     # not a Secret name
+    {"signing": {"key": "0123456789abcdef0123"}},      # key material has no place in values
 ])
 def test_values_schema_rejects_bad_values(bad: dict[str, Any]) -> None:
     chart = helm.Chart.load(str(CHART))
@@ -242,7 +247,7 @@ def test_helm_values_match_versions_env() -> None:
 
 # ---- chart and kustomize describe the same resources ------------------------------------------------
 @pytest.mark.parametrize("helm_source,kustomize_source", [
-    ("helm-default", "kustomize-base"), ("helm-kind", "kustomize-kind")])
+    ("helm-default", "kustomize-base"), ("helm-kind", "kustomize-kind"), ("helm-signing", "kustomize-signed")])
 def test_chart_and_kustomize_describe_the_same_resources(helm_source: str, kustomize_source: str) -> None:
     # the Namespace is kustomize's to create; Helm gets --create-namespace (it never owns its own namespace)
     k = {key(o) for o in objects(kustomize_source) if o["kind"] != "Namespace"}
@@ -279,6 +284,91 @@ def test_chart_defaults_equal_the_kustomize_base(kind_name: tuple[str, str]) -> 
             for c in o["spec"]["containers"]:
                 c["env"] = sorted(c["env"], key=lambda e: e["name"])
     assert _comparable(h) == _comparable(k)
+
+
+SIGNED_WORKLOADS = [("Deployment", "tideline-operator"), ("ServingRuntime", "tideline-predictor"),
+                    ("CronWorkflow", "tideline-retrain-weekly"), ("CronWorkflow", "tideline-trigger-check-daily"),
+                    ("CronWorkflow", "tideline-trigger-check-off-hours")]
+
+
+@pytest.mark.parametrize("kind_name", SIGNED_WORKLOADS)
+def test_chart_with_signing_equals_the_signed_kustomize_overlay(kind_name: tuple[str, str]) -> None:
+    h = {key(o): o for o in objects("helm-signing")}[kind_name]
+    k = {key(o): o for o in objects("kustomize-signed")}[kind_name]
+    for o in (h, k):
+        for _, c, _ in containers_of(o):
+            c["env"] = sorted(c["env"], key=lambda e: e["name"])
+    assert _comparable(h) == _comparable(k)
+
+
+# ---- signing of model versions: the key Secret wiring ------------------------------------------------------
+@pytest.mark.parametrize("source,enabled", [
+    ("helm-default", False), ("kustomize-base", False), ("helm-kind", False), ("kustomize-kind", False),
+    ("helm-signing", True), ("kustomize-signed", True), ("helm-production", True)])
+def test_signing_key_wiring(source: str, enabled: bool) -> None:
+    """With signing on, every workload that registers or loads models mounts the key Secret read-only and
+    names the file; off (the default), none does, so a default install needs no signing Secret."""
+    from reliability.security import signing_problems
+
+    objs = objects(source)
+    assert signing_problems(objs, enabled=enabled) == []
+    for where, c, _ in (x for o in objs for x in containers_of(o)):
+        for e in c.get("env") or []:
+            assert e["name"] != "TIDELINE_SIGNING_KEY", f"{where}: the key itself must not be an env value"
+    if enabled:
+        by = {key(o): o for o in objs}
+        sr = by[("ServingRuntime", "tideline-predictor")]["spec"]
+        vol = next(v for v in sr["volumes"] if v["name"] == "signing-key")
+        assert vol["secret"] == {"secretName": "tideline-signing", "items": [{"key": "key", "path": "key"}],
+                                 "defaultMode": 0o444}
+        env = {e["name"]: e.get("value") for e in sr["containers"][0]["env"]}
+        assert env["TIDELINE_SIGNING_KEY_FILE"] == "/var/run/secrets/tideline/signing/key"
+        assert env["TIDELINE_REQUIRE_SIGNED"] == "1"
+        # the InferenceService runs on that runtime: its model container is where the key is used
+        assert by[("InferenceService", "tideline")]["spec"]["predictor"]["model"]["runtime"] == "tideline-predictor"
+
+
+def test_signing_wiring_check_can_fail() -> None:
+    from reliability.security import signing_problems
+
+    objs = objects("helm-signing")
+    assert signing_problems(objs, enabled=False)  # wired although "disabled"
+    assert signing_problems(objects("helm-default"), enabled=True)  # not wired although "enabled"
+    for edit in ("writable", "optional", "env"):
+        broken = copy.deepcopy(objs)
+        dep = next(o for o in broken if key(o) == ("Deployment", "tideline-operator"))["spec"]["template"]["spec"]
+        vol = next(v for v in dep["volumes"] if v["name"] == "signing-key")
+        if edit == "writable":
+            vol["secret"]["defaultMode"] = 0o644
+        elif edit == "optional":
+            vol["secret"]["optional"] = True
+        else:
+            dep["containers"][0]["env"] = [e for e in dep["containers"][0]["env"]
+                                           if e["name"] != "TIDELINE_SIGNING_KEY_FILE"]
+        assert signing_problems(broken, enabled=True), edit
+
+
+def test_pipeline_pods_get_the_signing_key_optionally() -> None:
+    """KFP workflow pods (kind addon) sign what they register when Secret tideline-signing exists."""
+    addon = yaml.safe_load((ROOT / "manifests/addons/kfp-workflow-defaults.yaml").read_text())
+    patch = yaml.safe_load(yaml.safe_load(addon["data"]["workflowDefaults"])["spec"]["podSpecPatch"])
+    env = {e["name"]: e for e in patch["containers"][0]["env"]}
+    ref = env["TIDELINE_SIGNING_KEY"]["valueFrom"]["secretKeyRef"]
+    assert ref == {"name": "tideline-signing", "key": "key", "optional": True} and "value" not in env["TIDELINE_SIGNING_KEY"]
+
+
+@pytest.mark.parametrize("source", list(RENDERS))
+def test_the_bench_cluster_checks_pass_and_can_fail(source: str) -> None:
+    """bench/reliability/security.py checks the same renders; its checkers agree and catch seeded mistakes."""
+    from reliability.security import _break, cluster_problems
+
+    dev = source.endswith("kind")
+    signing = None if dev else source in ("helm-signing", "kustomize-signed", "helm-production")
+    n, problems = cluster_problems(objects(source), dev=dev, signing=signing)
+    assert n >= 8 and problems == []
+    if source == "helm-signing":
+        for name, broken in _break(objects(source)).items():
+            assert cluster_problems(broken, dev=False, signing=True)[1], f"seeded mistake not caught: {name}"
 
 
 # ---- security: RBAC, containers, credentials -------------------------------------------------------------

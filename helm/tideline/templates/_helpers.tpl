@@ -68,3 +68,34 @@ serving.kserve.io/s3-usehttps: "0"
 serving.kserve.io/s3-verifyssl: "0"
 serving.kserve.io/s3-region: {{ .Values.s3.region | quote }}
 {{- end -}}
+
+
+{{/* Signing (values.signing): the key file env, its read-only mount and the Secret volume; empty when off. */}}
+{{- define "tideline.signingEnv" -}}
+{{- if .Values.signing.enabled }}
+- name: TIDELINE_SIGNING_KEY_FILE
+  value: /var/run/secrets/tideline/signing/key
+- name: TIDELINE_REQUIRE_SIGNED
+  value: {{ ternary "1" "0" .Values.signing.requireSigned | quote }}
+{{- end }}
+{{- end -}}
+
+{{- define "tideline.signingMount" -}}
+{{- if .Values.signing.enabled }}
+- name: signing-key
+  mountPath: /var/run/secrets/tideline/signing
+  readOnly: true
+{{- end }}
+{{- end -}}
+
+{{- define "tideline.signingVolume" -}}
+{{- if .Values.signing.enabled }}
+- name: signing-key
+  secret:
+    secretName: {{ .Values.signing.existingSecret }}
+    items:
+      - key: {{ .Values.signing.secretKey }}
+        path: key
+    defaultMode: 0444
+{{- end }}
+{{- end -}}

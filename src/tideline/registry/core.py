@@ -18,11 +18,36 @@ versions are never reused (they stay listed in ``state.json``).
 Invariants kept by the API: the ``production`` alias and status ACTIVE go together (only ``promote``
 and ``rollback`` move ``production``/``previous``); an alias only points to an existing version; a
 version an alias points to, or an ACTIVE one, cannot be deleted.
+
+Signing (optional, ``tideline.registry.signing``). With a key configured (``TIDELINE_SIGNING_KEY_FILE``,
+a file mounted from a Kubernetes Secret, or ``TIDELINE_SIGNING_KEY``; both set is a ConfigError),
+``register`` adds ``signature = {algorithm: hmac-sha256, key_id, value}`` to the manifest: an HMAC over
+the canonical JSON of every other manifest field, which includes each artifact's sha256, so artifact
+bytes are covered too (``fetch`` checks them against the authenticated sha256). Every path that trusts
+a manifest (``get``, ``fetch``, ``list_versions``, ``resolve``/``status`` of a version id, ``promote``,
+``set_alias``, ``set_status``: all go through ``_load_manifest``) then refuses with IntegrityError ("v3
+is not signed: refusing it", "v3 signature does not match: refusing it") a version whose signature is
+missing, made with another key, or does not match. The policy is fixed when the Registry is opened:
+
+    key   TIDELINE_REQUIRE_SIGNED   unsigned version   signed version
+    no    unset / 0                 loads              loads (cannot be checked without the key)
+    no    1                         ConfigError when the registry is opened (a lost key mount fails closed)
+    yes   unset / 1                 refused            must verify
+    yes   0 (migration)             loads (warning)    must verify
+
+The manifest cache holds the verdict computed from the bytes read from the store with this policy, so
+a cached manifest cannot skip verification. Independently of signing, a manifest whose ``version``
+differs from its key, or whose artifact names or prefix are not plain relative names, is refused
+(IntegrityError). Signing authenticates versions, not ``state.json``: someone able to write the store
+can still move aliases between authentic versions, and attachments are covered by their sha256 only.
+Deleting a version whose manifest fails verification removes the manifest and attachments but leaves
+its artifacts to ``cleanup``'s orphan pass (a forged ``artifact_prefix`` must not aim a delete).
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import random
@@ -49,7 +74,8 @@ from tideline.errors import (
     RegistryError,
     VersionNotFound,
 )
-from tideline.registry.store import NotFound, PreconditionFailed, Store, open_store
+from tideline.registry.signing import Signing
+from tideline.registry.store import NotFound, PreconditionFailed, Store, open_store, validate_key
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +128,15 @@ class ArtifactInfo(BaseModel):
     size: int
 
 
+class Signature(BaseModel):
+    """HMAC of a manifest's other fields (``tideline.registry.signing``); the key is never stored."""
+
+    model_config = ConfigDict(extra="forbid")
+    algorithm: str
+    key_id: str
+    value: str
+
+
 class ModelVersion(BaseModel):
     """Immutable manifest of one registered version."""
 
@@ -124,9 +159,11 @@ class ModelVersion(BaseModel):
     artifacts: dict[str, ArtifactInfo] = Field(default_factory=dict)
     artifact_prefix: str
     extra: dict[str, Any] = Field(default_factory=dict)
+    signature: Signature | None = None
 
 
-_REGISTRY_FIELDS: Final = frozenset({"version", "created_at", "artifacts", "artifact_prefix"})
+_REGISTRY_FIELDS: Final = frozenset({"version", "created_at", "artifacts", "artifact_prefix", "signature"})
+_PREFIX_RE = re.compile(r"^artifacts/[A-Za-z0-9][A-Za-z0-9._-]{0,127}/$")
 _METADATA_FIELDS: Final = frozenset(ModelVersion.model_fields) - _REGISTRY_FIELDS
 
 
@@ -208,13 +245,38 @@ def _manifest_key(version: str) -> str:
     return f"versions/{version}.json"
 
 
+def _shape_problem(version: str, mv: ModelVersion) -> str | None:
+    """Why a parsed manifest cannot be trusted whatever the signing policy (wrong id, unsafe paths)."""
+    if mv.version != version:
+        return f"manifest {_manifest_key(version)} describes {mv.version[:32]!r}: refusing it"
+    if not _PREFIX_RE.match(mv.artifact_prefix):
+        return f"{version} has an unsafe artifact prefix {mv.artifact_prefix[:80]!r}: refusing it"
+    for rel in mv.artifacts:
+        try:
+            for seg in rel.split("/"):
+                _check_name(seg, "artifact file")
+            validate_key(mv.artifact_prefix + rel)
+        except ConfigError:
+            return f"{version} names an unsafe artifact path {rel[:80]!r}: refusing it"
+    return None
+
+
 class Registry:
     """Versions, statuses, aliases, history and attachments on top of a ``Store``. Thread-safe."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, *, signing: Signing | None = None) -> None:
+        """``signing`` None: read the policy from the environment (``Signing.from_env``)."""
         self.store = store
-        self._cache: dict[str, ModelVersion] = {}  # manifests are immutable and ids never reused
+        self._signing = Signing.from_env() if signing is None else signing
+        # version -> (manifest, why it must be refused or None). Manifests are immutable, ids never
+        # reused and the policy is fixed per instance, so the verdict can be cached with the manifest.
+        self._cache: dict[str, tuple[ModelVersion, str | None]] = {}
         self._cache_lock = threading.Lock()
+
+    @property
+    def signing(self) -> Signing:
+        """The signing policy of this registry (fixed when it was opened)."""
+        return self._signing
 
     def __repr__(self) -> str:
         return f"Registry({self.store.uri!r})"
@@ -274,7 +336,16 @@ class Registry:
                 ids.append(name[:-5])
         return sorted(ids, key=_vnum)
 
-    def _load_manifest(self, version: str) -> ModelVersion:
+    def _load_manifest(self, version: str, *, verify: bool = True) -> ModelVersion:
+        """The manifest of ``version``; with ``verify`` (every caller that trusts it) IntegrityError
+        when the signing policy or the shape checks refuse it. ``verify=False`` is for bookkeeping
+        (retention, orphan detection) that must see every manifest."""
+        mv, problem = self._manifest_entry(version)
+        if problem is not None and verify:
+            raise IntegrityError(problem)
+        return mv
+
+    def _manifest_entry(self, version: str) -> tuple[ModelVersion, str | None]:
         with self._cache_lock:
             cached = self._cache.get(version)
         if cached is not None:
@@ -285,11 +356,16 @@ class Registry:
             raise VersionNotFound(f"model version {version!r} not found", hint=self._known_hint()) from None
         try:
             mv = ModelVersion.model_validate_json(data)
-        except PydanticValidationError as e:
-            raise RegistryError(f"manifest of {version} is corrupt: {e}") from e
+            raw = json.loads(data)
+        except (PydanticValidationError, ValueError) as e:
+            raise RegistryError(f"manifest of {version} is corrupt: {str(e).splitlines()[0]}") from e
+        problem = _shape_problem(version, mv) or self._signing.problem(version, raw)
+        if problem is None and self._signing.enabled and mv.signature is None:
+            log.warning("%s is not signed; accepted because %s=0", version, "TIDELINE_REQUIRE_SIGNED")
+        entry = (mv, problem)
         with self._cache_lock:
-            self._cache[version] = mv
-        return mv
+            self._cache[version] = entry
+        return entry
 
     def _known_hint(self) -> str:
         known = self._version_ids()
@@ -331,7 +407,10 @@ class Registry:
         return self._load_manifest(self._resolve(version_or_alias, state))
 
     def list_versions(self) -> list[ModelVersion]:
-        """Every committed, non-deleted version, oldest first."""
+        """Every committed, non-deleted version, oldest first (IntegrityError if one is refused)."""
+        return self._list_manifests(verify=True)
+
+    def _list_manifests(self, *, verify: bool) -> list[ModelVersion]:
         ids = self._version_ids()
         state, _ = self._read_state()
         out = []
@@ -339,7 +418,7 @@ class Registry:
             if v in state.deleted:
                 continue
             try:
-                out.append(self._load_manifest(v))
+                out.append(self._load_manifest(v, verify=verify))
             except VersionNotFound:  # deleted meanwhile
                 continue
         return out
@@ -417,6 +496,9 @@ class Registry:
         n = max([_vnum(v) for v in ids] + [_vnum(v) for v in state.deleted] + [0]) + 1
         for _ in range(10_000):
             mv = proto.model_copy(update={"version": f"v{n}"})
+            if self._signing.enabled:  # over the JSON form: exactly what a reader will parse back
+                body = json.loads(mv.model_dump_json(exclude={"signature"}))
+                mv = mv.model_copy(update={"signature": Signature(**self._signing.sign(body))})
             data = mv.model_dump_json(indent=1).encode()
             try:
                 self.store.put(_manifest_key(mv.version), data, if_none_match=True)
@@ -431,7 +513,7 @@ class Registry:
         else:  # pragma: no cover - would need 10k concurrent writers
             raise RegistryError("could not allocate a version id")
         with self._cache_lock:
-            self._cache[mv.version] = mv
+            self._cache[mv.version] = (mv, None)
 
         def mutate(st: _State) -> tuple[None, list[Event]]:
             st.statuses[mv.version] = status
@@ -676,7 +758,7 @@ class Registry:
         then its manifest is removed, then its artifacts and attachments.
         """
         _check_version_id(version)
-        mv = self._require_version(version)
+        mv, problem = self._manifest_entry(version)  # a refused (tampered) version can still be deleted
 
         def mutate(st: _State) -> tuple[None, list[Event]]:
             if version in st.deleted:
@@ -692,7 +774,7 @@ class Registry:
             return None, [Event(at=_now(), action="delete", version=version, reason=reason, actor=actor)]
 
         self._update_state(mutate)
-        self._purge(version, mv.artifact_prefix)
+        self._purge(version, mv.artifact_prefix if problem is None else None)
         log.info("deleted %s", version)
 
     def _purge(self, version: str, artifact_prefix: str | None) -> None:
@@ -716,7 +798,7 @@ class Registry:
         if not isinstance(keep_last, int) or keep_last < 0:
             raise ConfigError(f"keep_last must be a non-negative integer, got {keep_last!r}")
         removed: list[str] = []
-        versions = self.list_versions()
+        versions = self._list_manifests(verify=False)  # retention also applies to refused versions
         old = versions[: max(0, len(versions) - keep_last)]
         for mv in old:
             state, _ = self._read_state()
@@ -734,14 +816,14 @@ class Registry:
         for v in self._version_ids():
             if v in state.deleted:  # tombstoned but not purged (killed deleter)
                 try:
-                    mv = self._load_manifest(v)
-                    self._purge(v, mv.artifact_prefix)
+                    mv, problem = self._manifest_entry(v)
+                    self._purge(v, mv.artifact_prefix if problem is None else None)
                 except VersionNotFound:
                     pass
         referenced: set[str] = set()
         for v in self._version_ids():
             try:
-                referenced.add(self._load_manifest(v).artifact_prefix)
+                referenced.add(self._load_manifest(v, verify=False).artifact_prefix)
             except VersionNotFound:  # deleted meanwhile
                 continue
         groups: dict[str, list[str]] = {}
@@ -771,6 +853,10 @@ class Registry:
         return removed
 
 
-def open_registry(uri: str, *, endpoint_url: str | None = None) -> Registry:
-    """Open the registry at ``file:///abs/path``, a plain path, or ``s3://bucket/prefix``."""
-    return Registry(open_store(uri, endpoint_url=endpoint_url))
+def open_registry(uri: str, *, endpoint_url: str | None = None, signing: Signing | None = None) -> Registry:
+    """Open the registry at ``file:///abs/path``, a plain path, or ``s3://bucket/prefix``.
+
+    ``signing`` None: the signing policy comes from the environment (``TIDELINE_SIGNING_KEY_FILE``,
+    ``TIDELINE_SIGNING_KEY``, ``TIDELINE_REQUIRE_SIGNED``; see the module docstring).
+    """
+    return Registry(open_store(uri, endpoint_url=endpoint_url), signing=signing)

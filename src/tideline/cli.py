@@ -92,10 +92,26 @@ def _root(
     st.registry, st.config = registry, config
 
 
-def _open_registry(s: Settings):  # noqa: ANN202 - Registry, imported lazily to keep --help fast
+def _open_registry(s: Settings, *, must_exist: bool = False):  # noqa: ANN202 - Registry, imported lazily
+    """The registry of the settings. ``must_exist``: a ``file://`` registry directory that does not exist is
+    an error (a command that only reads or moves versions must not create an empty registry at a typo)."""
+    from urllib.parse import urlparse
+
+    from tideline.errors import StorageUnavailable
     from tideline.registry import open_registry
 
-    return open_registry(s.registry_uri(), endpoint_url=s.endpoint_url())
+    from tideline.errors import ConfigError
+
+    uri = s.registry_uri()
+    parsed = urlparse(uri)
+    local = Path(parsed.path) if parsed.scheme == "file" else None if "://" in uri else Path(uri)
+    if local is not None and local.expanduser().is_file():
+        raise ConfigError(f"registry path {local} is a file, not a directory", hint="check --registry")
+    if must_exist:
+        if local is not None and not local.expanduser().exists():
+            raise StorageUnavailable(f"no registry at {local}: the directory does not exist",
+                                     hint="check --registry / TIDELINE_REGISTRY; `tideline cycle` creates one")
+    return open_registry(uri, endpoint_url=s.endpoint_url())
 
 
 def _print_json(obj: Any) -> None:
@@ -230,7 +246,7 @@ def _version_row(mv: Any, status: str, aliases: dict[str, str]) -> dict[str, Any
 @models_app.command("list")
 def models_list(ctx: typer.Context, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """List every version with its status, aliases and hold-out metrics."""
-    reg = _open_registry(_state(ctx).settings())
+    reg = _open_registry(_state(ctx).settings(), must_exist=True)
     aliases, statuses = reg.aliases(), reg.statuses()
     rows = [_version_row(mv, str(getattr(statuses.get(mv.version), "value", statuses.get(mv.version))), aliases)
             for mv in reg.list_versions()]
@@ -253,7 +269,7 @@ def models_list(ctx: typer.Context, as_json: Annotated[bool, typer.Option("--jso
 def models_show(ctx: typer.Context, version: Annotated[str, typer.Argument(help="Version or alias.")],
                 as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Show one version: metadata, metrics, decision and artifacts."""
-    reg = _open_registry(_state(ctx).settings())
+    reg = _open_registry(_state(ctx).settings(), must_exist=True)
     mv = reg.get(version)
     d = mv.model_dump(mode="json")
     d["status"] = str(getattr(reg.status(mv.version), "value", reg.status(mv.version)))
@@ -284,7 +300,7 @@ def models_show(ctx: typer.Context, version: Annotated[str, typer.Argument(help=
 @models_app.command("history")
 def models_history(ctx: typer.Context, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Every promotion, rollback and alias move, oldest first."""
-    reg = _open_registry(_state(ctx).settings())
+    reg = _open_registry(_state(ctx).settings(), must_exist=True)
     events = [e.model_dump(mode="json") for e in reg.history()]
     if as_json:
         _print_json(events)
@@ -333,7 +349,7 @@ def models_cleanup(ctx: typer.Context,
                    keep: Annotated[int, typer.Option(min=1, help="Versions to keep (aliased ones always kept).")] = 20
                    ) -> None:
     """Retention: delete old versions beyond --keep that no alias points to."""
-    reg = _open_registry(_state(ctx).settings())
+    reg = _open_registry(_state(ctx).settings(), must_exist=True)
     gone = reg.cleanup(keep_last=keep)
     out.print(f"deleted {len(gone)} version(s){': ' + ', '.join(gone) if gone else ''}")
 

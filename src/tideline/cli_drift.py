@@ -53,7 +53,7 @@ def check(
         assert data is not None
         raw = load_bars(data, endpoint_url=s.endpoint_url())
     clean = validate_bars(raw, mode="strict").clean
-    reg = _open_registry(s)
+    reg = _open_registry(s, must_exist=True)
     if not as_json:
         err.print(f"[dim]registry {s.registry_uri()}[/dim]")
     outcome = run_drift_check(reg, clean, version=version, cfg=s.drift, write=write, html_out=html_out)

@@ -44,7 +44,7 @@ def feedback(
     since_ts = _utc(since, "--since")
     raw = load_bars(data, endpoint_url=s.endpoint_url())
     clean = validate_bars(raw, mode="strict").clean
-    reg = _open_registry(s)
+    reg = _open_registry(s, must_exist=True)
     if not as_json:
         err.print(f"[dim]registry {s.registry_uri()}[/dim]")
     report = run_feedback(reg, clean, cost_bps=cost_bps, since=since_ts, write=write)

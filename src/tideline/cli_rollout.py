@@ -33,11 +33,11 @@ rollout_app = typer.Typer(
 _NAME = typer.Option("--name", help="Served model / rollout name.")
 
 
-def _ctx(ctx: typer.Context) -> tuple[Settings, Registry]:
+def _ctx(ctx: typer.Context, *, must_exist: bool = True) -> tuple[Settings, Registry]:
     from tideline.cli import _open_registry, _state
 
     s = _state(ctx).settings()
-    return s, _open_registry(s)
+    return s, _open_registry(s, must_exist=must_exist)
 
 
 def _backend(s: Settings, reg: Registry, name: str) -> LocalBackend:
@@ -105,6 +105,8 @@ def serve(
     """Serve the production model locally: the router in front of an active predictor process."""
     from tideline.cli import err, out
 
+    if not 0 <= port <= 65535:
+        raise ConfigError(f"--port {port} is not a port number (0-65535; 0 picks a free one)")
     s, reg = _ctx(ctx)
     backend = _backend(s, reg, name)
     if stop:

@@ -208,11 +208,20 @@ def load_and_validate(settings: Settings, source: str | Path | None = None, *,
         origin = str(source)
     else:
         raise DataError("no market data given: pass --data PATH or --synthetic")
-    return validated(raw, origin, quarantine=quarantine)
+    return validated(raw, origin, quarantine=quarantine, min_bars_per_symbol=min_history(settings.features))
 
 
-def validated(raw: pd.DataFrame, origin: str, *, quarantine: bool = False) -> tuple[pd.DataFrame, dict[str, Any]]:
-    report = validate_bars(raw, mode="quarantine" if quarantine else "strict")
+def min_history(cfg: FeatureConfig) -> int:
+    """Bars a symbol needs for at least one complete, labelled row (feature warm-up + label horizon)."""
+    from tideline.features import _warmup_bars
+
+    return _warmup_bars(cfg) + 1
+
+
+def validated(raw: pd.DataFrame, origin: str, *, quarantine: bool = False, min_bars_per_symbol: int = 1
+              ) -> tuple[pd.DataFrame, dict[str, Any]]:
+    report = validate_bars(raw, mode="quarantine" if quarantine else "strict",
+                           min_bars_per_symbol=min_bars_per_symbol)
     bars = report.clean
     info = {
         "source": origin,
@@ -229,6 +238,15 @@ def validated(raw: pd.DataFrame, origin: str, *, quarantine: bool = False) -> tu
 
 
 def make_dataset(bars: pd.DataFrame, cfg: FeatureConfig, min_rows: int = 200) -> Dataset:
+    need = min_history(cfg)
+    counts = bars.groupby("symbol", sort=True, observed=True).size()
+    short = counts[counts < need].sort_values(kind="stable")
+    if len(short):
+        named = ", ".join(f"{sym} has {n} bar{'s' if n != 1 else ''}" for sym, n in short.head(5).items())
+        more = f" (+{len(short) - 5} more)" if len(short) > 5 else ""
+        raise DataError(f"too little history: {named}{more}; a cycle needs at least {need} bars per symbol "
+                        f"(feature warm-up + horizon {cfg.horizon})",
+                        hint="give more history, or --quarantine to set such symbols aside")
     ds = build_dataset(bars, cfg)
     if len(ds) < min_rows:
         raise DataError(f"only {len(ds)} usable rows after feature warm-up; a cycle needs at least {min_rows}",

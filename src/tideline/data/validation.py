@@ -37,8 +37,13 @@ ROW_CODES: dict[str, str] = {
     "open_outside_range": "open outside [low, high]",
     "close_outside_range": "close outside [low, high]",
     "negative_volume": "volume < 0",
+    "implausible_value": f"value beyond {1e15:g} (price) or {1e18:g} (volume): not a real bar",
     "duplicate_key": "duplicate (symbol, timestamp); every copy is dropped",
+    "short_history": "symbol has fewer bars than the history needed (every bar of it is set aside)",
 }
+MAX_PRICE = 1e15
+"""Prices above this are not prices (they overflow float32 model inputs and every ratio built on them)."""
+MAX_VOLUME = 1e18
 DATASET_CODES: dict[str, str] = {
     "unsorted_time": "timestamps go backwards within a symbol (file order)",
 }
@@ -53,15 +58,16 @@ class Problem:
     rows: list[int]
     count: int
     columns: list[str] = field(default_factory=list)
+    detail: str = ""
 
     def short(self) -> str:
-        """``code (N rows: r1, r2, ... [cols])`` for one-line messages."""
+        """``code (N rows: r1, r2, ... [cols])[: detail]`` for one-line messages."""
         shown = ", ".join(str(r) for r in self.rows[:_MSG_ROWS])
         if self.count > _MSG_ROWS:
             shown += ", ..."
         noun = "row" if self.count == 1 else "rows"
         cols = f" [{', '.join(self.columns)}]" if self.columns else ""
-        return f"{self.code} ({self.count} {noun}: {shown}{cols})"
+        return f"{self.code} ({self.count} {noun}: {shown}{cols})" + (f": {self.detail}" if self.detail else "")
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -70,6 +76,7 @@ class Problem:
             "count": int(self.count),
             "rows": [int(r) for r in self.rows],
             "columns": list(self.columns),
+            **({"detail": self.detail} if self.detail else {}),
         }
 
 
@@ -114,7 +121,8 @@ class ValidationReport:
             more = f" (+{p.count - len(p.rows)} more)" if p.count > len(p.rows) else ""
             cols = f" [{', '.join(p.columns)}]" if p.columns else ""
             noun = "row" if p.count == 1 else "rows"
-            lines.append(f"  {p.code}: {p.count} {noun}{cols} - {p.message}; rows {rows}{more}")
+            detail = f" ({p.detail})" if p.detail else ""
+            lines.append(f"  {p.code}: {p.count} {noun}{cols} - {p.message}{detail}; rows {rows}{more}")
         return "\n".join(lines)
 
     def to_dict(self) -> dict[str, Any]:
@@ -153,6 +161,13 @@ def _structural(message: str, code: str, n_input: int, df: pd.DataFrame | None, 
     quarantined = df.copy() if df is not None else pd.DataFrame()
     report = ValidationReport(_empty_clean(), quarantined, [problem], n_input, mode)
     return ValidationError(message, report)
+
+
+def _label(c: object, width: int = 40) -> str:
+    """A column label for a one-line message: printable, at most ``width`` characters."""
+    text = " ".join(str(c).split())
+    text = "".join(ch if ch.isprintable() else "?" for ch in text)
+    return text if len(text) <= width else text[: width - 3] + "..."
 
 
 def _normalise_columns(df: pd.DataFrame) -> dict[str, Any]:
@@ -204,8 +219,13 @@ def _parse_timestamps(s: pd.Series) -> np.ndarray:
         finite = np.isfinite(vals.to_numpy())
         med = float(np.median(np.abs(vals.to_numpy()[finite]))) if finite.any() else 0.0
         unit = "s" if med < 1e11 else "ms" if med < 1e14 else "us" if med < 1e17 else "ns"
-        return _to_ns(pd.to_datetime(vals.where(finite), unit=unit, errors="coerce"))
+        with np.errstate(invalid="ignore"):  # beyond int64 nanoseconds: out of range (pandas would overflow)
+            usable = finite & (np.abs(vals.to_numpy()) < 9.2e18 / _UNIT_NS[unit])
+        return _to_ns(pd.to_datetime(vals.where(usable), unit=unit, errors="coerce"))
     text = s.astype("string").str.strip()
+    filled = text[text.notna() & (text != "")]
+    if len(filled) and filled.str.fullmatch(r"[+-]?\d{9,}(?:\.\d*)?").all():  # epoch s/ms/us/ns as text
+        return _parse_timestamps(text.where(text != "").astype("float64"))
     out = _to_ns(pd.to_datetime(text, utc=True, errors="coerce", format="ISO8601"))
     failed = (out == _NAT) & text.notna().to_numpy() & (text != "").fillna(False).to_numpy(dtype=bool)
     if failed.any():
@@ -230,7 +250,25 @@ def _numeric(s: pd.Series) -> tuple[np.ndarray, np.ndarray]:
         txt = s.astype("string").str.strip().str.lower()
         literal_nan = txt.isin(["nan", "na", "n/a", "null", "none"]).fillna(False).to_numpy(dtype=bool)
         non_numeric &= ~literal_nan
+        # numbers too large for float64 (1e309) are infinite, not text
+        idx = np.flatnonzero(non_numeric)
+        uniq = pd.unique(txt.to_numpy(dtype=object)[idx])
+        if len(uniq) <= 10_000:
+            big = {u: _overflow(u) for u in uniq}
+            over = np.array([big[u] for u in txt.to_numpy(dtype=object)[idx]], dtype=np.float64)
+            hit = ~np.isnan(over)
+            vals[idx[hit]] = over[hit]
+            non_numeric[idx[hit]] = False
     return vals, non_numeric
+
+
+def _overflow(text: object) -> float:
+    """+-inf for a number literal too large for float64, else NaN."""
+    try:
+        v = float(str(text))
+    except ValueError:
+        return np.nan
+    return v if np.isinf(v) and "inf" not in str(text) else np.nan
 
 
 def _problem(
@@ -252,13 +290,16 @@ def validate_bars(
     *,
     mode: Literal["strict", "quarantine"] = "strict",
     min_rows: int = 1,
+    min_bars_per_symbol: int = 1,
 ) -> ValidationReport:
     """Type and check raw bars.
 
     ``strict``: any problem (including unsorted time) raises ``ValidationError`` with the report
     attached. ``quarantine``: bad rows are set aside (all copies of a duplicated key), unsorted data
     is sorted and recorded, and an error is raised only when fewer than ``min_rows`` rows survive.
-    Nothing is ever filled in.
+    Nothing is ever filled in. A symbol left with fewer than ``min_bars_per_symbol`` good bars is a
+    ``short_history`` problem (quarantine: all its bars are set aside; the message names it, with the
+    bars it has and needs).
     """
     if mode not in ("strict", "quarantine"):
         raise ValueError(f"mode must be 'strict' or 'quarantine', not {mode!r}")
@@ -274,7 +315,7 @@ def validate_bars(
         )
     missing = [c for c in BAR_COLUMNS if c not in colmap]
     if missing:
-        have = ", ".join(str(c) for c in df.columns[:12]) + (", ..." if len(df.columns) > 12 else "")
+        have = ", ".join(_label(c) for c in df.columns[:12]) + (", ..." if len(df.columns) > 12 else "")
         raise _structural(
             f"market data is missing required column{'s' if len(missing) > 1 else ''} {', '.join(missing)} "
             f"(found: {have})",
@@ -328,6 +369,10 @@ def validate_bars(
         masks["open_outside_range"] = finite & (h >= lo) & ((o < lo) | (o > h))
         masks["close_outside_range"] = finite & (h >= lo) & ((cl < lo) | (cl > h))
         masks["negative_volume"] = v < 0
+        masks["implausible_value"] = (
+            np.logical_or.reduce([np.isfinite(values[c]) & (values[c] > MAX_PRICE) for c in PRICE_COLUMNS])
+            | (np.isfinite(v) & (v > MAX_VOLUME))
+        )
 
     # duplicates and ordering among rows with a usable key
     keyed = ~ts_bad & ~sym_blank
@@ -350,6 +395,22 @@ def validate_bars(
         unsorted_rows[forder[1:][back]] = True
     masks["duplicate_key"] = dup
 
+    # symbols with too little history among the rows that are otherwise good
+    masks["short_history"] = np.zeros(n, dtype=bool)
+    short_detail = ""
+    if min_bars_per_symbol > 1:
+        ok_rows = ~np.logical_or.reduce([masks[c] for c in ROW_CODES if c != "short_history"]) & ~sym_blank
+        counts = np.bincount(codes[ok_rows], minlength=len(uniques)) if len(uniques) else np.zeros(0, int)
+        short_codes = np.flatnonzero((counts > 0) & (counts < min_bars_per_symbol))
+        if len(short_codes):
+            masks["short_history"] = ok_rows & np.isin(codes, short_codes)
+            worst = short_codes[np.argsort(counts[short_codes], kind="stable")]
+            named = ", ".join(
+                f"{_label(uniques[k], 24)} has {counts[k]} bar{'s' if counts[k] != 1 else ''}" for k in worst[:5]
+            )
+            more = f" (+{len(worst) - 5} more symbols)" if len(worst) > 5 else ""
+            short_detail = f"{named}{more}; at least {min_bars_per_symbol} needed"
+
     problems: list[Problem] = []
     cols_for = {
         "nan_value": nan_cols,
@@ -360,6 +421,8 @@ def validate_bars(
     for code in ROW_CODES:
         p = _problem(code, masks[code], row_numbers, cols_for.get(code))
         if p:
+            if code == "short_history":
+                p.detail = short_detail
             problems.append(p)
     unsorted = _problem("unsorted_time", unsorted_rows, row_numbers)
     if unsorted:

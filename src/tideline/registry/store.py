@@ -12,6 +12,8 @@ the two conditional writes, so both backends must enforce them for real:
   lock file (shared by threads and processes on one machine) while it compares the content hash
   (the etag) and replaces the file.
 * ``S3Store``: ``PutObject`` with ``IfNoneMatch="*"`` / ``IfMatch=<etag>`` (S3 conditional writes).
+  Transient failures (endpoint down, timeouts, 5xx/SlowDown) are retried with exponential backoff and
+  jitter, then reported as one StorageUnavailable that says it gave up (see ``S3Store``).
 """
 
 from __future__ import annotations
@@ -23,11 +25,13 @@ import hashlib
 import logging
 import os
 import re
+import random
 import shutil
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, TypeVar, runtime_checkable
 from urllib.parse import urlparse
 
 from tideline.errors import ConfigError, RegistryError, StorageUnavailable
@@ -297,8 +301,50 @@ class FileStore:
             raise self._os_error(e, key) from e
 
 
+_TRANSIENT_CODES = frozenset({
+    "SlowDown", "RequestTimeout", "InternalError", "ServiceUnavailable", "Throttling", "ThrottlingException",
+    "RequestLimitExceeded", "TooManyRequestsException", "RequestTimeoutException",
+})
+DEFAULT_S3_ATTEMPTS = 5
+DEFAULT_S3_BACKOFF_S = 0.5
+DEFAULT_S3_MAX_BACKOFF_S = 4.0
+T = TypeVar("T")
+
+
+def _env_number(name: str, kind: type, default: float, *, minimum: float) -> Any:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return kind(default)
+    try:
+        value = kind(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not a {'whole ' if kind is int else ''}number") from None
+    if not (value >= minimum and value < float("inf")):  # also refuses nan
+        raise ConfigError(f"{name}={raw!r} must be at least {minimum:g}")
+    return value
+
+
 class S3Store:
-    """Keys below ``s3://bucket/prefix`` (AWS S3, MinIO, moto), via boto3."""
+    """Keys below ``s3://bucket/prefix`` (AWS S3, MinIO, moto), via boto3.
+
+    Every call rides over a short outage: a transient failure (connection refused, reset or closed,
+    a timeout, HTTP 5xx / ``SlowDown`` / ``RequestTimeout``: what maps to StorageUnavailable) is retried
+    up to ``attempts`` times in all, sleeping ``backoff_s * 2**(n-1)`` (capped at ``max_backoff_s``, equal
+    jitter: between half and all of it) after the n-th failure, with a WARNING per retry. When the
+    attempts run out the StorageUnavailable says so ("... (gave up after 5 attempts over 7.4 s)").
+    Permanent answers (403, 404, NoSuchBucket, a failed precondition) are never retried. botocore's own
+    retries are off so the two layers do not multiply. Defaults (5 attempts, 0.5 s base, 4 s cap) ride
+    over an outage of a few seconds and give up on a dead endpoint within about 10 s; the environment
+    variables ``TIDELINE_S3_ATTEMPTS``, ``TIDELINE_S3_BACKOFF_S`` and ``TIDELINE_S3_MAX_BACKOFF_S``
+    override them (constructor arguments win over both).
+
+    A conditional write (``IfNoneMatch``/``IfMatch``) is retried as well: if the first request landed
+    and only its response was lost, the retry fails its precondition, and the caller (the registry, the
+    rollout controller) recognises its own bytes in place: every such write carries a unique write id.
+    ``put_file``/``get_file`` restart from the beginning on a retry; ``get_file`` downloads into a
+    temporary file next to the target and renames it in only when complete, so no partial local file
+    is ever left behind.
+    """
 
     def __init__(
         self,
@@ -306,9 +352,12 @@ class S3Store:
         prefix: str = "",
         endpoint_url: str | None = None,
         *,
-        max_attempts: int = 3,
-        connect_timeout: float = 3.0,
+        attempts: int | None = None,
+        backoff_s: float | None = None,
+        max_backoff_s: float | None = None,
+        connect_timeout: float = 2.0,
         read_timeout: float = 30.0,
+        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         import boto3
         from botocore.config import Config
@@ -320,8 +369,18 @@ class S3Store:
         if self.prefix:
             _validate_prefix(self.prefix)
         self.uri = f"s3://{bucket}/{self.prefix}" if self.prefix else f"s3://{bucket}"
+        self.attempts = int(attempts if attempts is not None else
+                            _env_number("TIDELINE_S3_ATTEMPTS", int, DEFAULT_S3_ATTEMPTS, minimum=1))
+        self.backoff_s = float(backoff_s if backoff_s is not None else
+                               _env_number("TIDELINE_S3_BACKOFF_S", float, DEFAULT_S3_BACKOFF_S, minimum=0))
+        self.max_backoff_s = float(max_backoff_s if max_backoff_s is not None else _env_number(
+            "TIDELINE_S3_MAX_BACKOFF_S", float, max(DEFAULT_S3_MAX_BACKOFF_S, self.backoff_s), minimum=0))
+        if self.attempts < 1 or self.backoff_s < 0 or self.max_backoff_s < 0:
+            raise ConfigError("S3 retries need attempts >= 1 and non-negative backoff times")
+        self._sleep = sleep
+        self._rng = random.Random()
         config = Config(
-            retries={"max_attempts": max_attempts, "mode": "standard"},
+            retries={"total_max_attempts": 1, "mode": "standard"},  # tideline retries, see _retry
             connect_timeout=connect_timeout,
             read_timeout=read_timeout,
             max_pool_connections=32,
@@ -338,13 +397,17 @@ class S3Store:
         return f"{self.prefix}/{key}" if self.prefix else key
 
     def _error(self, e: Exception, key: str) -> Exception:
-        """Map boto errors to tideline errors (NotFound / PreconditionFailed stay internal)."""
+        """Map boto errors to tideline errors (NotFound / PreconditionFailed stay internal).
+
+        StorageUnavailable is exactly the transient class that ``_retry`` retries.
+        """
         from botocore.exceptions import (
             ClientError,
             ConnectionClosedError,
             ConnectTimeoutError,
             EndpointConnectionError,
             NoCredentialsError,
+            ParamValidationError,
             ReadTimeoutError,
         )
 
@@ -356,6 +419,8 @@ class S3Store:
                 f"no AWS credentials for {self.uri}",
                 hint="set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or an AWS profile",
             )
+        if isinstance(e, ParamValidationError):
+            return RegistryError(f"bad S3 request for {self.uri}/{key}: {e}")
         if isinstance(e, ClientError):
             err = e.response.get("Error", {})
             code = str(err.get("Code", ""))
@@ -375,9 +440,9 @@ class S3Store:
                     f"access denied to {self.uri} at {self.endpoint} ({code or status})",
                     hint="check the AWS credentials and the bucket policy",
                 )
-            if status is not None and status >= 500:
+            if (status is not None and status >= 500) or code in _TRANSIENT_CODES:
                 msg = err.get("Message", "")
-                return StorageUnavailable(f"S3 endpoint {self.endpoint} failed: {code} {msg}")
+                return StorageUnavailable(f"S3 endpoint {self.endpoint} failed: {code or status} {msg}".rstrip())
             return RegistryError(f"S3 error on {self.uri}/{key}: {code} {err.get('Message', '')}".strip())
         from botocore.exceptions import BotoCoreError
 
@@ -385,12 +450,13 @@ class S3Store:
             return StorageUnavailable(f"cannot reach S3 endpoint {self.endpoint}: {e}")
         return e
 
-    def _call(self, key: str, fn: Any, **kwargs: Any) -> Any:
+    def _once(self, key: str, fn: Callable[[], T]) -> T:
+        """One attempt of ``fn`` with boto errors mapped to tideline's."""
         from boto3.exceptions import S3UploadFailedError
         from botocore.exceptions import BotoCoreError, ClientError
 
         try:
-            return fn(**kwargs)
+            return fn()
         except (ClientError, BotoCoreError) as e:
             raise self._error(e, key) from e
         except S3UploadFailedError as e:  # upload_file wraps the ClientError
@@ -399,16 +465,42 @@ class S3Store:
                 raise self._error(cause, key) from e
             raise RegistryError(f"upload to {self.uri}/{key} failed: {e}") from e
 
+    def backoff(self, attempt: int) -> float:
+        """Seconds to wait after failed attempt ``attempt`` (1-based): exponential, capped, equal jitter."""
+        full = min(self.max_backoff_s, self.backoff_s * 2 ** (attempt - 1))
+        return full / 2 + self._rng.uniform(0, full / 2)
+
+    def _retry(self, key: str, fn: Callable[[], T]) -> T:
+        """Run ``fn`` (one S3 request, or one whole transfer) retrying transient failures with backoff."""
+        t0 = time.monotonic()
+        attempt = 1
+        while True:
+            try:
+                return self._once(key, fn)
+            except StorageUnavailable as e:
+                if attempt >= self.attempts:
+                    took = time.monotonic() - t0
+                    tries = f"{attempt} attempt{'s' if attempt != 1 else ''}"
+                    raise StorageUnavailable(f"{e.message} (gave up after {tries} over {took:.1f} s)",
+                                             hint=e.hint) from e
+                delay = self.backoff(attempt)
+                log.warning("S3 %s unreachable (attempt %d/%d): %s; retrying in %.1f s",
+                            self.endpoint, attempt, self.attempts, e.__cause__ or e.message, delay)
+                self._sleep(delay)
+                attempt += 1
+
+    def _call(self, key: str, fn: Any, **kwargs: Any) -> Any:
+        return self._retry(key, lambda: fn(**kwargs))
+
     def get(self, key: str) -> tuple[bytes, str]:
         """Return (data, S3 ETag)."""
-        from botocore.exceptions import BotoCoreError, ClientError
+        full = self._key(key)
 
-        try:
-            resp = self._client.get_object(Bucket=self.bucket, Key=self._key(key))
-            data = resp["Body"].read()
-        except (ClientError, BotoCoreError) as e:
-            raise self._error(e, key) from e
-        return data, str(resp["ETag"])
+        def once() -> tuple[bytes, str]:
+            resp = self._client.get_object(Bucket=self.bucket, Key=full)
+            return resp["Body"].read(), str(resp["ETag"])
+
+        return self._retry(key, once)
 
     def put(self, key: str, data: bytes, *, if_none_match: bool = False, if_match: str | None = None) -> str:
         """PutObject, with ``IfNoneMatch="*"`` or ``IfMatch=etag`` when asked."""
@@ -424,20 +516,18 @@ class S3Store:
         return str(resp["ETag"])
 
     def list(self, prefix: str) -> list[str]:
-        """Every key below ``prefix`` (paginated ListObjectsV2)."""
+        """Every key below ``prefix`` (paginated ListObjectsV2; restarted from the first page on a retry)."""
         _validate_prefix(prefix)
         full = f"{self.prefix}/{prefix}" if self.prefix else prefix
         strip = len(self.prefix) + 1 if self.prefix else 0
-        out: list[str] = []
-        paginator = self._client.get_paginator("list_objects_v2")
-        from botocore.exceptions import BotoCoreError, ClientError
 
-        try:
-            for page in paginator.paginate(Bucket=self.bucket, Prefix=full):
+        def once() -> list[str]:
+            out: list[str] = []
+            for page in self._client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=full):
                 out.extend(obj["Key"][strip:] for obj in page.get("Contents", []))
-        except (ClientError, BotoCoreError) as e:
-            raise self._error(e, prefix) from e
-        return sorted(out)
+            return out
+
+        return sorted(self._retry(prefix, once))
 
     def delete(self, key: str) -> None:
         """DeleteObject (idempotent)."""
@@ -457,16 +547,31 @@ class S3Store:
         return float(resp["LastModified"].timestamp())
 
     def put_file(self, key: str, path: Path) -> None:
-        """upload_file (multipart for large files)."""
+        """upload_file (multipart for large files); a retry uploads the whole file again."""
         if not Path(path).is_file():
             raise ConfigError(f"file to upload does not exist: {path}")
         self._call(key, self._client.upload_file, Filename=str(path), Bucket=self.bucket, Key=self._key(key))
 
     def get_file(self, key: str, path: Path) -> None:
-        """download_file."""
-        self._call(
-            key, self._client.download_file, Bucket=self.bucket, Key=self._key(key), Filename=str(path)
-        )
+        """Streamed GetObject into a temporary file beside ``path``, renamed in only when complete.
+
+        A retry starts the download again from the first byte; on failure no file is left behind.
+        """
+        full = self._key(key)
+        path = Path(path)
+
+        def once() -> None:
+            tmp = path.with_name(f"{_RESERVED_PREFIX}part-{uuid.uuid4().hex}-{path.name}"[:255])
+            try:
+                resp = self._client.get_object(Bucket=self.bucket, Key=full)
+                with open(tmp, "wb") as f:
+                    for chunk in resp["Body"].iter_chunks(_CHUNK):
+                        f.write(chunk)
+                os.replace(tmp, path)
+            finally:
+                tmp.unlink(missing_ok=True)
+
+        self._retry(key, once)
 
 
 def open_store(uri: str, endpoint_url: str | None = None) -> Store:

@@ -15,6 +15,19 @@ always written with compare-and-swap. Each ``reconcile_once``:
 
 A permanent error while applying (production moved meanwhile, a version was deleted) fails the rollout;
 other errors are retried on the next interval, ``max_apply_failures`` times in a row at most.
+
+The registry store being unreachable (StorageUnavailable: S3 down, after the store's own retries with
+backoff) is not an apply failure and never changes the rollout: nothing can be read or recorded, so the
+controller makes no new decision and the world stays as the stored document says. If the outage hit
+while a transition's actions were being applied, ``applied_generation < generation`` marks them as
+unconfirmed and the next pass re-applies them (all idempotent); production moves only by the
+PromoteInRegistry action of a Promoting document, never because of an outage. ``run`` rides over an
+outage, skipping the interval and trying again on the next one, for ``max_store_failures`` passes in a
+row; then it stops with a one-line StorageUnavailable ("... unreachable for 3 passes in a row ...").
+Starting the controller again once the store is back resumes the rollout from the stored document.
+A compare-and-swap write whose response was lost but which landed is recognised (the document carries a
+unique ``write_id``) and counted as written.
+
 The clock is injected: tests and demos run a fake clock whose ``sleep`` only moves time forward.
 """
 
@@ -28,7 +41,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from tideline.errors import ConfigError, PolicyError, RegistryError
+from tideline.errors import ConfigError, PolicyError, RegistryError, StorageUnavailable
 from tideline.registry.store import NotFound, PreconditionFailed, Store
 from tideline.rollout import machine as m
 from tideline.rollout.analysis import AnalysisInput, AnalysisResult, MetricsSnapshot, Thresholds, analyze, delta
@@ -176,7 +189,7 @@ class _Lost(Exception):
 class RolloutController:
     def __init__(self, spec: m.RolloutSpec | str, backend: Backend, store: Store, clock: Clock | None = None,
                  analyzer: Analyzer = analyze, *, owner: str | None = None, lease_s: float | None = None,
-                 max_apply_failures: int = 3) -> None:
+                 max_apply_failures: int = 3, max_store_failures: int = 3) -> None:
         self.name = spec if isinstance(spec, str) else spec.name
         self._spec = None if isinstance(spec, str) else spec
         self.backend = backend
@@ -186,6 +199,7 @@ class RolloutController:
         self.owner = owner or f"controller-{uuid.uuid4().hex[:12]}"
         self.lease_s = lease_s
         self.max_apply_failures = max_apply_failures
+        self.max_store_failures = max(1, int(max_store_failures))
         self.last_analysis: AnalysisResult | None = None
 
     # -- store ----------------------------------------------------------------------------------------
@@ -199,9 +213,16 @@ class RolloutController:
         return load_rollout(self.store, self.name)
 
     def _write(self, doc: RolloutDoc, etag: str) -> str:
+        data = doc.to_json()
         try:
-            return self.store.put(rollout_key(self.name), doc.to_json(), if_match=etag)
+            return self.store.put(rollout_key(self.name), data, if_match=etag)
         except PreconditionFailed:
+            try:  # a retried request whose first try landed: our unique bytes are in place
+                stored, stored_etag = self.store.get(rollout_key(self.name))
+            except NotFound:
+                raise _Lost() from None
+            if stored == data:
+                return stored_etag
             raise _Lost() from None
 
     def status(self) -> m.RolloutStatus:
@@ -286,6 +307,8 @@ class RolloutController:
                 apply_action(self.backend, a, doc.spec)
         except PERMANENT_ERRORS as e:
             return self._fail(doc, etag, f"{type(e).__name__}: {e}"), etag
+        except StorageUnavailable:
+            raise  # not the backend's failure: run() rides over it; the next pass re-applies
         except Exception as e:  # noqa: BLE001 - any backend failure is retried, a bounded number of times
             doc.apply_failures += 1
             log.warning("rollout %s: applying %s failed (%d/%d): %s", self.name, doc.status.phase.value,
@@ -337,15 +360,33 @@ class RolloutController:
             on_status: Callable[[m.RolloutStatus], None] | None = None) -> m.RolloutStatus:
         """Reconcile every ``interval_s`` (on the injected clock) until terminal or ``max_iterations``."""
         status = self.status() if max_iterations == 0 else None
+        interval = self._spec.interval_s if self._spec is not None else None
+        outages = 0
         i = 0
         while max_iterations is None or i < max_iterations:
             i += 1
             gen_before = status.generation if status is not None else -1
-            status = self.reconcile_once()
+            try:
+                status = self.reconcile_once()
+                doc = load_rollout(self.store, self.name)[0] if status.terminal and until_terminal else None
+                interval = self._spec_interval()
+            except StorageUnavailable as e:
+                outages += 1
+                if outages >= self.max_store_failures:
+                    raise StorageUnavailable(
+                        f"rollout {self.name}: the registry store is unreachable for {outages} passes in a row; "
+                        f"the rollout is left as it was: {e.message}",
+                        hint="run the controller again once the store is back; it resumes from the stored status",
+                    ) from e
+                log.warning("rollout %s: the registry store is unreachable (pass %d/%d), nothing changed; "
+                            "trying again in %.0f s: %s", self.name, outages, self.max_store_failures,
+                            interval or 30.0, e.message)
+                self.clock.sleep(interval or 30.0)
+                continue
+            outages = 0
             if on_status is not None:
                 on_status(status)
-            if status.terminal and until_terminal:
-                doc, _ = load_rollout(self.store, self.name)
+            if doc is not None:
                 if doc.applied_generation >= status.generation:
                     break
                 if doc.apply_failures >= self.max_apply_failures:  # give up; the events say why
@@ -354,8 +395,9 @@ class RolloutController:
                     break
             if status.phase in (m.Phase.PENDING, m.Phase.PROMOTING) and status.generation != gen_before:
                 continue  # progress that needs no waiting (start, finish a promotion)
-            self.clock.sleep(self._spec_interval())
-        assert status is not None
+            self.clock.sleep(interval)
+        if status is None:
+            status = self.status()
         return status
 
     def _spec_interval(self) -> float:

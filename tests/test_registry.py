@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import os
+import random
+import signal
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -341,12 +346,12 @@ def test_killed_writer_leaves_no_version(
     assert [m.version for m in fresh.list_versions()] == ["v1"]
     with pytest.raises(VersionNotFound):
         fresh.get("v2")
-    prefixes = {k.split("/")[1] for k in reg.store.list("artifacts/")}
+    prefixes = {key.split("/")[1] for key in reg.store.list("artifacts/")}
     assert len(prefixes) == 2  # the dead writer's uploads are there, unreferenced
     assert fresh.cleanup(keep_last=10) == []  # too young: could be a registration in flight
     removed = fresh.cleanup(keep_last=10, orphan_grace_s=0)
     assert len(removed) == 1 and removed[0].startswith("artifacts/")
-    left = {k.split("/")[1] for k in reg.store.list("artifacts/")}
+    left = {key.split("/")[1] for key in reg.store.list("artifacts/")}
     assert left == {fresh.get("v1").artifact_prefix.split("/")[1]}
     assert fresh.register(_artifacts(tmp_path, "next"), _meta()).version == "v2"
     fresh.fetch("v1", tmp_path / "v1")
@@ -431,3 +436,123 @@ def test_missing_bucket(moto_endpoint: str, tmp_path: Path) -> None:
         reg.aliases()
     with pytest.raises(RegistryError, match="bucket 'no-such-bucket-here' does not exist"):
         reg.register(_artifacts(tmp_path, "a"), _meta())
+
+
+# -- real SIGKILL and the reliability drills ------------------------------------------------------------
+_UPLOAD_CHILD = """
+import sys
+from pathlib import Path
+from tideline.registry import open_registry
+reg = open_registry(sys.argv[1], endpoint_url=sys.argv[2] or None)
+print("start", flush=True)
+reg.register(Path(sys.argv[3]), {"family": "xgboost"})
+print("done", flush=True)
+sys.stdin.read()
+"""
+
+
+def _uploads_begun(uri: tuple[str, str | None]) -> set[str]:
+    """Artifact prefixes whose upload began: directories on disk / S3 multipart uploads (incomplete ones)."""
+    if uri[0].startswith("file://"):
+        d = Path(uri[0][len("file://"):]) / "artifacts"
+        return set(os.listdir(d)) if d.is_dir() else set()
+    bucket, prefix = uri[0][len("s3://"):].split("/", 1)
+    ups = boto3.client("s3", endpoint_url=uri[1]).list_multipart_uploads(
+        Bucket=bucket, Prefix=f"{prefix}/artifacts/").get("Uploads", [])
+    return {u["Key"].split("/")[-2] for u in ups}
+
+
+@pytest.mark.slow
+def test_sigkill_mid_upload_leaves_no_version(
+    reg: Registry, uri: tuple[str, str | None], tmp_path: Path
+) -> None:
+    """A writer really SIGKILLed while its 48 MB artifact uploads (multipart on S3) leaves nothing visible."""
+    reg.register(_artifacts(tmp_path, "base"), _meta())
+    reg.promote("v1", reason="baseline")
+    big = tmp_path / "big"
+    big.mkdir()
+    (big / "blob.bin").write_bytes(os.urandom(48 << 20))  # sorted first: uploaded first
+    (big / "model.json").write_text("{}")
+    ids = ["v1"]
+    mid_upload = 0
+    for k in range(3):
+        known = _uploads_begun(uri) | {key.split("/")[1] for key in reg.store.list("artifacts/")}
+        proc = subprocess.Popen([sys.executable, "-c", _UPLOAD_CHILD, uri[0], uri[1] or "", str(big)],
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        try:
+            assert proc.stdout is not None and proc.stdout.readline().strip() == "start"
+            deadline = time.monotonic() + 60
+            while not (new := _uploads_begun(uri) - known):
+                assert time.monotonic() < deadline and proc.poll() is None, "the upload never started"
+                time.sleep(0.001)
+            time.sleep(random.uniform(0, 0.005))
+        finally:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait(30)
+        assert proc.returncode == -signal.SIGKILL
+        mid_upload += not any(reg.store.exists(f"artifacts/{p}/blob.bin") for p in new)
+
+        fresh = Registry(reg.store)  # another process's view: nothing cached
+        assert [m.version for m in fresh.list_versions()] == ids
+        with pytest.raises(VersionNotFound):
+            fresh.get(f"v{len(ids) + 1}")
+        assert fresh.aliases() == {"production": "v1"} and fresh.status("v1") is Status.ACTIVE
+        removed = fresh.cleanup(keep_last=100, orphan_grace_s=0)
+        assert all(r.startswith("artifacts/") for r in removed)  # orphans only, never a version
+        referenced = {m.artifact_prefix for m in fresh.list_versions()}
+        assert {"/".join(key.split("/")[:2]) + "/" for key in fresh.store.list("artifacts/")} == referenced
+        mv = fresh.register(_artifacts(tmp_path, f"after{k}"), _meta())
+        assert mv.version == f"v{len(ids) + 1}"  # the killed writer claimed no id
+        ids.append(mv.version)
+        out = fresh.fetch(mv.version, tmp_path / f"out{k}")
+        assert (out / "model.json").exists()
+    assert mid_upload == 3  # every kill landed before the big file was stored
+
+
+def test_drill_history_replay_detects_lost_updates() -> None:
+    """The drill's history replay (used to verify CAS under concurrency) catches a lost or forged move."""
+    from reliability.registry import _replay
+
+    from tideline.registry import Event
+
+    def ev(action: str, version: str | None, from_version: str | None = None, alias: str | None = None,
+           reason: str = "") -> Event:
+        return Event(at="t", action=action, version=version, from_version=from_version, alias=alias,
+                     reason=reason)
+
+    good = [ev("register", "v1", reason="CANDIDATE"), ev("register", "v2", reason="CANDIDATE"),
+            ev("set_alias", "v1", None, "candidate"), ev("promote", "v1", None, "production"),
+            ev("promote", "v2", "v1", "production"), ev("rollback", "v1", "v2", "production")]
+    aliases, statuses, bad = _replay(good)
+    assert bad == [] and aliases == {"production": "v1"}
+    assert statuses == {"v1": "ACTIVE", "v2": "RETIRED"}
+    lost_update = good[:3] + [ev("set_alias", "v2", None, "candidate")]  # wrote over a move it did not see
+    assert _replay(lost_update)[2]
+    forked = good[:5] + [ev("promote", "v2", "v1", "production")]  # two promotes from the same production
+    assert _replay(forked)[2]
+
+
+@pytest.mark.slow
+def test_registry_reliability_drills_quick(tmp_path: Path) -> None:
+    """bench/reliability/registry.py reduced: writer processes while aliases move, SIGKILLs; both backends."""
+    from reliability.registry import scenarios
+
+    t0 = time.monotonic()
+    rows = scenarios(quick=True, work=tmp_path)
+    assert len(rows) == 4
+    for row in rows:
+        assert set(row) == {"area", "scenario", "times", "unit", "result", "lost", "ok", "seconds"}
+        assert row["area"] == "Faults"
+        assert row["ok"] and row["lost"] == 0, row["result"]
+    writers = [r for r in rows if r["unit"] == "versions"]
+    kills = [r for r in rows if r["unit"] == "kills"]
+    assert [r["times"] for r in writers] == [20, 20]
+    assert [r["times"] for r in kills] == [6, 6]
+    for r in writers:
+        assert "20/20 versions listed once and readable" in r["result"]
+        assert "0 dangling/partial in" in r["result"]
+        assert "3/3 races with exactly 1 winner of 4" in r["result"]
+    for r in kills:
+        assert "0 partial or lost, production unchanged" in r["result"] and "6/6 following" in r["result"]
+    assert {"local directory", "S3 API"} == {r["scenario"].rsplit("(", 1)[1].rstrip(")") for r in rows[::2]}
+    assert time.monotonic() - t0 < 180

@@ -249,10 +249,11 @@ class TidelinePredictor(KServeModel):
             backoff = min(60.0, max(self.reload_interval, 0.5) * 2 ** (failures - 1))
             self._retry_at[key] = (time.monotonic() + backoff, failures)
             m.MODEL_RELOADS.labels(outcome="failed").inc()
-            log.error("reload of %s slot %r -> %s refused, still serving %s (retry in %.0fs): %s",
+            log.error("reload of %s slot %r -> %s refused, still serving %s (retry in %.1fs): %s",
                       slot_name, ref, version, current or "nothing", backoff, e)
             return None
-        self._retry_at.pop(key, None)
+        # the slot moved on: forget the backoff of versions it was refusing (bounded bookkeeping)
+        self._retry_at = {k: v for k, v in self._retry_at.items() if k[0] != slot_name}
         m.MODEL_RELOADS.labels(outcome="ok").inc()
         log.warning("hot reload: %s slot %r moved %s -> %s", slot_name, ref, current, version)
         return slot
@@ -278,7 +279,7 @@ class TidelinePredictor(KServeModel):
             batch = validate_v1(payload, serving.schema)
             v2, rid = False, None
         request_id = (headers or {}).get("x-request-id") or rid or self._next_request_id()
-        return Prepared(serving, batch, v2, str(request_id)[:128], datetime.now(UTC))
+        return Prepared(serving, batch, v2, _header_safe(str(request_id)[:128]), datetime.now(UTC))
 
     def _next_request_id(self) -> str:
         self._request_seq += 1
@@ -393,6 +394,14 @@ def _shadow_predict(shadow: Slot, batch: Batch, index: pd.Index) -> np.ndarray:
     if preds.shape[0] != batch.n or not np.isfinite(preds).all():
         raise TidelineError(f"shadow {shadow.version} produced non-finite or missing predictions")
     return preds
+
+
+def _header_safe(text: str) -> str:
+    """The request id goes back in the ``x-request-id`` header: printable ASCII only (a v2 ``id`` may hold
+    anything; a header value that cannot be encoded would turn the answer into a 500)."""
+    if text.isascii() and text.isprintable():
+        return text
+    return "".join(c if " " <= c <= "~" else "_" for c in text)
 
 
 def _is_unset_alias(e: VersionNotFound) -> bool:

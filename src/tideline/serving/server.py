@@ -5,12 +5,22 @@ from its module-level FastAPI app (``kserve.model_server.app``); before the serv
 
 * ``GatewayMiddleware`` (pure ASGI, outside every route):
   - refuses a body larger than ``max_body_bytes`` with 413 before anything parses it: on the declared
-    ``Content-Length`` first, else while counting the streamed bytes (the rest is drained, not stored, so
-    the client reads the 413 instead of a reset connection);
+    ``Content-Length`` first (before reading a byte of it), else while counting the streamed bytes of a
+    chunked body (nothing past the limit is stored). The 413 is sent at once, on a connection kept open:
+    the HTTP server discards the rest of that body as it arrives (without storing it), so a client still
+    uploading reads the 413 instead of a reset connection;
+  - refuses what kserve would answer with a 5xx or a misleading message, before the body is read:
+    ``:explain`` (no explainer; kserve says 501), ``/v2/models/{name}/versions/{v}/...`` (kserve: 501
+    "not supported"), the model repository API ``/v2/repository/...`` (load/unload: it would let any
+    client unload the served model), a method other than POST on a prediction route (405), a v2 body that
+    is not JSON (415; kserve would take it for the binary extension);
   - refuses the v2 binary-tensor extension (``inference-header-content-length``) with 400;
   - adds ``x-model-version`` to every response that lacks it (the active version);
   - counts and times prediction requests: ``tideline_requests_total``, ``tideline_request_errors_total``,
-    ``tideline_request_duration_seconds`` labelled with the version that answered.
+    ``tideline_request_duration_seconds`` labelled with the version that answered; a request whose
+    client disconnected before the answer is counted with code 499 (not as a server error);
+  - makes every error answer ``{"error": "<one line>"}`` (whatever handler wrote it: control characters
+    escaped, a non-JSON body wrapped, Content-Length fixed).
 * exception handlers that turn tideline's ``RequestError``, FastAPI's body validation errors and
   Starlette's HTTP errors into ``{"error": "<what is wrong>"}`` with the right status. kserve's own
   handlers stay: InvalidInput -> 400, ModelNotFound -> 404, ModelNotReady -> 503,
@@ -19,6 +29,7 @@ from its module-level FastAPI app (``kserve.model_server.app``); before the serv
 
 from __future__ import annotations
 
+import http
 import http.client
 import logging
 import re
@@ -41,14 +52,44 @@ Send = Callable[[Message], Awaitable[None]]
 _PREDICT_RE: Final = re.compile(
     r"^/v1/models/([^/]+):predict$|^/v2/models/([^/]+)(?:/versions/[^/]+)?/infer$")
 _V2_BINARY_HEADER: Final = b"inference-header-content-length"
-_DRAIN_FACTOR: Final = 8  # read (and discard) at most this many times the limit before closing
+_EXPLAIN_RE: Final = re.compile(r"^/v1/models/([^/]+):explain$")
+_VERSIONED_RE: Final = re.compile(r"^/v2/models/([^/]+)/versions/([^/]+)(/.*)?$")
+_JSON_TYPES: Final = (b"application/json", b"text/json")
+
+
+def one_line(text: str, limit: int = 1000) -> str:
+    """A message fit for ``{"error": ...}``: one line (control characters escaped), at most ``limit``."""
+    if not text.isprintable():
+        text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+    return text[:limit] if len(text) <= limit else text[:limit - 1] + "…"
+
+
+_KSERVE_BYTES_HINT: Final = "header is missing"  # "received byte inputs, but the 'inference-header-...' header ..."
+
+
+def _error_body(status: int, body: bytes) -> bytes:
+    """``body`` of an error answer, made ``{"error": "<one line>"}`` whatever the handler wrote."""
+    import orjson
+
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        doc = None
+    err = doc.get("error") if isinstance(doc, dict) else None
+    if isinstance(err, str) and _KSERVE_BYTES_HINT in err:  # kserve took a non-object JSON body for bytes
+        err = 'the v2 body must be a JSON object {"inputs": [...]} (the binary tensor extension is not supported)'
+    elif isinstance(err, str) and err.strip() and err.isprintable() and len(err) <= 1000:
+        return body
+    if not (isinstance(err, str) and err.strip()):
+        err = body.decode("utf-8", "replace").strip() or http.HTTPStatus(status).phrase
+    return orjson.dumps({**(doc if isinstance(doc, dict) else {}), "error": one_line(err)})
 
 
 def _json_response(status: int, message: str, extra_headers: list[tuple[bytes, bytes]] | None = None
                    ) -> tuple[Message, Message]:
     import orjson
 
-    body = orjson.dumps({"error": message})
+    body = orjson.dumps({"error": one_line(message)})
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     headers += extra_headers or []
     return ({"type": "http.response.start", "status": status, "headers": headers},
@@ -70,9 +111,24 @@ class GatewayMiddleware:
         predictor = self.predictor
         match = _PREDICT_RE.match(scope["path"])
         t0 = time.perf_counter()
-        state: dict[str, Any] = {"status": None, "version": None}
+        state: dict[str, Any] = {"status": None, "version": None, "gone": False}
+        held: list[Message] = []  # an error answer, held until complete to check its body
+        upstream = receive
+
+        async def receive_wrapper() -> Message:
+            message = await upstream()
+            if message["type"] == "http.disconnect":
+                state["gone"] = True
+            return message
+
+        receive = receive_wrapper
 
         async def send_wrapper(message: Message) -> None:
+            if held:  # the body of an error answer
+                held.append(message)
+                if message["type"] == "http.response.body" and not message.get("more_body", False):
+                    await _send_error(send, held)
+                return
             if message["type"] == "http.response.start":
                 state["status"] = message["status"]
                 headers = message.get("headers") or []
@@ -85,9 +141,19 @@ class GatewayMiddleware:
                     state["version"] = version
                     if version:
                         message["headers"] = [*headers, (b"x-model-version", version.encode())]
+                if message["status"] >= 400 and scope["method"] != "HEAD":
+                    held.append(message)
+                    return
             await send(message)
 
         try:
+            refusal = self._route_refusal(scope, match)
+            if refusal is not None:
+                status, text, extra = refusal
+                start, body = _json_response(status, text, extra)
+                await send_wrapper(start)
+                await send_wrapper(body)
+                return  # the body (if any) was not read: the HTTP server discards it
             if scope["method"] in ("POST", "PUT", "PATCH"):
                 replay = await self._read_body(scope, receive, send_wrapper)
                 if replay is None:
@@ -104,8 +170,49 @@ class GatewayMiddleware:
         finally:
             if match:
                 name = match.group(1) or match.group(2)
-                self._record(name, state["status"] or 500, state["version"] or predictor.version,
+                status = state["status"]
+                if state["gone"] and (status is None or status >= 500):
+                    status = 499  # the client went away mid-request (nginx's code): not a server error
+                self._record(name, status or 500, state["version"] or predictor.version,
                              time.perf_counter() - t0)
+
+    def _route_refusal(self, scope: Scope, match: re.Match[str] | None
+                       ) -> tuple[int, str, list[tuple[bytes, bytes]] | None] | None:
+        """(status, message, extra headers) for a request refused on its method, path or content type."""
+        path: str = scope["path"]
+        method: str = scope["method"]
+        name = self.predictor.name
+        if match:
+            asked = match.group(1) or match.group(2)
+            if asked != name:
+                return (404, f"model {asked[:100]!r} is not served here; this predictor serves {name!r}", None)
+            if method != "POST":
+                return (405, f"{method[:16]} is not allowed on {path[:200]}; send a POST with a JSON body",
+                        [(b"allow", b"POST")])
+            if match.group(2) is not None:
+                versioned = _VERSIONED_RE.match(path)
+                if versioned:
+                    return (404, f"version {versioned.group(2)[:64]!r} in the URL: this predictor serves "
+                            f"one version ({self.predictor.version or 'none yet'}); "
+                            f"use POST /v2/models/{name}/infer", None)
+                ctype = b""
+                for k, v in scope.get("headers", []):
+                    if k.lower() == b"content-type":
+                        ctype = v.split(b";", 1)[0].strip().lower()
+                        break
+                if ctype not in _JSON_TYPES and not ctype.endswith(b"+json"):
+                    shown = ctype.decode("latin-1")[:80] or "none"
+                    return (415, f"a v2 inference request must be JSON (Content-Type: application/json); "
+                            f"got Content-Type {shown}", None)
+            return None
+        if _EXPLAIN_RE.match(path):
+            return (404, f"this predictor has no explainer; use POST /v1/models/{name}:predict", None)
+        if _VERSIONED_RE.match(path):
+            return (404, f"model versions in the URL are not supported: this predictor serves one version "
+                    f"({self.predictor.version or 'none yet'}) at /v2/models/{name}", None)
+        if path.startswith("/v2/repository/") or path == "/v2/repository":
+            return (403, "the model repository API (load/unload) is disabled on this predictor", None)
+        return None
 
     def _record(self, name: str, status: int, version: str, seconds: float) -> None:
         p = self.predictor
@@ -136,8 +243,7 @@ class GatewayMiddleware:
             await send(body)
             return None
         if declared is not None and declared > limit:
-            await self._refuse(receive, send,
-                               f"the body is {declared} bytes; the limit is {limit} (--max-body-bytes)")
+            await self._too_large(send, f"the body is {declared} bytes; the limit is {limit} (--max-body-bytes)")
             return None
         if declared is not None:
             return receive  # the HTTP server delivers exactly Content-Length bytes: nothing to count
@@ -152,30 +258,35 @@ class GatewayMiddleware:
             more = message.get("more_body", False)
             size += len(chunk)
             if size > limit:
-                await self._refuse(receive, send, f"the body is more than {limit} bytes (--max-body-bytes)",
-                                   already=size, more=more)
+                chunks.clear()
+                await self._too_large(send, f"the body is more than {limit} bytes (--max-body-bytes)")
                 return None
             chunks.append(chunk)
         return _replay(b"".join(chunks), receive)
 
-    async def _refuse(self, receive: Receive, send: Send, message: str, *, already: int = 0,
-                      more: bool = True) -> None:
-        """Drain (without keeping) a bounded amount of the rest, then answer 413."""
-        cap = max(self.max_body_bytes, 1 << 20) * _DRAIN_FACTOR
-        drained = already
-        close = False
-        while more:
-            if drained > cap:
-                close = True
-                break
-            msg = await receive()
-            if msg["type"] != "http.request":
-                break
-            drained += len(msg.get("body", b""))
-            more = msg.get("more_body", False)
-        start, body = _json_response(413, message, [(b"connection", b"close")] if close else None)
+    @staticmethod
+    async def _too_large(send: Send, message: str) -> None:
+        """Answer 413 now, without reading further. The connection stays open: the HTTP server (uvicorn)
+        discards the rest of this body as it arrives without storing it (its ``on_body`` drops data once
+        the response is complete), so a client still uploading reads this answer rather than a reset."""
+        start, body = _json_response(413, message)
         await send(start)
         await send(body)
+
+
+async def _send_error(send: Send, held: list[Message]) -> None:
+    """Send a held error answer with its body checked by ``_error_body`` (Content-Length fixed)."""
+    start, parts = held[0], held[1:]
+    raw = b"".join(m.get("body", b"") for m in parts if m["type"] == "http.response.body")
+    body = _error_body(int(start["status"]), raw)
+    if body is not raw:
+        headers = [(k, v) for k, v in start.get("headers") or [] if k.lower() not in (b"content-length",
+                                                                                   b"content-type")]
+        start = {**start, "headers": [*headers, (b"content-type", b"application/json"),
+                                      (b"content-length", str(len(body)).encode())]}
+    held.clear()
+    await send(start)
+    await send({"type": "http.response.body", "body": body, "more_body": False})
 
 
 def _replay(body: bytes, receive: Receive, first: Message | None = None) -> Receive:
@@ -221,13 +332,39 @@ async def _validation_error_handler(_: Any, exc: Exception) -> Any:
     return ORJSONResponse(status_code=422, content={"error": f"invalid v2 inference request: {msg}"[:1000]})
 
 
-async def _http_error_handler(_: Any, exc: Exception) -> Any:
+_ROUTES_HINT: Final = "predictions: POST /v1/models/<name>:predict or POST /v2/models/<name>/infer"
+
+
+async def _http_error_handler(request: Any, exc: Exception) -> Any:
     from fastapi.responses import ORJSONResponse
 
     status = int(getattr(exc, "status_code", 500))
-    detail = getattr(exc, "detail", None) or "error"
-    return ORJSONResponse(status_code=status, content={"error": str(detail)},
+    detail = str(getattr(exc, "detail", None) or "error")
+    try:
+        method, path = request.method, request.url.path[:200]
+    except Exception:  # noqa: BLE001 - a message, never a failure
+        method, path = "?", "?"
+    if status == 404 and detail == "Not Found":
+        detail = f"no such endpoint: {method[:16]} {path} ({_ROUTES_HINT})"
+    elif status == 405 and detail == "Method Not Allowed":
+        allow = (getattr(exc, "headers", None) or {}).get("Allow", "")
+        detail = f"{method[:16]} is not allowed on {path}" + (f"; allowed: {allow}" if allow else "")
+    elif status == 400 and detail == "There was an error parsing the body":
+        detail = _body_parse_error(exc.__cause__)
+    return ORJSONResponse(status_code=status, content={"error": detail},
                           headers=getattr(exc, "headers", None))
+
+
+def _body_parse_error(cause: BaseException | None) -> str:
+    """FastAPI's "There was an error parsing the body", with its cause (it hides it)."""
+    if isinstance(cause, RecursionError):
+        return "the body is not valid JSON: nested too deeply"
+    if isinstance(cause, UnicodeDecodeError):
+        return f"the body is not valid JSON: not UTF-8 (byte {cause.start})"
+    if cause is not None:
+        first = (str(cause).strip().splitlines() or [""])[0][:200]
+        return f"the body is not valid JSON: {type(cause).__name__}{': ' + first if first else ''}"
+    return "the body is not valid JSON"
 
 
 class _QuietClientErrors(logging.Filter):
@@ -256,7 +393,10 @@ def configure_app(app: Any, predictor: Any, *, max_body_bytes: int) -> None:
     app.add_exception_handler(RequestError, _request_error_handler)
     app.add_exception_handler(RequestValidationError, _validation_error_handler)
     app.add_exception_handler(StarletteHTTPException, _http_error_handler)
-    logging.getLogger("kserve").addFilter(_QuietClientErrors((InvalidInput, ModelNotFound)))
+    from starlette.requests import ClientDisconnect
+
+    # ClientDisconnect: the client went away mid-body (nobody to answer); one line, not a traceback
+    logging.getLogger("kserve").addFilter(_QuietClientErrors((InvalidInput, ModelNotFound, ClientDisconnect)))
 
 
 def quiet_per_request_logs() -> None:
@@ -272,6 +412,51 @@ def quiet_per_request_logs() -> None:
     if os.environ.get("TIDELINE_LOG_LEVEL", "").upper() != "DEBUG":
         logging.getLogger("uvicorn.access").disabled = True
         logging.getLogger("kserve.trace").setLevel(logging.WARNING)
+
+
+_BAD_HTTP: Final = ("the request is not valid HTTP/1.1 (request line, a header, Content-Length or a chunk "
+                     "of the body is malformed)")
+
+
+def json_protocol_errors() -> None:
+    """uvicorn answers bytes it cannot parse as HTTP (a non-numeric or doubled Content-Length, a broken
+    chunk, garbage after a body shorter than its Content-Length said) itself, before any application code
+    runs, with a text/plain 400. Make that body ``{"error": ...}`` like every other refusal (both of
+    uvicorn's HTTP implementations; a no-op if their internals change)."""
+    import orjson
+
+    body = orjson.dumps({"error": _BAD_HTTP})
+    try:
+        from uvicorn.protocols.http import httptools_impl
+    except ImportError:  # pragma: no cover - httptools not installed
+        httptools_impl = None  # type: ignore[assignment]
+    if httptools_impl is not None and hasattr(httptools_impl.HttpToolsProtocol, "send_400_response") \
+            and hasattr(httptools_impl, "STATUS_LINE"):
+        def send_400_httptools(self: Any, msg: str) -> None:
+            content = [httptools_impl.STATUS_LINE[400]]
+            for name, value in self.server_state.default_headers:
+                content.extend([name, b": ", value, b"\r\n"])
+            content.extend([b"content-type: application/json\r\n",
+                            b"content-length: " + str(len(body)).encode("ascii") + b"\r\n",
+                            b"connection: close\r\n", b"\r\n", body])
+            self.transport.write(b"".join(content))
+            self.transport.close()
+
+        httptools_impl.HttpToolsProtocol.send_400_response = send_400_httptools  # type: ignore[method-assign]
+    try:
+        import h11
+        from uvicorn.protocols.http import h11_impl
+    except ImportError:  # pragma: no cover
+        return
+    if hasattr(h11_impl.H11Protocol, "send_400_response"):
+        def send_400_h11(self: Any, msg: str) -> None:
+            headers = [(b"content-type", b"application/json"), (b"connection", b"close")]
+            for event in (h11.Response(status_code=400, headers=headers, reason=b"Bad Request"),
+                          h11.Data(data=body), h11.EndOfMessage()):
+                self.transport.write(self.conn.send(event))
+            self.transport.close()
+
+        h11_impl.H11Protocol.send_400_response = send_400_h11  # type: ignore[method-assign]
 
 
 def free_port() -> int:
@@ -304,6 +489,7 @@ def serve(predictor: Any, *, http_port: int, max_body_bytes: int,
     import kserve.model_server as ks
 
     configure_app(ks.app, predictor, max_body_bytes=max_body_bytes)
+    json_protocol_errors()
     server = ks.ModelServer(http_port=http_port, enable_grpc=False, enable_latency_logging=False, workers=1)
     quiet_per_request_logs()
     stop = threading.Event()

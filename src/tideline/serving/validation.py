@@ -124,7 +124,10 @@ def parse_time(value: Any, where: str) -> datetime | None:
     except ValueError:
         raise RequestError(422, f"{where}: timestamp {value[:60]!r} is not an ISO-8601 time") from None
     if ts.tzinfo is not None:
-        ts = ts.astimezone(UTC).replace(tzinfo=None)
+        try:
+            ts = ts.astimezone(UTC).replace(tzinfo=None)
+        except OverflowError:  # e.g. 9999-12-31T23:59-05:00 is after datetime.max in UTC
+            raise RequestError(422, f"{where}: timestamp {value[:60]!r} is out of range in UTC") from None
     return ts
 
 

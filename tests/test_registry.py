@@ -556,3 +556,32 @@ def test_registry_reliability_drills_quick(tmp_path: Path) -> None:
         assert "0 partial or lost, production unchanged" in r["result"] and "6/6 following" in r["result"]
     assert {"local directory", "S3 API"} == {r["scenario"].rsplit("(", 1)[1].rstrip(")") for r in rows[::2]}
     assert time.monotonic() - t0 < 180
+
+
+def test_cleanup_reclaims_unfinished_uploads_of_killed_writers(reg: Registry, tmp_path: Path) -> None:
+    """A killed writer's temp file (directory store) or multipart upload (S3) is invisible to listing;
+    cleanup removes it once older than the grace period, and never touches a committed version."""
+    mv = reg.register(_artifacts(tmp_path, "kept"), _meta())
+    store = reg.store
+    if isinstance(store, FileStore):
+        stale_dir = store.root / "artifacts" / uuid.uuid4().hex
+        stale_dir.mkdir(parents=True)
+        (stale_dir / ".tideline-tmp-deadbeef").write_bytes(b"x" * 1000)
+
+        def unfinished() -> int:
+            return len(list(store.root.rglob(".tideline-tmp-*")))
+    else:
+        assert isinstance(store, S3Store)
+        client = boto3.client("s3", endpoint_url=store.endpoint)
+        key = f"{store.prefix}/artifacts/{uuid.uuid4().hex}/w.bin"
+        upload = client.create_multipart_upload(Bucket=store.bucket, Key=key)
+        client.upload_part(Bucket=store.bucket, Key=key, UploadId=upload["UploadId"], PartNumber=1, Body=b"x" * 1000)
+
+        def unfinished() -> int:
+            return len(client.list_multipart_uploads(Bucket=store.bucket, Prefix=store.prefix).get("Uploads", []))
+    assert unfinished() == 1 and store.list("artifacts/") == sorted(store.list(mv.artifact_prefix))
+    assert reg.cleanup(keep_last=10) == [] and unfinished() == 1  # too young: could be in flight
+    assert reg.cleanup(keep_last=10, orphan_grace_s=0) == [] and unfinished() == 0
+    if isinstance(store, FileStore):
+        assert not stale_dir.exists()  # the emptied directory went too
+    reg.fetch(mv.version, tmp_path / "fetched")

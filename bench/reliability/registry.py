@@ -632,14 +632,6 @@ def _garbage(cfg: dict[str, Any], s3: Any) -> tuple[int, int]:
     return len(ups), size
 
 
-def _abort_uploads(cfg: dict[str, Any], s3: Any) -> None:
-    """What an S3 lifecycle rule (AbortIncompleteMultipartUpload) does; frees moto's memory."""
-    if cfg["root"]:
-        return
-    for u in s3.list_multipart_uploads(Bucket=cfg["bucket"], Prefix=f"{cfg['prefix']}/").get("Uploads", []):
-        s3.abort_multipart_upload(Bucket=cfg["bucket"], Key=u["Key"], UploadId=u["UploadId"])
-
-
 _KILL_MODES = {
     "upload": "after its upload is seen to start",
     "register": "anywhere in register",
@@ -781,13 +773,14 @@ def _sigkill(backend: str, label: str, endpoint: str | None, quick: bool, work: 
                 deleted.append(target)
                 next_id += 1
 
-            # Orphans go, versions stay.
-            if s3 is not None:  # counted, then aborted as a lifecycle rule would (FileStore: at the end)
-                g_n, g_b = _garbage(cfg, s3)
-                garbage_n += g_n
-                garbage_b += g_b
-                _abort_uploads(cfg, s3)
+            # Orphans go (uploaded files, and the unfinished uploads only the store sees), versions stay.
+            g_n, g_b = _garbage(cfg, s3)
+            garbage_n += g_n
+            garbage_b += g_b
             removed = reg.cleanup(keep_last=1_000_000, orphan_grace_s=0)
+            left_n, left_b = _garbage(cfg, s3)
+            if left_n:
+                problems.append(f"kill {n}: cleanup left {left_n} unfinished uploads ({left_b / 1e6:.0f} MB)")
             if any(not r.startswith("artifacts/") for r in removed):
                 lost += 1
                 problems.append(f"kill {n}: cleanup removed versions {removed}")
@@ -820,16 +813,13 @@ def _sigkill(backend: str, label: str, endpoint: str | None, quick: bool, work: 
     finally:
         for c in children:
             c.kill()
-    if s3 is None:
-        garbage_n, garbage_b = _garbage(cfg, s3)
 
     total = sum(kills.values())
     before_commit = tally["mid-upload"] + tally["after upload, before commit"]
     after_commit = tally["committed, status not yet recorded"] + tally["committed and recorded"]
-    garbage = (f"{garbage_n} temp files ({garbage_b / 1e6:.0f} MB) of killed uploads left on disk, "
-               f"which cleanup does not see" if cfg["root"] else
-               f"{garbage_n} incomplete multipart uploads ({garbage_b / 1e6:.0f} MB, invisible; "
-               f"an AbortIncompleteMultipartUpload lifecycle rule reclaims them)")
+    garbage = (f"cleanup also reclaimed {garbage_n} unfinished "
+               f"{'temp files' if cfg['root'] else 'multipart uploads'} ({garbage_b / 1e6:.0f} MB) of killed "
+               f"writers, 0 left")
     result = (f"{total} SIGKILLs of a writer registering {size_mb} MB ({kills['upload']} during the upload, "
               f"{kills['register']} anywhere in register, {kills['commit']} right at the manifest commit): "
               f"{before_commit} before the commit ({tally['mid-upload']} mid-upload) left no visible "

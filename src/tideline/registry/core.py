@@ -793,7 +793,8 @@ class Registry:
         Deletes the oldest versions beyond the newest ``keep_last`` that no alias points to and that
         are not ACTIVE; finishes deletions a killed process left half done; removes artifact
         prefixes with no manifest whose newest file is older than ``orphan_grace_s`` (uploads of a
-        registration still in flight are younger than that).
+        registration still in flight are younger than that), and the unfinished uploads of killed
+        writers older than that (a directory store's temp files, an S3 store's multipart uploads).
         """
         if not isinstance(keep_last, int) or keep_last < 0:
             raise ConfigError(f"keep_last must be a non-negative integer, got {keep_last!r}")
@@ -845,6 +846,11 @@ class Registry:
                 self.store.delete(k)
             removed.append(prefix)
             log.info("removed orphan artifacts %s", prefix)
+        sweep = getattr(self.store, "remove_stale_uploads", None)  # temp files / multipart uploads of killed writers
+        if sweep is not None:
+            n = sweep(orphan_grace_s)
+            if n:
+                log.info("removed %d unfinished upload(s) of killed writers", n)
         live = set(self._version_ids())
         for key in self.store.list("attachments/"):
             v = key.split("/")[1]

@@ -260,6 +260,30 @@ class FileStore:
         """Whether the file exists."""
         return self._path(key).is_file()
 
+    def remove_stale_uploads(self, older_than_s: float) -> int:
+        """Delete temporary files a killed writer left (invisible to ``list``) older than ``older_than_s``.
+
+        Returns how many were removed; directories left empty go too. Lock files are kept.
+        """
+        cutoff = time.time() - older_than_s
+        removed = 0
+        for dirpath, dirnames, filenames in os.walk(self.root, topdown=False):
+            here = Path(dirpath)
+            for name in filenames:
+                if not name.startswith(f"{_RESERVED_PREFIX}tmp-"):
+                    continue
+                p = here / name
+                try:
+                    if p.stat().st_mtime < cutoff:
+                        p.unlink()
+                        removed += 1
+                except FileNotFoundError:
+                    continue
+            if here != self.root and not here.name.startswith(_RESERVED_PREFIX):
+                with contextlib.suppress(OSError):
+                    here.rmdir()  # only when empty
+        return removed
+
     def modified(self, key: str) -> float:
         """File mtime."""
         try:
@@ -545,6 +569,31 @@ class S3Store:
         """LastModified of the object."""
         resp = self._call(key, self._client.head_object, Bucket=self.bucket, Key=self._key(key))
         return float(resp["LastModified"].timestamp())
+
+    def remove_stale_uploads(self, older_than_s: float) -> int:
+        """Abort multipart uploads below the prefix that a killed writer left: idle > ``older_than_s``.
+
+        Idle = neither started nor given a part within that time (an upload still in flight keeps adding
+        parts). What a bucket lifecycle rule ``AbortIncompleteMultipartUpload`` does; returns how many.
+        """
+        cutoff = time.time() - older_than_s
+        full = f"{self.prefix}/" if self.prefix else ""
+
+        def last_activity(u: dict[str, Any]) -> float:
+            parts = self._client.list_parts(Bucket=self.bucket, Key=u["Key"], UploadId=u["UploadId"])
+            return max([u["Initiated"].timestamp()] + [p["LastModified"].timestamp() for p in parts.get("Parts", [])])
+
+        def once() -> list[tuple[str, str]]:
+            out = []
+            for page in self._client.get_paginator("list_multipart_uploads").paginate(Bucket=self.bucket,
+                                                                                      Prefix=full):
+                out += [(u["Key"], u["UploadId"]) for u in page.get("Uploads", []) if last_activity(u) < cutoff]
+            return out
+
+        stale = self._retry(full or "/", once)
+        for key, upload_id in stale:
+            self._call(key, self._client.abort_multipart_upload, Bucket=self.bucket, Key=key, UploadId=upload_id)
+        return len(stale)
 
     def put_file(self, key: str, path: Path) -> None:
         """upload_file (multipart for large files); a retry uploads the whole file again."""

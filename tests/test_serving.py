@@ -26,6 +26,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import FAST_PARAMS
+from reliability.predictor import Server, start_server
 from tideline.config import FeatureConfig
 from tideline.data import synthetic_market
 from tideline.errors import ConfigError
@@ -102,14 +103,8 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Env:
     return Env(root, reg, rows, models)
 
 
-class Predictor:
-    def __init__(self, proc: subprocess.Popen[str], port: int, version: str, log: Path) -> None:
-        self.proc = proc
-        self.port = port
-        self.version = version
-        self.log = log
-        self.url = f"http://127.0.0.1:{port}"
-        self.client = httpx.Client(base_url=self.url, timeout=30)
+class Predictor(Server):
+    """The reliability harness's predictor process, with the request helpers these tests use."""
 
     def v1(self, body: Any, **kw: Any) -> httpx.Response:
         return self.client.post(f"/v1/models/{MODEL}:predict", json=body, **kw)
@@ -124,17 +119,6 @@ class Predictor:
                 out.setdefault(s.name, []).append((dict(s.labels), s.value))
         return out
 
-    def stop(self) -> int:
-        self.client.close()
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                return self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                return self.proc.wait(5)
-        return self.proc.returncode
-
 
 def _env(extra: dict[str, str] | None = None) -> dict[str, str]:
     e = {**os.environ, "OMP_NUM_THREADS": "1", "TIDELINE_LOG_LEVEL": "INFO"}
@@ -144,23 +128,8 @@ def _env(extra: dict[str, str] | None = None) -> dict[str, str]:
 
 
 def start(env: Env, *args: str, chaos: str | None = None, name: str = "p") -> Predictor:
-    log = env.root / f"{name}-{time.monotonic_ns()}.log"
-    cmd = [sys.executable, "-m", "tideline.serving", "--registry", env.uri, "--http-port", "0", *args]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log.open("w"), text=True,
-                            env=_env({"TIDELINE_CHAOS": chaos} if chaos else None))
-    line_box: list[str] = []
-    out = proc.stdout
-    assert out is not None
-    reader = threading.Thread(target=lambda: line_box.append(out.readline()), daemon=True)
-    reader.start()
-    reader.join(90)
-    line = line_box[0].strip() if line_box else ""
-    if not line.startswith("READY "):
-        proc.kill()
-        raise AssertionError(f"predictor did not start: {line!r}\n{log.read_text()[-3000:]}")
-    fields = dict(kv.split("=", 1) for kv in line.split()[1:])
-    threading.Thread(target=out.read, daemon=True).start()  # keep draining stdout
-    return Predictor(proc, int(fields["port"]), fields["version"], log)
+    return start_server(env, *args, name=name, extra_env={"TIDELINE_CHAOS": chaos} if chaos else None,
+                        cls=Predictor)
 
 
 @pytest.fixture(scope="module")

@@ -41,7 +41,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import quote
 
 MODEL = "tideline"
@@ -167,12 +167,17 @@ class Server:
         return int(self.proc.returncode)
 
 
-def start_server(fx: Fixture, *args: str, name: str = "p", tmpdir: Path | None = None) -> Server:
-    """Start the predictor (``--http-port 0``) and wait for its READY line."""
+S = TypeVar("S", bound=Server)
+
+
+def start_server(fx: Any, *args: str, name: str = "p", tmpdir: Path | None = None,
+                 extra_env: dict[str, str] | None = None, cls: type[S] = Server) -> S:  # type: ignore[assignment]
+    """Start the predictor (``--http-port 0``) on ``fx.uri`` and wait for its READY line; ``cls`` wraps it."""
     log = fx.root / f"{name}-{time.monotonic_ns()}.log"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TIDELINE_LOG_LEVEL": "INFO"}
     for k in ("TIDELINE_CHAOS", "TIDELINE_REGISTRY", "TIDELINE_CONFIG"):
         env.pop(k, None)
+    env.update(extra_env or {})
     if tmpdir is not None:
         tmpdir.mkdir(parents=True, exist_ok=True)
         env["TMPDIR"] = str(tmpdir)
@@ -192,7 +197,7 @@ def start_server(fx: Fixture, *args: str, name: str = "p", tmpdir: Path | None =
         raise RuntimeError(f"the predictor did not start: {line!r}\n{log.read_text()[-3000:]}")
     fields = dict(kv.split("=", 1) for kv in line.split()[1:])
     threading.Thread(target=out.read, daemon=True).start()  # keep draining stdout
-    return Server(proc, int(fields["port"]), fields["version"], log, tmpdir)
+    return cls(proc, int(fields["port"]), fields["version"], log, tmpdir)
 
 
 @contextlib.contextmanager

@@ -51,6 +51,9 @@ _FAST_CONFIG = {
 _RETRY_LINE = re.compile(r"unreachable \(attempt (\d+)/(\d+)\)")
 _QUICK_BACKOFF_S = 0.2
 _GAVE_UP = re.compile(r"gave up after (\d+) attempts? over ([0-9.]+) s")
+# When S3 goes down: (which request, by method and path) -> what the proxy does, and whether it refuses
+# connections afterwards (a stopped MinIO) or resets them.
+Fault = tuple[Callable[[str, str], bool], str, bool]
 
 
 # ---- infrastructure -------------------------------------------------------------------------------------
@@ -213,6 +216,24 @@ class Tally:
         if proxy.down_at is not None:
             self.exit_s.append(run.ended - proxy.down_at)
 
+    def fail_under_outage(self, label: str, proxy: FaultProxy, fault: Fault, args: list[str],
+                          env: dict[str, str], work: Path) -> CliRun:
+        """Run one command while `fault` takes S3 down mid-way; count it as clean or say why not."""
+        self.tried += 1
+        downs = proxy.downs
+        pred, action, refuse = fault
+        proxy.on_request(pred, action, refuse=refuse)  # refuse: like a stopped MinIO, else resets
+        run = _cli(args, env, work)
+        proxy.clear_faults()
+        why = run.clean_s3_failure() if proxy.downs > downs else "the outage never happened"
+        if why is None:
+            self.failed_clean += 1
+            self.retries.append(run.retries)
+            self.record_exit(run, proxy)
+        else:
+            self.problems.append(f"{label}: {why}")
+        return run
+
     def note(self, what: str, n: int = 1) -> None:
         self.notes[what] = self.notes.get(what, 0) + n
 
@@ -273,22 +294,12 @@ def _cycle(quick: bool, work: Path, s3: tuple[str, FaultProxy]) -> dict[str, Any
         tally.problems.append(f"setup cycle failed: exit {setup.rc}: {setup.err.strip()[-300:]}")
         return _row("`tideline cycle` on an S3 registry: S3 dies mid-cycle", tally, t0, _policy(quick))
     for i, (label, pred, action, refuse) in enumerate(moments):
-        tally.tried += 1
         prod_before = reg.aliases().get("production")
         n_before, _ = _half_written(reg, work)
         orphans_before = _orphans(reg)
-        downs = proxy.downs
-        proxy.on_request(pred, action, refuse=refuse)  # refuse: like a stopped MinIO, else resets
-        failed = _cli([*base, "cycle", *data, "--seed", str(11 + i), "--json"], _env(proxy.endpoint, quick),
-                      work)
-        proxy.clear_faults()
-        why = failed.clean_s3_failure() if proxy.downs > downs else "the outage never happened"
-        if why is None:
-            tally.failed_clean += 1
-            tally.retries.append(failed.retries)
-            tally.record_exit(failed, proxy)
-        else:
-            tally.problems.append(f"{label}: {why}")
+        tally.fail_under_outage(label, proxy, (pred, action, refuse),
+                                [*base, "cycle", *data, "--seed", str(11 + i), "--json"],
+                                _env(proxy.endpoint, quick), work)
         prod_after = reg.aliases().get("production")
         if prod_after != prod_before:
             tally.prod_changed += 1
@@ -352,19 +363,9 @@ def _drift(quick: bool, work: Path, s3: tuple[str, FaultProxy], prefix: str | No
     prod = reg.aliases()["production"]
     check = ["drift", "check", "--synthetic", "--symbols", "2", "--bars", "300", "--json"]
     for label, pred, action, refuse in moments:
-        tally.tried += 1
         latest_before = _latest_checked_at(reg, prod)
-        downs = proxy.downs
-        proxy.on_request(pred, action, refuse=refuse)
-        failed = _cli([*base, *check], _env(proxy.endpoint, quick), work)
-        proxy.clear_faults()
-        why = failed.clean_s3_failure() if proxy.downs > downs else "the outage never happened"
-        if why is None:
-            tally.failed_clean += 1
-            tally.retries.append(failed.retries)
-            tally.record_exit(failed, proxy)
-        else:
-            tally.problems.append(f"{label}: {why}")
+        tally.fail_under_outage(label, proxy, (pred, action, refuse), [*base, *check],
+                                _env(proxy.endpoint, quick), work)
         if reg.aliases().get("production") != prod:
             tally.prod_changed += 1
             tally.problems.append(f"{label}: production moved")

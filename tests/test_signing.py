@@ -12,7 +12,7 @@ from typing import Any
 import boto3
 import pytest
 
-from tideline.errors import ConfigError, IntegrityError
+from tideline.errors import ConfigError, IntegrityError, VersionNotFound
 from tideline.registry import Registry, open_registry
 from tideline.registry.signing import KEY_ENV, KEY_FILE_ENV, REQUIRE_ENV, Signing, canonical_bytes, key_id_of
 
@@ -344,3 +344,96 @@ def test_the_predictor_refuses_a_tampered_signed_version(tmp_path: Path) -> None
     assert load_slot(reg, "production", "active").version == "v1"
     with pytest.raises(IntegrityError, match="v2 signature does not match: refusing it"):
         load_slot(reg, "v2", "canary")
+
+
+# ---- finding the bad versions: check_versions, `models list`, `models verify` -------------------------------
+def _flip_artifact_byte(reg: Registry, v: str) -> None:
+    m = _manifest(reg, v)
+    key = m["artifact_prefix"] + "model.json"
+    data = bytearray(reg.store.get(key)[0])
+    data[3] ^= 1
+    reg.store.put(key, bytes(data))
+
+
+def _four_versions(tmp_path: Path) -> Registry:
+    """v1 good (production), v2 manifest tampered, v3 an artifact byte flipped, v4 manifest unreadable."""
+    reg = _open(tmp_path / "reg", KEY)
+    for tag in "abcd":
+        reg.register(_artifacts(tmp_path, tag), META)
+    reg.promote("v1", reason="baseline")
+    _tamper_metrics(reg, "v2")
+    _flip_artifact_byte(reg, "v3")
+    reg.store.put("versions/v4.json", b'{"version": "v4", "family": ')
+    return reg
+
+
+def test_check_versions_names_each_bad_version_without_raising(tmp_path: Path) -> None:
+    _four_versions(tmp_path)
+    reg = _open(tmp_path / "reg", KEY)
+    with pytest.raises(IntegrityError):  # the trusting listing still refuses as a whole
+        reg.list_versions()
+    quick = {c.version: c for c in reg.check_versions()}
+    assert list(quick) == ["v1", "v2", "v3", "v4"]
+    assert quick["v1"].problem is None and quick["v1"].signature == "valid" and not quick["v1"].artifacts_checked
+    assert "signature does not match" in (quick["v2"].problem or "") and quick["v2"].signature == "refused"
+    assert quick["v3"].problem is None  # its manifest is authentic; only the artifacts tell
+    assert quick["v4"].manifest is None and "manifest of v4 is corrupt" in (quick["v4"].problem or "")
+    full = {c.version: c for c in reg.check_versions(artifacts=True)}
+    assert full["v1"].problem is None and full["v1"].artifacts_checked
+    assert "'model.json' of v3 failed its sha256 check" in (full["v3"].problem or "")
+    assert [c.version for c in reg.check_versions(["production", "v3", "v1"], artifacts=True)] == ["v1", "v3"]
+    with pytest.raises(VersionNotFound):
+        reg.check_versions(["v9"])
+    unkeyed = {c.version: c for c in _open(tmp_path / "reg", None).check_versions()}
+    assert unkeyed["v2"].problem is None and unkeyed["v2"].signature == "not checked"
+    assert not list((tmp_path / "reg").rglob(".tideline-verify-*"))  # nothing kept
+
+
+def test_an_unreadable_manifest_can_be_deleted_and_cleanup_goes_on(tmp_path: Path) -> None:
+    reg = _four_versions(tmp_path)
+    before = set(reg.store.list("artifacts/"))
+    reg = _open(tmp_path / "reg", KEY)
+    assert reg.cleanup(keep_last=10, orphan_grace_s=0) == []  # v4's artifacts are owned by an unreadable manifest
+    assert set(reg.store.list("artifacts/")) == before
+    reg.delete("v4", reason="unreadable")
+    assert [c.version for c in reg.check_versions()] == ["v1", "v2", "v3"]
+    removed = reg.cleanup(keep_last=10, orphan_grace_s=0)  # now v4's artifacts are orphans
+    assert len(removed) == 1 and removed[0].startswith("artifacts/")
+    assert reg.fetch("v1", tmp_path / "v1").joinpath("model.json").exists()
+
+
+def test_models_list_and_verify_commands(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    from tideline.cli import main
+
+    _four_versions(tmp_path)
+    base = ["--registry", (tmp_path / "reg").as_uri(), "models"]
+    monkeypatch.setenv(KEY_ENV, KEY)
+    assert main([*base, "list", "--json"]) == 8
+    out, err = capsys.readouterr()
+    rows = {r["version"]: r for r in json.loads(out)}
+    assert rows["v1"]["refused"] is None and rows["v1"]["aliases"] == ["production"]
+    assert rows["v3"]["refused"] is None and "signature" in rows["v2"]["refused"]
+    assert rows["v4"]["family"] is None and "corrupt" in rows["v4"]["refused"]
+    assert err.startswith("error: 2 of 4 version(s) would be refused: v2 signature") and "Traceback" not in err
+
+    assert main([*base, "verify"]) == 8
+    out, err = capsys.readouterr()
+    assert "REFUSED" in out and "3 of 4 version(s) failed verification" in err and "'model.json' of v3" in err
+    assert main([*base, "verify", "production", "--json"]) == 0
+    out, err = capsys.readouterr()
+    assert json.loads(out) == [{"version": "v1", "aliases": ["production"], "ok": True, "problem": None,
+                                "signature": "valid", "artifacts": 2}]
+    assert err == ""
+    assert main([*base, "verify", "v9"]) == 6
+    assert "'v9' not found" in capsys.readouterr().err
+
+    monkeypatch.delenv(KEY_ENV)  # no key: the tampered manifest cannot be told; the flipped byte still can
+    assert main([*base, "verify", "v2", "v3"]) == 8
+    out, err = capsys.readouterr()
+    assert "signatures were not checked" in err and "1 of 2 version(s) failed verification" in err
+    assert main([*base, "delete", "v4"]) == 0
+    capsys.readouterr()
+    assert main([*base, "list"]) == 0
+    assert "REFUSED" not in capsys.readouterr().out
+

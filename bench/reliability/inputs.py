@@ -344,6 +344,7 @@ REGISTRY_COMMANDS: dict[str, list[str]] = {
     "models rollback": ["models", "rollback"],
     "models delete": ["models", "delete", "v1"],
     "models cleanup": ["models", "cleanup"],
+    "models verify": ["models", "verify"],
     "drift check": ["drift", "check", "--synthetic", "--symbols", "3", "--bars", "200"],
     "feedback": ["feedback", "--data", "{data}"],
     "rollout start": ["rollout", "start", "--candidate", "v1"],
@@ -360,7 +361,8 @@ MISSING_REGISTRY_SAYS = {"models promote": "v1", "models rollback": "no previous
 # every command, with a wrong option and with a required argument missing (where it has one)
 ALL_COMMANDS: list[list[str]] = [
     ["cycle"], ["models", "list"], ["models", "show"], ["models", "history"], ["models", "promote"],
-    ["models", "rollback"], ["models", "delete"], ["models", "cleanup"], ["data", "validate"], ["data", "synth"],
+    ["models", "rollback"], ["models", "delete"], ["models", "cleanup"], ["models", "verify"], ["data", "validate"],
+    ["data", "synth"],
     ["pipeline", "run"], ["pipeline", "compile"], ["pipeline", "submit"], ["pipeline", "schedule"],
     ["drift", "check"], ["feedback"], ["rollout", "start"], ["rollout", "resume"], ["rollout", "status"],
     ["rollout", "promote"], ["rollout", "rollback"], ["serve"], ["trigger", "check"], ["trigger", "run"], ["demo"],
@@ -413,6 +415,7 @@ def cli_cases() -> list[CliCase]:
         cases.append(CliCase(f"{name}: S3 unreachable", [*S3, *argv], "cannot reach", env=S3_ENV))
     for v in BAD_VERSIONS:
         for argv in (["models", "show", v], ["models", "promote", v], ["models", "delete", v],
+                     ["models", "verify", v],
                      ["drift", "check", "--synthetic", "--symbols", "3", "--bars", "200", "--version", v],
                      ["serve", "--detach", "--port", "0", "--version", v]):
             cases.append(CliCase(f"{' '.join(argv[:2])}: version {v!r}", [*REG, *argv], v or "version"))

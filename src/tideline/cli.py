@@ -35,7 +35,7 @@ from tideline.cli_options import (
     parse_families,
 )
 from tideline.config import Settings, load_settings
-from tideline.errors import TidelineError
+from tideline.errors import IntegrityError, TidelineError
 
 app = typer.Typer(
     name="tideline", help="Keep trading models good as markets change.", no_args_is_help=True,
@@ -142,7 +142,7 @@ def _reporter(enabled: bool):  # noqa: ANN202
 
 # ---- cycle --------------------------------------------------------------------------------------------
 def _fmt(v: Any, nd: int = 3) -> str:
-    return f"{v:.{nd}f}" if isinstance(v, float) else str(v)
+    return f"{v:.{nd}f}" if isinstance(v, float) else "-" if v is None else str(v)
 
 
 @app.command()
@@ -243,26 +243,83 @@ def _version_row(mv: Any, status: str, aliases: dict[str, str]) -> dict[str, Any
     }
 
 
+def _refused(checks: list[Any], what: str) -> None:
+    """IntegrityError (exit 8) naming the refused versions, after the listing was printed."""
+    bad = [c for c in checks if c.problem is not None]
+    if bad:
+        shown = "; ".join(c.problem for c in bad[:3]) + (f"; and {len(bad) - 3} more" if len(bad) > 3 else "")
+        raise IntegrityError(f"{len(bad)} of {len(checks)} version(s) {what}: {shown}",
+                             hint="nothing loads, serves or promotes them; `tideline models delete VERSION` "
+                                  "removes one")
+
+
 @models_app.command("list")
 def models_list(ctx: typer.Context, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
-    """List every version with its status, aliases and hold-out metrics."""
+    """List every version with its status, aliases and hold-out metrics. A version that would be refused
+    (tampered, unsigned under a required signature, unreadable manifest) is listed as REFUSED, and the
+    command then exits 8."""
     reg = _open_registry(_state(ctx).settings(), must_exist=True)
     aliases, statuses = reg.aliases(), reg.statuses()
-    rows = [_version_row(mv, str(getattr(statuses.get(mv.version), "value", statuses.get(mv.version))), aliases)
-            for mv in reg.list_versions()]
+    checks = reg.check_versions()
+    rows = []
+    for c in checks:
+        status = str(getattr(statuses.get(c.version), "value", statuses.get(c.version)))
+        if c.manifest is None:
+            row = {"version": c.version, "family": None, "status": status, "aliases": [], "created_at": None,
+                   "sharpe": None, "directional_accuracy": None, "approved": None, "parent": None}
+        else:
+            row = _version_row(c.manifest, status, aliases)
+        rows.append({**row, "refused": c.problem})
     if as_json:
         _print_json(rows)
-        return
-    if not rows:
+    elif not rows:
         out.print("no model versions yet: run `tideline cycle --synthetic` or `tideline cycle --data FILE`")
-        return
-    t = Table(title="model versions")
-    for col in ("version", "family", "status", "aliases", "created", "Sharpe", "dir.acc", "approved", "parent"):
-        t.add_column(col)
-    for r in rows:
-        t.add_row(r["version"], r["family"], r["status"], ",".join(r["aliases"]), str(r["created_at"])[:19],
-                  _fmt(r["sharpe"], 2), _fmt(r["directional_accuracy"]), str(r["approved"]), str(r["parent"] or "-"))
-    out.print(t)
+    else:
+        t = Table(title="model versions")
+        for col in ("version", "family", "status", "aliases", "created", "Sharpe", "dir.acc", "approved",
+                    "parent"):
+            t.add_column(col)
+        for r in rows:
+            status = r["status"] if r["refused"] is None else Text("REFUSED", "bold red")
+            t.add_row(r["version"], str(r["family"] or "?"), status, ",".join(r["aliases"]),
+                      str(r["created_at"] or "?")[:19], _fmt(r["sharpe"], 2), _fmt(r["directional_accuracy"]),
+                      str(r["approved"]), str(r["parent"] or "-"))
+        out.print(t)
+    _refused(checks, "would be refused")
+
+
+@models_app.command("verify")
+def models_verify(ctx: typer.Context,
+                  versions: Annotated[list[str] | None, typer.Argument(
+                      help="Versions or aliases (default: every version).", show_default=False)] = None,
+                  as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Check versions as a load would, artifacts included: the manifest's shape and signature (when a
+    signing key is set) and the presence and sha256 of every artifact, downloaded and hashed. Exits 8 if any
+    fails; 0 when all pass."""
+    reg = _open_registry(_state(ctx).settings(), must_exist=True)
+    checks = reg.check_versions(list(versions) if versions else None, artifacts=True)
+    aliases = reg.aliases()
+    rows = [{"version": c.version, "aliases": sorted(a for a, v in aliases.items() if v == c.version),
+             "ok": c.problem is None, "problem": c.problem, "signature": c.signature,
+             "artifacts": len(c.manifest.artifacts) if c.manifest is not None else None} for c in checks]
+    if as_json:
+        _print_json(rows)
+    elif not rows:
+        out.print("no model versions yet: nothing to verify")
+    else:
+        t = Table(title="verify: manifest, signature, artifact sha256")
+        for col in ("version", "aliases", "signature", "artifacts", "result"):
+            t.add_column(col)
+        for r in rows:
+            result = Text("ok", "green") if r["ok"] else Text(f"REFUSED: {r['problem']}", "red")
+            t.add_row(r["version"], ",".join(r["aliases"]), _fmt(r["signature"]), _fmt(r["artifacts"]), result)
+        out.print(t)
+        if all(r["ok"] for r in rows):
+            out.print(f"{len(rows)} of {len(rows)} version(s) verified")
+    if not reg.signing.enabled:
+        err.print("note: no signing key is set (TIDELINE_SIGNING_KEY_FILE): signatures were not checked, "
+                  "only manifests and artifact sha256", highlight=False, soft_wrap=True)
+    _refused(checks, "failed verification")
 
 
 @models_app.command("show")

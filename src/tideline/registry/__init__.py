@@ -12,6 +12,7 @@ from tideline.registry.core import (
     ModelVersion,
     Registry,
     Status,
+    VersionCheck,
     open_registry,
 )
 from tideline.registry.store import FileStore, S3Store, Store, open_store
@@ -28,6 +29,7 @@ __all__ = [
     "S3Store",
     "Status",
     "Store",
+    "VersionCheck",
     "open_registry",
     "open_store",
 ]

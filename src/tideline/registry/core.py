@@ -185,6 +185,20 @@ class AttachmentInfo(ArtifactInfo):
     at: str
 
 
+class VersionCheck(BaseModel):
+    """What ``Registry.check_versions`` found for one version: ``problem`` is None when every check passed,
+    else why a load would refuse it (``manifest`` is None when the manifest could not even be read)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    version: str
+    manifest: ModelVersion | None
+    problem: str | None
+    artifacts_checked: bool
+    # "valid" | "refused" | "unsigned" | "not checked" (no key set) | None (no readable manifest)
+    signature: str | None
+
+
 class _State(BaseModel):
     """Contents of state.json."""
 
@@ -357,8 +371,14 @@ class Registry:
         try:
             mv = ModelVersion.model_validate_json(data)
             raw = json.loads(data)
-        except (PydanticValidationError, ValueError) as e:
-            raise RegistryError(f"manifest of {version} is corrupt: {str(e).splitlines()[0]}") from e
+        except PydanticValidationError as e:
+            first = e.errors()[0]
+            where = ".".join(str(x) for x in first["loc"])
+            raise IntegrityError(f"manifest of {version} is corrupt: {where + ': ' if where else ''}"
+                                 f"{first['msg'].splitlines()[0][:200]}", hint="refusing it") from e
+        except ValueError as e:
+            raise IntegrityError(f"manifest of {version} is corrupt: {str(e).splitlines()[0][:200]}",
+                                 hint="refusing it") from e
         problem = _shape_problem(version, mv) or self._signing.problem(version, raw)
         if problem is None and self._signing.enabled and mv.signature is None:
             log.warning("%s is not signed; accepted because %s=0", version, "TIDELINE_REQUIRE_SIGNED")
@@ -366,6 +386,14 @@ class Registry:
         with self._cache_lock:
             self._cache[version] = entry
         return entry
+
+    def _entry_or_unreadable(self, version: str) -> tuple[ModelVersion | None, str | None]:
+        """``_manifest_entry``, but (None, why) for a manifest that cannot be read at all (for bookkeeping
+        that must go on past it: delete, cleanup, check_versions)."""
+        try:
+            return self._manifest_entry(version)
+        except IntegrityError as e:
+            return None, e.message
 
     def _known_hint(self) -> str:
         known = self._version_ids()
@@ -411,6 +439,8 @@ class Registry:
         return self._list_manifests(verify=True)
 
     def _list_manifests(self, *, verify: bool) -> list[ModelVersion]:
+        """Every non-deleted version's manifest. ``verify``: IntegrityError for a refused one; without it,
+        refused ones are included and unreadable ones (nothing to return) skipped."""
         ids = self._version_ids()
         state, _ = self._read_state()
         out = []
@@ -418,9 +448,63 @@ class Registry:
             if v in state.deleted:
                 continue
             try:
-                out.append(self._load_manifest(v, verify=verify))
+                mv = self._load_manifest(v) if verify else self._entry_or_unreadable(v)[0]
             except VersionNotFound:  # deleted meanwhile
                 continue
+            if mv is not None:
+                out.append(mv)
+        return out
+
+    def check_versions(self, refs: list[str] | None = None, *, artifacts: bool = False) -> list[VersionCheck]:
+        """Check versions without raising for a refused one: each manifest's shape and signature (what every
+        load checks), and with ``artifacts`` the presence and sha256 of every artifact too (downloaded into a
+        temporary directory, nothing kept). ``refs``: version ids or aliases (VersionNotFound for an unknown
+        one); None means every version not deleted. For an operator to see *which* versions are bad, where
+        ``list_versions`` refuses the whole listing."""
+        state, _ = self._read_state()
+        if refs is None:
+            ids = [v for v in self._version_ids() if v not in state.deleted]
+        else:
+            ids = []
+            for ref in refs:
+                if ref in ALIASES:
+                    v = self._resolve(ref, state)
+                else:
+                    _check_version_id(ref)
+                    if ref in state.deleted:
+                        raise VersionNotFound(f"model version {ref!r} was deleted", hint=self._known_hint())
+                    v = ref
+                if v not in ids:
+                    ids.append(v)
+        out = []
+        for v in ids:
+            try:
+                mv, problem = self._entry_or_unreadable(v)
+            except VersionNotFound:
+                if refs is None:
+                    continue  # deleted meanwhile
+                raise
+            if mv is None:
+                out.append(VersionCheck(version=v, manifest=None, problem=problem, artifacts_checked=False,
+                                        signature=None))
+                continue
+            shape = _shape_problem(v, mv)
+            if shape is not None:
+                signature = None
+            elif problem is not None:
+                signature = "refused"
+            elif mv.signature is None:
+                signature = "unsigned"
+            else:
+                signature = "valid" if self._signing.enabled else "not checked"
+            if problem is None and artifacts:
+                try:
+                    with tempfile.TemporaryDirectory(prefix=".tideline-verify-") as d:
+                        self.fetch(v, Path(d) / v)
+                except IntegrityError as e:
+                    problem = e.message
+            out.append(VersionCheck(version=v, manifest=mv, problem=problem,
+                                    artifacts_checked=artifacts and problem is None, signature=signature))
         return out
 
     def status(self, version: str) -> Status:
@@ -758,7 +842,9 @@ class Registry:
         then its manifest is removed, then its artifacts and attachments.
         """
         _check_version_id(version)
-        mv, problem = self._manifest_entry(version)  # a refused (tampered) version can still be deleted
+        # a refused (tampered, even unreadable) version can still be deleted; its artifacts are purged only
+        # when its manifest is trusted (else `cleanup` reclaims them as orphans after the grace period)
+        mv, problem = self._entry_or_unreadable(version)
 
         def mutate(st: _State) -> tuple[None, list[Event]]:
             if version in st.deleted:
@@ -774,7 +860,7 @@ class Registry:
             return None, [Event(at=_now(), action="delete", version=version, reason=reason, actor=actor)]
 
         self._update_state(mutate)
-        self._purge(version, mv.artifact_prefix if problem is None else None)
+        self._purge(version, mv.artifact_prefix if mv is not None and problem is None else None)
         log.info("deleted %s", version)
 
     def _purge(self, version: str, artifact_prefix: str | None) -> None:
@@ -817,16 +903,25 @@ class Registry:
         for v in self._version_ids():
             if v in state.deleted:  # tombstoned but not purged (killed deleter)
                 try:
-                    mv, problem = self._manifest_entry(v)
-                    self._purge(v, mv.artifact_prefix if problem is None else None)
+                    mv, problem = self._entry_or_unreadable(v)
+                    self._purge(v, mv.artifact_prefix if mv is not None and problem is None else None)
                 except VersionNotFound:
                     pass
         referenced: set[str] = set()
+        unreadable: list[str] = []
         for v in self._version_ids():
             try:
-                referenced.add(self._load_manifest(v, verify=False).artifact_prefix)
+                mv, _ = self._entry_or_unreadable(v)
             except VersionNotFound:  # deleted meanwhile
                 continue
+            if mv is None:
+                unreadable.append(v)
+            else:
+                referenced.add(mv.artifact_prefix)
+        if unreadable:  # which artifacts those own is unknown: sweep none rather than a wrong one
+            log.warning("orphan artifacts not swept: the manifest of %s cannot be read (`tideline models "
+                        "delete` it, then cleanup reclaims its artifacts)", ", ".join(unreadable))
+            art_keys = []
         groups: dict[str, list[str]] = {}
         for key in art_keys:
             parts = key.split("/")

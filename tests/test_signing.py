@@ -437,3 +437,13 @@ def test_models_list_and_verify_commands(tmp_path: Path, monkeypatch: pytest.Mon
     assert main([*base, "list"]) == 0
     assert "REFUSED" not in capsys.readouterr().out
 
+
+
+def test_the_tampering_drill_quick(tmp_path: Path) -> None:
+    """The reliability run's tampering scenario in its reduced form: every tampered load refused, every
+    authentic one accepted, and the `models verify` audit flags exactly the tampered versions."""
+    from reliability.security import tampered_versions
+
+    row = tampered_versions(quick=True, work=tmp_path)
+    assert row["ok"] and row["lost"] == 0, row
+    assert "ACCEPTED" not in row["result"] and "flagged 20/20 tampered and 0 of 2 authentic" in row["result"]

@@ -570,13 +570,20 @@ def tampered_versions(quick: bool, work: Path) -> dict[str, Any]:
             slot_refusals += 1
         except Exception:  # noqa: BLE001 - the stored files are not a real model: reaching load_model is acceptance
             accepted += 1
+    # the audit an operator runs (`tideline models verify`): it must name exactly the tampered versions
+    audit = {c.version: c.problem for c in reader.check_versions(artifacts=True)}
+    tampered = {v for v, k in versions if k is not None}
+    flagged = {v for v, problem in audit.items() if problem is not None}
+    audit_ok = flagged == tampered and set(audit) == {v for v, _ in versions}
     n_controls = sum(1 for _, k in versions if k is None) * 2
-    ok = accepted == 0 and controls_ok == n_controls
+    ok = accepted == 0 and controls_ok == n_controls and audit_ok
     leaked = [k for k, n in detail.items() if n]
     result = (f"{attempts - accepted}/{attempts} tampered loads refused with IntegrityError "
               f"({len(tampers)} kinds x {rounds} rounds via get+fetch, {wrong_key_refused} authentic versions "
               f"refused under a wrong key, {slot_refusals} refused by the predictor's load_slot); "
-              f"{controls_ok}/{n_controls} untampered loads accepted")
+              f"{controls_ok}/{n_controls} untampered loads accepted; `models verify` flagged "
+              f"{len(flagged & tampered)}/{len(tampered)} tampered and {len(flagged - tampered)} of "
+              f"{len(audit) - len(tampered)} authentic versions")
     if leaked:
         result += f"; ACCEPTED: {', '.join(leaked)}"
     if refused_controls:

@@ -437,6 +437,12 @@ def test_models_list_and_verify_commands(tmp_path: Path, monkeypatch: pytest.Mon
     assert main([*base, "list"]) == 0
     assert "REFUSED" not in capsys.readouterr().out
 
+    # production's own manifest unreadable: listed REFUSED with its alias, and nothing moved
+    (tmp_path / "reg" / "versions" / "v1.json").write_text("{")
+    assert main([*base, "list", "--json"]) == 8
+    row = next(r for r in json.loads(capsys.readouterr().out) if r["version"] == "v1")
+    assert row["aliases"] == ["production"] and "corrupt" in row["refused"]
+
 
 
 def test_the_tampering_drill_quick(tmp_path: Path) -> None:

@@ -232,11 +232,14 @@ def _render_cycle(res: Any) -> None:
 
 
 # ---- models -------------------------------------------------------------------------------------------
+def _aliases_of(version: str, aliases: dict[str, str]) -> list[str]:
+    return sorted(a for a, v in aliases.items() if v == version)
+
+
 def _version_row(mv: Any, status: str, aliases: dict[str, str]) -> dict[str, Any]:
     m = mv.metrics or {}
-    names = sorted(a for a, v in aliases.items() if v == mv.version)
     return {
-        "version": mv.version, "family": mv.family, "status": status, "aliases": names,
+        "version": mv.version, "family": mv.family, "status": status, "aliases": _aliases_of(mv.version, aliases),
         "created_at": mv.created_at, "sharpe": m.get("sharpe"),
         "directional_accuracy": m.get("directional_accuracy"),
         "approved": (mv.decision or {}).get("approved"), "parent": mv.parent_version,
@@ -265,8 +268,9 @@ def models_list(ctx: typer.Context, as_json: Annotated[bool, typer.Option("--jso
     for c in checks:
         status = str(getattr(statuses.get(c.version), "value", statuses.get(c.version)))
         if c.manifest is None:
-            row = {"version": c.version, "family": None, "status": status, "aliases": [], "created_at": None,
-                   "sharpe": None, "directional_accuracy": None, "approved": None, "parent": None}
+            row = {"version": c.version, "family": None, "status": status,
+                   "aliases": _aliases_of(c.version, aliases), "created_at": None, "sharpe": None,
+                   "directional_accuracy": None, "approved": None, "parent": None}
         else:
             row = _version_row(c.manifest, status, aliases)
         rows.append({**row, "refused": c.problem})
@@ -299,7 +303,7 @@ def models_verify(ctx: typer.Context,
     reg = _open_registry(_state(ctx).settings(), must_exist=True)
     checks = reg.check_versions(list(versions) if versions else None, artifacts=True)
     aliases = reg.aliases()
-    rows = [{"version": c.version, "aliases": sorted(a for a, v in aliases.items() if v == c.version),
+    rows = [{"version": c.version, "aliases": _aliases_of(c.version, aliases),
              "ok": c.problem is None, "problem": c.problem, "signature": c.signature,
              "artifacts": len(c.manifest.artifacts) if c.manifest is not None else None} for c in checks]
     if as_json:
@@ -330,7 +334,7 @@ def models_show(ctx: typer.Context, version: Annotated[str, typer.Argument(help=
     mv = reg.get(version)
     d = mv.model_dump(mode="json")
     d["status"] = str(getattr(reg.status(mv.version), "value", reg.status(mv.version)))
-    d["aliases"] = sorted(a for a, v in reg.aliases().items() if v == mv.version)
+    d["aliases"] = _aliases_of(mv.version, reg.aliases())
     if as_json:
         _print_json(d)
         return

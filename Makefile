@@ -4,21 +4,42 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install test test-fast demo bench reliability lint clean help
+.PHONY: install lock test test-fast demo bench reliability lint clean help
 
 help:
+	@echo "make lock   - regenerate requirements.lock (every install's exact versions) from pyproject.toml"
 	@echo "make test   - create .venv, install tideline with test extras, run the whole test suite"
 	@echo "make demo   - the whole loop on one machine: train, serve, market shift, retrain, rollout, rollback, HTML report"
 	@echo "make bench  - run the benchmarks in bench/ and write bench/results.json + bench/RESULTS.md"
 	@echo "make reliability - faults, bad input and attacks, many times each; writes the README reliability table"
 	@echo "make kind-up | images | deploy | pipeline-upload | e2e | kind-down - tideline on a local kind cluster (docs/KIND.md)"
 
-$(STAMP): pyproject.toml
+# Every install takes its versions from one lock (requirements.lock, made by pip-compile from pyproject's
+# ranges: `make lock`); the build backend is locked too (--no-build-isolation), so nothing comes from the
+# day's releases. Set PIP_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cpu where torch's CPU wheel is
+# not on disk, or pip takes PyPI's CUDA build of the same version.
+LOCK      := requirements.lock
+PIP       := $(BIN)/pip install --quiet --disable-pip-version-check
+PIP_TOOLS := pip-tools==7.7.0
+
+$(STAMP): pyproject.toml $(LOCK)
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "tideline needs Python >= 3.11"' \
 		|| { echo "error: Python >= 3.11 is required (set PYTHON=...)"; exit 1; }
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[test]'
+	$(PIP) -c $(LOCK) setuptools wheel
+	$(PIP) --no-build-isolation -c $(LOCK) -e '.[test]'
 	@touch $(STAMP)
+
+# Regenerate the lock from pyproject (keeps every pin that still fits; `make lock UPGRADE=1` takes the newest).
+# pip-compile writes torch's local label (+cpu) from the wheel on disk; the lock keeps the public version,
+# which pip matches to that wheel here and to the CPU index's build in the images.
+lock:
+	$(PYTHON) -m venv .venv-lock
+	.venv-lock/bin/pip install --quiet --disable-pip-version-check $(PIP_TOOLS)
+	.venv-lock/bin/pip-compile --quiet --extra test --all-build-deps --allow-unsafe --strip-extras \
+		--no-emit-find-links --no-emit-index-url --no-emit-trusted-host $(if $(UPGRADE),--upgrade) \
+		--output-file $(LOCK) pyproject.toml
+	sed -i -E 's/^(torch==[^+ ]+)\+[a-z0-9.]+/\1/' $(LOCK)
 
 install: $(STAMP)
 

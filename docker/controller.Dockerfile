@@ -5,7 +5,7 @@
 #   (make images builds it and loads it into kind; manifests/base/operator.yaml runs it)
 #
 # The operator imports the whole rollout library (registry, analysis, state machine), so it installs the
-# project's pinned dependency set like the other images (serving/constraints.txt); build context filtered
+# project's pinned dependency set like the other images (requirements.lock); build context filtered
 # by docker/controller.Dockerfile.dockerignore.
 
 ARG PYTHON_BASE_IMAGE=python:3.11.7-slim-bookworm
@@ -26,14 +26,15 @@ RUN apt-get update \
 WORKDIR /opt/tideline
 
 COPY pyproject.toml README.md ./
-COPY serving/constraints.txt serving/constraints.txt
+COPY requirements.lock ./
 RUN mkdir -p src/tideline && touch src/tideline/__init__.py \
-    && pip install --extra-index-url https://download.pytorch.org/whl/cpu -c serving/constraints.txt . \
+    && pip install --extra-index-url https://download.pytorch.org/whl/cpu -c requirements.lock setuptools wheel \
+    && pip install --extra-index-url https://download.pytorch.org/whl/cpu --no-build-isolation -c requirements.lock . \
     && pip uninstall -y tideline \
     && rm -rf src
 
 COPY src ./src
-RUN pip install --no-deps . && rm -rf build src/*.egg-info \
+RUN pip install --no-deps --no-build-isolation . && rm -rf build src/*.egg-info \
     && python -c "import kopf, tideline.operator"
 
 RUN useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin tideline

@@ -1,10 +1,13 @@
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import sys
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -34,15 +37,39 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-@pytest.fixture(scope="session")
-def s3_server() -> Iterator[str]:
-    """A real S3 API (moto's server) on loopback; yields its endpoint URL."""
+@contextlib.contextmanager
+def moto_server() -> Iterator[str]:
+    """A real S3 API (moto's server) on loopback on a port the OS picks (no free-port race); its URL."""
     from moto.server import ThreadedMotoServer
 
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
+    host, port = server.get_host_and_port()
     try:
-        yield f"http://127.0.0.1:{port}"
+        yield f"http://{host}:{port}"
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[str]:
+    """One S3 server for the session; yields its endpoint URL."""
+    with moto_server() as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def moto_endpoint() -> Iterator[str]:
+    """An S3 server of this module's own (its buckets start empty)."""
+    with moto_server() as url:
+        yield url
+
+
+def wait_for(condition: Callable[[], Any], timeout: float = 30.0, what: str = "condition") -> None:
+    """Poll ``condition`` until it is true. ``timeout`` is a hang guard, never a speed requirement: a test
+    must pass on a slow or loaded machine, so give it ample room."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"{what} not reached after {timeout:.0f} s")
+        time.sleep(0.02)

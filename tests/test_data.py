@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
-import socket
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -268,25 +266,6 @@ def test_directory_of_files(tmp_path: Path) -> None:
 
 
 # ------------------------------------------------------------------------------------------- S3
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@pytest.fixture(scope="module")
-def moto_endpoint() -> Iterator[str]:
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=_free_port(), verbose=False)
-    server.start()
-    port = server._server.server_port  # type: ignore[attr-defined]
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.stop()
-
-
 @pytest.fixture
 def aws_env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
@@ -323,13 +302,12 @@ def test_s3_source(moto_endpoint: str, tmp_path: Path) -> None:
 
 
 @pytest.mark.usefixtures("aws_env")
-def test_s3_unreachable_is_quick_and_clear(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_s3_unreachable_is_one_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(sources, "_S3_CONNECT_TIMEOUT", 2)
     monkeypatch.setattr(sources, "_S3_MAX_ATTEMPTS", 2)
-    t0 = time.monotonic()
-    with pytest.raises(StorageUnavailable, match=r"cannot reach S3 endpoint http://127\.0\.0\.1:9"):
+    with pytest.raises(StorageUnavailable, match=r"cannot reach S3 endpoint http://127\.0\.0\.1:9") as ei:
         load_bars("s3://market/bars", endpoint_url="http://127.0.0.1:9")
-    assert time.monotonic() - t0 < 15
+    assert "\n" not in str(ei.value)
 
 
 # ------------------------------------------------------------------------------------ synthetic

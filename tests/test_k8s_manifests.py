@@ -575,7 +575,7 @@ def test_dockerfiles_are_pinned_non_root_with_a_small_context(dockerfile: str) -
     assert resolved == [base], f"{dockerfile}: base {resolved} != versions.env {base}"
     users = re.findall(r"^USER\s+(\S+)", text, re.M)
     assert users and users[-1].split(":")[0] not in ("0", "root")
-    assert "-c serving/constraints.txt" in text  # the tested dependency set
+    assert "-c requirements.lock" in text  # the tested dependency set (tests/test_lock.py)
     ignore = (ROOT / f"{dockerfile}.dockerignore").read_text().splitlines()
     assert ignore and [x for x in ignore if x and not x.startswith("#")][0] == "*"  # allow-list
 

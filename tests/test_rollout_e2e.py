@@ -22,6 +22,7 @@ routes to. No test tolerates a single 5xx seen by a client.
 
 from __future__ import annotations
 
+import dataclasses
 import http.client
 import json
 import os
@@ -32,7 +33,6 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -43,7 +43,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import FAST_PARAMS
+from conftest import FAST_PARAMS, wait_for
 from tideline.config import FeatureConfig
 from tideline.data import synthetic_market, write_bars
 from tideline.features import build_dataset, feature_config_hash
@@ -58,7 +58,9 @@ from tideline.rollout.controller import RolloutController, SystemClock, create_r
 pytestmark = pytest.mark.slow
 NAME = "tideline"
 ROWS_PER_REQUEST = 4
-THRESHOLDS = Thresholds(max_error_rate=0.01, max_p99_latency_ms=250.0, min_requests=10, min_labelled=100,
+# The p99 limit is a hang guard here (a loaded machine stalls a request now and then); the one case that
+# tests the latency check, the ``slow`` candidate, sets 250 ms against its injected 400 ms delay.
+THRESHOLDS = Thresholds(max_error_rate=0.01, max_p99_latency_ms=5000.0, min_requests=10, min_labelled=100,
                         accuracy_margin=0.05)
 
 
@@ -157,7 +159,7 @@ class Traffic(threading.Thread):
             i += 1
             try:
                 conn.request("POST", f"/v1/models/{NAME}:predict", body,
-                             {"content-type": "application/json", "x-request-id": uuid.uuid4().hex})
+                             {"content-type": "application/json", "x-request-id": f"req-{i}"})
                 r = conn.getresponse()
                 data = r.read()
             except (OSError, http.client.HTTPException) as e:  # a client-visible failure, like a 5xx
@@ -265,11 +267,13 @@ def serving(world: World, tmp_path: Path) -> Iterator[Serving]:
         backend.close()
 
 
-def spec(candidate: str, baseline: str, *, shadow_s: float = 2.0, min_labelled: int = 100) -> m.RolloutSpec:
+def spec(candidate: str, baseline: str, *, shadow_s: float = 2.0, min_labelled: int = 100,
+         max_p99_ms: float | None = None) -> m.RolloutSpec:
+    thresholds = THRESHOLDS if max_p99_ms is None else dataclasses.replace(THRESHOLDS, max_p99_latency_ms=max_p99_ms)
     return m.RolloutSpec(name=NAME, target=NAME, candidate=candidate, baseline=baseline,
                          shadow=m.ShadowSpec(min_duration_s=shadow_s, min_labelled=min_labelled,
                                              max_duration_s=60),
-                         steps=(10, 25, 50, 100), interval_s=1.0, thresholds=THRESHOLDS, failure_limit=2,
+                         steps=(10, 25, 50, 100), interval_s=1.0, thresholds=thresholds, failure_limit=2,
                          max_inconclusive=15)
 
 
@@ -300,6 +304,7 @@ def test_good_candidate_is_promoted_through_every_step(world: World, serving: Se
     reg = world.registry
     old, cand = reg.aliases()["production"], world.versions["good"]
     status, seen = run_rollout(serving, spec(cand, old), reg)
+    wait_for(lambda: serving.traffic.versions[(cand, "active")] > 0, what="an answer from the promoted version")
     serving.traffic.finish()
     serving.monitor.finish()
     assert status.phase == m.Phase.PROMOTED, (status.message, seen)
@@ -317,7 +322,8 @@ def test_good_candidate_is_promoted_through_every_step(world: World, serving: Se
     # live outcomes were joined and decisive, and the divergence on mirrored requests was measured
     assert shadow_pass[-1]["directional_accuracy"]["passed"] is True, shadow_pass[-1]
     assert shadow_pass[-1]["prediction_divergence"]["passed"] is True, shadow_pass[-1]
-    assert all(an["verdict"] == "pass" for an in doc.status.analyses if an["phase"] == "Canary")
+    canary = [(an["weight"], an["verdict"]) for an in doc.status.analyses if an["phase"] == "Canary"]
+    assert all(v != "fail" for _, v in canary) and {w for w, v in canary if v == "pass"} == {10, 25, 50}, canary
 
     t = serving.traffic
     t.assert_clean()
@@ -335,13 +341,13 @@ def test_bad_candidates_are_rolled_back_and_clients_never_see_it(world: World, s
     v = world.versions
     cases = [
         # (candidate, shadow seconds, what the status must say)
-        (v["broken"], 0.0, "error rate"),   # straight to canary 10%: its 500s reach the router
-        (v["slow"], 2.0, "p99 latency"),    # chaos delay_ms=400 on the candidate process only
-        (v["shuffled"], 2.0, "directional accuracy"),
+        (v["broken"], 0.0, "error rate", None),   # straight to canary 10%: its 500s reach the router
+        (v["slow"], 2.0, "p99 latency", 250.0),   # chaos delay_ms=400 on the candidate process only
+        (v["shuffled"], 2.0, "directional accuracy", None),
     ]
     results = {}
-    for cand, shadow_s, why in cases:
-        status, seen = run_rollout(serving, spec(cand, prod, shadow_s=shadow_s), reg)
+    for cand, shadow_s, why, p99 in cases:
+        status, seen = run_rollout(serving, spec(cand, prod, shadow_s=shadow_s, max_p99_ms=p99), reg)
         results[cand] = (status, seen)
         assert status.phase == m.Phase.ROLLED_BACK and why in status.message, (cand, status.message, seen)
         assert reg.aliases()["production"] == prod and "candidate" not in reg.aliases()
@@ -362,7 +368,7 @@ def test_bad_candidates_are_rolled_back_and_clients_never_see_it(world: World, s
 
     shuffled = {c["name"]: c for c in results[v["shuffled"]][0].analyses[-1]["checks"]}
     acc = shuffled["directional_accuracy"]
-    assert acc["passed"] is False and acc["value"] < -0.1, acc
+    assert acc["passed"] is False and acc["value"] < -THRESHOLDS.accuracy_margin, acc
     n_lab = results[v["shuffled"]][0].analyses[-1]["labelled"]
     assert n_lab >= THRESHOLDS.min_labelled
 
@@ -382,13 +388,14 @@ def test_controller_killed_mid_canary_resumes_to_a_consistent_end(world: World, 
     home = serving.backend.home
     old, cand = reg.aliases()["production"], world.versions["good2"]
     res = _cli(world, home, "rollout", "start", "--candidate", cand, "--name", NAME, "--shadow-seconds", "2",
-               "--steps", "10,25,50,100", "--interval", "1", "--min-requests", "10", "--bars",
+               "--steps", "10,25,50,100", "--interval", "1", "--min-requests", "10", "--max-p99-ms", "5000",
+               "--bars",
                str(world.bars_path), "--accuracy-margin", "0.05", "--min-outcomes", "100", "--detach")
     assert res.returncode == 0, res.stdout + res.stderr
     assert "live outcomes from" in res.stdout
     pid = int(re.search(r"controller running in the background \(pid (\d+)", res.stdout).group(1))  # type: ignore[union-attr]
 
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 300  # a hang guard, not a speed requirement
     while time.monotonic() < deadline:
         doc, _ = load_rollout(reg.store, NAME)
         if doc.status.phase == m.Phase.CANARY and doc.status.weight == 25:

@@ -120,7 +120,7 @@ def test_steps_100_only_promotes_right_after_shadow_and_spec_validation() -> Non
 @given(st.lists(st.tuples(st.sampled_from(["pass", "fail", "inconclusive", None]),
                           st.sampled_from([None, None, None, None, "promote", "rollback"]),
                           st.integers(0, 2000)), max_size=40))
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=300, deadline=None, derandomize=True, database=None)
 def test_random_sequences_keep_the_status_valid(seq: list[tuple[str | None, str | None, int]]) -> None:
     spec = m.RolloutSpec(name="t", target="t", candidate="v2", baseline="v1", steps=(5, 50, 100),
                          shadow=m.ShadowSpec(45, 20), max_inconclusive=4)
@@ -362,7 +362,8 @@ def _drive(verdicts: list[str], crashes: list[int], manual: list[tuple[int, str]
        crashes=st.lists(st.integers(0, 5), max_size=12),
        manual=st.lists(st.tuples(st.integers(0, 30), st.sampled_from(["promote", "rollback"])), max_size=2),
        conflict=st.booleans())
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=150, deadline=None, derandomize=True, database=None,
+          suppress_health_check=[HealthCheck.too_slow])
 def test_crash_at_any_point_converges_to_a_consistent_end(verdicts: list[str], crashes: list[int],
                                                           manual: list[tuple[int, str]], conflict: bool) -> None:
     world, status = _drive(verdicts, crashes, manual, conflict)

@@ -10,10 +10,8 @@ from __future__ import annotations
 import http.client
 import json
 import re
-import statistics
 import subprocess
 import sys
-import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator
@@ -21,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import free_port
+from conftest import free_port, wait_for
 from tideline.rollout.analysis import MetricsSnapshot
 from tideline.rollout.router import canary_bucket
 
@@ -158,21 +156,23 @@ def test_shadow_is_mirrored_and_its_failures_are_invisible(router: Proc, ups: di
     for _ in range(300):
         status, h, data = c.predict()
         assert status == 200 and h["x-model-version"] == "v1"  # the failing shadow never shows
-    deadline = time.time() + 10
-    while time.time() < deadline:
-        after = MetricsSnapshot.parse(Client(ups["bad"].port).call("GET", "/metrics")[2].decode())
-        got = after.select("v3").requests - before.select("v3").requests
-        if got >= 300:
-            break
-        time.sleep(0.1)
-    assert got == 300 and after.select("v3").errors - before.select("v3").errors == 300
+    def got() -> float:
+        return MetricsSnapshot.parse(Client(ups["bad"].port).call("GET", "/metrics")[2].decode()) \
+            .select("v3").requests - before.select("v3").requests
+
+    wait_for(lambda: got() >= 300, what="300 mirrored requests")
+    after = MetricsSnapshot.parse(Client(ups["bad"].port).call("GET", "/metrics")[2].decode())
+    assert got() == 300 and after.select("v3").errors - before.select("v3").errors == 300
     # a healthy shadow: the answers are paired with the active's for the divergence check
     c.state(shadow=ups["v2"].url)
     for _ in range(100):
         c.predict()
-    time.sleep(0.5)
-    _, _, data = c.call("GET", "/_tideline/pairs?version=v2")
-    pairs = json.loads(data)
+
+    def paired() -> dict[str, list[float]]:
+        return json.loads(c.call("GET", "/_tideline/pairs?version=v2")[2])
+
+    wait_for(lambda: len(paired()["shadow"]) >= 100, what="100 shadow pairs")  # mirrored: fire and forget
+    pairs = paired()
     assert len(pairs["shadow"]) == 100
     assert all(abs(s - a - 1.0) < 1e-9 for s, a in zip(pairs["shadow"], pairs["active"], strict=True))
     # an unreachable shadow is invisible too
@@ -215,27 +215,3 @@ def test_canary_5xx_is_answered_by_active_and_counted(router: Proc, ups: dict[st
     after = MetricsSnapshot.parse(Client(ups["bad"].port).call("GET", "/metrics")[2].decode())
     # ... but the canary's own counters (what the rollout analysis reads) still show every one of them
     assert after.select("v3").errors - before.select("v3").errors == len(retried)
-
-
-def test_router_overhead_on_loopback(router: Proc, ups: dict[str, Proc]) -> None:
-    direct, routed = Client(ups["v1"].port), Client(router.port)
-
-    def timed(cl: Client, n: int) -> list[float]:
-        out = []
-        for _ in range(n):
-            t = time.perf_counter()
-            status, _, _ = cl.predict()
-            out.append(time.perf_counter() - t)
-            assert status == 200
-        return out
-
-    timed(direct, 200), timed(routed, 200)  # warm up connections
-    d, r = [], []
-    for _ in range(5):  # interleave to share the noise of two shared cores fairly
-        d += timed(direct, 300)
-        r += timed(routed, 300)
-    p50_d, p50_r = statistics.median(d) * 1e3, statistics.median(r) * 1e3
-    p99_d, p99_r = (sorted(x)[int(0.99 * len(x))] * 1e3 for x in (d, r))
-    print(f"\nrouter overhead: p50 {p50_r - p50_d:.3f} ms (direct {p50_d:.3f} ms, routed {p50_r:.3f} ms); "
-          f"p99 direct {p99_d:.3f} ms, routed {p99_r:.3f} ms")
-    assert p50_r - p50_d < 3.0  # target <= 1 ms; the bound leaves room for noisy shared CI cores

@@ -25,7 +25,7 @@ import pandas as pd
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import FAST_PARAMS
+from conftest import FAST_PARAMS, wait_for
 from reliability.predictor import Server, start_server
 from tideline.config import FeatureConfig
 from tideline.data import synthetic_market
@@ -367,9 +367,7 @@ def test_fuzzed_bodies_never_get_a_5xx(env: Env, main_pred: Predictor) -> None:
         return {"inputs": tensors}
 
     statuses: dict[int, int] = {}
-    t_end = time.monotonic() + 40
-    n = 0
-    for n in range(1, 1001):
+    for _ in range(1000):
         v2 = rng.random() < 0.5
         body = mutate_v2() if v2 else mutate_v1()
         path = f"/v2/models/{MODEL}/infer" if v2 else f"/v1/models/{MODEL}:predict"
@@ -380,9 +378,6 @@ def test_fuzzed_bodies_never_get_a_5xx(env: Env, main_pred: Predictor) -> None:
         assert r.status_code < 500, (path, content[:300], r.status_code, r.text[:300])
         if r.status_code >= 400:
             assert isinstance(r.json().get("error"), str), r.text
-        if time.monotonic() > t_end:
-            break
-    assert n >= 300, "fuzz loop too slow"
     assert statuses.get(200, 0) > 0 and sum(v for k, v in statuses.items() if k >= 400) > 0, statuses
     assert main_pred.proc.poll() is None
 
@@ -406,7 +401,7 @@ def test_hot_reload_switches_without_failures_and_refuses_a_corrupt_version(env:
         th = threading.Thread(target=client)
         th.start()
         try:
-            time.sleep(0.5)
+            wait_for(lambda: len(seen) >= 5, what="5 answers from v1")  # the switch happens under traffic
             env.registry.promote("v2", reason="test")
             deadline = time.monotonic() + 15
             while time.monotonic() < deadline and not (seen and seen[-1][1] == "v2"):

@@ -147,11 +147,10 @@ def test_missing_and_extra_columns_are_named(fx: Fixture, srv: Server, missing: 
 def test_a_declared_gigabyte_is_refused_at_once_without_waiting_for_it(srv: Server) -> None:
     rss0 = srv.rss()
     for path in (V1_PATH, V2_PATH):
-        t = time.perf_counter()
+        # 4 bytes of the declared 1 GB are sent: a 413 (not a timeout) means it answered on the header
         status, _, body = raw_http(srv.port, (f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json"
                                               f"\r\nContent-Length: {10**9}\r\n\r\n{{\"in").encode(), timeout=5)
         assert status == 413 and f"the limit is {MAX_BODY}" in error_of(body), body
-        assert time.perf_counter() - t < 2.0  # answered on the header: the 1 GB was never awaited
     # a lying length that is shorter than the body: the rest is not taken for a second request
     body = json.dumps({"instances": []}).encode()
     status, headers, text = raw_http(srv.port, (f"POST {V1_PATH} HTTP/1.1\r\nHost: x\r\nContent-Type: "

@@ -244,8 +244,8 @@ class SimServing:
     ``action_delay`` is real seconds each action takes (starting a predictor is not instant)."""
 
     def __init__(self, *, bad_version: str | None = None, path: Path | None = None,
-                 action_delay: float = 0.0) -> None:
-        self.path, self.action_delay = path, action_delay
+                 action_delay: float = 0.0, before_action: Callable[[], None] | None = None) -> None:
+        self.path, self.action_delay, self.before_action = path, action_delay, before_action
         self.st: dict[str, Any] = {
             "procs": {"A": {"version": "v1", "pid": 1, "counts": {}}, "B": None},
             "router": {"active": "A", "canary": None, "weight": 0, "shadow": None},
@@ -269,6 +269,8 @@ class SimServing:
             os.replace(tmp, self.path)
 
     def _act(self, fn: Callable[[dict[str, Any]], None]) -> None:
+        if self.before_action is not None:
+            self.before_action()
         self._load()
         if self.action_delay:
             time.sleep(self.action_delay)
@@ -721,24 +723,41 @@ class FileClock:
             time.sleep(self.real)
 
 
+PAUSE_ENV = "TIDELINE_DRILL_PAUSE_AT"
+
+
 def _child(root: str, kind: str, owner: str) -> None:
-    """The controller process of the real-SIGKILL drill (runs until the rollout ends or it is killed)."""
+    """The controller process of the real-SIGKILL drill (runs until the rollout ends or it is killed).
+    With ``$TIDELINE_DRILL_PAUSE_AT`` (a label such as ``Canary 25``) it stops before its next action or
+    interval once the document shows that label, so the parent's SIGKILL lands there however busy the
+    machine is (a state lasts ~0.1 s otherwise: a descheduled parent could miss it)."""
     d = Path(root)
     store = FileStore(d / "reg")
     reg = Registry(store, signing=Signing.off())
-    serving = SimServing(path=d / "serving.json", action_delay=0.03)
+    target = os.environ.get(PAUSE_ENV)
+    doc_path = store.root / "rollouts" / f"{NAME}.json"
+
+    def pause() -> None:
+        with contextlib.suppress(OSError, ValueError):
+            if target and _label(json.loads(doc_path.read_bytes())["status"]) == target:
+                time.sleep(600)  # the parent kills this process here
+
+    serving = SimServing(path=d / "serving.json", action_delay=0.03, before_action=pause)
     obs = Observer(store, reg, serving, log_path=d / "violations.jsonl")
-    clock = FileClock(d / "clock.txt", on_sleep=serving.serve, real=0.04)
+    clock = FileClock(d / "clock.txt", on_sleep=lambda s: (pause(), serving.serve(s)), real=0.04)
     backend = SimBackend(reg, serving, Killer(None), obs)
     ctrl = RolloutController(NAME, backend, store, clock, analyze, owner=owner)
     ctrl.run(max_iterations=MAX_ITERATIONS)
 
 
-def _spawn(root: Path, kind: str, owner: str) -> subprocess.Popen[bytes]:
+def _spawn(root: Path, kind: str, owner: str, pause_at: str | None = None) -> subprocess.Popen[bytes]:
     bench = Path(__file__).resolve().parents[1]
     code = ("import sys; sys.path.insert(0, sys.argv[1]); from reliability.controller import _child; "
             "_child(sys.argv[2], sys.argv[3], sys.argv[4])")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(bench)}
+    env.pop(PAUSE_ENV, None)
+    if pause_at:
+        env[PAUSE_ENV] = pause_at
     logf = open(root / f"{owner}.log", "ab")  # noqa: SIM115 - closed by the caller via the process
     try:
         return subprocess.Popen([sys.executable, "-c", code, str(bench), str(root), kind, owner], cwd=bench,
@@ -763,7 +782,7 @@ def sigkill_one(kind: str, target: str, root: Path) -> tuple[list[str], str]:
     create_rollout(store, SPEC, clock.now())
     doc_path = store.root / "rollouts" / f"{NAME}.json"
     problems: list[str] = []
-    proc = _spawn(root, kind, "controller-1")
+    proc = _spawn(root, kind, "controller-1", pause_at=target)
     where = "never reached"
     seen: list[str] = []
     try:

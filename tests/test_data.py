@@ -199,7 +199,10 @@ def test_timezones_normalised_to_naive_utc(tmp_path: Path) -> None:
     data[0][0] = "2024-01-01T02:00:00+02:00"
     data[1][0] = "2024-01-01T01:00:00Z"
     data[2][0] = "2024-01-01 02:00:00"
-    rep = validate_bars(load_bars(write_csv(tmp_path / "tz.csv", data)))
+    raw = load_bars(write_csv(tmp_path / "tz.csv", data))
+    with pytest.raises(ValidationError, match="mixes time zones"):  # naive among offsets: say what it means
+        validate_bars(raw)
+    rep = validate_bars(raw, naive_timezone="UTC")
     assert rep.clean["timestamp"].tolist() == [pd.Timestamp(f"2024-01-01 0{h}:00") for h in range(3)]
     aware = synthetic_market(1, 4)
     aware["timestamp"] = aware["timestamp"].dt.tz_localize("America/New_York")

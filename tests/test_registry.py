@@ -565,3 +565,32 @@ def test_cleanup_reclaims_unfinished_uploads_of_killed_writers(reg: Registry, tm
     if isinstance(store, FileStore):
         assert not stale_dir.exists()  # the emptied directory went too
     reg.fetch(mv.version, tmp_path / "fetched")
+
+
+def test_a_writer_killed_after_its_manifest_is_reported_then_recorded_by_cleanup(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The writer dies between the manifest and the state update: the version lists as CANDIDATE with no
+    status and no register event; ``unrecorded_versions`` names it, ``cleanup`` records it (once its manifest
+    is older than the grace period: a younger one may be a writer about to record it)."""
+    reg = open_registry(str(tmp_path / "reg"))
+    reg.register(_artifacts(tmp_path, "a"), _meta())
+
+    def killed(mutate: Any) -> Any:
+        raise SystemExit("killed")
+
+    with monkeypatch.context() as mp:
+        mp.setattr(reg, "_update_state", killed)
+        with pytest.raises(SystemExit):
+            reg.register(_artifacts(tmp_path, "b"), _meta())
+    assert [m.version for m in reg.list_versions()] == ["v1", "v2"]
+    assert reg.status("v2") == Status.CANDIDATE and not any(e.version == "v2" for e in reg.history())
+    assert reg.unrecorded_versions() == ["v2"]
+    reg.cleanup(keep_last=100)  # within the grace period: left alone
+    assert reg.unrecorded_versions() == ["v2"]
+    reg.cleanup(keep_last=100, orphan_grace_s=0)
+    assert reg.unrecorded_versions() == []
+    (ev,) = [e for e in reg.history() if e.version == "v2"]
+    assert ev.action == "register" and ev.actor == "cleanup" and "recovered" in ev.reason
+    assert reg.statuses()["v2"] == Status.CANDIDATE
+    reg.cleanup(keep_last=100, orphan_grace_s=0)  # nothing more to do: no second event
+    assert len([e for e in reg.history() if e.version == "v2"]) == 1

@@ -176,3 +176,5 @@ def test_cli_status_and_manual_rollback(env: tuple) -> None:
     assert reg.status("v2") == Status.RETIRED and reg.aliases()["production"] == "v1"
     res = runner.invoke(app, ["--registry", uri, "rollout", "status"], env=home_env)
     assert res.exit_code == 0 and "RolledBack" in res.output
+    res = runner.invoke(app, ["--registry", uri, "rollout", "resume"], env=home_env)
+    assert res.exit_code == 12, res.output  # documented: the candidate was rolled back, production unchanged

@@ -264,10 +264,10 @@ def test_a_broken_version_in_the_store_is_refused_and_the_old_one_keeps_serving(
 
 def test_the_reliability_scenarios_hold_in_their_quick_form(tmp_path: Path) -> None:
     rows = scenarios(True, tmp_path)
-    assert [r["area"] for r in rows] == ["Bad input", "Bad input", "Faults"]
+    assert [r["area"] for r in rows] == ["Bad input", "Bad input", "Bad input", "Faults"]
     for row in rows:
         assert set(row) == {"area", "scenario", "times", "unit", "result", "lost", "ok", "seconds"}
-        assert row["ok"] and row["lost"] == 0 and row["times"] > 0, row
+        assert row["ok"] and row["lost"] == 0 and row["times"] > 0, row["result"]
     assert rows[0]["times"] >= 2000
 
 
@@ -275,6 +275,11 @@ def test_the_generator_reaches_every_kind_of_request(fx: Fixture) -> None:
     from reliability.predictor import RAW_KINDS, RandomDraw, malformed_request
 
     d, good = RandomDraw(7), fx.instances(3)
-    kinds = {malformed_request(d, fx.columns, good).kind for _ in range(3000)}
+    reqs = [malformed_request(d, fx.columns, good) for _ in range(3000)]
+    kinds = {r.kind for r in reqs}
     assert {"v1", "v2"} | {f"raw:{k}" for k in RAW_KINDS} <= kinds, kinds
+    must = " ".join(r.must_refuse for r in reqs)  # the defects no answer may accept are all drawn
+    for defect in ("Content-Encoding gzip", "Content-Type text/plain", "a bad timestamp '9999-12-31T23:59:59'",
+                   "a bad symbol 'A\\x00B'", "INT8 value 1000", "UINT64 value -1"):
+        assert defect in must, defect
 

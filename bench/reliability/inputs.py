@@ -59,6 +59,7 @@ class DataCase:
     mode: str = "strict"  # strict: must be refused; quarantine: bad rows must be set aside
     clean: int | None = None  # quarantine: rows that must survive
     min_bars: int = 1  # validate_bars(min_bars_per_symbol=)
+    min_quality: float = 0.0  # validate_bars(min_quality=): the data-quality refusal (the cycle's default 0.7)
     max_bytes: int | None = None  # load_bars(max_bytes=)
     validation: bool = False  # strict: a ValidationError (after reading), not a DataError from reading
 
@@ -151,7 +152,7 @@ ADVERSARIAL: list[DataCase] = [
              validation=True),
     DataCase("year_2263", _rows(_set(4, timestamp="2263-01-01")), "unparsable_timestamp (1 row: 4)",
              validation=True),
-    DataCase("year_9999", _rows(_set(4, timestamp="9999-12-31T23:59:59Z")), "unparsable_timestamp (1 row: 4)",
+    DataCase("year_9999", _rows(_set(4, timestamp="9999-12-31T23:59:59")), "unparsable_timestamp (1 row: 4)",
              validation=True),
     DataCase("epoch_int_overflow", _rows(_set(2, timestamp="1" + "0" * 30)), "unparsable_timestamp",
              validation=True),
@@ -162,8 +163,34 @@ ADVERSARIAL: list[DataCase] = [
     DataCase("mixed_timezones_duplicate",  # 02:00+02:00 is 00:00Z: the same bar twice
              lambda: csv_text([["2024-01-01T02:00:00+02:00", "AAA", "10", "11", "9", "10.5", "100"],
                                ["2024-01-01T00:00:00Z", "AAA", "10", "11", "9", "10.5", "100"],
-                               ["2024-01-01 01:00:00", "AAA", "10", "11", "9", "10.5", "100"]]),
+                               ["2024-01-01T01:00:00-00:00", "AAA", "10", "11", "9", "10.5", "100"]]),
              "duplicate_key (2 rows: 1, 2)", validation=True),
+    # naive and offset times in one column: each naive one would take the offset of the row before it
+    DataCase("mixed_naive_and_offsets",
+             lambda: csv_text([["2004-08-19T00:00:00+00:00", "AAA", "10", "11", "9", "10.5", "100"],
+                               ["2004-08-20T00:00:00-05:00", "AAA", "10", "11", "9", "10.5", "100"],
+                               ["2004-08-23T00:00:00", "AAA", "10", "11", "9", "10.5", "100"]]),
+             "mixes time zones in its timestamp column", validation=True),
+    DataCase("mixed_naive_and_offsets_quarantine",
+             lambda: csv_text([["2004-08-19T00:00:00Z", "AAA", "10", "11", "9", "10.5", "100"],
+                               ["2004-08-23 00:00:00", "AAA", "10", "11", "9", "10.5", "100"]]),
+             "mixes time zones in its timestamp column", validation=True, mode="strict-even-quarantined"),
+    DataCase("close_column_twice", lambda: csv_text(good_rows(), header=HEADER + ",close"),
+             "names column close more than once"),
+    # well-formed but implausible series (refused by the data-quality score the cycle applies)
+    DataCase("split_1_to_50", lambda: csv_text(_series(300, scale_from=(150, 1 / 50))), "jump beyond 30 robust sigmas",
+             validation=True, min_quality=0.7),
+    DataCase("decimal_slip_one_bar", lambda: csv_text(_series(300, scale_one=(200, 10.0))), "2 jumps beyond",
+             validation=True, min_quality=0.7),
+    DataCase("frozen_zero_volume", lambda: csv_text(_series(300, freeze=(100, 180))), "in stale stretches",
+             validation=True, min_quality=0.7),
+    DataCase("constant_price", lambda: csv_text(_series(500, freeze=(1, 500))), "in stale stretches",
+             validation=True, min_quality=0.7),
+    DataCase("repeated_bars", lambda: csv_text(_series(300, repeat_every=3)), "repeat the previous bar exactly",
+             validation=True, min_quality=0.7),
+    DataCase("split_quarantined", lambda: csv_text(_series(300, scale_from=(150, 1 / 50))
+                                                   + _series(300, symbol="BBB")),
+             "low_quality", mode="quarantine", clean=300, min_quality=0.7),
     # too little history
     DataCase("single_row_short_history", lambda: csv_text([["2024-01-01", "AAA", "10", "11", "9", "10.5", "100"]]),
              "short_history (1 row: 1): AAA has 1 bar; at least 50 needed", min_bars=50, validation=True),
@@ -188,7 +215,38 @@ GOOD_INPUTS: list[DataCase] = [
                                ["2024-01-01T00:00:00Z", "AAA", "10", "11", "9", "10.5", "100"]]), "", mode="ok", clean=2),
     DataCase("single_row_ok", lambda: csv_text([["2024-01-01", "AAA", "10", "11", "9", "10.5", "100"]]), "",
              mode="ok", clean=1),
+    DataCase("random_walk_quality_ok", lambda: csv_text(_series(600) + _series(600, symbol="BBB", seed=2)), "",
+             mode="ok", clean=1200, min_quality=0.7),
 ]
+
+
+def _series(n: int, *, symbol: str = "AAA", seed: int = 1, scale_from: tuple[int, float] | None = None,
+            scale_one: tuple[int, float] | None = None, freeze: tuple[int, int] | None = None,
+            repeat_every: int = 0) -> list[list[str]]:
+    """n hourly bars of a random walk (1% moves), with one kind of implausibility applied."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    close = 100 * np.exp(np.cumsum(rng.normal(0, 0.01, n)))
+    open_ = np.r_[100.0, close[:-1]]
+    high = np.maximum(open_, close) * (1 + rng.uniform(0.001, 0.005, n))
+    low = np.minimum(open_, close) * (1 - rng.uniform(0.001, 0.005, n))
+    vol = rng.integers(1_000, 5_000, n).astype(float)
+    px = np.vstack([open_, high, low, close])
+    if scale_from:
+        px[:, scale_from[0]:] *= scale_from[1]
+    if scale_one:
+        px[:, scale_one[0]] *= scale_one[1]
+    if freeze:
+        a, b = freeze
+        px[:, a - 1:b] = px[3, a - 2] if a > 1 else 100.0
+        vol[a - 1:b] = 0
+    if repeat_every:
+        for i in range(1, n, repeat_every):
+            px[:, i], vol[i] = px[:, i - 1], vol[i - 1]
+    t0 = np.datetime64("2024-01-01T00:00")
+    return [[str(t0 + np.timedelta64(h, "h")).replace("T", " "), symbol, *(f"{x:.6f}" for x in px[:, h]),
+             f"{vol[h]:.0f}"] for h in range(n)]
 
 
 def data_cases() -> list[DataCase]:
@@ -225,13 +283,14 @@ def run_data_case(case: DataCase, work: Path) -> tuple[bool, str]:
     path = d / case.name
     body = case.content()
     path.write_bytes(body if isinstance(body, bytes) else body.encode("utf-8"))
-    mode = "quarantine" if case.mode in ("quarantine", "ok") else "strict"
+    mode = "quarantine" if case.mode in ("quarantine", "ok", "strict-even-quarantined") else "strict"
     try:
         raw = load_bars(path, max_bytes=case.max_bytes)
-        rep = validate_bars(raw, mode=mode, min_bars_per_symbol=case.min_bars)  # type: ignore[arg-type]
+        rep = validate_bars(raw, mode=mode, min_bars_per_symbol=case.min_bars,  # type: ignore[arg-type]
+                            min_quality=case.min_quality)
     except TidelineError as e:
         msg = str(e)
-        if case.mode != "strict":
+        if not case.mode.startswith("strict"):
             return False, f"refused: {msg}"
         why = unclear(msg)
         if why:
@@ -245,7 +304,7 @@ def run_data_case(case: DataCase, work: Path) -> tuple[bool, str]:
         return True, msg
     except Exception as e:  # noqa: BLE001 - a crash is what this counts
         return False, f"crash {type(e).__name__}: {' '.join(str(e).split())[:200]}"
-    if case.mode == "strict":
+    if case.mode.startswith("strict"):
         return False, f"accepted ({rep.n_clean} clean rows)"
     if case.clean is not None and rep.n_clean != case.clean:
         return False, f"{rep.n_clean} clean rows, expected {case.clean}"
@@ -509,7 +568,7 @@ def scenarios(quick: bool, work: Path) -> list[dict[str, Any]]:
         if not ok:
             failed.append(f"{c.id}: {why}")
     big = huge_file(work, (20 if quick else 200) << 20)
-    n_strict = sum(c.mode == "strict" for c in cases)
+    n_strict = sum(c.mode.startswith("strict") for c in cases)
     n_q = sum(c.mode == "quarantine" for c in cases)
     n_ok = sum(c.mode == "ok" for c in cases)
     result = (f"{len(cases) - len(failed)}/{len(cases)} as expected: {n_strict} refused with a one-line message, "
@@ -527,7 +586,7 @@ def scenarios(quick: bool, work: Path) -> list[dict[str, Any]]:
     if failed:
         result += "; FAILED " + "; ".join(failed[:5])
     rows.append({"area": "Bad input", "scenario": f"market data: {len(DEFECTS) * 2} defect + "
-                 f"{len(cases) - 2 * len(DEFECTS)} adversarial cases (size, encodings, extreme values, short history)",
+                 f"{len(cases) - 2 * len(DEFECTS)} adversarial cases (size, encodings, extreme values, time zones, duplicate columns, short history, implausible series)",
                  "times": len(cases) + 1, "unit": "cases", "result": result, "lost": len(failed) + (0 if big_ok else 1),
                  "ok": not failed and big_ok, "seconds": round(time.perf_counter() - t0, 1)})
 

@@ -44,6 +44,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import quote
 
+from tideline.serving.validation import INT_RANGES
+
 MODEL = "tideline"
 V1_PATH = f"/v1/models/{MODEL}:predict"
 V2_PATH = f"/v2/models/{MODEL}/infer"
@@ -270,6 +272,7 @@ class Req:
     content: bytes = b""
     headers: tuple[tuple[str, str], ...] = ()
     raw: bytes | None = None
+    must_refuse: str = ""  # a defect no answer may accept (a 2xx for it is a failure), e.g. a gzip encoding
 
 
 _RAW_MARK = "@@raw{}@@"
@@ -284,7 +287,11 @@ ODD_PATHS = ("/", "/v1", "/v1/models", "/v2/models/tideline", "/v2", "/metrics",
              "/v1/models/tideline:predict?x=1", "/v2/repository/index")
 SPECIAL_VALUES = (None, True, "", "1.0", "NaN", [], {}, [1.0], 1e39, -1e39, float("nan"), float("inf"), 10**400,
                   -0.0, 5e-324, 2**63, "\u0000", "\ud800")
-BAD_TIMES = ("9999-12-31T23:59:59-23:59", "0001-01-01T00:00:00+23:59", "2024-02-30", "x" * 65, "", "2024-01-01T25:00")
+BAD_TIMES = ("9999-12-31T23:59:59-23:59", "0001-01-01T00:00:00+23:59", "2024-02-30", "x" * 65, "", "2024-01-01T25:00",
+             "9999-12-31T23:59:59", "0001-01-01T00:00:00", "1677-09-21T00:12:44", "2262-04-12T00:00:00")
+BAD_SYMBOLS = ("A\x00B", "A\nB", " AAA", "AAA\t", "X\x1b[31m", "", "S" * 65)
+# Content-Types a v1 body may not carry (v1 takes JSON types, none, and curl's default form type)
+REFUSED_V1_TYPES = ("text/plain", "application/octet-stream", "multipart/form-data; boundary=x", "*/*", "garbage")
 
 
 class Draw:
@@ -431,8 +438,9 @@ def _name(d: Draw) -> str:
     return str(d.choice(TRAVERSAL_NAMES + ("symbol", "timestamp", "instances"))) if d.integer(0, 1) else d.text(16)
 
 
-def _v1_body(d: Draw, columns: list[str], good: list[dict[str, float]]) -> tuple[Any, list[str]]:
+def _v1_body(d: Draw, columns: list[str], good: list[dict[str, float]]) -> tuple[Any, list[str], str]:
     raws: list[str] = []
+    must = ""
     insts: list[Any] = [dict(x) for x in good[:d.integer(1, len(good))]]
     for _ in range(d.integer(1, 3)):
         i = d.integer(0, len(insts) - 1)
@@ -446,26 +454,36 @@ def _v1_body(d: Draw, columns: list[str], good: list[dict[str, float]]) -> tuple
         elif op == "extra":  # an extra column (traversal-like names too)
             insts[i][_name(d)] = d.json_value()
         elif op == "meta":
-            insts[i][d.choice(("symbol", "timestamp"))] = d.choice(BAD_TIMES) if d.integer(0, 1) else d.json_value()
+            field_ = d.choice(("symbol", "timestamp"))
+            if d.integer(0, 1):
+                insts[i][field_] = d.choice(BAD_TIMES if field_ == "timestamp" else BAD_SYMBOLS)
+            else:
+                insts[i][field_] = d.json_value()
         elif op == "row":
             insts[i] = d.json_value()
         else:
             insts[i][d.choice(columns)] = _RAW_MARK.format(len(raws))
             raws.append(_raw_fragment(d))
+    for inst in insts:  # judged on what is sent (a later change may have replaced an earlier defect)
+        if isinstance(inst, dict):
+            for field_, bad in (("timestamp", BAD_TIMES), ("symbol", BAD_SYMBOLS)):
+                if field_ in inst and isinstance(inst[field_], str) and inst[field_] in bad:
+                    must = must or f"a bad {field_} {inst[field_]!r}"
     top = d.choice(("ok", "ok", "extra_key", "instances_junk", "whole_junk", "inputs"))
     if top == "extra_key":
-        return {"instances": insts, _name(d): d.json_value()}, raws
+        return {"instances": insts, _name(d): d.json_value()}, raws, must
     if top == "instances_junk":
-        return {"instances": d.json_value()}, []
+        return {"instances": d.json_value()}, [], ""
     if top == "whole_junk":
-        return d.json_value(), []
+        return d.json_value(), [], ""
     if top == "inputs":
-        return {"inputs": insts}, raws
-    return {"instances": insts}, raws
+        return {"inputs": insts}, raws, must
+    return {"instances": insts}, raws, must
 
 
-def _v2_body(d: Draw, columns: list[str], good: list[dict[str, float]]) -> tuple[Any, list[str]]:
+def _v2_body(d: Draw, columns: list[str], good: list[dict[str, float]]) -> tuple[Any, list[str], str]:
     raws: list[str] = []
+    must = ""
     n = d.integer(1, len(good))
     tensors: list[Any] = [{"name": c, "shape": [n], "datatype": "FP32", "data": [g[c] for g in good[:n]]}
                           for c in columns]
@@ -473,8 +491,13 @@ def _v2_body(d: Draw, columns: list[str], good: list[dict[str, float]]) -> tuple
         k = d.integer(0, len(tensors) - 1)
         t = tensors[k] if isinstance(tensors[k], dict) else {}
         tensors[k] = t
-        op = d.choice(("shape", "dtype", "data", "cell", "name", "drop", "dup", "meta", "junk", "raw", "key"))
-        if op == "shape":
+        op = d.choice(("shape", "dtype", "data", "cell", "name", "drop", "dup", "meta", "junk", "raw", "key",
+                       "int_range"))
+        if op == "int_range":  # an integer tensor with a value outside its datatype (INT8 1000, UINT64 -1)
+            dt, bad = d.choice((("INT8", 1000), ("INT8", -129), ("UINT8", 256), ("UINT64", -1), ("INT32", 2**31),
+                                ("INT16", 1.5)))
+            t.update({"datatype": dt, "shape": [n], "data": [bad] * n})
+        elif op == "shape":
             t["shape"] = ([d.integer(-3, 10**13) for _ in range(d.integer(0, 3))] if d.integer(0, 1)
                           else d.json_value())
         elif op == "dtype":
@@ -501,14 +524,20 @@ def _v2_body(d: Draw, columns: list[str], good: list[dict[str, float]]) -> tuple
             raws.append(_raw_fragment(d))
         else:
             t[_name(d)] = d.json_value()
+    for t in tensors:  # an integer tensor holding a value outside its datatype, as sent
+        bounds = INT_RANGES.get(t.get("datatype")) if isinstance(t, dict) and isinstance(t.get("datatype"), str) else None
+        data = t.get("data") if bounds else None
+        if isinstance(data, list) and any(type(v) is not int or not bounds[0] <= v <= bounds[1] for v in data
+                                          if type(v) in (int, float)):
+            must = must or f"{t['datatype']} value {next(v for v in data if type(v) in (int, float))}"
     top = d.choice(("ok", "ok", "id", "parameters", "outputs", "inputs_junk", "whole_junk"))
     if top in ("id", "parameters", "outputs"):
-        return {top: d.json_value(), "inputs": tensors}, raws
+        return {top: d.json_value(), "inputs": tensors}, raws, must
     if top == "inputs_junk":
-        return {"inputs": d.json_value()}, []
+        return {"inputs": d.json_value()}, [], ""
     if top == "whole_junk":
-        return d.json_value(), []
-    return {"inputs": tensors}, raws
+        return d.json_value(), [], ""
+    return {"inputs": tensors}, raws, must
 
 
 def _bytes_mutation(d: Draw, data: bytes) -> bytes:
@@ -529,7 +558,7 @@ def _bytes_mutation(d: Draw, data: bytes) -> bytes:
 
 def _http_request(d: Draw, columns: list[str], good: list[dict[str, float]]) -> Req:
     v2 = bool(d.integer(0, 1))
-    obj, raws = _v2_body(d, columns, good) if v2 else _v1_body(d, columns, good)
+    obj, raws, must = _v2_body(d, columns, good) if v2 else _v1_body(d, columns, good)
     content = _bytes_mutation(d, _encode(obj, raws))
     path = V2_PATH if v2 else V1_PATH
     route = d.choice(("same",) * 12 + ("other", "model", "odd", "method"))
@@ -548,7 +577,11 @@ def _http_request(d: Draw, columns: list[str], good: list[dict[str, float]]) -> 
     elif route == "method":
         method = d.choice(("GET", "PUT", "PATCH", "DELETE", "OPTIONS", "HEAD"))
     path = quote(path, safe="/:%?=&~.-_@!$'()*+,;")  # what a client can put on the request line
-    headers = [("content-type", "application/json" if d.integer(0, 1) else d.choice(CONTENT_TYPES))]
+    ctype = "application/json" if d.integer(0, 1) else d.choice(CONTENT_TYPES)
+    headers = [("content-type", ctype)]
+    json_type = ctype.split(";")[0].strip() in ("application/json", "text/json") or ctype.split(";")[0].endswith("+json")
+    if ctype in REFUSED_V1_TYPES if not v2 else not json_type:
+        must = must or f"Content-Type {ctype or 'none'}"
     extra = d.choice(("none",) * 6 + ("request_id", "binary", "gzip", "expect", "accept"))
     if extra == "request_id":
         headers.append(("x-request-id", d.text(300, ascii_only=True).strip()))  # h11: no edge blanks
@@ -556,11 +589,13 @@ def _http_request(d: Draw, columns: list[str], good: list[dict[str, float]]) -> 
         headers.append(("inference-header-content-length", d.choice(("0", "5", "-1", "x"))))
     elif extra == "gzip":
         headers.append(("content-encoding", "gzip"))
+        must = must or "Content-Encoding gzip on a plain body"
     elif extra == "expect":
         headers.append(("expect", "100-continue"))
     elif extra == "accept":
         headers.append(("accept", "application/xml"))
-    return Req("v2" if v2 else "v1", method, path, content, tuple(headers))
+    # a defect is judged where it reaches the prediction route as sent (elsewhere another refusal comes first)
+    return Req("v2" if v2 else "v1", method, path, content, tuple(headers), must_refuse=must if route == "same" else "")
 
 
 RAW_KINDS = ("short_cl", "bad_cl", "neg_cl", "double_cl", "bad_chunk", "chunk_and_cl", "bad_header", "bad_line",
@@ -620,6 +655,8 @@ def problem_of(req: Req, status: int, headers: dict[str, str], body: bytes) -> s
         return "no answer (connection closed)"
     if status >= 500:
         return f"{status}: {body[:200]!r}"
+    if req.must_refuse and status < 400:
+        return f"{status}: accepted although it carries {req.must_refuse}"
     if status >= 400:
         if req.method == "HEAD":
             return None
@@ -893,6 +930,90 @@ def oversized(fx: Fixture, quick: bool, work: Path) -> dict[str, Any]:
                 attempts, "requests", result, lost, ok, t0)
 
 
+SLOW_TIMEOUT_S = 1.0  # --read-timeout and --header-timeout of the slow-client drill
+
+
+def slow_clients(fx: Fixture, quick: bool, work: Path) -> dict[str, Any]:
+    """Bodies that never finish, headers that trickle, silent connections, clients that vanish mid-body, and
+    more connections than --max-connections: every one answered (408 / 503, one-line JSON) or closed, the
+    log quiet, and a real client served throughout."""
+    t0 = time.perf_counter()
+    k = 100 if quick else 500
+    gone = 200 if quick else 1500
+    cap = 2 * k + 50
+    problems: list[str] = []
+    args = (*SERVER_ARGS, "--read-timeout", str(SLOW_TIMEOUT_S), "--header-timeout", str(SLOW_TIMEOUT_S),
+            "--max-connections", str(cap))
+    head = f"POST {V1_PATH} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+    with serving(fx, *args, name="slow") as srv:
+        log0 = srv.log.stat().st_size
+        # (a) k bodies that stop after 10 of 1000 declared bytes, and k headers that stop mid-line, at once
+        bodies = [socket.create_connection(("127.0.0.1", srv.port), timeout=30) for _ in range(k)]
+        for c in bodies:
+            c.sendall((head + "Content-Length: 1000\r\n\r\n").encode() + b'{"instances')
+        heads = [socket.create_connection(("127.0.0.1", srv.port), timeout=30) for _ in range(k)]
+        for c in heads:
+            c.sendall(head[:40].encode())
+        silent = [socket.create_connection(("127.0.0.1", srv.port), timeout=30) for _ in range(k // 5)]
+        served = srv.client.post(V1_PATH, json={"instances": fx.instances(3)}).status_code  # while they stall
+        if served != 200:
+            problems.append(f"a real client got {served} while {2 * k} connections stalled")
+        counts: Counter[str] = Counter()
+        for kind, conns in (("body", bodies), ("headers", heads), ("silent", silent)):
+            for c in conns:
+                st, _, body = read_response(c)
+                closed = c.recv(16) == b"" if st else True
+                counts[f"{kind}:{st}"] += 1
+                want = 0 if kind == "silent" else 408
+                if st != want or not closed or (st and not error_of(body)):
+                    problems.append(f"{kind}: {st} closed={closed} {body[:80]!r}")
+                c.close()
+        # (b) clients that vanish mid-body: counted 499, not logged as tracebacks
+        before = _server_counts(srv)[1]
+        for _ in range(gone):
+            with socket.create_connection(("127.0.0.1", srv.port), timeout=30) as c:
+                c.sendall((head + "Content-Length: 5000\r\n\r\n").encode() + b'{"instances": [')
+        deadline = time.monotonic() + 120
+        while _server_counts(srv)[1] - before < gone and time.monotonic() < deadline:
+            time.sleep(0.1)
+        counted = _server_counts(srv)[1] - before
+        if counted != gone:
+            problems.append(f"{gone} disconnects, {counted:.0f} counted 499")
+        # (c) more connections than --max-connections: the ones over the limit get a JSON 503 at once
+        over = 20
+        hold = [socket.create_connection(("127.0.0.1", srv.port), timeout=30) for _ in range(cap + over)]
+        for c in hold:
+            c.sendall((head + "Content-Length: 1000\r\n\r\n").encode())
+        st, _, body = raw_http(srv.port, (head + "Content-Length: 2\r\n\r\n{}").encode())
+        refused = srv.metric("tideline_slow_clients_total", phase="over_limit")
+        if st != 503 or "--max-connections" not in error_of(body) or refused < over:
+            problems.append(f"over the connection cap: {st} {body[:100]!r}, {refused:.0f} refused")
+        for c in hold:
+            c.close()
+        deadline = time.monotonic() + 60  # the closes reach the server: requests are served again
+        while raw_http(srv.port, (head + "Content-Length: 2\r\n\r\n{}").encode())[0] == 503 \
+                and time.monotonic() < deadline:
+            time.sleep(0.05)
+        logged = srv.log.read_bytes()[log0:].decode(errors="replace")
+        lines = logged.count("\n")
+        if "Traceback" in logged or lines > 20:
+            problems.append(f"the log grew {lines} lines ({'tracebacks' if 'Traceback' in logged else 'noise'})")
+        wrong = check_valid(srv, fx, 3)
+        if wrong:
+            problems.append(wrong)
+        alive = srv.alive()
+    n = 2 * k + k // 5 + 1 + gone
+    result = (f"{k} bodies stopping after 10 of 1,000 bytes and {k} header lines cut short, at once: "
+              f"{counts['body:408']} + {counts['headers:408']} answered 408 and closed after {SLOW_TIMEOUT_S:g} s "
+              f"(--read-timeout / --header-timeout), {counts['silent:0']}/{k // 5} silent connections closed; a "
+              f"real client served meanwhile; {cap + over} connections open against --max-connections {cap}: "
+              f"the {refused:.0f} requests sent meanwhile got a JSON 503 at once; {gone} clients gone mid-body: {counted:.0f} counted 499, {lines} log lines, 0 tracebacks"
+              + (f"; PROBLEMS: {'; '.join(problems)[:600]}" if problems else ""))
+    return _row("Bad input", f"predictor: slow and vanishing clients ({2 * k + k // 5} stalled connections, "
+                f"{gone} disconnects mid-body, the connection cap)", n, "connections", result,
+                len(problems) + (0 if alive else 1), not problems and alive, t0)
+
+
 BREAKS = ("deleted", "flipped", "truncated", "manifest")
 BREAK_REASON = {"deleted": "missing from the store", "flipped": "sha256", "truncated": "sha256",
                 "manifest": "corrupt"}
@@ -1042,7 +1163,8 @@ def scenarios(quick: bool, work: Path) -> list[dict[str, Any]]:
     """The predictor's bad-input and broken-model scenarios (contract: bench/bench_reliability.py)."""
     work = Path(work)
     fx = build_fixture(work / "fixture")
-    return [malformed_requests(fx, quick, work), oversized(fx, quick, work), broken_model_files(fx, quick, work)]
+    return [malformed_requests(fx, quick, work), oversized(fx, quick, work), slow_clients(fx, quick, work),
+            broken_model_files(fx, quick, work)]
 
 
 if __name__ == "__main__":

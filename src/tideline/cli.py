@@ -35,7 +35,7 @@ from tideline.cli_options import (
     parse_families,
 )
 from tideline.config import Settings, load_settings
-from tideline.errors import IntegrityError, TidelineError
+from tideline.errors import DataError, IntegrityError, TidelineError
 
 app = typer.Typer(
     name="tideline", help="Keep trading models good as markets change.", no_args_is_help=True,
@@ -193,6 +193,12 @@ def _render_cycle(res: Any) -> None:
               f"horizon {d['horizon']}, cost {d['cost_bps']} bps")
     if d["rows_quarantined"]:
         out.print(Text(f"quarantined {d['rows_quarantined']} rows: ", "yellow").append("; ".join(d["problems"])))
+    q = d.get("data_quality", {}).get("symbols", {})
+    if q:
+        worst = min(q.items(), key=lambda kv: kv[1]["score"])
+        why = "; ".join(worst[1]["reasons"]) or "no findings"
+        out.print(Text(f"data quality: {len(q)} symbol(s) scored, lowest {worst[0]} {worst[1]['score']:.2f} "
+                       f"({why})", style="dim"))
     h = d["holdout"]
     out.print(f"[bold]hold-out[/bold] {h['start']} .. {h['end']} ({h['rows']:,} rows); "
               f"{d['walk_forward_folds']} purged walk-forward folds before it")
@@ -320,6 +326,11 @@ def models_verify(ctx: typer.Context,
         out.print(t)
         if all(r["ok"] for r in rows):
             out.print(f"{len(rows)} of {len(rows)} version(s) verified")
+    unrecorded = reg.unrecorded_versions()
+    if unrecorded:
+        err.print(f"note: {', '.join(unrecorded)} {'was' if len(unrecorded) == 1 else 'were'} never recorded in the "
+                  "registry state (the writer died after its manifest): listed as CANDIDATE with no register "
+                  "event; `tideline models cleanup` records them", highlight=False, soft_wrap=True)
     if not reg.signing.enabled:
         err.print("note: no signing key is set (TIDELINE_SIGNING_KEY_FILE): signatures were not checked, "
                   "only manifests and artifact sha256", highlight=False, soft_wrap=True)
@@ -411,8 +422,13 @@ def models_cleanup(ctx: typer.Context,
                    ) -> None:
     """Retention: delete old versions beyond --keep that no alias points to."""
     reg = _open_registry(_state(ctx).settings(), must_exist=True)
+    unrecorded = set(reg.unrecorded_versions())
     gone = reg.cleanup(keep_last=keep)
     out.print(f"deleted {len(gone)} version(s){': ' + ', '.join(gone) if gone else ''}")
+    recorded = sorted(unrecorded - set(reg.unrecorded_versions()), key=lambda v: int(v[1:]))
+    if recorded:
+        out.print(f"recorded {', '.join(recorded)} as CANDIDATE: the writer died before recording "
+                  f"{'it' if len(recorded) == 1 else 'them'}")
 
 
 # ---- data ---------------------------------------------------------------------------------------------
@@ -420,21 +436,39 @@ def models_cleanup(ctx: typer.Context,
 def data_validate(
     ctx: typer.Context, path: Annotated[str, typer.Argument(help="CSV/Parquet file, directory or s3:// prefix.")],
     report: Annotated[Optional[Path], typer.Option(help="Write the quarantine report (CSV + JSON) here.")] = None,
+    quarantine: QuarantineOpt = False,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
-    """Check market data; exit non-zero when it has problems."""
-    from tideline.data import load_bars, validate_bars
+    """Would a cycle accept this data? The cycle's own checks, with its reasons: defective rows, history per
+    symbol, data quality per symbol, rows left after the feature warm-up. Exit 0: a cycle (with the same
+    --quarantine) would learn from it; 3: it would refuse it."""
+    from tideline.cycle import check_bars, make_dataset
+    from tideline.data import load_bars
 
     s = _state(ctx).settings()
-    rep = validate_bars(load_bars(path, endpoint_url=s.endpoint_url()), mode="quarantine")
-    if report is not None:
+    raw = load_bars(path, endpoint_url=s.endpoint_url())
+    rep, refusal, rows = None, None, 0
+    try:
+        bars, _, rep = check_bars(raw, path, s, quarantine=quarantine)
+        rows = len(make_dataset(bars, s.features))
+    except DataError as e:  # ValidationError (carries the report) or the dataset build's refusal
+        rep = getattr(e, "report", None) or rep
+        refusal = e
+    if report is not None and rep is not None:
         rep.write(report)
     if as_json:
-        _print_json(rep.to_dict())
+        _print_json({**(rep.to_dict() if rep is not None else {}), "accepted": refusal is None,
+                     "dataset_rows": rows, "error": None if refusal is None else refusal.message})
     else:
-        out.print(rep.summary(), markup=False, highlight=False)
-    if rep.problems:
-        raise typer.Exit(3)
+        if rep is not None:
+            out.print(rep.summary(), markup=False, highlight=False)
+        if refusal is None:
+            out.print(Text(f"a cycle would accept this data: {rows:,} dataset rows after the feature warm-up",
+                           "green"))
+        else:
+            out.print(Text("a cycle would refuse this data: ", "red").append(refusal.message))
+    if refusal is not None:
+        raise typer.Exit(refusal.exit_code)
 
 
 @data_app.command("synth")

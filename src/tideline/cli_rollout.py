@@ -219,18 +219,26 @@ def rollout_start(
         out.print(f"controller running in the background (pid {p.pid}, log {log_path}); "
                   f"follow it with `tideline rollout status --watch`", highlight=False)
         return
-    st = _run_controller(s, reg, name)
+    _exit_with_outcome(_run_controller(s, reg, name))
+
+
+# Exit codes of `rollout start|resume` (README "Exit codes"): what the rollout ended as.
+EXIT_ROLLED_BACK = 12  # the candidate was rolled back: production unchanged (the safety net worked)
+EXIT_FAILED = 13  # the rollout could not finish (e.g. the backend failed): see `rollout status`
+
+
+def _exit_with_outcome(st: Any) -> None:
+    if st.phase.value == "RolledBack":
+        raise typer.Exit(EXIT_ROLLED_BACK)
     if st.phase.value != "Promoted":
-        raise typer.Exit(1)
+        raise typer.Exit(EXIT_FAILED)
 
 
 @rollout_app.command("resume")
 def rollout_resume(ctx: typer.Context, name: Annotated[str, _NAME] = "tideline") -> None:
     """Run the controller of an existing rollout until it ends (after a crash, or for --detach)."""
     s, reg = _ctx(ctx)
-    st = _run_controller(s, reg, name)
-    if st.phase.value != "Promoted":
-        raise typer.Exit(1)
+    _exit_with_outcome(_run_controller(s, reg, name))
 
 
 def _status_dict(doc: Any) -> dict[str, Any]:

@@ -122,6 +122,31 @@ class TriggerConfig(BaseModel):
         return self
 
 
+class DataConfig(BaseModel):
+    """How market data is read and what is refused (``tideline.data``)."""
+
+    naive_timezone: str | None = Field(
+        None, description="IANA zone of timestamps without a UTC offset (e.g. America/New_York); None = UTC. "
+                          "A column mixing naive and offset timestamps is refused unless this is set")
+    min_quality: float = Field(0.7, ge=0, le=1, description="refuse (quarantine: set aside) a symbol whose data "
+                                                            "quality score is below this")
+    jump_sigmas: float = Field(30.0, gt=0, description="a close-to-close move beyond this many robust sigmas "
+                                                       "of the symbol's own returns is a jump")
+
+    @field_validator("naive_timezone")
+    @classmethod
+    def _known_zone(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(v)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {v!r} (an IANA name such as UTC or America/New_York)") from None
+        return v
+
+
 # drift methods tideline knows, with their default thresholds. Distances (drift when score >= threshold) and
 # p-value tests (drift when p-value <= threshold) are all Evidently stat tests, called by name.
 DRIFT_DISTANCE_METHODS: tuple[str, ...] = ("wasserstein", "psi", "jensenshannon", "hellinger", "kl_div", "ed")
@@ -186,6 +211,7 @@ class Settings(BaseSettings):
     home: Path = Field(Path(".tideline"), description="local working directory for the embedded default")
     s3_endpoint_url: str | None = Field(None, description="S3 endpoint (MinIO); falls back to AWS_ENDPOINT_URL")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "WARNING"
+    data: DataConfig = DataConfig()
     features: FeatureConfig = FeatureConfig()
     evaluation: EvaluationConfig = EvaluationConfig()
     training: TrainingConfig = TrainingConfig()

@@ -25,7 +25,7 @@ import pandas as pd
 
 from tideline import __version__
 from tideline.config import FeatureConfig, Settings
-from tideline.data import load_bars, synthetic_market, validate_bars
+from tideline.data import ValidationReport, load_bars, synthetic_market, validate_bars
 from tideline.errors import AliasConflict, DataError, ModelError, TidelineError
 from tideline.evaluation import (
     Metrics,
@@ -208,7 +208,7 @@ def load_and_validate(settings: Settings, source: str | Path | None = None, *,
         origin = str(source)
     else:
         raise DataError("no market data given: pass --data PATH or --synthetic")
-    return validated(raw, origin, quarantine=quarantine, min_bars_per_symbol=min_history(settings.features))
+    return validated(raw, origin, settings, quarantine=quarantine)
 
 
 def min_history(cfg: FeatureConfig) -> int:
@@ -218,10 +218,21 @@ def min_history(cfg: FeatureConfig) -> int:
     return _warmup_bars(cfg) + 1
 
 
-def validated(raw: pd.DataFrame, origin: str, *, quarantine: bool = False, min_bars_per_symbol: int = 1
+def validated(raw: pd.DataFrame, origin: str, settings: Settings, *, quarantine: bool = False
               ) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """The bars a cycle learns from, and what was found on the way (``info``: rows, problems, data quality
+    per symbol). One rule for every caller: a cycle, a pipeline's validate task and ``data validate``."""
+    bars, info, _ = check_bars(raw, origin, settings, quarantine=quarantine)
+    return bars, info
+
+
+def check_bars(raw: pd.DataFrame, origin: str, settings: Settings, *, quarantine: bool = False
+               ) -> tuple[pd.DataFrame, dict[str, Any], ValidationReport]:
+    """``validated`` plus the validation report (``ValidationError`` carries it when the data is refused)."""
+    d = settings.data
     report = validate_bars(raw, mode="quarantine" if quarantine else "strict",
-                           min_bars_per_symbol=min_bars_per_symbol)
+                           min_bars_per_symbol=min_history(settings.features), naive_timezone=d.naive_timezone,
+                           min_quality=d.min_quality, jump_sigmas=d.jump_sigmas)
     bars = report.clean
     info = {
         "source": origin,
@@ -233,8 +244,10 @@ def validated(raw: pd.DataFrame, origin: str, *, quarantine: bool = False, min_b
         "end": _ts(bars["timestamp"].max()),
         "data_hash": data_hash(bars),
         "problems": [p.message for p in report.problems],
+        "data_quality": {"threshold": d.min_quality,
+                         "symbols": {sym: q.to_dict() for sym, q in sorted(report.quality.items())}},
     }
-    return bars, info
+    return bars, info, report
 
 
 def make_dataset(bars: pd.DataFrame, cfg: FeatureConfig, min_rows: int = 200) -> Dataset:

@@ -495,10 +495,14 @@ def build_dataset(bars: pd.DataFrame, cfg: FeatureConfig) -> Dataset:
     nxt = labels["next_return"].to_numpy()
     keep = _complete_rows(buf) & np.isfinite(fwd) & np.isfinite(nxt)
     if not keep.any():
-        raise DataError(
-            "no rows left after feature warm-up and label horizon",
-            hint=f"need more than ~{_warmup_bars(cfg)} bars per symbol",
-        )
+        most = int(bars.groupby("symbol", observed=True).size().max()) if len(bars) else 0
+        if most <= _warmup_bars(cfg) + cfg.horizon:
+            raise DataError("no rows left after feature warm-up and label horizon",
+                            hint=f"need more than ~{_warmup_bars(cfg)} bars per symbol; the longest has {most}")
+        never = [c for c, row in zip(spec.all_columns, buf, strict=True) if not np.isfinite(row).any()]
+        raise DataError(f"no row has every feature defined although symbols have up to {most} bars: "
+                        f"{len(never)} feature(s) are never defined (e.g. {', '.join(never[:4]) or '-'})",
+                        hint="prices that never move leave returns, volatility and ranks undefined")
     rows = _sorted_rows(bars, keep)
     X, meta = _take(bars, buf, spec, rows)
     log.info("dataset: %d of %d rows kept, %d features", len(rows), len(bars), len(spec.all_columns))

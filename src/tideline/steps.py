@@ -161,8 +161,9 @@ def ingest(out_bars: str | Path, source: str = "", synthetic_json: str = "",
 
 @_record_failures
 def validate(in_bars: str | Path, out_clean: str | Path, out_report_dir: str | Path,
-             quarantine: bool = False) -> dict[str, Any]:
-    """Validate the raw bars (strict by default: any defect fails the step and nothing is registered)."""
+             quarantine: bool = False, settings_json: str = "") -> dict[str, Any]:
+    """Validate the raw bars with the cycle's rule (strict by default: any defect, or a symbol whose data
+    quality is below ``data.min_quality``, fails the step and nothing is registered)."""
     from tideline.cycle import validated
 
     src = Path(in_bars)
@@ -170,7 +171,7 @@ def validate(in_bars: str | Path, out_clean: str | Path, out_report_dir: str | P
     origin = _read_json(src / "ingest.json")["source"]
     report_dir = _dir(out_report_dir)
     try:
-        bars, info = validated(raw, origin, quarantine=quarantine)  # strict: any defect raises
+        bars, info = validated(raw, origin, settings_from_json(settings_json), quarantine=quarantine)
     except ValidationError as e:  # a refused file still leaves its row-by-row report behind
         report = getattr(e, "report", None)
         _write_json(report_dir / "validation.json", {

@@ -15,6 +15,7 @@ limits. Loading + validating a CSV peaks at about 5-7x its size in memory over t
 
 from __future__ import annotations
 
+import csv
 import gzip
 import io
 import logging
@@ -27,7 +28,7 @@ from typing import Any
 
 import pandas as pd
 
-from tideline.data.schema import DATA_SUFFIXES, file_kind
+from tideline.data.schema import BAR_COLUMNS, DATA_SUFFIXES, file_kind
 from tideline.errors import DataError, StorageUnavailable
 
 log = logging.getLogger(__name__)
@@ -145,6 +146,16 @@ def _header_problem(head: bytes, name: str) -> str | None:
     n_cols = first.count(b",") + 1
     if n_cols > MAX_COLUMNS:
         return f"{name} has {n_cols:,} columns in its header line (more than {MAX_COLUMNS:,}): not a bar CSV"
+    # a bar column named twice: the CSV reader would rename the second (close.1) and the first would win
+    try:
+        names = next(csv.reader([first.decode("utf-8", "replace").rstrip("\r")]), [])
+    except csv.Error:
+        return None  # the reader below reports a malformed file
+    keys = [n.strip().lower() for n in names]
+    doubled = [c for c in BAR_COLUMNS if keys.count(c) > 1]
+    if doubled:
+        return (f"{name} names column{'s' if len(doubled) > 1 else ''} {', '.join(doubled)} more than once in "
+                "its header: which one holds the bars cannot be known")
     return None
 
 

@@ -16,6 +16,7 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
+from tideline.data.quality import JUMP_SIGMAS, SymbolQuality, score_symbols
 from tideline.data.schema import BAR_COLUMNS, NUMERIC_COLUMNS, PRICE_COLUMNS
 from tideline.errors import ValidationError
 
@@ -46,6 +47,7 @@ MAX_PRICE = 1e15
 MAX_VOLUME = 1e18
 DATASET_CODES: dict[str, str] = {
     "unsorted_time": "timestamps go backwards within a symbol (file order)",
+    "low_quality": "data quality score below the threshold (gaps, stale stretches, repeats, jumps)",
 }
 
 
@@ -63,11 +65,12 @@ class Problem:
     def short(self) -> str:
         """``code (N rows: r1, r2, ... [cols])[: detail]`` for one-line messages."""
         shown = ", ".join(str(r) for r in self.rows[:_MSG_ROWS])
-        if self.count > _MSG_ROWS:
+        if self.count > _MSG_ROWS and shown:
             shown += ", ..."
         noun = "row" if self.count == 1 else "rows"
         cols = f" [{', '.join(self.columns)}]" if self.columns else ""
-        return f"{self.code} ({self.count} {noun}: {shown}{cols})" + (f": {self.detail}" if self.detail else "")
+        where = f"{self.count} {noun}: {shown}" if shown else f"{self.count} {noun}"
+        return f"{self.code} ({where}{cols})" + (f": {self.detail}" if self.detail else "")
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -89,6 +92,7 @@ class ValidationReport:
     problems: list[Problem]
     n_input: int
     mode: str = "strict"
+    quality: dict[str, SymbolQuality] = field(default_factory=dict)
 
     @property
     def n_clean(self) -> int:
@@ -122,7 +126,14 @@ class ValidationReport:
             cols = f" [{', '.join(p.columns)}]" if p.columns else ""
             noun = "row" if p.count == 1 else "rows"
             detail = f" ({p.detail})" if p.detail else ""
-            lines.append(f"  {p.code}: {p.count} {noun}{cols} - {p.message}{detail}; rows {rows}{more}")
+            where = f"; rows {rows}{more}" if rows else ""
+            lines.append(f"  {p.code}: {p.count} {noun}{cols} - {p.message}{detail}{where}")
+        if self.quality:
+            lines.append("quality by symbol (0-1):")
+            for q in sorted(self.quality.values(), key=lambda q: (q.score, q.symbol))[:20]:
+                lines.append(f"  {q.short()}")
+            if len(self.quality) > 20:
+                lines.append(f"  ... {len(self.quality) - 20} more symbols")
         return "\n".join(lines)
 
     def to_dict(self) -> dict[str, Any]:
@@ -133,6 +144,7 @@ class ValidationReport:
             "n_clean": int(self.n_clean),
             "n_quarantined": int(self.n_quarantined),
             "problems": [p.to_dict() for p in self.problems],
+            "data_quality": {s: q.to_dict() for s, q in sorted(self.quality.items())},
         }
 
     def write(self, directory: str | os.PathLike[str]) -> list[Path]:
@@ -210,10 +222,38 @@ def _to_ns(parsed: pd.Series) -> np.ndarray:
     return out
 
 
-def _parse_timestamps(s: pd.Series) -> np.ndarray:
-    """int64 nanoseconds since the epoch (UTC, tz dropped); ``_NAT`` where unparsable or out of range."""
-    if isinstance(s.dtype, pd.DatetimeTZDtype) or pd.api.types.is_datetime64_dtype(s.dtype):
+# a time of day followed by a UTC offset (Z, +05:00, -0500, +05): the value says its own time zone
+_OFFSET_RE = r"[T ]\d{1,2}:\d{2}(?::\d{2}(?:[.,]\d+)?)?\s*(?:Z|z|[+-]\d{2}(?::?\d{2})?)$"
+
+
+class _MixedZones(Exception):
+    """Naive times and times with an offset in one column (no setting says how to read the naive ones)."""
+
+
+def _localize(ns: np.ndarray, tz: str) -> np.ndarray:
+    """Naive wall-clock times (int64 ns) in zone ``tz`` -> UTC; ``_NAT`` where the time does not exist
+    or is ambiguous there (a daylight-saving change)."""
+    ok = ns != _NAT
+    out = np.full(len(ns), _NAT, dtype=np.int64)
+    if ok.any():
+        local = pd.DatetimeIndex(ns[ok].view("datetime64[ns]")).tz_localize(
+            tz, ambiguous="NaT", nonexistent="NaT")
+        out[ok] = _to_ns(pd.Series(local))
+    return out
+
+
+def _parse_timestamps(s: pd.Series, naive_timezone: str | None = None) -> np.ndarray:
+    """int64 nanoseconds since the epoch (UTC, tz dropped); ``_NAT`` where unparsable or out of range.
+
+    Values with a UTC offset are converted exactly. Naive values are UTC unless ``naive_timezone`` names
+    the zone they are in (e.g. the exchange's). A text column that mixes naive values with values that
+    carry an offset raises ``_MixedZones`` unless ``naive_timezone`` is given: a parser would otherwise
+    guess (pandas gives each naive value the offset of the row before it)."""
+    if isinstance(s.dtype, pd.DatetimeTZDtype):
         return _to_ns(s)
+    if pd.api.types.is_datetime64_dtype(s.dtype):
+        ns = _to_ns(s)
+        return _localize(ns, naive_timezone) if naive_timezone else ns
     if pd.api.types.is_numeric_dtype(s.dtype) and not pd.api.types.is_bool_dtype(s.dtype):
         vals = pd.to_numeric(s, errors="coerce").astype("float64")
         finite = np.isfinite(vals.to_numpy())
@@ -226,6 +266,15 @@ def _parse_timestamps(s: pd.Series) -> np.ndarray:
     filled = text[text.notna() & (text != "")]
     if len(filled) and filled.str.fullmatch(r"[+-]?\d{9,}(?:\.\d*)?").all():  # epoch s/ms/us/ns as text
         return _parse_timestamps(text.where(text != "").astype("float64"))
+    aware = text.str.contains(_OFFSET_RE, regex=True).fillna(False).to_numpy(dtype=bool)
+    naive = ~aware & text.notna().to_numpy() & (text != "").fillna(False).to_numpy(dtype=bool)
+    if aware.any() and naive.any():
+        if naive_timezone is None:
+            raise _MixedZones(f"{int(aware.sum())} timestamps carry a UTC offset and {int(naive.sum())} do "
+                              f"not (rows {_first_rows(aware)} vs {_first_rows(naive)})")
+        out = _parse_timestamps(text.where(aware))
+        out[naive] = _parse_timestamps(text.where(naive), naive_timezone)[naive]
+        return out
     out = _to_ns(pd.to_datetime(text, utc=True, errors="coerce", format="ISO8601"))
     failed = (out == _NAT) & text.notna().to_numpy() & (text != "").fillna(False).to_numpy(dtype=bool)
     if failed.any():
@@ -234,7 +283,14 @@ def _parse_timestamps(s: pd.Series) -> np.ndarray:
             again = pd.to_datetime(pd.Series(uniq, dtype=object), utc=True, errors="coerce", format="mixed")
             retry = _to_ns(again)
             out[failed] = retry[pd.Index(uniq).get_indexer(text[failed].to_numpy(dtype=object))]
+    if naive_timezone and not aware.any():
+        out = _localize(out, naive_timezone)
     return out
+
+
+def _first_rows(mask: np.ndarray, n: int = 3) -> str:
+    rows = np.flatnonzero(mask)[:n] + 1
+    return ", ".join(str(r) for r in rows) + (", ..." if mask.sum() > n else "")
 
 
 def _numeric(s: pd.Series) -> tuple[np.ndarray, np.ndarray]:
@@ -291,6 +347,9 @@ def validate_bars(
     mode: Literal["strict", "quarantine"] = "strict",
     min_rows: int = 1,
     min_bars_per_symbol: int = 1,
+    naive_timezone: str | None = None,
+    min_quality: float = 0.0,
+    jump_sigmas: float = JUMP_SIGMAS,
 ) -> ValidationReport:
     """Type and check raw bars.
 
@@ -299,7 +358,14 @@ def validate_bars(
     is sorted and recorded, and an error is raised only when fewer than ``min_rows`` rows survive.
     Nothing is ever filled in. A symbol left with fewer than ``min_bars_per_symbol`` good bars is a
     ``short_history`` problem (quarantine: all its bars are set aside; the message names it, with the
-    bars it has and needs).
+    bars it has and needs). Timestamps with a UTC offset are converted to UTC; naive ones are UTC unless
+    ``naive_timezone`` names their zone; a column mixing the two is refused (``mixed_timezones``, in
+    either mode: which rows are right cannot be known) unless ``naive_timezone`` is given.
+
+    Each symbol's clean series gets a quality score (``tideline.data.quality``: calendar gaps, stale
+    stretches, repeated bars, jumps beyond ``jump_sigmas``), kept in ``report.quality``. A symbol scoring
+    below ``min_quality`` is a ``low_quality`` problem (quarantine: all its bars are set aside with the
+    score and reasons).
     """
     if mode not in ("strict", "quarantine"):
         raise ValueError(f"mode must be 'strict' or 'quarantine', not {mode!r}")
@@ -333,7 +399,12 @@ def validate_bars(
     # timestamp
     ts_src = df[colmap["timestamp"]]
     ts_blank = _is_blank(ts_src)
-    ts = _parse_timestamps(ts_src)
+    try:
+        ts = _parse_timestamps(ts_src, naive_timezone)
+    except _MixedZones as e:
+        raise _structural(f"market data mixes time zones in its timestamp column: {e}; set "
+                          "data.naive_timezone (e.g. America/New_York) to say what the naive ones mean",
+                          "mixed_timezones", n, df, mode) from None
     ts_bad = ts == _NAT
     missing_by_col["timestamp"] = ts_blank
     masks["unparsable_timestamp"] = ts_bad & ~ts_blank
@@ -473,7 +544,26 @@ def validate_bars(
             **{c: values[c][gidx] for c in NUMERIC_COLUMNS},
         }
     )
-    report = ValidationReport(clean, quarantined, problems, n, mode)
+    quality = score_symbols(clean, jump_sigmas=jump_sigmas)
+    low = sorted((q for q in quality.values() if q.score < min_quality), key=lambda q: q.score)
+    if low:
+        drop = clean["symbol"].isin([q.symbol for q in low]).to_numpy()
+        shown = "; ".join(q.short() for q in low[:3]) + (f" (+{len(low) - 3} more)" if len(low) > 3 else "")
+        problems.append(Problem("low_quality", f"data quality score below {min_quality:g}", [],
+                                int(drop.sum()), detail=shown))
+        if mode == "quarantine":
+            src = gidx[drop]  # their source rows
+            score_of = {q.symbol: q for q in low}
+            extra = df.iloc[src].copy()
+            extra = extra.rename(columns={c: f"source_{c}" for c in ("row", "reason") if c in df.columns})
+            extra.insert(0, "row", row_numbers[src])
+            extra["reason"] = [f"low_quality[{score_of[s_].score:.2f}: {'; '.join(score_of[s_].reasons)}]"
+                               for s_ in clean["symbol"].to_numpy()[drop]]
+            quarantined = pd.concat([quarantined, extra], ignore_index=True)
+            clean = clean[~drop].reset_index(drop=True)
+            gidx = gidx[~drop]
+            bad_idx = np.r_[bad_idx, src]
+    report = ValidationReport(clean, quarantined, problems, n, mode, quality)
 
     if len(gidx) == 0:
         raise ValidationError(

@@ -29,15 +29,20 @@ def ingest(source: str, synthetic_json: str, settings_json: str, bars: Output[Da
 
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
-def validate(bars: Input[Dataset], quarantine: bool, clean: Output[Dataset], report: Output[Artifact],
-             metrics: Output[Metrics]):
-    """Validate the bars; strict by default (any defect fails the run before anything is registered)."""
+def validate(bars: Input[Dataset], quarantine: bool, settings_json: str, clean: Output[Dataset],
+             report: Output[Artifact], metrics: Output[Metrics]):
+    """Validate the bars; strict by default (any defect, or data quality below the threshold, fails the run
+    before anything is registered). The data quality score of each symbol is in the metrics."""
     from tideline import steps
 
-    info = steps.validate(bars.path, clean.path, report.path, quarantine)
-    clean.metadata.update({"data_hash": info["data_hash"], "rows": info["rows"], "symbols": info["symbols"]})
+    info = steps.validate(bars.path, clean.path, report.path, quarantine, settings_json)
+    quality = info["data_quality"]["symbols"]
+    clean.metadata.update({"data_hash": info["data_hash"], "rows": info["rows"], "symbols": info["symbols"],
+                           "data_quality": {sym: q["score"] for sym, q in quality.items()}})
     for key in ("rows", "rows_input", "rows_quarantined"):
         metrics.log_metric(key, info[key])
+    if quality:
+        metrics.log_metric("data_quality_min", min(q["score"] for q in quality.values()))
 
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)

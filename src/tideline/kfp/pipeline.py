@@ -36,7 +36,7 @@ def retrain_pipeline(
     reason: str = "manual",
 ) -> str:
     bars = ingest(source=source, synthetic_json=synthetic_json, settings_json=settings_json)
-    checked = validate(bars=bars.outputs["bars"], quarantine=quarantine)
+    checked = validate(bars=bars.outputs["bars"], quarantine=quarantine, settings_json=settings_json)
     feats = features(clean=checked.outputs["clean"], settings_json=settings_json)
     drift = drift_report(dataset=feats.outputs["dataset"])
 

@@ -873,11 +873,48 @@ class Registry:
         for key in self.store.list(f"attachments/{version}/"):
             self.store.delete(key)
 
+    def unrecorded_versions(self) -> list[str]:
+        """Versions whose registering writer died after committing the manifest and before recording it
+        (no status, no ``register`` event). They list as CANDIDATE; ``cleanup`` records them."""
+        state, _ = self._read_state()
+        return _unrecorded(self._version_ids(), state)
+
+    def record_unrecorded(self, grace_s: float) -> list[str]:
+        """Record (status CANDIDATE, a ``register`` event by ``cleanup``) each unrecorded version whose manifest
+        is older than ``grace_s`` seconds (a younger one may belong to a writer about to record it itself).
+        Returns the versions recorded."""
+        cutoff = time.time() - grace_s
+        old = []
+        for v in self.unrecorded_versions():
+            try:
+                if self.store.modified(_manifest_key(v)) <= cutoff:
+                    old.append(v)
+            except NotFound:
+                continue
+
+        def mutate(st: _State) -> tuple[list[str], list[Event]]:
+            todo = _unrecorded(old, st)
+            if not todo:
+                raise _NoChange(todo)
+            for v in todo:
+                st.statuses[v] = Status.CANDIDATE
+            return todo, [
+                Event(at=_now(), action="register", version=v, actor="cleanup",
+                      reason="CANDIDATE (recovered: its writer died before recording it)") for v in todo]
+
+        if not old:
+            return []
+        done = self._update_state(mutate)
+        for v in done:
+            log.warning("recorded %s: its writer died between the manifest and the state update", v)
+        return done
+
     def cleanup(self, keep_last: int, *, orphan_grace_s: float = 3600.0) -> list[str]:
         """Retention. Returns what was removed: version ids, then orphan ``artifacts/<uuid>/`` prefixes.
 
         Deletes the oldest versions beyond the newest ``keep_last`` that no alias points to and that
-        are not ACTIVE; finishes deletions a killed process left half done; removes artifact
+        are not ACTIVE; finishes deletions a killed process left half done; records versions whose writer
+        died before recording them (``record_unrecorded``); removes artifact
         prefixes with no manifest whose newest file is older than ``orphan_grace_s`` (uploads of a
         registration still in flight are younger than that), and the unfinished uploads of killed
         writers older than that (a directory store's temp files, an S3 store's multipart uploads).
@@ -918,6 +955,7 @@ class Registry:
                 unreadable.append(v)
             else:
                 referenced.add(mv.artifact_prefix)
+        self.record_unrecorded(orphan_grace_s)
         if unreadable:  # which artifacts those own is unknown: sweep none rather than a wrong one
             log.warning("orphan artifacts not swept: the manifest of %s cannot be read (`tideline models "
                         "delete` it, then cleanup reclaims its artifacts)", ", ".join(unreadable))
@@ -952,6 +990,12 @@ class Registry:
             if v not in live and (v in state.deleted or self.store.modified(key) <= cutoff):
                 self.store.delete(key)
         return removed
+
+
+def _unrecorded(ids: list[str], state: Any) -> list[str]:
+    """Versions with a manifest that the state never recorded (no status: the registering writer died
+    between its manifest and its state update)."""
+    return [v for v in ids if v not in state.deleted and v not in state.statuses]
 
 
 def open_registry(uri: str, *, endpoint_url: str | None = None, signing: Signing | None = None) -> Registry:

@@ -33,6 +33,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shadow-ref", default=None, help="alias or version id for the shadow slot (optional)")
     p.add_argument("--http-port", type=int, default=8080,
                    help="HTTP port; 0 = pick a free one (default: 8080)")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default: 127.0.0.1, this machine only; 0.0.0.0 = every "
+                        "interface, as in a container)")
+    p.add_argument("--read-timeout", type=float, default=10.0,
+                   help="seconds a client may pause while sending a body before a 408 (default: 10)")
+    p.add_argument("--header-timeout", type=float, default=10.0,
+                   help="seconds for a request's line and headers to arrive before the connection is "
+                        "closed (default: 10)")
+    p.add_argument("--max-connections", type=int, default=1000,
+                   help="open connections (and requests in flight) before new requests get a 503 "
+                        "(default: 1000)")
     p.add_argument("--reload-interval", type=float, default=30.0,
                    help="seconds between registry polls for a moved alias; 0 = off (default: 30)")
     p.add_argument("--prediction-log", action=argparse.BooleanOptionalAction, default=True,
@@ -62,6 +73,10 @@ def _check_args(a: argparse.Namespace) -> None:
         raise ConfigError("--shadow-timeout must be > 0")
     if a.log_flush_rows < 1 or not a.log_flush_seconds > 0:
         raise ConfigError("--log-flush-rows must be >= 1 and --log-flush-seconds > 0")
+    if not (a.read_timeout > 0 and a.header_timeout > 0):
+        raise ConfigError("--read-timeout and --header-timeout must be > 0")
+    if a.max_connections < 1:
+        raise ConfigError("--max-connections must be >= 1")
     if a.shadow_ref is not None and a.shadow_ref == a.ref:
         raise ConfigError("--shadow-ref must differ from --ref")
 
@@ -118,7 +133,9 @@ def run(argv: list[str] | None = None) -> int:
         print(f"READY port={p} version={predictor.version}", flush=True)
 
     try:
-        serve(predictor, http_port=port, max_body_bytes=args.max_body_bytes, on_ready=ready)
+        serve(predictor, http_port=port, max_body_bytes=args.max_body_bytes, host=args.host,
+              read_timeout=args.read_timeout, header_timeout=args.header_timeout,
+              max_connections=args.max_connections, on_ready=ready)
     finally:
         predictor.stop()
         if predlog is not None:

@@ -55,8 +55,14 @@ MODEL_INFO: Final = Gauge(
 # Not in the contract (extra): the prediction log's own health.
 PREDLOG_ROWS: Final = Counter(
     "tideline_prediction_log_rows", "Prediction log rows: written, failed (a write failed; retried), "
-    "dropped (buffer full)",
+    "dropped (buffer full), dead_letter (a row the log cannot hold; kept under predictions-dead/)",
     ["outcome"],
+)
+SLOW_CLIENTS: Final = Counter(
+    "tideline_slow_clients", "Connections closed because the headers (phase=headers) or the body (phase=body, "
+    "answered 408) stopped arriving within the timeout, or refused with a 503 over --max-connections "
+    "(phase=over_limit)",
+    ["phase"],
 )
 PREDLOG_WRITE_ERRORS: Final = Counter(
     "tideline_prediction_log_write_errors", "Prediction log objects that could not be written",

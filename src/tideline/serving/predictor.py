@@ -39,7 +39,7 @@ from tideline.registry import Registry
 from tideline.serving import metrics as m
 from tideline.serving.chaos import Chaos, ChaosMonkey
 from tideline.serving.predlog import PredictionLog
-from tideline.serving.validation import Batch, RequestError, Schema, validate_v1, validate_v2
+from tideline.serving.validation import META_FIELDS, Batch, RequestError, Schema, validate_v1, validate_v2
 
 log = logging.getLogger(__name__)
 
@@ -259,6 +259,17 @@ class TidelinePredictor(KServeModel):
         return slot
 
     # -- kserve handlers ---------------------------------------------------------------------------
+    def get_input_types(self) -> list[dict[str, Any]]:
+        """``GET /v2/models/<name>``: one FP64 tensor of shape [-1] per feature the active model takes (in
+        its order), then the optional BYTES ``symbol`` and ``timestamp`` tensors."""
+        serving = self.serving
+        features = serving.schema.required if serving else ()
+        return ([{"name": c, "datatype": "FP64", "shape": [-1]} for c in features]
+                + [{"name": c, "datatype": "BYTES", "shape": [-1]} for c in META_FIELDS])
+
+    def get_output_types(self) -> list[dict[str, Any]]:
+        return [{"name": "prediction", "datatype": "FP64", "shape": [-1]}]
+
     def validate(self, payload: Any) -> Any:
         return payload  # preprocess did the validation (kserve's own checks would 500 on odd bodies)
 

@@ -19,8 +19,11 @@ role            ``active``, ``canary`` or ``shadow``
 
 Writing never blocks or fails a request: ``record`` appends to an in-memory buffer (bounded; the oldest
 rows are dropped and counted when the store stays down), and a background thread writes every
-``flush_rows`` rows or ``flush_seconds`` seconds, and once more on ``close``. Failed writes are logged,
-counted, and retried at the next flush.
+``flush_rows`` rows or ``flush_seconds`` seconds, and once more on ``close``. A write the store refuses is
+logged, counted and retried at the next flush. A row that cannot be written at all (a value the log's
+columns cannot hold) never holds the others hostage: the batch is split down to that row, which goes to the
+dead letters ``predictions-dead/<YYYY-MM-DD>/<uuid>.jsonl`` (one JSON object per row, with the reason;
+counted as ``outcome="dead_letter"``), and the rest is written as usual.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ from datetime import UTC, datetime
 from typing import Any, Final
 
 import numpy as np
+import orjson
 import pandas as pd
 
 from tideline.serving import metrics as m
@@ -44,6 +48,7 @@ from tideline.serving import metrics as m
 log = logging.getLogger(__name__)
 
 PREFIX: Final = "predictions/"
+DEAD_PREFIX: Final = "predictions-dead/"
 COLUMNS: Final = ("request_id", "time", "symbol", "bar_time", "feature_hash", "prediction", "version", "role")
 
 
@@ -61,6 +66,18 @@ class _Chunk:
     @property
     def n(self) -> int:
         return len(self.predictions)
+
+    def take(self, idx: Sequence[int]) -> _Chunk:
+        return _Chunk(self.request_id, self.time, self.X[list(idx)], [self.symbols[i] for i in idx],
+                      [self.bar_times[i] for i in idx], self.predictions[list(idx)], self.version, self.role)
+
+    def dead_letters(self, reason: str) -> list[dict[str, Any]]:
+        """The rows as JSON-safe records (every value as the client sent it, or its repr)."""
+        hashes = _feature_hashes(self.X)
+        return [{"request_id": self.request_id, "time": self.time.isoformat(), "symbol": self.symbols[i],
+                 "bar_time": None if self.bar_times[i] is None else str(self.bar_times[i]),
+                 "feature_hash": hashes[i], "prediction": float(self.predictions[i]), "version": self.version,
+                 "role": self.role, "reason": reason} for i in range(self.n)]
 
 
 def _feature_hashes(X: np.ndarray) -> list[str]:
@@ -81,6 +98,12 @@ def _frame(chunks: Sequence[_Chunk]) -> pd.DataFrame:
         cols["version"].extend([ch.version] * ch.n)
         cols["role"].extend([ch.role] * ch.n)
     return _typed(pd.DataFrame(cols))
+
+
+def _parquet(chunks: Sequence[_Chunk]) -> bytes:
+    buf = io.BytesIO()
+    _frame(chunks).to_parquet(buf, index=False)
+    return buf.getvalue()
 
 
 def _typed(df: pd.DataFrame) -> pd.DataFrame:
@@ -120,6 +143,7 @@ class PredictionLog:
         self._write_lock = threading.Lock()
         self._pending: list[_Chunk] = []
         self._pending_rows = 0
+        self._dead: list[dict[str, Any]] = []  # dead letters not yet stored
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -179,6 +203,7 @@ class PredictionLog:
             with self._lock:
                 chunks, self._pending, self._pending_rows = self._pending, [], 0
             if not chunks:
+                self._write_dead()
                 return 0
             groups: dict[tuple[str, str, str], list[_Chunk]] = {}
             for ch in chunks:
@@ -187,11 +212,16 @@ class PredictionLog:
             failed: list[_Chunk] = []
             for (day, role, version), group in groups.items():
                 key = f"{PREFIX}{day}/{role}-{version}-{uuid.uuid4().hex}.parquet"
+                try:
+                    body = _parquet(group)
+                except Exception:  # noqa: BLE001 - the rows, not the store: set the bad ones aside
+                    group = self._isolate(group)
+                    if not group:
+                        continue
+                    body = _parquet(group)
                 n = sum(ch.n for ch in group)
                 try:
-                    buf = io.BytesIO()
-                    _frame(group).to_parquet(buf, index=False)
-                    self.store.put(key, buf.getvalue())
+                    self.store.put(key, body)
                 except Exception as e:
                     failed.extend(group)
                     m.PREDLOG_WRITE_ERRORS.inc()
@@ -205,7 +235,48 @@ class PredictionLog:
                 with self._lock:
                     self._pending[:0] = failed
                     self._pending_rows += sum(ch.n for ch in failed)
+            self._write_dead()
             return written
+
+    def _isolate(self, group: list[_Chunk]) -> list[_Chunk]:
+        """The chunks (or parts of chunks) of ``group`` that serialise; the rows that do not become dead
+        letters with their reason. Narrowed chunk by chunk, then row by row within a failing chunk."""
+        good: list[_Chunk] = []
+        for ch in group:
+            try:
+                _frame([ch])
+                good.append(ch)
+                continue
+            except Exception:  # noqa: BLE001
+                pass
+            keep: list[int] = []
+            for i in range(ch.n):
+                row = ch.take([i])
+                try:
+                    _frame([row])
+                    keep.append(i)
+                except Exception as e:  # noqa: BLE001
+                    reason = " ".join(f"{type(e).__name__}: {e}".split())[:300]
+                    self._dead.extend(row.dead_letters(reason))
+                    m.PREDLOG_ROWS.labels(outcome="dead_letter").inc()
+                    log.warning("prediction log: a row of request %s cannot be logged (%s); kept as a dead "
+                                "letter", ch.request_id, reason)
+            if keep:
+                good.append(ch.take(keep))
+        return good
+
+    def _write_dead(self) -> None:
+        if not self._dead:
+            return
+        dead, self._dead = self._dead, []
+        key = f"{DEAD_PREFIX}{datetime.now(UTC):%Y-%m-%d}/{uuid.uuid4().hex}.jsonl"
+        try:
+            self.store.put(key, b"".join(orjson.dumps(d, option=orjson.OPT_APPEND_NEWLINE) for d in dead))
+        except Exception as e:  # noqa: BLE001 - kept; tried again at the next flush
+            self._dead[:0] = dead
+            log.warning("prediction log: writing %d dead letters to %s failed (will retry): %s", len(dead), key, e)
+            return
+        self.written_keys.append(key)
 
     def close(self, timeout: float = 10.0) -> None:
         """Stop the writer thread and flush what is left (one attempt)."""
@@ -216,8 +287,9 @@ class PredictionLog:
             self._thread = None
         deadline = time.monotonic() + timeout
         self.flush()
-        if self._pending_rows and time.monotonic() < deadline:
-            log.warning("prediction log: %d rows could not be written at shutdown", self._pending_rows)
+        if (self._pending_rows or self._dead) and time.monotonic() < deadline:
+            log.warning("prediction log: %d rows and %d dead letters could not be written at shutdown",
+                        self._pending_rows, len(self._dead))
 
 
 def _utc(t: Any) -> pd.Timestamp | None:

@@ -29,6 +29,7 @@ from its module-level FastAPI app (``kserve.model_server.app``); before the serv
 
 from __future__ import annotations
 
+import asyncio
 import http
 import http.client
 import logging
@@ -55,6 +56,9 @@ _V2_BINARY_HEADER: Final = b"inference-header-content-length"
 _EXPLAIN_RE: Final = re.compile(r"^/v1/models/([^/]+):explain$")
 _VERSIONED_RE: Final = re.compile(r"^/v2/models/([^/]+)/versions/([^/]+)(/.*)?$")
 _JSON_TYPES: Final = (b"application/json", b"text/json")
+DEFAULT_READ_TIMEOUT: Final = 10.0  # seconds a client may pause while sending a body
+DEFAULT_HEADER_TIMEOUT: Final = 10.0  # seconds for the request line and headers to arrive
+DEFAULT_MAX_CONNECTIONS: Final = 1000  # open connections (and requests in flight) before new ones get a 503
 
 
 def one_line(text: str, limit: int = 1000) -> str:
@@ -99,10 +103,12 @@ def _json_response(status: int, message: str, extra_headers: list[tuple[bytes, b
 class GatewayMiddleware:
     """Body-size limit, version header and per-request metrics (see the module docstring)."""
 
-    def __init__(self, app: Callable[..., Awaitable[None]], *, predictor: Any, max_body_bytes: int) -> None:
+    def __init__(self, app: Callable[..., Awaitable[None]], *, predictor: Any, max_body_bytes: int,
+                 read_timeout: float = DEFAULT_READ_TIMEOUT) -> None:
         self.app = app
         self.predictor = predictor
         self.max_body_bytes = int(max_body_bytes)
+        self.read_timeout = float(read_timeout)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -157,7 +163,7 @@ class GatewayMiddleware:
             if scope["method"] in ("POST", "PUT", "PATCH"):
                 replay = await self._read_body(scope, receive, send_wrapper)
                 if replay is None:
-                    return  # answered 413
+                    return  # answered (413, 408, 400) or the client went away
                 receive = replay
                 if match and match.group(2) is not None and any(
                         k.lower() == _V2_BINARY_HEADER for k, _ in scope.get("headers", [])):
@@ -189,21 +195,27 @@ class GatewayMiddleware:
             if method != "POST":
                 return (405, f"{method[:16]} is not allowed on {path[:200]}; send a POST with a JSON body",
                         [(b"allow", b"POST")])
-            if match.group(2) is not None:
+            ctype, encoding = b"", b""
+            for k, v in scope.get("headers", []):
+                k = k.lower()
+                if k == b"content-type" and not ctype:
+                    ctype = v.split(b";", 1)[0].strip().lower()
+                elif k == b"content-encoding":
+                    encoding = v.strip().lower()
+            if encoding not in (b"", b"identity"):
+                return (415, f"Content-Encoding {encoding.decode('latin-1')[:40]} is not supported: send the "
+                        "JSON body uncompressed", None)
+            v2 = match.group(2) is not None
+            if v2:
                 versioned = _VERSIONED_RE.match(path)
                 if versioned:
                     return (404, f"version {versioned.group(2)[:64]!r} in the URL: this predictor serves "
                             f"one version ({self.predictor.version or 'none yet'}); "
                             f"use POST /v2/models/{name}/infer", None)
-                ctype = b""
-                for k, v in scope.get("headers", []):
-                    if k.lower() == b"content-type":
-                        ctype = v.split(b";", 1)[0].strip().lower()
-                        break
-                if ctype not in _JSON_TYPES and not ctype.endswith(b"+json"):
-                    shown = ctype.decode("latin-1")[:80] or "none"
-                    return (415, f"a v2 inference request must be JSON (Content-Type: application/json); "
-                            f"got Content-Type {shown}", None)
+            if not _is_json_type(ctype, v2):
+                shown = ctype.decode("latin-1")[:80] or "none"
+                return (415, f"a {'v2 inference' if v2 else 'v1 prediction'} request must be JSON "
+                        f"(Content-Type: application/json); got Content-Type {shown}", None)
             return None
         if _EXPLAIN_RE.match(path):
             return (404, f"this predictor has no explainer; use POST /v1/models/{name}:predict", None)
@@ -225,9 +237,11 @@ class GatewayMiddleware:
         m.child(m.REQUEST_DURATION, model, version, role).observe(seconds)
 
     async def _read_body(self, scope: Scope, receive: Receive, send: Send) -> Receive | None:
-        """A ``receive`` for the app, or None after answering 413. With a Content-Length within the limit
-        the body is passed through (the server reads exactly that many bytes); without one (chunked) it is
-        read here, counting, and replayed."""
+        """The whole body, read here and replayed to the app; None when it was answered instead: 413 too
+        large (on the declared Content-Length, before reading a byte, or while counting a chunked body),
+        408 when the client stops sending for ``read_timeout`` seconds (a body that never finishes must not
+        hold a connection), nothing when the client went away mid-body (counted 499; the app never runs,
+        so nothing logs a traceback for it)."""
         limit = self.max_body_bytes
         declared = None
         for k, v in scope.get("headers", []):
@@ -245,15 +259,22 @@ class GatewayMiddleware:
         if declared is not None and declared > limit:
             await self._too_large(send, f"the body is {declared} bytes; the limit is {limit} (--max-body-bytes)")
             return None
-        if declared is not None:
-            return receive  # the HTTP server delivers exactly Content-Length bytes: nothing to count
         chunks: list[bytes] = []
         size = 0
         more = True
         while more:
-            message = await receive()
-            if message["type"] != "http.request":  # http.disconnect
-                return _replay(b"", receive, message)
+            try:
+                message = await asyncio.wait_for(receive(), self.read_timeout)
+            except TimeoutError:
+                m.SLOW_CLIENTS.labels(phase="body").inc()
+                start, body = _json_response(
+                    408, f"the body stopped arriving: nothing for {self.read_timeout:g} s after {size} bytes",
+                    [(b"connection", b"close")])
+                await send(start)
+                await send(body)
+                return None
+            if message["type"] != "http.request":  # http.disconnect: the client went away
+                return None
             chunk = message.get("body", b"")
             more = message.get("more_body", False)
             size += len(chunk)
@@ -383,13 +404,15 @@ class _QuietClientErrors(logging.Filter):
         return True
 
 
-def configure_app(app: Any, predictor: Any, *, max_body_bytes: int) -> None:
+def configure_app(app: Any, predictor: Any, *, max_body_bytes: int,
+                  read_timeout: float = DEFAULT_READ_TIMEOUT) -> None:
     """Add the middleware and error handlers to kserve's FastAPI app (before the server starts)."""
     from fastapi.exceptions import RequestValidationError
     from kserve.errors import InvalidInput, ModelNotFound
     from starlette.exceptions import HTTPException as StarletteHTTPException
 
-    app.add_middleware(GatewayMiddleware, predictor=predictor, max_body_bytes=max_body_bytes)
+    app.add_middleware(GatewayMiddleware, predictor=predictor, max_body_bytes=max_body_bytes,
+                       read_timeout=read_timeout)
     app.add_exception_handler(RequestError, _request_error_handler)
     app.add_exception_handler(RequestValidationError, _validation_error_handler)
     app.add_exception_handler(StarletteHTTPException, _http_error_handler)
@@ -459,6 +482,82 @@ def json_protocol_errors() -> None:
         h11_impl.H11Protocol.send_400_response = send_400_h11  # type: ignore[method-assign]
 
 
+def _is_json_type(ctype: bytes, v2: bool) -> bool:
+    """The Content-Types a prediction body may carry. JSON types always. v1 also takes none at all and
+    ``application/x-www-form-urlencoded``, which is what ``curl -d`` sends when no type is given (KServe's
+    own v1 examples do so); the body must still be JSON. v2 takes JSON types only: kserve reads any other
+    type as its binary tensor extension."""
+    if ctype in _JSON_TYPES or ctype.endswith(b"+json"):
+        return True
+    return not v2 and ctype in (b"", b"application/x-www-form-urlencoded")
+
+
+def guard_slow_clients(header_timeout: float) -> bool:
+    """Close a connection whose request line and headers have not all arrived ``header_timeout`` seconds
+    after it opened or after its request began (a 408 with a one-line JSON body when some had arrived).
+    uvicorn itself waits forever for them (its keep-alive timer runs only between requests), so a client
+    that trickles headers, or connects and sends nothing, would hold a connection for good. Patches
+    uvicorn's httptools protocol (the one ``serve`` uses); returns False if its internals changed."""
+    import orjson
+
+    try:
+        from uvicorn.protocols.http import httptools_impl
+    except ImportError:  # pragma: no cover - httptools is in the lock
+        return False
+    proto = httptools_impl.HttpToolsProtocol
+    needed = ("connection_made", "connection_lost", "on_message_begin", "on_headers_complete")
+    if not all(hasattr(proto, n) for n in needed) or not hasattr(httptools_impl, "STATUS_LINE"):
+        return False
+    original = {n: getattr(proto, n) for n in needed}
+    original = {n: getattr(original[n], "__tideline_original__", original[n]) for n in needed}
+    body = orjson.dumps({"error": f"the request headers did not arrive within {header_timeout:g} s"})
+
+    def expire(self: Any) -> None:
+        self._tideline_header_timer = None
+        if self.transport.is_closing():
+            return
+        m.SLOW_CLIENTS.labels(phase="headers").inc()
+        if getattr(self, "_tideline_began", False):
+            self.transport.write(b"".join([
+                httptools_impl.STATUS_LINE[408], b"content-type: application/json\r\n",
+                b"content-length: " + str(len(body)).encode() + b"\r\n", b"connection: close\r\n\r\n", body]))
+        self.transport.close()
+
+    def arm(self: Any) -> None:
+        disarm(self)
+        self._tideline_header_timer = self.loop.call_later(header_timeout, expire, self)
+
+    def disarm(self: Any) -> None:
+        timer = getattr(self, "_tideline_header_timer", None)
+        if timer is not None:
+            timer.cancel()
+            self._tideline_header_timer = None
+
+    def connection_made(self: Any, transport: Any) -> None:
+        original["connection_made"](self, transport)
+        self._tideline_began = False
+        arm(self)
+
+    def on_message_begin(self: Any) -> None:
+        original["on_message_begin"](self)
+        self._tideline_began = True
+        arm(self)
+
+    def on_headers_complete(self: Any) -> None:
+        disarm(self)
+        original["on_headers_complete"](self)
+
+    def connection_lost(self: Any, exc: Exception | None) -> None:
+        disarm(self)
+        original["connection_lost"](self, exc)
+
+    for name, fn in (("connection_made", connection_made), ("on_message_begin", on_message_begin),
+                     ("on_headers_complete", on_headers_complete), ("connection_lost", connection_lost)):
+        fn.__tideline_original__ = original[name]  # type: ignore[attr-defined]
+        setattr(proto, name, fn)
+    return True
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("0.0.0.0", 0))
@@ -466,12 +565,12 @@ def free_port() -> int:
 
 
 def wait_until_serving(port: int, path: str, *, timeout: float = 120.0,
-                       stop: threading.Event | None = None) -> bool:
-    """Poll ``GET path`` on loopback until it answers 200."""
+                       stop: threading.Event | None = None, host: str = "127.0.0.1") -> bool:
+    """Poll ``GET path`` (on loopback by default) until it answers 200."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and not (stop and stop.is_set()):
         try:
-            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+            conn = http.client.HTTPConnection(host, port, timeout=2)
             conn.request("GET", path)
             ok = conn.getresponse().status == 200
             conn.close()
@@ -483,19 +582,70 @@ def wait_until_serving(port: int, path: str, *, timeout: float = 120.0,
     return False
 
 
-def serve(predictor: Any, *, http_port: int, max_body_bytes: int,
-          on_ready: Callable[[int], None] | None = None) -> None:
+def listen_on(host: str, max_connections: int) -> None:
+    """Make kserve's REST server listen on ``host`` (kserve hard-codes 0.0.0.0: every interface) with
+    uvicorn's ``limit_concurrency`` = ``max_connections`` (beyond it a request gets a 503 at once) and
+    uvicorn's httptools protocol (the one ``guard_slow_clients`` patches)."""
+    from kserve.protocol.rest import server as rest
+
+    init = getattr(rest.RESTServer.__init__, "__tideline_original__", rest.RESTServer.__init__)
+
+    def patched(self: Any, *args: Any, **kwargs: Any) -> None:
+        init(self, *args, **kwargs)
+        self.config.host = host
+        self.config.limit_concurrency = max_connections
+        self.config.http = "httptools"
+
+    patched.__tideline_original__ = init  # type: ignore[attr-defined]
+    rest.RESTServer.__init__ = patched  # type: ignore[method-assign]
+
+    import orjson
+    from uvicorn.protocols.http import httptools_impl
+
+    body = orjson.dumps({"error": f"the predictor has {max_connections} connections open (--max-connections); "
+                                  "try again shortly"})
+
+    async def busy(scope: Any, receive: Receive, send: Send) -> None:  # uvicorn's own answer is plain text
+        m.SLOW_CLIENTS.labels(phase="over_limit").inc()
+        await send({"type": "http.response.start", "status": 503, "headers": [
+            (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+            (b"connection", b"close"), (b"retry-after", b"1")]})
+        await send({"type": "http.response.body", "body": body, "more_body": False})
+
+    httptools_impl.service_unavailable = busy  # type: ignore[assignment]
+    logging.getLogger("uvicorn.error").addFilter(_DropLines(("Exceeded concurrency limit.",)))
+
+
+class _DropLines(logging.Filter):
+    """Drop uvicorn's per-connection warnings that a metric counts instead (one line per refused connection
+    would let a flood of clients flood the log)."""
+
+    def __init__(self, messages: tuple[str, ...]) -> None:
+        super().__init__()
+        self.messages = messages
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.msg not in self.messages
+
+
+def serve(predictor: Any, *, http_port: int, max_body_bytes: int, host: str = "127.0.0.1",
+          read_timeout: float = DEFAULT_READ_TIMEOUT, header_timeout: float = DEFAULT_HEADER_TIMEOUT,
+          max_connections: int = DEFAULT_MAX_CONNECTIONS, on_ready: Callable[[int], None] | None = None) -> None:
     """Run kserve's ModelServer (REST only, one process) with ``predictor`` until a signal stops it."""
     import kserve.model_server as ks
 
-    configure_app(ks.app, predictor, max_body_bytes=max_body_bytes)
+    configure_app(ks.app, predictor, max_body_bytes=max_body_bytes, read_timeout=read_timeout)
     json_protocol_errors()
+    if not guard_slow_clients(header_timeout):
+        log.warning("uvicorn's protocol changed: the %.0f s header timeout is not applied", header_timeout)
+    listen_on(host, max_connections)
     server = ks.ModelServer(http_port=http_port, enable_grpc=False, enable_latency_logging=False, workers=1)
     quiet_per_request_logs()
     stop = threading.Event()
     if on_ready is not None:
         def announce() -> None:
-            if wait_until_serving(http_port, f"/v2/models/{predictor.name}/ready", stop=stop):
+            probe = "127.0.0.1" if host in ("0.0.0.0", "") else "::1" if host == "::" else host
+            if wait_until_serving(http_port, f"/v2/models/{predictor.name}/ready", stop=stop, host=probe):
                 on_ready(http_port)
 
         threading.Thread(target=announce, name="tideline-ready", daemon=True).start()

@@ -20,6 +20,16 @@ import numpy as np
 
 F32_MAX: Final = float(np.finfo(np.float32).max)
 META_FIELDS: Final = ("symbol", "timestamp")
+# the bar times the prediction log (and every pandas frame of bars) can hold: datetime64[ns] spans
+# 1677-09-21 .. 2262-04-11; a request is refused at the door rather than accepted and left unloggable
+BAR_TIME_MIN: Final = datetime(1678, 1, 1)
+BAR_TIME_MAX: Final = datetime(2261, 12, 31, 23, 59, 59)
+# the range of each integer datatype of the Open Inference Protocol (a value outside it is not that type)
+INT_RANGES: Final = {
+    "INT8": (-(2**7), 2**7 - 1), "INT16": (-(2**15), 2**15 - 1), "INT32": (-(2**31), 2**31 - 1),
+    "INT64": (-(2**63), 2**63 - 1), "UINT8": (0, 2**8 - 1), "UINT16": (0, 2**16 - 1),
+    "UINT32": (0, 2**32 - 1), "UINT64": (0, 2**64 - 1),
+}
 NUMERIC_V2_TYPES: Final = frozenset(
     {"FP32", "FP64", "INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32", "UINT64"}
 )
@@ -33,6 +43,8 @@ class RequestError(Exception):
     """A request the predictor refuses; ``status`` is the HTTP status, ``message`` goes to the client."""
 
     def __init__(self, status: int, message: str) -> None:
+        if not message.isascii():  # a client's text quoted back may hold lone surrogates (not UTF-8)
+            message = message.encode("utf-8", "backslashreplace").decode("utf-8")
         super().__init__(message)
         self.status = status
         self.message = message
@@ -128,6 +140,9 @@ def parse_time(value: Any, where: str) -> datetime | None:
             ts = ts.astimezone(UTC).replace(tzinfo=None)
         except OverflowError:  # e.g. 9999-12-31T23:59-05:00 is after datetime.max in UTC
             raise RequestError(422, f"{where}: timestamp {value[:60]!r} is out of range in UTC") from None
+    if not BAR_TIME_MIN <= ts <= BAR_TIME_MAX:
+        raise RequestError(422, f"{where}: timestamp {value[:60]!r} is outside the bar times tideline stores "
+                           f"({BAR_TIME_MIN:%Y-%m-%d} to {BAR_TIME_MAX:%Y-%m-%d})")
     return ts
 
 
@@ -138,6 +153,9 @@ def _symbol(value: Any, where: str) -> str | None:
         raise RequestError(422, f"{where}: symbol must be a string or null, got {_kind(value)}")
     if not value or len(value) > _MAX_SYMBOL_LEN:
         raise RequestError(422, f"{where}: symbol must have 1 to {_MAX_SYMBOL_LEN} characters")
+    if not value.isprintable() or value != value.strip():
+        raise RequestError(422, f"{where}: symbol {value[:_MAX_SYMBOL_LEN]!r} has control characters or "
+                           "surrounding spaces")
     return value
 
 
@@ -215,6 +233,15 @@ def validate_v1(payload: Any, schema: Schema) -> Batch:
     else:
         _check_values(X, required, "instances[{row}]")
     return Batch(X=X, columns=schema.columns, symbols=symbols, bar_times=times)
+
+
+def _check_ints(name: str, datatype: str, data: list[Any], bounds: tuple[int, int]) -> None:
+    """An integer tensor holds whole numbers within its datatype's range (INT8 1000 is not an INT8)."""
+    lo, hi = bounds
+    for r, v in enumerate(data):
+        if type(v) is not int or not lo <= v <= hi:
+            what = "not a whole number" if type(v) is not int else f"outside {datatype}'s range [{lo}, {hi}]"
+            raise RequestError(422, f"input {name!r}: value {r} ({repr(v)[:40]}) is {what}")
 
 
 def _slow_matrix(rows: list[list[Any]], columns: Sequence[str], where: str) -> np.ndarray:
@@ -298,6 +325,9 @@ def validate_v2(inputs: Any, schema: Schema) -> Batch:
         for r, v in enumerate(data):
             if type(v) is not float and type(v) is not int:
                 raise RequestError(422, f"input {c!r}: value {r} must be a number, got {_kind(v)}")
+        bounds = INT_RANGES.get(dt)
+        if bounds is not None:
+            _check_ints(c, dt, data, bounds)
         if j == 0:
             X = np.full((rows, len(schema.columns)), np.nan, dtype=np.float64)
         try:

@@ -179,6 +179,29 @@ def measure(ports: dict[str, int], rows: list[dict[str, float]], n_req: int, war
     return {k: c.summary() for k, c in clients.items()}
 
 
+def batch_parts(rows: list[dict[str, float]], n: int) -> dict[str, float]:
+    """In process, median of 20: parsing one ``n``-row v1 body (what kserve does for the floor too) and
+    validating it into a feature matrix (what the predictor adds), in ms."""
+    import orjson
+
+    from tideline.serving.validation import Schema, validate_v1
+
+    body = json.dumps({"instances": [rows[i % len(rows)] for i in range(n)]}).encode()
+    schema = Schema(required=tuple(rows[0]))
+    payload = orjson.loads(body)
+
+    def median_ms(fn: Any) -> float:
+        times = []
+        for _ in range(20):
+            t = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t)
+        return round(1000 * statistics.median(times), 3)
+
+    return {"batch_parse_ms": median_ms(lambda: orjson.loads(body)),
+            "batch_validate_ms": median_ms(lambda: validate_v1(payload, schema))}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--requests", type=int, default=2000)
@@ -227,6 +250,9 @@ def main() -> None:
         "batch_rows": args.batch_rows,
         "rows_per_s": p["rows_per_s"],
         "floor_rows_per_s": f["rows_per_s"],
+        "batch_ratio": round(p["rows_per_s"] / f["rows_per_s"], 3),
+        "goal_batch_ratio": 0.8,
+        **batch_parts(rows, args.batch_rows),
         "model_predict_us": info["v1"]["model_predict_us"],
         "one_row_predict_us_by_family": info["by_family"],
         "model": f"lightgbm, default params, early stopping ({info['v1']['trees']} trees), 57 features; "

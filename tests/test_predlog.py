@@ -48,8 +48,8 @@ def test_a_row_the_log_cannot_hold_is_set_aside_and_the_rest_written(tmp_path: P
     assert sorted(df["request_id"]) == ["r1", "r1", "r2", "r2", "r3"]
     assert df.loc[df["request_id"] == "r2", "symbol"].tolist() == ["S0", "S2"]
     (letter,) = dead_letters(store)
-    assert letter["request_id"] == "r2" and letter["symbol"] == "S1" and letter["bar_time"] == "9999-12-31 23:59:59"
-    assert "OutOfBounds" in letter["reason"] and letter["version"] == "v1" and letter["role"] == "active"
+    assert letter["request_id"] == "r2" and letter["symbol"] == "S1" and letter["bar_time"] == "9999-12-31T23:59:59"
+    assert "out of bounds" in letter["reason"] and letter["version"] == "v1" and letter["role"] == "active"
     # nothing stays queued: later predictions of the same (day, role, version) are written as usual
     record(log, "r4", [good])
     assert log.flush() == 1 and log._pending_rows == 0
@@ -76,7 +76,7 @@ def test_a_store_outage_keeps_rows_and_dead_letters_until_it_is_back(tmp_path: P
     store.down = False
     assert log.flush() == 1
     assert read_predictions(store)["request_id"].tolist() == ["r1"]
-    assert [d["bar_time"] for d in dead_letters(store)] == ["1500-01-01 00:00:00"]
+    assert [d["bar_time"] for d in dead_letters(store)] == ["1500-01-01T00:00:00"]
     assert log._pending_rows == 0 and not log._dead
 
 
@@ -88,3 +88,43 @@ def test_the_door_refuses_what_the_log_cannot_hold(bad: datetime) -> None:
         parse_time(bad.isoformat(), "instances[0]")
     assert ei.value.status == 422 and "outside the bar times tideline stores" in ei.value.message
     assert parse_time("2261-12-31T23:59:59", "x") == datetime(2261, 12, 31, 23, 59, 59)
+
+
+# ---- the columnar validation path agrees with the row-by-row one ------------------------------------
+def test_the_batch_path_accepts_and_refuses_exactly_what_the_row_path_does(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``_fast_v1`` types a whole batch at once and falls back to the row loop on anything unusual: over
+    thousands of generated bodies (the reliability fuzz generator's v1 mutations on 10-row batches) both
+    paths give the same answer — the same refusal message, or the same matrix, symbols and bar times."""
+    import random
+
+    from reliability.predictor import _v1_body, RandomDraw
+
+    from tideline.serving import validation as v
+
+    cols = [f"f{i}" for i in range(12)]
+    rng = random.Random(3)
+    good = [{**{c: rng.uniform(-2, 2) for c in cols}, "symbol": f"S{i}", "timestamp": "2024-05-01T10:00:00"}
+            for i in range(10)]
+    good[2]["f3"], good[4]["f5"] = 1.0, 0.0  # values a boolean would also take
+    schema = v.Schema(required=tuple(cols), max_rows=100)
+    d = RandomDraw(11)
+
+    def answer(payload: Any, fast: bool) -> Any:
+        monkeypatch.setattr(v, "_FAST_MIN_ROWS", 1 if fast else 10**9)
+        try:
+            b = v.validate_v1(payload, schema)
+        except v.RequestError as e:
+            return (e.status, e.message)
+        return (b.X.tobytes(), tuple(b.symbols), b.bar_times.tobytes())
+
+    fast_taken = 0
+    for k in range(3000):
+        payload = {"instances": [dict(x) for x in good]} if k % 10 == 0 else _v1_body(d, cols, good)[0]
+        if isinstance(payload, dict) and isinstance(payload.get("instances"), list) and k % 3 == 0:
+            for inst in payload["instances"]:  # also without symbol and timestamp
+                if isinstance(inst, dict):
+                    inst.pop("symbol", None), inst.pop("timestamp", None)
+        slow, fast = answer(payload, False), answer(payload, True)
+        assert fast == slow, (payload, slow, fast)
+        fast_taken += isinstance(fast[0], bytes) and len(payload["instances"]) >= 1
+    assert fast_taken > 300  # valid batches were common enough to exercise the fast path

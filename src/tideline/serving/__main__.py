@@ -53,8 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="largest request body in bytes (default: 8 MiB)")
     p.add_argument("--shadow-timeout", type=float, default=2.0,
                    help="seconds a shadow prediction may take before it is dropped (default: 2)")
-    p.add_argument("--log-flush-rows", type=int, default=2_000,
-                   help="prediction log: write after this many rows (default: 2000)")
+    p.add_argument("--log-flush-rows", type=int, default=20_000,
+                   help="prediction log: write after this many rows (default: 20000)")
     p.add_argument("--log-flush-seconds", type=float, default=5.0,
                    help="prediction log: write at least this often, in seconds (default: 5)")
     return p

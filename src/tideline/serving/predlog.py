@@ -10,8 +10,9 @@ time            when the prediction was made (timestamp, tz-aware UTC)
 symbol          the instance's ``symbol`` (str, null when not given)
 bar_time        the instance's ``timestamp``: the bar the features describe (naive UTC, like the
                 ``timestamp`` of ``tideline.data`` bars; null when not given)
-feature_hash    blake2b-64 of the row's feature values (float64, request column order), hex: the
-                same row sent to the active and the shadow model has the same hash
+feature_hash    a 64-bit hash of the row's feature values (float64 bits, request column order;
+                ``_hash64``), 16 hex digits: the same row sent to the active and the shadow
+                model has the same hash
 prediction      the predicted forward return (float64)
 version         model version id (``v3``)
 role            ``active``, ``canary`` or ``shadow``
@@ -28,7 +29,6 @@ counted as ``outcome="dead_letter"``), and the rest is written as usual.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import logging
 import threading
@@ -42,6 +42,8 @@ from typing import Any, Final
 import numpy as np
 import orjson
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from tideline.serving import metrics as m
 
@@ -58,7 +60,7 @@ class _Chunk:
     time: datetime  # aware UTC
     X: np.ndarray
     symbols: Sequence[str | None]
-    bar_times: Sequence[datetime | None]
+    bar_times: np.ndarray  # datetime64 (NaT: not given)
     predictions: np.ndarray
     version: str
     role: str
@@ -69,41 +71,82 @@ class _Chunk:
 
     def take(self, idx: Sequence[int]) -> _Chunk:
         return _Chunk(self.request_id, self.time, self.X[list(idx)], [self.symbols[i] for i in idx],
-                      [self.bar_times[i] for i in idx], self.predictions[list(idx)], self.version, self.role)
+                      self.bar_times[list(idx)], self.predictions[list(idx)], self.version, self.role)
 
     def dead_letters(self, reason: str) -> list[dict[str, Any]]:
         """The rows as JSON-safe records (every value as the client sent it, or its repr)."""
         hashes = _feature_hashes(self.X)
         return [{"request_id": self.request_id, "time": self.time.isoformat(), "symbol": self.symbols[i],
-                 "bar_time": None if self.bar_times[i] is None else str(self.bar_times[i]),
+                 "bar_time": None if np.isnat(self.bar_times[i])
+                 else self.bar_times[i].astype("datetime64[us]").item().isoformat(),
                  "feature_hash": hashes[i], "prediction": float(self.predictions[i]), "version": self.version,
                  "role": self.role, "reason": reason} for i in range(self.n)]
 
 
+_SEED: Final = np.uint64(0xCBF29CE484222325)
+_MIX: Final = np.uint64(0x9E3779B97F4A7C15)
+_FIN1: Final = np.uint64(0xBF58476D1CE4E5B9)
+_FIN2: Final = np.uint64(0x94D049BB133111EB)
+
+
+def _hash64(X: np.ndarray) -> np.ndarray:
+    """A 64-bit hash of each row's float64 bit patterns, whole columns at a time (multiply-xorshift per
+    column, splitmix64's finalizer at the end): equal rows hash equal, and a change in any bit of any value
+    changes the hash."""
+    b = np.ascontiguousarray(X, dtype=np.float64).view(np.uint64)
+    h = np.full(b.shape[0], _SEED, dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        for j in range(b.shape[1]):
+            h ^= b[:, j]
+            h *= _MIX
+            h ^= h >> np.uint64(31)
+        h ^= h >> np.uint64(30)
+        h *= _FIN1
+        h ^= h >> np.uint64(27)
+        h *= _FIN2
+        h ^= h >> np.uint64(31)
+    return h
+
+
 def _feature_hashes(X: np.ndarray) -> list[str]:
-    Xc = np.ascontiguousarray(X, dtype=np.float64)
-    return [hashlib.blake2b(row.tobytes(), digest_size=8).hexdigest() for row in Xc]
+    return [f"{v:016x}" for v in _hash64(X).tolist()]
 
 
-def _frame(chunks: Sequence[_Chunk]) -> pd.DataFrame:
-    """The log rows of ``chunks`` with the documented columns and dtypes."""
-    cols: dict[str, list[Any]] = {c: [] for c in COLUMNS}
-    for ch in chunks:
-        cols["request_id"].extend([ch.request_id] * ch.n)
-        cols["time"].extend([ch.time] * ch.n)
-        cols["symbol"].extend(ch.symbols)
-        cols["bar_time"].extend(ch.bar_times)
-        cols["feature_hash"].extend(_feature_hashes(ch.X))
-        cols["prediction"].extend(ch.predictions.tolist())
-        cols["version"].extend([ch.version] * ch.n)
-        cols["role"].extend([ch.role] * ch.n)
-    return _typed(pd.DataFrame(cols))
+_SCHEMA: Final = pa.schema([
+    ("request_id", pa.string()), ("time", pa.timestamp("ns", tz="UTC")), ("symbol", pa.string()),
+    ("bar_time", pa.timestamp("ns")), ("feature_hash", pa.string()), ("prediction", pa.float64()),
+    ("version", pa.string()), ("role", pa.string()),
+])
+
+
+def _table(chunks: Sequence[_Chunk]) -> pa.Table:
+    """The log rows of ``chunks`` with the documented columns and types, column by column (no per-row
+    Python but the hash's hex text). Raises for a value a column cannot hold (e.g. a bar time beyond
+    datetime64[ns])."""
+    counts = [ch.n for ch in chunks]
+
+    def repeated(values: list[Any]) -> np.ndarray:
+        return np.repeat(np.array(values, dtype=object), counts)
+
+    times = np.repeat(np.array([np.datetime64(ch.time.astimezone(UTC).replace(tzinfo=None), "us")
+                                for ch in chunks]), counts)
+    return pa.Table.from_arrays([
+        pa.array(repeated([ch.request_id for ch in chunks]), pa.string()),
+        pa.array(times.astype("datetime64[ns]"), pa.timestamp("ns", tz="UTC")),
+        pa.array([s for ch in chunks for s in ch.symbols], pa.string()),
+        pa.array(np.concatenate([ch.bar_times for ch in chunks]), pa.timestamp("ns")),
+        pa.array(_feature_hashes(np.concatenate([ch.X for ch in chunks]) if len(chunks) > 1 else chunks[0].X),
+                 pa.string()),
+        pa.array(np.concatenate([ch.predictions for ch in chunks]), pa.float64()),
+        pa.array(repeated([ch.version for ch in chunks]), pa.string()),
+        pa.array(repeated([ch.role for ch in chunks]), pa.string()),
+    ], schema=_SCHEMA)
 
 
 def _parquet(chunks: Sequence[_Chunk]) -> bytes:
-    buf = io.BytesIO()
-    _frame(chunks).to_parquet(buf, index=False)
-    return buf.getvalue()
+    buf = pa.BufferOutputStream()
+    pq.write_table(_table(chunks), buf)
+    return bytes(buf.getvalue())
 
 
 def _typed(df: pd.DataFrame) -> pd.DataFrame:
@@ -131,7 +174,7 @@ class PredictionLog:
         self,
         store: Any,
         *,
-        flush_rows: int = 2_000,
+        flush_rows: int = 20_000,
         flush_seconds: float = 5.0,
         max_buffer_rows: int = 500_000,
     ) -> None:
@@ -156,14 +199,17 @@ class PredictionLog:
         request_id: str,
         X: np.ndarray,
         symbols: Sequence[str | None],
-        bar_times: Sequence[datetime | None],
+        bar_times: np.ndarray | Sequence[datetime | None],
         predictions: np.ndarray,
         version: str,
         role: str,
         at: datetime | None = None,
     ) -> None:
-        """Queue rows for writing; O(1), never raises, never waits for the store."""
+        """Queue rows for writing; O(1), never raises, never waits for the store. ``bar_times``: datetime64
+        (NaT = not given; as ``validation.Batch`` holds them) or naive UTC datetimes / None."""
         try:
+            if not (isinstance(bar_times, np.ndarray) and bar_times.dtype.kind == "M"):
+                bar_times = np.array(bar_times, dtype="datetime64[us]")
             ch = _Chunk(request_id, at or datetime.now(UTC), X, symbols, bar_times,
                         np.asarray(predictions, dtype=np.float64), version, role)
             dropped = 0
@@ -244,7 +290,7 @@ class PredictionLog:
         good: list[_Chunk] = []
         for ch in group:
             try:
-                _frame([ch])
+                _table([ch])
                 good.append(ch)
                 continue
             except Exception:  # noqa: BLE001
@@ -253,7 +299,7 @@ class PredictionLog:
             for i in range(ch.n):
                 row = ch.take([i])
                 try:
-                    _frame([row])
+                    _table([row])
                     keep.append(i)
                 except Exception as e:  # noqa: BLE001
                     reason = " ".join(f"{type(e).__name__}: {e}".split())[:300]

@@ -29,7 +29,6 @@ from its module-level FastAPI app (``kserve.model_server.app``); before the serv
 
 from __future__ import annotations
 
-import asyncio
 import http
 import http.client
 import logging
@@ -56,6 +55,8 @@ _V2_BINARY_HEADER: Final = b"inference-header-content-length"
 _EXPLAIN_RE: Final = re.compile(r"^/v1/models/([^/]+):explain$")
 _VERSIONED_RE: Final = re.compile(r"^/v2/models/([^/]+)/versions/([^/]+)(/.*)?$")
 _JSON_TYPES: Final = (b"application/json", b"text/json")
+TIMED_OUT: Final = "tideline.timed_out"  # scope key: guard_slow_clients answered this request 408
+SWEEP_S: Final = 0.25  # how often guard_slow_clients looks for stalled connections
 DEFAULT_READ_TIMEOUT: Final = 10.0  # seconds a client may pause while sending a body
 DEFAULT_HEADER_TIMEOUT: Final = 10.0  # seconds for the request line and headers to arrive
 DEFAULT_MAX_CONNECTIONS: Final = 1000  # open connections (and requests in flight) before new ones get a 503
@@ -103,12 +104,10 @@ def _json_response(status: int, message: str, extra_headers: list[tuple[bytes, b
 class GatewayMiddleware:
     """Body-size limit, version header and per-request metrics (see the module docstring)."""
 
-    def __init__(self, app: Callable[..., Awaitable[None]], *, predictor: Any, max_body_bytes: int,
-                 read_timeout: float = DEFAULT_READ_TIMEOUT) -> None:
+    def __init__(self, app: Callable[..., Awaitable[None]], *, predictor: Any, max_body_bytes: int) -> None:
         self.app = app
         self.predictor = predictor
         self.max_body_bytes = int(max_body_bytes)
-        self.read_timeout = float(read_timeout)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -177,7 +176,9 @@ class GatewayMiddleware:
             if match:
                 name = match.group(1) or match.group(2)
                 status = state["status"]
-                if state["gone"] and (status is None or status >= 500):
+                if scope.get(TIMED_OUT):
+                    status = 408  # guard_slow_clients answered it
+                elif state["gone"] and (status is None or status >= 500):
                     status = 499  # the client went away mid-request (nginx's code): not a server error
                 self._record(name, status or 500, state["version"] or predictor.version,
                              time.perf_counter() - t0)
@@ -239,9 +240,8 @@ class GatewayMiddleware:
     async def _read_body(self, scope: Scope, receive: Receive, send: Send) -> Receive | None:
         """The whole body, read here and replayed to the app; None when it was answered instead: 413 too
         large (on the declared Content-Length, before reading a byte, or while counting a chunked body),
-        408 when the client stops sending for ``read_timeout`` seconds (a body that never finishes must not
-        hold a connection), nothing when the client went away mid-body (counted 499; the app never runs,
-        so nothing logs a traceback for it)."""
+        nothing when the client went away mid-body (counted 499; the app never runs, so nothing logs a
+        traceback for it). A body that stops arriving is answered 408 by ``guard_slow_clients``."""
         limit = self.max_body_bytes
         declared = None
         for k, v in scope.get("headers", []):
@@ -263,17 +263,8 @@ class GatewayMiddleware:
         size = 0
         more = True
         while more:
-            try:
-                message = await asyncio.wait_for(receive(), self.read_timeout)
-            except TimeoutError:
-                m.SLOW_CLIENTS.labels(phase="body").inc()
-                start, body = _json_response(
-                    408, f"the body stopped arriving: nothing for {self.read_timeout:g} s after {size} bytes",
-                    [(b"connection", b"close")])
-                await send(start)
-                await send(body)
-                return None
-            if message["type"] != "http.request":  # http.disconnect: the client went away
+            message = await receive()  # a body that stops arriving is answered 408 by guard_slow_clients
+            if message["type"] != "http.request":  # http.disconnect: the client went away (or was timed out)
                 return None
             chunk = message.get("body", b"")
             more = message.get("more_body", False)
@@ -404,15 +395,13 @@ class _QuietClientErrors(logging.Filter):
         return True
 
 
-def configure_app(app: Any, predictor: Any, *, max_body_bytes: int,
-                  read_timeout: float = DEFAULT_READ_TIMEOUT) -> None:
+def configure_app(app: Any, predictor: Any, *, max_body_bytes: int) -> None:
     """Add the middleware and error handlers to kserve's FastAPI app (before the server starts)."""
     from fastapi.exceptions import RequestValidationError
     from kserve.errors import InvalidInput, ModelNotFound
     from starlette.exceptions import HTTPException as StarletteHTTPException
 
-    app.add_middleware(GatewayMiddleware, predictor=predictor, max_body_bytes=max_body_bytes,
-                       read_timeout=read_timeout)
+    app.add_middleware(GatewayMiddleware, predictor=predictor, max_body_bytes=max_body_bytes)
     app.add_exception_handler(RequestError, _request_error_handler)
     app.add_exception_handler(RequestValidationError, _validation_error_handler)
     app.add_exception_handler(StarletteHTTPException, _http_error_handler)
@@ -492,12 +481,14 @@ def _is_json_type(ctype: bytes, v2: bool) -> bool:
     return not v2 and ctype in (b"", b"application/x-www-form-urlencoded")
 
 
-def guard_slow_clients(header_timeout: float) -> bool:
-    """Close a connection whose request line and headers have not all arrived ``header_timeout`` seconds
-    after it opened or after its request began (a 408 with a one-line JSON body when some had arrived).
-    uvicorn itself waits forever for them (its keep-alive timer runs only between requests), so a client
-    that trickles headers, or connects and sends nothing, would hold a connection for good. Patches
-    uvicorn's httptools protocol (the one ``serve`` uses); returns False if its internals changed."""
+def guard_slow_clients(header_timeout: float, read_timeout: float) -> bool:
+    """Time out clients that stall, which uvicorn itself never does (its keep-alive timer runs only between
+    requests): a connection whose request line and headers are not complete ``header_timeout`` seconds
+    after it opened or its request began is closed (with a 408 when some of a request had arrived); a body
+    that receives nothing for ``read_timeout`` seconds before the answer starts gets a 408 and the
+    connection is closed. Each connection only notes the time of its last step (an attribute write); one
+    sweep per ``SWEEP_S`` seconds looks at all of them, so no request pays for a timer. Patches uvicorn's
+    httptools protocol (the one ``serve`` uses); returns False if its internals changed."""
     import orjson
 
     try:
@@ -505,54 +496,68 @@ def guard_slow_clients(header_timeout: float) -> bool:
     except ImportError:  # pragma: no cover - httptools is in the lock
         return False
     proto = httptools_impl.HttpToolsProtocol
-    needed = ("connection_made", "connection_lost", "on_message_begin", "on_headers_complete")
+    needed = ("connection_made", "on_message_begin", "on_headers_complete", "on_body", "on_message_complete")
     if not all(hasattr(proto, n) for n in needed) or not hasattr(httptools_impl, "STATUS_LINE"):
         return False
     original = {n: getattr(proto, n) for n in needed}
     original = {n: getattr(original[n], "__tideline_original__", original[n]) for n in needed}
-    body = orjson.dumps({"error": f"the request headers did not arrive within {header_timeout:g} s"})
+    monotonic = time.monotonic
 
-    def expire(self: Any) -> None:
-        self._tideline_header_timer = None
-        if self.transport.is_closing():
-            return
-        m.SLOW_CLIENTS.labels(phase="headers").inc()
-        if getattr(self, "_tideline_began", False):
-            self.transport.write(b"".join([
-                httptools_impl.STATUS_LINE[408], b"content-type: application/json\r\n",
-                b"content-length: " + str(len(body)).encode() + b"\r\n", b"connection: close\r\n\r\n", body]))
-        self.transport.close()
+    def answer_408(self: Any, message: str) -> None:
+        body = orjson.dumps({"error": message})
+        self.transport.write(b"".join([
+            httptools_impl.STATUS_LINE[408], b"content-type: application/json\r\n",
+            b"content-length: " + str(len(body)).encode() + b"\r\n", b"connection: close\r\n\r\n", body]))
 
-    def arm(self: Any) -> None:
-        disarm(self)
-        self._tideline_header_timer = self.loop.call_later(header_timeout, expire, self)
-
-    def disarm(self: Any) -> None:
-        timer = getattr(self, "_tideline_header_timer", None)
-        if timer is not None:
-            timer.cancel()
-            self._tideline_header_timer = None
+    def sweep(loop: Any, connections: set[Any]) -> None:
+        now = monotonic()
+        for c in list(connections):
+            phase = getattr(c, "_tl_phase", None)
+            if phase is None or c.transport.is_closing():
+                continue
+            idle = now - c._tl_since
+            if phase in ("new", "headers") and idle > header_timeout:
+                m.SLOW_CLIENTS.labels(phase="headers").inc()
+                if phase == "headers":
+                    answer_408(c, f"the request headers did not arrive within {header_timeout:g} s")
+                c._tl_phase = None
+                c.transport.close()
+            elif phase == "body" and idle > read_timeout and c.cycle is not None \
+                    and not c.cycle.response_started:
+                m.SLOW_CLIENTS.labels(phase="body").inc()
+                answer_408(c, f"the body stopped arriving: nothing for {read_timeout:g} s")
+                c.cycle.response_started = True  # the app's own answer, if any, is not sent after it
+                c.cycle.scope[TIMED_OUT] = True  # the gateway counts it 408, not as a client gone (499)
+                c._tl_phase = None
+                c.transport.close()
+        loop.call_later(SWEEP_S, sweep, loop, connections)
 
     def connection_made(self: Any, transport: Any) -> None:
         original["connection_made"](self, transport)
-        self._tideline_began = False
-        arm(self)
+        self._tl_phase, self._tl_since = "new", monotonic()
+        if not getattr(self.server_state, "_tl_sweeping", False):
+            self.server_state._tl_sweeping = True
+            self.loop.call_later(SWEEP_S, sweep, self.loop, self.connections)
 
     def on_message_begin(self: Any) -> None:
         original["on_message_begin"](self)
-        self._tideline_began = True
-        arm(self)
+        self._tl_phase, self._tl_since = "headers", monotonic()
 
     def on_headers_complete(self: Any) -> None:
-        disarm(self)
+        self._tl_phase, self._tl_since = "body", monotonic()
         original["on_headers_complete"](self)
 
-    def connection_lost(self: Any, exc: Exception | None) -> None:
-        disarm(self)
-        original["connection_lost"](self, exc)
+    def on_body(self: Any, body: bytes) -> None:
+        self._tl_since = monotonic()
+        original["on_body"](self, body)
+
+    def on_message_complete(self: Any) -> None:
+        self._tl_phase = None
+        original["on_message_complete"](self)
 
     for name, fn in (("connection_made", connection_made), ("on_message_begin", on_message_begin),
-                     ("on_headers_complete", on_headers_complete), ("connection_lost", connection_lost)):
+                     ("on_headers_complete", on_headers_complete), ("on_body", on_body),
+                     ("on_message_complete", on_message_complete)):
         fn.__tideline_original__ = original[name]  # type: ignore[attr-defined]
         setattr(proto, name, fn)
     return True
@@ -634,10 +639,10 @@ def serve(predictor: Any, *, http_port: int, max_body_bytes: int, host: str = "1
     """Run kserve's ModelServer (REST only, one process) with ``predictor`` until a signal stops it."""
     import kserve.model_server as ks
 
-    configure_app(ks.app, predictor, max_body_bytes=max_body_bytes, read_timeout=read_timeout)
+    configure_app(ks.app, predictor, max_body_bytes=max_body_bytes)
     json_protocol_errors()
-    if not guard_slow_clients(header_timeout):
-        log.warning("uvicorn's protocol changed: the %.0f s header timeout is not applied", header_timeout)
+    if not guard_slow_clients(header_timeout, read_timeout):
+        log.warning("uvicorn's protocol changed: the header and body timeouts are not applied")
     listen_on(host, max_connections)
     server = ks.ModelServer(http_port=http_port, enable_grpc=False, enable_latency_logging=False, workers=1)
     quiet_per_request_logs()

@@ -491,6 +491,7 @@ def data_synth(
 from tideline.cli_demo import demo  # noqa: E402  (they import this module lazily)
 from tideline.cli_drift import drift_app  # noqa: E402
 from tideline.cli_feedback import feedback  # noqa: E402
+from tideline.cli_loop import loop_app  # noqa: E402
 from tideline.cli_pipeline import pipeline_app  # noqa: E402
 from tideline.cli_rollout import rollout_app, serve  # noqa: E402
 from tideline.cli_trigger import trigger_app  # noqa: E402
@@ -501,6 +502,7 @@ app.command("feedback")(feedback)
 app.add_typer(rollout_app, name="rollout")
 app.command("serve")(serve)
 app.add_typer(trigger_app, name="trigger")
+app.add_typer(loop_app, name="loop")
 app.command("demo")(demo)
 
 

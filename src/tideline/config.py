@@ -122,6 +122,40 @@ class TriggerConfig(BaseModel):
         return self
 
 
+class LoopRolloutConfig(BaseModel):
+    """How the loop rolls out an approved candidate (``tideline.rollout``): shadow, canary steps, thresholds."""
+
+    name: str = Field("tideline", description="the rollout's (and the served model's) name")
+    shadow_seconds: float = Field(60.0, ge=0, description="minimum time in shadow; 0 skips shadow")
+    min_labelled: int = Field(0, ge=0, description="labelled live outcomes needed to leave shadow")
+    steps: list[int] = Field(default_factory=lambda: [10, 25, 50, 100], description="canary weights, %")
+    interval_seconds: float = Field(30.0, gt=0, description="seconds between analyses")
+    failure_limit: int = Field(2, ge=1, description="consecutive failed analyses that roll back")
+    max_inconclusive: int = Field(20, ge=0, description="inconclusive analyses in a row that roll back")
+    max_error_rate: float = Field(0.01, ge=0, le=1)
+    max_p99_latency_ms: float = Field(250.0, gt=0)
+    min_requests: int = Field(20, ge=1, description="candidate requests per interval to judge it")
+    accuracy_margin: float = Field(0.02, ge=0, le=1, description="live accuracy the candidate may lose")
+    min_outcomes: int = Field(50, ge=1, description="labelled live outcomes per side before accuracy counts")
+
+
+class LoopConfig(BaseModel):
+    """The continuous-learning loop (``tideline loop``): where new bars arrive and how each tick acts."""
+
+    bars: str = Field("", description="where new bar files arrive: a directory or s3://bucket/prefix ('' = none)")
+    settle_seconds: float = Field(60.0, ge=0, description="a file modified more recently is still being written")
+    restatements: Literal["refuse", "newer"] = Field(
+        "refuse", description="a bar restating a stored one (same symbol and time, other values): refuse the "
+                              "file, or take the newer values")
+    monitor_bars: int = Field(300, ge=10, description="bars (per symbol) the trigger rules look back over")
+    drift_every_hours: float = Field(24.0, gt=0, description="a drift check of production at most this often")
+    min_window_bars: int = Field(200, ge=10, description="bars of a new regime needed before a retrain uses it")
+    lookback_bars: int | None = Field(None, ge=10, description="training window without a detected change "
+                                                               "(bars per symbol; None = all stored history)")
+    lease_seconds: float = Field(3600.0, gt=0, description="a tick holding the loop lock longer than this has died")
+    rollout: LoopRolloutConfig = LoopRolloutConfig()
+
+
 class DataConfig(BaseModel):
     """How market data is read and what is refused (``tideline.data``)."""
 
@@ -218,6 +252,7 @@ class Settings(BaseSettings):
     policy: PolicyConfig = PolicyConfig()
     drift: DriftConfig = DriftConfig()
     triggers: TriggerConfig = TriggerConfig()
+    loop: LoopConfig = LoopConfig()
 
     def registry_uri(self) -> str:
         if self.registry:

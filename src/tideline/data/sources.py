@@ -23,6 +23,8 @@ import os
 import re
 import warnings
 import zlib
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -391,6 +393,70 @@ def _load_s3(uri: str, endpoint_url: str | None, limit: int) -> pd.DataFrame:
 
 
 # ------------------------------------------------------------------------------------------ public
+@dataclass(frozen=True)
+class SourceFile:
+    """One bar file of a location: ``name`` (the path or ``s3://bucket/key``), ``size`` in bytes,
+    ``modified`` (epoch seconds) and ``read()`` for its bytes."""
+
+    name: str
+    size: int
+    modified: float
+    read: Callable[[], bytes]
+
+
+def list_source_files(location: str | os.PathLike[str], *, endpoint_url: str | None = None) -> list[SourceFile]:
+    """The bar files of a directory or an S3 prefix, sorted by name. Only names with a bar suffix count, so a
+    file written under a temporary name (``x.csv.part``, ``x.csv.tmp``) and renamed when complete is seen only
+    once complete; names starting with ``.`` or ``_`` are skipped."""
+    text = os.fspath(location)
+
+    def usable(name: str) -> bool:
+        base = name.rsplit("/", 1)[-1]
+        return bool(file_kind(base)) and not base.startswith((".", "_"))
+
+    if text.startswith("s3://"):
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        bucket, _, prefix = text[len("s3://"):].partition("/")
+        base = prefix.rstrip("/")
+        client = _s3_client(endpoint_url)
+        out: list[SourceFile] = []
+        try:
+            for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=base):
+                for obj in page.get("Contents", []):
+                    key = obj["Key"]
+                    if (not base or key.startswith(base + "/")) and usable(key):
+                        out.append(SourceFile(
+                            f"s3://{bucket}/{key}", int(obj.get("Size", 0)), obj["LastModified"].timestamp(),
+                            (lambda k=key: bytes(client.get_object(Bucket=bucket, Key=k)["Body"].read()))))
+        except (BotoCoreError, ClientError) as e:
+            where = endpoint_url or os.environ.get("AWS_ENDPOINT_URL") or "AWS S3"
+            raise StorageUnavailable(f"cannot list {text} ({where}): {' '.join(str(e).split())[:200]}") from None
+        return sorted(out, key=lambda f: f.name)
+    if text.startswith("file://"):
+        text = text[len("file://"):]
+    root = Path(text).expanduser()
+    if not root.is_dir():
+        raise DataError(f"bar location {root} is not a directory")
+    files = []
+    for p in sorted(root.rglob("*")):
+        rel = p.relative_to(root).parts
+        if p.is_file() and usable(p.name) and not any(part.startswith((".", "_")) for part in rel[:-1]):
+            st = p.stat()
+            files.append(SourceFile(str(p), st.st_size, st.st_mtime, p.read_bytes))
+    return files
+
+
+def read_bars_bytes(data: bytes, name: str, *, max_bytes: int | str | None = None) -> pd.DataFrame:
+    """Raw bars from the bytes of one file named ``name`` (its suffix says CSV, CSV.gz or Parquet)."""
+    limit = max_input_bytes(max_bytes)
+    if not data:
+        raise DataError(f"{name} is empty")
+    if limit and len(data) > limit:
+        raise _too_big(name, len(data), limit)
+    return _concat([_read_one(data, name, limit)], [name], name)
+
+
 def load_bars(source: str | os.PathLike[str], *, endpoint_url: str | None = None,
               max_bytes: int | str | None = None) -> pd.DataFrame:
     """Read raw bars from a file, a directory of files, or ``s3://bucket/prefix``.

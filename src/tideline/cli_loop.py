@@ -1,0 +1,119 @@
+"""``tideline loop [--once] | loop status | loop history``: the continuous-learning loop (``tideline.loop``).
+
+Wired into the root CLI with ``app.add_typer(loop_app, name="loop")``; the root helpers are imported inside
+the commands (``tideline.cli`` imports this module).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated, Any, Optional
+
+import typer
+
+from tideline.cli_trigger import _parse_now
+
+loop_app = typer.Typer(
+    help="The continuous-learning loop: ingest new bars, monitor production, retrain when a rule fires, roll "
+         "out the approved candidate. `tideline loop --once` runs one tick.",
+    invoke_without_command=True,
+)
+
+
+def _make_loop(ctx: typer.Context, now: str | None) -> Any:
+    from tideline.cli import _open_registry, _state
+    from tideline.loop.core import Loop, recent_bars_path
+    from tideline.loop.rollouts import DetachedRollouts
+
+    st = _state(ctx)
+    s = st.settings()
+    reg = _open_registry(s)
+    fixed = _parse_now(now)
+    clock = (lambda: fixed) if fixed is not None else None
+    rollouts = DetachedRollouts(s, reg, config_path=st.config, bars=str(recent_bars_path(s).resolve()))
+    return Loop(s, reg, rollouts=rollouts, **({"clock": clock} if clock else {}))
+
+
+def _show_tick(rec: dict[str, Any]) -> None:
+    from rich.text import Text
+
+    from tideline.cli import out
+
+    colour = {"ok": "green", "busy": "yellow", "failed": "red"}.get(rec["outcome"], "white")
+    out.print(Text(f"tick {rec['id']} at {rec['at']}: {rec['outcome']}", colour)
+              .append(f" ({rec['seconds']:.1f} s)" if rec.get("seconds") else ""))
+    for step in rec["steps"]:
+        out.print(Text(f"  {step['step']:<8} {step['outcome']:<11} ", "bold").append(step["summary"]),
+                  soft_wrap=True)
+    for d in rec["did"]:
+        out.print(Text("  did: ", "cyan").append(d), soft_wrap=True)
+    if rec.get("error"):
+        out.print(Text("  error: ", "red").append(rec["error"]), soft_wrap=True)
+
+
+@loop_app.callback()
+def loop(
+    ctx: typer.Context,
+    once: Annotated[bool, typer.Option("--once", help="Run one tick and exit.")] = False,
+    now: Annotated[Optional[str], typer.Option(help="The loop's clock for this tick (ISO time); default: now.")] = None,
+    every: Annotated[float, typer.Option(min=1.0, help="Seconds between ticks when running continuously.")] = 3600.0,
+    wait: Annotated[float, typer.Option(min=0, help="Seconds to wait for another tick holding the loop.")] = 0.0,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Run the loop: one tick with --once, else a tick every --every seconds until stopped (Ctrl-C)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from tideline.cli import _print_json
+
+    lp = _make_loop(ctx, now)
+    while True:
+        rec = lp.tick(wait_s=wait)
+        _print_json(rec) if as_json else _show_tick(rec)
+        if once:
+            if rec["outcome"] == "failed":
+                raise typer.Exit(1)
+            return
+        time.sleep(every)
+
+
+@loop_app.command("status")
+def loop_status(ctx: typer.Context, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """The latest tick, production, and any rollout in flight."""
+    from tideline.cli import _open_registry, _print_json, _state, out
+    from tideline.loop.core import list_ticks
+    from tideline.loop.ingest import stored_months
+    from tideline.loop.rollouts import DetachedRollouts
+
+    s = _state(ctx).settings()
+    reg = _open_registry(s, must_exist=True)
+    ticks = list_ticks(reg, limit=1)
+    doc = {"production": reg.aliases().get("production"), "last_tick": ticks[0] if ticks else None,
+           "rollout": DetachedRollouts(s, reg).active(), "bar_months": stored_months(reg.store)}
+    if as_json:
+        _print_json(doc)
+        return
+    out.print(f"production: {doc['production'] or 'none'}; rollout in flight: "
+              f"{'none' if doc['rollout'] is None else doc['rollout']['candidate'] + ' ' + doc['rollout']['phase']}; "
+              f"bars stored: {len(doc['bar_months'])} month(s)", highlight=False)
+    if ticks:
+        _show_tick(ticks[0])
+    else:
+        out.print("no tick yet: run `tideline loop --once`")
+
+
+@loop_app.command("history")
+def loop_history(ctx: typer.Context, limit: Annotated[int, typer.Option(min=1)] = 20,
+                 as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """The latest ticks, newest first: what each saw, did, and why."""
+    from tideline.cli import _open_registry, _print_json, _state, out
+    from tideline.loop.core import list_ticks
+
+    reg = _open_registry(_state(ctx).settings(), must_exist=True)
+    ticks = list_ticks(reg, limit=limit)
+    if as_json:
+        _print_json(ticks)
+        return
+    if not ticks:
+        out.print("no tick yet: run `tideline loop --once`")
+    for rec in ticks:
+        _show_tick(rec)

@@ -1,0 +1,419 @@
+"""The continuous-learning loop: one **tick** ingests new bars, monitors production, decides, retrains, rolls
+out, and writes one record of what it saw, what it did and why.
+
+A tick, in order (each step's outcome goes into the record; a step that fails records its one-line reason
+and the steps that depend on it are skipped — production is never touched by a failed step):
+
+1. **lease** — one tick at a time per registry: ``loop/lock.json`` (the run lock's create-only / compare-and-
+   swap protocol). A holder whose process is gone (same host, dead pid) is taken over at once; another live
+   tick makes this one wait (``wait_s``) and then record that it was busy.
+2. **ingest** — new files of ``loop.bars`` into the bar store (``tideline.loop.ingest``).
+3. **monitor** — realized outcomes joined to the prediction log since production was deployed
+   (``live-metrics.json``: live accuracy, Sharpe, change points on live errors); a drift check of production
+   every ``loop.drift_every_hours``.
+4. **rollout** — a rollout in flight is checked; if its controller died (its lease ran out) it is restarted
+   once per tick and that is recorded. While one is in flight nothing is retrained.
+5. **decide + retrain** — the trigger rules (``tideline.triggers.run_if_needed``, under the retraining run
+   lock); when one fires, the training window comes from the change points detected on production's live
+   outcomes (``triggers.training_window``: only bars of the new regime once enough exist, else the latest
+   ``loop.lookback_bars``) and the retraining pipeline runs on exactly those bars.
+6. **roll out** — an approved candidate gets its rollout started (shadow, canary steps, automatic rollback:
+   ``loop.rollout``); with nothing in production the pipeline promotes directly.
+
+The clock is injected (``clock``): ``--now`` for a fixed instant, an accelerated clock for replays.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, Final, Protocol
+
+import pandas as pd
+
+from tideline.config import Settings
+from tideline.errors import PolicyError, TidelineError
+from tideline.loop.ingest import ingest, stored_bars
+from tideline.registry import Registry
+from tideline.registry.store import NotFound, PreconditionFailed
+from tideline.triggers import (
+    DRIFT_ATTACHMENT,
+    LockInfo,
+    RunLock,
+    run_if_needed,
+    training_window,
+    utcnow,
+)
+
+log = logging.getLogger(__name__)
+
+TICKS_PREFIX: Final = "loop/ticks/"
+LOCK_KEY: Final = "loop/lock.json"
+Clock = Callable[[], datetime]
+
+
+# ---- what the loop drives ------------------------------------------------------------------------------------
+class Pipeline(Protocol):
+    """Runs the retraining pipeline on ``source`` (the training window's bars); ``run_local``'s summary."""
+
+    def __call__(self, settings: Settings, *, source: str | Path, rollout_mode: str, reason: str) -> dict[str, Any]:
+        ...
+
+
+class Rollouts(Protocol):
+    """Starts rollouts and keeps their controllers alive (one reconcile loop: ``tideline.rollout``)."""
+
+    def active(self) -> dict[str, Any] | None:
+        """The rollout in flight (``{"name", "phase", "weight", "candidate", "controller_alive"}``), or None."""
+        ...
+
+    def restart(self) -> str:
+        """Start a new controller for the rollout in flight (the old one died); what was done."""
+        ...
+
+    def start(self, candidate: str, baseline: str, reason: str) -> str:
+        """Create the rollout of ``candidate`` against ``baseline`` and start its controller; what was done."""
+        ...
+
+
+def local_pipeline(settings: Settings, *, source: str | Path, rollout_mode: str, reason: str) -> dict[str, Any]:
+    """The retraining pipeline on this machine (``kfp.local``)."""
+    from tideline.orchestration import run_local
+
+    return run_local(settings, source=source, rollout_mode=rollout_mode, reason=reason)
+
+
+# ---- the record of a tick ------------------------------------------------------------------------------------
+@dataclass
+class TickRecord:
+    id: str
+    at: str  # the loop's clock
+    wall: str  # when it really ran
+    steps: list[dict[str, Any]] = field(default_factory=list)
+    did: list[str] = field(default_factory=list)
+    outcome: str = "ok"  # ok | busy | failed
+    error: str | None = None
+    seconds: float = 0.0
+
+    def step(self, name: str, outcome: str, summary: str, **detail: Any) -> dict[str, Any]:
+        entry = {"step": name, "outcome": outcome, "summary": summary, **detail}
+        self.steps.append(entry)
+        return entry
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "at": self.at, "wall": self.wall, "outcome": self.outcome, "error": self.error,
+                "did": self.did, "steps": self.steps, "seconds": round(self.seconds, 3)}
+
+
+def write_record(registry: Registry, rec: TickRecord) -> str:
+    key = f"{TICKS_PREFIX}{rec.wall.replace(':', '').replace('-', '')[:22]}-{rec.id}.json"
+    registry.store.put(key, json.dumps(rec.to_dict(), indent=1, default=str).encode(), if_none_match=True)
+    return key
+
+
+def list_ticks(registry: Registry, limit: int = 20) -> list[dict[str, Any]]:
+    """The latest tick records, newest first (unreadable ones are skipped)."""
+    out = []
+    for key in sorted(registry.store.list(TICKS_PREFIX), reverse=True)[:limit]:
+        try:
+            out.append(json.loads(registry.store.get(key)[0]))
+        except (NotFound, ValueError):
+            continue
+    return out
+
+
+# ---- the loop lease ----------------------------------------------------------------------------------------
+def _holder_dead(info: LockInfo) -> bool:
+    """True when the holder ran on this host and its process is gone (a killed tick)."""
+    host, _, pid = info.owner.rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+class LoopLease:
+    """One tick at a time: the run lock's protocol on ``loop/lock.json``, taking over a dead holder."""
+
+    def __init__(self, registry: Registry, ttl_s: float, clock: Clock) -> None:
+        self.lock = RunLock(registry.store, ttl_s, clock=clock, key=LOCK_KEY)
+
+    def acquire(self, tick_id: str, wait_s: float) -> LockInfo | None:
+        """None when taken; else the live holder that kept it for ``wait_s`` seconds."""
+        deadline = time.monotonic() + wait_s
+        while True:
+            if self.lock.acquire(tick_id, "loop tick"):
+                return None
+            holder = self.lock.current()
+            if holder is not None and _holder_dead(holder):
+                log.warning("loop lease held by %s, whose process is gone: taken over", holder.owner)
+                self._take_over(holder)
+                continue
+            if holder is None:
+                continue
+            if time.monotonic() >= deadline:
+                return holder
+            time.sleep(min(1.0, max(0.05, deadline - time.monotonic())))
+
+    def _take_over(self, dead: LockInfo) -> None:
+        raw, etag = self.lock.store.get(self.lock.key)
+        doc = json.loads(raw)
+        if doc.get("run_id") != dead.run_id:
+            return
+        doc["released"] = True
+        doc["released_at"] = utcnow().isoformat()
+        doc["released_by"] = "a later tick: the holder's process was gone"
+        try:
+            self.lock.store.put(self.lock.key, json.dumps(doc, indent=1).encode(), if_match=etag)
+        except PreconditionFailed:
+            pass
+
+    def release(self, tick_id: str) -> None:
+        try:
+            self.lock.release(tick_id)
+        except PolicyError as e:  # lease ran out and another tick took it: nothing of ours to release
+            log.warning("%s", e)
+
+
+# ---- the loop ------------------------------------------------------------------------------------------------
+class Loop:
+    def __init__(self, settings: Settings, registry: Registry, *, rollouts: Rollouts | None,
+                 pipeline: Pipeline | None = None, clock: Clock = utcnow, workdir: Path | None = None) -> None:
+        self.s = settings
+        self.registry = registry
+        self.rollouts = rollouts
+        self.pipeline = pipeline or local_pipeline
+        self.clock = clock
+        self.workdir = Path(workdir or Path(settings.home) / "loop")
+
+    # -- one tick --------------------------------------------------------------------------------------------
+    def tick(self, *, wait_s: float = 0.0) -> dict[str, Any]:
+        now = _aware(self.clock())
+        rec = TickRecord(id=uuid.uuid4().hex[:12], at=now.isoformat(), wall=datetime.now(UTC).isoformat())
+        t0 = time.perf_counter()
+        lease = LoopLease(self.registry, self.s.loop.lease_seconds, self.clock)
+        holder = lease.acquire(rec.id, wait_s)
+        if holder is not None:
+            rec.outcome = "busy"
+            rec.step("lease", "busy", f"another tick holds the loop ({holder.owner}, since {holder.acquired_at})")
+            rec.seconds = time.perf_counter() - t0
+            write_record(self.registry, rec)
+            return rec.to_dict()
+        try:
+            self._run(rec, now)
+        except TidelineError as e:
+            rec.outcome, rec.error = "failed", str(e)
+            log.error("loop tick %s failed: %s", rec.id, e)
+        finally:
+            lease.release(rec.id)
+        rec.seconds = time.perf_counter() - t0
+        write_record(self.registry, rec)
+        return rec.to_dict()
+
+    def _run(self, rec: TickRecord, now: datetime) -> None:
+        cfg = self.s.loop
+        if cfg.bars:
+            rep = ingest(self.registry.store, cfg.bars, now=now.timestamp(), settle_s=cfg.settle_seconds,
+                         restatements=cfg.restatements, endpoint_url=self.s.endpoint_url(),
+                         naive_timezone=self.s.data.naive_timezone)
+            rec.step("ingest", "refused" if rep.refused else "ok", rep.summary(), report=rep.to_dict())
+        bars = stored_bars(self.registry.store)
+        if len(bars) == 0:
+            rec.step("monitor", "skipped", "no bars stored yet: nothing to monitor or learn from")
+            return
+        _write_atomic(_recent(bars, cfg.monitor_bars + 200), recent_bars_path(self.s))  # for rollouts' outcomes
+        production = self.registry.aliases().get("production")
+        live = self._monitor(rec, bars, production, now)
+        if self._rollout_in_flight(rec):
+            return
+        self._decide(rec, bars, production, live, now)
+
+    # -- monitor ---------------------------------------------------------------------------------------------
+    def _monitor(self, rec: TickRecord, bars: pd.DataFrame, production: str | None,
+                 now: datetime) -> dict[str, Any] | None:
+        if production is None:
+            rec.step("monitor", "skipped", "nothing in production yet")
+            return None
+        from tideline.feedback import run_feedback
+
+        since = self._deployed_at(production)
+        try:
+            fb = run_feedback(self.registry, bars, since=since, now=now)
+        except TidelineError as e:
+            rec.step("monitor", "failed", f"live outcomes: {e}")
+            return None
+        m = fb.versions.get(production)
+        cps = [c.to_dict() for c in fb.change_points.get(production, [])]
+        summary = (f"{production}: {m.n} live outcome(s) since {since:%Y-%m-%d %H:%M}, directional accuracy "
+                   f"{_fmt(m.directional_accuracy)}, Sharpe {_fmt(m.sharpe)}" if m and m.n else
+                   f"{production}: no realized outcomes yet")
+        if cps:
+            summary += f"; {len(cps)} change point(s) in its live errors, the latest at {cps[-1].get('timestamp')}"
+        rec.step("monitor", "ok", summary, predictions=fb.n_predictions, change_points=cps)
+        self._maybe_drift(rec, bars, production, now)
+        return {"change_points": cps}
+
+    def _deployed_at(self, production: str) -> datetime:
+        """When production was last promoted (its live record starts there)."""
+        for ev in reversed(self.registry.history()):
+            if ev.action in ("promote", "rollback") and ev.version == production:
+                t = pd.Timestamp(ev.at)
+                return (t.tz_localize("UTC") if t.tzinfo is None else t.tz_convert("UTC")).to_pydatetime()
+        return datetime(1970, 1, 1, tzinfo=UTC)
+
+    def _maybe_drift(self, rec: TickRecord, bars: pd.DataFrame, production: str, now: datetime) -> None:
+        from tideline.drift import run_drift_check
+
+        last = self._attachment(production, DRIFT_ATTACHMENT)
+        last_at = pd.Timestamp(last["checked_at"]) if last and last.get("checked_at") else None
+        if last_at is not None:
+            last_at = last_at.tz_localize("UTC") if last_at.tzinfo is None else last_at.tz_convert("UTC")
+            if now - last_at.to_pydatetime() < timedelta(hours=self.s.loop.drift_every_hours):
+                return
+        recent = _recent(bars, self.s.loop.monitor_bars + 100)
+        try:
+            out = run_drift_check(self.registry, recent, cfg=self.s.drift, now=now)
+        except TidelineError as e:
+            rec.step("drift", "failed", f"drift check of {production}: {e}")
+            return
+        res = out.result
+        rec.step("drift", "ok", f"{production}: {len(res.drifted_columns())} of {len(res.columns)} features "
+                 f"drifted (share {res.drifted_share:.2f}, the rule fires at {self.s.triggers.drift_share_threshold})")
+
+    def _attachment(self, version: str, name: str) -> dict[str, Any] | None:
+        try:
+            return json.loads(self.registry.get_attachment(version, name))
+        except (TidelineError, ValueError, NotFound):
+            return None
+
+    # -- rollouts --------------------------------------------------------------------------------------------
+    def _rollout_in_flight(self, rec: TickRecord) -> bool:
+        if self.rollouts is None:
+            return False
+        try:
+            act = self.rollouts.active()
+        except TidelineError as e:
+            rec.step("rollout", "failed", f"rollout status: {e}")
+            return True  # unknown: do not start another
+        if act is None:
+            return False
+        what = f"rollout {act['name']} of {act['candidate']} in flight: {act['phase']} {act.get('weight', 0)}%"
+        if not act.get("controller_alive", True):
+            done = self.rollouts.restart()
+            rec.did.append(done)
+            rec.step("rollout", "restarted", f"{what}; its controller had died: {done}")
+        else:
+            rec.step("rollout", "in_flight", f"{what}; nothing is retrained meanwhile")
+        return True
+
+    # -- decide, retrain, roll out -----------------------------------------------------------------------------
+    def _decide(self, rec: TickRecord, bars: pd.DataFrame, production: str | None,
+                live: dict[str, Any] | None, now: datetime) -> None:
+        times = pd.DatetimeIndex(bars["timestamp"].unique()).sort_values()
+        recent = _recent(bars, self.s.loop.monitor_bars)
+
+        def retrain(*, settings: Settings, reason: str) -> dict[str, Any]:
+            cfg = settings.loop
+            win = training_window(live, times, min_bars=cfg.min_window_bars,
+                                  lookback_bars=cfg.lookback_bars or len(times))
+            if not win.ready:
+                return {"deferred": win.to_dict()}
+            window = bars[bars["timestamp"] >= win.start] if win.start is not None else bars
+            lake = self.workdir / "lake" / f"{now:%Y%m%dT%H%M%S}-{rec.id}.parquet"
+            lake.parent.mkdir(parents=True, exist_ok=True)
+            window.to_parquet(lake, index=False)
+            mode = "rollout" if production else "direct"
+            res = self.pipeline(settings, source=lake, rollout_mode=mode, reason=reason[:200])
+            return {"window": win.to_dict(), "rows": len(window), **{k: res.get(k) for k in (
+                "run_id", "versions", "decision", "best", "reasons", "candidate", "promoted", "seconds")}}
+
+        try:
+            decision = run_if_needed(self.registry, self.s, starter=retrain, bars=recent, now=now, clock=self.clock)
+        except TidelineError as e:
+            rec.step("retrain", "failed", f"the retraining run failed: {e}")
+            return
+        report = decision["report"]
+        rules = [{"name": r["name"], "fired": r["fired"], "reason": r["reason"]} for r in report["rules"]
+                 if r["reason"] != "rule disabled"]
+        if not decision["started"]:
+            rec.step("decide", "busy" if report["fired"] else "no_retrain", decision["reason"], rules=rules)
+            return
+        rec.step("decide", "retrain", decision["reason"], rules=rules)
+        res = decision["result"] or {}
+        if "deferred" in res:
+            rec.step("retrain", "deferred", f"deferred: {res['deferred']['reason']}", window=res["deferred"])
+            return
+        rec.did.append(f"retrained on {res['rows']:,} bars ({res['window']['reason']}): run {res.get('run_id')}")
+        best = res.get("best") or {}
+        rec.step("retrain", "approved" if best else "rejected",
+                 _gate_summary(res), run_id=res.get("run_id"), versions=res.get("versions"),
+                 window=res.get("window"))
+        if res.get("promoted"):
+            rec.did.append(f"promoted {res['promoted']} (nothing was in production)")
+        elif res.get("candidate") and production:
+            self._start_rollout(rec, res["candidate"], production, decision["reason"])
+
+    def _start_rollout(self, rec: TickRecord, candidate: str, baseline: str, reason: str) -> None:
+        if self.rollouts is None:
+            rec.step("rollout", "skipped", f"{candidate} is approved; no rollout driver: start it with "
+                     "`tideline rollout start`")
+            return
+        try:
+            done = self.rollouts.start(candidate, baseline, reason)
+        except TidelineError as e:
+            rec.step("rollout", "failed", f"could not start the rollout of {candidate}: {e}")
+            return
+        rec.did.append(done)
+        rec.step("rollout", "started", done)
+
+
+def recent_bars_path(settings: Settings) -> Path:
+    """Where each tick leaves the latest bars, for the live outcomes of the rollouts it starts."""
+    return Path(settings.home) / "loop" / "recent-bars.parquet"
+
+
+def _write_atomic(df: pd.DataFrame, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    df.to_parquet(tmp, index=False)
+    os.replace(tmp, path)
+
+
+def _aware(t: datetime) -> datetime:
+    return t.replace(tzinfo=UTC) if t.tzinfo is None else t.astimezone(UTC)
+
+
+def _recent(bars: pd.DataFrame, n: int) -> pd.DataFrame:
+    """The latest ``n`` bar times of every symbol."""
+    times = bars["timestamp"].drop_duplicates().sort_values()
+    start = times.iloc[max(0, len(times) - n)]
+    return bars[bars["timestamp"] >= start].reset_index(drop=True)
+
+
+def _fmt(x: Any) -> str:
+    return "-" if x is None or x != x else f"{x:.3f}"
+
+
+def _gate_summary(res: dict[str, Any]) -> str:
+    best = res.get("best") or {}
+    versions = res.get("versions") or {}
+    reg = ", ".join(f"{v} ({f})" for f, v in versions.items()) or "nothing"
+    if best:
+        why = "; ".join((res.get("reasons") or {}).get(best.get("family"), [])[-2:])
+        return f"registered {reg}; {best.get('version')} ({best.get('family')}) approved: {why}"
+    reasons = res.get("reasons") or {}
+    return f"registered {reg}; every candidate rejected: " + "; ".join(
+        f"{fam}: {', '.join(r[:2])}" for fam, r in reasons.items())

@@ -1,0 +1,81 @@
+"""How the loop starts and watches rollouts: the rollout document in the registry store, advanced by the one
+rollout controller (``tideline rollout resume``, running in its own process) — the loop never steps a
+rollout itself, it starts it and restarts a controller that died."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from tideline.config import LoopRolloutConfig, Settings
+from tideline.errors import ConfigError
+from tideline.registry import Registry
+from tideline.rollout.analysis import Thresholds
+from tideline.rollout.controller import create_rollout, list_rollouts, load_rollout
+from tideline.rollout.machine import RolloutSpec, ShadowSpec
+
+
+def rollout_spec(cfg: LoopRolloutConfig, candidate: str, baseline: str, bars: str | None) -> RolloutSpec:
+    """The rollout of ``candidate`` against ``baseline`` that the settings describe."""
+    try:
+        return RolloutSpec(
+            name=cfg.name, target=cfg.name, candidate=candidate, baseline=baseline,
+            shadow=ShadowSpec(min_duration_s=cfg.shadow_seconds, min_labelled=cfg.min_labelled),
+            steps=tuple(cfg.steps), interval_s=cfg.interval_seconds, failure_limit=cfg.failure_limit,
+            max_inconclusive=cfg.max_inconclusive, bars=bars,
+            thresholds=Thresholds(max_error_rate=cfg.max_error_rate, max_p99_latency_ms=cfg.max_p99_latency_ms,
+                                  min_requests=cfg.min_requests, accuracy_margin=cfg.accuracy_margin,
+                                  min_labelled=cfg.min_outcomes))
+    except ValueError as e:
+        raise ConfigError(f"loop.rollout: {e}") from None
+
+
+class DetachedRollouts:
+    """Rollouts run by ``tideline rollout resume`` processes started here (the embedded default); their live
+    outcomes come from ``bars`` (the loop's recent bars, written where the controller can read them)."""
+
+    def __init__(self, settings: Settings, registry: Registry, *, config_path: Path | None = None,
+                 bars: str | None = None) -> None:
+        self.s = settings
+        self.registry = registry
+        self.config_path = config_path
+        self.bars = bars
+        self.name = settings.loop.rollout.name
+
+    def active(self) -> dict[str, Any] | None:
+        if self.name not in list_rollouts(self.registry.store):
+            return None
+        doc, _ = load_rollout(self.registry.store, self.name)
+        if doc.status.terminal:
+            return None
+        alive = doc.owner is not None and doc.lease_until > time.time()
+        return {"name": self.name, "phase": doc.status.phase.value, "weight": doc.status.weight,
+                "candidate": doc.spec.candidate, "controller_alive": alive}
+
+    def _spawn(self) -> int:
+        argv = [sys.executable, "-m", "tideline", "--registry", self.registry.store.uri]
+        if self.config_path is not None:
+            argv += ["--config", str(self.config_path)]
+        argv += ["rollout", "resume", "--name", self.name]
+        log_path = Path(self.s.home) / "serving" / "logs" / f"rollout-{self.name}.log"
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(log_path, "ab") as logf:
+            p = subprocess.Popen(argv, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                 start_new_session=True)
+        return p.pid
+
+    def restart(self) -> str:
+        pid = self._spawn()
+        return f"restarted the controller of rollout {self.name} (pid {pid})"
+
+    def start(self, candidate: str, baseline: str, reason: str) -> str:
+        spec = rollout_spec(self.s.loop.rollout, candidate, baseline, self.bars)
+        create_rollout(self.registry.store, spec, time.time())
+        self.registry.set_alias("candidate", candidate, reason=f"loop: {reason}"[:300], actor="loop")
+        pid = self._spawn()
+        return (f"started rollout {self.name}: {candidate} vs production {baseline} (shadow "
+                f"{spec.shadow.min_duration_s:g} s, canary {'/'.join(map(str, spec.canary_weights))}%; "
+                f"controller pid {pid})")

@@ -5,7 +5,9 @@ characters, the listening address, and the v2 metadata."""
 from __future__ import annotations
 
 import json
+import selectors
 import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -194,3 +196,30 @@ def test_v2_metadata_names_the_features(fx: Fixture, srv: Server) -> None:
     assert names == [*fx.columns, "symbol", "timestamp"]
     assert {i["datatype"] for i in meta["inputs"][: len(fx.columns)]} == {"FP64"}
     assert meta["outputs"] == [{"name": "prediction", "datatype": "FP64", "shape": [-1]}]
+
+
+def test_beyond_max_connections_a_request_gets_a_json_503(fx: Fixture) -> None:
+    capped = start_server(fx, "--ref", "v1", "--reload-interval", "0", "--max-connections", "5",
+                          "--read-timeout", "30", name="capped")
+    socks = []
+    try:
+        for _ in range(8):  # connections that stay open mid-body
+            s = socket.create_connection(("127.0.0.1", capped.port), timeout=30)
+            s.sendall(head(V1, 100) + b'{"inst')
+            socks.append(s)
+        answered = []
+        sel = selectors.DefaultSelector()  # the ones beyond the cap are answered at once, the others wait
+        for s in socks:
+            sel.register(s, selectors.EVENT_READ)
+        deadline = time.monotonic() + 60  # a hang guard
+        while len(answered) < 3 and time.monotonic() < deadline:
+            for key, _ in sel.select(1.0):
+                status, headers, body = read_response(key.fileobj)  # type: ignore[arg-type]
+                answered.append((status, error_of(body), headers.get("retry-after")))
+                sel.unregister(key.fileobj)
+        sel.close()
+        assert len(answered) >= 3 and all(a == (503, a[1], "1") and "--max-connections" in a[1] for a in answered)
+    finally:
+        for s in socks:
+            s.close()
+        capped.stop()

@@ -148,3 +148,19 @@ def test_cycle_against_s3_registry(s3_server, monkeypatch):
     objs = boto3.client("s3", endpoint_url=s3_server).list_objects_v2(Bucket="models", Prefix="tideline/")
     keys = [o["Key"] for o in objs.get("Contents", [])]
     assert any(k.endswith("state.json") for k in keys) and any("/versions/" in k for k in keys)
+
+
+def test_a_failing_family_does_not_sink_the_cycle(tmp_path):
+    from tideline.errors import ModelError
+
+    params = {**FAST_PARAMS, "sklearn": {"max_iter": -5}}  # sklearn refuses it: its training fails
+    s = _settings(tmp_path, families=["lightgbm", "sklearn"], params=params)
+    reg = open_registry(s.registry_uri())
+    res = CycleRunner(s, reg).run(synthetic=SYN)
+    assert [c.family for c in res.candidates] == ["lightgbm"] and list(res.failures) == ["sklearn"]
+    assert "max_iter" in res.failures["sklearn"] and "\n" not in res.failures["sklearn"]
+    assert res.to_dict()["failures"] == res.failures
+    assert [mv.family for mv in reg.list_versions()] == ["lightgbm"]  # the others are still registered
+    s_all = _settings(tmp_path, families=["sklearn"], params=params)
+    with pytest.raises(ModelError, match="every model family failed to train: sklearn: .*max_iter"):
+        CycleRunner(s_all, reg).run(synthetic=SYN)

@@ -311,3 +311,18 @@ def test_trigger_run_starts_the_real_local_pipeline_once(tmp_path, capsys, monke
     assert main([*args, "--force"]) == 0
     assert json.loads(capsys.readouterr().out)["started"] is True
     assert len(r.list_versions()) == 2
+
+
+@pytest.mark.slow
+def test_a_failing_family_does_not_sink_the_run(tmp_path):
+    """sklearn's training fails (an invalid parameter, in its own task): lightgbm is still judged,
+    registered and rolled out; the failure is recorded with its one-line reason."""
+    s = _settings(tmp_path, **PERMISSIVE)
+    s = s.model_copy(update={"training": s.training.model_copy(
+        update={"params": {**FAST_PARAMS, "sklearn": {"max_iter": -5}}})})
+    summary = run_local(s, synthetic=SYN, families=FAMILIES)
+    assert list(summary["failures"]) == ["sklearn"] and "max_iter" in summary["failures"]["sklearn"]
+    assert "\n" not in summary["failures"]["sklearn"]
+    assert summary["versions"] == {"lightgbm": "v1"} and summary["candidate"] == "v1"
+    judged = _metrics_logged(summary["tasks"]["evaluate-and-select"])
+    assert judged["failed_families"] == 1 and judged["approved_candidates"] == 1

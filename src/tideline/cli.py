@@ -217,7 +217,7 @@ def _render_cycle(res: Any) -> None:
                   _fmt(c.p_value) if c.p_value is not None else "-", decision)
     if res.production_metrics is not None:
         m = res.production_metrics
-        t.add_row(f"production", res.production_version, "-", _fmt(m.sharpe, 2), _fmt(m.sortino, 2),
+        t.add_row("production", res.production_version, "-", _fmt(m.sharpe, 2), _fmt(m.sortino, 2),
                   _fmt(m.directional_accuracy), _fmt(m.ic), _fmt(m.max_drawdown), _fmt(m.profit_factor, 2),
                   str(m.n_trades), "-", "current")
     for name, m in res.baselines.items():
@@ -229,6 +229,8 @@ def _render_cycle(res: Any) -> None:
         mark = "[green]✔[/]" if c.decision.approved else "[red]✘[/]"
         out.print(Text.from_markup(f"{mark} {c.family} {c.version or ''}: ").append("; ".join(c.decision.reasons)),
                   highlight=False)
+    for family, why in res.failures.items():
+        out.print(Text(f"✘ {family} failed to train (the others were judged): ", "red").append(why), highlight=False)
     if res.production_error:
         out.print(Text(f"production {res.production_version} could not be evaluated: ", "yellow")
                   .append(str(res.production_error)))

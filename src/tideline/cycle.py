@@ -138,11 +138,13 @@ class CycleResult:
     data: dict[str, Any]
     timings: dict[str, float]
     promotion_note: str
+    failures: dict[str, str] = field(default_factory=dict)  # family -> why its training failed
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "promoted_version": self.promoted_version,
             "promotion_note": self.promotion_note,
+            "failures": dict(self.failures),
             "production_version": self.production_version,
             "production_holdout": self.production_metrics.to_dict() if self.production_metrics else None,
             "production_error": self.production_error,
@@ -333,6 +335,14 @@ def reference_sample(model: Model, ds: Dataset, idx: np.ndarray, seed: int, n: i
     return ref
 
 
+def family_failure(family: str, e: BaseException) -> str:
+    """The one-line reason a family's training failed (logged; the others go on)."""
+    text = " ".join(str(e).split())[:300]
+    reason = f"{type(e).__name__}: {text}" if not isinstance(e, TidelineError) else text
+    log.error("model family %s failed to train (the others go on): %s", family, reason)
+    return reason
+
+
 def train_family(family: str, ds: Dataset, plan: Plan, settings: Settings,
                  advance: Callable[[int], None] | None = None) -> tuple[Model, FamilyResult]:
     """Purged walk-forward on the development rows, then the final fit and its hold-out figures."""
@@ -499,13 +509,21 @@ class CycleRunner:
 
         candidates: list[CandidateResult] = []
         trained: dict[str, tuple[Model, FamilyResult]] = {}
+        failures: dict[str, str] = {}
         families = s.training.families
         with rep.stage("train + evaluate", total=len(families) * (len(plan.splits) + 1)) as advance:
             for fam in families:
                 with self._timed(f"train:{fam}"):
-                    model, fr = train_family(fam, ds, plan, s, advance)
+                    try:
+                        model, fr = train_family(fam, ds, plan, s, advance)
+                    except Exception as e:  # noqa: BLE001 - one family failing does not sink the others
+                        failures[fam] = family_failure(fam, e)
+                        continue
                 trained[fam] = (model, fr)
                 candidates.append(judge(fr, prod, ds, plan, s))
+        if not candidates:
+            raise ModelError("every model family failed to train: "
+                             + "; ".join(f"{f}: {why}" for f, why in failures.items()))
 
         with rep.stage("register", total=len(candidates)) as advance, self._timed("register"):
             for c in candidates:
@@ -524,4 +542,4 @@ class CycleRunner:
             note = "promotion disabled (--no-promote); approved candidates stay CANDIDATE"
         self.timings["total"] = time.perf_counter() - t_start
         return CycleResult(candidates, base, prod.version, prod.metrics, prod.error, promoted, info,
-                           dict(self.timings), note)
+                           dict(self.timings), note, failures)

@@ -200,6 +200,7 @@ def run_local(settings: Settings, *, source: str | Path | None = None, synthetic
         "decision": registered["decision"],
         "best": registered["best"],
         "reasons": registered["reasons"],
+        "failures": registered.get("failures", {}),
         "measured_against": registered["production_version"],
         "rollout_mode": rollout_mode,
         "rollout": rollout,

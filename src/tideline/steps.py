@@ -284,11 +284,17 @@ def _flat_summary(result: Any) -> dict[str, Any]:
 def train(in_dataset: str | Path, family: str, settings_json: str, out_model_dir: str | Path,
           out_result: str | Path) -> dict[str, Any]:
     """Purged walk-forward + final fit of one family; the model and its figures as artifacts."""
-    from tideline.cycle import train_family
+    from tideline.cycle import family_failure, train_family
 
     s = settings_from_json(settings_json)
     ds, plan, _ = load_dataset(in_dataset)
-    model, fr = train_family(family, ds, plan, s)
+    try:
+        model, fr = train_family(family, ds, plan, s)
+    except Exception as e:  # noqa: BLE001 - one family failing does not sink the run: it is recorded
+        failed = {"family": family, "failed": family_failure(family, e)}
+        _write_json(_dir(out_model_dir) / FAILED_FILE, failed)
+        _write_json(_dir(out_result) / "result.json", failed)
+        return failed
     model.save(_dir(out_model_dir))
     out = _dir(out_result)
     _write_json(out / "result.json", fr.to_dict())
@@ -297,6 +303,15 @@ def train(in_dataset: str | Path, family: str, settings_json: str, out_model_dir
         fr.reference.to_parquet(out / "reference.parquet", index=False)
     return {"family": family, **{f"holdout_{k}": v for k, v in fr.holdout.to_dict().items()},
             **{f"wf_{k}": v for k, v in fr.walk_forward.items()}, "fit_seconds": round(fr.fit_seconds, 3)}
+
+
+FAILED_FILE = "failed.json"  # in a model directory: the family's training failed (why)
+
+
+def failed_result(in_result: str | Path) -> dict[str, str] | None:
+    """``{"family", "failed"}`` when this training result records a failed family, else None."""
+    d = _read_json(Path(in_result) / "result.json")
+    return d if isinstance(d, dict) and "failed" in d else None
 
 
 def load_result(in_result: str | Path) -> Any:
@@ -337,14 +352,23 @@ def evaluate_and_select(in_dataset: str | Path, in_clean: str | Path, results: S
     prod = score_production(reg, ds, plan, bars, s)
     base = baselines(ds, plan, s)
     candidates = []
+    failures: dict[str, str] = {}
     for r in results:
+        failed = failed_result(r)
+        if failed is not None:
+            failures[failed["family"]] = failed["failed"]
+            continue
         fr = load_result(r)
         cand = judge(fr, prod, ds, plan, s)
         candidates.append({**cand.to_dict(), "result_dir": str(r)})
+    if not candidates:
+        raise ModelError("every model family failed to train: "
+                         + "; ".join(f"{f}: {why}" for f, why in failures.items()))
     families = [c["family"] for c in candidates]
     if len(set(families)) != len(families):
         raise ModelError(f"a family was trained twice in one run: {families}")
     decisions = {
+        "failures": failures,
         "production": {"version": prod.version, "error": prod.error,
                        "holdout": prod.metrics.to_dict() if prod.metrics else None},
         "baselines": {k: v.to_dict() for k, v in base.items()},
@@ -356,6 +380,7 @@ def evaluate_and_select(in_dataset: str | Path, in_clean: str | Path, results: S
         "production_version": prod.version or "", "production_error": prod.error or "",
         "production_sharpe": prod.metrics.sharpe if prod.metrics else None,
         "approved": [c["family"] for c in candidates if c["decision"]["approved"]],
+        "failed": sorted(failures),
         "candidates": {c["family"]: {"sharpe": c["holdout"]["sharpe"], "approved": c["decision"]["approved"],
                                      "p_value": c["p_value_vs_production"]} for c in candidates},
     }
@@ -374,6 +399,9 @@ def _candidate_from_dict(d: Mapping[str, Any]) -> Any:
 def _family_of_model(model_dir: str | Path) -> str:
     from tideline.models import read_meta
 
+    failed = Path(model_dir) / FAILED_FILE
+    if failed.exists():
+        return str(_read_json(failed)["family"])
     return str(read_meta(model_dir)["family"])
 
 
@@ -413,6 +441,7 @@ def register(in_dataset: str | Path, in_decisions: str | Path, models: Sequence[
                                            "sharpe": best.holdout.sharpe},
         "production_version": prod.version,
         "reasons": {c.family: c.decision.reasons for c in cands},
+        "failures": dict(dec.get("failures", {})),
         "registry": registry_uri,
     }
     _write_json(_dir(out_registered) / "registered.json", registered)

@@ -76,6 +76,10 @@ def train(dataset: Input[Dataset], family: str, settings_json: str, model: Outpu
     from tideline import steps
 
     figures = steps.train(dataset.path, family, settings_json, model.path, result.path)
+    if "failed" in figures:  # recorded; the run goes on with the other families
+        model.metadata.update({"family": family, "failed": figures["failed"]})
+        result.metadata.update({"family": family, "failed": figures["failed"]})
+        return
     model.metadata.update({"family": family, "holdout_sharpe": figures["holdout_sharpe"]})
     result.metadata["family"] = family
     for key, value in figures.items():
@@ -99,6 +103,7 @@ def evaluate_and_select(dataset: Input[Dataset], clean: Input[Dataset], results:
         metrics.log_metric(f"{family}_sharpe", c["sharpe"])
         metrics.log_metric(f"{family}_approved", int(c["approved"]))
     metrics.log_metric("approved_candidates", len(out["approved"]))
+    metrics.log_metric("failed_families", len(out["failed"]))
 
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)

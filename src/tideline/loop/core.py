@@ -146,10 +146,11 @@ def _holder_dead(info: LockInfo) -> bool:
 
 
 class LoopLease:
-    """One tick at a time: the run lock's protocol on ``loop/lock.json``, taking over a dead holder."""
+    """One tick at a time: the run lock's protocol on ``loop/lock.json``, taking over a dead holder. Its
+    times are real (wall clock), whatever clock the loop's decisions run on."""
 
-    def __init__(self, registry: Registry, ttl_s: float, clock: Clock) -> None:
-        self.lock = RunLock(registry.store, ttl_s, clock=clock, key=LOCK_KEY)
+    def __init__(self, registry: Registry, ttl_s: float) -> None:
+        self.lock = RunLock(registry.store, ttl_s, clock=utcnow, key=LOCK_KEY)
 
     def acquire(self, tick_id: str, wait_s: float) -> LockInfo | None:
         """None when taken; else the live holder that kept it for ``wait_s`` seconds."""
@@ -162,10 +163,8 @@ class LoopLease:
                 log.warning("loop lease held by %s, whose process is gone: taken over", holder.owner)
                 self._take_over(holder)
                 continue
-            if holder is None:
-                continue
             if time.monotonic() >= deadline:
-                return holder
+                return holder or LockInfo("?", "", "", "", "another tick (the lock kept changing)")
             time.sleep(min(1.0, max(0.05, deadline - time.monotonic())))
 
     def _take_over(self, dead: LockInfo) -> None:
@@ -204,7 +203,7 @@ class Loop:
         now = _aware(self.clock())
         rec = TickRecord(id=uuid.uuid4().hex[:12], at=now.isoformat(), wall=datetime.now(UTC).isoformat())
         t0 = time.perf_counter()
-        lease = LoopLease(self.registry, self.s.loop.lease_seconds, self.clock)
+        lease = LoopLease(self.registry, self.s.loop.lease_seconds)
         holder = lease.acquire(rec.id, wait_s)
         if holder is not None:
             rec.outcome = "busy"

@@ -211,3 +211,17 @@ def test_cli_once_status_and_history(world: dict[str, Any], capsys: pytest.Captu
     assert main([*base, "loop", "history"]) == 0
     text = capsys.readouterr().out
     assert f"tick {rec['id']}" in text and "promoted v1" in text
+
+
+def test_retraining_waits_for_the_exchange_to_close(world: dict[str, Any]) -> None:
+    open_at = datetime(2026, 12, 2, 15, 0, tzinfo=UTC)  # a Wednesday, 10:00 in New York
+    os.utime(world["inbox"] / "history.parquet", (open_at.timestamp() - 3600,) * 2)
+    world["settings"] = world["settings"].model_copy(update={"loop": world["settings"].loop.model_copy(
+        update={"schedule": world["settings"].loop.schedule.model_copy(update={"calendar": "XNYS",
+                                                                                "retrain": "closed"})})})
+    loop, pipe, _ = make_loop(world, now=open_at)
+    st = steps(loop.tick())
+    assert st["retrain"][0] == "deferred" and "XNYS is in session" in st["retrain"][1] and pipe.calls == []
+    loop, pipe, _ = make_loop(world, now=open_at + timedelta(hours=7))  # 22:00 UTC: after the close
+    st = steps(loop.tick())
+    assert st["retrain"][0] == "approved" and len(pipe.calls) == 1

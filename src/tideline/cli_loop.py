@@ -7,6 +7,7 @@ the commands (``tideline.cli`` imports this module).
 from __future__ import annotations
 
 import time
+from datetime import UTC, datetime
 from typing import Annotated, Any, Optional
 
 import typer
@@ -15,7 +16,8 @@ from tideline.cli_trigger import _parse_now
 
 loop_app = typer.Typer(
     help="The continuous-learning loop: ingest new bars, monitor production, retrain when a rule fires, roll "
-         "out the approved candidate. `tideline loop --once` runs one tick.",
+         "out the approved candidate. `tideline loop --once` runs one tick; `tideline loop` ticks on "
+         "loop.schedule.",
     invoke_without_command=True,
 )
 
@@ -56,16 +58,18 @@ def loop(
     ctx: typer.Context,
     once: Annotated[bool, typer.Option("--once", help="Run one tick and exit.")] = False,
     now: Annotated[Optional[str], typer.Option(help="The loop's clock for this tick (ISO time); default: now.")] = None,
-    every: Annotated[float, typer.Option(min=1.0, help="Seconds between ticks when running continuously.")] = 3600.0,
     wait: Annotated[float, typer.Option(min=0, help="Seconds to wait for another tick holding the loop.")] = 0.0,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
-    """Run the loop: one tick with --once, else a tick every --every seconds until stopped (Ctrl-C)."""
+    """Run the loop: one tick with --once, else ticks at the times of loop.schedule (a cron expression in a
+    time zone) until stopped (Ctrl-C)."""
     if ctx.invoked_subcommand is not None:
         return
-    from tideline.cli import _print_json
+    from tideline.cli import _print_json, out
+    from tideline.loop.schedule import Schedule
 
     lp = _make_loop(ctx, now)
+    schedule = Schedule(lp.s.loop.schedule)
     while True:
         rec = lp.tick(wait_s=wait)
         _print_json(rec) if as_json else _show_tick(rec)
@@ -73,7 +77,11 @@ def loop(
             if rec["outcome"] == "failed":
                 raise typer.Exit(1)
             return
-        time.sleep(every)
+        nxt = schedule.next_tick(datetime.now(UTC))
+        if not as_json:
+            out.print(f"next tick at {nxt:%Y-%m-%d %H:%M %Z} ({lp.s.loop.schedule.cron!r} in "
+                      f"{lp.s.loop.schedule.timezone})", highlight=False)
+        time.sleep(max(0.0, (nxt - datetime.now(UTC)).total_seconds()))
 
 
 @loop_app.command("status")

@@ -139,6 +139,43 @@ class LoopRolloutConfig(BaseModel):
     min_outcomes: int = Field(50, ge=1, description="labelled live outcomes per side before accuracy counts")
 
 
+class LoopScheduleConfig(BaseModel):
+    """When ``tideline loop`` ticks (a cron expression in a time zone) and when it may retrain."""
+
+    cron: str = Field("0 * * * *", description="tick times: a 5-field cron expression (every hour on the hour)")
+    timezone: str = Field("UTC", description="IANA zone the cron expression is read in")
+    calendar: str | None = Field(None, description="an exchange_calendars code (XNYS, XLON, CMES ...) for "
+                                                   "sessions and holidays")
+    retrain: Literal["any", "closed"] = Field(
+        "any", description="'closed': retrain only while the calendar's exchange is closed (off-hours)")
+
+    @field_validator("cron")
+    @classmethod
+    def _valid_cron(cls, v: str) -> str:
+        from croniter import croniter
+
+        if len(v.split()) != 5 or not croniter.is_valid(v):
+            raise ValueError(f"not a 5-field cron expression: {v!r} (e.g. '0 * * * *' or '30 22 * * 1-5')")
+        return v
+
+    @field_validator("timezone")
+    @classmethod
+    def _valid_zone(cls, v: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(v)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {v!r} (an IANA name such as UTC or America/New_York)") from None
+        return v
+
+    @model_validator(mode="after")
+    def _calendar_for_closed(self) -> LoopScheduleConfig:
+        if self.retrain == "closed" and not self.calendar:
+            raise ValueError("retrain = 'closed' needs a calendar (an exchange code such as XNYS)")
+        return self
+
+
 class LoopConfig(BaseModel):
     """The continuous-learning loop (``tideline loop``): where new bars arrive and how each tick acts."""
 
@@ -153,6 +190,7 @@ class LoopConfig(BaseModel):
     lookback_bars: int | None = Field(None, ge=10, description="training window without a detected change "
                                                                "(bars per symbol; None = all stored history)")
     lease_seconds: float = Field(3600.0, gt=0, description="a tick holding the loop lock longer than this has died")
+    schedule: LoopScheduleConfig = LoopScheduleConfig()
     rollout: LoopRolloutConfig = LoopRolloutConfig()
 
 

@@ -42,6 +42,7 @@ import pandas as pd
 from tideline.config import Settings
 from tideline.errors import PolicyError, TidelineError
 from tideline.loop.ingest import ingest, stored_bars
+from tideline.loop.schedule import Schedule
 from tideline.registry import Registry
 from tideline.registry.store import NotFound, PreconditionFailed
 from tideline.triggers import (
@@ -326,6 +327,9 @@ class Loop:
 
         def retrain(*, settings: Settings, reason: str) -> dict[str, Any]:
             cfg = settings.loop
+            allowed, why = Schedule(cfg.schedule).may_retrain(now)
+            if not allowed:
+                return {"deferred": {"reason": why}}
             win = training_window(live, times, min_bars=cfg.min_window_bars,
                                   lookback_bars=cfg.lookback_bars or len(times))
             if not win.ready:

@@ -413,6 +413,8 @@ REGISTRY_COMMANDS: dict[str, list[str]] = {
     "rollout rollback": ["rollout", "rollback"],
     "serve": ["serve", "--detach", "--port", "0"],
     "trigger check": ["trigger", "check"],
+    "loop status": ["loop", "status"],
+    "loop history": ["loop", "history"],
 }
 # commands that write may create a registry directory; they still fail on what they were asked to move
 MISSING_REGISTRY_SAYS = {"models promote": "v1", "models rollback": "no previous production version",
@@ -425,6 +427,7 @@ ALL_COMMANDS: list[list[str]] = [
     ["pipeline", "run"], ["pipeline", "compile"], ["pipeline", "submit"], ["pipeline", "schedule"],
     ["drift", "check"], ["feedback"], ["rollout", "start"], ["rollout", "resume"], ["rollout", "status"],
     ["rollout", "promote"], ["rollout", "rollback"], ["serve"], ["trigger", "check"], ["trigger", "run"], ["demo"],
+    ["loop", "status"], ["loop", "history"],
 ]
 MISSING_ARGS: list[tuple[list[str], str]] = [
     (["models", "show"], "missing argument 'version'"),
@@ -456,6 +459,8 @@ MISSING_ARGS: list[tuple[list[str], str]] = [
     (["rollout", "start", "--candidate", "v1", "--steps", "10,abc"], "nothing is in production"),
     (["serve", "--port", "99999"], "--port 99999 is not a port number"),
     (["demo", "--seed", "x"], "invalid value for '--seed'"),
+    (["loop", "--once", "--now", "yesterday-ish"], "not an ISO timestamp"),
+    (["loop", "history", "--limit", "0"], "invalid value for '--limit'"),
 ]
 BAD_VERSIONS = ["v999", "../etc", "v0", "production;rm", ""]
 

@@ -148,16 +148,20 @@ class Server:
 
         return int(psutil.Process(self.proc.pid).memory_info().rss)
 
+    def metrics_text(self) -> str:
+        """``GET /metrics``, waiting out a moment over --max-connections (a 503 then) with a hang guard."""
+        deadline = time.monotonic() + 60
+        r = self.client.get("/metrics")
+        while r.status_code == 503 and time.monotonic() < deadline:
+            time.sleep(0.05)
+            r = self.client.get("/metrics")
+        return r.text
+
     def metric(self, name: str, **labels: str) -> float:
         from prometheus_client.parser import text_string_to_metric_families
 
-        deadline = time.monotonic() + 60
-        r = self.client.get("/metrics")
-        while r.status_code == 503 and time.monotonic() < deadline:  # over --max-connections for a moment
-            time.sleep(0.05)
-            r = self.client.get("/metrics")
         total = 0.0
-        for fam in text_string_to_metric_families(r.text):
+        for fam in text_string_to_metric_families(self.metrics_text()):
             for s in fam.samples:
                 if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
                     total += s.value
@@ -777,7 +781,7 @@ def _server_counts(srv: Server) -> tuple[float, float, float]:
     from prometheus_client.parser import text_string_to_metric_families
 
     bad = gone = total = 0.0
-    for fam in text_string_to_metric_families(srv.client.get("/metrics").text):
+    for fam in text_string_to_metric_families(srv.metrics_text()):
         for smp in fam.samples:
             if smp.name == "tideline_requests_total":
                 total += smp.value

@@ -49,7 +49,8 @@ def test_short_demo_tells_the_whole_story(tmp_path: Path) -> None:
                          env=env, capture_output=True, text=True, timeout=900)
     out = res.stdout + res.stderr
     assert res.returncode == 0, out[-4000:]
-    for line in ("performance_decay", "deferred", "Shadow", "Canary 10%", "Promoted", "RolledBack", "report:"):
+    for line in ("performance_decay", "deferred", "Shadow", "Canary 10%", "Watching", "Promoted", "RolledBack",
+                 "report:"):
         assert line in out, (line, out[-3000:])
     rec = json.loads(report.with_suffix(".json").read_text())
     assert all(c["ok"] for c in rec["checks"]), rec["checks"]
@@ -73,8 +74,36 @@ def test_short_demo_tells_the_whole_story(tmp_path: Path) -> None:
     # the retrain learned only from the bars after the detected change, which lies after the shift
     shift = pd.Timestamp(rec["market"]["shift_times"][0])
     started = [e for e in rec["events"] if e["kind"] == "retrain" and e["text"].startswith("pipeline retrains")]
-    assert started and "since live errors changed at" in started[0]["text"]
-    changed = pd.Timestamp(started[0]["text"].split("changed at ")[1])
+    assert len(started) == 2 and "the latest 450 bars" in started[0]["text"]  # v1: the first tick
+    assert "since live errors changed at" in started[1]["text"]
+    changed = pd.Timestamp(started[1]["text"].split("changed at ")[1])
+    # every decision was the loop's: one record per tick, in the registry store
+    assert rec["loop_ticks"] >= 20 and retrained["steps"][-1]["phase"] == "Promoted"
+    assert any(s["phase"] == "Watching" for s in retrained["steps"]) and "e-value" in retrained["message"]
     assert shift <= changed <= shift + pd.Timedelta(hours=80)
     html = report.read_text()
     assert html.count("<iframe") == 1 and "Live accuracy and equity" in html and "story complete" in html
+
+
+@pytest.mark.slow
+def test_guard_reverts_a_promotion_that_decays_while_watched(tmp_path: Path) -> None:
+    """The same market with the signal flipping back a few bars into v2's watch: the guard (previous in shadow,
+    the same requests) reverts to v1, and the loop cools down instead of retraining at once."""
+    env = {**os.environ, "TIDELINE_HOME": str(tmp_path / "home"), "OMP_NUM_THREADS": "1"}
+    report = tmp_path / "out" / "demo.html"
+    res = subprocess.run([sys.executable, "-m", "tideline", "demo", "--short", "--seed", "7", "--revert-at", "1035",
+                          "--report", str(report)], env=env, capture_output=True, text=True, timeout=900)
+    out = res.stdout + res.stderr
+    assert res.returncode == 0, out[-4000:]
+    rec = json.loads(report.with_suffix(".json").read_text())
+    assert all(c["ok"] for c in rec["checks"]), rec["checks"]
+    (reverted,) = [r for r in rec["rollouts"] if r["phase"] == "Reverted"]
+    assert [s["phase"] for s in reverted["steps"]][-2:] == ["Watching", "Reverted"]
+    assert "reverted to v1: guard:" in reverted["message"] and reverted["baseline"] == "v1"
+    aliases = rec["registry"]["aliases"]
+    assert aliases["production"] == "v1" and aliases["previous"] == reverted["candidate"]
+    history = rec["registry"]["history"]
+    assert [e["version"] for e in history if e["action"] == "promote"] == ["v1", "v2", "v1"]
+    assert any(e["kind"] == "info" and "cooling down" in e["text"] for e in rec["events"])
+    t = rec["traffic"]
+    assert t["rows_logged"] == t["rows_answered"] > 0 and set(t["statuses"]) == {"200"}

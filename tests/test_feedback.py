@@ -501,7 +501,7 @@ def test_outcomes_from_log_by_hand(reg: Registry, tmp_path: Path) -> None:
     assert sorted(o.candidate_errors) == pytest.approx(sorted(ce)) and sorted(o.candidate_hits) == sorted(ch)
     assert sorted(o.active_errors) == pytest.approx(sorted(be)) and sorted(o.active_hits) == sorted(bh)
     assert unpaired.last_report == {"candidate": 4, "baseline": 10, "paired": False, "common": 3,
-                                    "logged": len(log) - 2}  # the old row and the other version dropped
+                                    "watch_pairs": None, "logged": len(log) - 2}  # the old row and the other version dropped
 
     # paired: only the bars both versions predicted (the shadowed AAA 0..2), from a bars FILE this time
     path = write_bars(bars, tmp_path / "recent.parquet")
@@ -513,6 +513,36 @@ def test_outcomes_from_log_by_hand(reg: Registry, tmp_path: Path) -> None:
     assert sorted(o.candidate_hits) == sorted(ch) and sorted(o.active_hits) == sorted(bh)
     assert paired.last_report["paired"] is True and paired.last_error is None
 
+    assert o.watch is None  # the candidate is not production: no guard's watch yet
+
     # a bars source that cannot be read: no outcomes this interval (inconclusive), never an exception
     broken = outcomes_from_log(reg, str(tmp_path / "missing.parquet"), since=since)
     assert broken(cand, base) is None and broken.last_error
+
+
+def test_watch_outcomes_pair_production_and_previous_since_the_promotion(reg: Registry, tmp_path: Path) -> None:
+    """The guard's input: once the candidate is production, its outcomes and the baseline's (in shadow) on the
+    same (symbol, bar), counting only predictions logged after the registry promoted it, in bar order."""
+    base = register(reg, tmp_path, horizon=1, promote=True).version
+    cand = register(reg, tmp_path, horizon=1).version
+    before = pd.Timestamp.now(tz="UTC") - pd.Timedelta(minutes=5)
+    reg.promote(cand, reason="test")
+    after = pd.Timestamp.now(tz="UTC") + pd.Timedelta(seconds=1)
+    log = pd.concat([
+        pred_rows([("AAA", t, 0.01) for t in range(3)], version=cand, role="shadow", start=before),
+        pred_rows([("AAA", t, 0.01) for t in range(3)], version=base, start=before),
+        pred_rows([("BBB", 5, 0.02), ("AAA", 4, -0.01), ("AAA", 3, 0.01), ("BBB", 7, 0.01)], version=cand,
+                  start=after),
+        pred_rows([("AAA", 3, -0.01), ("AAA", 4, -0.01), ("BBB", 5, -0.02)], version=base, role="shadow",
+                  start=after),
+    ], ignore_index=True)
+    write_log(reg, log)
+    src = outcomes_from_log(reg, tiny_bars(), since=before - pd.Timedelta(minutes=1))
+    w = src(cand, base).watch
+    assert w is not None and src.last_report["watch_pairs"] == 3  # BBB 7 has no previous, bars 0..2 came before
+    assert list(w.times) == sorted(w.times)
+    expect_prod = [float(np.sign(p) == np.sign(lr(s_, t, 1))) for s_, t, p in
+                   [("AAA", 3, 0.01), ("AAA", 4, -0.01), ("BBB", 5, 0.02)]]
+    expect_prev = [float(np.sign(p) == np.sign(lr(s_, t, 1))) for s_, t, p in
+                   [("AAA", 3, -0.01), ("AAA", 4, -0.01), ("BBB", 5, -0.02)]]
+    assert list(w.production_hits) == expect_prod and list(w.previous_hits) == expect_prev

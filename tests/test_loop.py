@@ -18,6 +18,7 @@ import pytest
 from tideline.config import load_settings
 from tideline.data import synthetic_market, write_bars
 from tideline.errors import DataError
+from tideline.features import warmup_bars
 from tideline.loop.core import LOCK_KEY, Loop, list_ticks
 from tideline.registry import open_registry
 
@@ -60,7 +61,7 @@ class Rollouts:
         self.flight: dict[str, Any] | None = None
         self.restarts = 0
 
-    def active(self) -> dict[str, Any] | None:
+    def latest(self) -> dict[str, Any] | None:
         return self.flight
 
     def restart(self) -> str:
@@ -105,7 +106,8 @@ def test_first_tick_ingests_and_trains_production_on_the_lookback_window(world: 
     assert st["ingest"][0] == "ok" and "1 new file(s), 1200 bar(s) added" in st["ingest"][1]
     assert st["decide"][0] == "retrain" and "no_production" in st["decide"][1]
     (call,) = pipe.calls
-    assert call["mode"] == "direct" and call["rows"] == 3 * 300  # loop.lookback_bars per symbol
+    # loop.lookback_bars per symbol, with the features' warm-up bars before them
+    assert call["mode"] == "direct" and call["rows"] == 3 * (300 + warmup_bars(world["settings"].features))
     assert world["registry"].aliases()["production"] == "v1"
     assert any("promoted v1" in d for d in rec["did"]) and rolls.started == []
     assert list_ticks(world["registry"])[0]["id"] == rec["id"]
@@ -145,7 +147,8 @@ def test_a_rejected_candidate_is_recorded_and_nothing_rolls_out(world: dict[str,
 def test_a_rollout_in_flight_blocks_retraining_and_a_dead_controller_is_restarted(world: dict[str, Any]) -> None:
     make_loop(world)[0].tick()
     loop, pipe, rolls = make_loop(world, now=NOW + timedelta(days=30))
-    rolls.flight = {"name": "tideline", "phase": "Canary", "weight": 25, "candidate": "v9", "controller_alive": True}
+    rolls.flight = {"name": "tideline", "id": "v9@1", "phase": "Canary", "weight": 25, "candidate": "v9",
+                    "baseline": "v1", "terminal": False, "message": "", "controller_alive": True}
     st = steps(loop.tick())
     assert st["rollout"][0] == "in_flight" and "decide" not in st and pipe.calls == []
     rolls.flight["controller_alive"] = False

@@ -415,6 +415,7 @@ REGISTRY_COMMANDS: dict[str, list[str]] = {
     "trigger check": ["trigger", "check"],
     "loop status": ["loop", "status"],
     "loop history": ["loop", "history"],
+    "loop kill-switch": ["loop", "kill-switch", "on"],
 }
 # commands that write may create a registry directory; they still fail on what they were asked to move
 MISSING_REGISTRY_SAYS = {"models promote": "v1", "models rollback": "no previous production version",
@@ -427,7 +428,7 @@ ALL_COMMANDS: list[list[str]] = [
     ["pipeline", "run"], ["pipeline", "compile"], ["pipeline", "submit"], ["pipeline", "schedule"],
     ["drift", "check"], ["feedback"], ["rollout", "start"], ["rollout", "resume"], ["rollout", "status"],
     ["rollout", "promote"], ["rollout", "rollback"], ["serve"], ["trigger", "check"], ["trigger", "run"], ["demo"],
-    ["loop", "status"], ["loop", "history"],
+    ["loop", "status"], ["loop", "history"], ["loop", "kill-switch"],
 ]
 MISSING_ARGS: list[tuple[list[str], str]] = [
     (["models", "show"], "missing argument 'version'"),
@@ -461,6 +462,8 @@ MISSING_ARGS: list[tuple[list[str], str]] = [
     (["demo", "--seed", "x"], "invalid value for '--seed'"),
     (["loop", "--once", "--now", "yesterday-ish"], "not an ISO timestamp"),
     (["loop", "history", "--limit", "0"], "invalid value for '--limit'"),
+    (["loop", "kill-switch"], "missing argument 'state'"),
+    (["loop", "kill-switch", "sideways"], "'on' or 'off'"),
 ]
 BAD_VERSIONS = ["v999", "../etc", "v0", "production;rm", ""]
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -14,6 +15,9 @@ def demo(
     short: Annotated[bool, typer.Option("--short", help="A smaller market (4 symbols, fewer bars): ~3 min.")] = False,
     report: Annotated[Optional[Path], typer.Option(
         help="Where to write the HTML report (default: <home>/demo/report/tideline-demo.html).")] = None,
+    revert_at: Annotated[Optional[int], typer.Option(
+        help="Flip the signal back at this bar (the guard's story: a retrained model promoted just before "
+             "decays while it is watched, and the guard reverts it).")] = None,
 ) -> None:
     """Train, serve, replay a market that changes, detect the decay, retrain, roll out, roll back a broken
     candidate, and write a report. Exit 0 only if the whole story happened."""
@@ -24,6 +28,9 @@ def demo(
 
     s = _state(ctx).settings()
     cfg = DemoConfig.short(seed) if short else DemoConfig(seed=seed)
+    if revert_at is not None:
+        cfg = dataclasses.replace(cfg, revert_at=revert_at)
+        cfg.validate()
     home = Path(s.home) / "demo"
     out.print(f"[bold]tideline demo[/] (seed {seed}{', short' if short else ''}) under {home}: the market, the "
               "pipeline runs, the predictor processes and the router are all real; only the clock is fast.",

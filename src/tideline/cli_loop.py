@@ -96,13 +96,19 @@ def loop_status(ctx: typer.Context, as_json: Annotated[bool, typer.Option("--jso
     reg = _open_registry(s, must_exist=True)
     ticks = list_ticks(reg, limit=1)
     doc = {"production": reg.aliases().get("production"), "last_tick": ticks[0] if ticks else None,
-           "rollout": DetachedRollouts(s, reg).active(), "bar_months": stored_months(reg.store)}
+           "rollout": DetachedRollouts(s, reg).latest(), "bar_months": stored_months(reg.store)}
     if as_json:
         _print_json(doc)
         return
-    out.print(f"production: {doc['production'] or 'none'}; rollout in flight: "
-              f"{'none' if doc['rollout'] is None else doc['rollout']['candidate'] + ' ' + doc['rollout']['phase']}; "
+    ks = reg.kill_switch()
+    doc["kill_switch"] = None if ks is None else ks.model_dump()
+    r = doc["rollout"]
+    out.print(f"production: {doc['production'] or 'none'}; latest rollout: "
+              f"{'none' if r is None else r['candidate'] + ' ' + r['phase']}; "
               f"bars stored: {len(doc['bar_months'])} month(s)", highlight=False)
+    if ks is not None:
+        out.print(f"[bold red]KILL SWITCH ON[/] since {ks.at}: every predictor answers flat: {ks.reason}",
+                  highlight=False)
     if ticks:
         _show_tick(ticks[0])
     else:
@@ -125,3 +131,21 @@ def loop_history(ctx: typer.Context, limit: Annotated[int, typer.Option(min=1)] 
         out.print("no tick yet: run `tideline loop --once`")
     for rec in ticks:
         _show_tick(rec)
+
+
+@loop_app.command("kill-switch")
+def loop_kill_switch(
+    ctx: typer.Context,
+    state: Annotated[str, typer.Argument(help="on: every predictor answers flat; off: models answer again.")],
+    reason: Annotated[str, typer.Option(help="Why (recorded in the registry history).")] = "",
+) -> None:
+    """Throw or lift the kill switch by hand (the guard throws it when no version passes the floors)."""
+    from tideline.cli import _open_registry, _state, out
+    from tideline.errors import ConfigError
+
+    if state not in ("on", "off"):
+        raise ConfigError(f"kill-switch takes 'on' or 'off', not {state!r}")
+    reg = _open_registry(_state(ctx).settings(), must_exist=True)
+    reg.set_kill_switch(state == "on", reason=reason or f"set {state} by hand", actor="cli")
+    out.print(f"kill switch {state}" + (": every predictor answers flat within its reload interval"
+                                        if state == "on" else ""), highlight=False)

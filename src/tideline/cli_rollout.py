@@ -225,11 +225,14 @@ def rollout_start(
 # Exit codes of `rollout start|resume` (README "Exit codes"): what the rollout ended as.
 EXIT_ROLLED_BACK = 12  # the candidate was rolled back: production unchanged (the safety net worked)
 EXIT_FAILED = 13  # the rollout could not finish (e.g. the backend failed): see `rollout status`
+EXIT_REVERTED = 14  # promoted, then reverted by the guard: production is the previous version again
 
 
 def _exit_with_outcome(st: Any) -> None:
     if st.phase.value == "RolledBack":
         raise typer.Exit(EXIT_ROLLED_BACK)
+    if st.phase.value == "Reverted":
+        raise typer.Exit(EXIT_REVERTED)
     if st.phase.value != "Promoted":
         raise typer.Exit(EXIT_FAILED)
 

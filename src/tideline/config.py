@@ -137,6 +137,15 @@ class LoopRolloutConfig(BaseModel):
     min_requests: int = Field(20, ge=1, description="candidate requests per interval to judge it")
     accuracy_margin: float = Field(0.02, ge=0, le=1, description="live accuracy the candidate may lose")
     min_outcomes: int = Field(50, ge=1, description="labelled live outcomes per side before accuracy counts")
+    watch_seconds: float = Field(
+        86400.0, ge=0, description="the guard's watch after a promotion: previous stays in shadow and the new "
+                                   "production is tested against it on the same requests (0: no watch)")
+    watch_alpha: float = Field(0.05, gt=0, lt=1, description="false-alarm bound of the guard's paired test over "
+                                                             "the whole watch")
+    watch_min_accuracy: float | None = Field(
+        0.45, ge=0, le=1, description="absolute floor of production's live directional accuracy in the watch; "
+                                      "previous under it too throws the kill switch (None: no floor)")
+    watch_min_outcomes: int = Field(200, ge=1, description="realized outcomes before the floor judges")
 
 
 class LoopScheduleConfig(BaseModel):
@@ -190,6 +199,8 @@ class LoopConfig(BaseModel):
     lookback_bars: int | None = Field(None, ge=10, description="training window without a detected change "
                                                                "(bars per symbol; None = all stored history)")
     lease_seconds: float = Field(3600.0, gt=0, description="a tick holding the loop lock longer than this has died")
+    cooldown_hours: float = Field(24.0, ge=0, description="after the guard reverted a promotion: no retrain or "
+                                                          "rollout for this long (no flapping)")
     schedule: LoopScheduleConfig = LoopScheduleConfig()
     rollout: LoopRolloutConfig = LoopRolloutConfig()
 

@@ -1,24 +1,28 @@
-"""``tideline demo``: the whole continuous-learning loop on one machine, for real, in a few minutes.
+"""``tideline demo``: the continuous-learning loop on one machine, for real, in a few minutes.
 
-Nothing here is simulated except the market and the clock. A synthetic multi-symbol market whose hidden
-signal flips partway (a concept shift) is replayed bar by bar as live traffic:
+The demo is a thin driver over ``tideline loop`` (``tideline.loop.core.Loop``): it makes the world and tells
+the story; every decision comes from the loop's code. Nothing is simulated except the market and the clock.
+A synthetic multi-symbol market whose hidden signal flips partway (a concept shift) is replayed bar by bar:
 
-1. v1 is trained by the retraining pipeline (``kfp.local``, every step a task) on the history before the
-   live period and promoted; real predictor processes (kserve ``ModelServer``) serve it behind the router.
-2. Each bar, one request per bar (one row per symbol, with symbol and bar time) goes through the router;
-   the predictors log every prediction to the registry store. Every ``check_every`` bars the outcomes of
-   the bars that have since closed are joined to the log (``tideline.feedback``), a drift check runs now and
-   then (Evidently), and the trigger rules are evaluated (``tideline.triggers.run_if_needed``).
-3. After the shift the live record decays; ``performance_decay`` fires. The training window follows the
-   live change detector (``triggers.training_window``): a retrain waits until enough bars of the new regime
-   exist, then the pipeline retrains, the gate judges v2 against production on the same hold-out, and v2
-   goes through a rollout (shadow -> canary 10/25/50 -> promoted) run by the real controller, whose clock
-   advances by replaying bars (``interval_bars`` per analysis interval).
-4. A deliberately broken candidate (trained on shuffled labels) is rolled out; the live accuracy check
-   fails in shadow and the controller rolls it back. Production never changes.
-5. At the end: the prediction log is joined with realized outcomes for the live record per version, the
-   static counterfactual (v1 never replaced) is predicted on the same bars, and ``tideline.report`` writes
-   one self-contained HTML report. Exit 0 only if the story happened (``DemoResult.ok``).
+* **the world** (this module): the market delivers its bars as files into the loop's inbox (``loop.bars``),
+  clients send one request per bar (one row per symbol) through the router to real predictor processes
+  (kserve ``ModelServer``), which log every prediction to the registry store; some bars after the first
+  promotion someone pushes a broken model (trained on shuffled labels) as the registry's ``candidate``.
+* **the clock** is accelerated: the loop's clock is the latest delivered bar; the loop ticks every
+  ``check_every`` bars; the rollout controller's clock advances by replaying ``interval_bars`` bars per
+  analysis interval (``InlineRollouts``: the one controller, run in this process instead of a
+  ``tideline rollout resume`` process).
+* **the loop** (each tick): ingests the new file, joins realized outcomes to the prediction log, checks
+  drift now and then, evaluates the trigger rules; the first tick finds nothing in production and the
+  retraining pipeline (``kfp.local``) trains and promotes v1. After the shift the live record decays,
+  ``performance_decay`` fires, the training window follows the live change detectors (a retrain waits for
+  enough bars of the new regime), the pipeline retrains, the gate approves v2 and the loop starts its rollout
+  (shadow -> canary 10/25/50 -> promoted -> watched by the guard with v1 in shadow). The pushed broken
+  candidate is picked up by the loop and rolled out; the live accuracy check fails in shadow and the
+  controller rolls it back. Production never changes.
+* At the end: the prediction log joined with realized outcomes gives the live record per version, the
+  static counterfactual (v1 never replaced) is predicted on the same bars, and ``tideline.report`` writes one
+  self-contained HTML report. Exit 0 only if the story happened (``DemoResult.ok``).
 
 Deterministic by seed: the market, the models, the request ids (the router's split hashes them) and every
 decision point are functions of the seed and the bar index, not of wall time; figures can differ only in
@@ -42,7 +46,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from tideline.config import EvaluationConfig, Settings, TrainingConfig, TriggerConfig
+from tideline.config import (EvaluationConfig, LoopConfig, LoopRolloutConfig, Settings, TrainingConfig,
+                             TriggerConfig)
 from tideline.errors import ConfigError, TidelineError
 
 log = logging.getLogger(__name__)
@@ -82,6 +87,11 @@ class DemoConfig:
     """bars replayed per rollout analysis interval."""
     broken_after: int = 60
     """bars after the promotion before the broken candidate is rolled out."""
+    revert_at: int | None = None
+    """bar index where the signal flips back (a second shift, e.g. inside the retrained version's watch: the
+    guard then finds it worse than the version it replaced and reverts); None: one shift only."""
+    watch_intervals: int = 4
+    """analysis intervals the guard watches a promotion (previous in shadow) before it stands."""
     cost_bps: float = 1.0
     max_p99_latency_ms: float = 1000.0
     """the rollouts' latency limit. The demo's candidates are judged on accuracy and errors; with a few
@@ -93,13 +103,16 @@ class DemoConfig:
             raise ConfigError("--symbols must be between 1 and 50")
         if not 300 <= self.history < self.shift_at < self.bars:
             raise ConfigError("need 300 <= history < shift_at < bars")
-        if self.bars - self.shift_at < self.min_window_bars + 6 * self.interval_bars + self.broken_after:
+        if self.revert_at is not None and not self.shift_at < self.revert_at < self.bars:
+            raise ConfigError("need shift_at < revert_at < bars")
+        if self.bars - self.shift_at < (self.min_window_bars + (6 + self.watch_intervals) * self.interval_bars
+                                         + self.broken_after):
             raise ConfigError("too few bars after the shift for a retrain, a rollout and the broken candidate")
         if not set(self.families) <= set(DEMO_FAMILIES) or not self.families:
             raise ConfigError(f"demo families must be among {', '.join(DEMO_FAMILIES)} (torch reads a "
                               "different request shape)")
         for k in ("check_every", "drift_every", "metrics_window", "min_window_bars", "lookback_bars",
-                  "interval_bars"):
+                  "interval_bars", "watch_intervals"):
             if getattr(self, k) < 1:
                 raise ConfigError(f"{k} must be >= 1")
 
@@ -162,12 +175,25 @@ class World:
             evaluation=EvaluationConfig(cost_bps=cfg.cost_bps),
             training=TrainingConfig(families=list(cfg.families), seed=cfg.seed),
             triggers=TriggerConfig(enabled=_TRIGGER_RULES, min_live_samples=min(200, cfg.symbols * 40)),
+            loop=LoopConfig(
+                bars=str(home / "inbox"), settle_seconds=0.0, monitor_bars=cfg.metrics_window,
+                drift_every_hours=float(cfg.drift_every), min_window_bars=cfg.min_window_bars,
+                lookback_bars=cfg.lookback_bars,
+                # one analysis interval = 1 s of the controller's clock = interval_bars replayed bars
+                rollout=LoopRolloutConfig(
+                    name=NAME, shadow_seconds=2.0, min_labelled=cfg.symbols * 15, steps=[10, 25, 50, 100],
+                    interval_seconds=1.0, failure_limit=2, max_inconclusive=8, max_error_rate=0.01,
+                    max_p99_latency_ms=cfg.max_p99_latency_ms, min_requests=2, accuracy_margin=0.05,
+                    min_outcomes=cfg.symbols * 10, watch_seconds=float(cfg.watch_intervals),
+                    watch_min_accuracy=0.45, watch_min_outcomes=cfg.symbols * 20)),
         )
         self.registry = open_registry(self.settings.registry_uri())
         self.market = synthetic_market(n_symbols=cfg.symbols, n_bars=cfg.bars, seed=cfg.seed,
-                                       shifts=[cfg.shift_at], signal_strength=cfg.signal_strength)
+                                       shifts=[cfg.shift_at] + ([cfg.revert_at] if cfg.revert_at else []),
+                                       signal_strength=cfg.signal_strength)
         self.times = pd.DatetimeIndex(sorted(self.market["timestamp"].unique()))
         self.shift_time = self.times[cfg.shift_at]
+        self.revert_time = self.times[cfg.revert_at] if cfg.revert_at else None
         self.ds = build_dataset(self.market, self.settings.features)
         self.columns = list(self.ds.spec.tabular)
         first_feature_time = pd.Timestamp(self.ds.meta["timestamp"].min())
@@ -178,7 +204,9 @@ class World:
         self.live_times = [t for t in self.times[cfg.history:] if t in labelled]
         self._bodies = self._request_bodies(meta_times)
         (home / "lake").mkdir(parents=True, exist_ok=True)
+        (home / "inbox").mkdir(parents=True, exist_ok=True)
         self.live_bars_path = home / "lake" / "live-bars.parquet"
+        self.delivered: pd.Timestamp | None = None
 
     def _request_bodies(self, meta_times: pd.DatetimeIndex) -> dict[pd.Timestamp, bytes]:
         X = self.ds.X[self.columns].to_numpy(np.float64)
@@ -212,15 +240,23 @@ class World:
         write_bars(self.bars_until(t), tmp)
         os.replace(tmp, self.live_bars_path)
 
-    def lake(self, name: str, end: pd.Timestamp, start: pd.Timestamp | None) -> Path:
-        """The bars a retrain reads: [start - feature warm-up, end] (warm-up rows carry no training row)."""
+    def deliver(self, t: pd.Timestamp) -> None:
+        """The market's data feed: the bars after the last delivery up to ``t`` land in the loop's inbox as
+        one file (written, then renamed into place; stamped with the time of its last bar)."""
         from tideline.data import write_bars
 
-        s = None
-        if start is not None:
-            pos = max(0, int(self.times.searchsorted(start)) - self.warmup_bars)
-            s = self.times[pos]
-        return write_bars(self.bars_until(end, s), self.home / "lake" / f"{name}.parquet")
+        if self.delivered is not None and t <= self.delivered:
+            return
+        m = self.market["timestamp"] <= t
+        if self.delivered is not None:
+            m &= self.market["timestamp"] > self.delivered
+        name = f"bars-{pd.Timestamp(t):%Y%m%dT%H%M}.parquet"
+        tmp = write_bars(self.market.loc[m].reset_index(drop=True), self.home / "lake" / f".{name}")
+        os.replace(tmp, self.home / "inbox" / name)
+        stamp = pd.Timestamp(t).tz_localize("UTC").timestamp() if pd.Timestamp(t).tzinfo is None \
+            else pd.Timestamp(t).timestamp()
+        os.utime(self.home / "inbox" / name, (stamp, stamp))
+        self.delivered = pd.Timestamp(t)
 
 
 # ---- traffic -------------------------------------------------------------------------------------------
@@ -299,6 +335,50 @@ def wait_logged(registry: Any, traffic: Traffic, since: float, timeout: float = 
 
 
 # ---- the story -----------------------------------------------------------------------------------------
+class InlineRollouts:
+    """The loop's rollout driver for the demo: the one rollout controller (``tideline.rollout``), run in this
+    process on an accelerated clock: each analysis interval replays ``interval_bars`` bars of traffic. The
+    loop starts a rollout; the demo then lets its controller run (as ``tideline rollout resume`` would)."""
+
+    def __init__(self, demo: Demo) -> None:
+        self.demo = demo
+        self.pending: tuple[str, str] | None = None
+        self.started: list[dict[str, Any]] = []
+
+    @property
+    def _registry(self) -> Any:
+        return self.demo.world.registry
+
+    def latest(self) -> dict[str, Any] | None:
+        from tideline.loop.rollouts import latest_rollout
+
+        return latest_rollout(self._registry, NAME, now=time.time())
+
+    def restart(self) -> str:
+        self.pending = ("?", "?")
+        return f"the controller of rollout {NAME} will be run again"
+
+    def start(self, candidate: str, baseline: str, reason: str) -> str:
+        from tideline.loop.rollouts import rollout_spec
+        from tideline.rollout.controller import create_rollout
+
+        w = self.demo.world
+        spec = rollout_spec(w.settings.loop.rollout, candidate, baseline, str(w.live_bars_path))
+        create_rollout(self._registry.store, spec, time.time())
+        self._registry.set_alias("candidate", candidate, reason=f"loop: {reason}"[:300], actor="loop")
+        self.pending = (candidate, baseline)
+        return (f"started rollout {NAME}: {candidate} vs production {baseline} (shadow, canary "
+                f"{'/'.join(map(str, spec.canary_weights))}%, then {spec.watch.duration_s:g} intervals watched "
+                f"with {baseline} in shadow)")
+
+    def run_pending(self) -> dict[str, Any] | None:
+        """Run the controller of the rollout the loop started, to its end."""
+        if self.pending is None:
+            return None
+        self.pending = None
+        return self.demo.run_controller()
+
+
 class Demo:
     def __init__(self, cfg: DemoConfig, home: Path, console: Any | None = None) -> None:
         cfg.validate()
@@ -309,138 +389,106 @@ class Demo:
         self.triggers: list[dict[str, Any]] = []
         self.rollouts: list[dict[str, Any]] = []
         self.retrain_runs: list[dict[str, Any]] = []
+        self.ticks: list[dict[str, Any]] = []
         self.drift: dict[str, Any] = {}
+        self.broken: str | None = None
+        self.announced: set[pd.Timestamp] = set()
         self.started = datetime.now(UTC)
         self.log_since = time.time()
 
-    # -- pieces ---------------------------------------------------------------------------------------------
-    def _pipeline(self, lake: Path, *, direct: bool, reason: str) -> dict[str, Any]:
+    # -- what the loop drives --------------------------------------------------------------------------------
+    def _pipeline(self, settings: Settings, *, source: str | Path, rollout_mode: str, reason: str) -> dict[str, Any]:
+        """The loop's retraining pipeline: ``kfp.local`` (every step a task), as ``tideline loop`` runs it."""
         from tideline.orchestration import run_local
 
-        w = self.world
-        res = run_local(w.settings, source=lake, families=list(self.cfg.families),
-                        rollout_mode="direct" if direct else "rollout", reason=reason)
+        res = run_local(settings, source=source, rollout_mode=rollout_mode, reason=reason)
         self.retrain_runs.append({k: res.get(k) for k in ("run_id", "versions", "decision", "best", "reasons",
                                                            "candidate", "promoted", "seconds")})
-        best = res.get("best") or {}
-        versions = res.get("versions") or {}
-        reasons = res.get("reasons") or {}
-        if best:
-            why = (f"{best.get('version')} ({best.get('family')}) approved: "
-                   + "; ".join(reasons.get(best.get("family"), [])[-3:]))
-        else:
-            why = "rejected: " + "; ".join(f"{fam}: {', '.join(r[:2])}" for fam, r in reasons.items())
-        self.tl.add("gate", f"pipeline run {res['run_id'][-8:]} ({res['seconds']:.0f} s) registered "
-                    f"{', '.join(f'{v} ({f})' for f, v in versions.items())}; {why}",
-                    bar_time=self.traffic_now(), version=best.get("version"))
         return res
+
+    def now(self) -> datetime:
+        """The loop's clock: the latest bar the market has delivered (an accelerated clock)."""
+        t = self.traffic.now if self.traffic is not None else self.world.times[self.cfg.history - 1]
+        return pd.Timestamp(t).tz_localize("UTC").to_pydatetime()
 
     def traffic_now(self) -> pd.Timestamp | None:
         return self.traffic.now if getattr(self, "traffic", None) is not None else None
 
-    def _feedback(self) -> None:
-        from tideline.feedback import run_feedback
-
-        w, tr = self.world, self.traffic
-        since = max(tr.since_wall(self.cfg.metrics_window), self.prod_since)
-        wait_logged(w.registry, tr, self.log_since)
-        run_feedback(w.registry, w.bars_until(tr.now), since=pd.Timestamp(since, unit="s", tz="UTC"),
-                     cost_bps=self.cfg.cost_bps)
-
-    def _drift_check(self) -> None:
-        from tideline.drift import run_drift_check
-
+    def tick(self) -> dict[str, Any]:
+        """One tick of the loop: the market delivers its bars, the predictors' logs are flushed, the loop acts."""
         w = self.world
-        recent = w.bars_until(self.traffic.now, w.times[max(0, w.times.searchsorted(self.traffic.now)
-                                                           - self.cfg.drift_every - w.warmup_bars)])
-        html = self.home / "report" / "evidently-drift.html"
-        try:
-            out = run_drift_check(w.registry, recent, cfg=w.settings.drift, html_out=html)
-        except TidelineError as e:
-            self.tl.add("drift", f"drift check skipped: {e}", bar_time=self.traffic.now)
-            return
-        res = out.result
-        drifted = [c.column for c in res.drifted_columns()]
-        share = round(res.drifted_share, 3)
-        self.drift = {"html_path": str(html), "share": share, "drifted": drifted,
-                      "summary": f"{out.version} at {self.traffic.now:%Y-%m-%d %H:%M}: {len(drifted)} of "
-                                 f"{len(res.columns)} features drifted (share {share:.2f}; the drift rule, off in "
-                                 f"the demo, would fire at {res.drift_share_threshold:.2f})"}
-        note = "" if drifted else " - the shift flips the signal, not the features: drift alone cannot see it"
-        self.tl.add("drift", self.drift["summary"] + note, bar_time=self.traffic.now, version=out.version)
+        w.deliver(self.traffic.now if self.traffic is not None else w.times[self.cfg.history - 1])
+        if self.traffic is not None:
+            w.write_live_bars(self.traffic.now)
+            wait_logged(w.registry, self.traffic, self.log_since)
+        rec = self.loop.tick()
+        self.ticks.append(rec)
+        self._tell(rec)
+        if self.rollouts_driver.pending is not None:
+            self.rollouts_driver.run_pending()
+        return rec
 
-    def _check_triggers(self) -> dict[str, Any] | None:
-        """Evaluate the rules; on a fire, retrain if the window is ready. Returns the pipeline result."""
-        from tideline.feedback import run_feedback
-        from tideline.triggers import run_if_needed, training_window
-
-        w, tr = self.world, self.traffic
-        result: dict[str, Any] = {}
-
-        def starter(*, settings: Settings, reason: str) -> dict[str, Any]:
-            # the decay rule judged the recent window; the change detectors look at everything production
-            # has answered since it was deployed
-            prod = w.registry.aliases()["production"]
-            since_deploy = run_feedback(w.registry, w.bars_until(tr.now), write=False, cost_bps=self.cfg.cost_bps,
-                                        since=pd.Timestamp(self.prod_since, unit="s", tz="UTC"))
-            cps = [c.to_dict() for c in since_deploy.change_points.get(prod, [])]
-            win = training_window({"change_points": cps}, w.times[w.times <= tr.now],
-                                  min_bars=self.cfg.min_window_bars, lookback_bars=self.cfg.lookback_bars)
-            if cps and not self.change_announced:
+    def _tell(self, rec: dict[str, Any]) -> None:
+        """The story of one tick record (every decision in it is the loop's)."""
+        at = pd.Timestamp(rec["at"]).tz_convert("UTC").tz_localize(None)
+        if rec["outcome"] != "ok":
+            self.tl.add("info", f"loop tick {rec['outcome']}: {rec.get('error') or rec['steps'][-1]['summary']}",
+                        bar_time=at)
+        for st in rec["steps"]:
+            name, outcome, summary = st["step"], st["outcome"], st["summary"]
+            if name == "drift" and outcome == "ok":
+                self.drift = {"html_path": str(self.home / "report" / "evidently-drift.html"),
+                              "share": round(float(st["share"]), 3), "drifted": st["drifted"], "summary": summary}
+                note = "" if st["drifted"] else " - the shift flips the signal, not the features: drift alone " \
+                                                "cannot see it"
+                self.tl.add("drift", summary + note, bar_time=at)
+            elif name == "monitor" and st.get("change_points") and not self.change_announced:
                 self.change_announced = True
+                cps = st["change_points"]
                 found = ", ".join(sorted({f"{c['detector']} on {c['series'] or 'outcomes'}" for c in cps}))
-                self.tl.add("drift", f"live change detectors ({found}) find a change in {prod}'s live outcomes, "
-                            f"dated {win.start}", bar_time=tr.now, version=prod)
-            if not win.ready:
-                self.tl.add("retrain", f"deferred: {win.reason}", bar_time=tr.now)
-                return {"deferred": win.to_dict()}
-            self.tl.add("retrain", f"pipeline retrains on {win.reason}", bar_time=tr.now)
-            lake = w.lake(f"retrain-{tr.pos:05d}", tr.now, win.start)
-            result.update(self._pipeline(lake, direct=False, reason=reason[:200]))
-            return {"window": win.to_dict(), "run_id": result.get("run_id")}
+                self.tl.add("drift", f"live change detectors ({found}) find a change in production's live "
+                            f"outcomes, dated {cps[-1].get('timestamp')}", bar_time=at)
+            elif name == "decide":
+                rules = st.get("rules") or []
+                fired = [r for r in rules if r["fired"]]
+                self.triggers.append({"time": at.isoformat(), "fired": bool(fired),
+                                      "reasons": [r["reason"] for r in fired], "rules": rules})
+                if bool(fired) != self.fired_once:
+                    self.fired_once = bool(fired)
+                    decay = next((r["reason"] for r in rules if r["name"] == "performance_decay"), "")
+                    self.tl.add("trigger", "; ".join(f"{r['name']}: {r['reason']}" for r in fired) if fired
+                                else f"no rule fires any more: {decay}", bar_time=at)
+            elif name == "retrain":
+                if outcome == "deferred":
+                    self.tl.add("retrain", summary, bar_time=at)
+                elif st.get("window"):
+                    self.tl.add("retrain", f"pipeline retrains on {st['window']['reason']}", bar_time=at)
+                    self.tl.add("gate", summary, bar_time=at)
+            elif name == "rollout" and outcome == "started":
+                self.tl.add("rollout", summary, bar_time=at)
+            elif name == "cooldown":
+                self.tl.add("info", summary, bar_time=at)
+        for did in rec["did"]:
+            if did.startswith("promoted"):
+                self.tl.add("promoted", did, bar_time=at)
 
-        bars = w.bars_until(tr.now, w.times[max(0, w.times.searchsorted(tr.now) - 300)])
-        decision = run_if_needed(w.registry, w.settings, starter=starter, bars=bars)
-        rep = decision["report"]
-        entry = {"time": tr.now.isoformat(), "fired": rep["fired"], "reasons": rep["reasons"],
-                 "rules": [{"name": r["name"], "fired": r["fired"], "reason": r["reason"]} for r in rep["rules"]
-                           if r["reason"] != "rule disabled"]}
-        self.triggers.append(entry)
-        if rep["fired"] != self.fired_once:
-            self.fired_once = rep["fired"]
-            self.tl.add("trigger", "; ".join(rep["reasons"]) if rep["fired"] else
-                        "no rule fires any more: " + next(r["reason"] for r in rep["rules"]
-                                                           if r["name"] == "performance_decay"), bar_time=tr.now)
-        return result or None
-
-    def _rollout(self, candidate: str, label: str) -> dict[str, Any]:
+    def run_controller(self) -> dict[str, Any]:
+        """The rollout the loop started, run by the one rollout controller; time passes as bars are replayed."""
         from tideline.feedback import outcomes_from_log
         from tideline.rollout import machine as m
-        from tideline.rollout.analysis import Thresholds
-        from tideline.rollout.controller import FakeClock, RolloutController, create_rollout, load_rollout
+        from tideline.rollout.controller import FakeClock, RolloutController, load_rollout
 
         w, tr, cfg = self.world, self.traffic, self.cfg
-        baseline = w.registry.aliases()["production"]
-        spec = m.RolloutSpec(
-            name=NAME, target=NAME, candidate=candidate, baseline=baseline,
-            shadow=m.ShadowSpec(min_duration_s=2.0, min_labelled=cfg.symbols * 15, max_duration_s=12.0),
-            steps=(10, 25, 50, 100), interval_s=1.0, failure_limit=2, max_inconclusive=8,
-            bars=str(w.live_bars_path),
-            thresholds=Thresholds(max_error_rate=0.01, max_p99_latency_ms=cfg.max_p99_latency_ms,
-                                  min_requests=2, min_labelled=cfg.symbols * 10, accuracy_margin=0.05),
-        )
-        since = time.time()
+        doc, _ = load_rollout(w.registry.store, NAME)
+        spec = doc.spec
+        label = "broken" if spec.candidate == self.broken else "retrained"
         self.backend.outcomes = outcomes_from_log(w.registry, str(w.live_bars_path),
-                                                  since=pd.Timestamp(since, unit="s", tz="UTC"), refresh_s=0)
-        w.registry.set_alias("candidate", candidate, reason=f"demo: roll out {label}", actor="demo")
-        create_rollout(w.registry.store, spec, time.time())
+                                                  since=pd.Timestamp(time.time(), unit="s", tz="UTC"), refresh_s=0)
         steps: list[dict[str, Any]] = []
-        self.tl.add("rollout", f"{label} {candidate} vs production {baseline}: shadow, then canary "
-                    f"{'/'.join(map(str, spec.canary_weights))}%; one analysis every {cfg.interval_bars} bars",
-                    bar_time=tr.now, version=candidate)
 
         def on_sleep(seconds: float) -> None:  # the controller's clock: time passes as bars are replayed
             tr.send(int(round(seconds * cfg.interval_bars)))
+            self._announce_shifts()
             w.write_live_bars(tr.now)
             wait_logged(w.registry, tr, self.log_since)
 
@@ -448,26 +496,34 @@ class Demo:
             if not steps or (steps[-1]["phase"], steps[-1]["weight"]) != (st.phase.value, st.weight):
                 steps.append({"time": tr.now.isoformat(), "wall": round(time.monotonic() - self.tl.t0, 2),
                               "phase": st.phase.value, "weight": st.weight})
-                if st.phase.value in ("Shadow", "Canary"):
+                if st.phase.value in ("Shadow", "Canary", "Watching"):
                     self.tl.add("rollout", f"{st.phase.value}{' ' + str(st.weight) + '%' if st.weight else ''}: "
-                                f"{st.message}", bar_time=tr.now, version=candidate)
+                                f"{st.message}", bar_time=tr.now, version=spec.candidate)
 
         ctrl = RolloutController(NAME, self.backend, w.registry.store, FakeClock(time.time(), on_sleep))
-        status = ctrl.run(max_iterations=60, on_status=on_status)
+        status = ctrl.run(max_iterations=80, on_status=on_status)
         doc, _ = load_rollout(w.registry.store, NAME)
-        kind = {"Promoted": "promoted", "RolledBack": "rolled_back"}.get(status.phase.value, "rollout")
-        self.tl.add(kind, f"{label} {candidate}: {status.phase.value}: {status.message}", bar_time=tr.now,
-                    version=candidate)
-        if kind == "promoted":
-            self.prod_since = time.time()
-        rec = {"name": NAME, "label": label, "candidate": candidate, "baseline": baseline,
+        kind = {"Promoted": "promoted", "RolledBack": "rolled_back", "Reverted": "rolled_back"}.get(
+            status.phase.value, "rollout")
+        self.tl.add(kind, f"{label} {spec.candidate}: {status.phase.value}: {status.message}", bar_time=tr.now,
+                    version=spec.candidate)
+        rec = {"name": NAME, "label": label, "candidate": spec.candidate, "baseline": spec.baseline,
                "phase": status.phase.value, "message": status.message, "steps": steps,
-               "analyses": list(doc.status.analyses)}
+               "analyses": list(doc.status.analyses), "promoted_at_pos": tr.pos}
         self.rollouts.append(rec)
         return rec
 
+    def _announce_shifts(self) -> None:
+        """The story's narrator (the platform is never told)."""
+        w, now = self.world, self.traffic.now
+        for t, text in ((w.shift_time, "the hidden signal flips"), (w.revert_time, "the hidden signal flips back")):
+            if t is not None and now >= t and t not in self.announced:
+                self.announced.add(t)
+                self.tl.add("shift", f"{text} (the platform is not told)", bar_time=t)
+
     def _broken_candidate(self) -> str:
-        """Trained on shuffled labels of the latest window: it learned nothing, and it is registered as is."""
+        """Someone pushes a model trained on shuffled labels of the latest window: it learned nothing. It is
+        registered and set as the registry's ``candidate``; the loop picks it up and rolls it out."""
         from tideline.features import feature_config_hash
         from tideline.models import make_model
 
@@ -486,12 +542,14 @@ class Demo:
                                        "feature_config": cfg.model_dump(),
                                        "feature_config_hash": feature_config_hash(cfg),
                                        "extra": {"note": "deliberately broken: trained on shuffled labels"}})
+        w.registry.set_alias("candidate", mv.version, reason="demo: a broken model is pushed", actor="demo")
         self.tl.add("train", f"{mv.version}: a deliberately broken candidate (LightGBM on shuffled labels of the "
-                    "latest bars) is registered", bar_time=tr.now, version=mv.version)
+                    "latest bars) is pushed to the registry as `candidate`", bar_time=tr.now, version=mv.version)
         return mv.version
 
     # -- the run --------------------------------------------------------------------------------------------
     def run(self, report_path: Path) -> DemoResult:
+        from tideline.loop.core import Loop
         from tideline.rollout.backends.local import LocalBackend, default_predictor_factory
 
         cfg = self.cfg
@@ -500,16 +558,19 @@ class Demo:
         self.fired_once = False
         self.change_announced = False
         self.traffic = None  # type: ignore[assignment]
+        self.rollouts_driver = InlineRollouts(self)
+        self.loop = Loop(w.settings, w.registry, rollouts=self.rollouts_driver, pipeline=self._pipeline,
+                         clock=self.now, workdir=self.home / "loop", drift_html=self.home / "report" /
+                         "evidently-drift.html")
         self.tl.add("info", f"synthetic market: {cfg.symbols} symbols x {cfg.bars} hourly bars, seed {cfg.seed}; "
                     f"{len(w.live_times)} bars replayed live from {w.live_times[0]:%Y-%m-%d}; the hidden "
-                    "signal flips at a time the platform is not told")
-        lake = w.lake("history", w.times[cfg.history - 1], None)
-        self.tl.add("train", f"the retraining pipeline trains {', '.join(cfg.families)} on the first "
-                    f"{cfg.history} bars", bar_time=w.times[cfg.history - 1])
-        res = self._pipeline(lake, direct=True, reason="initial training")
-        v1 = res.get("promoted")
+                    "signal flips at a time the platform is not told. Every decision below is `tideline loop`'s")
+        self.tl.add("train", f"the market delivers its first {cfg.history} bars; the loop's first tick finds "
+                    "nothing in production", bar_time=w.times[cfg.history - 1])
+        self.tick()
+        v1 = w.registry.aliases().get("production")
         if not v1:
-            raise TidelineError(f"the first pipeline run promoted nothing: {res.get('reasons')}")
+            raise TidelineError(f"the loop's first tick promoted nothing: {self.ticks[-1]['steps']}")
         self.v1 = v1
         self.backend = LocalBackend(
             w.registry, NAME, home=self.home, ready_timeout=120,
@@ -519,7 +580,6 @@ class Demo:
         try:
             st = self.backend.start_serving(v1, port=0)
             self.traffic = Traffic(w, int(st["router"]["port"]))
-            self.prod_since = time.time()
             self.tl.add("serve", f"{v1} serves live traffic through the router (predictor pid "
                         f"{st['active']['pid']}, router port {st['router']['port']})", version=v1,
                         bar_time=w.live_times[0])
@@ -540,33 +600,22 @@ class Demo:
         return DemoResult(ok, record["checks"], report_path, record_path, record["seconds"], record)
 
     def _replay(self) -> None:
+        """Traffic flows bar by bar; every ``check_every`` bars the loop ticks. The demo only makes the world:
+        the market, the clients, and one broken model pushed some bars after the first promotion."""
         cfg, w, tr = self.cfg, self.world, self.traffic
-        shift_announced = promoted_at = broken_done = None
-        next_drift = cfg.drift_every
         while not tr.done:
             tr.send(cfg.check_every)
-            w.write_live_bars(tr.now)
-            if shift_announced is None and tr.now >= w.shift_time:
-                shift_announced = True
-                self.tl.add("shift", "the hidden signal flips (the platform is not told)", bar_time=w.shift_time)
+            self._announce_shifts()
             if tr.done:
                 break
-            self._feedback()
-            if tr.pos >= next_drift:
-                next_drift += cfg.drift_every
-                self._drift_check()
-            if promoted_at is not None and not broken_done and tr.pos - promoted_at >= cfg.broken_after:
-                broken_done = True
-                self._rollout(self._broken_candidate(), "broken")
-                continue
-            res = self._check_triggers()
-            if res and res.get("candidate"):
-                rec = self._rollout(res["candidate"], "retrained")
-                if rec["phase"] == "Promoted":
-                    promoted_at = tr.pos
-        self._feedback()
+            promoted = [r for r in self.rollouts if r["label"] == "retrained" and r["phase"] == "Promoted"]
+            if promoted and self.broken is None and self.cfg.revert_at is None and tr.pos - promoted[0]["promoted_at_pos"] >= cfg.broken_after:
+                self.broken = self._broken_candidate()
+            self.tick()
+        w.write_live_bars(tr.now)
+        wait_logged(w.registry, tr, self.log_since)
         self.tl.add("info", f"replay finished: {tr.pos} bars, {tr.rows_answered} predictions served, "
-                    f"statuses {dict(sorted(tr.statuses.items()))}", bar_time=tr.now)
+                    f"statuses {dict(sorted(tr.statuses.items()))}; {len(self.ticks)} loop ticks", bar_time=tr.now)
 
     # -- the record -----------------------------------------------------------------------------------------
     def _record(self, seconds: float) -> dict[str, Any]:
@@ -622,9 +671,9 @@ class Demo:
             "cores": os.cpu_count(), "config": asdict(cfg) | {"families": ", ".join(cfg.families)},
             "market": {"symbols": sorted(w.market["symbol"].astype(str).unique()), "freq": "1h",
                        "start": w.times[0].isoformat(), "end": w.times[-1].isoformat(),
-                       "live_start": w.live_times[0].isoformat(), "shift_times": [w.shift_time.isoformat()]},
+                       "live_start": w.live_times[0].isoformat(), "shift_times": [t.isoformat() for t in (w.shift_time, w.revert_time) if t is not None]},
             "live": live_rows, "events": self.tl.events, "triggers": self.triggers, "rollouts": self.rollouts,
-            "retrains": self.retrain_runs,
+            "retrains": self.retrain_runs, "loop_ticks": len(self.ticks),
             "registry": {"aliases": reg.aliases(), "versions": versions, "history": history},
             "drift": self.drift, "learning": learning, "checks": checks,
             "traffic": {"requests": sum(tr.statuses.values()), "statuses": tr.statuses,
@@ -647,27 +696,46 @@ class Demo:
                                                                 meta["symbol"].astype(str)]))
 
     def _checks(self, tr: Traffic, served: pd.DataFrame, learning: dict[str, Any]) -> list[dict[str, Any]]:
-        promoted = [r for r in self.rollouts if r["label"] == "retrained" and r["phase"] == "Promoted"]
+        retrained = [r for r in self.rollouts if r["label"] == "retrained"]
+        promoted = [r for r in retrained if any(s["phase"] in ("Promoting", "Watching") for s in r["steps"])]
         broken = [r for r in self.rollouts if r["label"] == "broken"]
-        fired = [t for t in self.triggers if t["fired"]]
+        # a rule other than no_production (the first tick's) fired once production served
+        fired = [t for t in self.triggers if any(r["fired"] and r["name"] != "no_production" for r in t["rules"])]
         bad = {s: n for s, n in tr.statuses.items() if s >= 500}
         post_live, post_static = learning.get("post_shift_live_accuracy"), learning.get("post_shift_static_accuracy")
-        return [
-            {"name": "retrain triggered", "ok": bool(fired),
+        checks = [
+            {"name": "retrain triggered by the live record", "ok": bool(fired),
              "detail": fired[0]["reasons"][0] if fired else "no rule fired"},
-            {"name": "retrained model promoted", "ok": bool(promoted),
+            {"name": "retrained model promoted through a rollout", "ok": bool(promoted),
              "detail": promoted[0]["message"] if promoted else "; ".join(r["message"] for r in self.rollouts)
              or "no rollout"},
-            {"name": "broken candidate rolled back", "ok": bool(broken) and broken[0]["phase"] == "RolledBack",
-             "detail": broken[0]["message"] if broken else "never rolled out"},
+            {"name": "the guard watched the promotion with the previous version in shadow",
+             "ok": bool(promoted) and any(s["phase"] == "Watching" for s in promoted[0]["steps"]),
+             "detail": promoted[0]["message"] if promoted else "no promotion"},
+        ]
+        if self.cfg.revert_at is not None:  # the signal flips back inside the watch: the guard must revert
+            reverted = [r for r in retrained if r["phase"] == "Reverted"]
+            checks.append({"name": "the guard reverted the promotion that decayed", "ok": bool(reverted),
+                           "detail": reverted[0]["message"] if reverted else
+                           "; ".join(f"{r['candidate']} {r['phase']}" for r in retrained) or "no rollout"})
+        else:
+            stood = [r for r in promoted if r["phase"] == "Promoted"]
+            checks += [
+                {"name": "the promotion stood the guard's watch", "ok": bool(stood),
+                 "detail": stood[0]["message"] if stood else "; ".join(r["message"] for r in promoted) or "-"},
+                {"name": "broken candidate rolled back", "ok": bool(broken) and broken[0]["phase"] == "RolledBack",
+                 "detail": broken[0]["message"] if broken else "never rolled out"},
+                {"name": "the retrained system beats the static model after the shift",
+                 "ok": post_live is not None and post_static is not None and post_live > post_static,
+                 "detail": f"live {post_live} vs static {post_static}"},
+            ]
+        checks += [
             {"name": "no 5xx or failed request seen by the client", "ok": not bad and not tr.failures,
              "detail": f"{sum(tr.statuses.values())} requests, statuses {dict(sorted(tr.statuses.items()))}"},
             {"name": "every served prediction logged", "ok": len(served) == tr.rows_answered,
              "detail": f"{len(served)} logged of {tr.rows_answered} answered"},
-            {"name": "the retrained system beats the static model after the shift",
-             "ok": post_live is not None and post_static is not None and post_live > post_static,
-             "detail": f"live {post_live} vs static {post_static}"},
         ]
+        return checks
 
 
 def learning_quality(live_rows: list[dict[str, Any]], shift_time: pd.Timestamp, *, window: int,

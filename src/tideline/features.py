@@ -540,6 +540,11 @@ def build_inference_frame(
     return X, meta, spec
 
 
+def warmup_bars(cfg: FeatureConfig) -> int:
+    """Bars a symbol needs before its first fully warmed-up feature row."""
+    return _warmup_bars(cfg)
+
+
 def _warmup_bars(cfg: FeatureConfig) -> int:
     """Roughly how many bars per symbol the features need before the first complete row."""
     longest = max(

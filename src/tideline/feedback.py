@@ -622,6 +622,7 @@ class LiveOutcomeSource:
             log_df = log_df.loc[log_df["version"].isin([candidate, baseline])]
             cand = self._realized(log_df, candidate, bars)
             base = self._realized(log_df, baseline, bars)
+            watch = self._watch(log_df, candidate, baseline, bars)
         except (TidelineError, OSError, ValueError, KeyError) as e:
             self.last_error = f"{type(e).__name__}: {e}"
             log.warning("live outcomes unavailable this interval: %s", self.last_error)
@@ -634,13 +635,39 @@ class LiveOutcomeSource:
             cand = cand.merge(common, on=key, how="inner")
             base = base.merge(common, on=key, how="inner")
         self.last_report = {"candidate": int(len(cand)), "baseline": int(len(base)), "paired": paired,
+                            "watch_pairs": None if watch is None else len(watch.times),
                             "common": int(len(common)), "logged": int(len(log_df))}
         return LiveOutcomes(
             candidate_errors=cand["error"].to_numpy(dtype=np.float64).tolist(),
             active_errors=base["error"].to_numpy(dtype=np.float64).tolist(),
             candidate_hits=cand["hit"].to_numpy(dtype=np.float64).tolist(),
             active_hits=base["hit"].to_numpy(dtype=np.float64).tolist(),
+            watch=watch,
         )
+
+    def _watch(self, log_df: pd.DataFrame, candidate: str, baseline: str, bars: pd.DataFrame) -> Any:
+        """Once ``candidate`` is production: its outcomes and ``baseline``'s on the same (symbol, bar) keys,
+        counting only predictions logged since the registry promoted it (the guard's watch), in bar order."""
+        from tideline.rollout.guard import WatchOutcomes
+
+        promoted_at = None
+        for ev in reversed(self.registry.history()):
+            if ev.alias == "production" and ev.action in ("promote", "rollback"):
+                if ev.version == candidate:
+                    promoted_at = pd.Timestamp(ev.at)
+                break  # production's latest move: the candidate's, or it is not production
+        if promoted_at is None:
+            return None
+        promoted_at = promoted_at.tz_localize("UTC") if promoted_at.tzinfo is None else promoted_at.tz_convert("UTC")
+        after = log_df.loc[log_df["time"] >= promoted_at]
+        prod = self._realized(after, candidate, bars)
+        prev = self._realized(after, baseline, bars)
+        key = ["symbol", "bar_time"]
+        both = prod[[*key, "hit"]].merge(prev[[*key, "hit"]], on=key, how="inner", suffixes=("_prod", "_prev"))
+        both = both.sort_values(["bar_time", "symbol"], kind="stable")
+        return WatchOutcomes(times=both["bar_time"].astype("int64").tolist(),
+                             production_hits=both["hit_prod"].to_numpy(dtype=np.float64).tolist(),
+                             previous_hits=both["hit_prev"].to_numpy(dtype=np.float64).tolist())
 
 
 def outcomes_from_log(registry: Registry, bars: pd.DataFrame | str | Any, *, since: Any = None,

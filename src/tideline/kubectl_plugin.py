@@ -22,7 +22,7 @@ GROUP = "tideline.io"
 VERSION = "v1alpha1"
 PLURAL = "modelrollouts"
 ACTION_ANNOTATION = "tideline.io/action"
-TERMINAL = {"Promoted", "RolledBack", "Failed"}
+TERMINAL = {"Promoted", "RolledBack", "Reverted", "Failed"}
 
 EXIT_API, EXIT_USAGE, EXIT_NOT_FOUND, EXIT_NO_CLUSTER = 1, 2, 3, 4
 

@@ -89,6 +89,11 @@ def rollout_spec(name: str, spec: Mapping[str, Any], baseline: str) -> machine.R
         kw["failure_limit"] = int(analysis["failureLimit"])
     if "maxInconclusive" in analysis:
         kw["max_inconclusive"] = int(analysis["maxInconclusive"])
+    watch = strategy.get("watch") or {}
+    watch_names = {"durationSeconds": "duration_s", "alpha": "alpha", "minAccuracy": "min_accuracy",
+                   "minOutcomes": "min_outcomes"}
+    if watch:
+        kw["watch"] = machine.WatchSpec(**{watch_names[k]: v for k, v in watch.items() if k in watch_names})
     try:
         return machine.RolloutSpec(
             name=name, target=str(spec["targetRef"]), candidate=str(spec["candidate"]), baseline=baseline,
@@ -105,6 +110,7 @@ _FIELDS = {  # RolloutStatus field -> CR status field
     "inconclusive": "inconclusive", "started_at": "startedAt", "phase_since": "phaseSince",
     "last_analysis_at": "lastAnalysisAt", "analyses": "lastAnalyses", "message": "message",
     "candidate": "candidate", "baseline": "baseline", "generation": "machineGeneration",
+    "kill_switch": "killSwitch",
 }
 
 

@@ -646,8 +646,11 @@ def list_decisions(store: Store, limit: int = 20) -> list[dict[str, Any]]:
 
 def run_if_needed(registry: Registry, settings: Settings, *, starter: Callable[..., dict[str, Any]],
                   force: bool = False, manual: str | None = None, bars: pd.DataFrame | None = None,
-                  now: datetime | None = None, clock: Clock = utcnow, **start_kwargs: Any) -> dict[str, Any]:
+                  now: datetime | None = None, clock: Clock = utcnow, note: str | None = None,
+                  **start_kwargs: Any) -> dict[str, Any]:
     """Evaluate the rules; when one fires (or ``force``), start one run under the run lock.
+
+    ``note`` leads the run's reason (e.g. "restart of run <id>" for a run restarted after its process died).
 
     Returns ``{"started", "reason", "run_id", "forced", "report", "result", "decision_key", "at"}``. A run
     already holding the lock means ``started: False`` with the holder in the reason. The decision (started
@@ -667,6 +670,8 @@ def run_if_needed(registry: Registry, settings: Settings, *, starter: Callable[.
     reason = "; ".join(report.reasons) if report.fired else "forced run (no rule fired)"
     if force and report.fired:
         reason = "forced run; " + reason
+    if note:
+        reason = f"{note}; {reason}"
     lock = RunLock(registry.store, cfg.lock_ttl_seconds, clock=clock)
     if not lock.acquire(run_id, reason, now):
         holder = lock.current(now)

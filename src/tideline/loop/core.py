@@ -41,6 +41,7 @@ import pandas as pd
 
 from tideline.config import Settings
 from tideline.errors import PolicyError, TidelineError
+from tideline.features import warmup_bars
 from tideline.loop.ingest import ingest, stored_bars
 from tideline.loop.schedule import Schedule
 from tideline.registry import Registry
@@ -58,6 +59,7 @@ log = logging.getLogger(__name__)
 
 TICKS_PREFIX: Final = "loop/ticks/"
 LOCK_KEY: Final = "loop/lock.json"
+STATE_KEY: Final = "loop/state.json"
 Clock = Callable[[], datetime]
 
 
@@ -72,8 +74,8 @@ class Pipeline(Protocol):
 class Rollouts(Protocol):
     """Starts rollouts and keeps their controllers alive (one reconcile loop: ``tideline.rollout``)."""
 
-    def active(self) -> dict[str, Any] | None:
-        """The rollout in flight (``{"name", "phase", "weight", "candidate", "controller_alive"}``), or None."""
+    def latest(self) -> dict[str, Any] | None:
+        """The latest rollout, running or ended (``rollouts.latest_rollout``), or None."""
         ...
 
     def restart(self) -> str:
@@ -169,7 +171,12 @@ class LoopLease:
             time.sleep(min(1.0, max(0.05, deadline - time.monotonic())))
 
     def _take_over(self, dead: LockInfo) -> None:
-        raw, etag = self.lock.store.get(self.lock.key)
+        self.release_dead(self.lock, dead)
+
+    @staticmethod
+    def release_dead(lock: RunLock, dead: LockInfo) -> None:
+        """Mark ``dead``'s hold of ``lock`` released (compare-and-swap: a lock that moved on is left alone)."""
+        raw, etag = lock.store.get(lock.key)
         doc = json.loads(raw)
         if doc.get("run_id") != dead.run_id:
             return
@@ -177,7 +184,7 @@ class LoopLease:
         doc["released_at"] = utcnow().isoformat()
         doc["released_by"] = "a later tick: the holder's process was gone"
         try:
-            self.lock.store.put(self.lock.key, json.dumps(doc, indent=1).encode(), if_match=etag)
+            lock.store.put(lock.key, json.dumps(doc, indent=1).encode(), if_match=etag)
         except PreconditionFailed:
             pass
 
@@ -191,13 +198,15 @@ class LoopLease:
 # ---- the loop ------------------------------------------------------------------------------------------------
 class Loop:
     def __init__(self, settings: Settings, registry: Registry, *, rollouts: Rollouts | None,
-                 pipeline: Pipeline | None = None, clock: Clock = utcnow, workdir: Path | None = None) -> None:
+                 pipeline: Pipeline | None = None, clock: Clock = utcnow, workdir: Path | None = None,
+                 drift_html: Path | None = None) -> None:
         self.s = settings
         self.registry = registry
         self.rollouts = rollouts
         self.pipeline = pipeline or local_pipeline
         self.clock = clock
         self.workdir = Path(workdir or Path(settings.home) / "loop")
+        self.drift_html = drift_html
 
     # -- one tick --------------------------------------------------------------------------------------------
     def tick(self, *, wait_s: float = 0.0) -> dict[str, Any]:
@@ -237,9 +246,79 @@ class Loop:
         _write_atomic(_recent(bars, cfg.monitor_bars + 200), recent_bars_path(self.s))  # for rollouts' outcomes
         production = self.registry.aliases().get("production")
         live = self._monitor(rec, bars, production, now)
-        if self._rollout_in_flight(rec):
+        state = self._state()
+        if self._rollout_in_flight(rec, state, now):
             return
-        self._decide(rec, bars, production, live, now)
+        if self._cooling_down(rec, state, now):
+            return
+        restart_of = self._dead_run(rec, state, now)
+        if restart_of is False:
+            return
+        if production and self._pick_up_candidate(rec, production):
+            return
+        self._decide(rec, bars, production, live, now, state, restart_of=restart_of or None)
+
+    def _dead_run(self, rec: TickRecord, state: dict[str, Any], now: datetime) -> str | bool:
+        """A retraining run whose process died (it still holds the run lock) is restarted once: its lock is
+        released and this tick decides again (its run's reason names the dead one). A restart that died too is
+        not restarted again: the loop cools down. Returns the dead run's id, "" when none, False to stop."""
+        lock = RunLock(self.registry.store, self.s.triggers.lock_ttl_seconds, clock=self.clock)
+        holder = lock.current(now)
+        if holder is None or not _holder_dead(holder):
+            return ""
+        LoopLease.release_dead(lock, holder)
+        if not state.get("running"):  # its pipeline had returned (the candidate is named): nothing to redo
+            rec.step("retrain", "released", f"retraining run {holder.run_id} died after its pipeline finished: "
+                     "its lock is released, its result stands")
+            return ""
+        state["running"] = None
+        self._save_state(state)
+        if holder.reason.startswith("restart of run "):
+            until = now + timedelta(hours=self.s.loop.cooldown_hours)
+            state |= {"cooldown_until": until.isoformat(),
+                      "cooldown_reason": f"retraining run {holder.run_id} (itself a restart) died too"}
+            self._save_state(state)
+            rec.step("retrain", "died_twice", f"retraining run {holder.run_id}, the restart of a run that died, "
+                     f"died too (its process is gone): not restarted again; cooling down until {until.isoformat()}")
+            return False
+        rec.did.append(f"retraining run {holder.run_id} had died (its process is gone): restarted once")
+        rec.step("retrain", "restarting", f"retraining run {holder.run_id} ({holder.reason[:120]}) died with its "
+                 "process: the rules decide again and a run starts as its restart")
+        return holder.run_id
+
+    # -- the loop's own memory (what it has seen of ended rollouts, the cooldown) ----------------------------
+    def _state(self) -> dict[str, Any]:
+        try:
+            return dict(json.loads(self.registry.store.get(STATE_KEY)[0]))
+        except NotFound:
+            return {}
+        except ValueError as e:
+            log.warning("loop state unreadable (%s): starting from an empty one", e)
+            return {}
+
+    def _save_state(self, state: dict[str, Any]) -> None:
+        self.registry.store.put(STATE_KEY, json.dumps(state, indent=1).encode())
+
+    def _cooling_down(self, rec: TickRecord, state: dict[str, Any], now: datetime) -> bool:
+        until = state.get("cooldown_until")
+        if not until or now >= datetime.fromisoformat(until):
+            return False
+        rec.step("cooldown", "waiting", f"cooling down until {until} after {state.get('cooldown_reason', 'a revert')}"
+                 ": no retrain or rollout before then")
+        return True
+
+    def _pick_up_candidate(self, rec: TickRecord, production: str) -> bool:
+        """A ``candidate`` set outside the loop (a cluster pipeline run, a person) gets its rollout started."""
+        if self.rollouts is None:
+            return False
+        cand = self.registry.aliases().get("candidate")
+        if not cand or cand == production:
+            return False
+        last = self.rollouts.latest()
+        if last is not None and last["candidate"] == cand:
+            return False  # its rollout ran already (it keeps the alias only while running)
+        self._start_rollout(rec, cand, production, f"candidate {cand} set in the registry")
+        return True
 
     # -- monitor ---------------------------------------------------------------------------------------------
     def _monitor(self, rec: TickRecord, bars: pd.DataFrame, production: str | None,
@@ -251,18 +330,22 @@ class Loop:
 
         since = self._deployed_at(production)
         try:
-            fb = run_feedback(self.registry, bars, since=since, now=now)
+            # the whole record since the deployment: change points (and so the training window) ...
+            whole = run_feedback(self.registry, bars, since=since, now=now, write=False)
+            # ... and the latest monitor_bars (what the decay rule judges: live-metrics.json)
+            fb = run_feedback(self.registry, _recent(bars, self.s.loop.monitor_bars), since=since, now=now)
         except TidelineError as e:
             rec.step("monitor", "failed", f"live outcomes: {e}")
             return None
         m = fb.versions.get(production)
-        cps = [c.to_dict() for c in fb.change_points.get(production, [])]
-        summary = (f"{production}: {m.n} live outcome(s) since {since:%Y-%m-%d %H:%M}, directional accuracy "
-                   f"{_fmt(m.directional_accuracy)}, Sharpe {_fmt(m.sharpe)}" if m and m.n else
+        cps = [c.to_dict() for c in whole.change_points.get(production, [])]
+        summary = (f"{production}: {m.n} live outcome(s) in the latest {self.s.loop.monitor_bars} bars, directional "
+                   f"accuracy {_fmt(m.directional_accuracy)}, Sharpe {_fmt(m.sharpe)}" if m and m.n else
                    f"{production}: no realized outcomes yet")
         if cps:
             summary += f"; {len(cps)} change point(s) in its live errors, the latest at {cps[-1].get('timestamp')}"
-        rec.step("monitor", "ok", summary, predictions=fb.n_predictions, change_points=cps)
+        rec.step("monitor", "ok", summary, predictions=whole.n_predictions, change_points=cps,
+                 live={"n": m.n, "directional_accuracy": m.directional_accuracy, "sharpe": m.sharpe} if m else None)
         self._maybe_drift(rec, bars, production, now)
         return {"change_points": cps}
 
@@ -285,13 +368,17 @@ class Loop:
                 return
         recent = _recent(bars, self.s.loop.monitor_bars + 100)
         try:
-            out = run_drift_check(self.registry, recent, cfg=self.s.drift, now=now)
+            out = run_drift_check(self.registry, recent, cfg=self.s.drift, now=now, html_out=self.drift_html)
         except TidelineError as e:
             rec.step("drift", "failed", f"drift check of {production}: {e}")
             return
         res = out.result
+        thr = self.s.triggers.drift_share_threshold
+        rule = f"the rule fires at {thr}" if "drift" in self.s.triggers.enabled else f"the drift rule is off; at {thr}"
         rec.step("drift", "ok", f"{production}: {len(res.drifted_columns())} of {len(res.columns)} features "
-                 f"drifted (share {res.drifted_share:.2f}, the rule fires at {self.s.triggers.drift_share_threshold})")
+                 f"drifted (share {res.drifted_share:.2f}, {rule})",
+                 share=res.drifted_share, drifted=[c.column for c in res.drifted_columns()],
+                 columns=len(res.columns), threshold=self.s.triggers.drift_share_threshold)
 
     def _attachment(self, version: str, name: str) -> dict[str, Any] | None:
         try:
@@ -300,15 +387,19 @@ class Loop:
             return None
 
     # -- rollouts --------------------------------------------------------------------------------------------
-    def _rollout_in_flight(self, rec: TickRecord) -> bool:
+    def _rollout_in_flight(self, rec: TickRecord, state: dict[str, Any], now: datetime) -> bool:
         if self.rollouts is None:
             return False
         try:
-            act = self.rollouts.active()
+            act = self.rollouts.latest()
         except TidelineError as e:
             rec.step("rollout", "failed", f"rollout status: {e}")
             return True  # unknown: do not start another
         if act is None:
+            return False
+        if act["terminal"]:
+            if state.get("seen_rollout") != act["id"]:
+                self._rollout_ended(rec, state, act, now)
             return False
         what = f"rollout {act['name']} of {act['candidate']} in flight: {act['phase']} {act.get('weight', 0)}%"
         if not act.get("controller_alive", True):
@@ -319,9 +410,25 @@ class Loop:
             rec.step("rollout", "in_flight", f"{what}; nothing is retrained meanwhile")
         return True
 
+    def _rollout_ended(self, rec: TickRecord, state: dict[str, Any], act: dict[str, Any], now: datetime) -> None:
+        phase = act["phase"]
+        summary = f"rollout {act['name']} of {act['candidate']} ended {phase}: {act['message']}"
+        state["seen_rollout"] = act["id"]
+        if phase == "Reverted":
+            until = now + timedelta(hours=self.s.loop.cooldown_hours)
+            state["cooldown_until"] = until.isoformat()
+            state["cooldown_reason"] = f"the guard reverted {act['candidate']} to {act['baseline']}"
+            summary += f"; cooling down until {until.isoformat()}"
+        if act.get("kill_switch"):
+            log.error("KILL SWITCH ON: %s", act["message"])
+            rec.did.append(f"KILL SWITCH ON: every predictor answers flat ({act['message']})")
+        self._save_state(state)
+        rec.step("rollout", phase.lower(), summary, kill_switch=bool(act.get("kill_switch")))
+
     # -- decide, retrain, roll out -----------------------------------------------------------------------------
     def _decide(self, rec: TickRecord, bars: pd.DataFrame, production: str | None,
-                live: dict[str, Any] | None, now: datetime) -> None:
+                live: dict[str, Any] | None, now: datetime, state: dict[str, Any],
+                restart_of: str | None = None) -> None:
         times = pd.DatetimeIndex(bars["timestamp"].unique()).sort_values()
         recent = _recent(bars, self.s.loop.monitor_bars)
 
@@ -334,17 +441,27 @@ class Loop:
                                   lookback_bars=cfg.lookback_bars or len(times))
             if not win.ready:
                 return {"deferred": win.to_dict()}
-            window = bars[bars["timestamp"] >= win.start] if win.start is not None else bars
+            window = bars
+            if win.start is not None:  # from the window's start, with the features' warm-up bars before it
+                pos = max(0, int(times.searchsorted(win.start)) - warmup_bars(settings.features))
+                window = bars[bars["timestamp"] >= times[pos]]
             lake = self.workdir / "lake" / f"{now:%Y%m%dT%H%M%S}-{rec.id}.parquet"
             lake.parent.mkdir(parents=True, exist_ok=True)
             window.to_parquet(lake, index=False)
             mode = "rollout" if production else "direct"
-            res = self.pipeline(settings, source=lake, rollout_mode=mode, reason=reason[:200])
+            # the loop's memory that a pipeline is running: a run that dies before clearing it is restarted once
+            self._save_state(state | {"running": {"tick": rec.id, "lake": str(lake), "reason": reason[:200]}})
+            try:
+                res = self.pipeline(settings, source=lake, rollout_mode=mode, reason=reason[:200])
+            finally:  # returned or failed (not killed): nothing to restart
+                self._save_state(state | {"running": None})
             return {"window": win.to_dict(), "rows": len(window), **{k: res.get(k) for k in (
                 "run_id", "versions", "decision", "best", "reasons", "candidate", "promoted", "seconds")}}
 
         try:
-            decision = run_if_needed(self.registry, self.s, starter=retrain, bars=recent, now=now, clock=self.clock)
+            decision = run_if_needed(self.registry, self.s, starter=retrain, bars=recent, now=now, clock=self.clock,
+                                     note=f"restart of run {restart_of}" if restart_of else None,
+                                     force=bool(restart_of))
         except TidelineError as e:
             rec.step("retrain", "failed", f"the retraining run failed: {e}")
             return

@@ -14,6 +14,7 @@ from tideline.config import LoopRolloutConfig, Settings
 from tideline.errors import ConfigError
 from tideline.registry import Registry
 from tideline.rollout.analysis import Thresholds
+from tideline.rollout.guard import WatchSpec
 from tideline.rollout.controller import create_rollout, list_rollouts, load_rollout
 from tideline.rollout.machine import RolloutSpec, ShadowSpec
 
@@ -26,11 +27,26 @@ def rollout_spec(cfg: LoopRolloutConfig, candidate: str, baseline: str, bars: st
             shadow=ShadowSpec(min_duration_s=cfg.shadow_seconds, min_labelled=cfg.min_labelled),
             steps=tuple(cfg.steps), interval_s=cfg.interval_seconds, failure_limit=cfg.failure_limit,
             max_inconclusive=cfg.max_inconclusive, bars=bars,
+            watch=WatchSpec(duration_s=cfg.watch_seconds, alpha=cfg.watch_alpha, min_accuracy=cfg.watch_min_accuracy,
+                            min_outcomes=cfg.watch_min_outcomes),
             thresholds=Thresholds(max_error_rate=cfg.max_error_rate, max_p99_latency_ms=cfg.max_p99_latency_ms,
                                   min_requests=cfg.min_requests, accuracy_margin=cfg.accuracy_margin,
                                   min_labelled=cfg.min_outcomes))
     except ValueError as e:
         raise ConfigError(f"loop.rollout: {e}") from None
+
+
+def latest_rollout(registry: Registry, name: str, *, now: float) -> dict[str, Any] | None:
+    """The latest rollout of ``name`` (running or ended) as the loop sees it, or None when there is none."""
+    if name not in list_rollouts(registry.store):
+        return None
+    doc, _ = load_rollout(registry.store, name)
+    created = doc.events[0]["at"] if doc.events else doc.status.started_at
+    st = doc.status
+    return {"name": name, "id": f"{doc.spec.candidate}@{created}", "phase": st.phase.value, "weight": st.weight,
+            "candidate": doc.spec.candidate, "baseline": doc.spec.baseline, "terminal": st.terminal,
+            "message": st.message, "kill_switch": st.kill_switch,
+            "controller_alive": doc.owner is not None and doc.lease_until > now}
 
 
 class DetachedRollouts:
@@ -45,15 +61,8 @@ class DetachedRollouts:
         self.bars = bars
         self.name = settings.loop.rollout.name
 
-    def active(self) -> dict[str, Any] | None:
-        if self.name not in list_rollouts(self.registry.store):
-            return None
-        doc, _ = load_rollout(self.registry.store, self.name)
-        if doc.status.terminal:
-            return None
-        alive = doc.owner is not None and doc.lease_until > time.time()
-        return {"name": self.name, "phase": doc.status.phase.value, "weight": doc.status.weight,
-                "candidate": doc.spec.candidate, "controller_alive": alive}
+    def latest(self) -> dict[str, Any] | None:
+        return latest_rollout(self.registry, self.name, now=time.time())
 
     def _spawn(self) -> int:
         argv = [sys.executable, "-m", "tideline", "--registry", self.registry.store.uri]

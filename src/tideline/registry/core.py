@@ -181,6 +181,16 @@ class Event(BaseModel):
     actor: str = ""
 
 
+class KillSwitchState(BaseModel):
+    """The kill switch is on: every predictor answers a flat position (0) until it is lifted."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    at: str
+    reason: str
+    actor: str = ""
+
+
 class AttachmentInfo(ArtifactInfo):
     at: str
 
@@ -212,6 +222,7 @@ class _State(BaseModel):
     attachments: dict[str, dict[str, AttachmentInfo]] = Field(default_factory=dict)
     deleted: list[str] = Field(default_factory=list)
     events: list[Event] = Field(default_factory=list)
+    kill_switch: KillSwitchState | None = None
 
 
 class _NoChange(Exception):
@@ -528,6 +539,25 @@ class Registry:
         """Every recorded state change, oldest first."""
         state, _ = self._read_state()
         return list(state.events)
+
+    def kill_switch(self) -> KillSwitchState | None:
+        """The kill switch, when it is on (predictors then answer flat), else None."""
+        state, _ = self._read_state()
+        return state.kill_switch
+
+    def set_kill_switch(self, on: bool, *, reason: str, actor: str = "cli") -> Event:
+        """Throw (``on``) or lift the kill switch; recorded in the history. Idempotent."""
+
+        def mutate(st: _State) -> tuple[Event, list[Event]]:
+            ev = Event(at=_now(), action="kill_switch_on" if on else "kill_switch_off", reason=reason, actor=actor)
+            if (st.kill_switch is not None) == on:
+                raise _NoChange(ev)
+            st.kill_switch = KillSwitchState(at=ev.at, reason=reason, actor=actor) if on else None
+            return ev, [ev]
+
+        ev = self._update_state(mutate)
+        (log.error if on else log.warning)("kill switch %s: %s", "ON" if on else "off", reason)
+        return ev
 
     # -- register -------------------------------------------------------------------------------
     def register(

@@ -22,9 +22,12 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from tideline.rollout.guard import WatchOutcomes
 
 Verdict = Literal["pass", "fail", "inconclusive"]
 
@@ -237,6 +240,9 @@ class LiveOutcomes:
     active_errors: Sequence[float] = ()
     candidate_hits: Sequence[float] = ()
     active_hits: Sequence[float] = ()
+    watch: WatchOutcomes | None = None
+    """after the candidate was promoted: its outcomes and the baseline's (in shadow) on the same requests,
+    for the guard (``tideline.rollout.guard``); None before the promotion."""
 
 
 @dataclass

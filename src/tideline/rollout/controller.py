@@ -46,6 +46,7 @@ from tideline.registry.store import NotFound, PreconditionFailed, Store
 from tideline.rollout import machine as m
 from tideline.rollout.analysis import AnalysisInput, AnalysisResult, MetricsSnapshot, Thresholds, analyze, delta
 from tideline.rollout.backends import PERMANENT_ERRORS, Backend, apply_action
+from tideline.rollout.guard import guard_analyze
 
 log = logging.getLogger(__name__)
 
@@ -259,7 +260,7 @@ class RolloutController:
                 return doc.status
 
         analysis = None
-        if doc.status.phase in (m.Phase.SHADOW, m.Phase.CANARY):
+        if doc.status.phase in (m.Phase.SHADOW, m.Phase.CANARY, m.Phase.WATCHING):
             analysis = self._analyze(doc, now)
         new, actions = m.advance(spec, doc.status, analysis, now, doc.requested_action)  # type: ignore[arg-type]
         if doc.requested_action:
@@ -287,6 +288,13 @@ class RolloutController:
             return None
         d = delta(prev, cur)
         doc.snapshot, doc.snapshot_at = cur.to_dict(), now
+        if doc.status.phase == m.Phase.WATCHING:  # the guard: production (the candidate) vs previous
+            outcomes = self.backend.read_outcomes(spec.candidate, spec.baseline)
+            res = guard_analyze(outcomes.watch if outcomes is not None else None, d.select(spec.candidate),
+                                spec.watch, spec.thresholds)
+            res.at = now
+            self.last_analysis = res
+            return res
         inp = AnalysisInput(
             candidate=d.select(spec.candidate), active=d.select(spec.baseline),
             outcomes=self.backend.read_outcomes(spec.candidate, spec.baseline),
@@ -327,7 +335,7 @@ class RolloutController:
 
     def _snapshot_after_change(self, doc: RolloutDoc, now: float) -> None:
         """A new phase/weight starts its first interval from fresh counters (no mixing of steps)."""
-        if doc.status.phase in (m.Phase.SHADOW, m.Phase.CANARY):
+        if doc.status.phase in (m.Phase.SHADOW, m.Phase.CANARY, m.Phase.WATCHING):
             try:
                 doc.snapshot, doc.snapshot_at = self.backend.read_metrics().to_dict(), now
             except Exception as e:  # noqa: BLE001 - the next pass takes it instead

@@ -3,10 +3,12 @@ status and the idempotent actions that make the world match it.
 
 Phases::
 
-    Pending -> Shadow -> Canary[w0] -> Canary[w1] -> ... -> Promoting -> Promoted
-                 |           |                                   |
-                 +-----------+--> RolledBack (failure_limit consecutive failed analyses,
-                                  max_inconclusive inconclusive ones in a row, or a manual rollback)
+    Pending -> Shadow -> Canary[w0] -> Canary[w1] -> ... -> Promoting -> [Watching ->] Promoted
+                 |           |                                                 |
+                 +-----------+--> RolledBack (failure_limit consecutive        +--> Reverted (the guard: production
+                                  failed analyses, max_inconclusive                 worse than previous on the same
+                                  inconclusive ones in a row, or a manual           requests, under the floors, or a
+                                  rollback)                                         manual rollback)
     any non-terminal --(a permanent error applying an action, e.g. production moved meanwhile)--> Failed
 
 * Pending -> Shadow on the first call (``SetShadow(candidate)``: every request is mirrored to the
@@ -24,7 +26,14 @@ Phases::
   return: a manual rollback arriving then is ignored (undo with ``tideline models rollback``).
 * RolledBack: ``SetWeight(0)`` first, then ``SetShadow(None)``, ``RemoveCanary``, ``RetireInRegistry``
   (candidate alias cleared, status RETIRED). Production never moved, so it is left alone.
-* Promoted, RolledBack and Failed are terminal and absorbing.
+* Watching (only with ``spec.watch.duration_s > 0``): the candidate is production; the baseline (previous)
+  is shadowed on every request (``SetShadow(baseline)``) and the guard (``tideline.rollout.guard``) judges
+  production against it on the same requests each interval. A failed guard analysis -> Reverted: previous is
+  promoted back (compare-and-swap against the candidate) and made active, the candidate retired, and with
+  both under the accuracy floor the kill switch is thrown (``KillSwitch``: every predictor answers flat).
+  The window ends -> Promoted (shadow off, the slot stopped). A manual rollback reverts; a manual promote
+  ends the watch.
+* Promoted, RolledBack, Reverted and Failed are terminal and absorbing.
 
 Crash safety: the controller persists the new status BEFORE applying the actions, every action is
 idempotent, and ``desired_actions(spec, status)`` rebuilds the complete action list for any persisted
@@ -43,6 +52,7 @@ from enum import Enum
 from typing import Any, Literal
 
 from tideline.rollout.analysis import AnalysisResult, Thresholds
+from tideline.rollout.guard import WatchSpec, kill_switch_needed
 
 
 class Phase(str, Enum):
@@ -50,8 +60,10 @@ class Phase(str, Enum):
     SHADOW = "Shadow"
     CANARY = "Canary"
     PROMOTING = "Promoting"
+    WATCHING = "Watching"
     PROMOTED = "Promoted"
     ROLLED_BACK = "RolledBack"
+    REVERTED = "Reverted"
     FAILED = "Failed"
 
     @property
@@ -59,7 +71,7 @@ class Phase(str, Enum):
         return self in TERMINAL
 
 
-TERMINAL: frozenset[Phase] = frozenset({Phase.PROMOTED, Phase.ROLLED_BACK, Phase.FAILED})
+TERMINAL: frozenset[Phase] = frozenset({Phase.PROMOTED, Phase.ROLLED_BACK, Phase.REVERTED, Phase.FAILED})
 MAX_ANALYSES = 10
 ManualAction = Literal["promote", "rollback"]
 
@@ -95,6 +107,8 @@ class RolloutSpec:
     """recent bars (a ``tideline.data.load_bars`` source) to join live predictions with for the outcome
     checks (accuracy, error KS); None: those checks stay inconclusive. Kept in the spec so a restarted
     controller uses the same source."""
+    watch: WatchSpec = WatchSpec()
+    """the guard after promotion (``duration_s == 0``: none)."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "steps", tuple(int(s) for s in self.steps))
@@ -129,6 +143,7 @@ class RolloutSpec:
         d["shadow"] = ShadowSpec(**d.get("shadow", {}))
         d["thresholds"] = Thresholds.from_dict(d.get("thresholds"))
         d["steps"] = tuple(d.get("steps", (10, 25, 50, 100)))
+        d["watch"] = WatchSpec(**d.get("watch", {}))
         return cls(**d)
 
 
@@ -152,6 +167,8 @@ class RolloutStatus:
     baseline: str = ""
     generation: int = 0
     """bumped whenever the desired state of the world changes."""
+    kill_switch: bool = False
+    """the guard threw the kill switch (Reverted with both versions under the floor)."""
 
     @property
     def terminal(self) -> bool:
@@ -234,6 +251,14 @@ class RetireInRegistry(Action):
 
 
 @dataclass(frozen=True)
+class KillSwitch(Action):
+    """Every predictor answers a flat position (``on``) until someone lifts it; ``reason`` says why."""
+
+    on: bool
+    reason: str
+
+
+@dataclass(frozen=True)
 class Event(Action):
     msg: str
 
@@ -250,12 +275,25 @@ def _rollback_actions(spec: RolloutSpec) -> list[Action]:
     return [SetWeight(0), SetShadow(None), RemoveCanary(), RetireInRegistry(spec.candidate)]
 
 
+def _revert_actions(spec: RolloutSpec) -> list[Action]:
+    b = spec.baseline
+    return [SetShadow(None), DeployCanary(b), PromoteInRegistry(b, spec.candidate), SetActive(b),
+            RetireInRegistry(spec.candidate)]
+
+
 def desired_actions(spec: RolloutSpec, status: RolloutStatus) -> list[Action]:
     """Every idempotent action that brings the world to what ``status`` says (used after a restart)."""
     c = spec.candidate
     p = status.phase
     if p == Phase.PENDING:
         return []
+    if p == Phase.WATCHING:  # entered only once Promoting's actions were applied
+        return [SetShadow(spec.baseline)]
+    if p == Phase.PROMOTED and spec.watch.duration_s > 0:
+        return [SetShadow(None), RemoveCanary()]
+    if p == Phase.REVERTED:
+        kill = [KillSwitch(True, status.message)] if status.kill_switch else []
+        return [*_revert_actions(spec), *kill]
     if p == Phase.SHADOW:
         return [SetWeight(0), MarkInRegistry(c, "SHADOW"), SetShadow(c)]
     if p == Phase.CANARY:
@@ -326,9 +364,16 @@ def advance(
     if st.phase == Phase.PROMOTING:
         # The point of no return: production has (or is about to have) moved in the registry. A manual
         # request here is ignored; undo a promotion with `tideline models rollback` once Promoted.
+        if spec.watch.duration_s > 0:
+            _enter(st, Phase.WATCHING, now, f"promoted {spec.candidate} (was {spec.baseline}); watching it for "
+                   f"{spec.watch.duration_s:g} s with {spec.baseline} in shadow"
+                   + (f"; manual {action} ignored: the promotion was already under way" if action else ""))
+            return st, [SetShadow(spec.baseline), Event(st.message)]
         _enter(st, Phase.PROMOTED, now, f"promoted {spec.candidate} (was {spec.baseline})"
                + (f"; manual {action} ignored: the promotion was already under way" if action else ""), weight=0)
         return st, [Event(st.message)]
+    if st.phase == Phase.WATCHING:
+        return _watch(spec, st, analysis, now, action)
     if action == "rollback":
         _roll_back(spec, st, now, "manual rollback", actions)
         return st, actions
@@ -397,6 +442,47 @@ def advance(
                weight=weights[nxt], step_index=nxt)
         actions += [SetWeight(weights[nxt]), Event(st.message)]
     return st, actions
+
+
+def _watch(spec: RolloutSpec, st: RolloutStatus, analysis: AnalysisResult | None, now: float,
+           action: ManualAction | None) -> tuple[RolloutStatus, list[Action]]:
+    actions: list[Action] = []
+    if action == "rollback":
+        _revert(spec, st, now, "manual rollback during the watch", actions, kill=False)
+        return st, actions
+    if action == "promote":
+        _enter(st, Phase.PROMOTED, now, f"promoted {spec.candidate}: watch ended by hand", weight=0)
+        return st, [SetShadow(None), RemoveCanary(), Event(st.message)]
+    if analysis is not None:
+        st.last_analysis_at = now
+        rec = analysis.to_dict() | {"at": now, "phase": st.phase.value, "weight": 0}
+        st.analyses = [*st.analyses, rec][-MAX_ANALYSES:]
+        reasons = "; ".join(analysis.reasons) or analysis.verdict
+        if analysis.verdict == "fail":
+            kill = kill_switch_needed(analysis)
+            _revert(spec, st, now, f"guard: {reasons}", actions, kill=kill)
+            return st, actions
+        st.message = f"watching {spec.candidate}: {reasons}"
+    watched = now - (st.phase_since if st.phase_since is not None else now)
+    if watched >= spec.watch.duration_s:
+        last = st.analyses[-1]["reasons"] if st.analyses else ["no guard analysis ran"]
+        _enter(st, Phase.PROMOTED, now, f"promoted {spec.candidate}: {watched:.0f} s watched, production held "
+               f"against {spec.baseline} ({'; '.join(last)})", weight=0)
+        actions += [SetShadow(None), RemoveCanary(), Event(st.message)]
+    return st, actions
+
+
+def _revert(spec: RolloutSpec, st: RolloutStatus, now: float, why: str, actions: list[Action], *,
+            kill: bool) -> None:
+    msg = f"reverted to {spec.baseline}: {why}"
+    if kill:
+        msg += f"; KILL SWITCH ON: {spec.baseline} is under the floor too, every predictor answers flat"
+    _enter(st, Phase.REVERTED, now, msg, weight=0)
+    st.kill_switch = kill
+    actions += _revert_actions(spec)
+    if kill:
+        actions.append(KillSwitch(True, msg))
+    actions.append(Event(st.message))
 
 
 def validate_status(spec: RolloutSpec, st: RolloutStatus) -> list[str]:

@@ -52,6 +52,9 @@ MODEL_INFO: Final = Gauge(
     "tideline_model_info", "1 for each model version this process serves, by role and registry ref",
     ["version", "role", "ref"],
 )
+KILL_SWITCH: Final = Gauge(
+    "tideline_kill_switch", "1 while the registry's kill switch is on and every answer is a flat position (0)",
+)
 # Not in the contract (extra): the prediction log's own health.
 PREDLOG_ROWS: Final = Counter(
     "tideline_prediction_log_rows", "Prediction log rows: written, failed (a write failed; retried), "

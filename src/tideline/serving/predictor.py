@@ -8,6 +8,9 @@
 * Hot reload: a background task polls the registry every ``reload_interval`` seconds; when the alias
   moved, the new version is fetched, verified and loaded in a worker thread and swapped in with a single
   reference assignment. A failed reload keeps the old version serving and is counted and logged.
+* Kill switch: the same poll reads the registry's kill switch; while it is on every answer is a flat
+  position (0.0, ``"flat": true``, header ``x-tideline-flat``); the prediction log keeps the model's own
+  predictions, so its live record goes on.
 * Shadow slot: an optional second version runs on the same rows after the active response is computed,
   in its own worker thread with a timeout; its predictions are only logged and measured.
 """
@@ -141,6 +144,8 @@ class TidelinePredictor(KServeModel):
         self._retry_at: dict[tuple[str, str], tuple[float, int]] = {}  # (slot, version) -> (time, failures)
         self._request_prefix = uuid.uuid4().hex[:16]  # + a counter: unique without a syscall per request
         self._request_seq = 0
+        self.flat: str | None = None
+        """why every answer is flat (the registry's kill switch), or None."""
 
     # -- loading -------------------------------------------------------------------------------
     @property
@@ -148,6 +153,7 @@ class TidelinePredictor(KServeModel):
         return self.serving.active.version if self.serving else ""
 
     def load(self) -> bool:
+        self._read_kill_switch()
         active = load_slot(self.registry, self.ref, self.role)
         shadow = None
         if self.shadow_ref:
@@ -195,9 +201,23 @@ class TidelinePredictor(KServeModel):
             except Exception:  # pragma: no cover - the loop itself must never die
                 log.exception("reload check failed")
 
+    def _read_kill_switch(self) -> None:
+        try:
+            ks = self.registry.kill_switch()
+        except Exception as e:  # noqa: BLE001 - unreachable store: keep the last known state
+            log.warning("registry unreachable while reading the kill switch (unchanged): %s", e)
+            return
+        flat = ks.reason if ks is not None else None
+        if flat != self.flat:
+            (log.error if flat else log.warning)("kill switch %s%s", "ON: answering flat: " if flat else "off",
+                                                 flat or "")
+        self.flat = flat
+        m.KILL_SWITCH.set(1 if flat else 0)
+
     async def check_reload(self) -> None:
         """Resolve the refs; load and swap in whatever moved. Old versions keep serving on failure."""
         loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, self._read_kill_switch)
         serving = self.serving
         assert serving is not None
         wanted: dict[str, str | None] = {}
@@ -337,15 +357,22 @@ class TidelinePredictor(KServeModel):
                                 role=active.role, at=payload.started)
         if serving.shadow is not None:
             self._start_shadow(serving.shadow, payload)
+        if self.flat is not None:  # the kill switch: the model's predictions are logged, not served
+            preds = np.zeros_like(preds)
+            if response_headers is not None:
+                response_headers["x-tideline-flat"] = "1"
         if payload.v2:
             return InferResponse(
                 response_id=payload.request_id, model_name=self.name, model_version=active.version,
                 infer_outputs=[InferOutput(name="prediction", shape=[batch.n], datatype="FP64",
                                            data=preds.tolist())],
-                parameters={"role": active.role},
+                parameters={"role": active.role, **({"flat": True} if self.flat is not None else {})},
             )
-        return {"predictions": preds.tolist(), "model_name": self.name, "model_version": active.version,
-                "role": active.role}
+        out = {"predictions": preds.tolist(), "model_name": self.name, "model_version": active.version,
+               "role": active.role}
+        if self.flat is not None:
+            out["flat"] = True
+        return out
 
     # -- shadow ------------------------------------------------------------------------------------
     def _start_shadow(self, shadow: Slot, payload: Prepared) -> None:

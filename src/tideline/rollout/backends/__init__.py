@@ -53,6 +53,7 @@ class Backend(Protocol):
     def promote(self, version: str, *, expected: str, reason: str) -> None: ...
     def retire(self, version: str, *, reason: str) -> None: ...
     def mark(self, version: str, status: str) -> None: ...
+    def set_kill_switch(self, on: bool, *, reason: str) -> None: ...
 
 
 class RegistryOps:
@@ -86,6 +87,9 @@ class RegistryOps:
                     pass
         self.registry.set_status(version, Status.RETIRED, reason=reason, actor=self.actor)
 
+    def set_kill_switch(self, on: bool, *, reason: str) -> None:
+        self.registry.set_kill_switch(on, reason=reason, actor=self.actor)
+
     def mark(self, version: str, status: str) -> None:
         from tideline.registry import Status
 
@@ -118,8 +122,11 @@ def apply_action(backend: Backend, action: m.Action, spec: m.RolloutSpec) -> Non
     elif isinstance(action, m.MarkInRegistry):
         backend.mark(action.version, action.status)
     elif isinstance(action, m.PromoteInRegistry):
-        backend.promote(action.version, expected=action.expected_production,
-                        reason=f"rollout {spec.name}: canary analysis passed")
+        why = ("the guard reverted to the previous version" if action.version == spec.baseline
+               else "canary analysis passed")
+        backend.promote(action.version, expected=action.expected_production, reason=f"rollout {spec.name}: {why}")
+    elif isinstance(action, m.KillSwitch):
+        backend.set_kill_switch(action.on, reason=f"rollout {spec.name}: {action.reason}"[:500])
     elif isinstance(action, m.RetireInRegistry):
         backend.retire(action.version, reason=f"rollout {spec.name} rolled back")
     elif isinstance(action, m.Event):

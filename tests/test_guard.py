@@ -132,9 +132,18 @@ def test_promotion_is_watched_with_previous_in_shadow_then_promoted() -> None:
     assert m.desired_actions(SPEC, st) == [m.SetShadow("v1")]
     st2, actions = m.advance(SPEC, st, None, 50.0)
     assert st2.phase == m.Phase.WATCHING and actions == []
+    # the window is over, but only a guard analysis made after it may end the watch
     st3, actions = m.advance(SPEC, st2, None, 101.0)
-    assert st3.phase == m.Phase.PROMOTED and actions[:2] == [m.SetShadow(None), m.RemoveCanary()]
-    assert m.desired_actions(SPEC, st3) == [m.SetShadow(None), m.RemoveCanary()]
+    assert st3.phase == m.Phase.WATCHING and actions == []
+    same = np.tile([1.0, 0.0, 1.0, 1.0], 50)
+    ok = guard_analyze(outcomes(same, same), OK_TRAFFIC, SPEC.watch, THR)
+    st4, actions = m.advance(SPEC, st3, ok, 102.0)
+    assert st4.phase == m.Phase.PROMOTED and actions[:2] == [m.SetShadow(None), m.RemoveCanary()]
+    assert "production held against v1" in st4.message
+    assert m.desired_actions(SPEC, st4) == [m.SetShadow(None), m.RemoveCanary()]
+    # with nothing to judge by twice the window, the promotion stands on the rollout's analyses, and says so
+    st5, _ = m.advance(SPEC, st3, None, 202.0)
+    assert st5.phase == m.Phase.PROMOTED and "no guard analysis could judge it" in st5.message
 
 
 def test_a_failed_guard_analysis_reverts_to_previous() -> None:

@@ -440,6 +440,35 @@ def test_hot_reload_switches_without_failures_and_refuses_a_corrupt_version(env:
         assert p.stop() == 0
 
 
+def test_kill_switch_answers_flat_and_keeps_logging_the_model(env: Env, tmp_path: Path) -> None:
+    """Thrown in the registry, the kill switch reaches a running predictor on its next poll: every answer is a
+    flat 0.0 (marked), the prediction log keeps the model's own predictions; lifted, the model answers again."""
+    p = start(env, "--ref", "v1", "--reload-interval", "0.2", "--log-flush-seconds", "0.2", name="killswitch")
+    try:
+        want = env.expected("v1", 5)
+        assert p.v1({"instances": env.instances(5)}).json()["predictions"] == want
+        env.registry.set_kill_switch(True, reason="test: nothing passes the floors")
+        wait_for(lambda: p.v1({"instances": env.instances(5)}).json().get("flat") is True, what="flat answers")
+        r = p.v1({"instances": env.instances(5)})
+        assert r.status_code == 200 and r.json()["predictions"] == [0.0] * 5 and r.headers["x-tideline-flat"] == "1"
+        X = env.rows.iloc[:3]
+        inputs = [{"name": c, "shape": [3], "datatype": "FP32", "data": [float(v) for v in X[c]]} for c in X.columns]
+        r2 = p.v2({"inputs": inputs})
+        assert r2.status_code == 200, r2.text
+        assert r2.json()["outputs"][0]["data"] == [0.0] * 3 and r2.json()["parameters"]["flat"] is True
+        assert [v for lb, v in p.metrics()["tideline_kill_switch"]] == [1.0]
+        env.registry.set_kill_switch(False, reason="test: lifted")
+        wait_for(lambda: "flat" not in p.v1({"instances": env.instances(5)}).json(), what="model answers")
+        assert p.v1({"instances": env.instances(5)}).json()["predictions"] == want
+        assert "kill switch ON" in p.log.read_text()
+    finally:
+        env.registry.set_kill_switch(False, reason="test reset")
+        assert p.stop() == 0
+    logged = read_predictions(env.registry, since=pd.Timestamp.now(tz="UTC") - pd.Timedelta(minutes=10))
+    mine = logged.loc[logged["version"] == "v1", "prediction"].to_numpy()
+    assert len(mine) and (mine != 0.0).all()  # the model's predictions, never the flat answers
+
+
 @pytest.mark.slow
 def test_broken_model_output_is_a_500(env: Env) -> None:
     p = start(env, "--ref", "v4", "--no-prediction-log", "--reload-interval", "0", name="broken")

@@ -47,6 +47,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -60,12 +61,13 @@ from tideline.registry.store import FileStore, NotFound, PreconditionFailed
 from tideline.rollout import machine as m
 from tideline.rollout.analysis import LiveOutcomes, MetricsSnapshot, SeriesMetrics, Thresholds, analyze
 from tideline.rollout.backends import BackendError, RegistryOps
+from tideline.rollout.guard import WatchOutcomes, WatchSpec
 from tideline.rollout.controller import (FakeClock, RolloutController, create_rollout, load_rollout,
                                          request_action, rollout_key)
 
 AREA = "Faults"
 NAME = "tideline"
-KINDS = ("good", "bad", "manual")
+KINDS = ("good", "bad", "manual", "guard")
 T0 = 1_700_000_000.0
 INTERVAL = 30.0
 LEASE = 3 * INTERVAL
@@ -76,10 +78,19 @@ SPEC = m.RolloutSpec(name=NAME, target=NAME, candidate="v2", baseline="v1",
                      steps=(10, 25, 50, 100), interval_s=INTERVAL,
                      thresholds=Thresholds(min_requests=20, min_labelled=100), failure_limit=2,
                      max_inconclusive=20)
+SPEC_GUARD = dataclasses.replace(SPEC, watch=WatchSpec(duration_s=5 * INTERVAL))
+"""the guard's kind: promoted, watched with v1 in shadow, found worse on the same requests, reverted."""
+
+
+def spec_for(kind: str) -> m.RolloutSpec:
+    return SPEC_GUARD if kind == "guard" else SPEC
+
+
 EXPECTED_PATH = {
     "good": ["Pending", "Shadow", "Canary 10", "Canary 25", "Canary 50", "Promoting", "Promoted"],
     "bad": ["Pending", "Shadow", "Canary 10", "Canary 25", "RolledBack"],
     "manual": ["Pending", "Shadow", "Canary 10", "Canary 25", "RolledBack"],
+    "guard": ["Pending", "Shadow", "Canary 10", "Canary 25", "Canary 50", "Promoting", "Watching", "Reverted"],
 }
 # document events that must appear exactly once (each phase entered once, one terminal event)
 EXPECTED_ONCE = {
@@ -87,6 +98,8 @@ EXPECTED_ONCE = {
     "bad": ["shadowing v2", "canary at 10%", "now 25%", "rolled back: 2 consecutive failed analyses"],
     "manual": ["shadowing v2", "canary at 10%", "now 25%", "manual rollback requested",
                "rolled back: manual rollback"],
+    "guard": ["shadowing v2", "canary at 10%", "now 25%", "now 50%", "promoting v2", "watching it",
+              "reverted to v1: guard:"],
 }
 MAX_ITERATIONS = 60
 
@@ -199,20 +212,25 @@ class Observer:
             if p != m.Phase.CANARY or arg > st.weight:
                 bad = f"set_weight({arg}) while the stored document says {p.value} {st.weight}"
         elif action == "set_shadow" and arg is not None:
-            if p != m.Phase.SHADOW:
+            if not ((p == m.Phase.SHADOW and arg == SPEC.candidate) or (p == m.Phase.WATCHING and arg == SPEC.baseline)):
                 bad = f"set_shadow({arg}) while the stored document says {p.value}"
         elif action == "deploy_canary":
-            if p not in (m.Phase.CANARY, m.Phase.PROMOTING, m.Phase.PROMOTED):
+            if p not in (m.Phase.CANARY, m.Phase.PROMOTING, m.Phase.PROMOTED, m.Phase.REVERTED):
                 bad = f"deploy_canary({arg}) while the stored document says {p.value}"
         elif action == "set_active" and arg == SPEC.candidate:
             if p not in (m.Phase.PROMOTING, m.Phase.PROMOTED) or self.production() != arg:
                 bad = (f"set_active({arg}) while the stored document says {p.value}, "
                        f"production {self.production()}")
+        elif action == "set_active" and arg == SPEC.baseline:
+            if p != m.Phase.REVERTED or self.production() != arg:
+                bad = (f"set_active({arg}) while the stored document says {p.value}, "
+                       f"production {self.production()}")
         elif action == "promote":
-            if p not in (m.Phase.PROMOTING, m.Phase.PROMOTED):
+            want = (m.Phase.PROMOTING, m.Phase.PROMOTED) if arg == SPEC.candidate else (m.Phase.REVERTED,)
+            if p not in want:
                 bad = f"promote({arg}) while the stored document says {p.value}"
         elif action == "retire":
-            if p != m.Phase.ROLLED_BACK:
+            if p not in (m.Phase.ROLLED_BACK, m.Phase.REVERTED):
                 bad = f"retire({arg}) while the stored document says {p.value}"
         elif action == "mark":
             want = {"SHADOW": m.Phase.SHADOW, "CANARY": m.Phase.CANARY}.get(arg)
@@ -394,8 +412,9 @@ class SimServing:
         active = st["procs"].get(r["active"])
         if active is None:
             out.append("the active route points at no running predictor")
-        elif active["version"] != production and not (active["version"] == SPEC.baseline
-                                                        and production == SPEC.candidate):
+        elif active["version"] != production and {active["version"], production} != {SPEC.baseline,
+                                                                                      SPEC.candidate}:
+            # (between a registry move and the slot switch, promotion or revert, the two may differ)
             out.append(f"active serves {active['version']} but production is {production}")
         if not 0 <= r["weight"] < 100:
             out.append(f"canary weight {r['weight']}%")
@@ -472,9 +491,11 @@ class SimBackend(RegistryOps):
     """``Backend`` over the simulated serving world; every action is two crash points and is checked
     against the persisted document."""
 
-    def __init__(self, registry: Registry, serving: SimServing, killer: Killer, obs: Observer) -> None:
+    def __init__(self, registry: Registry, serving: SimServing, killer: Killer, obs: Observer,
+                 worse_in_watch: bool = False) -> None:
         super().__init__(CountingRegistry(registry, killer, obs))  # type: ignore[arg-type]
         self.serving, self.killer, self.obs = serving, killer, obs
+        self.worse_in_watch = worse_in_watch
 
     def _do(self, what: str, arg: Any, fn: Callable[[], None]) -> None:
         self.killer.point(f"before {what}")
@@ -521,7 +542,13 @@ class SimBackend(RegistryOps):
         # 200 labelled outcomes per side, the same directional accuracy (0.6) and error distribution
         hits = [1.0 if i % 5 < 3 else 0.0 for i in range(200)]
         errs = [((i * 37) % 101 - 50) / 1000 for i in range(200)]
-        return LiveOutcomes(errs, errs, hits, hits)
+        watch = None
+        if self.worse_in_watch and self.registry.aliases().get("production") == candidate:
+            # after the promotion: on the same 50 bars x 4 symbols, production 0.3 vs previous 0.7 accuracy
+            watch = WatchOutcomes(times=[i // 4 for i in range(200)],
+                                  production_hits=[1.0 if i % 10 < 3 else 0.0 for i in range(200)],
+                                  previous_hits=[1.0 if i % 10 < 7 else 0.0 for i in range(200)])
+        return LiveOutcomes(errs, errs, hits, hits, watch=watch)
 
     def read_paired_predictions(self, candidate: str) -> tuple[list[float], list[float]] | None:
         if not self.serving.shadowing():
@@ -562,17 +589,19 @@ def check_end(kind: str, store: Any, reg: Registry, serving: SimServing, obs: Ob
     out = list(obs.violations)
     doc, _ = load_rollout(store, NAME)
     st = doc.status
-    want = m.Phase.PROMOTED if kind == "good" else m.Phase.ROLLED_BACK
+    want = {"good": m.Phase.PROMOTED, "guard": m.Phase.REVERTED}.get(kind, m.Phase.ROLLED_BACK)
     if st.phase != want:
         out.append(f"ended {st.phase.value} ({st.message}), expected {want.value}")
     if doc.applied_generation < st.generation:
         out.append(f"applied_generation {doc.applied_generation} < generation {st.generation}")
-    out += [f"status: {p}" for p in m.validate_status(SPEC, st)]
+    out += [f"status: {p}" for p in m.validate_status(spec_for(kind), st)]
     if doc.requested_action:
         out.append(f"a manual {doc.requested_action} is still pending")
     aliases, statuses = reg.aliases(), {v: s.value for v, s in reg.statuses().items()}
     if want == m.Phase.PROMOTED:
         exp_alias, exp_status = {"production": "v2", "previous": "v1"}, {"v1": "RETIRED", "v2": "ACTIVE"}
+    elif want == m.Phase.REVERTED:
+        exp_alias, exp_status = {"production": "v1", "previous": "v2"}, {"v1": "ACTIVE", "v2": "RETIRED"}
     else:
         exp_alias, exp_status = {"production": "v1"}, {"v1": "ACTIVE", "v2": "RETIRED"}
     if aliases != exp_alias:
@@ -582,11 +611,11 @@ def check_end(kind: str, store: Any, reg: Registry, serving: SimServing, obs: Ob
     events = reg.history()[base_events:]
     promotes = [e for e in events if e.action == "promote"]
     rollbacks = [e for e in events if e.action == "rollback"]
-    n_promote = 1 if want == m.Phase.PROMOTED else 0
+    n_promote = {m.Phase.PROMOTED: 1, m.Phase.REVERTED: 2}.get(want, 0)
     if len(promotes) != n_promote or rollbacks:
         out.append(f"{len(promotes)} promote / {len(rollbacks)} rollback events in the registry history, "
                    f"expected {n_promote} / 0")
-    if want != m.Phase.PROMOTED and obs.production_seen - {"v1"}:
+    if want == m.Phase.ROLLED_BACK and obs.production_seen - {"v1"}:
         out.append(f"production moved during a rolled-back rollout: {sorted(obs.production_seen)}")
     srv = serving.summary()
     exp_srv = {"active": exp_alias["production"], "canary": None, "weight": 0, "shadow": None,
@@ -627,10 +656,10 @@ def run_one(kind: str, kill_at: int | None, base: MemStore,
                 requested[0] = True
 
     clock = FakeClock(T0, on_sleep=tick)
-    create_rollout(store, SPEC, clock.now())
+    create_rollout(store, spec_for(kind), clock.now())
     killers = [Killer(kill_at), Killer(kill_again), Killer(None)]
     for i, killer in enumerate(killers):
-        ctrl = controller_cls(NAME, SimBackend(reg, serving, killer, obs), CountingStore(store, killer, obs),
+        ctrl = controller_cls(NAME, SimBackend(reg, serving, killer, obs, kind == "guard"), CountingStore(store, killer, obs),
                               clock, analyze, owner=f"controller-{i + 1}")
         try:
             ctrl.run(max_iterations=MAX_ITERATIONS)
@@ -745,7 +774,7 @@ def _child(root: str, kind: str, owner: str) -> None:
     serving = SimServing(path=d / "serving.json", action_delay=0.03, before_action=pause)
     obs = Observer(store, reg, serving, log_path=d / "violations.jsonl")
     clock = FileClock(d / "clock.txt", on_sleep=lambda s: (pause(), serving.serve(s)), real=0.04)
-    backend = SimBackend(reg, serving, Killer(None), obs)
+    backend = SimBackend(reg, serving, Killer(None), obs, kind == "guard")
     ctrl = RolloutController(NAME, backend, store, clock, analyze, owner=owner)
     ctrl.run(max_iterations=MAX_ITERATIONS)
 
@@ -779,7 +808,7 @@ def sigkill_one(kind: str, target: str, root: Path) -> tuple[list[str], str]:
     base_events = len(reg.history())
     serving = SimServing(bad_version=SPEC.candidate if kind == "bad" else None, path=root / "serving.json")
     clock = FileClock(root / "clock.txt")
-    create_rollout(store, SPEC, clock.now())
+    create_rollout(store, spec_for(kind), clock.now())
     doc_path = store.root / "rollouts" / f"{NAME}.json"
     problems: list[str] = []
     proc = _spawn(root, kind, "controller-1", pause_at=target)
@@ -801,7 +830,7 @@ def sigkill_one(kind: str, target: str, root: Path) -> tuple[list[str], str]:
                     where = (f"{_label(after.status.to_dict())}, "
                              + ("its actions not yet confirmed" if pending else "its actions applied"))
                     break
-                if d["status"]["phase"] in ("Promoted", "RolledBack", "Failed"):
+                if d["status"]["phase"] in ("Promoted", "RolledBack", "Reverted", "Failed"):
                     break
             if proc.poll() is not None:
                 break
@@ -866,8 +895,8 @@ def crash_points_row(quick: bool, work: Path) -> dict[str, Any]:
     if problems:
         result = f"{runs - lost}/{runs} runs consistent; FAILED: " + " | ".join(problems[:4])
     n = "/".join(str(t.points) for t in tallies)
-    scenario = (f"controller killed at every crash point of a rollout ({n} points x 3 rollout kinds: good, "
-                f"bad in canary, manual rollback), restarted" + ("" if quick else
+    scenario = (f"controller killed at every crash point of a rollout ({n} points x 4 rollout kinds: good, "
+                f"bad in canary, manual rollback, reverted by the guard in its watch), restarted" + ("" if quick else
                                                                   " (+ killed again while recovering)"))
     return _row(scenario, kills, "kills", result, lost, ok, t0)
 

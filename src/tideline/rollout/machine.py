@@ -463,12 +463,21 @@ def _watch(spec: RolloutSpec, st: RolloutStatus, analysis: AnalysisResult | None
             _revert(spec, st, now, f"guard: {reasons}", actions, kill=kill)
             return st, actions
         st.message = f"watching {spec.candidate}: {reasons}"
-    watched = now - (st.phase_since if st.phase_since is not None else now)
+    since = st.phase_since if st.phase_since is not None else now
+    watched = now - since
     if watched >= spec.watch.duration_s:
-        last = st.analyses[-1]["reasons"] if st.analyses else ["no guard analysis ran"]
-        _enter(st, Phase.PROMOTED, now, f"promoted {spec.candidate}: {watched:.0f} s watched, production held "
-               f"against {spec.baseline} ({'; '.join(last)})", weight=0)
-        actions += [SetShadow(None), RemoveCanary(), Event(st.message)]
+        # the watch ends with a passing guard analysis made at or after the window's end (one that saw it
+        # all: time spent with no controller running is not time watched); with none by twice the window,
+        # the promotion stands on the rollout's own analyses, and the message says so
+        guard = [a for a in st.analyses if a.get("phase") == Phase.WATCHING.value]
+        vouched = bool(guard) and guard[-1]["verdict"] == "pass" and guard[-1]["at"] >= since + spec.watch.duration_s
+        if vouched or watched >= 2 * spec.watch.duration_s:
+            why = ("production held against " + spec.baseline + " (" + "; ".join(guard[-1]["reasons"]) + ")"
+                   if vouched else "no guard analysis could judge it (" + (
+                       "; ".join(guard[-1]["reasons"]) if guard else "none ran") + "): it stands on the rollout's "
+                   "analyses")
+            _enter(st, Phase.PROMOTED, now, f"promoted {spec.candidate}: {watched:.0f} s watched, {why}", weight=0)
+            actions += [SetShadow(None), RemoveCanary(), Event(st.message)]
     return st, actions
 
 

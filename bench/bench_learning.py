@@ -1,5 +1,6 @@
-"""Learning quality on the synthetic regime shift: the full ``tideline demo`` story (real pipeline runs,
-predictor processes, router, controller), measured from its prediction log. Prints one JSON line.
+"""Learning quality on the synthetic regime shift: the full ``tideline demo`` story (``tideline loop`` ticks,
+real pipeline runs, predictor processes, router, controller), measured from its prediction log. Prints one
+JSON line.
 
 Reported: directional accuracy before the shift; after it, of the continuously retrained system (what the
 clients were answered with) and of the static model (v1 never replaced, predicted on the same rows);
@@ -49,8 +50,9 @@ def main() -> None:
                                                "recovery_bars", "windows")},
         "pipeline_runs": len(rec.get("retrains", [])),
         "pipeline_run_s": [r["seconds"] for r in rec.get("retrains", [])],
-        "seconds_to_trigger": first("trigger"), "seconds_to_promotion": first("promoted"),
-        "seconds_to_rollback": first("rolled_back"),
+        "seconds_to_trigger": first("trigger", "performance_decay"),
+        "seconds_to_promotion": first("promoted", "retrained"), "seconds_to_rollback": first("rolled_back", "broken"),
+        "loop_ticks": rec.get("loop_ticks"),
         "cores": os.cpu_count(),
     }
     json.dump(out, sys.stdout)

@@ -96,7 +96,8 @@ def markdown(meta: dict, results: list[dict]) -> str:
             lines += [
                 f"| learning quality (`tideline demo`, seed {r['seed']}: {r['symbols']} symbols, {r['live_bars']} live bars, "
                 f"signal flips at bar {r['shift_at_bar']}) | value |", "|---|---|",
-                f"| story complete (retrain triggered, promoted, broken candidate rolled back, 0 5xx, nothing lost) | "
+                f"| story complete (decay triggered a retrain, promoted through a rollout, stood the guard's watch, "
+                f"broken candidate rolled back, 0 5xx, nothing lost) | "
                 f"{'yes' if r['story_ok'] else 'NO: ' + ', '.join(r['failed_checks'])} |",
                 f"| directional accuracy before the shift | {r['pre_shift_accuracy']} |",
                 f"| after the shift: continuously retrained system / static v1 | {r['post_shift_live_accuracy']} / "
@@ -105,6 +106,7 @@ def markdown(meta: dict, results: list[dict]) -> str:
                 f"| bars until the trailing {r['window_bars']}-bar accuracy is within {r['tolerance']} of the pre-shift level | "
                 f"{r['recovery_bars']} |",
                 f"| pipeline runs (seconds each) | {r['pipeline_runs']} ({', '.join(map(str, r['pipeline_run_s']))}) |",
+                f"| loop ticks (every decision is `tideline loop`'s) | {r.get('loop_ticks')} |",
                 f"| whole story, wall time | {r['wall_s']} s |",
                 "",
             ]

@@ -228,3 +228,16 @@ def test_retraining_waits_for_the_exchange_to_close(world: dict[str, Any]) -> No
     loop, pipe, _ = make_loop(world, now=open_at + timedelta(hours=7))  # 22:00 UTC: after the close
     st = steps(loop.tick())
     assert st["retrain"][0] == "approved" and len(pipe.calls) == 1
+
+
+def test_accelerated_clock_for_replays_runs_faster_than_the_wall() -> None:
+    import time as _time
+
+    from tideline.cli_loop import AcceleratedClock
+
+    start = datetime(2024, 1, 2, 9, 30, tzinfo=UTC)
+    clock = AcceleratedClock(start, 3600.0)
+    first = clock()
+    _time.sleep(0.02)
+    second = clock()
+    assert start <= first < second and (second - first) >= timedelta(seconds=0.02 * 3600)

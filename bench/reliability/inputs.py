@@ -462,6 +462,7 @@ MISSING_ARGS: list[tuple[list[str], str]] = [
     (["demo", "--seed", "x"], "invalid value for '--seed'"),
     (["loop", "--once", "--now", "yesterday-ish"], "not an ISO timestamp"),
     (["loop", "history", "--limit", "0"], "invalid value for '--limit'"),
+    (["loop", "--once", "--speed", "0"], "invalid value for '--speed'"),
     (["loop", "kill-switch"], "missing argument 'state'"),
     (["loop", "kill-switch", "sideways"], "'on' or 'off'"),
 ]

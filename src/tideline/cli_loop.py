@@ -22,7 +22,19 @@ loop_app = typer.Typer(
 )
 
 
-def _make_loop(ctx: typer.Context, now: str | None) -> Any:
+class AcceleratedClock:
+    """The loop's clock for a replay: starts at ``start`` and runs ``speed`` times faster than the wall."""
+
+    def __init__(self, start: datetime, speed: float) -> None:
+        self.start, self.speed, self.t0 = start, speed, time.monotonic()
+
+    def __call__(self) -> datetime:
+        from datetime import timedelta
+
+        return self.start + timedelta(seconds=(time.monotonic() - self.t0) * self.speed)
+
+
+def _make_loop(ctx: typer.Context, now: str | None, speed: float = 1.0) -> Any:
     from tideline.cli import _open_registry, _state
     from tideline.loop.core import Loop, recent_bars_path
     from tideline.loop.rollouts import DetachedRollouts
@@ -31,7 +43,11 @@ def _make_loop(ctx: typer.Context, now: str | None) -> Any:
     s = st.settings()
     reg = _open_registry(s)
     fixed = _parse_now(now)
-    clock = (lambda: fixed) if fixed is not None else None
+    clock: Any = None
+    if fixed is not None:
+        clock = AcceleratedClock(fixed, speed) if speed != 1.0 else (lambda: fixed)
+    elif speed != 1.0:
+        clock = AcceleratedClock(datetime.now(UTC), speed)
     rollouts = DetachedRollouts(s, reg, config_path=st.config, bars=str(recent_bars_path(s).resolve()))
     return Loop(s, reg, rollouts=rollouts, **({"clock": clock} if clock else {}))
 
@@ -59,6 +75,9 @@ def loop(
     once: Annotated[bool, typer.Option("--once", help="Run one tick and exit.")] = False,
     now: Annotated[Optional[str], typer.Option(help="The loop's clock for this tick (ISO time); default: now.")] = None,
     wait: Annotated[float, typer.Option(min=0, help="Seconds to wait for another tick holding the loop.")] = 0.0,
+    speed: Annotated[float, typer.Option(
+        min=0.001, help="Run the loop's clock this many times faster than the wall (a replay; with --now it "
+                        "starts there and keeps running).")] = 1.0,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Run the loop: one tick with --once, else ticks at the times of loop.schedule (a cron expression in a
@@ -68,7 +87,7 @@ def loop(
     from tideline.cli import _print_json, out
     from tideline.loop.schedule import Schedule
 
-    lp = _make_loop(ctx, now)
+    lp = _make_loop(ctx, now, speed)
     schedule = Schedule(lp.s.loop.schedule)
     while True:
         rec = lp.tick(wait_s=wait)
@@ -77,11 +96,14 @@ def loop(
             if rec["outcome"] == "failed":
                 raise typer.Exit(1)
             return
-        nxt = schedule.next_tick(datetime.now(UTC))
+        loop_now = lp.clock()
+        loop_now = loop_now if loop_now.tzinfo else loop_now.replace(tzinfo=UTC)
+        nxt = schedule.next_tick(loop_now)
         if not as_json:
             out.print(f"next tick at {nxt:%Y-%m-%d %H:%M %Z} ({lp.s.loop.schedule.cron!r} in "
-                      f"{lp.s.loop.schedule.timezone})", highlight=False)
-        time.sleep(max(0.0, (nxt - datetime.now(UTC)).total_seconds()))
+                      f"{lp.s.loop.schedule.timezone}" + (f", clock x{speed:g}" if speed != 1.0 else "") + ")",
+                      highlight=False)
+        time.sleep(max(0.0, (nxt - loop_now).total_seconds() / speed))
 
 
 @loop_app.command("status")

@@ -374,9 +374,10 @@ class Loop:
             return
         res = out.result
         thr = self.s.triggers.drift_share_threshold
-        rule = f"the rule fires at {thr}" if "drift" in self.s.triggers.enabled else f"the drift rule is off; at {thr}"
+        rule = (f", the rule fires at {thr}" if "drift" in self.s.triggers.enabled
+                else f"; the drift rule, off here, would fire at {thr}")
         rec.step("drift", "ok", f"{production}: {len(res.drifted_columns())} of {len(res.columns)} features "
-                 f"drifted (share {res.drifted_share:.2f}, {rule})",
+                 f"drifted (share {res.drifted_share:.2f}{rule})",
                  share=res.drifted_share, drifted=[c.column for c in res.drifted_columns()],
                  columns=len(res.columns), threshold=self.s.triggers.drift_share_threshold)
 

@@ -23,14 +23,15 @@ Two drills, each ending with the same consistency checks:
   phase's actions are being applied. The clock is moved past the lease and a new child resumes.
 
 While running, every action is checked against the PERSISTED document (the world must never run ahead
-of it: weight > 0 only at <= the stored canary weight, shadow only in Shadow, promote only once the
-document says Promoting, retire only once it says RolledBack, the active slot serves the candidate only
-once it is production) and the world's own invariants (canary weight < 100, traffic only on deployed
+of it: weight > 0 only at <= the stored canary weight, shadow only in Shadow (of the baseline: only in
+Watching), promote only once the document says Promoting (of the baseline: Reverted), retire only once it
+says RolledBack or Reverted, the active slot serves the candidate only once it is production) and the world's own invariants (canary weight < 100, traffic only on deployed
 models, production unchanged unless promoting). At the end: the terminal phase expected for the kind,
 ``applied_generation >= generation``, a valid status, the registry (promoted: production v2, previous v1,
 v2 ACTIVE, v1 RETIRED, no candidate/shadow alias; rolled back: production still v1, v2 RETIRED, no
-candidate/shadow alias, no promote/rollback in the history), the serving world (active = production,
-weight 0, no canary, no shadow, no leftover candidate process), exactly one promote event, each phase
+candidate/shadow alias, no promote/rollback in the history; reverted by the guard: production v1 again,
+previous v2, v2 RETIRED), the serving world (active = production, weight 0, no canary, no shadow, no
+leftover candidate process), exactly one promote event (two when reverted), each phase
 entered exactly once in the document's events, analyses never duplicated, and the sequence of phases
 the document went through exactly the expected one. A run with any failed check is ``lost``.
 
@@ -890,7 +891,7 @@ def crash_points_row(quick: bool, work: Path) -> dict[str, Any]:
               + (f"; in {doubles} of them the restarted controller was killed too, at its 1st-6th point, "
                  "and a third resumed" if doubles else "")
               + ": terminal phase, applied_generation, registry aliases/statuses/history, serving, "
-                "one promote, "
+                "one promote (two when the guard reverted), "
                 "each phase entered once, exact phase path; 0 actions ahead of the persisted document")
     if problems:
         result = f"{runs - lost}/{runs} runs consistent; FAILED: " + " | ".join(problems[:4])

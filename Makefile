@@ -26,8 +26,8 @@ $(STAMP): pyproject.toml $(LOCK)
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "tideline needs Python >= 3.11"' \
 		|| { echo "error: Python >= 3.11 is required (set PYTHON=...)"; exit 1; }
 	$(PYTHON) -m venv $(VENV)
-	$(PIP) -c $(LOCK) setuptools wheel
-	$(PIP) --no-build-isolation -c $(LOCK) -e '.[test]'
+	$(PIP) -c requirements.lock setuptools wheel
+	$(PIP) --no-build-isolation -c requirements.lock -e '.[test]'
 	@touch $(STAMP)
 
 # Regenerate the lock from pyproject (keeps every pin that still fits; `make lock UPGRADE=1` takes the newest).

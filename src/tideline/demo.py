@@ -267,7 +267,6 @@ class Traffic:
         self.world = world
         self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
         self.pos = 0  # index into world.live_times of the next bar to send
-        self.sent_at: dict[int, float] = {}
         self.statuses: dict[int, int] = {}
         self.rows_answered = 0
         self.answered: set[tuple[str, str]] = set()  # (request id, version) of every answer the client got
@@ -286,7 +285,6 @@ class Traffic:
         sent = 0
         while sent < n_bars and not self.done:
             t = self.world.live_times[self.pos]
-            self.sent_at[self.pos] = time.time()
             try:
                 self.conn.request("POST", f"/v1/models/{NAME}:predict", self.world.body(t),
                                   {"content-type": "application/json", "x-request-id": f"bar-{self.pos:06d}"})
@@ -308,10 +306,6 @@ class Traffic:
             self.pos += 1
             sent += 1
         return sent
-
-    def since_wall(self, bars_back: int) -> float:
-        """Wall time at which the bar ``bars_back`` bars before the live clock was sent."""
-        return self.sent_at.get(max(0, self.pos - bars_back), self.sent_at.get(0, time.time()))
 
     def close(self) -> None:
         self.conn.close()
@@ -343,7 +337,6 @@ class InlineRollouts:
     def __init__(self, demo: Demo) -> None:
         self.demo = demo
         self.pending: tuple[str, str] | None = None
-        self.started: list[dict[str, Any]] = []
 
     @property
     def _registry(self) -> Any:

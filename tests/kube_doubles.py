@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import copy
-import json
 import re
 from typing import Any
 
 import kserve.models as kserve_models
 import kubernetes.client.models as k8s_models
-from kubernetes.client.exceptions import ApiException
 
 
 # -- strict validation against the SDK's generated models ------------------------------------------
@@ -86,93 +83,5 @@ def validate_isvc(obj: dict[str, Any], *, partial: bool = False) -> None:
     validate(obj, "V1beta1InferenceService", partial=partial)
 
 
-# -- a test double of kubernetes.client.CustomObjectsApi ---------------------------------------------
-def merge_patch(target: Any, patch: Any) -> Any:
-    """RFC 7386 (independent of the code under test)."""
-    if not isinstance(patch, dict):
-        return copy.deepcopy(patch)
-    out = dict(copy.deepcopy(target)) if isinstance(target, dict) else {}
-    for k, v in patch.items():
-        if v is None:
-            out.pop(k, None)
-        else:
-            out[k] = merge_patch(out.get(k), v)
-    return out
-
-
-class FakeCustomObjectsApi:
-    """In-memory stand-in for ``CustomObjectsApi``: stores objects, applies merge patches like the API
-    server (resourceVersion precondition -> 409, status subresource separate from the main resource,
-    404 for unknown objects) and records every call in ``calls``."""
-
-    def __init__(self) -> None:
-        self.objects: dict[tuple[str, str, str, str], dict[str, Any]] = {}
-        self.calls: list[tuple[str, str, str, dict[str, Any] | None]] = []  # (verb, plural, name, body)
-        self._rv = 100
-        self.fail_next: dict[str, ApiException] = {}  # verb -> error raised once
-
-    def add(self, group: str, namespace: str, plural: str, obj: dict[str, Any]) -> None:
-        obj = copy.deepcopy(obj)
-        obj.setdefault("metadata", {})
-        obj["metadata"]["resourceVersion"] = self._bump()
-        obj["metadata"].setdefault("generation", 1)
-        self.objects[(group, namespace, plural, obj["metadata"]["name"])] = obj
-
-    def _bump(self) -> str:
-        self._rv += 1
-        return str(self._rv)
-
-    def _find(self, group: str, namespace: str, plural: str, name: str) -> dict[str, Any]:
-        try:
-            return self.objects[(group, namespace, plural, name)]
-        except KeyError:
-            raise ApiException(status=404, reason="Not Found") from None
-
-    def _maybe_fail(self, verb: str) -> None:
-        if verb in self.fail_next:
-            raise self.fail_next.pop(verb)
-
-    def get_namespaced_custom_object(self, group, version, namespace, plural, name):  # noqa: ANN001, ANN201
-        self.calls.append(("get", plural, name, None))
-        self._maybe_fail("get")
-        return copy.deepcopy(self._find(group, namespace, plural, name))
-
-    def list_namespaced_custom_object(self, group, version, namespace, plural):  # noqa: ANN001, ANN201
-        self.calls.append(("list", plural, namespace, None))
-        return {"items": [copy.deepcopy(o) for (g, ns, p, _), o in sorted(self.objects.items())
-                          if (g, ns, p) == (group, namespace, plural)]}
-
-    def list_cluster_custom_object(self, group, version, plural):  # noqa: ANN001, ANN201
-        self.calls.append(("list", plural, "*", None))
-        return {"items": [copy.deepcopy(o) for (g, _, p, _), o in sorted(self.objects.items())
-                          if (g, p) == (group, plural)]}
-
-    def _patch(self, verb: str, group: str, namespace: str, plural: str, name: str, body: dict[str, Any],
-               subresource: str | None) -> dict[str, Any]:
-        json.dumps(body)  # what the client would send must be JSON
-        self.calls.append((verb, plural, name, copy.deepcopy(body)))
-        self._maybe_fail(verb)
-        obj = self._find(group, namespace, plural, name)
-        want_rv = (body.get("metadata") or {}).get("resourceVersion")
-        if want_rv is not None and want_rv != obj["metadata"]["resourceVersion"]:
-            raise ApiException(status=409, reason="Conflict")
-        if subresource == "status":  # only .status changes through the status subresource
-            new = dict(obj)
-            new["status"] = merge_patch(obj.get("status") or {}, body.get("status") or {})
-        else:  # the main resource ignores .status; metadata and spec merge
-            new = merge_patch(obj, {k: v for k, v in body.items() if k != "status"})
-            if (body.get("spec") is not None) and new.get("spec") != obj.get("spec"):
-                new["metadata"]["generation"] = obj["metadata"].get("generation", 1) + 1
-        new["metadata"] = dict(new["metadata"])
-        new["metadata"]["resourceVersion"] = self._bump()
-        self.objects[(group, namespace, plural, name)] = new
-        return copy.deepcopy(new)
-
-    def patch_namespaced_custom_object(self, group, version, namespace, plural, name, body):  # noqa: ANN001, ANN201
-        return self._patch("patch", group, namespace, plural, name, body, None)
-
-    def patch_namespaced_custom_object_status(self, group, version, namespace, plural, name, body):  # noqa: ANN001, ANN201
-        return self._patch("patch_status", group, namespace, plural, name, body, "status")
-
-    def patches(self, plural: str, verb: str = "patch") -> list[dict[str, Any]]:
-        return [b for v, p, _, b in self.calls if v == verb and p == plural and b is not None]
+# -- the test double of kubernetes.client.CustomObjectsApi lives with the crash drills that also use it ------
+from reliability.kube import FakeCustomObjectsApi, LostAnswer, merge_patch  # noqa: E402,F401

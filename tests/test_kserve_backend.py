@@ -22,12 +22,13 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from tideline.errors import AliasConflict, ConfigError
 from tideline.registry import Registry, Status, open_registry
 from tideline.rollout import machine as m
-from tideline.rollout.analysis import AnalysisResult
+from tideline.rollout.analysis import AnalysisResult, MetricsSnapshot, SeriesMetrics
 from tideline.rollout.backends import Backend, BackendError, apply_action
 from tideline.rollout.backends.kserve import (
     GROUP,
     PLURAL,
     KServeBackend,
+    CumulativeCounters,
     PodMetricsReader,
     PrometheusMetricsReader,
     storage_uri,
@@ -321,10 +322,11 @@ class _Server:
 def prometheus() -> Iterator[tuple[_Server, list[str]]]:
     """A stand-in for Prometheus' HTTP API on loopback; it answers each PromQL query it recognises."""
     seen: list[str] = []
+    scale = [1.0]  # the counters' level: a test raises it between two readings
 
     def vector(rows: list[tuple[dict[str, str], float]]) -> dict[str, Any]:
         return {"status": "success", "data": {"resultType": "vector", "result": [
-            {"metric": lab, "value": [1700000000.0, str(v)]} for lab, v in rows]}}
+            {"metric": {"pod": "p1", **lab}, "value": [1700000000.0, str(v * scale[0])]} for lab, v in rows]}}
 
     class H(http.server.BaseHTTPRequestHandler):
         def do_GET(self) -> None:  # noqa: N802
@@ -361,16 +363,20 @@ def prometheus() -> Iterator[tuple[_Server, list[str]]]:
             pass
 
     srv = _Server(H)
+    srv.scale = scale  # type: ignore[attr-defined]
     yield srv, seen
     srv.close()
 
 
-def test_prometheus_reader_queries_increase_per_version_and_role(prometheus: tuple[_Server, list[str]]) -> None:
+def test_prometheus_reader_returns_cumulative_counters_per_version_and_role(
+        prometheus: tuple[_Server, list[str]]) -> None:
     srv, seen = prometheus
     reader = PrometheusMetricsReader(f"http://127.0.0.1:{srv.port}", selector='namespace="trading"')
-    snap = reader.read(window_s=60, versions=["v1", "v2"])
-    assert all('namespace="trading",version=~"v1|v2"' in q and "[60s]" in q for q in seen)
-    assert any(q.startswith("sum by (version, role, code) (increase(tideline_requests_total") for q in seen)
+    assert reader.read(versions=["v1", "v2"]).series == {}  # the first reading primes: lifetime totals are not traffic
+    assert all('namespace="trading",version=~"v1|v2"' in q and "increase" not in q for q in seen)
+    assert any(q.startswith("sum by (pod, version, role, code) (tideline_requests_total") for q in seen)
+    srv.scale[0] = 2.0  # type: ignore[attr-defined]  # every counter doubled: the increase is the level once more
+    snap = reader.read(versions=["v1", "v2"])
     cand = snap.select("v2", ["active", "canary"])
     assert (cand.requests, cand.errors) == (100.0, 5.0)
     assert cand.buckets == {0.1: 90.0, float("inf"): 100.0}
@@ -383,15 +389,28 @@ def test_prometheus_reader_errors_are_one_line(prometheus: tuple[_Server, list[s
     srv, _ = prometheus
     reader = PrometheusMetricsReader(f"http://127.0.0.1:{srv.port}", selector='job="BAD"')
     with pytest.raises(BackendError, match="Prometheus query failed: bad_data parse error"):
-        reader.read(window_s=60, versions=["v2"])
+        reader.read(versions=["v2"])
     srv.close()
     with pytest.raises(BackendError, match="cannot reach"):
-        PrometheusMetricsReader(f"http://127.0.0.1:{srv.port}").read(window_s=60, versions=["v2"])
+        PrometheusMetricsReader(f"http://127.0.0.1:{srv.port}").read(versions=["v2"])
     with pytest.raises(ConfigError):
         PrometheusMetricsReader("prometheus:9090")
 
 
-def test_pod_reader_scrapes_real_exposition_and_returns_the_increase() -> None:
+def test_cumulative_counters_survive_pod_restarts_and_new_pods() -> None:
+    def snap(n: float) -> MetricsSnapshot:
+        return MetricsSnapshot({("v2", "canary"): SeriesMetrics(requests=n, latency_count=n)})
+
+    c = CumulativeCounters()
+    assert c.update({"a": snap(500)}).series == {}  # primes: a's lifetime before the reader is not counted
+    assert c.update({"a": snap(520)}).select("v2").requests == 20
+    # a restarted (counters from 0) and a new pod b: each counts from zero, the total never goes down
+    total = c.update({"a": snap(5), "b": snap(7)}).select("v2").requests
+    assert total == 20 + 5 + 7
+    assert c.update({"b": snap(10)}).select("v2").requests == total + 3  # a went away: b's increase only
+
+
+def test_pod_reader_scrapes_real_exposition_and_returns_cumulative_counters() -> None:
     reg = CollectorRegistry()
     requests = Counter("tideline_requests", "requests", ["model", "version", "role", "code"], registry=reg)
     latency = Histogram("tideline_request_duration_seconds", "latency", ["model", "version", "role"],
@@ -420,7 +439,7 @@ def test_pod_reader_scrapes_real_exposition_and_returns_the_increase() -> None:
 
         reader = PodMetricsReader(CoreV1Double(), NS, ISVC, port=srv.port)
         requests.labels("tideline", "v1", "active", "200").inc(50)
-        first = reader.read(window_s=60, versions=["v1", "v2"])
+        first = reader.read(versions=["v1", "v2"])
         assert first.series == {}  # a pod seen for the first time only primes the reader
         requests.labels("tideline", "v1", "active", "200").inc(7)
         requests.labels("tideline", "v2", "canary", "500").inc(2)
@@ -428,12 +447,14 @@ def test_pod_reader_scrapes_real_exposition_and_returns_the_increase() -> None:
         requests.labels("tideline", "v9", "active", "200").inc(3)  # not part of this rollout
         for s in (0.01, 0.2, 0.2):
             latency.labels("tideline", "v2", "canary").observe(s)
-        snap = reader.read(window_s=60, versions=["v1", "v2"])
+        snap = reader.read(versions=["v1", "v2"])
         assert snap.select("v1").requests == 7.0
         c = snap.select("v2", ["canary"])
         assert (c.requests, c.errors) == (10.0, 2.0)
         assert c.buckets[0.05] == 1.0 and c.buckets[0.5] == 3.0 and c.latency_count == 3.0
         assert ("v9", "active") not in snap.series
         assert calls[0] == (NS, f"serving.kserve.io/inferenceservice={ISVC}")
+        requests.labels("tideline", "v1", "active", "200").inc(4)
+        assert reader.read(versions=["v1", "v2"]).select("v1").requests == 11.0  # cumulative: 7 + 4
     finally:
         srv.close()

@@ -304,7 +304,7 @@ def test_rollout_write_with_a_lost_answer_is_ours(proxy: FaultProxy, moto: tuple
     reg = Registry(store)
     spec = m.RolloutSpec(name="r", target="t", candidate="v2", baseline="v1")
     ctrl = RolloutController(spec, FakeBackend(reg, "v1"), store, FakeClock())
-    doc, etag = ctrl._load()
+    doc, etag = ctrl.statuses.load()
     doc.requested_action = "rollback"
     proxy.on_request(lambda mth, p: mth == "PUT" and p.endswith("/rollouts/r.json"), "drop")
     new_etag = ctrl._write(doc, etag)  # not _Lost: the bytes in place are ours

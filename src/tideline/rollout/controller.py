@@ -33,25 +33,38 @@ The clock is injected: tests and demos run a fake clock whose ``sleep`` only mov
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from tideline.errors import ConfigError, PolicyError, RegistryError, StorageUnavailable
-from tideline.registry.store import NotFound, PreconditionFailed, Store
+from tideline.errors import StorageUnavailable
+from tideline.registry.store import Store
 from tideline.rollout import machine as m
 from tideline.rollout.analysis import AnalysisInput, AnalysisResult, MetricsSnapshot, Thresholds, analyze, delta
 from tideline.rollout.backends import PERMANENT_ERRORS, Backend, apply_action
 from tideline.rollout.guard import guard_analyze
+from tideline.rollout.status import (  # noqa: F401  (re-exported: callers import them from here)
+    MAX_EVENTS,
+    DocStatusStore,
+    Lost,
+    RolloutDoc,
+    StatusStore,
+    create_rollout,
+    list_rollouts,
+    load_rollout,
+    request_action,
+    rollout_key,
+)
 
 log = logging.getLogger(__name__)
 
 Analyzer = Callable[[AnalysisInput, Thresholds], AnalysisResult]
-MAX_EVENTS = 50
+
+
+class _Lost(Exception):
+    """Our compare-and-swap write lost: another controller acted."""
 
 
 class Clock(Protocol):
@@ -83,119 +96,27 @@ class FakeClock:
         self.t += seconds
 
 
-def rollout_key(name: str) -> str:
-    return f"rollouts/{name}.json"
+# ---- the controller ----------------------------------------------------------------------------------
+def _status_store(store: Store | StatusStore, name: str, spec: m.RolloutSpec | None, clock: Clock) -> StatusStore:
+    if hasattr(store, "load") and hasattr(store, "write"):
+        return store  # type: ignore[return-value]
+    return DocStatusStore(store, name, spec, clock=clock.now)  # type: ignore[arg-type]
 
 
-@dataclass
-class RolloutDoc:
-    spec: m.RolloutSpec
-    status: m.RolloutStatus
-    snapshot: dict[str, Any] | None = None
-    snapshot_at: float | None = None
-    applied_generation: int = 0
-    requested_action: str | None = None
-    owner: str | None = None
-    lease_until: float = 0.0
-    apply_failures: int = 0
-    events: list[dict[str, Any]] = field(default_factory=list)
-
-    def to_json(self) -> bytes:
-        d = {"spec": self.spec.to_dict(), "status": self.status.to_dict(), "snapshot": self.snapshot,
-             "snapshot_at": self.snapshot_at, "applied_generation": self.applied_generation,
-             "requested_action": self.requested_action, "owner": self.owner, "lease_until": self.lease_until,
-             "apply_failures": self.apply_failures, "events": self.events[-MAX_EVENTS:],
-             "write_id": uuid.uuid4().hex}
-        return json.dumps(d, indent=1, default=str).encode()
-
-    @classmethod
-    def from_json(cls, data: bytes) -> RolloutDoc:
-        try:
-            d = json.loads(data)
-            return cls(spec=m.RolloutSpec.from_dict(d["spec"]), status=m.RolloutStatus.from_dict(d["status"]),
-                       snapshot=d.get("snapshot"), snapshot_at=d.get("snapshot_at"),
-                       applied_generation=int(d.get("applied_generation", 0)),
-                       requested_action=d.get("requested_action"), owner=d.get("owner"),
-                       lease_until=float(d.get("lease_until", 0.0)),
-                       apply_failures=int(d.get("apply_failures", 0)), events=list(d.get("events", [])))
-        except (ValueError, KeyError, TypeError) as e:
-            raise RegistryError(f"rollout document is corrupt: {e}") from e
-
-    def add_event(self, at: float, msg: str) -> None:
-        self.events = [*self.events, {"at": at, "msg": msg}][-MAX_EVENTS:]
-
-
-# ---- the document in the store ------------------------------------------------------------------------
-def load_rollout(store: Store, name: str) -> tuple[RolloutDoc, str]:
-    try:
-        data, etag = store.get(rollout_key(name))
-    except NotFound:
-        raise ConfigError(f"no rollout named {name!r}", hint="start one with `tideline rollout start`") from None
-    return RolloutDoc.from_json(data), etag
-
-
-def list_rollouts(store: Store) -> list[str]:
-    return [k[len("rollouts/"):-len(".json")] for k in store.list("rollouts/")
-            if k.endswith(".json") and k.count("/") == 1]
-
-
-def create_rollout(store: Store, spec: m.RolloutSpec, now: float) -> RolloutDoc:
-    """Write a new rollout (Pending). Refused while a rollout of that name is still running."""
-    doc = RolloutDoc(spec=spec, status=m.RolloutStatus.initial(spec))
-    doc.add_event(now, f"created: {spec.candidate} vs {spec.baseline}, steps {list(spec.steps)}")
-    key = rollout_key(spec.name)
-    try:
-        store.put(key, doc.to_json(), if_none_match=True)
-        return doc
-    except PreconditionFailed:
-        pass
-    old, etag = load_rollout(store, spec.name)
-    if not old.status.terminal:
-        raise PolicyError(f"rollout {spec.name!r} is still {old.status.phase.value} "
-                          f"({old.spec.candidate} vs {old.spec.baseline})",
-                          hint="wait for it, or `tideline rollout promote|rollback` it first")
-    stamp = int(now)
-    store.put(f"rollouts/history/{spec.name}-{stamp}-{old.spec.candidate}.json", old.to_json())
-    try:
-        store.put(key, doc.to_json(), if_match=etag)
-    except PreconditionFailed:
-        raise PolicyError(f"rollout {spec.name!r} changed while starting a new one; try again") from None
-    return doc
-
-
-def request_action(store: Store, name: str, action: str) -> RolloutDoc:
-    """Record a manual ``promote``/``rollback`` for the controller (compare-and-swap)."""
-    if action not in ("promote", "rollback"):
-        raise ConfigError(f"unknown rollout action {action!r}")
-    for _ in range(50):
-        doc, etag = load_rollout(store, name)
-        if doc.status.terminal or doc.status.phase == m.Phase.PROMOTING:
-            raise PolicyError(f"rollout {name!r} already {'ended' if doc.status.terminal else 'is promoting'}: "
-                              f"{doc.status.phase.value}",
-                              hint="use `tideline models promote|rollback` to move production now")
-        doc.requested_action = action
-        try:
-            store.put(rollout_key(name), doc.to_json(), if_match=etag)
-            return doc
-        except PreconditionFailed:
-            time.sleep(0.01)
-    raise PolicyError(f"could not record {action} for rollout {name!r}: too many concurrent writers")
-
-
-class _Lost(Exception):
-    """Our compare-and-swap write lost: another controller acted."""
-
-
-# ---- the controller -----------------------------------------------------------------------------------
 class RolloutController:
-    def __init__(self, spec: m.RolloutSpec | str, backend: Backend, store: Store, clock: Clock | None = None,
-                 analyzer: Analyzer = analyze, *, owner: str | None = None, lease_s: float | None = None,
-                 max_apply_failures: int = 3, max_store_failures: int = 3) -> None:
+    """The one rollout reconciler: the local ``run`` loop and the kopf operator both call ``reconcile_once``.
+
+    ``store`` is a registry ``Store`` (the rollout document in it: ``DocStatusStore``) or any ``StatusStore``
+    (on a cluster: ``tideline.rollout.cr.CRStatusStore``, the ModelRollout's status subresource)."""
+
+    def __init__(self, spec: m.RolloutSpec | str, backend: Backend, store: Store | StatusStore,
+                 clock: Clock | None = None, analyzer: Analyzer = analyze, *, owner: str | None = None,
+                 lease_s: float | None = None, max_apply_failures: int = 3, max_store_failures: int = 3) -> None:
         self.name = spec if isinstance(spec, str) else spec.name
         self._spec = None if isinstance(spec, str) else spec
         self.backend = backend
-        self.store = store
         self.clock = clock or SystemClock()
+        self.statuses = _status_store(store, self.name, self._spec, self.clock)
         self.analyzer = analyzer
         self.owner = owner or f"controller-{uuid.uuid4().hex[:12]}"
         self.lease_s = lease_s
@@ -204,53 +125,44 @@ class RolloutController:
         self.last_analysis: AnalysisResult | None = None
 
     # -- store ----------------------------------------------------------------------------------------
-    def _load(self) -> tuple[RolloutDoc, str]:
+    def _write(self, doc: RolloutDoc, token: Any) -> Any:
         try:
-            return load_rollout(self.store, self.name)
-        except ConfigError:
-            if self._spec is None:
-                raise
-        create_rollout(self.store, self._spec, self.clock.now())
-        return load_rollout(self.store, self.name)
-
-    def _write(self, doc: RolloutDoc, etag: str) -> str:
-        data = doc.to_json()
-        try:
-            return self.store.put(rollout_key(self.name), data, if_match=etag)
-        except PreconditionFailed:
-            try:  # a retried request whose first try landed: our unique bytes are in place
-                stored, stored_etag = self.store.get(rollout_key(self.name))
-            except NotFound:
-                raise _Lost() from None
-            if stored == data:
-                return stored_etag
+            return self.statuses.write(doc, token)
+        except Lost:
             raise _Lost() from None
 
     def status(self) -> m.RolloutStatus:
-        return load_rollout(self.store, self.name)[0].status
+        return self.statuses.load()[0].status
 
     # -- one pass -------------------------------------------------------------------------------------
     def reconcile_once(self) -> m.RolloutStatus:
-        doc, etag = self._load()
+        doc, token = self.statuses.load()
         try:
-            return self._reconcile(doc, etag)
+            return self._reconcile(doc, token)
         except _Lost:
             log.info("rollout %s: another controller acted first; stepping back", self.name)
-            return load_rollout(self.store, self.name)[0].status
+            return self.statuses.load()[0].status
 
-    def _reconcile(self, doc: RolloutDoc, etag: str) -> m.RolloutStatus:
+    def _reconcile(self, doc: RolloutDoc, etag: Any) -> m.RolloutStatus:
         now = self.clock.now()
         spec = doc.spec
         lease = self.lease_s if self.lease_s is not None else 3 * spec.interval_s
         if doc.owner not in (None, self.owner) and doc.lease_until > now:
             return doc.status  # another live controller owns this rollout
         if doc.status.terminal and doc.applied_generation >= doc.status.generation:
+            if doc.requested_action is not None:  # a request that came after the end (or a stale one)
+                doc.add_event(now, f"ignored a manual {doc.requested_action}: the rollout is {doc.status.phase.value}")
+                doc.requested_action = None
+                etag = self._write(doc, etag)
             if doc.owner == self.owner:
                 doc.owner, doc.lease_until = None, 0.0
                 self._write(doc, etag)
             return doc.status
-        doc.owner, doc.lease_until = self.owner, now + lease
-        etag = self._write(doc, etag)
+        # the lease: taken, or renewed once half an interval of it has gone (not on every pass of a fast ticker)
+        if doc.owner != self.owner or doc.lease_until - now < lease - 0.5 * spec.interval_s:
+            doc.owner, doc.lease_until = self.owner, now + lease
+            etag = self._write(doc, etag)
+        before = doc.to_dict()
 
         if doc.applied_generation < doc.status.generation:  # recover: finish what the last pass started
             log.info("rollout %s: re-applying the actions of %s (generation %d)", self.name,
@@ -258,18 +170,24 @@ class RolloutController:
             done, etag = self._apply(doc, etag, m.desired_actions(spec, doc.status))
             if not done or doc.status.terminal:
                 return doc.status
+            before = doc.to_dict()
 
+        action = doc.requested_action
+        if action is not None and action not in ("promote", "rollback"):
+            doc.add_event(now, f"ignored the manual request {action!r}: use promote or rollback")
+            action = None
         analysis = None
         if doc.status.phase in (m.Phase.SHADOW, m.Phase.CANARY, m.Phase.WATCHING):
             analysis = self._analyze(doc, now)
-        new, actions = m.advance(spec, doc.status, analysis, now, doc.requested_action)  # type: ignore[arg-type]
-        if doc.requested_action:
-            doc.add_event(now, f"manual {doc.requested_action} requested")
+        new, actions = m.advance(spec, doc.status, analysis, now, action)  # type: ignore[arg-type]
+        if action:
+            doc.add_event(now, f"manual {action} requested")
         doc.requested_action = None
         if new.message != doc.status.message:
             doc.add_event(now, new.message)
         doc.status = new
-        etag = self._write(doc, etag)  # persisted BEFORE the actions are applied
+        if doc.to_dict() != before:
+            etag = self._write(doc, etag)  # persisted BEFORE the actions are applied
         if actions:
             self._apply(doc, etag, actions)
         elif doc.applied_generation < new.generation:
@@ -279,12 +197,13 @@ class RolloutController:
 
     def _analyze(self, doc: RolloutDoc, now: float) -> AnalysisResult | None:
         spec = doc.spec
-        cur = self.backend.read_metrics()
         prev = MetricsSnapshot.from_dict(doc.snapshot) if doc.snapshot is not None else None
         due = doc.snapshot_at is None or now - doc.snapshot_at >= 0.9 * spec.interval_s
-        if prev is None or not due:
-            if prev is None:
-                doc.snapshot, doc.snapshot_at = cur.to_dict(), now
+        if prev is not None and not due:
+            return None  # an analysis is due once per interval, however often the reconciler runs
+        cur = self.backend.read_metrics()
+        if prev is None:
+            doc.snapshot, doc.snapshot_at = cur.to_dict(), now
             return None
         d = delta(prev, cur)
         doc.snapshot, doc.snapshot_at = cur.to_dict(), now
@@ -295,11 +214,13 @@ class RolloutController:
             res.at = now
             self.last_analysis = res
             return res
+        shadow = doc.status.phase == m.Phase.SHADOW
+        # by version: a backend labels a role by process (local) or by slot (KServe); a version's counters
+        # only grow while it serves, so the interval's increase is the candidate's own traffic either way
         inp = AnalysisInput(
             candidate=d.select(spec.candidate), active=d.select(spec.baseline),
             outcomes=self.backend.read_outcomes(spec.candidate, spec.baseline),
-            paired_predictions=(self.backend.read_paired_predictions(spec.candidate)
-                                if doc.status.phase == m.Phase.SHADOW else None),
+            paired_predictions=self.backend.read_paired_predictions(spec.candidate) if shadow else None,
             candidate_up=self.backend.candidate_up(spec.candidate),
         )
         res = self.analyzer(inp, spec.thresholds)
@@ -369,6 +290,7 @@ class RolloutController:
         """Reconcile every ``interval_s`` (on the injected clock) until terminal or ``max_iterations``."""
         status = self.status() if max_iterations == 0 else None
         interval = self._spec.interval_s if self._spec is not None else None
+        doc: RolloutDoc | None
         outages = 0
         i = 0
         while max_iterations is None or i < max_iterations:
@@ -376,8 +298,9 @@ class RolloutController:
             gen_before = status.generation if status is not None else -1
             try:
                 status = self.reconcile_once()
-                doc = load_rollout(self.store, self.name)[0] if status.terminal and until_terminal else None
-                interval = self._spec_interval()
+                latest = self.statuses.load()[0]
+                doc = latest if status.terminal and until_terminal else None
+                interval = latest.spec.interval_s
             except StorageUnavailable as e:
                 outages += 1
                 if outages >= self.max_store_failures:
@@ -407,6 +330,3 @@ class RolloutController:
         if status is None:
             status = self.status()
         return status
-
-    def _spec_interval(self) -> float:
-        return load_rollout(self.store, self.name)[0].spec.interval_s

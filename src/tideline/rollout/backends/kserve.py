@@ -60,6 +60,7 @@ from tideline.errors import ConfigError
 from tideline.registry import Registry
 from tideline.rollout.analysis import LiveOutcomes, MetricsSnapshot, SeriesMetrics, delta
 from tideline.rollout.backends import BackendError, RegistryOps
+from tideline.rollout.cr import api_reason as _api_reason
 
 log = logging.getLogger(__name__)
 
@@ -96,11 +97,40 @@ def _http_get(url: str, timeout: float) -> bytes:
         raise BackendError(f"cannot reach {url.split('?')[0]}: {reason}") from e
 
 
-class PrometheusMetricsReader:
-    """Reads the predictor's metrics (names from docs/CONTRACTS.md) from the Prometheus HTTP API.
+class CumulativeCounters:
+    """Per-pod cumulative counters summed into one cumulative reading per (version, role).
 
-    ``increase(...[window])`` per series, summed by (version, role[, code|le]): Prometheus handles
-    counter resets of restarted pods itself.
+    The metrics contract of every backend (``Backend.read_metrics``): counters only ever grow, except at a
+    reset, and the reconciler takes the increase between two readings (``analysis.delta``, one place). A
+    pod's counters restart from zero when the pod does, so a plain sum over pods would go down whenever one
+    restarts; instead each pod's increase since its previous reading (``delta``: a pod whose counters went
+    down counts from zero) is added to a running total. The first reading only primes (those lifetime
+    totals are not traffic the rollout saw); a pod that appears later counts from zero. A new reader (a
+    restarted operator) starts its totals at zero, which the reconciler's ``delta`` reads as a reset.
+    """
+
+    def __init__(self) -> None:
+        self._last: dict[str, MetricsSnapshot] = {}
+        self._total = MetricsSnapshot()
+        self._primed = False
+
+    def update(self, per_pod: Mapping[str, MetricsSnapshot]) -> MetricsSnapshot:
+        for key, cur in per_pod.items():
+            prev = self._last.get(key)
+            if prev is not None or self._primed:
+                self._total = self._total.merge(delta(prev, cur))
+            self._last[key] = cur
+        for key in set(self._last) - set(per_pod):  # pods that went away
+            del self._last[key]
+        self._primed = True
+        return MetricsSnapshot(dict(self._total.series))
+
+
+class PrometheusMetricsReader:
+    """Reads the predictor's counters (names from docs/CONTRACTS.md) from the Prometheus HTTP API.
+
+    Each counter summed by (pod, version, role[, code|le]), accumulated per pod into cumulative totals
+    (``CumulativeCounters``): the reconciler takes the increase between two readings.
     """
 
     def __init__(self, url: str, *, selector: str = "", http_get: Callable[[str, float], bytes] = _http_get,
@@ -111,17 +141,17 @@ class PrometheusMetricsReader:
         self.selector = selector
         self.http_get = http_get
         self.timeout = timeout
+        self._counters = CumulativeCounters()
 
-    def queries(self, window_s: int, versions: Iterable[str]) -> dict[str, str]:
+    def queries(self, versions: Iterable[str]) -> dict[str, str]:
         vs = "|".join(sorted(set(versions)))
         sel = ",".join(s for s in (self.selector, f'version=~"{vs}"') if s)
-        w = f"{max(int(window_s), 1)}s"
         d = "tideline_request_duration_seconds"
         return {
-            "requests": f"sum by (version, role, code) (increase(tideline_requests_total{{{sel}}}[{w}]))",
-            "buckets": f"sum by (version, role, le) (increase({d}_bucket{{{sel}}}[{w}]))",
-            "count": f"sum by (version, role) (increase({d}_count{{{sel}}}[{w}]))",
-            "sum": f"sum by (version, role) (increase({d}_sum{{{sel}}}[{w}]))",
+            "requests": f"sum by (pod, version, role, code) (tideline_requests_total{{{sel}}})",
+            "buckets": f"sum by (pod, version, role, le) ({d}_bucket{{{sel}}})",
+            "count": f"sum by (pod, version, role) ({d}_count{{{sel}}})",
+            "sum": f"sum by (pod, version, role) ({d}_sum{{{sel}}})",
         }
 
     def _query(self, promql: str) -> list[dict[str, Any]]:
@@ -138,15 +168,16 @@ class PrometheusMetricsReader:
             raise BackendError(f"Prometheus answered a {data.get('resultType')!r}, expected an instant vector")
         return list(data.get("result") or [])
 
-    def read(self, *, window_s: int, versions: Iterable[str]) -> MetricsSnapshot:
-        snap = MetricsSnapshot()
-        for key, promql in self.queries(window_s, versions).items():
+    def read(self, *, versions: Iterable[str]) -> MetricsSnapshot:
+        per_pod: dict[str, MetricsSnapshot] = {}
+        for key, promql in self.queries(versions).items():
             for sample in self._query(promql):
                 labels = sample.get("metric") or {}
                 version, role = labels.get("version"), labels.get("role")
                 value = float(sample["value"][1])
                 if not version or not role or math.isnan(value):
                     continue
+                snap = per_pod.setdefault(str(labels.get("pod", "")), MetricsSnapshot())
                 m = snap.series.setdefault((version, role), SeriesMetrics())
                 if key == "requests":
                     m.requests += value
@@ -162,17 +193,12 @@ class PrometheusMetricsReader:
                     m.latency_count += value
                 else:
                     m.latency_sum += value
-        return snap
+        return self._counters.update(per_pod)
 
 
 class PodMetricsReader:
-    """Scrapes ``GET /metrics`` of the InferenceService's running pods (no Prometheus needed).
-
-    Counters are cumulative per process, so the reader keeps each pod's previous scrape and returns the
-    increase since then (``analysis.delta``: a pod whose counters went down restarted and counts from
-    zero). A pod seen for the first time only primes the reader: its lifetime totals are not this
-    interval's traffic (after an operator restart the first interval is inconclusive, never a failure).
-    """
+    """Scrapes ``GET /metrics`` of the InferenceService's running pods (no Prometheus needed), accumulated
+    per pod into cumulative totals (``CumulativeCounters``)."""
 
     def __init__(self, core_api: Any, namespace: str, isvc_name: str, *, port: int = 8080,
                  http_get: Callable[[str, float], bytes] = _http_get, timeout: float = 5.0) -> None:
@@ -182,7 +208,7 @@ class PodMetricsReader:
         self.port = port
         self.http_get = http_get
         self.timeout = timeout
-        self._last: dict[str, MetricsSnapshot] = {}
+        self._counters = CumulativeCounters()
 
     def _targets(self) -> list[tuple[str, str]]:
         try:
@@ -198,24 +224,16 @@ class PodMetricsReader:
                 out.append((str(p.metadata.uid or p.metadata.name), f"http://{ip}:{self.port}/metrics"))
         return out
 
-    def read(self, *, window_s: int, versions: Iterable[str]) -> MetricsSnapshot:
-        del window_s  # the window is "since the previous scrape"
+    def read(self, *, versions: Iterable[str]) -> MetricsSnapshot:
         wanted = set(versions)
-        total = MetricsSnapshot()
-        seen = set()
+        per_pod = {}
         for key, url in self._targets():
-            seen.add(key)
             try:
                 cur = MetricsSnapshot.parse(self.http_get(url, self.timeout).decode())
             except ValueError as e:
                 raise BackendError(f"unparsable /metrics from {url}: {e}") from e
-            prev = self._last.get(key)
-            self._last[key] = cur
-            if prev is not None:
-                total = total.merge(delta(prev, cur))
-        for key in set(self._last) - seen:  # pods that went away
-            del self._last[key]
-        return MetricsSnapshot({k: v for k, v in total.series.items() if k[0] in wanted})
+            per_pod[key] = MetricsSnapshot({k: v for k, v in cur.series.items() if k[0] in wanted})
+        return self._counters.update(per_pod)
 
 
 def make_metrics_reader(source: str, *, core_api: Any, namespace: str, isvc_name: str) -> Any:
@@ -455,7 +473,6 @@ class KServeBackend(RegistryOps):
         *,
         versions: Iterable[str],
         baseline: str,
-        window_s: int = 60,
         outcomes_reader: Callable[[str, str], LiveOutcomes | None] | None = None,
         paired_reader: Callable[[str], tuple[list[float], list[float]] | None] | None = None,
     ) -> None:
@@ -466,7 +483,6 @@ class KServeBackend(RegistryOps):
         self.mode = mode
         self.metrics_reader = metrics_reader
         self.baseline = baseline
-        self.window_s = int(window_s)
         self.outcomes_reader = outcomes_reader
         self.paired_reader = paired_reader
         vs = sorted(set(versions) | {baseline})
@@ -512,10 +528,10 @@ class KServeBackend(RegistryOps):
 
     # raw metrics
     def read_metrics(self) -> MetricsSnapshot:
-        """The increase of the predictors' counters over the last interval, keyed by (version, role)."""
+        """The predictors' cumulative counters, keyed by (version, role) (the reconciler takes the increase)."""
         if self.metrics_reader is None:
             raise ConfigError("no metrics source configured for this rollout")
-        return self.metrics_reader.read(window_s=self.window_s, versions=sorted(self.builder.uris))
+        return self.metrics_reader.read(versions=sorted(self.builder.uris))
 
     def candidate_up(self, version: str) -> bool | None:
         """Readiness of the slot serving ``version`` as KServe reports it; None when not deployed/known."""
@@ -542,18 +558,3 @@ class KServeBackend(RegistryOps):
 
     def read_paired_predictions(self, candidate: str) -> tuple[list[float], list[float]] | None:
         return self.paired_reader(candidate) if self.paired_reader else None
-
-
-def _api_reason(e: Exception) -> str:
-    status = getattr(e, "status", None)
-    reason = getattr(e, "reason", None)
-    body = getattr(e, "body", None)
-    msg = None
-    if isinstance(body, (str, bytes)):
-        try:
-            msg = json.loads(body).get("message")
-        except (ValueError, AttributeError):
-            msg = None
-    if status:
-        return f"HTTP {status} {msg or reason or ''}".strip()
-    return str(e).splitlines()[0] if str(e) else type(e).__name__

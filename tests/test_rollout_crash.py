@@ -10,13 +10,19 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import jsonschema
 import pytest
+import yaml
+from test_crd import CRD_PATH, strict
 
-from reliability.controller import (KINDS, Kill, MemStore, base_registry, crash_sweep, run_one, scenarios,
-                                    sigkill_one)
+from reliability.controller import (KINDS, NAME, NS, SPEC, T0, CRPlace, Kill, Killer, MemStore, Observer, SimBackend,
+                                    SimServing, base_registry, crash_sweep, run_one, scenarios, sigkill_one)
+from tideline.registry import Registry
+from tideline.registry.signing import Signing
 from tideline.rollout import machine as m
 from tideline.rollout.backends import apply_action
-from tideline.rollout.controller import RolloutController, RolloutDoc
+from tideline.rollout.controller import FakeClock, RolloutController, RolloutDoc
+from tideline.rollout.cr import GROUP, PLURAL
 
 
 class SkipsRecovery(RolloutController):
@@ -67,13 +73,16 @@ def base(tmp_path_factory: pytest.TempPathFactory) -> MemStore:
 
 def test_quick_scenarios_all_consistent(tmp_path: Path) -> None:
     rows = scenarios(True, tmp_path)
-    assert len(rows) == 2
+    assert len(rows) == 3
     for row in rows:
         assert set(row) == {"area", "scenario", "times", "unit", "result", "lost", "ok", "seconds"}
         assert row["area"] == "Faults" and row["unit"] == "kills"
         assert row["ok"] and row["lost"] == 0, row
-    assert rows[0]["times"] >= 150  # every crash point of the three kinds of rollout
-    assert rows[1]["times"] == 2
+    assert rows[0]["times"] >= 150  # every crash point of the four kinds of rollout
+    # the same drill on the cluster's status store (a ModelRollout's status subresource): same table, same kinds
+    assert "registry store" in rows[0]["scenario"] and "status subresource" in rows[1]["scenario"]
+    assert rows[1]["times"] >= rows[0]["times"] and "lost the answer of one ModelRollout write" in rows[1]["result"]
+    assert rows[2]["times"] == 2
 
 
 def test_crash_points_cover_document_writes_actions_and_registry_moves(base: MemStore) -> None:
@@ -109,3 +118,40 @@ def test_sigkill_drill_reports_a_phase_it_could_not_kill_at(tmp_path: Path) -> N
     problems, where = sigkill_one("bad", "Canary 50", tmp_path / "x")
     assert where == "never reached"
     assert any("not killed at Canary 50" in p for p in problems), problems
+
+
+def test_the_cr_status_store_has_the_same_crash_points_plus_the_request_removal(base: MemStore) -> None:
+    """The drill on a ModelRollout: every status write is a crash point, like every document write, and so
+    is the removal of a consumed kubectl request (the annotation); every status written fits the CRD."""
+    for kind in KINDS:
+        doc_run, cr_run = run_one(kind, None, base), run_one(kind, None, base, place="cr")
+        assert cr_run.problems == [] and doc_run.problems == [], (kind, cr_run.problems)
+        extra = [lab for lab in cr_run.labels if "request removal" in lab]
+        assert [lab for lab in cr_run.labels if "request removal" not in lab] == doc_run.labels, kind
+        assert len(extra) == (2 if kind == "manual" else 0), kind
+
+
+def test_the_cr_drill_writes_only_what_the_crd_admits(base: MemStore) -> None:
+    schema = strict(yaml.safe_load(CRD_PATH.read_text())["spec"]["versions"][0]["schema"]["openAPIV3Schema"])
+    store = base.copy()
+    reg = Registry(store, signing=Signing.off())
+    place = CRPlace(store, reg)
+    place.create(SPEC, T0)
+    serving = SimServing()
+    obs = Observer(place.load, reg, serving)
+    clock = FakeClock(T0, on_sleep=serving.serve)
+    seen: list[str] = []
+
+    def validate(verb: str, plural: str, name: str) -> None:  # before each call: what the last one left
+        obj = place.api.objects[(GROUP, NS, PLURAL, NAME)]
+        jsonschema.Draft4Validator(schema).validate(obj)
+        seen.append((obj.get("status") or {}).get("phase", ""))
+
+    place.api.on_call = validate
+    RolloutController(NAME, SimBackend(reg, serving, Killer(None), obs), place.status_store(Killer(None), obs),
+                      clock).run(max_iterations=60)
+    obj = place.api.objects[(GROUP, NS, PLURAL, NAME)]
+    jsonschema.Draft4Validator(schema).validate(obj)
+    st = obj["status"]
+    assert st["phase"] == "Promoted" and st["appliedGeneration"] == st["machineGeneration"]
+    assert {"Shadow", "Canary", "Promoting"} <= set(seen)

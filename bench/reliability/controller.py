@@ -63,8 +63,12 @@ from tideline.rollout import machine as m
 from tideline.rollout.analysis import LiveOutcomes, MetricsSnapshot, SeriesMetrics, Thresholds, analyze
 from tideline.rollout.backends import BackendError, RegistryOps
 from tideline.rollout.guard import WatchOutcomes, WatchSpec
-from tideline.rollout.controller import (FakeClock, RolloutController, create_rollout, load_rollout,
+from tideline.rollout.controller import (FakeClock, RolloutController, RolloutDoc, create_rollout, load_rollout,
                                          request_action, rollout_key)
+from tideline.rollout.cr import (ACTION_ANNOTATION, GROUP, KIND, PLURAL, VERSION, CRStatusStore, doc_from_cr,
+                                 spec_to_cr)
+
+from reliability.kube import FakeCustomObjectsApi
 
 AREA = "Faults"
 NAME = "tideline"
@@ -178,9 +182,9 @@ class Killer:
 class Observer:
     """What the checks need to see during a run: the phases the document went through, violations."""
 
-    def __init__(self, store: Any, registry: Registry, serving: SimServing,
+    def __init__(self, load: Callable[[], RolloutDoc], registry: Registry, serving: SimServing,
                  log_path: Path | None = None) -> None:
-        self.store, self.registry, self.serving = store, registry, serving
+        self.load, self.registry, self.serving = load, registry, serving
         self.path: list[str] = []
         self.violations: list[str] = []
         self.log_path = log_path  # child mode: violations survive the process
@@ -193,13 +197,16 @@ class Observer:
                 f.write(json.dumps(msg) + "\n")
 
     def doc_written(self, data: bytes) -> None:
-        st = json.loads(data)["status"]
-        label = st["phase"] + (f" {st['weight']}" if st["phase"] == "Canary" else "")
+        self.status_written(json.loads(data)["status"])
+
+    def status_written(self, st: dict[str, Any]) -> None:
+        """A status landed (the document's, or a ModelRollout's status subresource: same phase/weight names)."""
+        label = _label(st)
         if not self.path or self.path[-1] != label:
             self.path.append(label)
 
     def stored(self) -> m.RolloutStatus:
-        return load_rollout(self.store, NAME)[0].status
+        return self.load().status
 
     def production(self) -> str | None:
         return self.registry.aliases().get("production")
@@ -457,6 +464,107 @@ class CountingStore:
         return getattr(self.inner, name)
 
 
+class CountingKubeApi:
+    """The cluster status store's API client: every write of the ModelRollout (its status, the removal of a
+    consumed request) is two crash points; ``lose_at``: the answer of that ModelRollout write is lost after it
+    landed (the client sees a dropped connection), instead of a kill."""
+
+    def __init__(self, inner: FakeCustomObjectsApi, killer: Killer, obs: Observer, lose_at: int | None = None) -> None:
+        self.inner, self.killer, self.obs, self.lose_at = inner, killer, obs, lose_at
+        self.writes = 0
+
+    def _write(self, what: str, verb: str, fn: Callable[[], Any]) -> Any:
+        self.writes += 1
+        if self.lose_at is not None and self.writes == self.lose_at:
+            self.inner.lose_next.add(verb)
+        self.killer.point(f"before {what}")
+        try:
+            out = fn()
+        finally:  # a lost answer landed all the same
+            if verb == "patch_status":
+                self.obs.status_written(self.inner.objects[(GROUP, NS, PLURAL, NAME)].get("status") or {})
+        self.killer.point(f"after {what}")
+        return out
+
+    def patch_namespaced_custom_object_status(self, group, version, namespace, plural, name, body):  # noqa: ANN001, ANN201
+        return self._write("document write", "patch_status", lambda: self.inner.patch_namespaced_custom_object_status(
+            group, version, namespace, plural, name, body))
+
+    def patch_namespaced_custom_object(self, group, version, namespace, plural, name, body):  # noqa: ANN001, ANN201
+        return self._write("request removal", "patch", lambda: self.inner.patch_namespaced_custom_object(
+            group, version, namespace, plural, name, body))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+NS = "tideline"
+
+
+class DocPlace:
+    """Status store 1: the rollout document in the registry store (the embedded default)."""
+
+    label = "the rollout document in the registry store"
+
+    def __init__(self, store: MemStore, registry: Registry) -> None:
+        self.store, self.registry = store, registry
+
+    def create(self, spec: m.RolloutSpec, now: float) -> None:
+        create_rollout(self.store, spec, now)
+
+    def load(self) -> RolloutDoc:
+        return load_rollout(self.store, NAME)[0]
+
+    def request(self, action: str) -> None:
+        request_action(self.store, NAME, action)
+
+    def pending_request(self) -> str | None:
+        return self.load().requested_action
+
+    def status_store(self, killer: Killer, obs: Observer, lose_at: int | None = None) -> Any:
+        return CountingStore(self.store, killer, obs)
+
+
+class CRPlace:
+    """Status store 2: a ModelRollout's status subresource, through an API double that behaves like the API
+    server where it matters (resourceVersion -> 409 on a stale write, the status subresource, lost answers)."""
+
+    label = "a ModelRollout's status subresource"
+
+    def __init__(self, store: MemStore, registry: Registry) -> None:
+        self.registry = registry
+        self.api = FakeCustomObjectsApi()
+
+    def _production(self) -> str | None:
+        return self.registry.aliases().get("production")
+
+    def create(self, spec: m.RolloutSpec, now: float) -> None:
+        self.api.add(GROUP, NS, PLURAL, {
+            "apiVersion": f"{GROUP}/{VERSION}", "kind": KIND, "metadata": {"name": NAME, "namespace": NS},
+            # the registry the operator would open (this drill hands the reconciler the in-memory one)
+            "spec": spec_to_cr(spec, registry="s3://tideline-models/registry", mode="Serverless",
+                               metrics_source="pods")})
+        if self.load().spec != spec:  # the CR carries the whole spec
+            raise AssertionError(f"the ModelRollout spec does not round-trip: {self.load().spec} != {spec}")
+
+    def load(self) -> RolloutDoc:
+        return doc_from_cr(self.api.objects[(GROUP, NS, PLURAL, NAME)], self._production)
+
+    def request(self, action: str) -> None:  # what `kubectl tideline rollback` does
+        self.api.patch_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, NAME,
+                                                {"metadata": {"annotations": {ACTION_ANNOTATION: action}}})
+
+    def pending_request(self) -> str | None:
+        meta = self.api.objects[(GROUP, NS, PLURAL, NAME)]["metadata"]
+        return (meta.get("annotations") or {}).get(ACTION_ANNOTATION)
+
+    def status_store(self, killer: Killer, obs: Observer, lose_at: int | None = None) -> Any:
+        return CRStatusStore(CountingKubeApi(self.api, killer, obs, lose_at), NS, NAME, baseline=self._production)
+
+
+PLACES: dict[str, type[DocPlace] | type[CRPlace]] = {"document": DocPlace, "cr": CRPlace}
+
+
 class CountingRegistry:
     """The registry as the backend sees it: every alias/status move is two crash points."""
 
@@ -584,11 +692,11 @@ class Outcome:
     """where the restarted controller was killed too (``kill_again``)"""
 
 
-def check_end(kind: str, store: Any, reg: Registry, serving: SimServing, obs: Observer, base_events: int,
-              *, check_path: bool = True) -> list[str]:
+def check_end(kind: str, load: Callable[[], RolloutDoc], reg: Registry, serving: SimServing, obs: Observer,
+              base_events: int, *, check_path: bool = True, pending: Callable[[], str | None] | None = None) -> list[str]:
     """Every consistency check of a finished run; returns the problems (empty: consistent)."""
     out = list(obs.violations)
-    doc, _ = load_rollout(store, NAME)
+    doc = load()
     st = doc.status
     want = {"good": m.Phase.PROMOTED, "guard": m.Phase.REVERTED}.get(kind, m.Phase.ROLLED_BACK)
     if st.phase != want:
@@ -596,8 +704,9 @@ def check_end(kind: str, store: Any, reg: Registry, serving: SimServing, obs: Ob
     if doc.applied_generation < st.generation:
         out.append(f"applied_generation {doc.applied_generation} < generation {st.generation}")
     out += [f"status: {p}" for p in m.validate_status(spec_for(kind), st)]
-    if doc.requested_action:
-        out.append(f"a manual {doc.requested_action} is still pending")
+    request = pending() if pending is not None else doc.requested_action
+    if request:
+        out.append(f"a manual {request} is still pending")
     aliases, statuses = reg.aliases(), {v: s.value for v, s in reg.statuses().items()}
     if want == m.Phase.PROMOTED:
         exp_alias, exp_status = {"production": "v2", "previous": "v1"}, {"v1": "RETIRED", "v2": "ACTIVE"}
@@ -638,29 +747,32 @@ def check_end(kind: str, store: Any, reg: Registry, serving: SimServing, obs: Ob
 
 def run_one(kind: str, kill_at: int | None, base: MemStore,
             controller_cls: type[RolloutController] = RolloutController,
-            kill_again: int | None = None) -> Outcome:
+            kill_again: int | None = None, place: str = "document", lose_at: int | None = None) -> Outcome:
     """One rollout of ``kind`` from scratch, killed at crash point ``kill_at``, resumed by a new controller
-    (which is itself killed at its crash point ``kill_again`` if given, and a third one resumes)."""
+    (which is itself killed at its crash point ``kill_again`` if given, and a third one resumes). ``place``
+    is the status store (``document`` or ``cr``); ``lose_at`` loses the answer of that ModelRollout write."""
     store = base.copy()
     reg = Registry(store, signing=Signing.off())
     base_events = len(reg.history())
     serving = SimServing(bad_version=SPEC.candidate if kind == "bad" else None)
-    obs = Observer(store, reg, serving)
+    where = PLACES[place](store, reg)
+    obs = Observer(where.load, reg, serving)
     requested = [False]
 
     def tick(seconds: float) -> None:  # time passes: clients send traffic; the operator may act
         serving.serve(seconds)
         if kind == "manual" and not requested[0]:
-            st = load_rollout(store, NAME)[0].status
+            st = where.load().status
             if st.phase == m.Phase.CANARY and st.weight == 25:
-                request_action(store, NAME, "rollback")
+                where.request("rollback")
                 requested[0] = True
 
     clock = FakeClock(T0, on_sleep=tick)
-    create_rollout(store, spec_for(kind), clock.now())
+    where.create(spec_for(kind), clock.now())
     killers = [Killer(kill_at), Killer(kill_again), Killer(None)]
     for i, killer in enumerate(killers):
-        ctrl = controller_cls(NAME, SimBackend(reg, serving, killer, obs, kind == "guard"), CountingStore(store, killer, obs),
+        ctrl = controller_cls(NAME, SimBackend(reg, serving, killer, obs, kind == "guard"),
+                              where.status_store(killer, obs, lose_at if i == 0 else None),
                               clock, analyze, owner=f"controller-{i + 1}")
         try:
             ctrl.run(max_iterations=MAX_ITERATIONS)
@@ -670,10 +782,10 @@ def run_one(kind: str, kill_at: int | None, base: MemStore,
         except TidelineError as e:
             obs.violation(f"controller {i + 1} stopped: {type(e).__name__}: {e}")
             break
-    problems = check_end(kind, store, reg, serving, obs, base_events)
+    problems = check_end(kind, where.load, reg, serving, obs, base_events, pending=where.pending_request)
     if kill_at is not None and killers[0].killed_at is None:
         problems.append(f"crash point {kill_at} was never reached ({killers[0].n} points)")
-    phase = load_rollout(store, NAME)[0].status.phase.value
+    phase = where.load().status.phase.value
     return Outcome(killers[0].n, killers[0].killed_at, problems, phase, list(killers[0].labels),
                    killers[1].killed_at)
 
@@ -687,20 +799,24 @@ class Tally:
     lost: int = 0
     double_kills: int = 0
     """runs whose restarted controller was killed too (a third one resumed)"""
+    lost_answers: int = 0
+    """runs (no kill) where the answer of one ModelRollout write was lost after it landed"""
     by_label: dict[str, int] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
 
 
 def crash_sweep(kind: str, work: Path, *, quick: bool,
                 controller_cls: type[RolloutController] = RolloutController, base: MemStore | None = None,
-                double: bool = False) -> Tally:
+                double: bool = False, place: str = "document", lost_answers: bool = False) -> Tally:
     """Kill at every crash point of a ``kind`` rollout (quick: every 3rd one, plus the last). With ``double``
     every point is also tried a second time with the restarted controller killed too, at its 1st..6th
-    crash point in turn (while it re-applies the dead one's unconfirmed actions); a third one resumes."""
+    crash point in turn (while it re-applies the dead one's unconfirmed actions); a third one resumes.
+    ``place``: the status store. ``lost_answers`` (cr only): also one run per ModelRollout write whose answer
+    is lost after it landed (no kill)."""
     if base is None:
         base = MemStore()
         base_registry(work, base)
-    clean = run_one(kind, None, base, controller_cls)
+    clean = run_one(kind, None, base, controller_cls, place=place)
     t = Tally(kind, points=clean.points)
     if clean.problems:
         t.problems.append(f"{kind}, no kill: " + "; ".join(clean.problems[:3]))
@@ -709,7 +825,7 @@ def crash_sweep(kind: str, work: Path, *, quick: bool,
         ks = sorted(set(ks[::3]) | {ks[-1]})
     runs = [(k, None) for k in ks] + ([(k, (k - 1) % 6 + 1) for k in ks] if double else [])
     for k, again in runs:
-        o = run_one(kind, k, base, controller_cls, kill_again=again)
+        o = run_one(kind, k, base, controller_cls, kill_again=again, place=place)
         t.runs += 1
         t.kills += 1
         if o.killed_again_at:
@@ -723,6 +839,16 @@ def crash_sweep(kind: str, work: Path, *, quick: bool,
             if len(t.problems) < 6:
                 again_txt = f", again at {o.killed_again_at}" if o.killed_again_at else ""
                 t.problems.append(f"{kind} k={k} ({o.killed_at}{again_txt}): " + "; ".join(o.problems[:3]))
+    if lost_answers and place == "cr":
+        writes = sum(1 for lab in clean.labels if lab in ("before document write", "before request removal"))
+        for w in range(1, writes + 1):
+            o = run_one(kind, None, base, controller_cls, place=place, lose_at=w)
+            t.runs += 1
+            t.lost_answers += 1
+            if o.problems:
+                t.lost += 1
+                if len(t.problems) < 6:
+                    t.problems.append(f"{kind}, answer of ModelRollout write {w} lost: " + "; ".join(o.problems[:3]))
     return t
 
 
@@ -773,7 +899,7 @@ def _child(root: str, kind: str, owner: str) -> None:
                 time.sleep(600)  # the parent kills this process here
 
     serving = SimServing(path=d / "serving.json", action_delay=0.03, before_action=pause)
-    obs = Observer(store, reg, serving, log_path=d / "violations.jsonl")
+    obs = Observer(lambda: load_rollout(store, NAME)[0], reg, serving, log_path=d / "violations.jsonl")
     clock = FileClock(d / "clock.txt", on_sleep=lambda s: (pause(), serving.serve(s)), real=0.04)
     backend = SimBackend(reg, serving, Killer(None), obs, kind == "guard")
     ctrl = RolloutController(NAME, backend, store, clock, analyze, owner=owner)
@@ -852,14 +978,15 @@ def sigkill_one(kind: str, target: str, root: Path) -> tuple[list[str], str]:
         if proc.poll() is None:
             proc.kill()
             proc.wait(10)
-    obs = Observer(store, reg, serving)
+    obs = Observer(lambda: load_rollout(store, NAME)[0], reg, serving)
     vpath = root / "violations.jsonl"
     if vpath.exists():
         obs.violations = [json.loads(x) for x in vpath.read_text().splitlines() if x.strip()]
     obs.production_seen = {e.version for e in reg.history()[base_events:]
                            if e.alias == "production" and e.version}
     obs.production_seen.add("v1")
-    problems += check_end(kind, store, reg, serving, obs, base_events, check_path=False)
+    problems += check_end(kind, lambda: load_rollout(store, NAME)[0], reg, serving, obs, base_events,
+                          check_path=False)
     return problems, where
 
 
@@ -869,15 +996,17 @@ def _row(scenario: str, times: int, unit: str, result: str, lost: int, ok: bool,
             "lost": int(lost), "ok": bool(ok and lost == 0), "seconds": round(time.monotonic() - t0, 1)}
 
 
-def crash_points_row(quick: bool, work: Path) -> dict[str, Any]:
+def crash_points_row(quick: bool, work: Path, place: str = "document") -> dict[str, Any]:
     t0 = time.monotonic()
     base = MemStore()
     base_registry(work / "base", base)
     # every crash point even in the quick form (~200 runs take a few seconds); the full one adds double kills
-    tallies = [crash_sweep(kind, work, quick=False, base=base, double=not quick) for kind in KINDS]
+    tallies = [crash_sweep(kind, work, quick=False, base=base, double=not quick, place=place,
+                           lost_answers=place == "cr") for kind in KINDS]
     kills = sum(t.kills for t in tallies)
     runs = sum(t.runs for t in tallies)
     doubles = sum(t.double_kills for t in tallies)
+    lost_answers = sum(t.lost_answers for t in tallies)
     lost = sum(t.lost for t in tallies)
     problems = [p for t in tallies for p in t.problems]
     labels: dict[str, int] = {}
@@ -890,6 +1019,8 @@ def crash_points_row(quick: bool, work: Path) -> dict[str, Any]:
     result = (f"{runs - lost}/{runs} runs ended consistent (crash points: {per_kind}; {top}, ...)"
               + (f"; in {doubles} of them the restarted controller was killed too, at its 1st-6th point, "
                  "and a third resumed" if doubles else "")
+              + (f"; {lost_answers} more runs lost the answer of one ModelRollout write each (landed, never "
+                 "answered)" if lost_answers else "")
               + ": terminal phase, applied_generation, registry aliases/statuses/history, serving, "
                 "one promote (two when the guard reverted), "
                 "each phase entered once, exact phase path; 0 actions ahead of the persisted document")
@@ -897,8 +1028,8 @@ def crash_points_row(quick: bool, work: Path) -> dict[str, Any]:
         result = f"{runs - lost}/{runs} runs consistent; FAILED: " + " | ".join(problems[:4])
     n = "/".join(str(t.points) for t in tallies)
     scenario = (f"controller killed at every crash point of a rollout ({n} points x 4 rollout kinds: good, "
-                f"bad in canary, manual rollback, reverted by the guard in its watch), restarted" + ("" if quick else
-                                                                  " (+ killed again while recovering)"))
+                f"bad in canary, manual rollback, reverted by the guard in its watch), restarted"
+                + ("" if quick else " (+ killed again while recovering)") + f"; status in {PLACES[place].label}")
     return _row(scenario, kills, "kills", result, lost, ok, t0)
 
 
@@ -927,7 +1058,8 @@ def sigkill_row(quick: bool, work: Path) -> dict[str, Any]:
 def scenarios(quick: bool, work: Path) -> list[dict[str, Any]]:
     work = Path(work)
     work.mkdir(parents=True, exist_ok=True)
-    return [crash_points_row(quick, work / "points"), sigkill_row(quick, work / "sigkill")]
+    return [crash_points_row(quick, work / "points"), crash_points_row(quick, work / "points-cr", "cr"),
+            sigkill_row(quick, work / "sigkill")]
 
 
 __all__ = ["Kill", "MemStore", "SimServing", "crash_sweep", "run_one", "scenarios", "sigkill_one"]

@@ -149,11 +149,12 @@ class RolloutController:
         lease = self.lease_s if self.lease_s is not None else 3 * spec.interval_s
         if doc.owner not in (None, self.owner) and doc.lease_until > now:
             return doc.status  # another live controller owns this rollout
+        if doc.status.terminal and doc.requested_action is not None:
+            # a request that came after the end, or one whose removal was lost after the write that consumed it
+            doc.add_event(now, f"ignored a manual {doc.requested_action}: the rollout is {doc.status.phase.value}")
+            doc.requested_action = None
+            etag = self._write(doc, etag)
         if doc.status.terminal and doc.applied_generation >= doc.status.generation:
-            if doc.requested_action is not None:  # a request that came after the end (or a stale one)
-                doc.add_event(now, f"ignored a manual {doc.requested_action}: the rollout is {doc.status.phase.value}")
-                doc.requested_action = None
-                etag = self._write(doc, etag)
             if doc.owner == self.owner:
                 doc.owner, doc.lease_until = None, 0.0
                 self._write(doc, etag)

@@ -232,19 +232,37 @@ def test_pod_is_locked_down_and_gets_s3_credentials_from_a_secret(path: Path) ->
 
 @pytest.mark.parametrize("path", MANIFESTS, ids=lambda p: p.name)
 def test_command_line_is_accepted_by_the_cli(path: Path) -> None:
-    """The container runs ``tideline trigger run ... --mode kfp --host ...``, and the CLI parses it."""
+    """The container runs one tick of the loop, ``tideline loop --once ...``, and the CLI parses it."""
     import typer
 
-    from tideline.cli_trigger import trigger_app
+    from tideline.cli_loop import loop_app
 
     c = load(path)["spec"]["workflowSpec"]["templates"][0]["container"]
-    assert c["command"] == ["tideline"] and c["args"][:2] == ["trigger", "run"]
-    cmd = typer.main.get_command(trigger_app).commands["run"]  # type: ignore[attr-defined]
-    params = cmd.make_context("run", list(c["args"][2:])).params
-    assert params["mode"] == "kfp" and params["host"] == "http://ml-pipeline.kubeflow.svc:8888"
+    assert c["command"] == ["tideline"] and c["args"][:2] == ["loop", "--once"]
+    cmd = typer.main.get_command(loop_app)
+    params = cmd.make_context("loop", list(c["args"][1:])).params
+    assert params["once"] is True and params["as_json"] is True and params["wait"] == 60
     assert params["force"] is (path.name == "retrain-weekly.yaml")
     with pytest.raises(Exception, match="No such option"):  # the same check does catch a wrong option
-        cmd.make_context("run", [*c["args"][2:], "--no-such-option"])
+        cmd.make_context("loop", [*c["args"][1:], "--no-such-option"])
+
+
+@pytest.mark.parametrize("path", MANIFESTS, ids=lambda p: p.name)
+def test_the_environment_configures_the_loop_on_a_cluster(path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The container's TIDELINE_* variables are real settings (an unknown one fails: extra="forbid"): bars
+    from S3, retrains on Kubeflow Pipelines, rollouts as ModelRollouts in the namespace, the S3 registry."""
+    from tideline.config import load_settings
+
+    c = load(path)["spec"]["workflowSpec"]["templates"][0]["container"]
+    for e in c["env"]:
+        if "value" in e:
+            monkeypatch.setenv(e["name"], e["value"])
+    s = load_settings()
+    assert s.registry_uri() == "s3://tideline-models/registry" and s.loop.bars == "s3://tideline-data/bars/"
+    assert (s.loop.pipeline, s.loop.kfp_host) == ("kfp", "http://ml-pipeline.kubeflow.svc:8888")
+    assert (s.loop.rollouts, s.loop.namespace) == ("kubernetes", "tideline")
+    assert s.loop.rollout.mode == "RawDeployment" and s.loop.rollout.metrics_source == "pods"
+    assert {e["name"] for e in c["env"] if "valueFrom" in e} == {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
 
 
 def test_off_hours_schedules_avoid_market_hours() -> None:
@@ -303,10 +321,11 @@ def test_nested_typos_python_names_and_wrong_types_rejected(daily: dict[str, Any
     deep = _mutated(daily, lambda d: container(d).update(resource=container(d).pop("resources")))
     assert validate_cron_workflow(deep) == [
         "$.spec.workflowSpec.templates[0].container.resource: unknown field of Container"]
-    env = _mutated(daily, lambda d: container(d)["env"][4]["valueFrom"].update(
-        secretRef=container(d)["env"][4]["valueFrom"].pop("secretKeyRef")))
+    i = next(i for i, e in enumerate(container(daily)["env"]) if "valueFrom" in e)
+    env = _mutated(daily, lambda d: container(d)["env"][i]["valueFrom"].update(
+        secretRef=container(d)["env"][i]["valueFrom"].pop("secretKeyRef")))
     assert validate_cron_workflow(env) == [
-        "$.spec.workflowSpec.templates[0].container.env[4].valueFrom.secretRef: unknown field of EnvVarSource"]
+        f"$.spec.workflowSpec.templates[0].container.env[{i}].valueFrom.secretRef: unknown field of EnvVarSource"]
     pyname = _mutated(daily, lambda d: d["spec"].update(
         starting_deadline_seconds=d["spec"].pop("startingDeadlineSeconds")))
     assert validate_cron_workflow(pyname) == [

@@ -64,6 +64,9 @@ class Rollouts:
     def latest(self) -> dict[str, Any] | None:
         return self.flight
 
+    def publish_recent(self, bars: Any) -> None:
+        self.published = len(bars)
+
     def restart(self) -> str:
         self.restarts += 1
         return "restarted the controller"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import json
+from datetime import UTC, datetime
 from typing import Any
 
 from kubernetes.client.exceptions import ApiException
@@ -103,7 +104,8 @@ class FakeCustomObjectsApi:
         obj = copy.deepcopy(body)
         obj.pop("status", None)  # a create never sets the status subresource
         obj["metadata"] = {**obj["metadata"], "namespace": namespace, "resourceVersion": self._bump(), "generation": 1,
-                           "creationTimestamp": f"2026-01-01T00:00:{self._rv % 60:02d}Z", "uid": f"uid-{self._rv}"}
+                           "creationTimestamp": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+                           "uid": f"uid-{self._rv}"}
         self.objects[key] = obj
         return self._answer("create", obj)
 

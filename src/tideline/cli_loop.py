@@ -48,8 +48,36 @@ def _make_loop(ctx: typer.Context, now: str | None, speed: float = 1.0) -> Any:
         clock = AcceleratedClock(fixed, speed) if speed != 1.0 else (lambda: fixed)
     elif speed != 1.0:
         clock = AcceleratedClock(datetime.now(UTC), speed)
-    rollouts = DetachedRollouts(s, reg, config_path=st.config, bars=str(recent_bars_path(s).resolve()))
-    return Loop(s, reg, rollouts=rollouts, **({"clock": clock} if clock else {}))
+    rollouts: Any
+    if s.loop.rollouts == "kubernetes":  # ModelRollouts run by the operator (tideline.loop.kube)
+        from tideline.loop.kube import KubeRollouts
+
+        rollouts = KubeRollouts(s, reg, _kube_api())
+    else:
+        rollouts = DetachedRollouts(s, reg, config_path=st.config, bars=str(recent_bars_path(s).resolve()))
+    extra: dict[str, Any] = {"clock": clock} if clock else {}
+    if s.loop.pipeline == "kfp":  # retrains are Kubeflow Pipelines runs
+        from tideline.loop.kube import kfp_pipeline
+
+        extra["pipeline"] = kfp_pipeline(s.loop.kfp_host, reg)
+    return Loop(s, reg, rollouts=rollouts, **extra)
+
+
+def _kube_api() -> Any:
+    """``CustomObjectsApi`` from the pod's ServiceAccount (in a cluster) or the kubeconfig."""
+    from tideline.errors import ConfigError
+
+    try:
+        from kubernetes import client, config
+
+        try:
+            config.load_incluster_config()
+        except config.ConfigException:
+            config.load_kube_config()
+    except Exception as e:  # noqa: BLE001 - no cluster credentials: one line
+        raise ConfigError(f"loop.rollouts = 'kubernetes' but no cluster is configured: {str(e).splitlines()[0]}",
+                          hint="run it in the cluster (the CronWorkflows do) or with a kubeconfig") from None
+    return client.CustomObjectsApi()
 
 
 def _show_tick(rec: dict[str, Any]) -> None:
@@ -78,6 +106,10 @@ def loop(
     speed: Annotated[float, typer.Option(
         min=0.001, help="Run the loop's clock this many times faster than the wall (a replay; with --now it "
                         "starts there and keeps running).")] = 1.0,
+    force: Annotated[bool, typer.Option(
+        "--force", help="Retrain in this tick whatever the trigger rules say (a scheduled retrain); a rollout in "
+                        "flight, a cooldown or a running retrain still refuse it.")] = False,
+    reason: Annotated[str, typer.Option(help="Why (with --force): recorded with the run.")] = "forced retrain",
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Run the loop: one tick with --once, else ticks at the times of loop.schedule (a cron expression in a
@@ -90,7 +122,8 @@ def loop(
     lp = _make_loop(ctx, now, speed)
     schedule = Schedule(lp.s.loop.schedule)
     while True:
-        rec = lp.tick(wait_s=wait)
+        rec = lp.tick(wait_s=wait, force=reason if force else None)
+        force = False  # a forced retrain is this tick's, not every tick's
         _print_json(rec) if as_json else _show_tick(rec)
         if once:
             if rec["outcome"] == "failed":

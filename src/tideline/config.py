@@ -146,6 +146,11 @@ class LoopRolloutConfig(BaseModel):
         0.45, ge=0, le=1, description="absolute floor of production's live directional accuracy in the watch; "
                                       "previous under it too throws the kill switch (None: no floor)")
     watch_min_outcomes: int = Field(200, ge=1, description="realized outcomes before the floor judges")
+    mode: Literal["Serverless", "RawDeployment"] = Field(
+        "RawDeployment", description="on a cluster: the InferenceService's KServe deployment mode (ModelRollout "
+                                     "spec.mode)")
+    metrics_source: str = Field("pods", description="on a cluster: where the operator reads the predictors' "
+                                                    "counters: 'pods' (their /metrics) or a Prometheus base URL")
 
 
 class LoopScheduleConfig(BaseModel):
@@ -201,6 +206,14 @@ class LoopConfig(BaseModel):
     lease_seconds: float = Field(3600.0, gt=0, description="a tick holding the loop lock longer than this has died")
     cooldown_hours: float = Field(24.0, ge=0, description="after the guard reverted a promotion: no retrain or "
                                                           "rollout for this long (no flapping)")
+    pipeline: Literal["local", "kfp"] = Field(
+        "local", description="where a retrain runs: 'local' (kfp.local, in this process) or 'kfp' (a run submitted "
+                             "to Kubeflow Pipelines at kfp_host; its gate names the candidate a later tick rolls out)")
+    kfp_host: str = Field("", description="the Kubeflow Pipelines API (with pipeline = 'kfp')")
+    rollouts: Literal["local", "kubernetes"] = Field(
+        "local", description="who runs a rollout: 'local' (a `tideline rollout resume` process) or 'kubernetes' "
+                             "(a ModelRollout created in `namespace`, run by the operator)")
+    namespace: str = Field("tideline", description="the namespace of the ModelRollouts (rollouts = 'kubernetes')")
     schedule: LoopScheduleConfig = LoopScheduleConfig()
     rollout: LoopRolloutConfig = LoopRolloutConfig()
 

@@ -347,6 +347,9 @@ class InlineRollouts:
 
         return latest_rollout(self._registry, NAME, now=time.time())
 
+    def publish_recent(self, bars: Any) -> None:
+        """Nothing to do: the controller reads the world's live bars (``live_bars_path``)."""
+
     def restart(self) -> str:
         self.pending = ("?", "?")
         return f"the controller of rollout {NAME} will be run again"

@@ -40,7 +40,7 @@ from typing import Any, Final, Protocol
 import pandas as pd
 
 from tideline.config import Settings
-from tideline.errors import PolicyError, TidelineError
+from tideline.errors import PolicyError, RunInProgress, TidelineError
 from tideline.features import warmup_bars
 from tideline.loop.ingest import ingest, stored_bars
 from tideline.loop.schedule import Schedule
@@ -76,6 +76,10 @@ class Rollouts(Protocol):
 
     def latest(self) -> dict[str, Any] | None:
         """The latest rollout, running or ended (``rollouts.latest_rollout``), or None."""
+        ...
+
+    def publish_recent(self, bars: pd.DataFrame) -> None:
+        """Put the recent bars where the rollouts' controller reads live outcomes from (every tick)."""
         ...
 
     def restart(self) -> str:
@@ -209,7 +213,9 @@ class Loop:
         self.drift_html = drift_html
 
     # -- one tick --------------------------------------------------------------------------------------------
-    def tick(self, *, wait_s: float = 0.0) -> dict[str, Any]:
+    def tick(self, *, wait_s: float = 0.0, force: str | None = None) -> dict[str, Any]:
+        """One tick; ``force`` (a reason) retrains whatever the rules say (a scheduled retrain), unless a
+        rollout is in flight, the loop cools down, or a run holds the run lock."""
         now = _aware(self.clock())
         rec = TickRecord(id=uuid.uuid4().hex[:12], at=now.isoformat(), wall=datetime.now(UTC).isoformat())
         t0 = time.perf_counter()
@@ -222,7 +228,7 @@ class Loop:
             write_record(self.registry, rec)
             return rec.to_dict()
         try:
-            self._run(rec, now)
+            self._run(rec, now, force)
         except TidelineError as e:
             rec.outcome, rec.error = "failed", str(e)
             log.error("loop tick %s failed: %s", rec.id, e)
@@ -232,7 +238,7 @@ class Loop:
         write_record(self.registry, rec)
         return rec.to_dict()
 
-    def _run(self, rec: TickRecord, now: datetime) -> None:
+    def _run(self, rec: TickRecord, now: datetime, force: str | None = None) -> None:
         cfg = self.s.loop
         if cfg.bars:
             rep = ingest(self.registry.store, cfg.bars, now=now.timestamp(), settle_s=cfg.settle_seconds,
@@ -243,7 +249,10 @@ class Loop:
         if len(bars) == 0:
             rec.step("monitor", "skipped", "no bars stored yet: nothing to monitor or learn from")
             return
-        _write_atomic(_recent(bars, cfg.monitor_bars + 200), recent_bars_path(self.s))  # for rollouts' outcomes
+        recent = _recent(bars, cfg.monitor_bars + 200)  # for the rollouts' live outcomes
+        _write_atomic(recent, recent_bars_path(self.s))
+        if self.rollouts is not None:
+            self.rollouts.publish_recent(recent)
         production = self.registry.aliases().get("production")
         live = self._monitor(rec, bars, production, now)
         state = self._state()
@@ -256,7 +265,7 @@ class Loop:
             return
         if production and self._pick_up_candidate(rec, production):
             return
-        self._decide(rec, bars, production, live, now, state, restart_of=restart_of or None)
+        self._decide(rec, bars, production, live, now, state, restart_of=restart_of or None, force=force)
 
     def _dead_run(self, rec: TickRecord, state: dict[str, Any], now: datetime) -> str | bool:
         """A retraining run whose process died (it still holds the run lock) is restarted once: its lock is
@@ -404,7 +413,11 @@ class Loop:
             return False
         what = f"rollout {act['name']} of {act['candidate']} in flight: {act['phase']} {act.get('weight', 0)}%"
         if not act.get("controller_alive", True):
-            done = self.rollouts.restart()
+            try:
+                done = self.rollouts.restart()
+            except TidelineError as e:  # a cluster's operator is restarted by Kubernetes, not by the loop
+                rec.step("rollout", "stalled", f"{what}; {e}")
+                return True
             rec.did.append(done)
             rec.step("rollout", "restarted", f"{what}; its controller had died: {done}")
         else:
@@ -429,7 +442,7 @@ class Loop:
     # -- decide, retrain, roll out -----------------------------------------------------------------------------
     def _decide(self, rec: TickRecord, bars: pd.DataFrame, production: str | None,
                 live: dict[str, Any] | None, now: datetime, state: dict[str, Any],
-                restart_of: str | None = None) -> None:
+                restart_of: str | None = None, force: str | None = None) -> None:
         times = pd.DatetimeIndex(bars["timestamp"].unique()).sort_values()
         recent = _recent(bars, self.s.loop.monitor_bars)
 
@@ -457,12 +470,16 @@ class Loop:
             finally:  # returned or failed (not killed): nothing to restart
                 self._save_state(state | {"running": None})
             return {"window": win.to_dict(), "rows": len(window), **{k: res.get(k) for k in (
-                "run_id", "versions", "decision", "best", "reasons", "candidate", "promoted", "seconds")}}
+                "run_id", "versions", "decision", "best", "reasons", "candidate", "promoted", "seconds",
+                "submitted", "source")}}
 
         try:
+            note = f"restart of run {restart_of}" if restart_of else force
             decision = run_if_needed(self.registry, self.s, starter=retrain, bars=recent, now=now, clock=self.clock,
-                                     note=f"restart of run {restart_of}" if restart_of else None,
-                                     force=bool(restart_of))
+                                     note=note, force=bool(restart_of or force))
+        except RunInProgress as e:
+            rec.step("retrain", "busy", str(e))
+            return
         except TidelineError as e:
             rec.step("retrain", "failed", f"the retraining run failed: {e}")
             return
@@ -476,6 +493,13 @@ class Loop:
         res = decision["result"] or {}
         if "deferred" in res:
             rec.step("retrain", "deferred", f"deferred: {res['deferred']['reason']}", window=res["deferred"])
+            return
+        if res.get("submitted"):  # a cluster run: its gate names the candidate, a later tick rolls it out
+            rec.did.append(f"submitted retraining run {res.get('run_id')} on {res['rows']:,} bars "
+                           f"({res['window']['reason']})")
+            rec.step("retrain", "submitted", f"Kubeflow Pipelines run {res.get('run_id')} on {res.get('source')}: "
+                     "its gate names the candidate, which a later tick rolls out", run_id=res.get("run_id"),
+                     window=res.get("window"))
             return
         rec.did.append(f"retrained on {res['rows']:,} bars ({res['window']['reason']}): run {res.get('run_id')}")
         best = res.get("best") or {}

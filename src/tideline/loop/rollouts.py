@@ -64,6 +64,9 @@ class DetachedRollouts:
     def latest(self) -> dict[str, Any] | None:
         return latest_rollout(self.registry, self.name, now=time.time())
 
+    def publish_recent(self, bars: Any) -> None:
+        """Nothing to do: the controller processes read the loop's own file (``recent_bars_path``)."""
+
     def _spawn(self) -> int:
         argv = [sys.executable, "-m", "tideline", "--registry", self.registry.store.uri]
         if self.config_path is not None:

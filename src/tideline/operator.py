@@ -124,7 +124,7 @@ class Reconciler:
 
     def _reconcile(self, ns: str, name: str, logger: logging.Logger) -> None:
         store: CRStatusStore | None = None
-        try:
+        try:  # the ports of this ModelRollout; what cannot be built fails it with one line and no action
             obj = CRStatusStore(self.custom_api, ns, name).get()
             spec_cr = obj.get("spec") or {}
             registry = self._registry(str(spec_cr.get("registry") or self.default_registry))
@@ -134,18 +134,20 @@ class Reconciler:
                     and doc.requested_action is None and doc.owner is None:
                 return  # a finished rollout is left alone
             backend = self._backend(ns, name, spec_cr, doc.spec, registry, doc.status.started_at)
-            ctrl = RolloutController(doc.spec.name, backend, store, _Clock(self.clock), owner=self.owner)
-            ctrl.reconcile_once()
-        except ConfigError as e:  # an invalid spec, no registry, nothing in production: Failed, one line
-            if store is None:
-                store = CRStatusStore(self.custom_api, ns, name)
+        except ConfigError as e:  # an invalid spec, no registry, nothing in production, no metrics source
             try:
-                store.fail_invalid(e.message, self.clock())
+                (store or CRStatusStore(self.custom_api, ns, name)).fail_invalid(e.message, self.clock())
             except Exception as e2:  # noqa: BLE001 - retried on the next tick
                 logger.warning("rollout %s/%s: %s; recording it failed: %s", ns, name, e.message, e2)
+            return
+        except TidelineError as e:  # the API server or the registry unreachable: the next tick tries again
+            logger.warning("rollout %s/%s: %s; retrying on the next tick", ns, name, e)
+            return
+        try:
+            RolloutController(doc.spec.name, backend, store, _Clock(self.clock), owner=self.owner).reconcile_once()
         except (StorageUnavailable, BackendError) as e:  # transient: the next tick continues from the status
             logger.warning("rollout %s/%s: %s; retrying on the next tick", ns, name, e)
-        except TidelineError as e:
+        except TidelineError as e:  # recorded nowhere else: the status stays, the next tick tries again
             logger.error("rollout %s/%s: %s", ns, name, e)
 
     def _backend(self, ns: str, name: str, spec_cr: Mapping[str, Any], spec: machine.RolloutSpec,

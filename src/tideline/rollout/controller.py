@@ -1,15 +1,19 @@
-"""The rollout controller: one scheduler loop over analysis (pure), the machine (pure) and a backend.
+"""The rollout controller: the ONE reconciler over analysis (pure), the machine (pure), a traffic backend and a
+status store — the embedded default's ``run`` loop and the kopf operator (``tideline.operator``) both call
+``reconcile_once``, like Flagger's and Argo Rollouts' one scheduler over many traffic providers.
 
-State lives in the registry store under ``rollouts/<name>.json`` (one ``RolloutDoc``: spec, status, the
-last metrics snapshot, the last applied generation, a pending manual request and the controller lease),
-always written with compare-and-swap. Each ``reconcile_once``:
+State is one ``RolloutDoc`` (spec, status, the last metrics snapshot, the last applied generation, a pending
+manual request, the controller lease, events) in a ``StatusStore`` (``tideline.rollout.status``): a
+document ``rollouts/<name>.json`` in the registry store, or a ModelRollout's status subresource
+(``tideline.rollout.cr``), always written with compare-and-swap. Each ``reconcile_once``:
 
 1. loads the document; if another controller holds an unexpired lease it only reports the status;
-2. renews its lease (CAS: of two controllers racing, exactly one wins; the other steps back);
+2. takes or renews its lease (CAS: of two controllers racing, exactly one wins; the other steps back);
 3. if the last transition's actions were not confirmed applied (``applied_generation < generation``:
    the previous controller died or an action failed) re-applies ``desired_actions(status)`` — all
    idempotent — before anything else;
-4. reads the backend's counters, takes the interval's delta against the stored snapshot, analyzes;
+4. once per interval (however often it is called), reads the backend's cumulative counters, takes the
+   increase since the stored snapshot (``analysis.delta``: the one place increases are computed), analyzes;
 5. ``advance``-s the machine, persists the new status (CAS) BEFORE applying the returned actions, then
    applies them and records the new ``applied_generation``.
 

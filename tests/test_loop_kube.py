@@ -218,3 +218,24 @@ def test_kfp_without_a_host_is_a_config_error(world: dict[str, Any]) -> None:  #
 
     with pytest.raises(ConfigError, match="needs loop.kfp_host"):
         kfp_pipeline("", world["registry"])
+
+
+@pytest.mark.parametrize("source", ["kustomize-kind", "kustomize-base", "helm-kind", "helm-default",
+                                    "helm-production"])
+def test_every_rendered_cronworkflow_runs_one_loop_tick(source: str) -> None:
+    """The kind overlay's and the chart's CronWorkflows: `tideline loop --once` (the weekly one --force) under
+    the ServiceAccount whose Role lets the loop create ModelRollouts, never the old `trigger run`."""
+    from test_k8s_manifests import objects
+
+    objs = objects(source)
+    crons = [o for o in objs if o["kind"] == "CronWorkflow"]
+    assert len(crons) == 3
+    for cw in crons:
+        wf = cw["spec"]["workflowSpec"]
+        (c,) = [t["container"] for t in wf["templates"] if "container" in t]
+        assert c["command"] == ["tideline"] and c["args"][:2] == ["loop", "--once"], c["args"]
+        assert ("--force" in c["args"]) is (cw["metadata"]["name"] == "tideline-retrain-weekly")
+        env = {e["name"]: e.get("value") for e in c["env"]}
+        assert env["TIDELINE_LOOP__ROLLOUTS"] == "kubernetes" and env["TIDELINE_LOOP__PIPELINE"] == "kfp"
+        assert wf["serviceAccountName"] == "tideline-trigger"
+    assert ("tideline.io", "modelrollouts") in _role_verbs(objs)

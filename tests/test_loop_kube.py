@@ -5,7 +5,6 @@ CronWorkflows' Role allows exactly the calls the loop makes."""
 from __future__ import annotations
 
 import copy
-import uuid
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ from kube_doubles import FakeCustomObjectsApi
 from kubernetes.client.exceptions import ApiException
 from test_crd import CRD_PATH, strict
 from test_loop import NOW, Pipeline, steps, world  # noqa: F401  (world: the fixture)
+from test_operator import registry  # noqa: F401  (the fixture: an S3 registry, v1 in production)
 
 from tideline import operator as op
 from tideline.errors import PolicyError
@@ -75,23 +75,10 @@ def test_an_approved_candidate_becomes_a_valid_model_rollout(world: dict[str, An
     assert latest is not None and latest["phase"] == "Pending" and latest["candidate"] == "v2"
 
 
-def test_the_operator_runs_what_the_loop_created(world: dict[str, Any], s3_server: str,  # noqa: F811
-                                                 tmp_path: Path) -> None:
+def test_the_operator_runs_what_the_loop_created(world: dict[str, Any], registry: Any) -> None:  # noqa: F811
     """No human in between: the ModelRollout the loop creates is reconciled by the operator's reconciler as is
-    (an S3 registry: KServe's storage initializer reads models from there)."""
-    import boto3
-
-    from tideline.registry import open_registry
-
-    bucket = f"loop-{uuid.uuid4().hex[:8]}"
-    boto3.client("s3", endpoint_url=s3_server, region_name="us-east-1").create_bucket(Bucket=bucket)
-    reg = open_registry(f"s3://{bucket}/reg", endpoint_url=s3_server)
-    for tag in ("v1", "v2"):
-        d = tmp_path / tag
-        d.mkdir()
-        (d / "model.ubj").write_bytes(tag.encode())
-        reg.register(d, {"family": "lightgbm"})
-    reg.promote("v1", reason="first")
+    (an S3 registry, test_operator's: KServe's storage initializer reads models from there)."""
+    reg = registry
     api = FakeCustomObjectsApi()
     api.add(KS_GROUP, "trading", KS_PLURAL, {
         "apiVersion": "serving.kserve.io/v1beta1", "kind": "InferenceService",

@@ -16,18 +16,23 @@ help:
 
 # Every install takes its versions from one lock (requirements.lock, made by pip-compile from pyproject's
 # ranges: `make lock`); the build backend is locked too (--no-build-isolation), so nothing comes from the
-# day's releases. Set PIP_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cpu where torch's CPU wheel is
-# not on disk, or pip takes PyPI's CUDA build of the same version.
+# day's releases. torch stays the CPU build: on Linux x86_64 PyPI's wheel is the multi-GB CUDA one, so the
+# install adds PyTorch's CPU index there, unless pip finds a local CPU wheel (scripts/torch_index.py).
 LOCK      := requirements.lock
 PIP       := $(BIN)/pip install --quiet --disable-pip-version-check
 PIP_TOOLS := pip-tools==7.7.0
+# pyproject's requires-python, checked before anything is installed (pip's own refusal comes much later)
+PY_RANGE  := sys.version_info[:2] >= (3, 11) and sys.version_info[:2] < (3, 13)
 
 $(STAMP): pyproject.toml $(LOCK)
-	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "tideline needs Python >= 3.11"' \
-		|| { echo "error: Python >= 3.11 is required (set PYTHON=...)"; exit 1; }
+	@$(PYTHON) -c 'import sys; sys.exit(0 if $(PY_RANGE) else 1)' 2>/dev/null \
+		|| { echo "error: tideline needs Python >= 3.11, < 3.13 (pyproject.toml); '$(PYTHON)' is \
+	$$($(PYTHON) -c 'import platform; print(platform.python_version())' 2>/dev/null || echo missing). Pick another: \
+	make $(MAKECMDGOALS) PYTHON=python3.12 (e.g. from your distribution, pyenv or uv python install 3.12)"; \
+		exit 1; }
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) -c requirements.lock setuptools wheel
-	$(PIP) --no-build-isolation -c requirements.lock -e '.[test]'
+	$(PIP) --no-build-isolation -c requirements.lock $$($(PYTHON) scripts/torch_index.py) -e '.[test]'
 	@touch $(STAMP)
 
 # Regenerate the lock from pyproject (keeps every pin that still fits; `make lock UPGRADE=1` takes the newest).

@@ -84,6 +84,9 @@ PREDICTOR_IMAGE  := ghcr.io/tideline/tideline-predictor:$(TIDELINE_VERSION)
 CONTROLLER_IMAGE := ghcr.io/tideline/tideline-controller:$(TIDELINE_VERSION)
 KFP_HOST     ?= http://localhost:8888
 E2E_REGISTRY := s3://tideline-models/registry
+E2E_SETTINGS := examples/k8s/e2e-settings.toml
+# after a run: the alias it should have set, or the gate's reasons (the newest version's checks) and exit 1
+E2E_EXPECT    = sh scripts/e2e-expect.sh "$(K) -n $(NS) exec deploy/tideline-operator -- tideline"
 PF_PIDS      := .tideline/port-forward.pids
 
 .PHONY: kind-up images deploy pipeline-upload e2e kind-down chart-sync _cluster
@@ -157,14 +160,16 @@ e2e: $(STAMP) _cluster
 	@$(K) -n kubeflow port-forward svc/ml-pipeline 8888:8888 >/dev/null 2>&1 & echo $$! > .tideline/kfp-pf.pid; sleep 3
 	@trap 'kill $$(cat .tideline/kfp-pf.pid) 2>/dev/null' EXIT; set -e; \
 	export TIDELINE_REGISTRY=$(E2E_REGISTRY) TIDELINE_S3_ENDPOINT_URL=http://minio.$(NS).svc:9000; \
-	echo "== 1. pipeline run (direct promotion: the first production model)"; \
+	echo "== 1. pipeline run (direct promotion: the first production model; gate: $(E2E_SETTINGS))"; \
 	$(BIN)/python scripts/kfp_wait.py --host $(KFP_HOST) --timeout 3600 -- \
-		$(BIN)/tideline pipeline submit --host $(KFP_HOST) --synthetic --symbols 4 --bars 2000 --seed 7 --rollout-mode direct; \
+		$(BIN)/tideline --config $(E2E_SETTINGS) pipeline submit --host $(KFP_HOST) --synthetic --symbols 4 --bars 2000 --seed 7 --rollout-mode direct; \
+	$(E2E_EXPECT) production; \
 	echo "== 2. InferenceService Ready"; \
 	$(K) -n $(NS) wait --for=condition=Ready inferenceservice/tideline --timeout=600s; \
 	echo "== 3. pipeline run (rollout mode: a candidate)"; \
 	$(BIN)/python scripts/kfp_wait.py --host $(KFP_HOST) --timeout 3600 -- \
-		$(BIN)/tideline pipeline submit --host $(KFP_HOST) --synthetic --symbols 4 --bars 2000 --seed 11 --rollout-mode rollout; \
+		$(BIN)/tideline --config $(E2E_SETTINGS) pipeline submit --host $(KFP_HOST) --synthetic --symbols 4 --bars 2000 --seed 11 --rollout-mode rollout; \
+	$(E2E_EXPECT) candidate; \
 	cand=$$($(K) -n $(NS) exec deploy/tideline-operator -- tideline models show candidate --json \
 		| $(BIN)/python -c "import json,sys; print(json.load(sys.stdin)['version'])"); \
 	echo "== 4. ModelRollout of $$cand"; \

@@ -88,6 +88,12 @@ E2E_SETTINGS := examples/k8s/e2e-settings.toml
 # after a run: the alias it should have set, or the gate's reasons (the newest version's checks) and exit 1
 E2E_EXPECT    = sh scripts/e2e-expect.sh "$(K) -n $(NS) exec deploy/tideline-operator -- tideline"
 PF_PIDS      := .tideline/port-forward.pids
+KSERVE_URL   := https://github.com/kserve/kserve/releases/download/$(KSERVE_VERSION)
+KSERVE_CRDS  := crd/inferenceservices.serving.kserve.io crd/servingruntimes.serving.kserve.io \
+                crd/clusterservingruntimes.serving.kserve.io crd/clusterstoragecontainers.serving.kserve.io \
+                crd/inferencegraphs.serving.kserve.io crd/trainedmodels.serving.kserve.io
+# wait (5 min at most) until cert-manager's cainjector has injected the CA bundle into a webhook configuration
+WAIT_CA       = sh scripts/wait-ca-bundle.sh "$(K)"
 
 .PHONY: kind-up images deploy pipeline-upload e2e kind-down chart-sync _cluster
 
@@ -101,13 +107,25 @@ kind-up:
 	@command -v git >/dev/null || { echo "error: git is required (kubectl fetches the KFP manifests with it)"; exit 1; }
 	@if $(KIND) get clusters 2>/dev/null | grep -qx '$(KIND_CLUSTER)'; then echo "kind cluster $(KIND_CLUSTER) exists"; \
 	else $(KIND) create cluster --name $(KIND_CLUSTER) --image $(KIND_NODE_IMAGE) --config kind-config.yaml --wait 180s; fi
-	# cert-manager: KServe's webhook certificates
+	# cert-manager: KServe's webhook certificates. Ready = its three Deployments Available AND the cainjector has
+	# put the CA into the webhook's configuration (before that every cert-manager object is refused)
 	$(K) apply --server-side --force-conflicts -f https://github.com/cert-manager/cert-manager/releases/download/$(CERT_MANAGER_VERSION)/cert-manager.yaml
-	$(K) -n cert-manager rollout status deploy/cert-manager-webhook --timeout=300s
-	# KServe (controller + CRDs, then the cluster runtimes); our InferenceService asks for RawDeployment
-	$(K) apply --server-side --force-conflicts -f https://github.com/kserve/kserve/releases/download/$(KSERVE_VERSION)/kserve.yaml
-	$(K) -n kserve rollout status deploy/kserve-controller-manager --timeout=300s
-	$(K) apply --server-side --force-conflicts -f https://github.com/kserve/kserve/releases/download/$(KSERVE_VERSION)/kserve-cluster-resources.yaml
+	$(K) -n cert-manager wait --for=condition=Available deploy/cert-manager deploy/cert-manager-cainjector deploy/cert-manager-webhook --timeout=300s
+	@$(WAIT_CA) validatingwebhookconfiguration/cert-manager-webhook
+	# KServe in the order of its own install scripts (hack/setup/infra/manage.kserve-kustomize.sh): the namespace
+	# (kserve.yaml carries none since v0.17), the CRDs until Established (kserve.yaml holds a
+	# ClusterStorageContainer), the controller until Available, then the cluster resources, retried while the
+	# webhook that validates them comes up. Our InferenceService asks for RawDeployment (Standard) mode.
+	$(K) create namespace kserve --dry-run=client -o yaml | $(K) apply -f -
+	$(K) apply --server-side --force-conflicts -f $(KSERVE_URL)/kserve-crds.yaml
+	$(K) wait --for=condition=Established --timeout=120s $(KSERVE_CRDS)
+	$(K) apply --server-side --force-conflicts -f $(KSERVE_URL)/kserve.yaml
+	$(K) -n kserve wait --for=condition=Available deploy/kserve-controller-manager --timeout=300s
+	@$(WAIT_CA) validatingwebhookconfiguration/clusterservingruntime.serving.kserve.io
+	@for i in 1 2 3 4 5 6; do \
+		$(K) apply --server-side --force-conflicts -f $(KSERVE_URL)/kserve-cluster-resources.yaml && exit 0; \
+		echo "(KServe's webhook not serving yet: retry $$i/6 in 10 s)"; sleep 10; \
+	done; echo "error: kserve-cluster-resources.yaml refused 6 times; see: $(K) -n kserve logs deploy/kserve-controller-manager"; exit 1
 	# Kubeflow Pipelines standalone (brings Argo Workflows and its CronWorkflow CRD)
 	$(K) apply -k "github.com/kubeflow/pipelines/manifests/kustomize/cluster-scoped-resources?ref=$(KFP_VERSION)"
 	$(K) wait --for condition=established --timeout=120s crd/applications.app.k8s.io crd/cronworkflows.argoproj.io
@@ -137,13 +155,16 @@ deploy: _cluster
 	@$(CHECK) helm
 	# CRDs: Helm installs crds/ only on first install; apply keeps the ModelRollout CRD current
 	$(K) apply --server-side --force-conflicts -f manifests/crds/modelrollouts.tideline.io.yaml
+	# no --wait: Helm 4's --wait judges every object by kstatus, and the InferenceService cannot be Ready before
+	# the first model exists, while the bucket job (a post-install hook) runs only after that wait. Helm waits
+	# for its hooks anyway (Helm 3 always, Helm 4's default hookOnly); MinIO and the operator are waited below.
 	$(HELM) upgrade --install tideline helm/tideline --kube-context kind-$(KIND_CLUSTER) --namespace $(NS) \
-		--create-namespace -f helm/tideline/values-kind.yaml --wait --timeout 10m
+		--create-namespace -f helm/tideline/values-kind.yaml --timeout 10m
+	$(K) -n $(NS) rollout status deploy/minio --timeout=300s
 	# KFP pipeline pods (namespace kubeflow) get the S3 credentials through Argo's workflowDefaults (kind only)
 	$(K) -n $(NS) get secret tideline-s3 -o go-template='{"apiVersion":"v1","kind":"Secret","metadata":{"name":"tideline-s3","namespace":"kubeflow"},"type":"Opaque","data":{"access-key-id":"{{index .data "access-key-id"}}","secret-access-key":"{{index .data "secret-access-key"}}"}}' \
 		| $(K) apply -f -
 	$(K) -n kubeflow patch configmap workflow-controller-configmap --type merge --patch-file manifests/addons/kfp-workflow-defaults.yaml
-	$(K) -n $(NS) wait --for=condition=complete job/minio-bucket-init --timeout=300s 2>/dev/null || true
 	$(K) -n $(NS) rollout status deploy/tideline-operator --timeout=300s
 
 pipeline-upload: $(STAMP) _cluster

@@ -153,3 +153,93 @@ def test_e2e_expect_prints_the_gates_reasons(tmp_path: Path) -> None:
     assert res.returncode == 1
     assert "the run set no 'production' alias; the promotion gate on v1" in res.stderr
     assert "hold-out Sharpe -0.2 < minimum 0.5" in res.stderr
+
+
+# ---- 8. the kind node image -----------------------------------------------------------------------------------
+# kubernetes-sigs/kind tag v0.32.0 (commit cda67ef8), pkg/apis/config/defaults/image.go:
+#   const Image = "kindest/node:v1.36.1@sha256:3489c7674813ba5d8b1a9977baea8a6e553784dab7b84759d1014dbd78f7ebd5"
+KIND_V0_32_DEFAULT_IMAGE = "kindest/node:v1.36.1@sha256:3489c7674813ba5d8b1a9977baea8a6e553784dab7b84759d1014dbd78f7ebd5"
+
+
+def test_the_node_image_is_the_one_our_kind_release_ships_pinned_by_digest() -> None:
+    v = versions()
+    assert v["KIND_VERSION"] == "v0.32.0" and v["KIND_NODE_IMAGE"] == KIND_V0_32_DEFAULT_IMAGE
+    assert "@sha256:" in v["KIND_NODE_IMAGE"]  # a tag can be re-pushed; a digest cannot
+    assert v["KIND_MIN"] == v["KIND_VERSION"].lstrip("v")  # an older kind may not boot this image
+    assert v["KIND_NODE_IMAGE"].split(":v", 1)[1].split("@")[0] == v["KUBERNETES_VERSION"]
+    # kubectl within one minor version of the cluster (Kubernetes version skew policy)
+    k8s_minor = int(v["KUBERNETES_VERSION"].split(".")[1])
+    assert int(v["KUBECTL_MIN"].split(".")[1]) == k8s_minor - 1
+    assert "--image " + KIND_V0_32_DEFAULT_IMAGE in make_n("kind-up")
+
+
+# ---- 1. KServe and cert-manager installed in an order that works ------------------------------------------------
+def _index(lines: list[str], needle: str) -> int:
+    hits = [i for i, line in enumerate(lines) if needle in line and not line.lstrip().startswith("#")]
+    assert hits, f"`make kind-up` has no line with {needle!r}"
+    return hits[0]
+
+
+def test_kserve_is_installed_in_the_order_of_its_own_scripts() -> None:
+    """kserve/kserve v0.20.0 (commit 1fb78105):
+    - hack/release/generate-install.sh:117-118 builds kserve-crds.yaml from config/crd/full and kserve.yaml
+      from config/overlays/all with ``yq 'select(.kind != "Namespace")'``: kserve.yaml creates no namespace;
+    - config/base/kustomization.yaml puts ../storagecontainers (a ClusterStorageContainer) into kserve.yaml,
+      next to the CRDs of config/default: applied in one go, the object races its CRD;
+    - hack/setup/infra/manage.kserve-kustomize.sh:351-452: CRDs, ``wait_for_crds`` (condition=Established),
+      the overlay, ``wait_for_deployment`` (condition=Available), then ``retry_command 3 5 kubectl apply`` of
+      the cluster resources (ClusterServingRuntimes, validated by the controller's webhook)."""
+    lines = make_n("kind-up").splitlines()
+    ns = _index(lines, "create namespace kserve")
+    crds = _index(lines, "/kserve-crds.yaml")
+    est = _index(lines, "wait --for=condition=Established")
+    core = _index(lines, "/kserve.yaml")
+    ctrl = _index(lines, "-n kserve wait --for=condition=Available deploy/kserve-controller-manager")
+    ca = _index(lines, "validatingwebhookconfiguration/clusterservingruntime.serving.kserve.io")
+    runtimes = _index(lines, "/kserve-cluster-resources.yaml")
+    assert ns < crds < est < core < ctrl < ca < runtimes
+    assert "crd/clusterstoragecontainers.serving.kserve.io" in lines[est]
+    assert "crd/inferenceservices.serving.kserve.io" in lines[est]
+    assert lines[runtimes - 1].lstrip().startswith("for i in"), "the cluster resources are retried"
+
+
+def test_cert_manager_is_ready_only_once_its_ca_is_injected() -> None:
+    """cert-manager's static install (cert-manager.yaml) has three Deployments — controller, cainjector,
+    webhook — and the webhook's ValidatingWebhookConfiguration carries the annotation
+    ``cert-manager.io/inject-ca-from-secret``: until the cainjector fills ``clientConfig.caBundle``, calls to
+    the webhook fail TLS and every Certificate (KServe's webhook certificate among them) is refused."""
+    lines = make_n("kind-up").splitlines()
+    apply = _index(lines, "cert-manager.yaml")
+    avail = _index(lines, "-n cert-manager wait --for=condition=Available")
+    ca = _index(lines, "validatingwebhookconfiguration/cert-manager-webhook")
+    assert apply < avail < ca < _index(lines, "create namespace kserve")
+    for d in ("deploy/cert-manager ", "deploy/cert-manager-cainjector", "deploy/cert-manager-webhook"):
+        assert d in lines[avail] + " ", d
+
+
+def test_wait_ca_bundle_waits_for_every_webhook(tmp_path: Path) -> None:
+    script = ROOT / "scripts/wait-ca-bundle.sh"
+    fake = tmp_path / "kubectl"
+    for answer, ok in (("", False), ("|", False), ("abc||", False), ("abc|def|", True)):
+        fake.write_text(f"#!/bin/sh\nprintf '%s' '{answer}'\n")
+        fake.chmod(0o755)
+        res = subprocess.run(["sh", str(script), str(fake), "validatingwebhookconfiguration/x", "0" if not ok else "5"],
+                             capture_output=True, text=True, timeout=30)
+        assert (res.returncode == 0) is ok, (answer, res.stdout, res.stderr)
+        if not ok:
+            assert "has no CA bundle after 0 s" in res.stderr
+
+
+# ---- 2. `make deploy` under Helm 4 ----------------------------------------------------------------------------
+def test_deploy_does_not_ask_helm_to_wait_for_the_inference_service() -> None:
+    """helm/helm v4.2.4 (commit 3900f434): pkg/cmd/flags.go — a bare ``--wait`` is the ``watcher`` strategy
+    (kstatus: custom resources too, so the InferenceService, not Ready before the first model exists) and an
+    omitted one is ``hookOnly``; pkg/action/install.go runs post-install hooks only after that wait succeeded
+    (our bucket job is one). Helm 3 waits for hooks without --wait too. So: no --wait, and the Deployments that
+    must be up are waited for by name."""
+    lines = make_n("deploy").splitlines()
+    helm = _index(lines, "upgrade --install tideline helm/tideline")
+    assert "--wait" not in lines[helm] + lines[helm + 1]
+    assert helm < _index(lines, "rollout status deploy/minio") < _index(lines, "rollout status deploy/tideline-operator")
+    assert not any("inferenceservice" in line.lower() and "wait" in line for line in lines
+                   if not line.lstrip().startswith("#"))

@@ -161,9 +161,8 @@ deploy: _cluster
 	$(HELM) upgrade --install tideline helm/tideline --kube-context kind-$(KIND_CLUSTER) --namespace $(NS) \
 		--create-namespace -f helm/tideline/values-kind.yaml --timeout 10m
 	$(K) -n $(NS) rollout status deploy/minio --timeout=300s
-	# KFP pipeline pods (namespace kubeflow) get the S3 credentials through Argo's workflowDefaults (kind only)
-	$(K) -n $(NS) get secret tideline-s3 -o go-template='{"apiVersion":"v1","kind":"Secret","metadata":{"name":"tideline-s3","namespace":"kubeflow"},"type":"Opaque","data":{"access-key-id":"{{index .data "access-key-id"}}","secret-access-key":"{{index .data "secret-access-key"}}"}}' \
-		| $(K) apply -f -
+	# KFP pipeline pods and the loop's CronWorkflows (namespace kubeflow) get the S3 credentials through Argo's
+	# workflowDefaults from Secret tideline-s3 there (values-kind.yaml: the chart creates it in both namespaces)
 	$(K) -n kubeflow patch configmap workflow-controller-configmap --type merge --patch-file manifests/addons/kfp-workflow-defaults.yaml
 	$(K) -n $(NS) rollout status deploy/tideline-operator --timeout=300s
 

@@ -199,7 +199,7 @@ def test_strictly_valid_argo_v4(path: Path) -> None:
     doc = load(path)
     assert validate_cron_workflow(doc) == []
     assert doc["apiVersion"] == "argoproj.io/v1alpha1" and doc["kind"] == "CronWorkflow"
-    assert doc["metadata"]["name"] and doc["metadata"]["namespace"] == "tideline"
+    assert doc["metadata"]["name"] and doc["metadata"]["namespace"] == "kubeflow"  # where KFP's Argo watches
     spec = doc["spec"]
     assert "schedule" not in spec
     assert isinstance(spec["schedules"], list) and spec["schedules"]

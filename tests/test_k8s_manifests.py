@@ -471,7 +471,10 @@ def test_no_credentials_in_non_dev_output(source: str) -> None:
 
 def test_dev_secret_only_in_kind_and_complete() -> None:
     for source in ("helm-kind", "kustomize-kind"):
-        secret = next(o for o in objects(source) if key(o) == ("Secret", "tideline-s3"))
+        secrets = {o["metadata"]["namespace"]: o for o in objects(source) if key(o) == ("Secret", "tideline-s3")}
+        assert set(secrets) == {"tideline", "kubeflow"}  # kubeflow: the loop's CronWorkflow pods
+        assert secrets["kubeflow"]["stringData"] == secrets["tideline"]["stringData"]
+        secret = secrets["tideline"]
         data = secret.get("stringData") or {}
         assert set(data) == {"access-key-id", "secret-access-key", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
         assert data["access-key-id"] == data["AWS_ACCESS_KEY_ID"] and data["secret-access-key"] == data["AWS_SECRET_ACCESS_KEY"]

@@ -243,3 +243,39 @@ def test_deploy_does_not_ask_helm_to_wait_for_the_inference_service() -> None:
     assert helm < _index(lines, "rollout status deploy/minio") < _index(lines, "rollout status deploy/tideline-operator")
     assert not any("inferenceservice" in line.lower() and "wait" in line for line in lines
                    if not line.lstrip().startswith("#"))
+
+
+# ---- 4. the CronWorkflows run where Argo's controller watches --------------------------------------------------
+# kubeflow/pipelines tag 2.17.0 (commit 4a3592cb): env/platform-agnostic installs Argo from
+# third-party/argo/installs/namespace (namespace: kubeflow), whose workflow-controller-deployment-patch.json
+# appends "--namespaced" to the controller's args. argoproj/argo-workflows v4.0.x
+# cmd/workflow-controller/main.go: `if namespaced && managedNamespace == "" { managedNamespace = namespace }`
+# and the cron controller informs only on GetManagedNamespace(): CronWorkflows elsewhere are never run.
+ARGO_MANAGED_NAMESPACE = "kubeflow"
+
+
+@pytest.mark.parametrize("source", ["kustomize-kind", "kustomize-base", "helm-kind", "helm-default",
+                                    "helm-production", "helm-signing"])
+def test_cronworkflows_and_what_they_need_live_in_argos_namespace(source: str) -> None:
+    from test_k8s_manifests import objects
+
+    objs = objects(source)
+    crons = [o for o in objs if o["kind"] == "CronWorkflow"]
+    assert crons and {c["metadata"]["namespace"] for c in crons} == {ARGO_MANAGED_NAMESPACE}
+    at = {(o["kind"], o["metadata"]["name"], o["metadata"].get("namespace")) for o in objs}
+    for c in crons:
+        wf = c["spec"]["workflowSpec"]
+        assert ("ServiceAccount", wf["serviceAccountName"], ARGO_MANAGED_NAMESPACE) in at
+        env = {e["name"]: e for t in wf["templates"] for e in t["container"]["env"]}
+        assert env["TIDELINE_LOOP__NAMESPACE"]["value"] == "tideline"  # the ModelRollouts stay with tideline
+        assert env["AWS_ENDPOINT_URL"]["value"] == "http://minio.tideline.svc:9000"  # across namespaces
+    assert ("RoleBinding", "tideline-trigger", ARGO_MANAGED_NAMESPACE) in at  # workflowtaskresults there
+    rb = next(o for o in objs if o["kind"] == "RoleBinding" and o["metadata"]["name"] == "tideline-loop-rollouts")
+    assert rb["metadata"]["namespace"] == "tideline"
+    assert rb["subjects"] == [{"kind": "ServiceAccount", "name": "tideline-trigger", "namespace": ARGO_MANAGED_NAMESPACE}]
+    if source.endswith("kind"):  # the dev Secret is there too (elsewhere it is yours to create in both)
+        assert ("Secret", "tideline-s3", ARGO_MANAGED_NAMESPACE) in at
+    # the MinIO NetworkPolicy admits Argo's workflow pods from kubeflow (the CronWorkflows' pods are those)
+    pol = next(o for o in objs if o["kind"] == "NetworkPolicy" and o["metadata"]["name"] == "minio-ingress")
+    assert any(p.get("namespaceSelector", {}).get("matchLabels", {}).get("kubernetes.io/metadata.name")
+               == ARGO_MANAGED_NAMESPACE for rule in pol["spec"]["ingress"] for p in rule["from"])

@@ -148,9 +148,12 @@ def test_api_errors_are_one_line(world: dict[str, Any]) -> None:  # noqa: F811
 
 
 def _role_verbs(objs: list[dict[str, Any]]) -> dict[tuple[str, str], set[str]]:
-    role = next(o for o in objs if o["kind"] == "Role" and o["metadata"]["name"] == "tideline-trigger")
+    """What the CronWorkflows' ServiceAccount (kubeflow/tideline-trigger) is granted, over every RoleBinding."""
+    bound = {(o["metadata"].get("namespace"), o["roleRef"]["name"]) for o in objs if o["kind"] == "RoleBinding"
+             and {"kind": "ServiceAccount", "name": "tideline-trigger", "namespace": "kubeflow"} in o["subjects"]}
+    roles = [o for o in objs if o["kind"] == "Role" and (o["metadata"].get("namespace"), o["metadata"]["name"]) in bound]
     out: dict[tuple[str, str], set[str]] = {}
-    for rule in role["rules"]:
+    for rule in (r for role in roles for r in role["rules"]):
         for g in rule["apiGroups"]:
             for r in rule["resources"]:
                 out.setdefault((g, r), set()).update(rule["verbs"])

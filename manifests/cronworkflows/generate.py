@@ -23,10 +23,16 @@ from hera.workflows import Container, CronWorkflow, EmptyDirVolume, Env, Resourc
 from hera.workflows.models import Capabilities, Metadata, PodSecurityContext, SeccompProfile, SecurityContext
 
 HERE = Path(__file__).resolve().parent
-NAMESPACE = "tideline"
+# Where the CronWorkflows live: where Argo's controller watches. KFP 2.17's standalone install runs Argo
+# v4.0.5 with --namespaced (manifests/kustomize/third-party/argo/installs/namespace/
+# workflow-controller-deployment-patch.json), and a namespaced controller manages only its own namespace
+# (argo-workflows cmd/workflow-controller/main.go: `if namespaced && managedNamespace == "" { managedNamespace
+# = namespace }`): kubeflow. A second, cluster-wide Argo next to KFP's would fight it over KFP's workflows.
+NAMESPACE = "kubeflow"
+ROLLOUT_NAMESPACE = "tideline"  # where tideline lives: MinIO, the operator, the ModelRollouts the loop creates
 IMAGE = "ghcr.io/tideline/tideline:0.1.0"
 TIMEZONE = "America/New_York"
-SERVICE_ACCOUNT = "tideline-trigger"  # creates ModelRollouts (its Role), KFP runs (HTTP), S3 via the secret
+SERVICE_ACCOUNT = "tideline-trigger"  # creates ModelRollouts in tideline (a Role there), KFP runs (HTTP), S3
 S3_SECRET = "tideline-s3"  # keys: access-key-id, secret-access-key
 REGISTRY = "s3://tideline-models/registry"
 DATA = "s3://tideline-data/bars/"
@@ -41,10 +47,10 @@ ENV = [
     Env(name="TIDELINE_LOOP__PIPELINE", value="kfp"),
     Env(name="TIDELINE_LOOP__KFP_HOST", value=KFP_HOST),
     Env(name="TIDELINE_LOOP__ROLLOUTS", value="kubernetes"),
-    Env(name="TIDELINE_LOOP__NAMESPACE", value=NAMESPACE),
+    Env(name="TIDELINE_LOOP__NAMESPACE", value=ROLLOUT_NAMESPACE),
     Env(name="TIDELINE_LOOP__ROLLOUT__MODE", value="RawDeployment"),
     Env(name="TIDELINE_LOOP__ROLLOUT__METRICS_SOURCE", value="pods"),
-    Env(name="AWS_ENDPOINT_URL", value="http://minio.tideline.svc:9000"),
+    Env(name="AWS_ENDPOINT_URL", value=f"http://minio.{ROLLOUT_NAMESPACE}.svc:9000"),
     Env(name="AWS_DEFAULT_REGION", value="us-east-1"),
     SecretEnv(name="AWS_ACCESS_KEY_ID", secret_name=S3_SECRET, secret_key="access-key-id"),
     SecretEnv(name="AWS_SECRET_ACCESS_KEY", secret_name=S3_SECRET, secret_key="secret-access-key"),

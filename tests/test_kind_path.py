@@ -13,6 +13,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from test_kserve_backend import registry  # noqa: F401  (the fixture: an S3 registry with v1, v2)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -279,3 +280,69 @@ def test_cronworkflows_and_what_they_need_live_in_argos_namespace(source: str) -
     pol = next(o for o in objs if o["kind"] == "NetworkPolicy" and o["metadata"]["name"] == "minio-ingress")
     assert any(p.get("namespaceSelector", {}).get("matchLabels", {}).get("kubernetes.io/metadata.name")
                == ARGO_MANAGED_NAMESPACE for rule in pol["spec"]["ingress"] for p in rule["from"])
+
+
+# ---- 6. RawDeployment canaries the webhook admits ----------------------------------------------------------------
+def kserve_canary_problems(isvc: dict) -> list[str]:
+    """kserve v0.20.0 (commit 1fb78105) pkg/apis/serving/v1beta1/inference_service_validation.go,
+    validateCanarySpecs, rule by rule (unchanged on master): Standard mode only; a stable predictor with a
+    model; each canary's predictor.name set, unique and not the stable's; trafficPercent 0..100; no
+    workerSpec, maxReplicas, scaleTarget, scaleMetric or autoScaling; minReplicas <= the stable minReplicas
+    (1 when unset); the trafficPercents sum to <= 100."""
+    spec = isvc["spec"]
+    canaries = spec.get("canary") or []
+    if not canaries:
+        return []
+    out = []
+    mode = (isvc["metadata"].get("annotations") or {}).get("serving.kserve.io/deploymentMode")
+    if mode not in ("RawDeployment", "Standard"):  # the defaulter rewrites RawDeployment to Standard
+        out.append("canary is only supported in Standard deployment mode")
+    stable = spec["predictor"]
+    if "model" not in stable:
+        out.append("canary requires a stable predictor with a model")
+    names: set[str] = set()
+    for i, c in enumerate(canaries):
+        p = c["predictor"]
+        name = p.get("name", "")
+        if not name:
+            out.append(f"canary[{i}] predictor.name is required")
+        if name in names:
+            out.append(f"canary predictor.name {name!r} is duplicated")
+        names.add(name)
+        if name and name == stable.get("name"):
+            out.append(f"canary predictor.name {name!r} conflicts with stable predictor name")
+        if not 0 <= c.get("trafficPercent", 0) <= 100:
+            out.append(f"canary[{i}] trafficPercent must be between 0 and 100")
+        for k in ("workerSpec", "maxReplicas", "scaleTarget", "scaleMetric", "autoScaling"):
+            if p.get(k):
+                out.append(f"canary[{i}] must not set {k}")
+        if p.get("minReplicas") is not None and p["minReplicas"] > stable.get("minReplicas", 1):
+            out.append(f"canary[{i}] minReplicas must not exceed stable predictor minReplicas")
+    if sum(c.get("trafficPercent", 0) for c in canaries) > 100:
+        out.append("sum of canary trafficPercent values must be <= 100")
+    return out
+
+
+def test_every_raw_deployment_state_of_a_rollout_passes_kserves_canary_webhook(registry) -> None:  # noqa: ANN001
+    from test_kserve_backend import GROUP, ISVC, NS, PLURAL, Harness, _verdict
+
+    from tideline.rollout import machine as m
+
+    h = Harness(registry, "RawDeployment")
+    h.api.objects[(GROUP, NS, PLURAL, ISVC)]["spec"]["predictor"]["maxReplicas"] = 1  # as manifests/base does
+    main = h.isvc()["spec"]["predictor"]
+    assert main.get("maxReplicas") and main.get("minReplicas")
+    seen = []
+    h.step()
+    while not h.status.terminal:
+        h.step(_verdict("pass"))
+        isvc = h.isvc()
+        assert kserve_canary_problems(isvc) == [], (h.status.phase, kserve_canary_problems(isvc))
+        seen.append(len(isvc["spec"].get("canary") or []))
+    assert h.status.phase == m.Phase.PROMOTED and max(seen) == 1
+    final = h.isvc()["spec"]["predictor"]  # production keeps its scaling after the promotion
+    assert (final["minReplicas"], final["maxReplicas"]) == (main["minReplicas"], main["maxReplicas"])
+    # the rule check itself catches what the backend used to send: a copy of the main predictor
+    bad = h.isvc()
+    bad["spec"]["canary"] = [{"trafficPercent": 0, "predictor": {**main, "name": "v2"}}]
+    assert "canary[0] must not set maxReplicas" in kserve_canary_problems(bad)

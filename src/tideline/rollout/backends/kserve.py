@@ -307,6 +307,13 @@ def merged(target: Any, patch: Any) -> Any:
     return result
 
 
+# What a spec.canary[] predictor must not set: kserve v0.20.0 pkg/apis/serving/v1beta1/
+# inference_service_validation.go, validateCanarySpecs ("must not set maxReplicas (canary uses fixed replicas)",
+# scaleTarget, scaleMetric, autoScaling, workerSpec); minReplicas may not exceed the stable one's, and without it
+# the controller sizes the canary from its trafficPercent (components/predictor.go).
+CANARY_FORBIDDEN = ("minReplicas", "maxReplicas", "scaleTarget", "scaleMetric", "autoScaling", "workerSpec")
+
+
 def canary_name(version: str) -> str:
     """Name of the candidate's predictor variant (RawDeployment): a DNS label, e.g. ``v7``."""
     return version.lower()
@@ -346,10 +353,15 @@ class PatchBuilder:
     def _ours(entry: Mapping[str, Any], version: str) -> bool:
         return (entry.get("predictor") or {}).get("name") == canary_name(version)
 
-    def _variant(self, main: Mapping[str, Any], version: str) -> dict[str, Any]:
-        """The main predictor, serving ``version`` (named after it), without a shadow slot."""
+    def _variant(self, main: Mapping[str, Any], version: str, *, canary: bool = False) -> dict[str, Any]:
+        """The main predictor, serving ``version`` (named after it), without a shadow slot. As a ``spec.canary[]``
+        entry (``canary``) without what KServe's webhook refuses there (``CANARY_FORBIDDEN``): KServe sizes a
+        canary from its trafficPercent (none at 0%)."""
         pred = copy.deepcopy(dict(main))
         pred.pop("canaryTrafficPercent", None)
+        if canary:
+            for k in CANARY_FORBIDDEN:
+                pred.pop(k, None)
         pred["name"] = canary_name(version)
         model = pred["model"]
         model["storageUri"] = self._uri(version)
@@ -390,7 +402,7 @@ class PatchBuilder:
             return None  # already the main predictor (promoted)
         current, ours, others = self._our_canary(isvc)
         weight = int(ours[0].get("trafficPercent", 0)) if ours and current == version else 0
-        entry = {"trafficPercent": weight, "predictor": self._variant(pred, version)}
+        entry = {"trafficPercent": weight, "predictor": self._variant(pred, version, canary=True)}
         return self._finish(isvc, {"canary": [*others, entry]})
 
     def set_weight(self, isvc: Mapping[str, Any], percent: int) -> dict[str, Any] | None:
@@ -440,6 +452,9 @@ class PatchBuilder:
         current, ours, others = self._our_canary(isvc)
         if current == version and ours:
             new_main = copy.deepcopy(ours[0]["predictor"])  # its name keeps its Deployment: no restart
+            for k in CANARY_FORBIDDEN:  # production keeps its own scaling
+                if k in pred:
+                    new_main[k] = copy.deepcopy(pred[k])
         elif self._version_of(pred) == version:
             return self._finish(isvc, {"canary": others or None}) if ours else None
         else:

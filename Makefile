@@ -121,6 +121,22 @@ kind-up:
 	$(K) wait --for=condition=Established --timeout=120s $(KSERVE_CRDS)
 	$(K) apply --server-side --force-conflicts -f $(KSERVE_URL)/kserve.yaml
 	$(K) -n kserve wait --for=condition=Available deploy/kserve-controller-manager --timeout=300s
+	# Gateway API + Envoy Gateway: in Standard mode KServe gives a canary its trafficPercent only in the HTTPRoutes
+	# it writes with ingress.enableGatewayApi on; installed as KServe's scripts do (hack/setup/infra/gateway-api/,
+	# manage.envoy-gateway-helm.sh), then KServe's config switched and its controller restarted to read it
+	$(K) apply --server-side --force-conflicts -f https://github.com/kubernetes-sigs/gateway-api/releases/download/$(GATEWAY_API_VERSION)/standard-install.yaml
+	$(K) wait --for=condition=Established --timeout=120s crd/gatewayclasses.gateway.networking.k8s.io \
+		crd/gateways.gateway.networking.k8s.io crd/httproutes.gateway.networking.k8s.io
+	$(HELM) show crds oci://docker.io/envoyproxy/gateway-helm --version $(ENVOY_GATEWAY_VERSION) \
+		| $(K) apply --server-side --force-conflicts -f -
+	$(HELM) upgrade --install eg oci://docker.io/envoyproxy/gateway-helm --version $(ENVOY_GATEWAY_VERSION) \
+		--kube-context kind-$(KIND_CLUSTER) -n envoy-gateway-system --create-namespace --skip-crds
+	$(K) -n envoy-gateway-system wait --for=condition=Available deploy/envoy-gateway --timeout=300s
+	$(K) apply -f manifests/addons/kserve-gateway.yaml
+	$(K) -n kserve patch configmap inferenceservice-config --type merge -p "$$($(K) -n kserve get configmap \
+		inferenceservice-config -o json | python3 scripts/kserve-gateway-config.py)"
+	$(K) -n kserve rollout restart deploy/kserve-controller-manager
+	$(K) -n kserve wait --for=condition=Available deploy/kserve-controller-manager --timeout=300s
 	@$(WAIT_CA) validatingwebhookconfiguration/clusterservingruntime.serving.kserve.io
 	@for i in 1 2 3 4 5 6; do \
 		$(K) apply --server-side --force-conflicts -f $(KSERVE_URL)/kserve-cluster-resources.yaml && exit 0; \

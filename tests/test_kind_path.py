@@ -346,3 +346,46 @@ def test_every_raw_deployment_state_of_a_rollout_passes_kserves_canary_webhook(r
     bad = h.isvc()
     bad["spec"]["canary"] = [{"trafficPercent": 0, "predictor": {**main, "name": "v2"}}]
     assert "canary[0] must not set maxReplicas" in kserve_canary_problems(bad)
+
+
+def test_kind_up_gives_canaries_their_traffic_through_the_gateway_api() -> None:
+    """kserve master (aaac4e29; commit 85b09080, #5912, "add canary traffic splitting to RawDeployment
+    HTTPRoutes"): pkg/controller/v1beta1/inferenceservice/reconcilers/ingress/httproute_reconciler.go calls
+    ``applyCanaryWeights`` on the HTTPRoutes it writes; reconcilers/factory.go picks that reconciler in Standard
+    mode only ``if params.IngressConfig.EnableGatewayAPI`` (config/configmap/inferenceservice.yaml:
+    ``"enableGatewayApi": false`` by default); a plain Ingress splits nothing. KServe's own setup installs the
+    Gateway API CRDs, Envoy Gateway, GatewayClass ``envoy`` (controller gateway.envoyproxy.io/gatewayclass-
+    controller) and Gateway kserve/kserve-ingress-gateway, then sets ingress.enableGatewayApi=true and
+    ingress.ingressClassName (hack/setup/infra/gateway-api/*.sh, manage.envoy-gateway-helm.sh,
+    manage.kserve-kustomize.sh)."""
+    import json
+
+    import yaml
+
+    lines = make_n("kind-up").splitlines()
+    crds = _index(lines, "gateway-api/releases/download/v1.5.1/standard-install.yaml")
+    eg = _index(lines, "upgrade --install eg oci://docker.io/envoyproxy/gateway-helm --version v1.8.1")
+    gw = _index(lines, "apply -f manifests/addons/kserve-gateway.yaml")
+    cfg = _index(lines, "scripts/kserve-gateway-config.py")
+    restart = _index(lines, "rollout restart deploy/kserve-controller-manager")
+    assert _index(lines, "/kserve.yaml") < crds < eg < gw < cfg < restart < _index(lines, "kserve-cluster-resources")
+    objs = {o["kind"]: o for o in yaml.safe_load_all((ROOT / "manifests/addons/kserve-gateway.yaml").read_text())}
+    assert objs["GatewayClass"]["spec"]["controllerName"] == "gateway.envoyproxy.io/gatewayclass-controller"
+    gwo = objs["Gateway"]
+    assert (gwo["metadata"]["namespace"], gwo["metadata"]["name"]) == ("kserve", "kserve-ingress-gateway")
+    assert gwo["spec"]["gatewayClassName"] == objs["GatewayClass"]["metadata"]["name"] == "envoy"
+    assert gwo["spec"]["listeners"][0]["allowedRoutes"]["namespaces"]["from"] == "All"  # our ISVC is in tideline
+    spec = importlib.util.spec_from_file_location("kgc", ROOT / "scripts" / "kserve-gateway-config.py")
+    assert spec and spec.loader
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    before = {"ingressGateway": "knative-serving/knative-ingress-gateway", "enableGatewayApi": False,
+              "kserveIngressGateway": "kserve/kserve-ingress-gateway", "ingressClassName": "istio",
+              "urlScheme": "http", "domainTemplate": "{{ .Name }}-{{ .Namespace }}.{{ .IngressDomain }}"}
+    cm = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "inferenceservice-config",
+          "namespace": "kserve", "resourceVersion": "7"}, "data": {"ingress": json.dumps(before), "deploy": "{}"}}
+    out = mod.configure(cm)
+    after = json.loads(out["data"]["ingress"])
+    assert after == {**before, "enableGatewayApi": True, "ingressClassName": "envoy"}
+    assert set(out) == {"data"} and set(out["data"]) == {"ingress"}  # a merge patch of that one entry
+    assert "patch configmap inferenceservice-config --type merge" in lines[cfg]

@@ -389,3 +389,22 @@ def test_kind_up_gives_canaries_their_traffic_through_the_gateway_api() -> None:
     assert after == {**before, "enableGatewayApi": True, "ingressClassName": "envoy"}
     assert set(out) == {"data"} and set(out["data"]) == {"ingress"}  # a merge patch of that one entry
     assert "patch configmap inferenceservice-config --type merge" in lines[cfg]
+
+
+# ---- 9. Helm and the operator do not fight over the InferenceService --------------------------------------------
+def test_a_helm_upgrade_never_touches_the_inference_service_the_operator_drives() -> None:
+    """helm/helm v4.2.4 (3900f434): pkg/action/upgrade.go runs only HookPreUpgrade (l. 462) and HookPostUpgrade
+    (l. 510) hooks and diffs the release's manifests, which hold no hooks; a ``post-install`` hook object is
+    created by pkg/action/install.go (l. 556) and never updated again. The operator owns the
+    InferenceService's spec.predictor (storageUri, --ref/--shadow-ref, its name after a RawDeployment
+    promotion) and spec.canary: a re-run `make deploy` mid-rollout must not put the chart's back."""
+    from test_k8s_manifests import objects
+
+    for source in ("helm-default", "helm-kind", "helm-production"):
+        objs = objects(source)
+        (isvc,) = [o for o in objs if o["kind"] == "InferenceService"]
+        ann = isvc["metadata"]["annotations"]
+        assert ann["helm.sh/hook"] == "post-install", source  # not post-upgrade: an upgrade leaves it alone
+        hooks = {(o["kind"], o["metadata"]["name"]) for o in objs
+                 if "helm.sh/hook" in (o["metadata"].get("annotations") or {})}
+        assert hooks == {("InferenceService", "tideline"), ("Job", "minio-bucket-init")}, source

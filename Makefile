@@ -82,7 +82,8 @@ CHECK        := DOCKER=$(DOCKER) KIND=$(KIND) KUBECTL=$(KUBECTL) HELM=$(HELM) sc
 PIPELINE_IMAGE   := ghcr.io/tideline/tideline:$(TIDELINE_VERSION)
 PREDICTOR_IMAGE  := ghcr.io/tideline/tideline-predictor:$(TIDELINE_VERSION)
 CONTROLLER_IMAGE := ghcr.io/tideline/tideline-controller:$(TIDELINE_VERSION)
-KFP_HOST     ?= http://localhost:8888
+# the KFP API through a port-forward on a free local port, polled until it answers (scripts/port-forward.sh)
+KFP_FORWARD   = sh scripts/port-forward.sh "$(K)" kubeflow svc/ml-pipeline 8888 .tideline/kfp-pf.pid
 E2E_REGISTRY := s3://tideline-models/registry
 E2E_SETTINGS := examples/k8s/e2e-settings.toml
 # after a run: the alias it should have set, or the gate's reasons (the newest version's checks) and exit 1
@@ -185,26 +186,23 @@ deploy: _cluster
 pipeline-upload: $(STAMP) _cluster
 	$(BIN)/tideline pipeline compile
 	@$(K) -n kubeflow get svc ml-pipeline >/dev/null || { echo "error: Kubeflow Pipelines is not installed; run: make kind-up"; exit 1; }
-	@mkdir -p .tideline
-	@$(K) -n kubeflow port-forward svc/ml-pipeline 8888:8888 >/dev/null 2>&1 & echo $$! > .tideline/kfp-pf.pid; sleep 3
-	@trap 'kill $$(cat .tideline/kfp-pf.pid) 2>/dev/null' EXIT; \
-	$(BIN)/python scripts/kfp_upload.py --host $(KFP_HOST) --version-prefix $(TIDELINE_VERSION)
+	@port=$$($(KFP_FORWARD)) || exit 1; trap 'kill $$(cat .tideline/kfp-pf.pid) 2>/dev/null' EXIT; \
+	$(BIN)/python scripts/kfp_upload.py --host http://127.0.0.1:$$port --version-prefix $(TIDELINE_VERSION)
 
 e2e: $(STAMP) _cluster
 	@$(K) -n $(NS) get deploy tideline-operator >/dev/null || { echo "error: tideline is not deployed; run: make images deploy"; exit 1; }
-	@mkdir -p .tideline
-	@$(K) -n kubeflow port-forward svc/ml-pipeline 8888:8888 >/dev/null 2>&1 & echo $$! > .tideline/kfp-pf.pid; sleep 3
-	@trap 'kill $$(cat .tideline/kfp-pf.pid) 2>/dev/null' EXIT; set -e; \
+	@port=$$($(KFP_FORWARD)) || exit 1; trap 'kill $$(cat .tideline/kfp-pf.pid) 2>/dev/null' EXIT; set -e; \
+	KFP_HOST=http://127.0.0.1:$$port; \
 	export TIDELINE_REGISTRY=$(E2E_REGISTRY) TIDELINE_S3_ENDPOINT_URL=http://minio.$(NS).svc:9000; \
 	echo "== 1. pipeline run (direct promotion: the first production model; gate: $(E2E_SETTINGS))"; \
-	$(BIN)/python scripts/kfp_wait.py --host $(KFP_HOST) --timeout 3600 -- \
-		$(BIN)/tideline --config $(E2E_SETTINGS) pipeline submit --host $(KFP_HOST) --synthetic --symbols 4 --bars 2000 --seed 7 --rollout-mode direct; \
+	$(BIN)/python scripts/kfp_wait.py --host $$KFP_HOST --timeout 3600 -- \
+		$(BIN)/tideline --config $(E2E_SETTINGS) pipeline submit --host $$KFP_HOST --synthetic --symbols 4 --bars 2000 --seed 7 --rollout-mode direct; \
 	$(E2E_EXPECT) production; \
 	echo "== 2. InferenceService Ready"; \
 	$(K) -n $(NS) wait --for=condition=Ready inferenceservice/tideline --timeout=600s; \
 	echo "== 3. pipeline run (rollout mode: a candidate)"; \
-	$(BIN)/python scripts/kfp_wait.py --host $(KFP_HOST) --timeout 3600 -- \
-		$(BIN)/tideline --config $(E2E_SETTINGS) pipeline submit --host $(KFP_HOST) --synthetic --symbols 4 --bars 2000 --seed 11 --rollout-mode rollout; \
+	$(BIN)/python scripts/kfp_wait.py --host $$KFP_HOST --timeout 3600 -- \
+		$(BIN)/tideline --config $(E2E_SETTINGS) pipeline submit --host $$KFP_HOST --synthetic --symbols 4 --bars 2000 --seed 11 --rollout-mode rollout; \
 	$(E2E_EXPECT) candidate; \
 	cand=$$($(K) -n $(NS) exec deploy/tideline-operator -- tideline models show candidate --json \
 		| $(BIN)/python -c "import json,sys; print(json.load(sys.stdin)['version'])"); \

@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -408,3 +409,30 @@ def test_a_helm_upgrade_never_touches_the_inference_service_the_operator_drives(
         hooks = {(o["kind"], o["metadata"]["name"]) for o in objs
                  if "helm.sh/hook" in (o["metadata"].get("annotations") or {})}
         assert hooks == {("InferenceService", "tideline"), ("Job", "minio-bucket-init")}, source
+
+
+# ---- 9. port-forwards: a free port, polled ----------------------------------------------------------------------
+def test_port_forward_picks_a_free_port_and_waits_until_it_answers(tmp_path: Path) -> None:
+    script = ROOT / "scripts/port-forward.sh"
+    fake = tmp_path / "kubectl"
+    # a kubectl that listens on the local port it is asked for (after a moment), like port-forward does
+    fake.write_text("#!/bin/sh\nfor a in \"$@\"; do case $a in *:8888) port=${a%%:*};; esac; done\n"
+                    f"sleep 0.5; exec {sys.executable} -c \"import socket, time; s = socket.socket(); "
+                    "s.bind(('127.0.0.1', $port)); s.listen(); time.sleep(30)\"\n")
+    fake.chmod(0o755)
+    pid = tmp_path / "pf.pid"
+    res = subprocess.run(["sh", str(script), str(fake), "kubeflow", "svc/ml-pipeline", "8888", str(pid)],
+                         capture_output=True, text=True, timeout=60)
+    try:
+        assert res.returncode == 0, res.stderr
+        port = int(res.stdout.strip())
+        assert port != 8888 and port > 1024
+    finally:
+        subprocess.run(["kill", pid.read_text().strip()], check=False)
+    fake.write_text("#!/bin/sh\necho 'error: services \"ml-pipeline\" not found' >&2\nexit 1\n")
+    res = subprocess.run(["sh", str(script), str(fake), "kubeflow", "svc/ml-pipeline", "8888", str(pid), "5"],
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 1 and res.stdout == ""
+    assert 'did not come up within 5 s: error: services "ml-pipeline" not found' in res.stderr
+    dry = make_n("pipeline-upload", "e2e")
+    assert "8888:8888" not in dry and "sleep 3" not in dry and dry.count("scripts/port-forward.sh") == 2

@@ -82,6 +82,7 @@ CHECK        := DOCKER=$(DOCKER) KIND=$(KIND) KUBECTL=$(KUBECTL) HELM=$(HELM) sc
 PIPELINE_IMAGE   := ghcr.io/tideline/tideline:$(TIDELINE_VERSION)
 PREDICTOR_IMAGE  := ghcr.io/tideline/tideline-predictor:$(TIDELINE_VERSION)
 CONTROLLER_IMAGE := ghcr.io/tideline/tideline-controller:$(TIDELINE_VERSION)
+IMAGES           := $(PIPELINE_IMAGE) $(PREDICTOR_IMAGE) $(CONTROLLER_IMAGE)
 # the KFP API through a port-forward on a free local port, polled until it answers (scripts/port-forward.sh)
 KFP_FORWARD   = sh scripts/port-forward.sh "$(K)" kubeflow svc/ml-pipeline 8888 .tideline/kfp-pf.pid
 E2E_REGISTRY := s3://tideline-models/registry
@@ -166,7 +167,12 @@ images:
 	$(DOCKER) build --build-arg PYTHON_BASE_IMAGE=$(PYTHON_BASE_IMAGE) -f docker/controller.Dockerfile -t $(CONTROLLER_IMAGE) .
 	@$(KIND) get clusters 2>/dev/null | grep -qx '$(KIND_CLUSTER)' \
 		|| { echo "error: kind cluster $(KIND_CLUSTER) not found; run: make kind-up"; exit 1; }
-	$(KIND) load docker-image --name $(KIND_CLUSTER) $(PIPELINE_IMAGE) $(PREDICTOR_IMAGE) $(CONTROLLER_IMAGE)
+	@# Docker 29's containerd image store can make `kind load docker-image` fail ("content digest ... not
+	@# found", kubernetes-sigs/kind#3795): then the documented workaround, a single-platform archive
+	$(KIND) load docker-image --name $(KIND_CLUSTER) $(IMAGES) || { mkdir -p .tideline && \
+		$(DOCKER) save --platform "$$($(DOCKER) version --format '{{.Server.Os}}/{{.Server.Arch}}')" \
+			--output .tideline/images.tar $(IMAGES) && \
+		$(KIND) load image-archive --name $(KIND_CLUSTER) .tideline/images.tar && rm -f .tideline/images.tar; }
 
 deploy: _cluster
 	@$(CHECK) helm

@@ -436,3 +436,13 @@ def test_port_forward_picks_a_free_port_and_waits_until_it_answers(tmp_path: Pat
     assert 'did not come up within 5 s: error: services "ml-pipeline" not found' in res.stderr
     dry = make_n("pipeline-upload", "e2e")
     assert "8888:8888" not in dry and "sleep 3" not in dry and dry.count("scripts/port-forward.sh") == 2
+
+
+def test_images_fall_back_to_a_single_platform_archive() -> None:
+    """kubernetes-sigs/kind#3795 (open; kind's docs since #4247): under Docker 29's containerd image store
+    `kind load docker-image` fails with "ctr: content digest ...: not found"; the documented workaround is
+    `docker save --platform <os/arch> --output X.tar IMAGE` + `kind load image-archive X.tar`."""
+    dry = make_n("images")
+    load = next(line for line in dry.splitlines() if line.startswith("kind load docker-image"))
+    assert "|| {" in load
+    assert "save --platform" in dry and "kind load image-archive --name tideline .tideline/images.tar" in dry

@@ -163,7 +163,7 @@ kind-up:
 images:
 	@$(CHECK) docker kind
 	$(DOCKER) build --build-arg PYTHON_BASE_IMAGE=$(PYTHON_BASE_IMAGE) -f components/Dockerfile -t $(PIPELINE_IMAGE) .
-	$(DOCKER) build -f serving/Dockerfile -t $(PREDICTOR_IMAGE) .
+	$(DOCKER) build --build-arg PYTHON_BASE_IMAGE=$(PYTHON_BASE_IMAGE) -f serving/Dockerfile -t $(PREDICTOR_IMAGE) .
 	$(DOCKER) build --build-arg PYTHON_BASE_IMAGE=$(PYTHON_BASE_IMAGE) -f docker/controller.Dockerfile -t $(CONTROLLER_IMAGE) .
 	@$(KIND) get clusters 2>/dev/null | grep -qx '$(KIND_CLUSTER)' \
 		|| { echo "error: kind cluster $(KIND_CLUSTER) not found; run: make kind-up"; exit 1; }

@@ -3,7 +3,7 @@
 The definitions live in the installed package (``tideline.kfp.components``) so that an installed tideline
 (a container image, the trigger service) can compile and submit the pipeline without this checkout; this
 module re-exports them for readers of the repository. Each component body calls one function of
-``tideline.steps``; the image is ``TIDELINE_IMAGE`` (default ``ghcr.io/tideline/tideline:0.1.0``).
+``tideline.steps``; the image is ``TIDELINE_IMAGE`` (default ``ghcr.io/tideline/tideline:<TIDELINE_VERSION>``).
 """
 
 from tideline.kfp.components import (

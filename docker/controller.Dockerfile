@@ -1,14 +1,15 @@
 # syntax=docker/dockerfile:1
 # The tideline ModelRollout operator (kopf): `kopf run -m tideline.operator`.
 #
-#   docker build -f docker/controller.Dockerfile -t ghcr.io/tideline/tideline-controller:0.1.0 .   # repo root
+#   docker build -f docker/controller.Dockerfile -t ghcr.io/tideline/tideline-controller:<TIDELINE_VERSION> .   # repo root
 #   (make images builds it and loads it into kind; manifests/base/operator.yaml runs it)
 #
 # The operator imports the whole rollout library (registry, analysis, state machine), so it installs the
 # project's pinned dependency set like the other images (requirements.lock); build context filtered
 # by docker/controller.Dockerfile.dockerignore.
 
-ARG PYTHON_BASE_IMAGE=python:3.11.7-slim-bookworm
+# the base image comes from versions.env (PYTHON_BASE_IMAGE; `make images` passes it): no default here
+ARG PYTHON_BASE_IMAGE
 FROM ${PYTHON_BASE_IMAGE}
 
 ENV PYTHONDONTWRITEBYTECODE=1 \

@@ -446,3 +446,36 @@ def test_images_fall_back_to_a_single_platform_archive() -> None:
     load = next(line for line in dry.splitlines() if line.startswith("kind load docker-image"))
     assert "|| {" in load
     assert "save --platform" in dry and "kind load image-archive --name tideline .tideline/images.tar" in dry
+
+
+# ---- 9. versions live in versions.env -------------------------------------------------------------------------
+# Files that cannot read versions.env and carry a copy the tests keep in sync with it: the generated
+# CronWorkflows (and the chart's copies), the chart's values/Chart.yaml (Helm reads neither env files nor
+# make variables), the kustomize manifests, the docs' version tables, pyproject's package version.
+MAY_COPY = ("versions.env", "README.md", "docs/KIND.md", "pyproject.toml", "helm/tideline/Chart.yaml",
+            "helm/tideline/values.yaml", "manifests/base/minio.yaml", "manifests/base/bucket-init-job.yaml")
+
+
+def test_versions_are_written_down_once() -> None:
+    import tomllib
+
+    v = versions()
+    assert tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"] == v["TIDELINE_VERSION"]
+    from tideline.kfp.components import DEFAULT_IMAGE
+
+    assert DEFAULT_IMAGE == f"ghcr.io/tideline/tideline:{v['TIDELINE_VERSION']}"
+    literals = [v[k] for k in ("PYTHON_BASE_IMAGE", "MINIO_IMAGE", "MC_IMAGE", "KIND_NODE_IMAGE",
+                               "CERT_MANAGER_VERSION", "GATEWAY_API_VERSION", "ENVOY_GATEWAY_VERSION")]
+    literals += [f"tideline:{v['TIDELINE_VERSION']}", f"KSERVE_VERSION={v['KSERVE_VERSION']}"]
+    files = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
+    found = []
+    for f in files:
+        if f in MAY_COPY or f == "pipelines/retrain.yaml" or f.startswith(("tests/", "manifests/cronworkflows/", "helm/tideline/files/",
+                                          "examples/data/", "bench/")) or f.endswith((".lock", ".parquet", ".png")):
+            continue
+        try:
+            text = (ROOT / f).read_text(encoding="utf-8")
+        except (UnicodeDecodeError, FileNotFoundError):
+            continue
+        found += [f"{f}: {lit}" for lit in literals if lit in text]
+    assert found == [], "versions written outside versions.env: " + "; ".join(found)

@@ -30,7 +30,9 @@ HERE = Path(__file__).resolve().parent
 # = namespace }`): kubeflow. A second, cluster-wide Argo next to KFP's would fight it over KFP's workflows.
 NAMESPACE = "kubeflow"
 ROLLOUT_NAMESPACE = "tideline"  # where tideline lives: MinIO, the operator, the ModelRollouts the loop creates
-IMAGE = "ghcr.io/tideline/tideline:0.1.0"
+VERSIONS = dict(line.split("=", 1) for line in (HERE.parents[1] / "versions.env").read_text().splitlines()
+                if line.strip() and not line.startswith("#"))
+IMAGE = f"ghcr.io/tideline/tideline:{VERSIONS['TIDELINE_VERSION'].strip()}"  # versions.env: the one place
 TIMEZONE = "America/New_York"
 SERVICE_ACCOUNT = "tideline-trigger"  # creates ModelRollouts in tideline (a Role there), KFP runs (HTTP), S3
 S3_SECRET = "tideline-s3"  # keys: access-key-id, secret-access-key

@@ -14,7 +14,7 @@ app.kubernetes.io/component: {{ . }}
 {{- end -}}
 
 {{- define "tideline.image" -}}
-{{ .repository }}:{{ .tag }}
+{{ .img.repository }}:{{ .img.tag | default .root.Chart.AppVersion }}
 {{- end -}}
 
 {{/* The CronWorkflows and the S3 endpoint name namespace "tideline": refuse any other. */}}

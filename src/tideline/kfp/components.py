@@ -13,7 +13,7 @@ from typing import List
 from kfp import dsl
 from kfp.dsl import HTML, Artifact, Dataset, Input, Metrics, Model, Output
 
-DEFAULT_IMAGE = "ghcr.io/tideline/tideline:0.1.0"
+DEFAULT_IMAGE = "ghcr.io/tideline/tideline:" + __import__("tideline").__version__  # = TIDELINE_VERSION (tested)
 IMAGE = os.environ.get("TIDELINE_IMAGE") or DEFAULT_IMAGE
 
 

@@ -134,10 +134,6 @@ def world(registry: Registry, monkeypatch: pytest.MonkeyPatch) -> World:
     return w
 
 
-def _order(api: FakeCustomObjectsApi) -> list[str]:
-    return [f"{verb}:{plural}" for verb, plural, _, _ in api.calls if verb.startswith("patch")]
-
-
 def test_full_rollout_status_first_then_cluster(world: World) -> None:
     world.tick()
     st = world.status()

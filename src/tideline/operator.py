@@ -42,6 +42,7 @@ from tideline.rollout.cr import (  # noqa: F401  (re-exported: the kubectl plugi
     PLURAL,
     VERSION,
     CRStatusStore,
+    doc_from_cr,
     plain,
     rollout_spec,
     status_from_cr,
@@ -129,7 +130,7 @@ class Reconciler:
             spec_cr = obj.get("spec") or {}
             registry = self._registry(str(spec_cr.get("registry") or self.default_registry))
             store = CRStatusStore(self.custom_api, ns, name, baseline=lambda: registry.aliases().get("production"))
-            doc, _ = store.load()
+            doc = doc_from_cr(obj, store.baseline)  # the object just read: no second GET before the pass
             if doc.status.terminal and doc.applied_generation >= doc.status.generation \
                     and doc.requested_action is None and doc.owner is None:
                 return  # a finished rollout is left alone

@@ -22,10 +22,10 @@ import sys
 import tempfile
 import threading
 import time
-
-import numpy as np
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 HERE = Path(__file__).resolve().parent
 

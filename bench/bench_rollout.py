@@ -166,11 +166,12 @@ class Clients:
 
 def rollback_bench(uri: str, rows: list[dict[str, float]], prod: str, bad: str, interval: float,
                    home: Path) -> dict[str, Any]:
+    from tideline.clock import SystemClock
     from tideline.registry import open_registry
     from tideline.rollout import machine as m
     from tideline.rollout.analysis import Thresholds
     from tideline.rollout.backends.local import LocalBackend, default_predictor_factory
-    from tideline.rollout.controller import RolloutController, SystemClock
+    from tideline.rollout.controller import RolloutController
 
     reg = open_registry(uri)
     factory = default_predictor_factory(uri, "tideline", env=lambda v, r: {"OMP_NUM_THREADS": "1"})

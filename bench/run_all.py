@@ -73,7 +73,7 @@ def markdown(meta: dict, results: list[dict]) -> str:
                 f"| one {r['batch_rows']}-row body, in process: JSON parse (the floor's work) / validation (ours) | "
                 f"{r.get('batch_parse_ms', '-')} ms / {r.get('batch_validate_ms', '-')} ms | |",
                 f"| model | {r['model']} | |",
-                f"| one-row model call alone, in process (lightgbm / xgboost / sklearn) | "
+                "| one-row model call alone, in process (lightgbm / xgboost / sklearn) | "
                 + " / ".join(f"{v} us" for v in (r.get("one_row_predict_us_by_family") or {}).values())
                 + " | |",
                 "",

@@ -37,14 +37,15 @@ def run(args: list[str], capsys) -> tuple[int, str, str]:
 def test_cycle_json_and_models_commands(tmp_path, capsys):
     reg = (tmp_path / "reg").as_uri()
     base = ["--registry", reg, "--config", str(_cfg(tmp_path))]
-    code, o, e = run([*base, "cycle", "--synthetic", "--symbols", "3", "--bars", "900", "--json"], capsys)
+    # the root options after the command, as people type them (kubectl takes global flags anywhere)
+    code, o, e = run(["cycle", "--synthetic", "--symbols", "3", "--bars", "900", "--json", *base], capsys)
     assert code == 0, e
     res = json.loads(o)
     assert res["promoted_version"] is not None  # the permissive policy above approves
     assert {c["family"] for c in res["candidates"]} == {"lightgbm", "sklearn"}
     assert "buy_and_hold" in res["baselines"]
 
-    code, o, _ = run([*base, "models", "list", "--json"], capsys)
+    code, o, _ = run(["models", f"--registry={reg}", "list", "--json"], capsys)
     rows = json.loads(o)
     assert code == 0 and len(rows) == 2
     prod = next(r for r in rows if "production" in r["aliases"])
@@ -67,6 +68,21 @@ def test_cycle_json_and_models_commands(tmp_path, capsys):
     assert code != 0 and "production" in e
     code, _, e = run([*base, "models", "show", "v999"], capsys)
     assert code != 0 and "v999" in e
+
+
+def test_root_options_are_taken_anywhere_before_a_double_dash():
+    from tideline.cli.root import hoist_global_options as hoist
+
+    assert hoist(["cycle", "--synthetic", "--registry", "r", "--config=c.toml"]) == [
+        "--registry", "r", "--config=c.toml", "cycle", "--synthetic"]
+    assert hoist(["--registry", "r", "models", "list"]) == ["--registry", "r", "models", "list"]
+    assert hoist(["x", "--", "--registry", "r"]) == ["x", "--", "--registry", "r"]  # after --: an argument
+    assert hoist(["models", "list", "--registry"]) == ["models", "list", "--registry"]  # click names the missing value
+
+
+def test_a_root_option_without_its_value_is_a_usage_error(capsys):
+    code, _, e = run(["models", "list", "--registry"], capsys)
+    assert code == 2 and "--registry" in e and "Traceback" not in e
 
 
 def test_cycle_table_output_on_real_data(tmp_path, capsys):
@@ -131,3 +147,21 @@ def test_error_text_is_printed_verbatim(tmp_path, capsys):
     df.to_csv(bad, index=False)
     rc, _, e = run(["--registry", (tmp_path / "reg").as_uri(), "cycle", "--data", str(bad)], capsys)
     assert rc == 3 and "nan_value (1 row: 5 [close])" in e
+
+
+def test_every_error_class_has_its_own_exit_code():
+    """A script tells failures apart by the exit code: two error classes share one only when one derives
+    from the other, or both mean "a service is unreachable" (9: the store, the pipelines API)."""
+    import tideline.rollout.backends  # noqa: F401 - defines BackendError
+    from tideline.errors import TidelineError
+
+    def walk(c: type) -> list[type]:
+        return [c, *(d for s in c.__subclasses__() for d in walk(s))]
+
+    owners: dict[int, list[str]] = {}
+    for c in walk(TidelineError):
+        if "exit_code" in vars(c):  # the class that sets the code (subclasses inherit it)
+            owners.setdefault(c.exit_code, []).append(c.__name__)
+    assert {k: sorted(v) for k, v in owners.items() if len(v) > 1} == {
+        9: ["PipelinesUnavailable", "StorageUnavailable"]}
+    assert owners[15] == ["BackendError"] and owners[11] == ["RunInProgress"]

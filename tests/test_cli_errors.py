@@ -9,8 +9,16 @@ from pathlib import Path
 
 import pytest
 
-from reliability.inputs import ALL_COMMANDS, REGISTRY_COMMANDS, S3_ENV, CliCase, cli_cases, cli_world, \
-    console_script, run_cli_case
+from reliability.inputs import (
+    ALL_COMMANDS,
+    REGISTRY_COMMANDS,
+    S3_ENV,
+    CliCase,
+    cli_cases,
+    cli_world,
+    console_script,
+    run_cli_case,
+)
 
 CASES = cli_cases()
 

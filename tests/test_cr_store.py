@@ -17,15 +17,16 @@ from typing import Any
 import jsonschema
 import pytest
 import yaml
-from kube_doubles import FakeCustomObjectsApi
 from kubernetes.client.exceptions import ApiException
-from test_crd import CRD_PATH, strict
 
+from kube_doubles import FakeCustomObjectsApi
 from reliability.controller import NAME, Killer, MemStore, Observer, SimBackend, SimServing, base_registry
+from test_crd import CRD_PATH, strict
+from tideline.clock import FakeClock
 from tideline.errors import ConfigError, StorageUnavailable
 from tideline.rollout import machine as m
 from tideline.rollout.analysis import Thresholds
-from tideline.rollout.controller import FakeClock, RolloutController
+from tideline.rollout.controller import RolloutController
 from tideline.rollout.cr import (
     ACTION_ANNOTATION,
     GROUP,

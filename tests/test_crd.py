@@ -10,6 +10,7 @@ from typing import Any
 import jsonschema
 import pytest
 import yaml
+
 from kube_doubles import SchemaViolation, validate
 
 CRD_PATH = Path(__file__).resolve().parents[1] / "manifests" / "crds" / "modelrollouts.tideline.io.yaml"

@@ -235,7 +235,7 @@ def test_command_line_is_accepted_by_the_cli(path: Path) -> None:
     """The container runs one tick of the loop, ``tideline loop --once ...``, and the CLI parses it."""
     import typer
 
-    from tideline.cli_loop import loop_app
+    from tideline.cli.loop import loop_app
 
     c = load(path)["spec"]["workflowSpec"]["templates"][0]["container"]
     assert c["command"] == ["tideline"] and c["args"][:2] == ["loop", "--once"]

@@ -16,11 +16,11 @@ from tideline.data import (
     Problem,
     ValidationReport,
     load_bars,
+    sources,
     synthetic_market,
     validate_bars,
     write_bars,
 )
-from tideline.data import sources
 from tideline.errors import ConfigError, DataError, StorageUnavailable, ValidationError
 
 HEADER = ",".join(BAR_COLUMNS)

@@ -269,10 +269,6 @@ def test_missing_reference_is_a_clear_error(trained, tmp_path):
 
 def test_cli_drift_check(trained, tmp_path, capsys):
     from tideline import cli
-    from tideline.cli_drift import drift_app
-
-    if not any(g.name == "drift" for g in cli.app.registered_groups):
-        cli.app.add_typer(drift_app, name="drift")
     s, reg, recent = trained
     path = tmp_path / "recent.csv"
     write_bars(amplify_moves(recent, 1.8), path)

@@ -413,11 +413,11 @@ def test_change_points_in_live_errors(reg: Registry, tmp_path: Path) -> None:
 # ---- CLI --------------------------------------------------------------------------------------------------
 def cli_app() -> typer.Typer:
     """The root options of ``tideline`` plus the feedback command (the lead wires it into tideline.cli)."""
-    from tideline import cli
-    from tideline.cli_feedback import feedback
+    from tideline.cli import root
+    from tideline.cli.feedback import feedback
 
     app = typer.Typer()
-    app.callback()(cli._root)
+    app.callback()(root._root)
     app.command("feedback")(feedback)
     return app
 

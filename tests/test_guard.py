@@ -10,15 +10,22 @@ from typing import Any
 import numpy as np
 import pytest
 
+from tideline.clock import FakeClock
 from tideline.registry import Registry, Status
 from tideline.registry.signing import Signing
 from tideline.registry.store import FileStore
 from tideline.rollout import machine as m
 from tideline.rollout.analysis import LiveOutcomes, MetricsSnapshot, SeriesMetrics, Thresholds
 from tideline.rollout.backends import RegistryOps
-from tideline.rollout.controller import FakeClock, RolloutController, create_rollout, load_rollout
-from tideline.rollout.guard import (WatchOutcomes, WatchSpec, e_process, guard_analyze, kill_switch_needed,
-                                    per_bar_differences)
+from tideline.rollout.controller import RolloutController, create_rollout, load_rollout
+from tideline.rollout.guard import (
+    WatchOutcomes,
+    WatchSpec,
+    e_process,
+    guard_analyze,
+    kill_switch_needed,
+    per_bar_differences,
+)
 
 THR = Thresholds(min_requests=20)
 OK_TRAFFIC = SeriesMetrics(requests=100.0)

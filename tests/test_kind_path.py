@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from test_kserve_backend import registry  # noqa: F401  (the fixture: an S3 registry with v1, v2)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -324,9 +325,8 @@ def kserve_canary_problems(isvc: dict) -> list[str]:
     return out
 
 
-def test_every_raw_deployment_state_of_a_rollout_passes_kserves_canary_webhook(registry) -> None:  # noqa: ANN001
+def test_every_raw_deployment_state_of_a_rollout_passes_kserves_canary_webhook(registry) -> None:  # noqa: ANN001, F811 - the fixture
     from test_kserve_backend import GROUP, ISVC, NS, PLURAL, Harness, _verdict
-
     from tideline.rollout import machine as m
 
     h = Harness(registry, "RawDeployment")

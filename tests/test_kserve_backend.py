@@ -15,10 +15,10 @@ from typing import Any
 
 import boto3
 import pytest
-from kube_doubles import FakeCustomObjectsApi, SchemaViolation, validate, validate_isvc
 from kubernetes.client.exceptions import ApiException
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 
+from kube_doubles import FakeCustomObjectsApi, SchemaViolation, validate, validate_isvc
 from tideline.errors import AliasConflict, ConfigError
 from tideline.registry import Registry, Status, open_registry
 from tideline.rollout import machine as m
@@ -27,8 +27,8 @@ from tideline.rollout.backends import Backend, BackendError, apply_action
 from tideline.rollout.backends.kserve import (
     GROUP,
     PLURAL,
-    KServeBackend,
     CumulativeCounters,
+    KServeBackend,
     PodMetricsReader,
     PrometheusMetricsReader,
     storage_uri,

@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from kube_doubles import FakeCustomObjectsApi
 
+from kube_doubles import FakeCustomObjectsApi
 from tideline import kubectl_plugin as kp
 from tideline.operator import ACTION_ANNOTATION
 

@@ -236,7 +236,7 @@ def test_retraining_waits_for_the_exchange_to_close(world: dict[str, Any]) -> No
 def test_accelerated_clock_for_replays_runs_faster_than_the_wall() -> None:
     import time as _time
 
-    from tideline.cli_loop import AcceleratedClock
+    from tideline.cli.loop import AcceleratedClock
 
     start = datetime(2024, 1, 2, 9, 30, tzinfo=UTC)
     clock = AcceleratedClock(start, 3600.0)

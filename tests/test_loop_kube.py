@@ -14,12 +14,12 @@ import kopf
 import pandas as pd
 import pytest
 import yaml
-from kube_doubles import FakeCustomObjectsApi
 from kubernetes.client.exceptions import ApiException
+
+from kube_doubles import FakeCustomObjectsApi
 from test_crd import CRD_PATH, strict
 from test_loop import NOW, Pipeline, steps, world  # noqa: F401  (world: the fixture)
 from test_operator import registry  # noqa: F401  (the fixture: an S3 registry, v1 in production)
-
 from tideline import operator as op
 from tideline.errors import PolicyError
 from tideline.loop.core import Loop
@@ -28,7 +28,8 @@ from tideline.loop.rollouts import rollout_spec
 from tideline.rollout.backends.kserve import GROUP as KS_GROUP
 from tideline.rollout.backends.kserve import PLURAL as KS_PLURAL
 from tideline.rollout.backends.kserve import storage_uri
-from tideline.rollout.cr import GROUP, PLURAL, rollout_spec as spec_of_cr
+from tideline.rollout.cr import GROUP, PLURAL
+from tideline.rollout.cr import rollout_spec as spec_of_cr
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMA = strict(yaml.safe_load(CRD_PATH.read_text())["spec"]["versions"][0]["schema"]["openAPIV3Schema"])

@@ -16,7 +16,6 @@ import pytest
 from tideline.errors import ModelError
 from tideline.models import FAMILIES, Model, default_params, load_model, make_model
 
-
 # Small, fast settings so the whole module runs in seconds.
 FAST: dict[str, dict[str, Any]] = {
     "xgboost": {"num_boost_round": 150},

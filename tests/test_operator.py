@@ -15,10 +15,10 @@ import jsonschema
 import kopf
 import pytest
 import yaml
-from kube_doubles import FakeCustomObjectsApi, validate_isvc
 from kubernetes.client.exceptions import ApiException
-from test_crd import CRD_PATH, strict
 
+from kube_doubles import FakeCustomObjectsApi, validate_isvc
+from test_crd import CRD_PATH, strict
 from tideline import operator as op
 from tideline.registry import Registry, Status, open_registry
 from tideline.rollout import machine as m

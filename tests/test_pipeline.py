@@ -197,7 +197,7 @@ def test_cli_compile_and_usage_errors(tmp_path):
     import typer
     from typer.testing import CliRunner
 
-    from tideline.cli_pipeline import pipeline_app
+    from tideline.cli.pipeline import pipeline_app
 
     app = typer.Typer()
     app.add_typer(pipeline_app, name="pipeline")

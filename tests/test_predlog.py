@@ -97,8 +97,7 @@ def test_the_batch_path_accepts_and_refuses_exactly_what_the_row_path_does(monke
     paths give the same answer — the same refusal message, or the same matrix, symbols and bar times."""
     import random
 
-    from reliability.predictor import _v1_body, RandomDraw
-
+    from reliability.predictor import RandomDraw, _v1_body
     from tideline.serving import validation as v
 
     cols = [f"f{i}" for i in range(12)]

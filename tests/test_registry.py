@@ -494,7 +494,6 @@ def test_sigkill_mid_upload_leaves_no_version(
 def test_drill_history_replay_detects_lost_updates() -> None:
     """The drill's history replay (used to verify CAS under concurrency) catches a lost or forged move."""
     from reliability.registry import _replay
-
     from tideline.registry import Event
 
     def ev(action: str, version: str | None, from_version: str | None = None, alias: str | None = None,

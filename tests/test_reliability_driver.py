@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import bench_reliability as br  # bench/ is on sys.path (conftest)
 import pytest
 
+import bench_reliability as br  # bench/ is on sys.path (conftest)
 from conftest import ROOT
 
 GOOD = {"area": "Faults", "scenario": "s3 down mid cycle", "times": 5, "unit": "outages",

@@ -13,15 +13,33 @@ from pathlib import Path
 import jsonschema
 import pytest
 import yaml
-from test_crd import CRD_PATH, strict
 
-from reliability.controller import (KINDS, NAME, NS, SPEC, T0, CRPlace, Kill, Killer, MemStore, Observer, SimBackend,
-                                    SimServing, base_registry, crash_sweep, run_one, scenarios, sigkill_one)
+from reliability.controller import (
+    KINDS,
+    NAME,
+    NS,
+    SPEC,
+    T0,
+    CRPlace,
+    Kill,
+    Killer,
+    MemStore,
+    Observer,
+    SimBackend,
+    SimServing,
+    base_registry,
+    crash_sweep,
+    run_one,
+    scenarios,
+    sigkill_one,
+)
+from test_crd import CRD_PATH, strict
+from tideline.clock import FakeClock
 from tideline.registry import Registry
 from tideline.registry.signing import Signing
 from tideline.rollout import machine as m
 from tideline.rollout.backends import apply_action
-from tideline.rollout.controller import FakeClock, RolloutController, RolloutDoc
+from tideline.rollout.controller import RolloutController, RolloutDoc
 from tideline.rollout.cr import GROUP, PLURAL
 
 

@@ -44,6 +44,7 @@ import pandas as pd
 import pytest
 
 from conftest import FAST_PARAMS, wait_for
+from tideline.clock import SystemClock
 from tideline.config import FeatureConfig
 from tideline.data import synthetic_market, write_bars
 from tideline.features import build_dataset, feature_config_hash
@@ -53,7 +54,7 @@ from tideline.registry import Registry, Status, open_registry
 from tideline.rollout import machine as m
 from tideline.rollout.analysis import Thresholds
 from tideline.rollout.backends.local import LocalBackend, default_predictor_factory, pid_alive
-from tideline.rollout.controller import RolloutController, SystemClock, create_rollout, load_rollout
+from tideline.rollout.controller import RolloutController, create_rollout, load_rollout
 
 pytestmark = pytest.mark.slow
 NAME = "tideline"

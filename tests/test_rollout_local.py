@@ -20,11 +20,12 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from tideline.clock import FakeClock
 from tideline.registry import Status, open_registry
 from tideline.rollout import machine as m
 from tideline.rollout.analysis import LiveOutcomes, Thresholds
 from tideline.rollout.backends.local import LocalBackend, pid_alive
-from tideline.rollout.controller import FakeClock, RolloutController, load_rollout
+from tideline.rollout.controller import RolloutController, load_rollout
 
 pytestmark = pytest.mark.slow
 DOUBLE = str(Path(__file__).with_name("predictor_double.py"))
@@ -152,7 +153,7 @@ def test_worse_live_accuracy_rolls_back(env: tuple) -> None:
 
 def test_cli_status_and_manual_rollback(env: tuple) -> None:
     from tideline.cli import app
-    from tideline.cli_rollout import rollout_app
+    from tideline.cli.rollout import rollout_app
 
     if not any(g.name == "rollout" for g in app.registered_groups):  # until the root CLI wires it
         app.add_typer(rollout_app, name="rollout")

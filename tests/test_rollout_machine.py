@@ -15,11 +15,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tideline.clock import FakeClock
 from tideline.errors import AliasConflict
 from tideline.registry.store import NotFound, PreconditionFailed
 from tideline.rollout import machine as m
 from tideline.rollout.analysis import AnalysisResult, LiveOutcomes, MetricsSnapshot
-from tideline.rollout.controller import FakeClock, RolloutController, load_rollout, request_action
+from tideline.rollout.controller import RolloutController, load_rollout, request_action
 
 
 def _res(verdict: str, labelled: int = 1000) -> AnalysisResult:

@@ -297,8 +297,9 @@ def test_lost_answers_of_conditional_writes_count_as_written(proxy: FaultProxy, 
 
 def test_rollout_write_with_a_lost_answer_is_ours(proxy: FaultProxy, moto: tuple[str, int]) -> None:
     from reliability.outage import FakeBackend
+    from tideline.clock import FakeClock
     from tideline.rollout import machine as m
-    from tideline.rollout.controller import FakeClock, RolloutController, load_rollout
+    from tideline.rollout.controller import RolloutController, load_rollout
 
     store = _store(proxy.endpoint, "rollout-lost", attempts=3, backoff_s=0.01)
     reg = Registry(store)
@@ -316,9 +317,10 @@ def test_rollout_write_with_a_lost_answer_is_ours(proxy: FaultProxy, moto: tuple
 def test_controller_rides_over_a_short_store_outage(proxy: FaultProxy, moto: tuple[str, int],
                                                     tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     from reliability.outage import FakeBackend
+    from tideline.clock import FakeClock
     from tideline.rollout import machine as m
     from tideline.rollout.analysis import AnalysisResult, Thresholds
-    from tideline.rollout.controller import FakeClock, RolloutController
+    from tideline.rollout.controller import RolloutController
 
     direct = Registry(_store(moto[0], "ride-over"))
     art = tmp_path / "art"

@@ -12,9 +12,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from reliability.predictor import Fixture, Server, build_fixture, error_of, raw_http, read_response, start_server
 
 from conftest import wait_for
+from reliability.predictor import Fixture, Server, build_fixture, error_of, raw_http, read_response, start_server
 
 pytestmark = pytest.mark.slow
 MODEL = "tideline"

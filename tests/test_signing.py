@@ -322,7 +322,6 @@ def test_manifest_shape_is_checked_without_a_key(tmp_path: Path) -> None:
 
 def test_the_predictor_refuses_a_tampered_signed_version(tmp_path: Path) -> None:
     from conftest import FAST_PARAMS
-
     from tideline.config import FeatureConfig
     from tideline.data import synthetic_market
     from tideline.features import build_dataset

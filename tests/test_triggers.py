@@ -442,11 +442,11 @@ def test_run_if_needed_releases_the_lock_when_the_starter_fails(reg: Registry) -
 # ---- CLI --------------------------------------------------------------------------------------------------
 def cli_app() -> typer.Typer:
     """The root options of ``tideline`` plus the trigger group (the lead wires it into tideline.cli too)."""
-    from tideline import cli
-    from tideline.cli_trigger import trigger_app
+    from tideline.cli import root
+    from tideline.cli.trigger import trigger_app
 
     app = typer.Typer()
-    app.callback()(cli._root)
+    app.callback()(root._root)
     app.add_typer(trigger_app, name="trigger")
     return app
 

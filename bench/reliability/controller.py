@@ -41,6 +41,7 @@ Run alone from ``bench/``: ``python -m reliability.controller [--quick]`` (JSON 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import os
@@ -48,13 +49,14 @@ import signal
 import subprocess
 import sys
 import tempfile
-import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from reliability.kube import FakeCustomObjectsApi
+from tideline.clock import FakeClock
 from tideline.errors import TidelineError
 from tideline.registry import Registry
 from tideline.registry.signing import Signing
@@ -62,13 +64,16 @@ from tideline.registry.store import FileStore, NotFound, PreconditionFailed
 from tideline.rollout import machine as m
 from tideline.rollout.analysis import LiveOutcomes, MetricsSnapshot, SeriesMetrics, Thresholds, analyze
 from tideline.rollout.backends import BackendError, RegistryOps
+from tideline.rollout.controller import (
+    RolloutController,
+    RolloutDoc,
+    create_rollout,
+    load_rollout,
+    request_action,
+    rollout_key,
+)
+from tideline.rollout.cr import ACTION_ANNOTATION, GROUP, KIND, PLURAL, VERSION, CRStatusStore, doc_from_cr, spec_to_cr
 from tideline.rollout.guard import WatchOutcomes, WatchSpec
-from tideline.rollout.controller import (FakeClock, RolloutController, RolloutDoc, create_rollout, load_rollout,
-                                         request_action, rollout_key)
-from tideline.rollout.cr import (ACTION_ANNOTATION, GROUP, KIND, PLURAL, VERSION, CRStatusStore, doc_from_cr,
-                                 spec_to_cr)
-
-from reliability.kube import FakeCustomObjectsApi
 
 AREA = "Faults"
 NAME = "tideline"

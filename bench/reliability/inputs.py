@@ -521,9 +521,9 @@ def _fill(argv: list[str], world: dict[str, str]) -> list[str]:
 
 def run_cli_case(case: CliCase, world: dict[str, str]) -> tuple[bool, str, int]:
     """Run ``tideline.cli.main`` in-process: (passed, what happened, exit code)."""
-    from tideline.cli import main
-
     import uuid
+
+    from tideline.cli import main
 
     world = {**world, "missing": (Path(world["work"]) / "no" / uuid.uuid4().hex / "registry").as_uri()}
     argv = _fill(case.argv, world)

@@ -510,12 +510,13 @@ _ROLLOUT_MOMENTS: list[tuple[str, str, str, str, str]] = [
 
 def _rollout_once(direct: str, proxy: FaultProxy, prefix: str, label: str, candidate: str, end: str,
                   when: str, action: str, tally: Tally, counter: _RetryCounter) -> None:
+    from tideline.clock import FakeClock
     from tideline.errors import StorageUnavailable
     from tideline.registry import Registry, Status
     from tideline.registry.store import S3Store
     from tideline.rollout import machine as m
     from tideline.rollout.analysis import AnalysisResult, Thresholds
-    from tideline.rollout.controller import FakeClock, RolloutController, load_rollout
+    from tideline.rollout.controller import RolloutController, load_rollout
 
     direct_reg = _registry(direct, prefix)
     art = Path(tempfile.mkdtemp(prefix="art-"))

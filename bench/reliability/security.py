@@ -530,7 +530,7 @@ def tampered_versions(quick: bool, work: Path) -> dict[str, Any]:
             tampers[kind](writer, v, versions[i - 1][0] if i else versions[-1][0])
     attempts = accepted = controls_ok = refused_controls = wrong_key_refused = 0
     detail: dict[str, int] = {}
-    for i, (v, kind) in enumerate(versions):
+    for v, kind in versions:
         reader = open_registry(root.as_uri(), signing=Signing.with_key(key))  # fresh: no cache
         for how in ("get", "fetch"):
             dest = work / "out" / f"{v}-{how}"

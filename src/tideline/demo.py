@@ -46,8 +46,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from tideline.config import (EvaluationConfig, LoopConfig, LoopRolloutConfig, Settings, TrainingConfig,
-                             TriggerConfig)
+from tideline.config import EvaluationConfig, LoopConfig, LoopRolloutConfig, Settings, TrainingConfig, TriggerConfig
 from tideline.errors import ConfigError, TidelineError
 
 log = logging.getLogger(__name__)
@@ -470,9 +469,10 @@ class Demo:
 
     def run_controller(self) -> dict[str, Any]:
         """The rollout the loop started, run by the one rollout controller; time passes as bars are replayed."""
+        from tideline.clock import FakeClock
         from tideline.feedback import outcomes_from_log
         from tideline.rollout import machine as m
-        from tideline.rollout.controller import FakeClock, RolloutController, load_rollout
+        from tideline.rollout.controller import RolloutController, load_rollout
 
         w, tr, cfg = self.world, self.traffic, self.cfg
         doc, _ = load_rollout(w.registry.store, NAME)

@@ -572,7 +572,7 @@ class PerformanceMonitor:
             buffered, self._buffer = self._buffer, []
             for k, (bx, bts) in enumerate(buffered):
                 if self._feed(first + k, bx, bts):  # fired inside the warm-up: the rest starts a new one
-                    for j, (rx, rts) in enumerate(buffered[k + 1:]):
+                    for rx, rts in buffered[k + 1:]:
                         self._buffer.append((rx, rts))
                     return True
             return False

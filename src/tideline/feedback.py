@@ -32,7 +32,6 @@ trigger rule reads (``n``, ``sharpe``, ``directional_accuracy``, ``baseline_accu
 from __future__ import annotations
 
 import dataclasses
-
 import io
 import json
 import logging
@@ -46,6 +45,7 @@ from typing import TYPE_CHECKING, Any, Final
 import numpy as np
 import pandas as pd
 
+from tideline.clock import utc_timestamp
 from tideline.config import EvaluationConfig, FeatureConfig
 from tideline.errors import ConfigError, DataError, TidelineError
 from tideline.evaluation import evaluate_predictions, infer_periods_per_year, strategy_returns
@@ -82,17 +82,13 @@ _KEY_RE = re.compile(r"^predictions/(\d{4}-\d{2}-\d{2})/[^/]+\.parquet$")
 
 # ---- the prediction log --------------------------------------------------------------------------------
 def _utc(value: Any, what: str) -> pd.Timestamp | None:
-    """A tz-aware UTC timestamp (naive input is taken as UTC); None stays None."""
-    if value is None:
-        return None
+    """``value`` as a tz-aware UTC timestamp (``tideline.clock.utc_timestamp``); a bad one is a ``ConfigError``
+    naming ``what``."""
     try:
-        ts = pd.Timestamp(value)
+        return utc_timestamp(value)
     except (ValueError, TypeError):
         raise ConfigError(f"{what} {value!r} is not a timestamp",
                           hint="ISO 8601, e.g. 2024-05-01T00:00:00Z") from None
-    if pd.isna(ts):
-        raise ConfigError(f"{what} {value!r} is not a timestamp")
-    return ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
 
 
 def _naive_utc(s: pd.Series) -> pd.Series:

@@ -16,8 +16,9 @@ A candidate is promoted only if every check passes:
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 from tideline.config import PolicyConfig
 

@@ -120,7 +120,7 @@ def _to_parquet(df: pd.DataFrame, path: Path) -> None:
     except (TypeError, ValueError, ImportError) as first:  # mixed-type object columns from a messy CSV
         try:
             fixed = df.copy()
-            for c in fixed.columns[fixed.dtypes == object]:
+            for c in fixed.columns[fixed.dtypes == object]:  # noqa: E721 - pandas: element-wise dtype test
                 fixed[c] = fixed[c].astype("string")
             fixed.to_parquet(path, index=False)
         except Exception:

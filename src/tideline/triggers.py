@@ -36,12 +36,13 @@ import socket
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any, Final
 
 import numpy as np
 import pandas as pd
 
+from tideline.clock import Now, aware, utcnow
 from tideline.config import TRIGGER_RULES, Settings, TriggerConfig
 from tideline.errors import ConfigError, PolicyError, TidelineError
 from tideline.registry.core import ModelVersion, Registry
@@ -56,7 +57,6 @@ __all__ = [
     "LIVE_METRICS_ATTACHMENT",
     "DRIFT_ATTACHMENT",
     "LOCK_KEY",
-    "Clock",
     "LockInfo",
     "RegimeInfo",
     "RuleResult",
@@ -68,7 +68,6 @@ __all__ = [
     "classify_regime",
     "evaluate",
     "run_if_needed",
-    "utcnow",
 ]
 
 LIVE_METRICS_ATTACHMENT: Final = "live-metrics.json"
@@ -76,17 +75,6 @@ DRIFT_ATTACHMENT: Final = "drift-latest.json"
 LOCK_KEY: Final = "runs/lock.json"
 DECISIONS_PREFIX: Final = "runs/decisions/"
 
-Clock = Callable[[], datetime]
-
-
-def utcnow() -> datetime:
-    """The default clock: timezone-aware UTC now."""
-    return datetime.now(UTC)
-
-
-def _aware(t: datetime) -> datetime:
-    """A naive datetime is taken as UTC."""
-    return t.replace(tzinfo=UTC) if t.tzinfo is None else t.astimezone(UTC)
 
 
 def _parse_time(value: Any) -> datetime | None:
@@ -98,12 +86,12 @@ def _parse_time(value: Any) -> datetime | None:
         return None
     if pd.isna(ts):
         return None
-    return _aware(ts.to_pydatetime())
+    return aware(ts.to_pydatetime())
 
 
 def _naive_utc(t: datetime) -> pd.Timestamp:
     """Bars carry tz-naive UTC timestamps."""
-    return pd.Timestamp(_aware(t).replace(tzinfo=None))
+    return pd.Timestamp(aware(t).replace(tzinfo=None))
 
 
 def _days(td: timedelta) -> float:
@@ -124,7 +112,7 @@ class TriggerContext:
     notes: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        self.now = _aware(self.now)
+        self.now = aware(self.now)
 
 
 @dataclass(frozen=True)
@@ -527,7 +515,7 @@ class LockInfo:
 
     def expired(self, now: datetime) -> bool:
         exp = _parse_time(self.expires_at)
-        return exp is None or _aware(now) >= exp
+        return exp is None or aware(now) >= exp
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -541,7 +529,7 @@ class RunLock:
     tombstone, also by compare-and-swap, and only for the owning run.
     """
 
-    def __init__(self, store: Store, ttl: float | timedelta = 6 * 3600.0, *, clock: Clock = utcnow,
+    def __init__(self, store: Store, ttl: float | timedelta = 6 * 3600.0, *, clock: Now = utcnow,
                  key: str = LOCK_KEY) -> None:
         self.store = store
         self.ttl = ttl if isinstance(ttl, timedelta) else timedelta(seconds=float(ttl))
@@ -568,14 +556,14 @@ class RunLock:
     def current(self, now: datetime | None = None) -> LockInfo | None:
         """The lock held right now (neither released nor expired), or None."""
         info, _, _ = self._read()
-        now = _aware(now or self.clock())
+        now = aware(now or self.clock())
         if info is None or info.released or info.expired(now):
             return None
         return info
 
     def acquire(self, run_id: str, reason: str = "", now: datetime | None = None) -> bool:
         """Take the lock for ``run_id``; False when another run holds it."""
-        now = _aware(now or self.clock())
+        now = aware(now or self.clock())
         info = LockInfo(run_id=run_id, reason=reason, acquired_at=now.isoformat(),
                         expires_at=(now + self.ttl).isoformat(), owner=f"{socket.gethostname()}:{os.getpid()}")
         data = json.dumps(info.to_dict() | {"nonce": uuid.uuid4().hex}, indent=1).encode()
@@ -603,7 +591,7 @@ class RunLock:
 
     def release(self, run_id: str, now: datetime | None = None) -> bool:
         """Release the lock held by ``run_id``; PolicyError when another run holds it; False if none held."""
-        now = _aware(now or self.clock())
+        now = aware(now or self.clock())
         for _ in range(8):
             held, etag, exists = self._read()
             if not exists or held is None or held.released:
@@ -646,7 +634,7 @@ def list_decisions(store: Store, limit: int = 20) -> list[dict[str, Any]]:
 
 def run_if_needed(registry: Registry, settings: Settings, *, starter: Callable[..., dict[str, Any]],
                   force: bool = False, manual: str | None = None, bars: pd.DataFrame | None = None,
-                  now: datetime | None = None, clock: Clock = utcnow, note: str | None = None,
+                  now: datetime | None = None, clock: Now = utcnow, note: str | None = None,
                   **start_kwargs: Any) -> dict[str, Any]:
     """Evaluate the rules; when one fires (or ``force``), start one run under the run lock.
 
@@ -658,7 +646,7 @@ def run_if_needed(registry: Registry, settings: Settings, *, starter: Callable[.
     the lock is released and the failure recorded.
     """
     cfg = settings.triggers
-    now = _aware(now or clock())
+    now = aware(now or clock())
     report = evaluate(build_context(registry, bars=bars, now=now, manual=manual), cfg)
     run_id = uuid.uuid4().hex[:12]
     decision: dict[str, Any] = {"at": now.isoformat(), "run_id": None, "forced": bool(force), "started": False,

@@ -339,9 +339,11 @@ def _load_s3(uri: str, endpoint_url: str | None, limit: int) -> pd.DataFrame:
     from botocore.exceptions import (
         BotoCoreError,
         ClientError,
-        ConnectionError as BotoConnectionError,
         HTTPClientError,
         NoCredentialsError,
+    )
+    from botocore.exceptions import (
+        ConnectionError as BotoConnectionError,
     )
 
     rest = uri[len("s3://") :]

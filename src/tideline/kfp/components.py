@@ -8,7 +8,6 @@ Rules for this module (KFP embeds every component's source in the compiled pipel
 """
 
 import os
-from typing import List
 
 from kfp import dsl
 from kfp.dsl import HTML, Artifact, Dataset, Input, Metrics, Model, Output
@@ -88,7 +87,7 @@ def train(dataset: Input[Dataset], family: str, settings_json: str, model: Outpu
 
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
-def evaluate_and_select(dataset: Input[Dataset], clean: Input[Dataset], results: Input[List[Artifact]],
+def evaluate_and_select(dataset: Input[Dataset], clean: Input[Dataset], results: Input[list[Artifact]],
                         registry_uri: str, settings_json: str, decisions: Output[Artifact],
                         metrics: Output[Metrics]):
     """Score production on the same hold-out rows; judge every candidate (significance + policy)."""
@@ -107,7 +106,7 @@ def evaluate_and_select(dataset: Input[Dataset], clean: Input[Dataset], results:
 
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
-def register(dataset: Input[Dataset], decisions: Input[Artifact], models: Input[List[Model]],
+def register(dataset: Input[Dataset], decisions: Input[Artifact], models: Input[list[Model]],
              registry_uri: str, settings_json: str, registered: Output[Artifact]) -> str:
     """Register every candidate with its lineage and decision; returns the summary as JSON."""
     import json

@@ -29,7 +29,7 @@ def retrain_pipeline(
     registry_uri: str,
     source: str = "",
     synthetic_json: str = "",
-    families: list = list(MODEL_FAMILIES),
+    families: list = list(MODEL_FAMILIES),  # noqa: B006 - KFP reads the default into the pipeline spec
     settings_json: str = "{}",
     quarantine: bool = False,
     rollout_mode: str = "rollout",

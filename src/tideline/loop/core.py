@@ -31,7 +31,6 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -39,6 +38,7 @@ from typing import Any, Final, Protocol
 
 import pandas as pd
 
+from tideline.clock import Now, aware, utcnow
 from tideline.config import Settings
 from tideline.errors import PolicyError, RunInProgress, TidelineError
 from tideline.features import warmup_bars
@@ -52,7 +52,6 @@ from tideline.triggers import (
     RunLock,
     run_if_needed,
     training_window,
-    utcnow,
 )
 
 log = logging.getLogger(__name__)
@@ -60,7 +59,6 @@ log = logging.getLogger(__name__)
 TICKS_PREFIX: Final = "loop/ticks/"
 LOCK_KEY: Final = "loop/lock.json"
 STATE_KEY: Final = "loop/state.json"
-Clock = Callable[[], datetime]
 
 
 # ---- what the loop drives ------------------------------------------------------------------------------------
@@ -202,7 +200,7 @@ class LoopLease:
 # ---- the loop ------------------------------------------------------------------------------------------------
 class Loop:
     def __init__(self, settings: Settings, registry: Registry, *, rollouts: Rollouts | None,
-                 pipeline: Pipeline | None = None, clock: Clock = utcnow, workdir: Path | None = None,
+                 pipeline: Pipeline | None = None, clock: Now = utcnow, workdir: Path | None = None,
                  drift_html: Path | None = None) -> None:
         self.s = settings
         self.registry = registry
@@ -216,7 +214,7 @@ class Loop:
     def tick(self, *, wait_s: float = 0.0, force: str | None = None) -> dict[str, Any]:
         """One tick; ``force`` (a reason) retrains whatever the rules say (a scheduled retrain), unless a
         rollout is in flight, the loop cools down, or a run holds the run lock."""
-        now = _aware(self.clock())
+        now = aware(self.clock())
         rec = TickRecord(id=uuid.uuid4().hex[:12], at=now.isoformat(), wall=datetime.now(UTC).isoformat())
         t0 = time.perf_counter()
         lease = LoopLease(self.registry, self.s.loop.lease_seconds)
@@ -535,10 +533,6 @@ def _write_atomic(df: pd.DataFrame, path: Path) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     df.to_parquet(tmp, index=False)
     os.replace(tmp, path)
-
-
-def _aware(t: datetime) -> datetime:
-    return t.replace(tzinfo=UTC) if t.tzinfo is None else t.astimezone(UTC)
 
 
 def _recent(bars: pd.DataFrame, n: int) -> pd.DataFrame:

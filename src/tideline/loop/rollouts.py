@@ -14,8 +14,8 @@ from tideline.config import LoopRolloutConfig, Settings
 from tideline.errors import ConfigError
 from tideline.registry import Registry
 from tideline.rollout.analysis import Thresholds
-from tideline.rollout.guard import WatchSpec
 from tideline.rollout.controller import create_rollout, list_rollouts, load_rollout
+from tideline.rollout.guard import WatchSpec
 from tideline.rollout.machine import RolloutSpec, ShadowSpec
 
 

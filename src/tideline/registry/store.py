@@ -24,8 +24,8 @@ import fcntl
 import hashlib
 import logging
 import os
-import re
 import random
+import re
 import shutil
 import time
 import uuid
@@ -267,7 +267,7 @@ class FileStore:
         """
         cutoff = time.time() - older_than_s
         removed = 0
-        for dirpath, dirnames, filenames in os.walk(self.root, topdown=False):
+        for dirpath, _dirnames, filenames in os.walk(self.root, topdown=False):
             here = Path(dirpath)
             for name in filenames:
                 if not name.startswith(f"{_RESERVED_PREFIX}tmp-"):

@@ -20,11 +20,11 @@ from tideline.rollout.analysis import (
     delta,
     p99_from_histogram,
 )
-from tideline.rollout.controller import FakeClock, RolloutController, SystemClock, load_rollout
+from tideline.rollout.controller import RolloutController, load_rollout
 from tideline.rollout.machine import Phase, RolloutSpec, RolloutStatus, ShadowSpec, advance, desired_actions
 
 __all__ = [
-    "AnalysisInput", "AnalysisResult", "Check", "FakeClock", "LiveOutcomes", "MetricsSnapshot", "Phase",
-    "RolloutController", "RolloutSpec", "RolloutStatus", "ShadowSpec", "SystemClock", "Thresholds", "advance",
+    "AnalysisInput", "AnalysisResult", "Check", "LiveOutcomes", "MetricsSnapshot", "Phase",
+    "RolloutController", "RolloutSpec", "RolloutStatus", "ShadowSpec", "Thresholds", "advance",
     "analyze", "delta", "desired_actions", "load_rollout", "p99_from_histogram",
 ]

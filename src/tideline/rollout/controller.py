@@ -38,11 +38,11 @@ The clock is injected: tests and demos run a fake clock whose ``sleep`` only mov
 from __future__ import annotations
 
 import logging
-import time
 import uuid
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any
 
+from tideline.clock import Clock, SystemClock
 from tideline.errors import StorageUnavailable
 from tideline.registry.store import Store
 from tideline.rollout import machine as m
@@ -69,35 +69,6 @@ Analyzer = Callable[[AnalysisInput, Thresholds], AnalysisResult]
 
 class _Lost(Exception):
     """Our compare-and-swap write lost: another controller acted."""
-
-
-class Clock(Protocol):
-    def now(self) -> float: ...
-    def sleep(self, seconds: float) -> None: ...
-
-
-class SystemClock:
-    def now(self) -> float:
-        return time.time()
-
-    def sleep(self, seconds: float) -> None:
-        time.sleep(seconds)
-
-
-class FakeClock:
-    """A clock that only moves when slept on (or advanced); ``on_sleep`` runs before time moves."""
-
-    def __init__(self, start: float = 1_700_000_000.0, on_sleep: Callable[[float], None] | None = None) -> None:
-        self.t = float(start)
-        self.on_sleep = on_sleep
-
-    def now(self) -> float:
-        return self.t
-
-    def sleep(self, seconds: float) -> None:
-        if self.on_sleep is not None:
-            self.on_sleep(seconds)
-        self.t += seconds
 
 
 # ---- the controller ----------------------------------------------------------------------------------

@@ -249,7 +249,7 @@ class Router:
             self._count(route, 502)
             return web.json_response({"error": f"upstream {route} unreachable: {e}"}, status=502,
                                      headers={"x-tideline-route": route})
-        except asyncio.TimeoutError:
+        except TimeoutError:
             self._count(route, 504)
             return web.json_response({"error": f"upstream {route} timed out"}, status=504,
                                      headers={"x-tideline-route": route})
@@ -275,7 +275,7 @@ class Router:
             base, method, path, headers, body, active_body, active_version = await self._shadow_q.get()
             try:
                 status, rh, data = await self._send(base, method, path, headers, body)
-            except (aiohttp.ClientError, asyncio.TimeoutError, OSError):
+            except (TimeoutError, aiohttp.ClientError, OSError):
                 self._shadow_children["error"].inc()
                 continue
             except asyncio.CancelledError:

@@ -45,6 +45,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from tideline.clock import utc_timestamp
 from tideline.serving import metrics as m
 
 log = logging.getLogger(__name__)
@@ -338,13 +339,6 @@ class PredictionLog:
                         self._pending_rows, len(self._dead))
 
 
-def _utc(t: Any) -> pd.Timestamp | None:
-    if t is None:
-        return None
-    ts = pd.Timestamp(t)
-    return ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
-
-
 def read_predictions(registry: Any, since: Any = None, until: Any = None) -> pd.DataFrame:
     """Every logged prediction with ``since <= time < until`` (either may be None), oldest first.
 
@@ -352,7 +346,7 @@ def read_predictions(registry: Any, since: Any = None, until: Any = None) -> pd.
     datetimes or Timestamps (naive ones are taken as UTC). Returns the columns of ``COLUMNS``.
     """
     store = getattr(registry, "store", registry)
-    lo, hi = _utc(since), _utc(until)
+    lo, hi = utc_timestamp(since), utc_timestamp(until)
     frames = []
     for key in sorted(store.list(PREFIX)):
         parts = key.split("/")

@@ -22,9 +22,9 @@ log = logging.getLogger(__name__)
 
 
 class BackendError(TidelineError):
-    """The backend could not apply an action right now (retried on the next interval)."""
+    """The backend could not apply an action right now (retried on the next interval); exit code 15."""
 
-    exit_code = 11
+    exit_code = 15
 
 
 PERMANENT_ERRORS: tuple[type[BaseException], ...] = (AliasConflict, PolicyError, VersionNotFound)

@@ -1,18 +1,13 @@
-"""``tideline trigger check|run``: evaluate the retraining rules; start a run when one fires.
-
-Wired into the root CLI with ``app.add_typer(trigger_app, name="trigger")``. The root helpers
-(``_state``, ``_open_registry``, consoles) are imported inside the commands: ``tideline.cli`` imports
-this module, so importing it back at module level would be circular.
-"""
+"""``tideline trigger check|run``: evaluate the retraining rules; start a run when one fires."""
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import TYPE_CHECKING, Annotated, Any, Literal, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import typer
 
-from tideline.cli_options import BarsOpt, DataOpt, SeedOpt, SymbolsOpt, SyntheticOpt, synthetic_spec
+from tideline.cli.context import err, open_registry, out, parse_now, print_json, state
+from tideline.cli.options import BarsOpt, DataOpt, SeedOpt, SymbolsOpt, SyntheticOpt, synthetic_spec
 from tideline.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -26,21 +21,6 @@ trigger_app = typer.Typer(
     no_args_is_help=True,
 )
 
-
-
-def _parse_now(now: str | None) -> datetime | None:
-    if now is None:
-        return None
-    import pandas as pd
-
-    try:
-        ts = pd.Timestamp(now)
-    except (ValueError, TypeError):
-        raise ConfigError(f"--now {now!r} is not an ISO timestamp", hint="e.g. 2026-11-23T21:00:00Z") from None
-    dt = ts.to_pydatetime()
-    from tideline.triggers import _aware
-
-    return _aware(dt)
 
 
 def _bars(s: Settings, data: str | None, synthetic: dict[str, Any] | None) -> pd.DataFrame | None:
@@ -86,20 +66,19 @@ def check(
     symbols: SymbolsOpt = 10,
     bars: BarsOpt = 3000,
     seed: SeedOpt = 7,
-    reason: Annotated[Optional[str], typer.Option("--reason", help="A manual retraining request.")] = None,
-    now: Annotated[Optional[str], typer.Option("--now", help="Evaluate as of this time (ISO, UTC).")] = None,
+    reason: Annotated[str | None, typer.Option("--reason", help="A manual retraining request.")] = None,
+    now: Annotated[str | None, typer.Option("--now", help="Evaluate as of this time (ISO, UTC).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
 ) -> None:
     """Evaluate every rule and show which would fire (exit code 0 either way)."""
-    from tideline.cli import _open_registry, _print_json, _state, out
     from tideline.triggers import build_context, evaluate
 
-    s = _state(ctx).settings()
+    s = state(ctx).settings()
     df = _bars(s, data, synthetic_spec(synthetic, symbols, bars, seed))
-    report = evaluate(build_context(_open_registry(s), bars=df, now=_parse_now(now), manual=reason), s.triggers)
+    report = evaluate(build_context(open_registry(s), bars=df, now=parse_now(now), manual=reason), s.triggers)
     d = report.to_dict()
     if as_json:
-        _print_json(d)
+        print_json(d)
         return
     _render(d, out)
     out.print("[bold]retrain: yes[/bold] — " + "; ".join(d["reasons"]) if d["fired"] else "[bold]retrain: no[/bold]")
@@ -116,19 +95,18 @@ def run(
     force: Annotated[bool, typer.Option("--force", help="Start a run even when no rule fires.")] = False,
     mode: Annotated[str, typer.Option("--mode", help="local (in this process) or kfp (submit to Kubeflow).")
                     ] = "local",
-    host: Annotated[Optional[str], typer.Option("--host", help="KFP API URL (mode kfp).")] = None,
-    reason: Annotated[Optional[str], typer.Option("--reason", help="A manual retraining request.")] = None,
-    now: Annotated[Optional[str], typer.Option("--now", help="Evaluate as of this time (ISO, UTC).")] = None,
+    host: Annotated[str | None, typer.Option("--host", help="KFP API URL (mode kfp).")] = None,
+    reason: Annotated[str | None, typer.Option("--reason", help="A manual retraining request.")] = None,
+    now: Annotated[str | None, typer.Option("--now", help="Evaluate as of this time (ISO, UTC).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the decision as JSON.")] = False,
 ) -> None:
     """Start the retraining pipeline when a rule fires (or with --force); one run at a time (run lock)."""
-    from tideline.cli import _open_registry, _print_json, _state, err, out
     from tideline.triggers import run_if_needed
 
     if mode not in ("local", "kfp"):
         raise ConfigError(f"--mode must be local or kfp, not {mode!r}")
     run_mode: Literal["local", "kfp"] = "local" if mode == "local" else "kfp"
-    s = _state(ctx).settings()
+    s = state(ctx).settings()
     synth = synthetic_spec(synthetic, symbols, bars, seed)
     df = _bars(s, data, synth)
     if data is None and synth is None and not force and not reason:
@@ -139,10 +117,10 @@ def run(
 
         return start_retrain(**kw)
 
-    decision = run_if_needed(_open_registry(s), s, starter=starter, force=force, manual=reason, bars=df,
-                             now=_parse_now(now), mode=run_mode, host=host, source=data, synthetic=synth)
+    decision = run_if_needed(open_registry(s), s, starter=starter, force=force, manual=reason, bars=df,
+                             now=parse_now(now), mode=run_mode, host=host, source=data, synthetic=synth)
     if as_json:
-        _print_json(decision)
+        print_json(decision)
         return
     _render(decision["report"], out)
     if decision["started"]:

@@ -1,16 +1,13 @@
-"""``tideline drift``: check recent bars for feature and prediction drift against a registered version.
-
-Registered on the root app by ``tideline.cli`` (``app.add_typer(drift_app, name="drift")``); the root
-options (``--registry``, ``--config``) are read through ``tideline.cli``'s state, imported lazily inside
-the command so that the two modules do not import each other at load time.
-"""
+"""``tideline drift``: check recent bars for feature and prediction drift against a registered version."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
+
+from tideline.cli.context import err, open_registry, out, print_json, state
 
 drift_app = typer.Typer(help="Feature and prediction drift of recent bars against a model version.",
                         no_args_is_help=True)
@@ -19,13 +16,13 @@ drift_app = typer.Typer(help="Feature and prediction drift of recent bars agains
 @drift_app.command("check")
 def check(
     ctx: typer.Context,
-    data: Annotated[Optional[str], typer.Option(
+    data: Annotated[str | None, typer.Option(
         "--data", help="Recent bars: CSV/Parquet file, a directory of them, or s3://bucket/prefix.")] = None,
     synthetic: Annotated[bool, typer.Option("--synthetic", help="Demo: use a generated synthetic market.")] = False,
     symbols: Annotated[int, typer.Option(min=1, max=500, help="Synthetic: number of symbols.")] = 10,
     bars: Annotated[int, typer.Option(min=150, max=2_000_000, help="Synthetic: bars per symbol.")] = 1000,
     seed: Annotated[int, typer.Option(help="Synthetic: seed of the market.")] = 7,
-    shift: Annotated[Optional[list[int]], typer.Option(
+    shift: Annotated[list[int] | None, typer.Option(
         help="Synthetic: bar index where the planted signal flips (repeatable).")] = None,
     vol_scale: Annotated[float, typer.Option(
         min=0.1, max=10.0, help="Synthetic: scale every price move (a volatility regime change).")] = 1.0,
@@ -33,18 +30,17 @@ def check(
     write: Annotated[bool, typer.Option("--write/--no-write",
                                         help="Store the JSON and HTML results as attachments of the version.")] = True,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
-    html_out: Annotated[Optional[Path], typer.Option("--html-out", help="Also write the HTML report here.")] = None,
+    html_out: Annotated[Path | None, typer.Option("--html-out", help="Also write the HTML report here.")] = None,
     top: Annotated[int, typer.Option(min=1, max=500, help="Drifted features to list.")] = 10,
 ) -> None:
     """Compare recent bars with the training reference of a version (default: production)."""
-    from tideline.cli import _open_registry, _print_json, _state, err
     from tideline.data import load_bars, synthetic_market, validate_bars
     from tideline.drift import amplify_moves, run_drift_check
     from tideline.errors import ConfigError
 
     if bool(data) == synthetic:
         raise ConfigError("give exactly one of --data PATH or --synthetic")
-    s = _state(ctx).settings()
+    s = state(ctx).settings()
     if synthetic:
         raw = synthetic_market(n_symbols=symbols, n_bars=bars, seed=seed, shifts=shift or None)
         if vol_scale != 1.0:
@@ -53,12 +49,12 @@ def check(
         assert data is not None
         raw = load_bars(data, endpoint_url=s.endpoint_url())
     clean = validate_bars(raw, mode="strict").clean
-    reg = _open_registry(s, must_exist=True)
+    reg = open_registry(s, must_exist=True)
     if not as_json:
         err.print(f"[dim]registry {s.registry_uri()}[/dim]")
     outcome = run_drift_check(reg, clean, version=version, cfg=s.drift, write=write, html_out=html_out)
     if as_json:
-        _print_json(outcome.to_dict())
+        print_json(outcome.to_dict())
         return
     _render(outcome, s.registry_uri(), html_out, top)
 
@@ -67,7 +63,6 @@ def _render(outcome: Any, registry_uri: str, html_out: Path | None, top: int) ->
     from rich.table import Table
     from rich.text import Text
 
-    from tideline.cli import out
 
     r = outcome.result
     verdict = Text("DATASET DRIFTED", "bold red") if r.dataset_drifted else Text("no dataset drift", "bold green")

@@ -3,8 +3,6 @@
 Wired into the root CLI with ``app.add_typer(rollout_app, name="rollout")`` and ``app.command("serve")(serve)``.
 State shared between commands: the rollout document in the registry store (``rollouts/<name>.json``) and
 the local serving state (router and predictor pids/ports) in ``<settings.home>/serving/<name>.json``.
-The root helpers (``_state``, ``_open_registry``, consoles) are imported inside the commands:
-``tideline.cli`` imports this module, so importing it back at module level would be circular.
 """
 
 from __future__ import annotations
@@ -13,10 +11,11 @@ import signal
 import subprocess
 import sys
 import time
-from typing import TYPE_CHECKING, Annotated, Any, Optional
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from tideline.cli.context import err, open_registry, out, print_json, state
 from tideline.errors import ConfigError, PolicyError
 
 if TYPE_CHECKING:
@@ -34,10 +33,9 @@ _NAME = typer.Option("--name", help="Served model / rollout name.")
 
 
 def _ctx(ctx: typer.Context, *, must_exist: bool = True) -> tuple[Settings, Registry]:
-    from tideline.cli import _open_registry, _state
 
-    s = _state(ctx).settings()
-    return s, _open_registry(s, must_exist=must_exist)
+    s = state(ctx).settings()
+    return s, open_registry(s, must_exist=must_exist)
 
 
 def _backend(s: Settings, reg: Registry, name: str) -> LocalBackend:
@@ -72,7 +70,6 @@ def _epoch_utc(epoch: float) -> Any:
 
 
 def _run_controller(s: Settings, reg: Registry, name: str) -> RolloutStatus:
-    from tideline.cli import out
     from tideline.rollout.backends.local import LocalBackend
     from tideline.rollout.controller import RolloutController
 
@@ -98,12 +95,11 @@ def serve(
     name: Annotated[str, _NAME] = "tideline",
     port: Annotated[int, typer.Option(help="Router port (0: pick a free one).")] = 8080,
     host: Annotated[str, typer.Option(help="Router address.")] = "127.0.0.1",
-    version: Annotated[Optional[str], typer.Option(help="Version to serve (default: production).")] = None,
+    version: Annotated[str | None, typer.Option(help="Version to serve (default: production).")] = None,
     detach: Annotated[bool, typer.Option("--detach", help="Start and return; stop with --stop.")] = False,
     stop: Annotated[bool, typer.Option("--stop", help="Stop the router and predictors of NAME.")] = False,
 ) -> None:
     """Serve the production model locally: the router in front of an active predictor process."""
-    from tideline.cli import err, out
 
     if not 0 <= port <= 65535:
         raise ConfigError(f"--port {port} is not a port number (0-65535; 0 picks a free one)")
@@ -154,7 +150,7 @@ def rollout_start(
     max_error_rate: Annotated[float, typer.Option(min=0, max=1)] = 0.01,
     max_p99_ms: Annotated[float, typer.Option(min=0.001)] = 250.0,
     min_requests: Annotated[int, typer.Option(min=1, help="Candidate requests per interval to judge it.")] = 20,
-    bars: Annotated[Optional[str], typer.Option(
+    bars: Annotated[str | None, typer.Option(
         "--bars", help="Recent bars (CSV, Parquet, a directory, s3://) to join live predictions with: enables "
                        "the live accuracy and error checks. Without it they stay inconclusive.")] = None,
     accuracy_margin: Annotated[float, typer.Option(
@@ -164,7 +160,6 @@ def rollout_start(
     detach: Annotated[bool, typer.Option("--detach", help="Run the controller in the background.")] = False,
 ) -> None:
     """Start a rollout of CANDIDATE against production: shadow, canary steps, promote or roll back."""
-    from tideline.cli import out
     from tideline.rollout.analysis import Thresholds
     from tideline.rollout.controller import create_rollout
     from tideline.rollout.machine import RolloutSpec, ShadowSpec, parse_steps
@@ -208,10 +203,9 @@ def rollout_start(
         log_path = s.home / "serving" / "logs" / f"rollout-{name}.log"
         log_path.parent.mkdir(parents=True, exist_ok=True)
         argv = [sys.executable, "-m", "tideline", "--registry", reg.store.uri]
-        from tideline.cli import _state
 
-        if _state(ctx).config is not None:
-            argv += ["--config", str(_state(ctx).config)]
+        if state(ctx).config is not None:
+            argv += ["--config", str(state(ctx).config)]
         argv += ["rollout", "resume", "--name", name]
         with open(log_path, "ab") as logf:
             p = subprocess.Popen(argv, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
@@ -253,7 +247,6 @@ def _status_dict(doc: Any) -> dict[str, Any]:
 def _render_status(doc: Any) -> None:
     from rich.table import Table
 
-    from tideline.cli import out
 
     st = doc.status
     out.print(f"[bold]rollout {doc.spec.name}[/bold] {_line(st)}", highlight=False)
@@ -281,7 +274,6 @@ def rollout_status(
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Phase, weight, last analysis and recent events of a rollout."""
-    from tideline.cli import _print_json, out
     from tideline.rollout.controller import load_rollout
 
     _, reg = _ctx(ctx)
@@ -289,7 +281,7 @@ def rollout_status(
     while True:
         doc, _ = load_rollout(reg.store, name)
         if as_json and not watch:
-            _print_json(_status_dict(doc))
+            print_json(_status_dict(doc))
             return
         line = _line(doc.status)
         if not watch:
@@ -304,7 +296,6 @@ def rollout_status(
 
 
 def _manual(ctx: typer.Context, name: str, action: str) -> None:
-    from tideline.cli import out
     from tideline.rollout.controller import RolloutController, request_action
 
     s, reg = _ctx(ctx)

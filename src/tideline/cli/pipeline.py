@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
-from tideline.cli_options import (
+from tideline.cli.options import (
     BarsOpt,
     DataOpt,
     FamiliesOpt,
@@ -65,7 +65,7 @@ def run_cmd(
     rollout_mode: RolloutOpt = "rollout",
     quarantine: QuarantineOpt = False,
     reason: ReasonOpt = "manual",
-    pipeline_root: Annotated[Optional[str], typer.Option(
+    pipeline_root: Annotated[str | None, typer.Option(
         help="Where task artifacts go (default: <home>/pipeline-runs).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the run summary as JSON.")] = False,
 ) -> None:
@@ -100,7 +100,7 @@ def run_cmd(
 
 @pipeline_app.command("compile")
 def compile_cmd(
-    out: Annotated[Optional[str], typer.Option(
+    out: Annotated[str | None, typer.Option(
         "--out", help="Output YAML (default: pipelines/retrain.yaml of this checkout).")] = None,
 ) -> None:
     """Compile the pipeline to KFP IR YAML (component image: $TIDELINE_IMAGE)."""
@@ -114,7 +114,7 @@ def submit_cmd(
     ctx: typer.Context,
     host: Annotated[str, typer.Option(help="Kubeflow Pipelines API URL, e.g. http://localhost:8080.")],
     experiment: Annotated[str, typer.Option(help="KFP experiment.")] = "tideline",
-    run_name: Annotated[Optional[str], typer.Option(help="Run name (default: tideline-retrain-<time>).")] = None,
+    run_name: Annotated[str | None, typer.Option(help="Run name (default: tideline-retrain-<time>).")] = None,
     data: DataOpt = None,
     synthetic: SyntheticOpt = False,
     symbols: SymbolsOpt = 10,

@@ -1,18 +1,14 @@
-"""``tideline loop [--once] | loop status | loop history``: the continuous-learning loop (``tideline.loop``).
-
-Wired into the root CLI with ``app.add_typer(loop_app, name="loop")``; the root helpers are imported inside
-the commands (``tideline.cli`` imports this module).
-"""
+"""``tideline loop [--once] | loop status | loop history``: the continuous-learning loop (``tideline.loop``)."""
 
 from __future__ import annotations
 
 import time
 from datetime import UTC, datetime
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 
-from tideline.cli_trigger import _parse_now
+from tideline.cli.context import open_registry, out, parse_now, print_json, state
 
 loop_app = typer.Typer(
     help="The continuous-learning loop: ingest new bars, monitor production, retrain when a rule fires, roll "
@@ -35,14 +31,13 @@ class AcceleratedClock:
 
 
 def _make_loop(ctx: typer.Context, now: str | None, speed: float = 1.0) -> Any:
-    from tideline.cli import _open_registry, _state
     from tideline.loop.core import Loop, recent_bars_path
     from tideline.loop.rollouts import DetachedRollouts
 
-    st = _state(ctx)
+    st = state(ctx)
     s = st.settings()
-    reg = _open_registry(s)
-    fixed = _parse_now(now)
+    reg = open_registry(s)
+    fixed = parse_now(now)
     clock: Any = None
     if fixed is not None:
         clock = AcceleratedClock(fixed, speed) if speed != 1.0 else (lambda: fixed)
@@ -83,7 +78,6 @@ def _kube_api() -> Any:
 def _show_tick(rec: dict[str, Any]) -> None:
     from rich.text import Text
 
-    from tideline.cli import out
 
     colour = {"ok": "green", "busy": "yellow", "failed": "red"}.get(rec["outcome"], "white")
     out.print(Text(f"tick {rec['id']} at {rec['at']}: {rec['outcome']}", colour)
@@ -101,7 +95,7 @@ def _show_tick(rec: dict[str, Any]) -> None:
 def loop(
     ctx: typer.Context,
     once: Annotated[bool, typer.Option("--once", help="Run one tick and exit.")] = False,
-    now: Annotated[Optional[str], typer.Option(help="The loop's clock for this tick (ISO time); default: now.")] = None,
+    now: Annotated[str | None, typer.Option(help="The loop's clock for this tick (ISO time); default: now.")] = None,
     wait: Annotated[float, typer.Option(min=0, help="Seconds to wait for another tick holding the loop.")] = 0.0,
     speed: Annotated[float, typer.Option(
         min=0.001, help="Run the loop's clock this many times faster than the wall (a replay; with --now it "
@@ -116,7 +110,6 @@ def loop(
     time zone) until stopped (Ctrl-C)."""
     if ctx.invoked_subcommand is not None:
         return
-    from tideline.cli import _print_json, out
     from tideline.loop.schedule import Schedule
 
     lp = _make_loop(ctx, now, speed)
@@ -124,7 +117,7 @@ def loop(
     while True:
         rec = lp.tick(wait_s=wait, force=reason if force else None)
         force = False  # a forced retrain is this tick's, not every tick's
-        _print_json(rec) if as_json else _show_tick(rec)
+        print_json(rec) if as_json else _show_tick(rec)
         if once:
             if rec["outcome"] == "failed":
                 raise typer.Exit(1)
@@ -142,18 +135,17 @@ def loop(
 @loop_app.command("status")
 def loop_status(ctx: typer.Context, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """The latest tick, production, and any rollout in flight."""
-    from tideline.cli import _open_registry, _print_json, _state, out
     from tideline.loop.core import list_ticks
     from tideline.loop.ingest import stored_months
     from tideline.loop.rollouts import DetachedRollouts
 
-    s = _state(ctx).settings()
-    reg = _open_registry(s, must_exist=True)
+    s = state(ctx).settings()
+    reg = open_registry(s, must_exist=True)
     ticks = list_ticks(reg, limit=1)
     doc = {"production": reg.aliases().get("production"), "last_tick": ticks[0] if ticks else None,
            "rollout": DetachedRollouts(s, reg).latest(), "bar_months": stored_months(reg.store)}
     if as_json:
-        _print_json(doc)
+        print_json(doc)
         return
     ks = reg.kill_switch()
     doc["kill_switch"] = None if ks is None else ks.model_dump()
@@ -174,13 +166,12 @@ def loop_status(ctx: typer.Context, as_json: Annotated[bool, typer.Option("--jso
 def loop_history(ctx: typer.Context, limit: Annotated[int, typer.Option(min=1)] = 20,
                  as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """The latest ticks, newest first: what each saw, did, and why."""
-    from tideline.cli import _open_registry, _print_json, _state, out
     from tideline.loop.core import list_ticks
 
-    reg = _open_registry(_state(ctx).settings(), must_exist=True)
+    reg = open_registry(state(ctx).settings(), must_exist=True)
     ticks = list_ticks(reg, limit=limit)
     if as_json:
-        _print_json(ticks)
+        print_json(ticks)
         return
     if not ticks:
         out.print("no tick yet: run `tideline loop --once`")
@@ -191,16 +182,15 @@ def loop_history(ctx: typer.Context, limit: Annotated[int, typer.Option(min=1)] 
 @loop_app.command("kill-switch")
 def loop_kill_switch(
     ctx: typer.Context,
-    state: Annotated[str, typer.Argument(help="on: every predictor answers flat; off: models answer again.")],
+    switch: Annotated[str, typer.Argument(metavar="STATE", help="on: every predictor answers flat; off: models answer again.")],
     reason: Annotated[str, typer.Option(help="Why (recorded in the registry history).")] = "",
 ) -> None:
     """Throw or lift the kill switch by hand (the guard throws it when no version passes the floors)."""
-    from tideline.cli import _open_registry, _state, out
     from tideline.errors import ConfigError
 
-    if state not in ("on", "off"):
-        raise ConfigError(f"kill-switch takes 'on' or 'off', not {state!r}")
-    reg = _open_registry(_state(ctx).settings(), must_exist=True)
-    reg.set_kill_switch(state == "on", reason=reason or f"set {state} by hand", actor="cli")
-    out.print(f"kill switch {state}" + (": every predictor answers flat within its reload interval"
-                                        if state == "on" else ""), highlight=False)
+    if switch not in ("on", "off"):
+        raise ConfigError(f"kill-switch takes 'on' or 'off', not {switch!r}")
+    reg = open_registry(state(ctx).settings(), must_exist=True)
+    reg.set_kill_switch(switch == "on", reason=reason or f"set {switch} by hand", actor="cli")
+    out.print(f"kill switch {switch}" + (": every predictor answers flat within its reload interval"
+                                        if switch == "on" else ""), highlight=False)

@@ -4,18 +4,20 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
+
+from tideline.cli.context import out, state
 
 
 def demo(
     ctx: typer.Context,
     seed: Annotated[int, typer.Option(help="Seed of the market and the models: same seed, same story.")] = 7,
     short: Annotated[bool, typer.Option("--short", help="A smaller market (4 symbols, fewer bars): ~3 min.")] = False,
-    report: Annotated[Optional[Path], typer.Option(
+    report: Annotated[Path | None, typer.Option(
         help="Where to write the HTML report (default: <home>/demo/report/tideline-demo.html).")] = None,
-    revert_at: Annotated[Optional[int], typer.Option(
+    revert_at: Annotated[int | None, typer.Option(
         help="Flip the signal back at this bar (the guard's story: a retrained model promoted just before "
              "decays while it is watched, and the guard reverts it).")] = None,
 ) -> None:
@@ -23,10 +25,9 @@ def demo(
     candidate, and write a report. Exit 0 only if the whole story happened."""
     from rich.table import Table
 
-    from tideline.cli import _state, out
     from tideline.demo import DemoConfig, run_demo
 
-    s = _state(ctx).settings()
+    s = state(ctx).settings()
     cfg = DemoConfig.short(seed) if short else DemoConfig(seed=seed)
     if revert_at is not None:
         cfg = dataclasses.replace(cfg, revert_at=revert_at)

@@ -1,15 +1,12 @@
-"""``tideline feedback``: join the prediction log with realized bars; live metrics per served version.
-
-Wired into the root CLI with ``app.command("feedback")(feedback)``. The root helpers (``_state``,
-``_open_registry``, consoles) are imported inside the command: ``tideline.cli`` imports this module, so
-importing it back at module level would be circular.
-"""
+"""``tideline feedback``: join the prediction log with realized bars; live metrics per served version."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated, Optional
+from typing import TYPE_CHECKING, Annotated
 
 import typer
+
+from tideline.cli.context import err, open_registry, out, print_json, state
 
 if TYPE_CHECKING:
     from tideline.feedback import FeedbackReport, LiveMetrics
@@ -25,10 +22,10 @@ def feedback(
     data: Annotated[str, typer.Option(
         "--data", help="Recent bars (covering the predictions and their horizon): CSV/Parquet file, a "
                        "directory of them, or s3://bucket/prefix.")],
-    since: Annotated[Optional[str], typer.Option(
+    since: Annotated[str | None, typer.Option(
         "--since", help="Only predictions logged at or after this ISO time (UTC when no zone is given).",
     )] = None,
-    cost_bps: Annotated[Optional[float], typer.Option(
+    cost_bps: Annotated[float | None, typer.Option(
         "--cost-bps", min=0.0, help="Cost per unit of turnover in bps (default: the cost each version was "
                                     "evaluated with).")] = None,
     write: Annotated[bool, typer.Option(
@@ -36,20 +33,19 @@ def feedback(
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
     """Realized outcomes of logged predictions: accuracy, error, Sharpe and change points per version."""
-    from tideline.cli import _open_registry, _print_json, _state, err
     from tideline.data import load_bars, validate_bars
     from tideline.feedback import _utc, run_feedback
 
-    s = _state(ctx).settings()
+    s = state(ctx).settings()
     since_ts = _utc(since, "--since")
     raw = load_bars(data, endpoint_url=s.endpoint_url())
     clean = validate_bars(raw, mode="strict").clean
-    reg = _open_registry(s, must_exist=True)
+    reg = open_registry(s, must_exist=True)
     if not as_json:
         err.print(f"[dim]registry {s.registry_uri()}[/dim]")
     report = run_feedback(reg, clean, cost_bps=cost_bps, since=since_ts, write=write)
     if as_json:
-        _print_json(report.to_dict())
+        print_json(report.to_dict())
         return
     _render(report, s.registry_uri(), write)
 
@@ -57,7 +53,6 @@ def feedback(
 def _render(report: FeedbackReport, registry_uri: str, write: bool) -> None:
     from rich.table import Table
 
-    from tideline.cli import out
 
     out.print(f"{report.n_predictions:,} logged predictions"
               + (f" since {report.since}" if report.since else "")

@@ -1,24 +1,21 @@
-"""Command-line options shared by several commands (cycle, pipeline, trigger) and their parsing.
-
-No imports of ``tideline.cli``: every sub-command module may import this one at module level.
-"""
+"""Command-line options shared by several commands (cycle, pipeline, trigger) and their parsing."""
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 
 from tideline.config import MODEL_FAMILIES
 from tideline.errors import ConfigError
 
-DataOpt = Annotated[Optional[str], typer.Option(
+DataOpt = Annotated[str | None, typer.Option(
     "--data", help="Bars: CSV/Parquet file, a directory of them, or s3://bucket/prefix.")]
 SyntheticOpt = Annotated[bool, typer.Option("--synthetic", help="Use a generated synthetic market.")]
 SymbolsOpt = Annotated[int, typer.Option(min=1, max=500, help="Synthetic: number of symbols.")]
 BarsOpt = Annotated[int, typer.Option(min=300, max=2_000_000, help="Synthetic: bars per symbol.")]
 SeedOpt = Annotated[int, typer.Option(help="Seed for the synthetic market (and the models when training).")]
-FamiliesOpt = Annotated[Optional[str], typer.Option(
+FamiliesOpt = Annotated[str | None, typer.Option(
     help=f"Comma-separated model families (default: all of {', '.join(MODEL_FAMILIES)}).")]
 QuarantineOpt = Annotated[bool, typer.Option(
     "--quarantine", help="Drop bad rows (reported) instead of refusing the data.")]

@@ -9,6 +9,7 @@ STAMP  := $(VENV)/.installed-stamp
 help:
 	@echo "make lock   - regenerate requirements.lock (every install's exact versions) from pyproject.toml"
 	@echo "make test   - create .venv, install tideline with test extras, run the whole test suite"
+	@echo "make lint   - ruff and the module boundaries (import-linter contracts in pyproject.toml); linters only"
 	@echo "make demo   - the whole loop on one machine: train, serve, market shift, retrain, rollout, rollback, HTML report"
 	@echo "make bench  - run the benchmarks in bench/ and write bench/results.json + bench/RESULTS.md"
 	@echo "make reliability - faults, bad input and attacks, many times each; writes the README reliability table"
@@ -47,6 +48,21 @@ lock:
 	sed -i -E 's/^(torch==[^+ ]+)\+[a-z0-9.]+/\1/' $(LOCK)
 
 install: $(STAMP)
+
+# The linters live in their own venv from their own lock: `make lint` never needs tideline's dependencies
+# (import-linter reads the source, it imports nothing). The contracts are in pyproject.toml [tool.importlinter].
+LINT_VENV  := .venv-lint
+LINT_STAMP := $(LINT_VENV)/.installed-stamp
+LINT_PATHS := src tests bench components pipelines serving scripts manifests
+
+$(LINT_STAMP): scripts/requirements-lint.lock
+	$(PYTHON) -m venv $(LINT_VENV)
+	$(LINT_VENV)/bin/pip install --quiet --disable-pip-version-check -r scripts/requirements-lint.lock
+	@touch $(LINT_STAMP)
+
+lint: $(LINT_STAMP)
+	$(LINT_VENV)/bin/ruff check $(LINT_PATHS)
+	PYTHONPATH=src $(LINT_VENV)/bin/lint-imports --no-cache
 
 test: $(STAMP)
 	$(BIN)/pytest -q

@@ -11,11 +11,12 @@ import numpy as np
 import pytest
 
 from tideline.clock import FakeClock
+from tideline.monitoring.outcomes import LiveOutcomes
 from tideline.registry import Registry, Status
 from tideline.registry.signing import Signing
 from tideline.registry.store import FileStore
 from tideline.rollout import machine as m
-from tideline.rollout.analysis import LiveOutcomes, MetricsSnapshot, SeriesMetrics, Thresholds
+from tideline.rollout.analysis import MetricsSnapshot, SeriesMetrics, Thresholds
 from tideline.rollout.backends import RegistryOps
 from tideline.rollout.controller import RolloutController, create_rollout, load_rollout
 from tideline.rollout.guard import (

@@ -21,9 +21,10 @@ import pytest
 from typer.testing import CliRunner
 
 from tideline.clock import FakeClock
+from tideline.monitoring.outcomes import LiveOutcomes
 from tideline.registry import Status, open_registry
 from tideline.rollout import machine as m
-from tideline.rollout.analysis import LiveOutcomes, Thresholds
+from tideline.rollout.analysis import Thresholds
 from tideline.rollout.backends.local import LocalBackend, pid_alive
 from tideline.rollout.controller import RolloutController, load_rollout
 

@@ -17,9 +17,10 @@ from hypothesis import strategies as st
 
 from tideline.clock import FakeClock
 from tideline.errors import AliasConflict
+from tideline.monitoring.outcomes import LiveOutcomes
 from tideline.registry.store import NotFound, PreconditionFailed
 from tideline.rollout import machine as m
-from tideline.rollout.analysis import AnalysisResult, LiveOutcomes, MetricsSnapshot
+from tideline.rollout.analysis import AnalysisResult, MetricsSnapshot
 from tideline.rollout.controller import RolloutController, load_rollout, request_action
 
 

@@ -58,11 +58,12 @@ from typing import Any
 from reliability.kube import FakeCustomObjectsApi
 from tideline.clock import FakeClock
 from tideline.errors import TidelineError
+from tideline.monitoring.outcomes import LiveOutcomes, WatchOutcomes
 from tideline.registry import Registry
 from tideline.registry.signing import Signing
 from tideline.registry.store import FileStore, NotFound, PreconditionFailed
 from tideline.rollout import machine as m
-from tideline.rollout.analysis import LiveOutcomes, MetricsSnapshot, SeriesMetrics, Thresholds, analyze
+from tideline.rollout.analysis import MetricsSnapshot, SeriesMetrics, Thresholds, analyze
 from tideline.rollout.backends import BackendError, RegistryOps
 from tideline.rollout.controller import (
     RolloutController,
@@ -73,7 +74,7 @@ from tideline.rollout.controller import (
     rollout_key,
 )
 from tideline.rollout.cr import ACTION_ANNOTATION, GROUP, KIND, PLURAL, VERSION, CRStatusStore, doc_from_cr, spec_to_cr
-from tideline.rollout.guard import WatchOutcomes, WatchSpec
+from tideline.rollout.guard import WatchSpec
 
 AREA = "Faults"
 NAME = "tideline"

@@ -49,6 +49,7 @@ from tideline.clock import utc_timestamp
 from tideline.config import EvaluationConfig, FeatureConfig
 from tideline.errors import ConfigError, DataError, TidelineError
 from tideline.evaluation import evaluate_predictions, infer_periods_per_year, strategy_returns
+from tideline.monitoring.outcomes import LiveOutcomes, WatchOutcomes
 
 if TYPE_CHECKING:
     from tideline.drift import ChangePoint
@@ -610,8 +611,6 @@ class LiveOutcomeSource:
         return joined.loc[ok]
 
     def __call__(self, candidate: str, baseline: str) -> Any:
-        from tideline.rollout.analysis import LiveOutcomes
-
         try:
             bars = self.bars()
             log_df = load_prediction_log(self.registry, since=self.since, until=self.until)
@@ -644,8 +643,6 @@ class LiveOutcomeSource:
     def _watch(self, log_df: pd.DataFrame, candidate: str, baseline: str, bars: pd.DataFrame) -> Any:
         """Once ``candidate`` is production: its outcomes and ``baseline``'s on the same (symbol, bar) keys,
         counting only predictions logged since the registry promoted it (the guard's watch), in bar order."""
-        from tideline.rollout.guard import WatchOutcomes
-
         promoted_at = None
         for ev in reversed(self.registry.history()):
             if ev.alias == "production" and ev.action in ("promote", "rollback"):

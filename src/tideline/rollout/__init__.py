@@ -6,25 +6,7 @@
                  analysis, machine, then the actions through a backend;
 * ``backends``   the ``Backend`` protocol and ``local`` (predictor processes + ``router``).
 
-``router`` is not imported here: it runs as ``python -m tideline.rollout.router``.
+Import the modules themselves (``from tideline.rollout.controller import RolloutController``): this package
+imports none of them, so importing one never drags in the others (``router`` runs as
+``python -m tideline.rollout.router``).
 """
-
-from tideline.rollout.analysis import (
-    AnalysisInput,
-    AnalysisResult,
-    Check,
-    LiveOutcomes,
-    MetricsSnapshot,
-    Thresholds,
-    analyze,
-    delta,
-    p99_from_histogram,
-)
-from tideline.rollout.controller import RolloutController, load_rollout
-from tideline.rollout.machine import Phase, RolloutSpec, RolloutStatus, ShadowSpec, advance, desired_actions
-
-__all__ = [
-    "AnalysisInput", "AnalysisResult", "Check", "LiveOutcomes", "MetricsSnapshot", "Phase",
-    "RolloutController", "RolloutSpec", "RolloutStatus", "ShadowSpec", "Thresholds", "advance",
-    "analyze", "delta", "desired_actions", "load_rollout", "p99_from_histogram",
-]

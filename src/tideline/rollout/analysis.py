@@ -22,12 +22,11 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import numpy as np
 
-if TYPE_CHECKING:
-    from tideline.rollout.guard import WatchOutcomes
+from tideline.monitoring.outcomes import LiveOutcomes
 
 Verdict = Literal["pass", "fail", "inconclusive"]
 
@@ -228,23 +227,6 @@ def p99_from_histogram(buckets: Mapping[float, float], q: float = 0.99) -> float
 
 
 # ---- analysis ------------------------------------------------------------------------------------------
-@dataclass
-class LiveOutcomes:
-    """Realized outcomes of live predictions (from the prediction log joined with later bars).
-
-    ``*_errors``: prediction - realized forward return, one per labelled prediction;
-    ``*_hits``: 1 when the predicted direction was right, else 0.
-    """
-
-    candidate_errors: Sequence[float] = ()
-    active_errors: Sequence[float] = ()
-    candidate_hits: Sequence[float] = ()
-    active_hits: Sequence[float] = ()
-    watch: WatchOutcomes | None = None
-    """after the candidate was promoted: its outcomes and the baseline's (in shadow) on the same requests,
-    for the guard (``tideline.rollout.guard``); None before the promotion."""
-
-
 @dataclass
 class AnalysisInput:
     """What one analysis interval saw."""

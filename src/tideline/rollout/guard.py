@@ -25,10 +25,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
+from tideline.monitoring.outcomes import WatchOutcomes
 from tideline.rollout.analysis import AnalysisResult, Check, SeriesMetrics, Thresholds
 
 LAMBDAS: tuple[float, ...] = (0.05, 0.1, 0.2, 0.35, 0.5)
@@ -57,20 +57,6 @@ class WatchSpec:
             raise ValueError("watch min_accuracy must be in [0, 1]")
         if self.min_outcomes < 1:
             raise ValueError("watch min_outcomes must be >= 1")
-
-
-@dataclass(frozen=True)
-class WatchOutcomes:
-    """Realized outcomes of production and previous on the same requests since the promotion, one row per
-    (symbol, bar), in bar-time order: ``times[i]`` (any sortable bar-time label) and the two hits (1/0)."""
-
-    times: Sequence[Any] = ()
-    production_hits: Sequence[float] = ()
-    previous_hits: Sequence[float] = ()
-
-    def __post_init__(self) -> None:
-        if not len(self.times) == len(self.production_hits) == len(self.previous_hits):
-            raise ValueError("watch outcomes must be index-aligned")
 
 
 def per_bar_differences(w: WatchOutcomes) -> np.ndarray:

@@ -15,8 +15,9 @@ from tideline.errors import AliasConflict, PolicyError, TidelineError, VersionNo
 from tideline.rollout import machine as m
 
 if TYPE_CHECKING:
+    from tideline.monitoring.outcomes import LiveOutcomes
     from tideline.registry import Registry
-    from tideline.rollout.analysis import LiveOutcomes, MetricsSnapshot
+    from tideline.rollout.analysis import MetricsSnapshot
 
 log = logging.getLogger(__name__)
 

@@ -57,8 +57,9 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Protocol
 
 from tideline.errors import ConfigError
+from tideline.monitoring.outcomes import LiveOutcomes
 from tideline.registry import Registry
-from tideline.rollout.analysis import LiveOutcomes, MetricsSnapshot, SeriesMetrics, delta
+from tideline.rollout.analysis import MetricsSnapshot, SeriesMetrics, delta
 from tideline.rollout.backends import BackendError, RegistryOps
 from tideline.rollout.cr import api_reason as _api_reason
 

@@ -31,7 +31,8 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from tideline.rollout.analysis import LiveOutcomes, MetricsSnapshot
+from tideline.monitoring.outcomes import LiveOutcomes
+from tideline.rollout.analysis import MetricsSnapshot
 from tideline.rollout.backends import BackendError, RegistryOps
 
 if TYPE_CHECKING:

@@ -1,0 +1,44 @@
+"""Live outcomes: what served predictions turned out to be, as the rollout analysis and the guard take them.
+
+Filled by ``tideline.feedback.LiveOutcomeSource`` (the prediction log joined with later bars); pure data, no
+I/O, so the analysis stays testable with hand-made outcomes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["LiveOutcomes", "WatchOutcomes"]
+
+
+@dataclass(frozen=True)
+class WatchOutcomes:
+    """Realized outcomes of production and previous on the same requests since the promotion, one row per
+    (symbol, bar), in bar-time order: ``times[i]`` (any sortable bar-time label) and the two hits (1/0)."""
+
+    times: Sequence[Any] = ()
+    production_hits: Sequence[float] = ()
+    previous_hits: Sequence[float] = ()
+
+    def __post_init__(self) -> None:
+        if not len(self.times) == len(self.production_hits) == len(self.previous_hits):
+            raise ValueError("watch outcomes must be index-aligned")
+
+
+@dataclass
+class LiveOutcomes:
+    """Realized outcomes of live predictions (from the prediction log joined with later bars).
+
+    ``*_errors``: prediction - realized forward return, one per labelled prediction;
+    ``*_hits``: 1 when the predicted direction was right, else 0.
+    """
+
+    candidate_errors: Sequence[float] = ()
+    active_errors: Sequence[float] = ()
+    candidate_hits: Sequence[float] = ()
+    active_hits: Sequence[float] = ()
+    watch: WatchOutcomes | None = None
+    """after the candidate was promoted: its outcomes and the baseline's (in shadow) on the same requests,
+    for the guard (``tideline.rollout.guard``); None before the promotion."""

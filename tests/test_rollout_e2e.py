@@ -391,7 +391,7 @@ def test_controller_killed_mid_canary_resumes_to_a_consistent_end(world: World, 
     res = _cli(world, home, "rollout", "start", "--candidate", cand, "--name", NAME, "--shadow-seconds", "2",
                "--steps", "10,25,50,100", "--interval", "1", "--min-requests", "10", "--max-p99-ms", "5000",
                "--bars",
-               str(world.bars_path), "--accuracy-margin", "0.05", "--min-outcomes", "100", "--watch-seconds", "0", "--detach")
+               str(world.bars_path), "--accuracy-margin", "0.05", "--min-outcomes", "100", "--detach")
     assert res.returncode == 0, res.stdout + res.stderr
     assert "live outcomes from" in res.stdout
     pid = int(re.search(r"controller running in the background \(pid (\d+)", res.stdout).group(1))  # type: ignore[union-attr]

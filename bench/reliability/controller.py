@@ -88,8 +88,8 @@ SPEC = m.RolloutSpec(name=NAME, target=NAME, candidate="v2", baseline="v1",
                      shadow=m.ShadowSpec(min_duration_s=INTERVAL, min_labelled=100, max_duration_s=3600),
                      steps=(10, 25, 50, 100), interval_s=INTERVAL,
                      thresholds=Thresholds(min_requests=20, min_labelled=100), failure_limit=2,
-                     max_inconclusive=20, watch=WatchSpec(duration_s=0))
-SPEC_GUARD = dataclasses.replace(SPEC, watch=WatchSpec(duration_s=5 * INTERVAL, min_accuracy=None, min_outcomes=50))
+                     max_inconclusive=20)
+SPEC_GUARD = dataclasses.replace(SPEC, watch=WatchSpec(duration_s=5 * INTERVAL))
 """the guard's kind: promoted, watched with v1 in shadow, found worse on the same requests, reverted."""
 
 

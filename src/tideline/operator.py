@@ -28,7 +28,6 @@ from typing import Any
 
 import pandas as pd
 
-from tideline.config import ROLLOUT_DEFAULTS
 from tideline.errors import ConfigError, StorageUnavailable, TidelineError
 from tideline.registry import Registry, open_registry
 from tideline.rollout import machine
@@ -168,7 +167,7 @@ class Reconciler:
                 outcomes = self._outcomes[(ns, name)] = outcomes_from_log(
                     registry, spec.bars, since=since, endpoint_url=os.environ.get("AWS_ENDPOINT_URL"))
         return KServeBackend(
-            self.custom_api, ns, spec.target, registry, str(spec_cr.get("mode") or ROLLOUT_DEFAULTS.mode), reader,
+            self.custom_api, ns, spec.target, registry, str(spec_cr.get("mode") or "Serverless"), reader,
             versions=[spec.candidate], baseline=spec.baseline, outcomes_reader=outcomes,
         )
 

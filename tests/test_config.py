@@ -45,3 +45,36 @@ def test_bad_settings_give_clear_errors(tmp_path, text, suffix, msg):
 def test_missing_file(tmp_path):
     with pytest.raises(ConfigError, match="cannot read settings file"):
         load_settings(tmp_path / "nope.toml")
+
+
+# ---- one source for every rollout default ---------------------------------------------------------------
+def test_rollout_defaults_have_one_source_the_settings():
+    """The library's spec, a ModelRollout that sets nothing, the CRD's `default:` values and `tideline rollout
+    start` all take [loop.rollout]'s defaults (once three places disagreed: shadow min_labelled 0 vs 50)."""
+    from pathlib import Path
+
+    import yaml
+
+    from tideline.cli.rollout import rollout_start
+    from tideline.config import ROLLOUT_DEFAULTS, LoopRolloutConfig
+    from tideline.rollout import cr
+    from tideline.rollout.machine import RolloutSpec
+
+    ids = {"candidate": "v2", "baseline": "v1"}
+    want = RolloutSpec.from_settings(LoopRolloutConfig(), **ids, name="r")
+    assert RolloutSpec(name="r", target="r", **ids) == want
+    assert cr.rollout_spec("r", {"targetRef": "r", "candidate": "v2"}, "v1") == want
+    assert want.shadow.min_labelled == ROLLOUT_DEFAULTS.min_labelled and want.watch.duration_s == 86400
+
+    root = Path(__file__).resolve().parents[1]
+    for f in ("manifests/crds/modelrollouts.tideline.io.yaml", "helm/tideline/crds/modelrollouts.tideline.io.yaml"):
+        props = yaml.safe_load((root / f).read_text())["spec"]["versions"][0]["schema"]["openAPIV3Schema"][
+            "properties"]["spec"]["properties"]
+        defaults = {k: v["default"] for k, v in props.items() if "default" in v}
+        assert defaults == {"mode": ROLLOUT_DEFAULTS.mode, "metricsSource": ROLLOUT_DEFAULTS.metrics_source}, f
+
+    import inspect
+
+    numeric = {n: p.default for n, p in inspect.signature(rollout_start).parameters.items()
+               if n not in ("ctx", "candidate", "name", "bars", "detach")}
+    assert numeric and all(v is None for v in numeric.values()), numeric  # unset: the settings decide

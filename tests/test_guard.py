@@ -14,7 +14,6 @@ from tideline.clock import FakeClock
 from tideline.monitoring.outcomes import LiveOutcomes
 from tideline.registry import Registry, Status
 from tideline.registry.signing import Signing
-from tideline.registry.store import FileStore
 from tideline.rollout import machine as m
 from tideline.rollout.analysis import MetricsSnapshot, SeriesMetrics, Thresholds
 from tideline.rollout.backends import RegistryOps
@@ -27,6 +26,7 @@ from tideline.rollout.guard import (
     kill_switch_needed,
     per_bar_differences,
 )
+from tideline.store import FileStore
 
 THR = Thresholds(min_requests=20)
 OK_TRAFFIC = SeriesMetrics(requests=100.0)
@@ -87,7 +87,7 @@ def test_guard_fails_a_worse_production_on_the_paired_test() -> None:
     rng = np.random.default_rng(2)
     prod = (rng.random(1600) < 0.45).astype(float)
     prev = (rng.random(1600) < 0.60).astype(float)
-    res = guard_analyze(outcomes(prod, prev), OK_TRAFFIC, WatchSpec(duration_s=1), THR)
+    res = guard_analyze(outcomes(prod, prev), OK_TRAFFIC, WatchSpec(duration_s=1, min_accuracy=None, min_outcomes=50), THR)
     assert res.verdict == "fail" and "production is worse" in res.reasons[0]
     assert not kill_switch_needed(res)
 
@@ -107,7 +107,8 @@ def test_floor_breach_reverts_and_both_under_the_floor_throws_the_kill_switch() 
 
 def test_guard_fails_a_production_answering_5xx() -> None:
     same = np.ones(40)
-    res = guard_analyze(outcomes(same, same), SeriesMetrics(requests=100, errors=5), WatchSpec(duration_s=1), THR)
+    res = guard_analyze(outcomes(same, same), SeriesMetrics(requests=100, errors=5),
+                        WatchSpec(duration_s=1, min_accuracy=None, min_outcomes=50), THR)
     assert res.verdict == "fail" and "5xx" in res.reasons[0]
 
 
@@ -119,7 +120,7 @@ def test_watch_spec_rejects_nonsense() -> None:
 
 # ---- the machine ----------------------------------------------------------------------------------------
 SPEC = m.RolloutSpec(name="t", target="t", candidate="v2", baseline="v1", shadow=m.ShadowSpec(min_duration_s=0),
-                     steps=(100,), interval_s=10, watch=WatchSpec(duration_s=100))
+                     steps=(100,), interval_s=10, watch=WatchSpec(duration_s=100, min_accuracy=None, min_outcomes=50))
 
 
 def _promoting() -> m.RolloutStatus:
@@ -173,7 +174,7 @@ def test_manual_rollback_during_the_watch_reverts_and_manual_promote_ends_it() -
 
 def test_without_a_watch_promoting_goes_straight_to_promoted() -> None:
     spec = m.RolloutSpec(name="t", target="t", candidate="v2", baseline="v1", shadow=m.ShadowSpec(min_duration_s=0),
-                         steps=(100,), interval_s=10)
+                         steps=(100,), interval_s=10, watch=WatchSpec(duration_s=0))
     st, _ = m.advance(spec, m.RolloutStatus.initial(spec), None, 0.0)
     st, _ = m.advance(spec, st, None, 1.0)
     assert st.phase == m.Phase.PROMOTED

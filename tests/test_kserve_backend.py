@@ -33,6 +33,7 @@ from tideline.rollout.backends.kserve import (
     PrometheusMetricsReader,
     storage_uri,
 )
+from tideline.rollout.guard import WatchSpec
 
 NS = "trading"
 ISVC = "tideline"
@@ -76,6 +77,7 @@ def make_isvc(registry: Registry, mode: str) -> dict[str, Any]:
 
 
 def _spec(**kw: Any) -> m.RolloutSpec:
+    kw.setdefault("watch", WatchSpec(duration_s=0))  # these end at Promoted; the guard's watch has its own tests
     return m.RolloutSpec(name="r", target=ISVC, candidate="v2", baseline="v1", **kw)
 
 

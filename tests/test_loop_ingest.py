@@ -11,7 +11,7 @@ import pytest
 
 from tideline.data import synthetic_market, write_bars
 from tideline.loop.ingest import STATE_KEY, ingest, stored_bars
-from tideline.registry.store import FileStore
+from tideline.store import FileStore
 
 NOW = 2_000_000_000.0  # the loop's clock (epoch seconds); files are dated relative to it
 

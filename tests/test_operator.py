@@ -26,6 +26,7 @@ from tideline.rollout.analysis import MetricsSnapshot, SeriesMetrics
 from tideline.rollout.backends.kserve import GROUP as KS_GROUP
 from tideline.rollout.backends.kserve import PLURAL as KS_PLURAL
 from tideline.rollout.backends.kserve import storage_uri
+from tideline.rollout.guard import WatchSpec
 
 NS = "trading"
 SCHEMA = yaml.safe_load(CRD_PATH.read_text())["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
@@ -74,7 +75,7 @@ class World:
         cr_spec = {"targetRef": "tideline", "candidate": "v2", "registry": registry.store.uri, "mode": mode,
                    "metricsSource": "pods",
                    "strategy": {"shadow": {"minDurationSeconds": 10, "minLabelledSamples": 0},
-                                "canary": {"steps": [10, 50, 100]}},
+                                "canary": {"steps": [10, 50, 100]}, "watch": {"durationSeconds": 0}},
                    "analysis": {"intervalSeconds": 5, "failureLimit": 2,
                                 "thresholds": {"minRequests": 20, "maxErrorRate": 0.05}}}
         cr_spec.update(spec or {})
@@ -285,7 +286,7 @@ def test_no_production_means_no_baseline(registry: Registry, monkeypatch: pytest
 
 
 def test_status_mapping_covers_every_machine_field() -> None:
-    spec = m.RolloutSpec(name="r", target="t", candidate="v2", baseline="v1")
+    spec = m.RolloutSpec(name="r", target="t", candidate="v2", baseline="v1", watch=WatchSpec(duration_s=0))
     st = m.RolloutStatus(phase=m.Phase.CANARY, weight=25, step_index=1, failures=1, inconclusive=2,
                          started_at=1.5, phase_since=2.5, last_analysis_at=3.25,
                          analyses=[{"verdict": "fail", "checks": [{"name": "error_rate", "value": 0.2,

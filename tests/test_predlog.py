@@ -11,9 +11,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from tideline.registry.store import FileStore
 from tideline.serving import metrics as m
 from tideline.serving.predlog import DEAD_PREFIX, PredictionLog, read_predictions
+from tideline.store import FileStore
 
 AT = datetime(2026, 12, 4, 12, 0, tzinfo=UTC)
 

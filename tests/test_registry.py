@@ -28,7 +28,7 @@ from tideline.errors import (
     VersionNotFound,
 )
 from tideline.registry import FileStore, Registry, S3Store, Status, open_registry, open_store
-from tideline.registry.store import PreconditionFailed
+from tideline.store import PreconditionFailed
 
 
 @pytest.fixture(autouse=True)

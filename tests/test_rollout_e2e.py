@@ -55,6 +55,7 @@ from tideline.rollout import machine as m
 from tideline.rollout.analysis import Thresholds
 from tideline.rollout.backends.local import LocalBackend, default_predictor_factory, pid_alive
 from tideline.rollout.controller import RolloutController, create_rollout, load_rollout
+from tideline.rollout.guard import WatchSpec
 
 pytestmark = pytest.mark.slow
 NAME = "tideline"
@@ -275,7 +276,7 @@ def spec(candidate: str, baseline: str, *, shadow_s: float = 2.0, min_labelled: 
                          shadow=m.ShadowSpec(min_duration_s=shadow_s, min_labelled=min_labelled,
                                              max_duration_s=60),
                          steps=(10, 25, 50, 100), interval_s=1.0, thresholds=thresholds, failure_limit=2,
-                         max_inconclusive=15)
+                         max_inconclusive=15, watch=WatchSpec(duration_s=0))
 
 
 def run_rollout(sv: Serving, sp: m.RolloutSpec, reg: Registry) -> tuple[m.RolloutStatus, list[tuple[str, int]]]:
@@ -391,7 +392,7 @@ def test_controller_killed_mid_canary_resumes_to_a_consistent_end(world: World, 
     res = _cli(world, home, "rollout", "start", "--candidate", cand, "--name", NAME, "--shadow-seconds", "2",
                "--steps", "10,25,50,100", "--interval", "1", "--min-requests", "10", "--max-p99-ms", "5000",
                "--bars",
-               str(world.bars_path), "--accuracy-margin", "0.05", "--min-outcomes", "100", "--detach")
+               str(world.bars_path), "--accuracy-margin", "0.05", "--min-outcomes", "100", "--watch-seconds", "0", "--detach")
     assert res.returncode == 0, res.stdout + res.stderr
     assert "live outcomes from" in res.stdout
     pid = int(re.search(r"controller running in the background \(pid (\d+)", res.stdout).group(1))  # type: ignore[union-attr]

@@ -27,6 +27,7 @@ from tideline.rollout import machine as m
 from tideline.rollout.analysis import Thresholds
 from tideline.rollout.backends.local import LocalBackend, pid_alive
 from tideline.rollout.controller import RolloutController, load_rollout
+from tideline.rollout.guard import WatchSpec
 
 pytestmark = pytest.mark.slow
 DOUBLE = str(Path(__file__).with_name("predictor_double.py"))
@@ -75,7 +76,8 @@ def spec(candidate: str, **kw: object) -> m.RolloutSpec:
     return m.RolloutSpec(name="tideline", target="tideline", candidate=candidate, baseline="v1",
                          shadow=m.ShadowSpec(min_duration_s=60, min_labelled=0), steps=(10, 25, 50, 100),
                          interval_s=30, thresholds=Thresholds(min_requests=8, min_labelled=50,
-                                                              max_p99_latency_ms=p99), **kw)  # type: ignore[arg-type]
+                                                              max_p99_latency_ms=p99),
+                         watch=WatchSpec(duration_s=0), **kw)  # type: ignore[arg-type]
 
 
 def test_good_candidate_goes_shadow_canary_promoted(env: tuple) -> None:

@@ -18,17 +18,19 @@ from hypothesis import strategies as st
 from tideline.clock import FakeClock
 from tideline.errors import AliasConflict
 from tideline.monitoring.outcomes import LiveOutcomes
-from tideline.registry.store import NotFound, PreconditionFailed
 from tideline.rollout import machine as m
 from tideline.rollout.analysis import AnalysisResult, MetricsSnapshot
 from tideline.rollout.controller import RolloutController, load_rollout, request_action
+from tideline.rollout.guard import WatchSpec
+from tideline.store import NotFound, PreconditionFailed
 
 
 def _res(verdict: str, labelled: int = 1000) -> AnalysisResult:
     return AnalysisResult(verdict, [], [f"fake {verdict}"], labelled)  # type: ignore[arg-type]
 
 
-SPEC = m.RolloutSpec(name="tideline", target="tideline", candidate="v2", baseline="v1",
+NO_WATCH = WatchSpec(duration_s=0)  # these tests end at Promoted; the guard's watch has its own tests
+SPEC = m.RolloutSpec(watch=NO_WATCH, name="tideline", target="tideline", candidate="v2", baseline="v1",
                      shadow=m.ShadowSpec(min_duration_s=60, min_labelled=50), interval_s=30)
 
 
@@ -83,7 +85,7 @@ def test_consecutive_failures_roll_back_and_a_pass_resets_them() -> None:
 
 
 def test_inconclusive_limit_and_manual_actions() -> None:
-    spec = m.RolloutSpec(name="t", target="t", candidate="v2", baseline="v1", max_inconclusive=3,
+    spec = m.RolloutSpec(watch=NO_WATCH, name="t", target="t", candidate="v2", baseline="v1", max_inconclusive=3,
                          shadow=m.ShadowSpec(0, 0))
     s, acts = m.advance(spec, m.RolloutStatus.initial(spec), None, 0.0)
     assert s.phase == m.Phase.CANARY and s.weight == 10  # shadow skipped
@@ -104,7 +106,7 @@ def test_inconclusive_limit_and_manual_actions() -> None:
 
 
 def test_steps_100_only_promotes_right_after_shadow_and_spec_validation() -> None:
-    spec = m.RolloutSpec(name="t", target="t", candidate="v2", baseline="v1", steps=(100,),
+    spec = m.RolloutSpec(watch=NO_WATCH, name="t", target="t", candidate="v2", baseline="v1", steps=(100,),
                          shadow=m.ShadowSpec(10, 0))
     s, _ = m.advance(spec, m.RolloutStatus.initial(spec), None, 0.0)
     s, _ = m.advance(spec, s, _res("pass"), 30.0)
@@ -124,7 +126,7 @@ def test_steps_100_only_promotes_right_after_shadow_and_spec_validation() -> Non
                           st.integers(0, 2000)), max_size=40))
 @settings(max_examples=300, deadline=None, derandomize=True, database=None)
 def test_random_sequences_keep_the_status_valid(seq: list[tuple[str | None, str | None, int]]) -> None:
-    spec = m.RolloutSpec(name="t", target="t", candidate="v2", baseline="v1", steps=(5, 50, 100),
+    spec = m.RolloutSpec(watch=NO_WATCH, name="t", target="t", candidate="v2", baseline="v1", steps=(5, 50, 100),
                          shadow=m.ShadowSpec(45, 20), max_inconclusive=4)
     s, now = m.RolloutStatus.initial(spec), 0.0
     for verdict, action, labelled in seq:
@@ -319,7 +321,7 @@ class ScriptedAnalyzer:
         return _res(self.verdicts.pop(0) if self.verdicts else "pass")
 
 
-CTRL_SPEC = m.RolloutSpec(name="tideline", target="tideline", candidate="v2", baseline="v1",
+CTRL_SPEC = m.RolloutSpec(watch=NO_WATCH, name="tideline", target="tideline", candidate="v2", baseline="v1",
                           shadow=m.ShadowSpec(min_duration_s=30, min_labelled=10), steps=(10, 50, 100),
                           interval_s=30, max_inconclusive=5)
 

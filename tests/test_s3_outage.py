@@ -19,7 +19,7 @@ from botocore.exceptions import ClientError, EndpointConnectionError, ResponseSt
 from reliability.faultproxy import FaultProxy
 from tideline.errors import ConfigError, RegistryError, StorageUnavailable
 from tideline.registry import Registry, Status
-from tideline.registry.store import NotFound, PreconditionFailed, S3Store
+from tideline.store import NotFound, PreconditionFailed, S3Store
 
 BUCKET = "outage-tests"
 
@@ -71,7 +71,7 @@ def test_dead_endpoint_retries_then_gives_up_with_one_line(caplog: pytest.LogCap
     sleeps = Sleeps()
     s = S3Store(BUCKET, "p", endpoint_url="http://127.0.0.1:9", attempts=4, backoff_s=0.2, max_backoff_s=10,
                 sleep=sleeps)
-    with caplog.at_level(logging.WARNING, logger="tideline.registry.store"), \
+    with caplog.at_level(logging.WARNING, logger="tideline.store"), \
             pytest.raises(StorageUnavailable) as ei:
         s.get("state.json")
     msg = str(ei.value)
@@ -321,6 +321,7 @@ def test_controller_rides_over_a_short_store_outage(proxy: FaultProxy, moto: tup
     from tideline.rollout import machine as m
     from tideline.rollout.analysis import AnalysisResult, Thresholds
     from tideline.rollout.controller import RolloutController
+    from tideline.rollout.guard import WatchSpec
 
     direct = Registry(_store(moto[0], "ride-over"))
     art = tmp_path / "art"
@@ -342,7 +343,8 @@ def test_controller_rides_over_a_short_store_outage(proxy: FaultProxy, moto: tup
 
     spec = m.RolloutSpec(name="r", target="t", candidate="v2", baseline="v1",
                          shadow=m.ShadowSpec(min_duration_s=30, min_labelled=1), steps=(10, 50, 100),
-                         interval_s=30, thresholds=Thresholds(min_requests=1, min_labelled=1))
+                         interval_s=30, thresholds=Thresholds(min_requests=1, min_labelled=1),
+                         watch=WatchSpec(duration_s=0))
     ctrl = RolloutController(spec, backend, store, FakeClock(on_sleep=on_sleep),
                              lambda i, t: AnalysisResult("pass", [], [], labelled=10), max_store_failures=3)
     with caplog.at_level(logging.WARNING, logger="tideline.rollout.controller"):

@@ -61,7 +61,6 @@ from tideline.errors import TidelineError
 from tideline.monitoring.outcomes import LiveOutcomes, WatchOutcomes
 from tideline.registry import Registry
 from tideline.registry.signing import Signing
-from tideline.registry.store import FileStore, NotFound, PreconditionFailed
 from tideline.rollout import machine as m
 from tideline.rollout.analysis import MetricsSnapshot, SeriesMetrics, Thresholds, analyze
 from tideline.rollout.backends import BackendError, RegistryOps
@@ -75,6 +74,7 @@ from tideline.rollout.controller import (
 )
 from tideline.rollout.cr import ACTION_ANNOTATION, GROUP, KIND, PLURAL, VERSION, CRStatusStore, doc_from_cr, spec_to_cr
 from tideline.rollout.guard import WatchSpec
+from tideline.store import FileStore, NotFound, PreconditionFailed
 
 AREA = "Faults"
 NAME = "tideline"
@@ -88,8 +88,8 @@ SPEC = m.RolloutSpec(name=NAME, target=NAME, candidate="v2", baseline="v1",
                      shadow=m.ShadowSpec(min_duration_s=INTERVAL, min_labelled=100, max_duration_s=3600),
                      steps=(10, 25, 50, 100), interval_s=INTERVAL,
                      thresholds=Thresholds(min_requests=20, min_labelled=100), failure_limit=2,
-                     max_inconclusive=20)
-SPEC_GUARD = dataclasses.replace(SPEC, watch=WatchSpec(duration_s=5 * INTERVAL))
+                     max_inconclusive=20, watch=WatchSpec(duration_s=0))
+SPEC_GUARD = dataclasses.replace(SPEC, watch=WatchSpec(duration_s=5 * INTERVAL, min_accuracy=None, min_outcomes=50))
 """the guard's kind: promoted, watched with v1 in shadow, found worse on the same requests, reverted."""
 
 

@@ -99,16 +99,17 @@ class _Conn:
                     if action == "down":
                         self.proxy.down(refuse=refuse)
                         return
-                    self.upstream.sendall(head)
+                    # armed before the head goes upstream: a fast answer must not slip past the fault
                     self.body_left = length
-                    if chunked:
-                        opaque = True
-                        self.upstream.sendall(buf)
-                        buf = b""
                     if action in ("drop", "drop_down"):
                         self.drop_armed = True
                         self.drop_then_down = action == "drop_down"
                         self.refuse = refuse
+                    self.upstream.sendall(head)
+                    if chunked:
+                        opaque = True
+                        self.upstream.sendall(buf)
+                        buf = b""
         except OSError:
             pass
         finally:

@@ -97,7 +97,7 @@ def _env(endpoint: str, quick: bool = False) -> dict[str, str]:
 
 
 def _policy(quick: bool) -> str:
-    from tideline.registry.store import DEFAULT_S3_ATTEMPTS, DEFAULT_S3_BACKOFF_S
+    from tideline.store import DEFAULT_S3_ATTEMPTS, DEFAULT_S3_BACKOFF_S
 
     return f"retry policy {DEFAULT_S3_ATTEMPTS} attempts, {_QUICK_BACKOFF_S if quick else DEFAULT_S3_BACKOFF_S:g} s base"
 
@@ -513,10 +513,11 @@ def _rollout_once(direct: str, proxy: FaultProxy, prefix: str, label: str, candi
     from tideline.clock import FakeClock
     from tideline.errors import StorageUnavailable
     from tideline.registry import Registry, Status
-    from tideline.registry.store import S3Store
     from tideline.rollout import machine as m
     from tideline.rollout.analysis import AnalysisResult, Thresholds
     from tideline.rollout.controller import RolloutController, load_rollout
+    from tideline.rollout.guard import WatchSpec
+    from tideline.store import S3Store
 
     direct_reg = _registry(direct, prefix)
     art = Path(tempfile.mkdtemp(prefix="art-"))
@@ -558,7 +559,8 @@ def _rollout_once(direct: str, proxy: FaultProxy, prefix: str, label: str, candi
     clock = FakeClock(on_sleep=on_sleep)
     spec = m.RolloutSpec(name="outage", target="tideline", candidate=candidate, baseline="v1",
                          shadow=m.ShadowSpec(min_duration_s=60, min_labelled=0), steps=(10, 50, 100),
-                         interval_s=30, thresholds=Thresholds(min_requests=1, min_labelled=1))
+                         interval_s=30, thresholds=Thresholds(min_requests=1, min_labelled=1),
+                         watch=WatchSpec(duration_s=0))
     ctrl = RolloutController(spec, backend, store, clock, analyzer, owner="first")
     counter.n = 0
     error: str | None = None
@@ -632,7 +634,7 @@ def _rollout(quick: bool, work: Path) -> dict[str, Any]:
     tally = Tally()
     moments = _ROLLOUT_MOMENTS[: 1 if quick else None]
     counter = _RetryCounter()
-    store_log = logging.getLogger("tideline.registry.store")
+    store_log = logging.getLogger("tideline.store")
     store_log.addHandler(counter)
     ctrl_log = logging.getLogger("tideline.rollout")
     old_level = ctrl_log.level

@@ -605,7 +605,7 @@ def bad_names(quick: bool, work: Path) -> dict[str, Any]:
     from tideline.errors import TidelineError
     from tideline.registry import open_registry
     from tideline.registry.signing import Signing
-    from tideline.registry.store import S3Store, validate_key
+    from tideline.store import S3Store, validate_key
 
     t0 = time.perf_counter()
     root = work / "names" / "registry"

@@ -128,12 +128,17 @@ class LoopRolloutConfig(BaseModel):
     name: str = Field("tideline", description="the rollout's (and the served model's) name")
     shadow_seconds: float = Field(60.0, ge=0, description="minimum time in shadow; 0 skips shadow")
     min_labelled: int = Field(0, ge=0, description="labelled live outcomes needed to leave shadow")
+    shadow_max_seconds: float = Field(3600.0, ge=0, description="still short of min_labelled after this long in "
+                                                                "shadow: roll back (0: wait forever)")
     steps: list[int] = Field(default_factory=lambda: [10, 25, 50, 100], description="canary weights, %")
     interval_seconds: float = Field(30.0, gt=0, description="seconds between analyses")
     failure_limit: int = Field(2, ge=1, description="consecutive failed analyses that roll back")
     max_inconclusive: int = Field(20, ge=0, description="inconclusive analyses in a row that roll back")
     max_error_rate: float = Field(0.01, ge=0, le=1)
     max_p99_latency_ms: float = Field(250.0, gt=0)
+    max_ks: float = Field(0.25, gt=0, le=1, description="KS statistic of candidate vs active live absolute errors")
+    max_prediction_divergence: float = Field(
+        0.35, gt=0, le=1, description="Jensen-Shannon distance (base 2) of candidate vs active predictions")
     min_requests: int = Field(20, ge=1, description="candidate requests per interval to judge it")
     accuracy_margin: float = Field(0.02, ge=0, le=1, description="live accuracy the candidate may lose")
     min_outcomes: int = Field(50, ge=1, description="labelled live outcomes per side before accuracy counts")
@@ -151,6 +156,11 @@ class LoopRolloutConfig(BaseModel):
                                      "spec.mode)")
     metrics_source: str = Field("pods", description="on a cluster: where the operator reads the predictors' "
                                                     "counters: 'pods' (their /metrics) or a Prometheus base URL")
+
+
+ROLLOUT_DEFAULTS = LoopRolloutConfig()
+"""Every rollout default, in one place: ``tideline.rollout``'s specs, ``tideline rollout start`` and the
+ModelRollout CRD's ``default:`` values read these (a test holds the CRD to them)."""
 
 
 class LoopScheduleConfig(BaseModel):

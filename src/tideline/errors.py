@@ -54,7 +54,7 @@ class VersionNotFound(RegistryError):
 
 
 class AliasConflict(RegistryError):
-    """A compare-and-swap on the registry state lost against another writer."""
+    """A compare-and-swap on a shared document (registry state, a rollout, a lock) kept losing to other writers."""
 
     exit_code = 7
 

@@ -18,6 +18,8 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TextIO
 
+from tideline.config import ROLLOUT_DEFAULTS
+
 GROUP = "tideline.io"
 VERSION = "v1alpha1"
 PLURAL = "modelrollouts"
@@ -137,7 +139,7 @@ def render_status(obj: Mapping[str, Any], now: float | None = None) -> str:
     lines = [
         f"Name:        {meta.get('name')}",
         f"Namespace:   {meta.get('namespace')}",
-        f"Target:      inferenceservice/{spec.get('targetRef')} ({spec.get('mode') or 'Serverless'})",
+        f"Target:      inferenceservice/{spec.get('targetRef')} ({spec.get('mode') or ROLLOUT_DEFAULTS.mode})",
         f"Phase:       {st.get('phase') or 'Pending'}" + (f"  (requested: {pending})" if pending else ""),
         f"Weight:      {st.get('weight', 0)}%" + (f"  step {st.get('step', -1) + 1}/{len(steps)} of {steps}"
                                                    if steps and st.get("phase") == "Canary" else ""),

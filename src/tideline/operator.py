@@ -28,6 +28,7 @@ from typing import Any
 
 import pandas as pd
 
+from tideline.config import ROLLOUT_DEFAULTS
 from tideline.errors import ConfigError, StorageUnavailable, TidelineError
 from tideline.registry import Registry, open_registry
 from tideline.rollout import machine
@@ -167,7 +168,7 @@ class Reconciler:
                 outcomes = self._outcomes[(ns, name)] = outcomes_from_log(
                     registry, spec.bars, since=since, endpoint_url=os.environ.get("AWS_ENDPOINT_URL"))
         return KServeBackend(
-            self.custom_api, ns, spec.target, registry, str(spec_cr.get("mode") or "Serverless"), reader,
+            self.custom_api, ns, spec.target, registry, str(spec_cr.get("mode") or ROLLOUT_DEFAULTS.mode), reader,
             versions=[spec.candidate], baseline=spec.baseline, outcomes_reader=outcomes,
         )
 

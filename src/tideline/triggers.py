@@ -44,9 +44,9 @@ import pandas as pd
 
 from tideline.clock import Now, aware, utcnow
 from tideline.config import TRIGGER_RULES, Settings, TriggerConfig
-from tideline.errors import ConfigError, PolicyError, TidelineError
+from tideline.errors import AliasConflict, ConfigError, PolicyError, TidelineError
 from tideline.registry.core import ModelVersion, Registry
-from tideline.registry.store import NotFound, PreconditionFailed, Store
+from tideline.store import RELEASED, Lease, NotFound, PreconditionFailed, Store, Unchanged, cas
 
 log = logging.getLogger(__name__)
 
@@ -513,20 +513,34 @@ class LockInfo:
     owner: str
     released: bool = False
 
-    def expired(self, now: datetime) -> bool:
+    @property
+    def lease(self) -> Lease:
+        """The run's lease (``tideline.store.Lease``): held by ``run_id`` until ``expires_at``, unless released;
+        a lock whose expiry cannot be read holds nothing."""
         exp = _parse_time(self.expires_at)
-        return exp is None or aware(now) >= exp
+        return RELEASED if self.released or exp is None else Lease(self.run_id, exp.timestamp())
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    @classmethod
+    def from_json(cls, raw: bytes) -> LockInfo | None:
+        """The stored lock; ``None`` for one that cannot be parsed (it counts as expired)."""
+        try:
+            d = json.loads(raw)
+            return cls(**{k: d[k] for k in ("run_id", "reason", "acquired_at", "expires_at", "owner")},
+                       released=bool(d.get("released", False)))
+        except (ValueError, KeyError, TypeError):
+            log.warning("a run lock is unreadable; it counts as expired")
+            return None
 
 
 class RunLock:
     """One retraining run at a time, on any ``Store`` (a directory or S3): ``runs/lock.json``.
 
-    ``acquire`` creates the key create-only; when it exists and is released or expired it is replaced by
-    compare-and-swap on its etag, so of two contenders exactly one wins. ``release`` writes a released
-    tombstone, also by compare-and-swap, and only for the owning run.
+    The lock document carries the run's ``Lease``, written with the store's compare-and-swap
+    (``tideline.store.cas``): of two contenders exactly one wins; a released or expired lock is taken over.
+    ``release`` writes a released tombstone, only for the owning run.
     """
 
     def __init__(self, store: Store, ttl: float | timedelta = 6 * 3600.0, *, clock: Now = utcnow,
@@ -538,76 +552,60 @@ class RunLock:
         self.clock = clock
         self.key = key
 
-    def _read(self) -> tuple[LockInfo | None, str | None, bool]:
-        """(info, etag, exists). A lock that cannot be parsed is returned as None with its etag."""
+    def _read(self) -> LockInfo | None:
         try:
-            raw, etag = self.store.get(self.key)
+            raw, _ = self.store.get(self.key)
         except NotFound:
-            return None, None, False
-        try:
-            d = json.loads(raw)
-            info = LockInfo(**{k: d[k] for k in ("run_id", "reason", "acquired_at", "expires_at", "owner")},
-                            released=bool(d.get("released", False)))
-        except (ValueError, KeyError, TypeError):
-            log.warning("run lock %s is unreadable; it counts as expired", self.key)
-            return None, etag, True
-        return info, etag, True
+            return None
+        return LockInfo.from_json(raw)
 
     def current(self, now: datetime | None = None) -> LockInfo | None:
         """The lock held right now (neither released nor expired), or None."""
-        info, _, _ = self._read()
+        info = self._read()
         now = aware(now or self.clock())
-        if info is None or info.released or info.expired(now):
+        if info is None or not info.lease.live(now.timestamp()):
             return None
         return info
 
     def acquire(self, run_id: str, reason: str = "", now: datetime | None = None) -> bool:
-        """Take the lock for ``run_id``; False when another run holds it."""
+        """Take the lock for ``run_id``; False when another run holds it (True if ``run_id`` already does)."""
         now = aware(now or self.clock())
         info = LockInfo(run_id=run_id, reason=reason, acquired_at=now.isoformat(),
                         expires_at=(now + self.ttl).isoformat(), owner=f"{socket.gethostname()}:{os.getpid()}")
-        data = json.dumps(info.to_dict() | {"nonce": uuid.uuid4().hex}, indent=1).encode()
-        for _ in range(8):
-            try:
-                self.store.put(self.key, data, if_none_match=True)
-                log.info("run lock taken by %s", run_id)
-                return True
-            except PreconditionFailed:
-                pass
-            held, etag, exists = self._read()
-            if not exists:
-                continue  # removed meanwhile: try create-only again
-            if held is not None and not held.released and not held.expired(now):
-                return held.run_id == run_id
-            try:
-                self.store.put(self.key, data, if_match=etag)
-                log.info("run lock taken over by %s (was %s)", run_id,
-                         "unreadable" if held is None else f"{held.run_id}, "
-                         f"{'released' if held.released else 'expired'}")
-                return True
-            except PreconditionFailed:
-                continue  # somebody else changed it first: look again
-        return False
+
+        def take(held: LockInfo | None) -> tuple[dict[str, Any], bool]:
+            if held is not None and held.lease.live(now.timestamp()):
+                raise Unchanged(held.run_id == run_id)
+            if held is not None:
+                log.info("run lock taken over by %s (was %s, %s)", run_id, held.run_id,
+                         "released" if held.released else "expired")
+            return info.to_dict(), True
+
+        try:
+            taken: bool = cas.update(self.store, self.key, take, load=LockInfo.from_json, dump=cas.dumps)
+        except AliasConflict:
+            return False
+        if taken:
+            log.info("run lock taken by %s", run_id)
+        return taken
 
     def release(self, run_id: str, now: datetime | None = None) -> bool:
         """Release the lock held by ``run_id``; PolicyError when another run holds it; False if none held."""
         now = aware(now or self.clock())
-        for _ in range(8):
-            held, etag, exists = self._read()
-            if not exists or held is None or held.released:
-                return False
+
+        def tombstone(held: LockInfo | None) -> tuple[dict[str, Any], bool]:
+            if held is None or held.released:
+                raise Unchanged(False)
             if held.run_id != run_id:
                 raise PolicyError(f"run lock is held by run {held.run_id} (since {held.acquired_at}), "
                                   f"not by {run_id}: refusing to release it")
-            tomb = LockInfo(**(held.to_dict() | {"released": True}))
-            data = json.dumps(tomb.to_dict() | {"released_at": now.isoformat()}, indent=1).encode()
-            try:
-                self.store.put(self.key, data, if_match=etag)
-                log.info("run lock released by %s", run_id)
-                return True
-            except PreconditionFailed:
-                continue
-        raise PolicyError(f"could not release the run lock of {run_id}: it kept changing")
+            return held.to_dict() | {"released": True, "released_at": now.isoformat()}, True
+
+        released: bool = cas.update(self.store, self.key, tombstone, load=LockInfo.from_json, dump=cas.dumps,
+                                    conflict=f"could not release the run lock of {run_id}: it kept changing")
+        if released:
+            log.info("run lock released by %s", run_id)
+        return released
 
 
 # ---- decide and start ---------------------------------------------------------------------------------------

@@ -140,29 +140,34 @@ def rollout_start(
     ctx: typer.Context,
     candidate: Annotated[str, typer.Option("--candidate", help="Version (or alias) to roll out.")],
     name: Annotated[str, _NAME] = "tideline",
-    shadow_seconds: Annotated[float, typer.Option(min=0, help="Minimum shadow time; 0 skips shadow.")] = 60.0,
-    min_labelled: Annotated[int, typer.Option(
-        min=0, help="Labelled live outcomes needed to leave shadow (needs an outcome source; 0: none).")] = 0,
-    steps: Annotated[str, typer.Option(help="Canary weights in percent; a final 100 means promote.")] = "10,25,50,100",
-    interval: Annotated[float, typer.Option(min=0.1, help="Seconds between analyses.")] = 30.0,
-    failure_limit: Annotated[int, typer.Option(min=1, help="Consecutive failed analyses that roll back.")] = 2,
-    max_inconclusive: Annotated[int, typer.Option(min=0, help="Inconclusive analyses in a row that roll back.")] = 20,
-    max_error_rate: Annotated[float, typer.Option(min=0, max=1)] = 0.01,
-    max_p99_ms: Annotated[float, typer.Option(min=0.001)] = 250.0,
-    min_requests: Annotated[int, typer.Option(min=1, help="Candidate requests per interval to judge it.")] = 20,
+    shadow_seconds: Annotated[float | None, typer.Option(
+        min=0, help="Minimum shadow time; 0 skips shadow. Unset options take the [loop.rollout] settings.")] = None,
+    min_labelled: Annotated[int | None, typer.Option(
+        min=0, help="Labelled live outcomes needed to leave shadow (needs an outcome source; 0: none).")] = None,
+    steps: Annotated[str | None, typer.Option(help="Canary weights in percent; a final 100 means promote.")] = None,
+    interval: Annotated[float | None, typer.Option(min=0.1, help="Seconds between analyses.")] = None,
+    failure_limit: Annotated[int | None, typer.Option(
+        min=1, help="Consecutive failed analyses that roll back.")] = None,
+    max_inconclusive: Annotated[int | None, typer.Option(
+        min=0, help="Inconclusive analyses in a row that roll back.")] = None,
+    max_error_rate: Annotated[float | None, typer.Option(min=0, max=1)] = None,
+    max_p99_ms: Annotated[float | None, typer.Option(min=0.001)] = None,
+    min_requests: Annotated[int | None, typer.Option(min=1, help="Candidate requests per interval to judge it.")] = None,
+    watch_seconds: Annotated[float | None, typer.Option(
+        min=0, help="The guard's watch after promotion: previous stays in shadow and a worse new production is "
+                    "reverted (0: no watch).")] = None,
     bars: Annotated[str | None, typer.Option(
         "--bars", help="Recent bars (CSV, Parquet, a directory, s3://) to join live predictions with: enables "
                        "the live accuracy and error checks. Without it they stay inconclusive.")] = None,
-    accuracy_margin: Annotated[float, typer.Option(
-        min=0, max=1, help="Live directional accuracy the candidate may lose against production.")] = 0.02,
-    min_outcomes: Annotated[int, typer.Option(
-        min=1, help="Labelled live outcomes per side before the accuracy/error checks count.")] = 50,
+    accuracy_margin: Annotated[float | None, typer.Option(
+        min=0, max=1, help="Live directional accuracy the candidate may lose against production.")] = None,
+    min_outcomes: Annotated[int | None, typer.Option(
+        min=1, help="Labelled live outcomes per side before the accuracy/error checks count.")] = None,
     detach: Annotated[bool, typer.Option("--detach", help="Run the controller in the background.")] = False,
 ) -> None:
     """Start a rollout of CANDIDATE against production: shadow, canary steps, promote or roll back."""
-    from tideline.rollout.analysis import Thresholds
     from tideline.rollout.controller import create_rollout
-    from tideline.rollout.machine import RolloutSpec, ShadowSpec, parse_steps
+    from tideline.rollout.machine import RolloutSpec, parse_steps
 
     s, reg = _ctx(ctx)
     baseline = reg.aliases().get("production")
@@ -182,21 +187,19 @@ def rollout_start(
     finally:
         backend.close()
     try:
-        spec = RolloutSpec(
-            name=name, target=name, candidate=cand, baseline=baseline,
-            shadow=ShadowSpec(min_duration_s=shadow_seconds, min_labelled=min_labelled),
-            steps=parse_steps(steps), interval_s=interval, failure_limit=failure_limit,
-            max_inconclusive=max_inconclusive, bars=bars,
-            thresholds=Thresholds(max_error_rate=max_error_rate, max_p99_latency_ms=max_p99_ms,
-                                  min_requests=min_requests, accuracy_margin=accuracy_margin,
-                                  min_labelled=min_outcomes),
-        )
+        given = {"shadow_seconds": shadow_seconds, "min_labelled": min_labelled, "interval_seconds": interval,
+                 "steps": list(parse_steps(steps)) if steps is not None else None,
+                 "failure_limit": failure_limit, "max_inconclusive": max_inconclusive,
+                 "max_error_rate": max_error_rate, "max_p99_latency_ms": max_p99_ms, "min_requests": min_requests,
+                 "accuracy_margin": accuracy_margin, "min_outcomes": min_outcomes, "watch_seconds": watch_seconds}
+        cfg = s.loop.rollout.model_copy(update={k: v for k, v in given.items() if v is not None})
+        spec = RolloutSpec.from_settings(cfg, candidate=cand, baseline=baseline, bars=bars, name=name)
     except ValueError as e:
         raise ConfigError(str(e)) from None
     create_rollout(reg.store, spec, time.time())
     reg.set_alias("candidate", cand, reason=f"rollout {name} started", actor="rollout")
-    out.print(f"rollout {name}: {cand} vs production {baseline}, shadow {shadow_seconds:g}s, "
-              f"steps {list(spec.steps)}, every {interval:g}s"
+    out.print(f"rollout {name}: {cand} vs production {baseline}, shadow {spec.shadow.min_duration_s:g}s, "
+              f"steps {list(spec.steps)}, every {spec.interval_s:g}s"
               + (f", live outcomes from {bars}" if bars else ", no live outcomes (--bars not given)"),
               highlight=False)
     if detach:

@@ -25,6 +25,7 @@ The clock is injected (``clock``): ``--now`` for a fixed instant, an accelerated
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -40,12 +41,12 @@ import pandas as pd
 
 from tideline.clock import Now, aware, utcnow
 from tideline.config import Settings
-from tideline.errors import PolicyError, RunInProgress, TidelineError
+from tideline.errors import AliasConflict, PolicyError, RunInProgress, TidelineError
 from tideline.features import warmup_bars
 from tideline.loop.ingest import ingest, stored_bars
 from tideline.loop.schedule import Schedule
 from tideline.registry import Registry
-from tideline.registry.store import NotFound, PreconditionFailed
+from tideline.store import NotFound, Unchanged, update_json
 from tideline.triggers import (
     DRIFT_ATTACHMENT,
     LockInfo,
@@ -178,17 +179,14 @@ class LoopLease:
     @staticmethod
     def release_dead(lock: RunLock, dead: LockInfo) -> None:
         """Mark ``dead``'s hold of ``lock`` released (compare-and-swap: a lock that moved on is left alone)."""
-        raw, etag = lock.store.get(lock.key)
-        doc = json.loads(raw)
-        if doc.get("run_id") != dead.run_id:
-            return
-        doc["released"] = True
-        doc["released_at"] = utcnow().isoformat()
-        doc["released_by"] = "a later tick: the holder's process was gone"
-        try:
-            lock.store.put(lock.key, json.dumps(doc, indent=1).encode(), if_match=etag)
-        except PreconditionFailed:
-            pass
+        def release(doc: dict[str, Any] | None) -> tuple[dict[str, Any], None]:
+            if doc is None or doc.get("run_id") != dead.run_id:
+                raise Unchanged()
+            return doc | {"released": True, "released_at": utcnow().isoformat(),
+                          "released_by": "a later tick: the holder's process was gone"}, None
+
+        with contextlib.suppress(AliasConflict):  # it kept changing: somebody else is acting on it
+            update_json(lock.store, lock.key, release)
 
     def release(self, tick_id: str) -> None:
         try:

@@ -29,7 +29,7 @@ import pandas as pd
 from tideline.data import list_source_files, read_bars_bytes, validate_bars
 from tideline.data.schema import NUMERIC_COLUMNS
 from tideline.errors import DataError, TidelineError
-from tideline.registry.store import NotFound, PreconditionFailed, Store
+from tideline.store import NotFound, Store, update_json
 
 log = logging.getLogger(__name__)
 
@@ -94,12 +94,20 @@ def _read_state(store: Store) -> tuple[dict[str, Any], str | None]:
     try:
         raw, etag = store.get(STATE_KEY)
     except NotFound:
-        return {"hashes": {}, "names": {}}, None
+        return _empty_state(), None
+    return _parse_state(store, raw), etag
+
+
+def _empty_state() -> dict[str, Any]:
+    return {"hashes": {}, "names": {}}
+
+
+def _parse_state(store: Store, raw: bytes) -> dict[str, Any]:
     try:
         doc = json.loads(raw)
         if isinstance(doc.get("hashes"), dict) and isinstance(doc.get("names"), dict):
-            return doc, etag
-    except ValueError:
+            return dict(doc)
+    except (ValueError, AttributeError):
         pass
     raise TidelineError(f"the loop's ingest state {store.uri}/{STATE_KEY} is unreadable",
                         hint="restore it from the store's versioning, or delete it to read every file again")
@@ -107,21 +115,16 @@ def _read_state(store: Store) -> tuple[dict[str, Any], str | None]:
 
 def _remember(store: Store, outcome: FileOutcome, at: str) -> None:
     """Record a file's outcome (compare-and-swap, so two writers never lose each other's entries)."""
-    for _ in range(_STATE_ATTEMPTS):
-        doc, etag = _read_state(store)
+
+    def record(doc: dict[str, Any] | None) -> tuple[dict[str, Any], None]:
+        doc = doc or _empty_state()
         doc["hashes"][outcome.sha256] = {"name": outcome.name, "outcome": outcome.outcome, "at": at,
                                          **({"reason": outcome.reason} if outcome.reason else {})}
         doc["names"][outcome.name] = outcome.sha256
-        data = json.dumps(doc, indent=1, sort_keys=True).encode()
-        try:
-            if etag is None:
-                store.put(STATE_KEY, data, if_none_match=True)
-            else:
-                store.put(STATE_KEY, data, if_match=etag)
-            return
-        except PreconditionFailed:
-            continue
-    raise TidelineError(f"could not record {outcome.name} in {STATE_KEY}: it kept changing")
+        return doc, None
+
+    update_json(store, STATE_KEY, record, attempts=_STATE_ATTEMPTS, load=lambda raw: _parse_state(store, raw),
+                conflict=f"could not record {outcome.name} in {STATE_KEY}: it kept changing")
 
 
 # ---- the bar store -----------------------------------------------------------------------------------------

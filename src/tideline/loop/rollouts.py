@@ -13,25 +13,14 @@ from typing import Any
 from tideline.config import LoopRolloutConfig, Settings
 from tideline.errors import ConfigError
 from tideline.registry import Registry
-from tideline.rollout.analysis import Thresholds
 from tideline.rollout.controller import create_rollout, list_rollouts, load_rollout
-from tideline.rollout.guard import WatchSpec
-from tideline.rollout.machine import RolloutSpec, ShadowSpec
+from tideline.rollout.machine import RolloutSpec
 
 
 def rollout_spec(cfg: LoopRolloutConfig, candidate: str, baseline: str, bars: str | None) -> RolloutSpec:
-    """The rollout of ``candidate`` against ``baseline`` that the settings describe."""
+    """The rollout of ``candidate`` against ``baseline`` that the settings describe (``ConfigError`` if invalid)."""
     try:
-        return RolloutSpec(
-            name=cfg.name, target=cfg.name, candidate=candidate, baseline=baseline,
-            shadow=ShadowSpec(min_duration_s=cfg.shadow_seconds, min_labelled=cfg.min_labelled),
-            steps=tuple(cfg.steps), interval_s=cfg.interval_seconds, failure_limit=cfg.failure_limit,
-            max_inconclusive=cfg.max_inconclusive, bars=bars,
-            watch=WatchSpec(duration_s=cfg.watch_seconds, alpha=cfg.watch_alpha, min_accuracy=cfg.watch_min_accuracy,
-                            min_outcomes=cfg.watch_min_outcomes),
-            thresholds=Thresholds(max_error_rate=cfg.max_error_rate, max_p99_latency_ms=cfg.max_p99_latency_ms,
-                                  min_requests=cfg.min_requests, accuracy_margin=cfg.accuracy_margin,
-                                  min_labelled=cfg.min_outcomes))
+        return RolloutSpec.from_settings(cfg, candidate=candidate, baseline=baseline, bars=bars)
     except ValueError as e:
         raise ConfigError(f"loop.rollout: {e}") from None
 

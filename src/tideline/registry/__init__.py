@@ -15,7 +15,7 @@ from tideline.registry.core import (
     VersionCheck,
     open_registry,
 )
-from tideline.registry.store import FileStore, S3Store, Store, open_store
+from tideline.store import FileStore, S3Store, Store, open_store
 
 __all__ = [
     "ALIASES",

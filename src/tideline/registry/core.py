@@ -50,7 +50,6 @@ import hashlib
 import json
 import logging
 import os
-import random
 import re
 import shutil
 import tempfile
@@ -75,7 +74,7 @@ from tideline.errors import (
     VersionNotFound,
 )
 from tideline.registry.signing import Signing
-from tideline.registry.store import NotFound, PreconditionFailed, Store, open_store, validate_key
+from tideline.store import NotFound, PreconditionFailed, Store, Unchanged, cas, open_store, validate_key
 
 log = logging.getLogger(__name__)
 
@@ -225,14 +224,6 @@ class _State(BaseModel):
     kill_switch: KillSwitchState | None = None
 
 
-class _NoChange(Exception):
-    """Raised by a state mutator that decided nothing needs writing; carries the result."""
-
-    def __init__(self, result: Any) -> None:
-        super().__init__()
-        self.result = result
-
-
 def _vnum(version: str) -> int:
     m = _VERSION_RE.match(version)
     return int(m.group(1)) if m else -1
@@ -312,45 +303,33 @@ class Registry:
             data, etag = self.store.get(_STATE_KEY)
         except NotFound:
             return _State(), None
+        return self._parse_state(data), etag
+
+    def _parse_state(self, data: bytes) -> _State:
         try:
-            return _State.model_validate_json(data), etag
+            return _State.model_validate_json(data)
         except PydanticValidationError as e:
             raise RegistryError(f"registry state {self.store.uri}/{_STATE_KEY} is corrupt: {e}") from e
 
     def _update_state(self, mutate: Callable[[_State], tuple[T, list[Event]]]) -> T:
-        """Compare-and-swap loop: read, mutate, write with if_match; retry with jittered backoff.
+        """Compare-and-swap the state document (``tideline.store.cas.update``, with its lost-write check).
 
-        ``mutate`` runs on a fresh copy each attempt; it returns (result, events) or raises _NoChange.
+        ``mutate`` runs on a fresh copy each attempt; it returns (result, events) or raises ``Unchanged(result)``.
         """
-        for attempt in range(_CAS_ATTEMPTS):
-            state, etag = self._read_state()
-            try:
-                result, events = mutate(state)
-            except _NoChange as nc:
-                return nc.result  # type: ignore[no-any-return]
+
+        def step(state: _State | None) -> tuple[_State, T]:
+            state = state or _State()
+            result, events = mutate(state)  # or Unchanged(result): nothing to write
             state.events.extend(events)
             state.revision += 1
-            state.write_id = uuid.uuid4().hex
-            data = state.model_dump_json(indent=1).encode()
-            try:
-                if etag is None:
-                    self.store.put(_STATE_KEY, data, if_none_match=True)
-                else:
-                    self.store.put(_STATE_KEY, data, if_match=etag)
-                return result
-            except PreconditionFailed:
-                # A retried request may have landed before the response was lost: the write_id makes
-                # our bytes unique, so finding them in place means we won.
-                try:
-                    if self.store.get(_STATE_KEY)[0] == data:
-                        return result
-                except NotFound:
-                    pass
-                time.sleep(random.uniform(0, min(0.2, 0.002 * 2**attempt)))
-        raise AliasConflict(
-            f"could not update registry state after {_CAS_ATTEMPTS} attempts",
-            hint="too many concurrent writers; try again",
-        )
+            return state, result
+
+        def dump(state: _State) -> bytes:
+            state.write_id = uuid.uuid4().hex  # unique bytes: the lost-write check recognises our own write
+            return state.model_dump_json(indent=1).encode()
+
+        return cas.update(self.store, _STATE_KEY, step, load=self._parse_state, dump=dump, attempts=_CAS_ATTEMPTS,
+                          conflict=f"could not update registry state after {_CAS_ATTEMPTS} attempts")
 
     # -- manifests ------------------------------------------------------------------------------
     def _version_ids(self) -> list[str]:
@@ -551,7 +530,7 @@ class Registry:
         def mutate(st: _State) -> tuple[Event, list[Event]]:
             ev = Event(at=_now(), action="kill_switch_on" if on else "kill_switch_off", reason=reason, actor=actor)
             if (st.kill_switch is not None) == on:
-                raise _NoChange(ev)
+                raise Unchanged(ev)
             st.kill_switch = KillSwitchState(at=ev.at, reason=reason, actor=actor) if on else None
             return ev, [ev]
 
@@ -614,15 +593,10 @@ class Registry:
                 body = json.loads(mv.model_dump_json(exclude={"signature"}))
                 mv = mv.model_copy(update={"signature": Signature(**self._signing.sign(body))})
             data = mv.model_dump_json(indent=1).encode()
-            try:
-                self.store.put(_manifest_key(mv.version), data, if_none_match=True)
+            try:  # create-only; the unique artifact_prefix makes these bytes ours (the lost-write check)
+                cas.put_if(self.store, _manifest_key(mv.version), data, None)
                 break
             except PreconditionFailed:
-                try:  # unique artifact_prefix: same bytes means a retried request of ours succeeded
-                    if self.store.get(_manifest_key(mv.version))[0] == data:
-                        break
-                except NotFound:
-                    pass
                 n += 1
         else:  # pragma: no cover - would need 10k concurrent writers
             raise RegistryError("could not allocate a version id")
@@ -669,7 +643,7 @@ class Registry:
             if version is not None and version in st.deleted:
                 raise VersionNotFound(f"model version {version!r} was deleted")
             if current == version:
-                raise _NoChange(Event(at=_now(), action="set_alias", version=version, from_version=current,
+                raise Unchanged(Event(at=_now(), action="set_alias", version=version, from_version=current,
                                       alias=alias, reason=reason, actor=actor))
             if version is None:
                 st.aliases.pop(alias, None)
@@ -702,7 +676,7 @@ class Registry:
                 at=_now(), action="set_status", version=version, reason=reason or status.value, actor=actor
             )
             if current == status:
-                raise _NoChange(ev)
+                raise Unchanged(ev)
             st.statuses[version] = status
             return ev, [ev]
 
@@ -729,7 +703,7 @@ class Registry:
                 last = next(
                     (e for e in reversed(st.events) if e.alias == "production" and e.version == v), None
                 )
-                raise _NoChange(last or Event(at=_now(), action="promote", version=v, from_version=v,
+                raise Unchanged(last or Event(at=_now(), action="promote", version=v, from_version=v,
                                               alias="production", reason=reason, actor=actor))
             if current is not None:
                 st.aliases["previous"] = current
@@ -878,7 +852,7 @@ class Registry:
 
         def mutate(st: _State) -> tuple[None, list[Event]]:
             if version in st.deleted:
-                raise _NoChange(None)
+                raise Unchanged(None)
             pointing = sorted(a for a, v in st.aliases.items() if v == version)
             if pointing:
                 raise PolicyError(f"cannot delete {version}: alias {', '.join(pointing)} points to it")
@@ -925,7 +899,7 @@ class Registry:
         def mutate(st: _State) -> tuple[list[str], list[Event]]:
             todo = _unrecorded(old, st)
             if not todo:
-                raise _NoChange(todo)
+                raise Unchanged(todo)
             for v in todo:
                 st.statuses[v] = Status.CANDIDATE
             return todo, [

@@ -26,6 +26,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from tideline.config import ROLLOUT_DEFAULTS as _D
 from tideline.monitoring.outcomes import LiveOutcomes
 
 Verdict = Literal["pass", "fail", "inconclusive"]
@@ -37,20 +38,20 @@ DURATION_METRIC = "tideline_request_duration_seconds"
 # ---- thresholds ----------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Thresholds:
-    """Limits a candidate must stay within during each analysis interval."""
+    """Limits a candidate must stay within during each analysis interval (defaults: ``[loop.rollout]`` settings)."""
 
-    max_error_rate: float = 0.01
+    max_error_rate: float = _D.max_error_rate
     """share of the candidate's requests answered with a 5xx."""
-    max_p99_latency_ms: float = 250.0
-    accuracy_margin: float = 0.02
+    max_p99_latency_ms: float = _D.max_p99_latency_ms
+    accuracy_margin: float = _D.accuracy_margin
     """candidate live directional accuracy may be below the active model's by at most this."""
-    max_ks: float = 0.25
+    max_ks: float = _D.max_ks
     """two-sample Kolmogorov-Smirnov statistic of candidate vs active live absolute errors."""
-    max_prediction_divergence: float = 0.35
+    max_prediction_divergence: float = _D.max_prediction_divergence
     """Jensen-Shannon distance (base 2, 0..1) of candidate vs active predictions on the same requests."""
-    min_requests: int = 20
+    min_requests: int = _D.min_requests
     """fewer candidate requests in an interval: error rate and latency are inconclusive."""
-    min_labelled: int = 50
+    min_labelled: int = _D.min_outcomes
     """fewer labelled outcomes (or prediction pairs) per side: accuracy/KS/divergence are inconclusive."""
 
     def __post_init__(self) -> None:

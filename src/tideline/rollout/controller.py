@@ -44,7 +44,6 @@ from typing import Any
 
 from tideline.clock import Clock, SystemClock
 from tideline.errors import StorageUnavailable
-from tideline.registry.store import Store
 from tideline.rollout import machine as m
 from tideline.rollout.analysis import AnalysisInput, AnalysisResult, MetricsSnapshot, Thresholds, analyze, delta
 from tideline.rollout.backends import PERMANENT_ERRORS, Backend, apply_action
@@ -61,6 +60,7 @@ from tideline.rollout.status import (  # noqa: F401  (re-exported: callers impor
     request_action,
     rollout_key,
 )
+from tideline.store import RELEASED, Store
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +122,7 @@ class RolloutController:
         now = self.clock.now()
         spec = doc.spec
         lease = self.lease_s if self.lease_s is not None else 3 * spec.interval_s
-        if doc.owner not in (None, self.owner) and doc.lease_until > now:
+        if doc.lease.held_by_other(self.owner, now):
             return doc.status  # another live controller owns this rollout
         if doc.status.terminal and doc.requested_action is not None:
             # a request that came after the end, or one whose removal was lost after the write that consumed it
@@ -131,12 +131,12 @@ class RolloutController:
             etag = self._write(doc, etag)
         if doc.status.terminal and doc.applied_generation >= doc.status.generation:
             if doc.owner == self.owner:
-                doc.owner, doc.lease_until = None, 0.0
+                doc.lease = RELEASED
                 self._write(doc, etag)
             return doc.status
         # the lease: taken, or renewed once half an interval of it has gone (not on every pass of a fast ticker)
-        if doc.owner != self.owner or doc.lease_until - now < lease - 0.5 * spec.interval_s:
-            doc.owner, doc.lease_until = self.owner, now + lease
+        if doc.lease.due(self.owner, now, lease, slack=0.5 * spec.interval_s):
+            doc.lease = doc.lease.taken(self.owner, now, lease)
             etag = self._write(doc, etag)
         before = doc.to_dict()
 

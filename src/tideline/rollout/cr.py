@@ -93,7 +93,10 @@ def rollout_spec(name: str, spec: Mapping[str, Any], baseline: str) -> machine.R
     watch_names = {"durationSeconds": "duration_s", "alpha": "alpha", "minAccuracy": "min_accuracy",
                    "minOutcomes": "min_outcomes"}
     if watch:
-        kw["watch"] = WatchSpec(**{watch_names[k]: v for k, v in watch.items() if k in watch_names})
+        wkw = {watch_names[k]: v for k, v in watch.items() if k in watch_names}
+        if wkw.get("min_accuracy") == 0:  # minAccuracy 0: no floor (a CR field cannot be null)
+            wkw["min_accuracy"] = None
+        kw["watch"] = WatchSpec(**wkw)
     try:
         return machine.RolloutSpec(
             name=name, target=str(spec["targetRef"]), candidate=str(spec["candidate"]), baseline=baseline,
@@ -117,8 +120,7 @@ def spec_to_cr(spec: machine.RolloutSpec, *, registry: str, mode: str, metrics_s
             "canary": {"steps": [int(s) for s in spec.steps]},
             "watch": {"durationSeconds": int(round(spec.watch.duration_s)), "alpha": float(spec.watch.alpha),
                       "minOutcomes": int(spec.watch.min_outcomes),
-                      **({"minAccuracy": float(spec.watch.min_accuracy)}
-                         if spec.watch.min_accuracy is not None else {})},
+                      "minAccuracy": float(spec.watch.min_accuracy or 0.0)},  # 0: no floor
         },
         "analysis": {
             "intervalSeconds": int(round(spec.interval_s)), "failureLimit": int(spec.failure_limit),

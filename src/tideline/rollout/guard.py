@@ -28,6 +28,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from tideline.config import ROLLOUT_DEFAULTS as _D
 from tideline.monitoring.outcomes import WatchOutcomes
 from tideline.rollout.analysis import AnalysisResult, Check, SeriesMetrics, Thresholds
 
@@ -38,14 +39,15 @@ FLOOR_PREVIOUS = "previous_floor"
 
 @dataclass(frozen=True)
 class WatchSpec:
-    """The guard's settings (part of a ``RolloutSpec``; ``duration_s == 0``: no watch, Promoting -> Promoted)."""
+    """The guard's settings (part of a ``RolloutSpec``; ``duration_s == 0``: no watch, Promoting -> Promoted).
+    Defaults: the ``[loop.rollout]`` settings' ``watch_*``."""
 
-    duration_s: float = 0.0
-    alpha: float = 0.05
+    duration_s: float = _D.watch_seconds
+    alpha: float = _D.watch_alpha
     """false-alarm bound of the paired test over the whole watch (it rejects at e >= 1/alpha)."""
-    min_accuracy: float | None = None
+    min_accuracy: float | None = _D.watch_min_accuracy
     """absolute floor of production's live directional accuracy over the watch (None: no floor)."""
-    min_outcomes: int = 50
+    min_outcomes: int = _D.watch_min_outcomes
     """realized outcomes before the floor judges."""
 
     def __post_init__(self) -> None:

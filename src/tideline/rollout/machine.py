@@ -51,6 +51,8 @@ from dataclasses import asdict, dataclass, field
 from enum import Enum
 from typing import Any, Literal
 
+from tideline.config import ROLLOUT_DEFAULTS as _D
+from tideline.config import LoopRolloutConfig
 from tideline.rollout.analysis import AnalysisResult, Thresholds
 from tideline.rollout.guard import WatchSpec, kill_switch_needed
 
@@ -79,11 +81,13 @@ ManualAction = Literal["promote", "rollback"]
 # ---- spec ----------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class ShadowSpec:
-    min_duration_s: float = 60.0
+    """The shadow phase (defaults: the ``[loop.rollout]`` settings, like every default of a spec)."""
+
+    min_duration_s: float = _D.shadow_seconds
     """0 skips the shadow phase."""
-    min_labelled: int = 50
+    min_labelled: int = _D.min_labelled
     """labelled live outcomes the candidate needs before it may take real traffic (0: none)."""
-    max_duration_s: float = 3600.0
+    max_duration_s: float = _D.shadow_max_seconds
     """still short of ``min_labelled`` after this long in shadow: roll back (0: wait forever)."""
 
 
@@ -96,12 +100,12 @@ class RolloutSpec:
     baseline: str
     """the production version when the rollout started (promotion is a CAS against it)."""
     shadow: ShadowSpec = ShadowSpec()
-    steps: tuple[int, ...] = (10, 25, 50, 100)
-    interval_s: float = 30.0
+    steps: tuple[int, ...] = tuple(_D.steps)
+    interval_s: float = _D.interval_seconds
     thresholds: Thresholds = Thresholds()
-    failure_limit: int = 2
+    failure_limit: int = _D.failure_limit
     """consecutive failed analyses that roll back."""
-    max_inconclusive: int = 20
+    max_inconclusive: int = _D.max_inconclusive
     """consecutive inconclusive analyses that roll back (0: never)."""
     bars: str | None = None
     """recent bars (a ``tideline.data.load_bars`` source) to join live predictions with for the outcome
@@ -138,12 +142,32 @@ class RolloutSpec:
         return d
 
     @classmethod
+    def from_settings(cls, cfg: LoopRolloutConfig, *, candidate: str, baseline: str, bars: str | None = None,
+                      name: str | None = None) -> RolloutSpec:
+        """The rollout of ``candidate`` against ``baseline`` that the ``[loop.rollout]`` settings describe.
+
+        Raises ``ValueError`` for an inconsistent spec (e.g. a candidate that is the baseline).
+        """
+        return cls(
+            name=name or cfg.name, target=name or cfg.name, candidate=candidate, baseline=baseline,
+            shadow=ShadowSpec(min_duration_s=cfg.shadow_seconds, min_labelled=cfg.min_labelled,
+                              max_duration_s=cfg.shadow_max_seconds),
+            steps=tuple(cfg.steps), interval_s=cfg.interval_seconds, failure_limit=cfg.failure_limit,
+            max_inconclusive=cfg.max_inconclusive, bars=bars,
+            watch=WatchSpec(duration_s=cfg.watch_seconds, alpha=cfg.watch_alpha, min_accuracy=cfg.watch_min_accuracy,
+                            min_outcomes=cfg.watch_min_outcomes),
+            thresholds=Thresholds(max_error_rate=cfg.max_error_rate, max_p99_latency_ms=cfg.max_p99_latency_ms,
+                                  accuracy_margin=cfg.accuracy_margin, max_ks=cfg.max_ks,
+                                  max_prediction_divergence=cfg.max_prediction_divergence,
+                                  min_requests=cfg.min_requests, min_labelled=cfg.min_outcomes))
+
+    @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> RolloutSpec:
         d = dict(d)
         d["shadow"] = ShadowSpec(**d.get("shadow", {}))
         d["thresholds"] = Thresholds.from_dict(d.get("thresholds"))
         d["steps"] = tuple(d.get("steps", (10, 25, 50, 100)))
-        d["watch"] = WatchSpec(**d.get("watch", {}))
+        d["watch"] = WatchSpec(**d.get("watch", {"duration_s": 0.0}))  # none stored: written before the guard
         return cls(**d)
 
 

@@ -25,8 +25,8 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from tideline.errors import ConfigError, PolicyError, RegistryError
-from tideline.registry.store import NotFound, PreconditionFailed, Store
 from tideline.rollout import machine as m
+from tideline.store import Lease, NotFound, PreconditionFailed, Store, cas
 
 MAX_EVENTS = 50
 
@@ -75,6 +75,15 @@ class RolloutDoc:
         except (ValueError, KeyError, TypeError) as e:
             raise RegistryError(f"rollout document is corrupt: {e}") from e
 
+    @property
+    def lease(self) -> Lease:
+        """The controller lease (``tideline.store.Lease``), kept as ``owner``/``lease_until``."""
+        return Lease(self.owner, self.lease_until)
+
+    @lease.setter
+    def lease(self, lease: Lease) -> None:
+        self.owner, self.lease_until = lease.holder, lease.until
+
     def add_event(self, at: float, msg: str) -> None:
         self.events = [*self.events, {"at": at, "msg": msg}][-MAX_EVENTS:]
 
@@ -99,7 +108,7 @@ def create_rollout(store: Store, spec: m.RolloutSpec, now: float) -> RolloutDoc:
     doc.add_event(now, f"created: {spec.candidate} vs {spec.baseline}, steps {list(spec.steps)}")
     key = rollout_key(spec.name)
     try:
-        store.put(key, doc.to_json(), if_none_match=True)
+        cas.put_if(store, key, doc.to_json(), None)
         return doc
     except PreconditionFailed:
         pass
@@ -111,7 +120,7 @@ def create_rollout(store: Store, spec: m.RolloutSpec, now: float) -> RolloutDoc:
     stamp = int(now)
     store.put(f"rollouts/history/{spec.name}-{stamp}-{old.spec.candidate}.json", old.to_json())
     try:
-        store.put(key, doc.to_json(), if_match=etag)
+        cas.put_if(store, key, doc.to_json(), etag)
     except PreconditionFailed:
         raise PolicyError(f"rollout {spec.name!r} changed while starting a new one; try again") from None
     return doc
@@ -121,19 +130,20 @@ def request_action(store: Store, name: str, action: str) -> RolloutDoc:
     """Record a manual ``promote``/``rollback`` for the controller (compare-and-swap)."""
     if action not in ("promote", "rollback"):
         raise ConfigError(f"unknown rollout action {action!r}")
-    for _ in range(50):
-        doc, etag = load_rollout(store, name)
+
+    def record(doc: RolloutDoc | None) -> tuple[RolloutDoc, RolloutDoc]:
+        if doc is None:
+            raise ConfigError(f"no rollout named {name!r}", hint="start one with `tideline rollout start`")
         if doc.status.terminal or doc.status.phase == m.Phase.PROMOTING:
             raise PolicyError(f"rollout {name!r} already {'ended' if doc.status.terminal else 'is promoting'}: "
                               f"{doc.status.phase.value}",
                               hint="use `tideline models promote|rollback` to move production now")
         doc.requested_action = action
-        try:
-            store.put(rollout_key(name), doc.to_json(), if_match=etag)
-            return doc
-        except PreconditionFailed:
-            time.sleep(0.01)
-    raise PolicyError(f"could not record {action} for rollout {name!r}: too many concurrent writers")
+        return doc, doc
+
+    return cas.update(store, rollout_key(name), record, load=RolloutDoc.from_json, dump=RolloutDoc.to_json,
+                      attempts=50, conflict=f"could not record {action} for rollout {name!r}: "
+                                            "too many concurrent writers")
 
 
 # ---- the port ---------------------------------------------------------------------------------------------
@@ -170,14 +180,7 @@ class DocStatusStore:
         return load_rollout(self.store, self.name)
 
     def write(self, doc: RolloutDoc, token: str) -> str:
-        data = doc.to_json()
-        try:
-            return self.store.put(rollout_key(self.name), data, if_match=token)
+        try:  # the lost-write check is put_if's: a retried request whose first try landed is ours
+            return cas.put_if(self.store, rollout_key(self.name), doc.to_json(), token)
         except PreconditionFailed:
-            try:  # a retried request whose first try landed: our unique bytes are in place
-                stored, stored_etag = self.store.get(rollout_key(self.name))
-            except NotFound:
-                raise Lost() from None
-            if stored == data:
-                return stored_etag
             raise Lost() from None

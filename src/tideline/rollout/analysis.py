@@ -25,6 +25,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 import numpy as np
+from scipy import stats
+from scipy.spatial import distance
 
 from tideline.config import ROLLOUT_DEFAULTS as _D
 from tideline.monitoring.outcomes import LiveOutcomes
@@ -281,20 +283,20 @@ class AnalysisResult:
 
 
 def ks_statistic(a: Sequence[float], b: Sequence[float]) -> float:
-    """Two-sample Kolmogorov-Smirnov statistic: the largest gap between the two empirical CDFs."""
-    x, y = np.sort(np.asarray(a, dtype=float)), np.sort(np.asarray(b, dtype=float))
+    """Two-sample Kolmogorov-Smirnov statistic (``scipy.stats.ks_2samp``): the largest gap between the two
+    empirical CDFs. ``ValueError`` when a sample is empty."""
+    x, y = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
     if x.size == 0 or y.size == 0:
         raise ValueError("both samples must be non-empty")
-    grid = np.concatenate([x, y])
-    cdf_x = np.searchsorted(x, grid, side="right") / x.size
-    cdf_y = np.searchsorted(y, grid, side="right") / y.size
-    return float(np.max(np.abs(cdf_x - cdf_y)))
+    return float(stats.ks_2samp(x, y).statistic)
 
 
 def js_distance(a: Sequence[float], b: Sequence[float], bins: int = 20) -> float:
-    """Jensen-Shannon distance (base 2, in [0, 1]) between the histograms of two samples.
+    """Jensen-Shannon distance (``scipy.spatial.distance.jensenshannon``, base 2, in [0, 1]) between the
+    histograms of two samples.
 
     Bins are the pooled sample's quantiles, so the figure does not depend on the predictions' scale.
+    ``ValueError`` when a sample has no finite value.
     """
     x, y = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
     x, y = x[np.isfinite(x)], y[np.isfinite(y)]
@@ -304,17 +306,10 @@ def js_distance(a: Sequence[float], b: Sequence[float], bins: int = 20) -> float
     edges = np.unique(np.quantile(pooled, np.linspace(0, 1, bins + 1)))
     if edges.size < 2:  # every value identical on both sides
         return 0.0
-    idx_x = np.clip(np.searchsorted(edges, x, side="right") - 1, 0, edges.size - 2)
-    idx_y = np.clip(np.searchsorted(edges, y, side="right") - 1, 0, edges.size - 2)
-    p = np.bincount(idx_x, minlength=edges.size - 1) / x.size
-    q = np.bincount(idx_y, minlength=edges.size - 1) / y.size
-    m = (p + q) / 2
-
-    def kl(u: np.ndarray, v: np.ndarray) -> float:
-        mask = u > 0
-        return float(np.sum(u[mask] * np.log2(u[mask] / v[mask])))
-
-    return float(math.sqrt(max(0.0, (kl(p, m) + kl(q, m)) / 2)))
+    p = np.histogram(np.clip(x, edges[0], edges[-1]), bins=edges)[0] / x.size
+    q = np.histogram(np.clip(y, edges[0], edges[-1]), bins=edges)[0] / y.size
+    d = float(distance.jensenshannon(p, q, base=2))
+    return 0.0 if math.isnan(d) else d  # identical histograms can round to sqrt(-1e-17)
 
 
 def _finite(xs: Sequence[float]) -> np.ndarray:

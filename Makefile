@@ -4,15 +4,16 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install lock test test-fast demo bench reliability lint clean help
+.PHONY: install lock test test-fast demo bench reliability lint docs clean help
 
 help:
 	@echo "make lock   - regenerate requirements.lock (every install's exact versions) from pyproject.toml"
 	@echo "make test   - create .venv, install tideline with test extras, run the whole test suite"
 	@echo "make lint   - ruff and the module boundaries (import-linter contracts in pyproject.toml); linters only"
+	@echo "make docs   - the documentation site (MkDocs, docs/ + mkdocs.yml) into site/, strict: a broken link fails"
 	@echo "make demo   - the whole loop on one machine: train, serve, market shift, retrain, rollout, rollback, HTML report"
-	@echo "make bench  - run the benchmarks in bench/ and write bench/results.json + bench/RESULTS.md"
-	@echo "make reliability - faults, bad input and attacks, many times each; writes the README reliability table"
+	@echo "make bench  - run the benchmarks in bench/ and write bench/results.json + bench/RESULTS.md + docs/benchmarks.md"
+	@echo "make reliability - faults, bad input and attacks, many times each; writes the reliability table (docs/reliability.md)"
 	@echo "make kind-up | images | deploy | pipeline-upload | e2e | kind-down - tideline on a local kind cluster (docs/KIND.md)"
 
 # Every install takes its versions from one lock (requirements.lock, made by pip-compile from pyproject's
@@ -63,6 +64,19 @@ $(LINT_STAMP): scripts/requirements-lint.lock
 lint: $(LINT_STAMP)
 	$(LINT_VENV)/bin/ruff check $(LINT_PATHS)
 	PYTHONPATH=src $(LINT_VENV)/bin/lint-imports --no-cache
+
+# The documentation site (docs/, nav in mkdocs.yml): MkDocs in its own venv from its own lock, like the linters.
+# --strict (and mkdocs.yml's validation settings): a link to a missing page or anchor fails the build.
+DOCS_VENV  := .venv-docs
+DOCS_STAMP := $(DOCS_VENV)/.installed-stamp
+
+$(DOCS_STAMP): scripts/requirements-docs.lock
+	$(PYTHON) -m venv $(DOCS_VENV)
+	$(DOCS_VENV)/bin/pip install --quiet --disable-pip-version-check -r scripts/requirements-docs.lock
+	@touch $(DOCS_STAMP)
+
+docs: $(DOCS_STAMP)
+	$(DOCS_VENV)/bin/mkdocs build --strict --site-dir site
 
 test: $(STAMP)
 	$(BIN)/pytest -q

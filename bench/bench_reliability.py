@@ -2,9 +2,9 @@
 
 Runs every scenario module of ``bench/reliability/`` in its own process (a crash or a leaked server in one
 cannot spoil another) and collects their rows (see ``bench/reliability/__init__.py`` for the row contract).
-Writes ``bench/reliability.json`` and ``bench/reliability.md`` (``reliability-quick.*`` for ``--quick``) and, for a full run, the README table between
-``<!-- reliability:start -->`` and ``<!-- reliability:end -->``. Exits 1 when any scenario failed a check or
-lost anything.
+Writes ``bench/reliability.json`` and ``bench/reliability.md`` (``reliability-quick.*`` for ``--quick``) and,
+for a full run, the table of the docs page ``docs/reliability.md`` between ``<!-- reliability:start -->`` and
+``<!-- reliability:end -->``. Exits 1 when any scenario failed a check or lost anything.
 
     python bench/bench_reliability.py              # full stress (make reliability), several minutes
     python bench/bench_reliability.py --quick      # the reduced form CI runs through the tests
@@ -27,7 +27,7 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-README = ROOT / "README.md"
+DOC = ROOT / "docs" / "reliability.md"  # the docs page that shows the table (make docs)
 START, END = "<!-- reliability:start -->", "<!-- reliability:end -->"
 MODULES = ["registry", "outage", "controller", "predictor", "inputs", "security"]
 AREAS = ["Faults", "Bad input", "Security"]
@@ -85,7 +85,7 @@ def _lost(row: dict[str, Any]) -> str:
 
 
 def markdown(meta: dict[str, Any], rows: list[dict[str, Any]]) -> str:
-    """The table the README shows: what was tried, how many times, what happened, what was lost."""
+    """The table docs/reliability.md shows: what was tried, how many times, what happened, what was lost."""
     n_ok = sum(1 for r in rows if r["ok"] and r["lost"] == 0)
     lines = [f"Measured {meta['date']} on {meta['cores']} cores ({meta['machine']}), "
              f"{'reduced (--quick)' if meta['quick'] else 'full'} run, {meta['wall_s']:.0f} s: "
@@ -99,14 +99,14 @@ def markdown(meta: dict[str, Any], rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_readme(table: str, readme: Path = README) -> bool:
-    """Replace the README's block between the markers; False when the markers are missing."""
-    text = readme.read_text()
+def write_doc(table: str, doc: Path = DOC) -> bool:
+    """Replace the docs page's block between the markers; False when the markers are missing."""
+    text = doc.read_text()
     if START not in text or END not in text:
         return False
     head, rest = text.split(START, 1)
     _, tail = rest.split(END, 1)
-    readme.write_text(f"{head}{START}\n{table}{END}{tail}")
+    doc.write_text(f"{head}{START}\n{table}{END}{tail}")
     return True
 
 
@@ -116,8 +116,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", default="", help=f"comma-separated modules out of {','.join(MODULES)}")
     ap.add_argument("--out", type=Path, default=None,
                     help="JSON record (default bench/reliability.json, bench/reliability-quick.json for --quick)")
-    ap.add_argument("--readme", action=argparse.BooleanOptionalAction, default=None,
-                    help="write the README table (default: only for a full run of every module)")
+    ap.add_argument("--doc", "--readme", dest="doc", action=argparse.BooleanOptionalAction, default=None,
+                    help="write the table into docs/reliability.md (default: only for a full run of every module)")
     ap.add_argument("--timeout", type=float, default=None, help="seconds per module (default 300 quick, 1800 full)")
     args = ap.parse_args(argv)
     modules = [m for m in args.only.split(",") if m] or MODULES
@@ -142,9 +142,9 @@ def main(argv: list[str] | None = None) -> int:
     table = markdown(meta, rows)
     out.with_suffix(".md").write_text(table)
     print(table)
-    readme = args.readme if args.readme is not None else (not args.quick and modules == MODULES)
-    if readme and not write_readme(table):
-        print(f"README has no {START} / {END} block; table not written there", file=sys.stderr)
+    doc = args.doc if args.doc is not None else (not args.quick and modules == MODULES)
+    if doc and not write_doc(table):
+        print(f"{DOC.relative_to(ROOT)} has no {START} / {END} block; table not written there", file=sys.stderr)
     return 0 if all(r["ok"] and r["lost"] == 0 for r in rows) else 1
 
 

@@ -1,5 +1,5 @@
 """Run every benchmark (each in its own process, so peak RSS is its own), write bench/results.json and
-bench/RESULTS.md (the table the README includes)."""
+bench/RESULTS.md (the table docs/benchmarks.md includes)."""
 
 from __future__ import annotations
 
@@ -134,12 +134,12 @@ def main() -> None:
     (HERE / "results.json").write_text(json.dumps({"meta": meta, "results": results}, indent=2) + "\n")
     md = markdown(meta, results)
     (HERE / "RESULTS.md").write_text(md + "\n")
-    readme = HERE.parent / "README.md"
-    text = readme.read_text()
+    doc = HERE.parent / "docs" / "benchmarks.md"
+    text = doc.read_text()
     start, end = "<!-- bench:start -->", "<!-- bench:end -->"
-    if start in text and end in text:  # the README shows the latest measured table
+    if start in text and end in text:  # the docs page shows the latest measured table
         head, rest = text.split(start, 1)
-        readme.write_text(head + start + "\n" + md + "\n" + end + rest.split(end, 1)[1])
+        doc.write_text(head + start + "\n" + md + "\n" + end + rest.split(end, 1)[1])
     print(md)
 
 

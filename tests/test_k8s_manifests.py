@@ -619,13 +619,28 @@ def documented_make_commands(text: str) -> set[str]:
     return out
 
 
-@pytest.mark.parametrize("doc", ["README.md", "docs/KIND.md"])
+DOCS = ["README.md", *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "docs").glob("*.md"))]
+
+
+@pytest.mark.parametrize("doc", DOCS)
 def test_every_documented_make_command_exists(doc: str) -> None:
     documented = documented_make_commands((ROOT / doc).read_text())
     if doc == "docs/KIND.md":
         assert {"kind-up", "images", "deploy", "pipeline-upload", "e2e", "kind-down"} <= documented
+    if doc == "README.md":  # the front door: the two set-up commands, the linters, the docs site
+        assert {"demo", "test", "lint", "docs"} <= documented
     missing = documented - makefile_targets()
     assert not missing, f"{doc} documents make targets the Makefile lacks: {sorted(missing)}"
+
+
+def test_readme_links_point_at_existing_docs_pages() -> None:
+    """The README is the front door; its links into docs/ must land (mkdocs --strict checks links inside docs/)."""
+    links = re.findall(r"\]\(([^)#\s]+)(?:#[^)\s]*)?\)", (ROOT / "README.md").read_text())
+    local = [link for link in links if "://" not in link]
+    assert "docs/architecture.md" in local  # the contracts table lives there
+    assert [link for link in local if not (ROOT / link).is_file()] == []
+    nav = (ROOT / "mkdocs.yml").read_text()
+    assert [p.name for p in (ROOT / "docs").glob("*.md") if f": {p.name}" not in nav] == []  # every page in the nav
 
 
 def test_the_doc_check_can_fail() -> None:

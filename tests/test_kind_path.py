@@ -451,8 +451,9 @@ def test_images_fall_back_to_a_single_platform_archive() -> None:
 # ---- 9. versions live in versions.env -------------------------------------------------------------------------
 # Files that cannot read versions.env and carry a copy the tests keep in sync with it: the generated
 # CronWorkflows (and the chart's copies), the chart's values/Chart.yaml (Helm reads neither env files nor
-# make variables), the kustomize manifests, the docs' version tables, pyproject's package version.
-MAY_COPY = ("versions.env", "README.md", "docs/KIND.md", "pyproject.toml", "helm/tideline/Chart.yaml",
+# make variables), the kustomize manifests, the docs' version tables (and the pipeline page's default image),
+# pyproject's package version.
+MAY_COPY = ("versions.env", "docs/KIND.md", "docs/pipeline.md", "pyproject.toml", "helm/tideline/Chart.yaml",
             "helm/tideline/values.yaml", "manifests/base/minio.yaml", "manifests/base/bucket-init-job.yaml")
 
 

@@ -1,4 +1,4 @@
-"""The reliability table's driver (bench/bench_reliability.py): rows checked, failures shown, README block."""
+"""The reliability table's driver (bench/bench_reliability.py): rows checked, failures shown, docs page block."""
 
 from __future__ import annotations
 
@@ -36,18 +36,20 @@ def test_markdown_counts_and_flags_failures(tmp_path: Path) -> None:
     assert lines[0].startswith("| Faults") and "5/5 clean failures \\| reruns ok" in lines[0]  # area order
     assert lines[1].endswith("| 2 | **NO** |")
 
-    readme = tmp_path / "README.md"
-    readme.write_text(f"intro\n{br.START}\nold\n{br.END}\nrest\n")
-    assert br.write_readme(md, readme)
-    text = readme.read_text()
+    doc = tmp_path / "reliability.md"
+    doc.write_text(f"intro\n{br.START}\nold\n{br.END}\nrest\n")
+    assert br.write_doc(md, doc)
+    text = doc.read_text()
     assert "old" not in text and text.startswith("intro\n") and text.endswith(f"{br.END}\nrest\n") and md in text
-    readme.write_text("no markers")
-    assert not br.write_readme(md, readme)
+    doc.write_text("no markers")
+    assert not br.write_doc(md, doc)
 
 
-def test_the_readme_has_the_reliability_block_and_every_module_exists() -> None:
-    text = (ROOT / "README.md").read_text()
+def test_the_docs_page_has_the_reliability_block_and_every_module_exists() -> None:
+    assert br.DOC == ROOT / "docs" / "reliability.md"  # the page make docs builds (mkdocs.yml nav)
+    text = br.DOC.read_text()
     assert br.START in text and br.END in text
+    assert "reliability.md" in (ROOT / "mkdocs.yml").read_text()
     for module in br.MODULES:
         assert (ROOT / "bench" / "reliability" / f"{module}.py").is_file(), module
 

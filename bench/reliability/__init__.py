@@ -12,7 +12,7 @@ directory and ``quick=True`` is the reduced form CI runs through the tests. Each
      "ok": bool,         # every check held
      "seconds": float}
 
-``bench/bench_reliability.py`` runs each module in its own process and renders the README table.
+``bench/bench_reliability.py`` runs each module in its own process and renders the table of docs/reliability.md.
 Modules: ``registry`` (concurrent writers, SIGKILLed uploads), ``outage`` (S3 down mid cycle, drift check
 and rollout), ``controller`` (killed at every crash point of a rollout), ``predictor`` (malformed requests,
 oversized bodies, broken model files on reload), ``inputs`` (market-data defects and adversarial files, CLI

@@ -219,7 +219,7 @@ def rollout_start(
     _exit_with_outcome(_run_controller(s, reg, name))
 
 
-# Exit codes of `rollout start|resume` (README "Exit codes"): what the rollout ended as.
+# Exit codes of `rollout start|resume` (docs/cli.md "Exit codes"): what the rollout ended as.
 EXIT_ROLLED_BACK = 12  # the candidate was rolled back: production unchanged (the safety net worked)
 EXIT_FAILED = 13  # the rollout could not finish (e.g. the backend failed): see `rollout status`
 EXIT_REVERTED = 14  # promoted, then reverted by the guard: production is the previous version again

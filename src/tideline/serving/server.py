@@ -25,6 +25,10 @@ from its module-level FastAPI app (``kserve.model_server.app``); before the serv
   Starlette's HTTP errors into ``{"error": "<what is wrong>"}`` with the right status. kserve's own
   handlers stay: InvalidInput -> 400, ModelNotFound -> 404, ModelNotReady -> 503,
   InferenceError/anything else -> 500 (``kserve.errors``).
+* uvicorn runs tideline's protocol class (``protocol_class``, through uvicorn's public ``Config.http``
+  option): timeouts for stalled clients, a JSON 503 over ``max_connections``, a JSON 400 for bytes that are
+  not HTTP. ``model_server`` subclasses kserve's ModelServer to listen on ``host`` with that protocol.
+  Nothing of uvicorn or kserve is patched.
 """
 
 from __future__ import annotations
@@ -55,8 +59,8 @@ _V2_BINARY_HEADER: Final = b"inference-header-content-length"
 _EXPLAIN_RE: Final = re.compile(r"^/v1/models/([^/]+):explain$")
 _VERSIONED_RE: Final = re.compile(r"^/v2/models/([^/]+)/versions/([^/]+)(/.*)?$")
 _JSON_TYPES: Final = (b"application/json", b"text/json")
-TIMED_OUT: Final = "tideline.timed_out"  # scope key: guard_slow_clients answered this request 408
-SWEEP_S: Final = 0.25  # how often guard_slow_clients looks for stalled connections
+TIMED_OUT: Final = "tideline.timed_out"  # scope key: protocol_class answered this request 408
+SWEEP_S: Final = 0.25  # how often the protocol (protocol_class) looks for stalled connections
 DEFAULT_READ_TIMEOUT: Final = 10.0  # seconds a client may pause while sending a body
 DEFAULT_HEADER_TIMEOUT: Final = 10.0  # seconds for the request line and headers to arrive
 DEFAULT_MAX_CONNECTIONS: Final = 1000  # open connections (and requests in flight) before new ones get a 503
@@ -177,7 +181,7 @@ class GatewayMiddleware:
                 name = match.group(1) or match.group(2)
                 status = state["status"]
                 if scope.get(TIMED_OUT):
-                    status = 408  # guard_slow_clients answered it
+                    status = 408  # the protocol (protocol_class) answered it
                 elif state["gone"] and (status is None or status >= 500):
                     status = 499  # the client went away mid-request (nginx's code): not a server error
                 self._record(name, status or 500, state["version"] or predictor.version,
@@ -241,7 +245,7 @@ class GatewayMiddleware:
         """The whole body, read here and replayed to the app; None when it was answered instead: 413 too
         large (on the declared Content-Length, before reading a byte, or while counting a chunked body),
         nothing when the client went away mid-body (counted 499; the app never runs, so nothing logs a
-        traceback for it). A body that stops arriving is answered 408 by ``guard_slow_clients``."""
+        traceback for it). A body that stops arriving is answered 408 by the protocol (``protocol_class``)."""
         limit = self.max_body_bytes
         declared = None
         for k, v in scope.get("headers", []):
@@ -263,7 +267,7 @@ class GatewayMiddleware:
         size = 0
         more = True
         while more:
-            message = await receive()  # a body that stops arriving is answered 408 by guard_slow_clients
+            message = await receive()  # a body that stops arriving is answered 408 by the protocol (protocol_class)
             if message["type"] != "http.request":  # http.disconnect: the client went away (or was timed out)
                 return None
             chunk = message.get("body", b"")
@@ -430,47 +434,6 @@ _BAD_HTTP: Final = ("the request is not valid HTTP/1.1 (request line, a header, 
                      "of the body is malformed)")
 
 
-def json_protocol_errors() -> None:
-    """uvicorn answers bytes it cannot parse as HTTP (a non-numeric or doubled Content-Length, a broken
-    chunk, garbage after a body shorter than its Content-Length said) itself, before any application code
-    runs, with a text/plain 400. Make that body ``{"error": ...}`` like every other refusal (both of
-    uvicorn's HTTP implementations; a no-op if their internals change)."""
-    import orjson
-
-    body = orjson.dumps({"error": _BAD_HTTP})
-    try:
-        from uvicorn.protocols.http import httptools_impl
-    except ImportError:  # pragma: no cover - httptools not installed
-        httptools_impl = None  # type: ignore[assignment]
-    if httptools_impl is not None and hasattr(httptools_impl.HttpToolsProtocol, "send_400_response") \
-            and hasattr(httptools_impl, "STATUS_LINE"):
-        def send_400_httptools(self: Any, msg: str) -> None:
-            content = [httptools_impl.STATUS_LINE[400]]
-            for name, value in self.server_state.default_headers:
-                content.extend([name, b": ", value, b"\r\n"])
-            content.extend([b"content-type: application/json\r\n",
-                            b"content-length: " + str(len(body)).encode("ascii") + b"\r\n",
-                            b"connection: close\r\n", b"\r\n", body])
-            self.transport.write(b"".join(content))
-            self.transport.close()
-
-        httptools_impl.HttpToolsProtocol.send_400_response = send_400_httptools  # type: ignore[method-assign]
-    try:
-        import h11
-        from uvicorn.protocols.http import h11_impl
-    except ImportError:  # pragma: no cover
-        return
-    if hasattr(h11_impl.H11Protocol, "send_400_response"):
-        def send_400_h11(self: Any, msg: str) -> None:
-            headers = [(b"content-type", b"application/json"), (b"connection", b"close")]
-            for event in (h11.Response(status_code=400, headers=headers, reason=b"Bad Request"),
-                          h11.Data(data=body), h11.EndOfMessage()):
-                self.transport.write(self.conn.send(event))
-            self.transport.close()
-
-        h11_impl.H11Protocol.send_400_response = send_400_h11  # type: ignore[method-assign]
-
-
 def _is_json_type(ctype: bytes, v2: bool) -> bool:
     """The Content-Types a prediction body may carry. JSON types always. v1 also takes none at all and
     ``application/x-www-form-urlencoded``, which is what ``curl -d`` sends when no type is given (KServe's
@@ -481,33 +444,53 @@ def _is_json_type(ctype: bytes, v2: bool) -> bool:
     return not v2 and ctype in (b"", b"application/x-www-form-urlencoded")
 
 
-def guard_slow_clients(header_timeout: float, read_timeout: float) -> bool:
-    """Time out clients that stall, which uvicorn itself never does (its keep-alive timer runs only between
-    requests): a connection whose request line and headers are not complete ``header_timeout`` seconds
-    after it opened or its request began is closed (with a 408 when some of a request had arrived); a body
-    that receives nothing for ``read_timeout`` seconds before the answer starts gets a 408 and the
-    connection is closed. Each connection only notes the time of its last step (an attribute write); one
-    sweep per ``SWEEP_S`` seconds looks at all of them, so no request pays for a timer. Patches uvicorn's
-    httptools protocol (the one ``serve`` uses); returns False if its internals changed."""
+def protocol_class(*, header_timeout: float, read_timeout: float, max_connections: int) -> type[Any]:
+    """uvicorn's httptools protocol plus what uvicorn has no option for, handed to uvicorn through its public
+    ``Config(http=<protocol class>)`` option: a subclass, nothing of uvicorn is patched.
+
+    * **Stalled clients time out** (uvicorn's only timer is the keep-alive between requests): a connection
+      whose request line and headers are not complete ``header_timeout`` seconds after it opened or its
+      request began is closed (with a 408 when some of a request had arrived); a body that receives nothing
+      for ``read_timeout`` seconds before the answer starts gets a 408 and the connection is closed. Each
+      connection only notes the time of its last step; one sweep per ``SWEEP_S`` seconds looks at all of
+      them, so no request pays for a timer.
+    * **Over ``max_connections``** open connections or running requests a request gets a JSON 503 with
+      ``Retry-After`` at once (uvicorn's ``limit_concurrency`` answers text/plain and logs a line per refusal).
+    * **Bytes that are not HTTP** (a non-numeric or doubled Content-Length, a broken chunk) get a JSON 400
+      like every other refusal; uvicorn answers them itself, before any application code, in text/plain.
+
+    The overridden methods are the asyncio/httptools callbacks (``connection_made``, ``on_message_begin``,
+    ``on_headers_complete``, ``on_body``, ``on_message_complete``) and uvicorn's ``send_400_response``; a
+    uvicorn without them fails here, at start, not silently.
+    """
     import orjson
+    from uvicorn.protocols.http import httptools_impl
 
-    try:
-        from uvicorn.protocols.http import httptools_impl
-    except ImportError:  # pragma: no cover - httptools is in the lock
-        return False
-    proto = httptools_impl.HttpToolsProtocol
-    needed = ("connection_made", "on_message_begin", "on_headers_complete", "on_body", "on_message_complete")
-    if not all(hasattr(proto, n) for n in needed) or not hasattr(httptools_impl, "STATUS_LINE"):
-        return False
-    original = {n: getattr(proto, n) for n in needed}
-    original = {n: getattr(original[n], "__tideline_original__", original[n]) for n in needed}
+    base = httptools_impl.HttpToolsProtocol
+    hooks = ("connection_made", "on_message_begin", "on_headers_complete", "on_body", "on_message_complete",
+             "send_400_response")
+    missing = [h for h in hooks if not hasattr(base, h)]
+    if not hasattr(httptools_impl, "STATUS_LINE"):
+        missing.append("STATUS_LINE")
+    if missing:
+        raise RuntimeError(f"uvicorn {_uvicorn_version()}'s httptools protocol lacks {missing}: "
+                           "pin the uvicorn of requirements.lock")
+    status_line = httptools_impl.STATUS_LINE
     monotonic = time.monotonic
+    busy_body = orjson.dumps({"error": f"the predictor has {max_connections} connections open "
+                                       "(--max-connections); try again shortly"})
 
-    def answer_408(self: Any, message: str) -> None:
-        body = orjson.dumps({"error": message})
-        self.transport.write(b"".join([
-            httptools_impl.STATUS_LINE[408], b"content-type: application/json\r\n",
-            b"content-length: " + str(len(body)).encode() + b"\r\n", b"connection: close\r\n\r\n", body]))
+    def answer(transport: Any, status: int, payload: bytes, extra: bytes = b"") -> None:
+        transport.write(b"".join([status_line[status], b"content-type: application/json\r\n", extra,
+                                  b"content-length: " + str(len(payload)).encode() + b"\r\n",
+                                  b"connection: close\r\n\r\n", payload]))
+
+    async def busy(scope: Any, receive: Receive, send: Send) -> None:
+        m.SLOW_CLIENTS.labels(phase="over_limit").inc()
+        await send({"type": "http.response.start", "status": 503, "headers": [
+            (b"content-type", b"application/json"), (b"content-length", str(len(busy_body)).encode()),
+            (b"connection", b"close"), (b"retry-after", b"1")]})
+        await send({"type": "http.response.body", "body": busy_body, "more_body": False})
 
     def sweep(loop: Any, connections: set[Any]) -> None:
         now = monotonic()
@@ -519,48 +502,66 @@ def guard_slow_clients(header_timeout: float, read_timeout: float) -> bool:
             if phase in ("new", "headers") and idle > header_timeout:
                 m.SLOW_CLIENTS.labels(phase="headers").inc()
                 if phase == "headers":
-                    answer_408(c, f"the request headers did not arrive within {header_timeout:g} s")
+                    msg = f"the request headers did not arrive within {header_timeout:g} s"
+                    answer(c.transport, 408, orjson.dumps({"error": msg}))
                 c._tl_phase = None
                 c.transport.close()
             elif phase == "body" and idle > read_timeout and c.cycle is not None \
                     and not c.cycle.response_started:
                 m.SLOW_CLIENTS.labels(phase="body").inc()
-                answer_408(c, f"the body stopped arriving: nothing for {read_timeout:g} s")
+                msg = f"the body stopped arriving: nothing for {read_timeout:g} s"
+                answer(c.transport, 408, orjson.dumps({"error": msg}))
                 c.cycle.response_started = True  # the app's own answer, if any, is not sent after it
                 c.cycle.scope[TIMED_OUT] = True  # the gateway counts it 408, not as a client gone (499)
                 c._tl_phase = None
                 c.transport.close()
         loop.call_later(SWEEP_S, sweep, loop, connections)
 
-    def connection_made(self: Any, transport: Any) -> None:
-        original["connection_made"](self, transport)
-        self._tl_phase, self._tl_since = "new", monotonic()
-        if not getattr(self.server_state, "_tl_sweeping", False):
-            self.server_state._tl_sweeping = True
-            self.loop.call_later(SWEEP_S, sweep, self.loop, self.connections)
+    class TidelineHttpProtocol(base):  # type: ignore[misc, valid-type]
+        _tl_phase: str | None = None
+        _tl_since: float = 0.0
 
-    def on_message_begin(self: Any) -> None:
-        original["on_message_begin"](self)
-        self._tl_phase, self._tl_since = "headers", monotonic()
+        def connection_made(self, transport: Any) -> None:
+            super().connection_made(transport)
+            self._tl_phase, self._tl_since = "new", monotonic()
+            if not getattr(self.server_state, "_tl_sweeping", False):
+                self.server_state._tl_sweeping = True
+                self.loop.call_later(SWEEP_S, sweep, self.loop, self.connections)
 
-    def on_headers_complete(self: Any) -> None:
-        self._tl_phase, self._tl_since = "body", monotonic()
-        original["on_headers_complete"](self)
+        def on_message_begin(self) -> None:
+            super().on_message_begin()
+            self._tl_phase, self._tl_since = "headers", monotonic()
 
-    def on_body(self: Any, body: bytes) -> None:
-        self._tl_since = monotonic()
-        original["on_body"](self, body)
+        def on_headers_complete(self) -> None:
+            self._tl_phase, self._tl_since = "body", monotonic()
+            if len(self.connections) >= max_connections or len(self.tasks) >= max_connections:  # as uvicorn's
+                app, self.app = self.app, busy  # this request only: the cycle takes its app now
+                try:
+                    super().on_headers_complete()
+                finally:
+                    self.app = app
+            else:
+                super().on_headers_complete()
 
-    def on_message_complete(self: Any) -> None:
-        self._tl_phase = None
-        original["on_message_complete"](self)
+        def on_body(self, body: bytes) -> None:
+            self._tl_since = monotonic()
+            super().on_body(body)
 
-    for name, fn in (("connection_made", connection_made), ("on_message_begin", on_message_begin),
-                     ("on_headers_complete", on_headers_complete), ("on_body", on_body),
-                     ("on_message_complete", on_message_complete)):
-        fn.__tideline_original__ = original[name]  # type: ignore[attr-defined]
-        setattr(proto, name, fn)
-    return True
+        def on_message_complete(self) -> None:
+            self._tl_phase = None
+            super().on_message_complete()
+
+        def send_400_response(self, msg: str) -> None:
+            answer(self.transport, 400, orjson.dumps({"error": _BAD_HTTP}))
+            self.transport.close()
+
+    return TidelineHttpProtocol
+
+
+def _uvicorn_version() -> str:
+    import uvicorn
+
+    return str(uvicorn.__version__)
 
 
 def free_port() -> int:
@@ -587,50 +588,25 @@ def wait_until_serving(port: int, path: str, *, timeout: float = 120.0,
     return False
 
 
-def listen_on(host: str, max_connections: int) -> None:
-    """Make kserve's REST server listen on ``host`` (kserve hard-codes 0.0.0.0: every interface) with
-    uvicorn's ``limit_concurrency`` = ``max_connections`` (beyond it a request gets a 503 at once) and
-    uvicorn's httptools protocol (the one ``guard_slow_clients`` patches)."""
-    from kserve.protocol.rest import server as rest
+def model_server(*, host: str, protocol: type[Any], http_port: int) -> Any:
+    """kserve's ModelServer (REST only, one process) listening on ``host`` with ``protocol``.
 
-    init = getattr(rest.RESTServer.__init__, "__tideline_original__", rest.RESTServer.__init__)
+    kserve builds uvicorn's ``Config`` inside ``ModelServer.start`` with ``host="0.0.0.0"`` (every interface)
+    and offers no option for the host or the protocol; its ``setup_event_loop`` hook runs after that and
+    before the server starts, so the subclass sets both there (public ``Config`` fields, nothing patched).
+    """
+    import kserve.model_server as ks
 
-    def patched(self: Any, *args: Any, **kwargs: Any) -> None:
-        init(self, *args, **kwargs)
-        self.config.host = host
-        self.config.limit_concurrency = max_connections
-        self.config.http = "httptools"
+    class TidelineModelServer(ks.ModelServer):  # type: ignore[misc]
+        def setup_event_loop(self) -> None:
+            super().setup_event_loop()
+            if self._rest_server is None:
+                raise RuntimeError("kserve did not build its REST server before setup_event_loop")
+            self._rest_server.config.host = host
+            self._rest_server.config.http = protocol
+            self._rest_server.config.limit_concurrency = None  # the protocol answers over-limit requests
 
-    patched.__tideline_original__ = init  # type: ignore[attr-defined]
-    rest.RESTServer.__init__ = patched  # type: ignore[method-assign]
-
-    import orjson
-    from uvicorn.protocols.http import httptools_impl
-
-    body = orjson.dumps({"error": f"the predictor has {max_connections} connections open (--max-connections); "
-                                  "try again shortly"})
-
-    async def busy(scope: Any, receive: Receive, send: Send) -> None:  # uvicorn's own answer is plain text
-        m.SLOW_CLIENTS.labels(phase="over_limit").inc()
-        await send({"type": "http.response.start", "status": 503, "headers": [
-            (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-            (b"connection", b"close"), (b"retry-after", b"1")]})
-        await send({"type": "http.response.body", "body": body, "more_body": False})
-
-    httptools_impl.service_unavailable = busy  # type: ignore[assignment]
-    logging.getLogger("uvicorn.error").addFilter(_DropLines(("Exceeded concurrency limit.",)))
-
-
-class _DropLines(logging.Filter):
-    """Drop uvicorn's per-connection warnings that a metric counts instead (one line per refused connection
-    would let a flood of clients flood the log)."""
-
-    def __init__(self, messages: tuple[str, ...]) -> None:
-        super().__init__()
-        self.messages = messages
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return record.msg not in self.messages
+    return TidelineModelServer(http_port=http_port, enable_grpc=False, enable_latency_logging=False, workers=1)
 
 
 def serve(predictor: Any, *, http_port: int, max_body_bytes: int, host: str = "127.0.0.1",
@@ -640,11 +616,9 @@ def serve(predictor: Any, *, http_port: int, max_body_bytes: int, host: str = "1
     import kserve.model_server as ks
 
     configure_app(ks.app, predictor, max_body_bytes=max_body_bytes)
-    json_protocol_errors()
-    if not guard_slow_clients(header_timeout, read_timeout):
-        log.warning("uvicorn's protocol changed: the header and body timeouts are not applied")
-    listen_on(host, max_connections)
-    server = ks.ModelServer(http_port=http_port, enable_grpc=False, enable_latency_logging=False, workers=1)
+    protocol = protocol_class(header_timeout=header_timeout, read_timeout=read_timeout,
+                              max_connections=max_connections)
+    server = model_server(host=host, protocol=protocol, http_port=http_port)
     quiet_per_request_logs()
     stop = threading.Event()
     if on_ready is not None:

@@ -24,10 +24,10 @@ from tideline.feedback import (
     LIVE_METRICS_ATTACHMENT,
     join_outcomes,
     live_metrics,
-    load_prediction_log,
     outcomes_from_log,
     run_feedback,
 )
+from tideline.monitoring.predictions import read_predictions
 from tideline.registry import ModelVersion, Registry, open_registry
 from tideline.triggers import build_context, evaluate
 
@@ -274,7 +274,7 @@ def test_live_metrics_on_a_synthetic_market() -> None:
 
 
 # ---- the prediction log ----------------------------------------------------------------------------------
-def test_load_prediction_log_layout_and_bounds(reg: Registry) -> None:
+def test_read_predictions_layout_and_bounds(reg: Registry) -> None:
     day1 = pred_rows([("AAA", 1, 0.1), ("BBB", 1, 0.2)], start=pd.Timestamp("2024-03-10 23:59:58", tz="UTC"))
     day2 = pred_rows([("AAA", 2, 0.3)], start=pd.Timestamp("2024-03-11 00:00:01", tz="UTC"), role="canary")
     day2["bar_time"] = day2["bar_time"].dt.tz_localize("UTC").dt.strftime("%Y-%m-%dT%H:%M:%SZ")  # as text
@@ -282,18 +282,18 @@ def test_load_prediction_log_layout_and_bounds(reg: Registry) -> None:
     write_log(reg, day2)
     reg.store.put("predictions/2024-03-11/broken-v1-x.parquet", b"not parquet")
     reg.store.put("predictions/README.txt", b"ignored: outside the layout")
-    df = load_prediction_log(reg)
+    df = read_predictions(reg)
     assert len(df) == 3 and list(df["prediction"]) == [0.1, 0.2, 0.3]
     assert str(df["time"].dt.tz) == "UTC" and df["bar_time"].dtype == "datetime64[ns]"
     assert df["bar_time"].iloc[2] == T0 + pd.Timedelta(hours=2)
     assert df.attrs["unreadable"] == ["predictions/2024-03-11/broken-v1-x.parquet"]
-    only2 = load_prediction_log(reg, since="2024-03-11T00:00:00Z")
+    only2 = read_predictions(reg, since="2024-03-11T00:00:00Z")
     assert list(only2["prediction"]) == [0.3] and list(only2["role"]) == ["canary"]
-    only1 = load_prediction_log(reg, until=datetime(2024, 3, 11, tzinfo=UTC))
+    only1 = read_predictions(reg, until=datetime(2024, 3, 11, tzinfo=UTC))
     assert list(only1["prediction"]) == [0.1, 0.2]
-    assert len(load_prediction_log(reg, since="2024-03-12")) == 0
+    assert len(read_predictions(reg, since="2024-03-12")) == 0
     with pytest.raises(ConfigError):
-        load_prediction_log(reg, since="yesterday-ish")
+        read_predictions(reg, since="yesterday-ish")
 
 
 # ---- run_feedback, the attachment and the decay trigger ----------------------------------------------------

@@ -11,8 +11,9 @@ from typing import Any
 import numpy as np
 import pytest
 
+from tideline.monitoring.predictions import DEAD_PREFIX, read_predictions
 from tideline.serving import metrics as m
-from tideline.serving.predlog import DEAD_PREFIX, PredictionLog, read_predictions
+from tideline.serving.predlog import PredictionLog
 from tideline.store import FileStore
 
 AT = datetime(2026, 12, 4, 12, 0, tzinfo=UTC)

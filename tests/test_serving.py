@@ -32,9 +32,9 @@ from tideline.data import synthetic_market
 from tideline.errors import ConfigError
 from tideline.features import build_dataset, feature_config_hash
 from tideline.models import load_model, make_model
+from tideline.monitoring.predictions import COLUMNS, read_predictions
 from tideline.registry import Registry, open_registry
 from tideline.serving.chaos import parse_chaos
-from tideline.serving.predlog import COLUMNS, read_predictions
 
 MODEL = "tideline"
 

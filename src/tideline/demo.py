@@ -313,11 +313,11 @@ class Traffic:
 def wait_logged(registry: Any, traffic: Traffic, since: float, timeout: float = 20.0) -> int:
     """Wait until the prediction log holds every row the client was answered with (logged after ``since``):
     the predictors flush their logs in batches, and feedback must not judge a half-written record."""
-    from tideline.feedback import load_prediction_log
+    from tideline.monitoring.predictions import read_predictions
 
     deadline = time.monotonic() + timeout
     while True:
-        df = load_prediction_log(registry, since=pd.Timestamp(since, unit="s", tz="UTC"))
+        df = read_predictions(registry, since=pd.Timestamp(since, unit="s", tz="UTC"))
         n = 0
         if len(df):
             pairs = pd.MultiIndex.from_arrays([df["request_id"].astype(str), df["version"].astype(str)])
@@ -616,11 +616,12 @@ class Demo:
     # -- the record -----------------------------------------------------------------------------------------
     def _record(self, seconds: float) -> dict[str, Any]:
         from tideline.evaluation import strategy_returns
-        from tideline.feedback import join_outcomes, load_prediction_log
+        from tideline.feedback import join_outcomes
+        from tideline.monitoring.predictions import read_predictions
 
         cfg, w, tr = self.cfg, self.world, self.traffic
         h = w.settings.features.horizon
-        logdf = load_prediction_log(w.registry, since=pd.Timestamp(self.log_since, unit="s", tz="UTC"))
+        logdf = read_predictions(w.registry, since=pd.Timestamp(self.log_since, unit="s", tz="UTC"))
         # what the client was answered with (a mirrored shadow request is logged by the candidate too)
         pairs = pd.MultiIndex.from_arrays([logdf["request_id"].astype(str), logdf["version"].astype(str)])
         served = logdf.loc[pairs.isin(list(tr.answered))].copy()

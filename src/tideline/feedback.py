@@ -1,8 +1,8 @@
 """Live outcomes: join logged predictions with what the market did next, and measure each served version.
 
-The predictor logs every prediction to the registry store (``predictions/<YYYY-MM-DD>/<role>-<version>-<uuid>
-.parquet``; columns ``request_id, time, symbol, bar_time, feature_hash, prediction, version, role``). Once
-the bars after a prediction's bar exist, its realized outcome is known:
+The predictor logs every prediction to the registry store (``tideline.monitoring.predictions``: layout,
+columns and the one reader, ``read_predictions``). Once the bars after a prediction's bar exist, its realized
+outcome is known:
 
 * ``fwd_return`` = log(close[t+h] / close[t]) of the prediction's symbol, ``t`` = the bar it was made on
   (``bar_time``, matched **exactly** to a bar of that symbol), ``h`` = the version's label horizon
@@ -32,11 +32,9 @@ trigger rule reads (``n``, ``sharpe``, ``directional_accuracy``, ``baseline_accu
 from __future__ import annotations
 
 import dataclasses
-import io
 import json
 import logging
 import math
-import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -45,11 +43,11 @@ from typing import TYPE_CHECKING, Any, Final
 import numpy as np
 import pandas as pd
 
-from tideline.clock import utc_timestamp
 from tideline.config import EvaluationConfig, FeatureConfig
 from tideline.errors import ConfigError, DataError, TidelineError
 from tideline.evaluation import evaluate_predictions, infer_periods_per_year, strategy_returns
 from tideline.monitoring.outcomes import LiveOutcomes, WatchOutcomes
+from tideline.monitoring.predictions import naive_utc, normalize_predictions, read_predictions, utc_bound
 
 if TYPE_CHECKING:
     from tideline.drift import ChangePoint
@@ -59,106 +57,19 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "LIVE_METRICS_ATTACHMENT",
-    "PREDICTIONS_PREFIX",
-    "PREDICTION_COLUMNS",
     "FeedbackReport",
     "LiveMetrics",
     "LiveOutcomeSource",
     "join_outcomes",
     "live_metrics",
-    "load_prediction_log",
     "outcomes_from_log",
     "run_feedback",
 ]
 
 LIVE_METRICS_ATTACHMENT: Final = "live-metrics.json"  # read by tideline.triggers (performance_decay)
-PREDICTIONS_PREFIX: Final = "predictions/"
-PREDICTION_COLUMNS: Final[tuple[str, ...]] = (
-    "request_id", "time", "symbol", "bar_time", "feature_hash", "prediction", "version", "role")
 STATUSES: Final[tuple[str, ...]] = ("realized", "pending", "unknown_bar")
 DEDUP_KEY: Final[list[str]] = ["version", "role", "symbol", "bar_time"]
 ALL_ROLES: Final = "all"
-_KEY_RE = re.compile(r"^predictions/(\d{4}-\d{2}-\d{2})/[^/]+\.parquet$")
-
-
-# ---- the prediction log --------------------------------------------------------------------------------
-def _utc(value: Any, what: str) -> pd.Timestamp | None:
-    """``value`` as a tz-aware UTC timestamp (``tideline.clock.utc_timestamp``); a bad one is a ``ConfigError``
-    naming ``what``."""
-    try:
-        return utc_timestamp(value)
-    except (ValueError, TypeError):
-        raise ConfigError(f"{what} {value!r} is not a timestamp",
-                          hint="ISO 8601, e.g. 2024-05-01T00:00:00Z") from None
-
-
-def _naive_utc(s: pd.Series) -> pd.Series:
-    """Any timestamps (strings, naive = UTC, tz-aware) as tz-naive UTC datetime64[ns]; bad values NaT."""
-    out = pd.to_datetime(s, utc=True, errors="coerce", format="mixed")
-    return out.dt.tz_convert("UTC").dt.tz_localize(None).astype("datetime64[ns]")
-
-
-def _empty_log() -> pd.DataFrame:
-    return pd.DataFrame({
-        "request_id": pd.Series([], dtype=object), "time": pd.Series([], dtype="datetime64[ns, UTC]"),
-        "symbol": pd.Series([], dtype=object), "bar_time": pd.Series([], dtype="datetime64[ns]"),
-        "feature_hash": pd.Series([], dtype=object), "prediction": pd.Series([], dtype=np.float64),
-        "version": pd.Series([], dtype=object), "role": pd.Series([], dtype=object)})
-
-
-def normalize_predictions(df: pd.DataFrame) -> pd.DataFrame:
-    """The log's columns with fixed types: ``time`` tz-aware UTC, ``bar_time`` tz-naive UTC (like bars),
-    ``prediction`` float64, text columns as str (missing values stay None). DataError on missing columns."""
-    missing = [c for c in PREDICTION_COLUMNS if c not in df.columns]
-    if missing:
-        raise DataError(f"prediction log lacks columns {missing}",
-                        hint=f"expected {list(PREDICTION_COLUMNS)}")
-    out = df.loc[:, list(PREDICTION_COLUMNS)].copy()
-    out["time"] = pd.to_datetime(out["time"], utc=True, errors="coerce", format="mixed")
-    out["bar_time"] = _naive_utc(out["bar_time"])
-    out["prediction"] = pd.to_numeric(out["prediction"], errors="coerce").astype(np.float64)
-    for c in ("request_id", "feature_hash", "version", "role", "symbol"):
-        col = out[c].astype("string")
-        ok = (col.notna() & (col != "")).fillna(False).to_numpy(dtype=bool)
-        out[c] = col.astype(object).where(ok, None)
-    return out.reset_index(drop=True)
-
-
-def load_prediction_log(registry: Registry, since: Any = None, until: Any = None) -> pd.DataFrame:
-    """Every logged prediction with ``since <= time < until`` (either bound optional), sorted by time.
-
-    Reads the Parquet objects under ``predictions/<YYYY-MM-DD>/`` of the registry store; day folders
-    outside the bounds are not read. An object that cannot be read is skipped with a warning (its key is
-    listed in ``df.attrs["unreadable"]``); a key outside the layout is ignored.
-    """
-    lo, hi = _utc(since, "since"), _utc(until, "until")
-    if lo is not None and hi is not None and hi <= lo:
-        raise ConfigError(f"until ({hi}) must be after since ({lo})")
-    frames: list[pd.DataFrame] = []
-    unreadable: list[str] = []
-    for key in registry.store.list(PREDICTIONS_PREFIX):
-        m = _KEY_RE.match(key)
-        if not m:
-            continue
-        day = m.group(1)
-        if (lo is not None and day < f"{lo:%Y-%m-%d}") or (hi is not None and day > f"{hi:%Y-%m-%d}"):
-            continue
-        try:
-            raw, _ = registry.store.get(key)
-            part = pd.read_parquet(io.BytesIO(raw))
-            frames.append(normalize_predictions(part))
-        except (OSError, ValueError, DataError, KeyError) as e:  # a torn or foreign object: skip it
-            log.warning("skipped unreadable prediction log object %s: %s", key, e)
-            unreadable.append(key)
-    frames = [f for f in frames if len(f)]
-    df = pd.concat(frames, ignore_index=True) if frames else _empty_log()
-    if lo is not None:
-        df = df.loc[df["time"] >= lo]
-    if hi is not None:
-        df = df.loc[df["time"] < hi]
-    df = df.sort_values("time", kind="stable").reset_index(drop=True)
-    df.attrs["unreadable"] = unreadable
-    return df
 
 
 # ---- joining outcomes ----------------------------------------------------------------------------------
@@ -190,7 +101,7 @@ def join_outcomes(predictions: pd.DataFrame, bars: pd.DataFrame, horizon: int) -
     kept, dropped = _dedup(preds)
 
     b = bars.loc[:, ["timestamp", "symbol", "close"]].copy()
-    b["timestamp"] = _naive_utc(b["timestamp"])
+    b["timestamp"] = naive_utc(b["timestamp"])
     b["symbol"] = b["symbol"].astype(str)
     if b.duplicated(["symbol", "timestamp"]).any():
         raise DataError("bars have several rows for the same (symbol, timestamp)", hint="validate them first")
@@ -465,8 +376,8 @@ def run_feedback(registry: Registry, bars: pd.DataFrame, *, cost_bps: float | No
     """
     at = (now or datetime.now(UTC))
     at = at.replace(tzinfo=UTC) if at.tzinfo is None else at.astimezone(UTC)
-    since_ts = _utc(since, "since")
-    log_df = load_prediction_log(registry, since=since_ts, until=until)
+    since_ts = utc_bound(since, "since")
+    log_df = read_predictions(registry, since=since_ts, until=until)
     if bars is None or len(bars) == 0:
         raise DataError("no bars to join the predictions with")
     ppy = float(periods_per_year) if periods_per_year else infer_periods_per_year(
@@ -568,8 +479,8 @@ class LiveOutcomeSource:
                  until: Any = None, min_pairs: int = 50, refresh_s: float = 30.0,
                  endpoint_url: str | None = None) -> None:
         self.registry = registry
-        self.since = _utc(since, "since")
-        self.until = _utc(until, "until")
+        self.since = utc_bound(since, "since")
+        self.until = utc_bound(until, "until")
         self.min_pairs = int(min_pairs)
         self.refresh_s = float(refresh_s)
         self.endpoint_url = endpoint_url
@@ -613,7 +524,7 @@ class LiveOutcomeSource:
     def __call__(self, candidate: str, baseline: str) -> Any:
         try:
             bars = self.bars()
-            log_df = load_prediction_log(self.registry, since=self.since, until=self.until)
+            log_df = read_predictions(self.registry, since=self.since, until=self.until)
             log_df = log_df.loc[log_df["version"].isin([candidate, baseline])]
             cand = self._realized(log_df, candidate, bars)
             base = self._realized(log_df, baseline, bars)

@@ -34,10 +34,11 @@ def feedback(
 ) -> None:
     """Realized outcomes of logged predictions: accuracy, error, Sharpe and change points per version."""
     from tideline.data import load_bars, validate_bars
-    from tideline.feedback import _utc, run_feedback
+    from tideline.feedback import run_feedback
+    from tideline.monitoring.predictions import utc_bound
 
     s = state(ctx).settings()
-    since_ts = _utc(since, "--since")
+    since_ts = utc_bound(since, "--since")
     raw = load_bars(data, endpoint_url=s.endpoint_url())
     clean = validate_bars(raw, mode="strict").clean
     reg = open_registry(s, must_exist=True)

@@ -1,5 +1,6 @@
-"""The prediction log: every prediction the predictor makes (active, canary and shadow), as Parquet objects
-in the registry's store, for the outcome join (``tideline.feedback``) and the rollout analysis.
+"""The prediction log's writer: every prediction the predictor makes (active, canary and shadow), as Parquet
+objects in the registry's store, for the outcome join (``tideline.feedback``) and the rollout analysis. The
+layout and columns are ``tideline.monitoring.predictions``'s, and so is the one reader (``read_predictions``).
 
 Layout: ``predictions/<YYYY-MM-DD>/<role>-<version>-<uuid>.parquet`` (the UTC day of the prediction), one
 object per (day, role, version) per flush. Columns:
@@ -29,7 +30,6 @@ counted as ``outcome="dead_letter"``), and the rest is written as usual.
 
 from __future__ import annotations
 
-import io
 import logging
 import threading
 import time
@@ -41,18 +41,14 @@ from typing import Any, Final
 
 import numpy as np
 import orjson
-import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from tideline.clock import utc_timestamp
+from tideline.monitoring.predictions import DEAD_PREFIX, PREFIX
 from tideline.serving import metrics as m
 
 log = logging.getLogger(__name__)
 
-PREFIX: Final = "predictions/"
-DEAD_PREFIX: Final = "predictions-dead/"
-COLUMNS: Final = ("request_id", "time", "symbol", "bar_time", "feature_hash", "prediction", "version", "role")
 
 
 @dataclass(frozen=True)
@@ -148,24 +144,6 @@ def _parquet(chunks: Sequence[_Chunk]) -> bytes:
     buf = pa.BufferOutputStream()
     pq.write_table(_table(chunks), buf)
     return bytes(buf.getvalue())
-
-
-def _typed(df: pd.DataFrame) -> pd.DataFrame:
-    out = pd.DataFrame({
-        "request_id": df["request_id"].astype(object),
-        "time": pd.to_datetime(df["time"], utc=True).astype("datetime64[ns, UTC]"),
-        "symbol": df["symbol"].astype(object),
-        "bar_time": pd.to_datetime(df["bar_time"]).astype("datetime64[ns]"),
-        "feature_hash": df["feature_hash"].astype(object),
-        "prediction": df["prediction"].astype(np.float64),
-        "version": df["version"].astype(object),
-        "role": df["role"].astype(object),
-    })
-    return out
-
-
-def empty_frame() -> pd.DataFrame:
-    return _typed(pd.DataFrame({c: [] for c in COLUMNS}))
 
 
 class PredictionLog:
@@ -337,37 +315,3 @@ class PredictionLog:
         if (self._pending_rows or self._dead) and time.monotonic() < deadline:
             log.warning("prediction log: %d rows and %d dead letters could not be written at shutdown",
                         self._pending_rows, len(self._dead))
-
-
-def read_predictions(registry: Any, since: Any = None, until: Any = None) -> pd.DataFrame:
-    """Every logged prediction with ``since <= time < until`` (either may be None), oldest first.
-
-    ``registry`` is a ``tideline.registry.Registry`` (or a bare ``Store``); times may be strings,
-    datetimes or Timestamps (naive ones are taken as UTC). Returns the columns of ``COLUMNS``.
-    """
-    store = getattr(registry, "store", registry)
-    lo, hi = utc_timestamp(since), utc_timestamp(until)
-    frames = []
-    for key in sorted(store.list(PREFIX)):
-        parts = key.split("/")
-        if len(parts) != 3 or not parts[2].endswith(".parquet"):
-            continue
-        try:
-            day = pd.Timestamp(parts[1]).tz_localize("UTC")
-        except ValueError:
-            continue
-        if (lo is not None and day + pd.Timedelta(days=1) <= lo.floor("D")) or (hi is not None and day > hi):
-            continue
-        try:
-            data, _ = store.get(key)
-            frames.append(pd.read_parquet(io.BytesIO(data)))
-        except Exception as e:
-            log.warning("prediction log object %s is unreadable, skipped: %s", key, e)
-    if not frames:
-        return empty_frame()
-    df = _typed(pd.concat(frames, ignore_index=True))
-    if lo is not None:
-        df = df[df["time"] >= lo]
-    if hi is not None:
-        df = df[df["time"] < hi]
-    return df.sort_values("time", kind="stable").reset_index(drop=True)

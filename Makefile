@@ -91,7 +91,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/run_all.py
 
 reliability: $(STAMP)
-	$(BIN)/python bench/bench_reliability.py
+	$(BIN)/python tests/reliability/run.py
 
 clean:
 	rm -rf .tideline .pytest_cache build *.egg-info src/*.egg-info

@@ -3,7 +3,6 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -13,7 +12,6 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples" / "data"
-sys.path.insert(0, str(ROOT / "bench"))  # the reliability scenarios (bench/reliability) are importable
 
 # Tests never touch a real cloud account or the user's settings.
 os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")

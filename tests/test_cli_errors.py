@@ -1,5 +1,5 @@
 """Every CLI command with wrong input: exit code != 0, a short message that names the problem, no traceback.
-The case table lives in bench/reliability/inputs.py (the reliability row runs the same cases)."""
+The case table lives in tests/reliability/inputs.py (the reliability row runs the same cases)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """The ModelRollout status subresource as the reconciler's status store (``tideline.rollout.cr``).
 
-No API server can run here; the double (``bench/reliability/kube.py``) behaves like one where the store
+No API server can run here; the double (``tests/reliability/kube.py``) behaves like one where the store
 relies on it: a merge patch carrying a stale ``resourceVersion`` gets 409 (the rule the API server applies
 to any update with a resourceVersion precondition: kubernetes ``staging/src/k8s.io/apiserver/pkg/registry/
 generic/registry/store.go``, ``Update`` -> ``storage.GuaranteedUpdate`` -> ``NewConflict``), the status

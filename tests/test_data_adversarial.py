@@ -1,5 +1,5 @@
 """Defective and adversarial market data: every case refused with one clear line, or quarantined with a
-reason; bounded input size; short histories named. The case table lives in bench/reliability/inputs.py."""
+reason; bounded input size; short histories named. The case table lives in tests/reliability/inputs.py."""
 
 from __future__ import annotations
 

@@ -362,7 +362,7 @@ def test_pipeline_pods_get_the_signing_key_optionally() -> None:
 
 @pytest.mark.parametrize("source", list(RENDERS))
 def test_the_bench_cluster_checks_pass_and_can_fail(source: str) -> None:
-    """bench/reliability/security.py checks the same renders; its checkers agree and catch seeded mistakes."""
+    """tests/reliability/security.py checks the same renders; its checkers agree and catch seeded mistakes."""
     from reliability.security import _break, cluster_problems
 
     dev = source.endswith("kind")

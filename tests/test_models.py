@@ -261,7 +261,7 @@ def test_api_errors(tmp_path: Path) -> None:
 
 
 def test_no_unsafe_loading_in_source() -> None:
-    """An AST scan (bench/reliability/security.py) of src/, components/, serving/ and pipelines/ for
+    """An AST scan (tests/reliability/security.py) of src/, components/, serving/ and pipelines/ for
     deserialisation that can run code: pickle/joblib/dill/cloudpickle/shelve/marshal loads,
     torch.load without weights_only=True, np.load(allow_pickle=True), pandas.read_pickle, yaml.load
     without a safe Loader, skops trusted=True."""

@@ -513,30 +513,6 @@ def test_drill_history_replay_detects_lost_updates() -> None:
     assert _replay(forked)[2]
 
 
-@pytest.mark.slow
-def test_registry_reliability_drills_quick(tmp_path: Path) -> None:
-    """bench/reliability/registry.py reduced: writer processes while aliases move, SIGKILLs; both backends."""
-    from reliability.registry import scenarios
-
-    rows = scenarios(quick=True, work=tmp_path)
-    assert len(rows) == 4
-    for row in rows:
-        assert set(row) == {"area", "scenario", "times", "unit", "result", "lost", "ok", "seconds"}
-        assert row["area"] == "Faults"
-        assert row["ok"] and row["lost"] == 0, row["result"]
-    writers = [r for r in rows if r["unit"] == "versions"]
-    kills = [r for r in rows if r["unit"] == "kills"]
-    assert [r["times"] for r in writers] == [20, 20]
-    assert [r["times"] for r in kills] == [6, 6]
-    for r in writers:
-        assert "20/20 versions listed once and readable" in r["result"]
-        assert "0 dangling/partial in" in r["result"]
-        assert "3/3 races with exactly 1 winner of 4" in r["result"]
-    for r in kills:
-        assert "0 partial or lost, production unchanged" in r["result"] and "6/6 following" in r["result"]
-    assert {"local directory", "S3 API"} == {r["scenario"].rsplit("(", 1)[1].rstrip(")") for r in rows[::2]}
-
-
 def test_cleanup_reclaims_unfinished_uploads_of_killed_writers(reg: Registry, tmp_path: Path) -> None:
     """A killed writer's temp file (directory store) or multipart upload (S3) is invisible to listing;
     cleanup removes it once older than the grace period, and never touches a committed version."""

@@ -2,7 +2,7 @@
 
 The retry policy (``S3Store``): transient failures are retried with exponential backoff and jitter, each
 retry logged, then a one-line StorageUnavailable that says it gave up; permanent answers are not retried.
-The fault proxy (``bench/reliability/faultproxy.py``) plays a dead endpoint in front of moto's S3 server.
+The fault proxy (``tests/reliability/faultproxy.py``) plays a dead endpoint in front of moto's S3 server.
 """
 
 from __future__ import annotations
@@ -354,17 +354,3 @@ def test_controller_rides_over_a_short_store_outage(proxy: FaultProxy, moto: tup
     assert "(pass 1/3)" in skipped[0] and "(pass 2/3)" in skipped[1] and "nothing changed" in skipped[0]
     assert status.phase == m.Phase.PROMOTED and direct.aliases()["production"] == "v2"
     assert backend.world == {"active": "v2", "canary": None, "weight": 0, "shadow": None}
-
-
-# ---- the drills -------------------------------------------------------------------------------------------
-@pytest.mark.slow
-def test_outage_scenarios_quick(tmp_path: Path) -> None:
-    from reliability.outage import scenarios
-
-    rows = scenarios(quick=True, work=tmp_path)
-    assert len(rows) == 3
-    keys = {"area", "scenario", "times", "unit", "result", "lost", "ok", "seconds"}
-    for row in rows:
-        assert set(row) == keys and row["area"] == "Faults"
-        assert row["ok"] and row["lost"] == 0 and row["times"] >= 1, row
-        assert "failed cleanly" in row["result"] and f"{row['times']}/{row['times']} reruns" in row["result"]

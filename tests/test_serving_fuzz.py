@@ -1,6 +1,6 @@
 """The predictor (a real ``tideline-predictor`` process on loopback) under malformed requests and broken
 model files: hypothesis property tests, oversized bodies and row counts, corrupted / deleted versions in the
-store during hot reload, and a quick run of ``bench/reliability/predictor.py``.
+store during hot reload, and a quick run of ``tests/reliability/predictor.py``.
 
 The request generator is shared with the bench (``reliability.predictor.malformed_request``); here it draws
 from hypothesis (``requests()``), so a failure is shrunk to a small reproducing request.
@@ -12,7 +12,6 @@ import json
 import math
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -40,7 +39,6 @@ from reliability.predictor import (
     raw_http,
     record,
     requests,
-    scenarios,
     start_server,
 )
 
@@ -259,18 +257,7 @@ def test_a_broken_version_in_the_store_is_refused_and_the_old_one_keeps_serving(
     assert check_valid(srv, fx, 7, version=good) is None
 
 
-# ---------------------------------------------------------------------------------- the bench module
-
-
-def test_the_reliability_scenarios_hold_in_their_quick_form(tmp_path: Path) -> None:
-    rows = scenarios(True, tmp_path)
-    assert [r["area"] for r in rows] == ["Bad input", "Bad input", "Bad input", "Faults"]
-    for row in rows:
-        assert set(row) == {"area", "scenario", "times", "unit", "result", "lost", "ok", "seconds"}
-        assert row["ok"] and row["lost"] == 0 and row["times"] > 0, row["result"]
-    assert rows[0]["times"] >= 2000
-
-
+# ---------------------------------------------------------------------------------- the request generator
 def test_the_generator_reaches_every_kind_of_request(fx: Fixture) -> None:
     from reliability.predictor import RAW_KINDS, RandomDraw, malformed_request
 

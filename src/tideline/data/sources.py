@@ -10,7 +10,7 @@ its size and the limit, gzip input is cut off once its *decompressed* size passe
 gzip bomb), a CSV whose first line is longer than 64 KiB or has more than 1,000 columns is refused
 from its first bytes, and so is a Parquet file whose uncompressed size or column count is over those
 limits. Loading + validating a CSV peaks at about 5-7x its size in memory over the interpreter (205 MiB:
-+1.4 GiB; bench/reliability/inputs.py measures it), so the default limit keeps one load under ~8 GiB.
++1.4 GiB; tests/reliability/inputs.py measures it), so the default limit keeps one load under ~8 GiB.
 """
 
 from __future__ import annotations

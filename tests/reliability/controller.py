@@ -913,16 +913,16 @@ def _child(root: str, kind: str, owner: str) -> None:
 
 
 def _spawn(root: Path, kind: str, owner: str, pause_at: str | None = None) -> subprocess.Popen[bytes]:
-    bench = Path(__file__).resolve().parents[1]
+    tests_dir = Path(__file__).resolve().parents[1]  # on sys.path: import reliability.controller
     code = ("import sys; sys.path.insert(0, sys.argv[1]); from reliability.controller import _child; "
             "_child(sys.argv[2], sys.argv[3], sys.argv[4])")
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(bench)}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(tests_dir)}
     env.pop(PAUSE_ENV, None)
     if pause_at:
         env[PAUSE_ENV] = pause_at
     logf = open(root / f"{owner}.log", "ab")  # noqa: SIM115 - closed by the caller via the process
     try:
-        return subprocess.Popen([sys.executable, "-c", code, str(bench), str(root), kind, owner], cwd=bench,
+        return subprocess.Popen([sys.executable, "-c", code, str(tests_dir), str(root), kind, owner], cwd=tests_dir,
                                 env=env, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     finally:
         logf.close()

@@ -1,4 +1,4 @@
-"""Reliability scenarios: faults, bad input and attacks, each tried many times (``make reliability``).
+"""Reliability scenarios as tests: faults, bad input and attacks, each tried many times.
 
 Every module here exposes ``scenarios(quick: bool, work: Path) -> list[dict]``; ``work`` is an empty scratch
 directory and ``quick=True`` is the reduced form CI runs through the tests. Each row::
@@ -12,7 +12,9 @@ directory and ``quick=True`` is the reduced form CI runs through the tests. Each
      "ok": bool,         # every check held
      "seconds": float}
 
-``bench/bench_reliability.py`` runs each module in its own process and renders the table of docs/reliability.md.
+``tests/reliability/test_scenarios.py`` runs every module in its reduced form (``make test``);
+``tests/reliability/run.py`` (``make reliability``) runs the full form, each module in its own process, and renders
+the table of docs/reliability.md.
 Modules: ``registry`` (concurrent writers, SIGKILLed uploads), ``outage`` (S3 down mid cycle, drift check
 and rollout), ``controller`` (killed at every crash point of a rollout), ``predictor`` (malformed requests,
 oversized bodies, broken model files on reload), ``inputs`` (market-data defects and adversarial files, CLI

@@ -842,7 +842,7 @@ def _mk_small(root: Path, tag: str, rng: random.Random) -> Path:
 
 # ---- entry points ---------------------------------------------------------------------------------------
 def scenarios(quick: bool, work: Path, *, moto_lock: bool = True) -> list[dict[str, Any]]:
-    """Both drills on both backends (contract: bench/bench_reliability.py)."""
+    """Both drills on both backends (contract: tests/reliability/run.py)."""
     _quiet()
     work = Path(work)
     work.mkdir(parents=True, exist_ok=True)

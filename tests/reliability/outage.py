@@ -657,7 +657,7 @@ def _rollout(quick: bool, work: Path) -> dict[str, Any]:
 
 # ---- entry points ---------------------------------------------------------------------------------------
 def scenarios(quick: bool, work: Path) -> list[dict[str, Any]]:
-    """The three outage drills (contract: bench/bench_reliability.py)."""
+    """The three outage drills (contract: tests/reliability/run.py)."""
     work = Path(work)
     work.mkdir(parents=True, exist_ok=True)
     for name in ("cycle", "drift", "rollout"):

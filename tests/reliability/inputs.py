@@ -611,8 +611,9 @@ def scenarios(quick: bool, work: Path) -> list[dict[str, Any]]:
         if not ok:
             bad.append(f"{c.id}: {why}")
     # the real console script, for its exit code
+    # (--registry is taken before or after the command, as kubectl takes its global flags)
     scripts = [(["--registry", world["missing"], "models", "list"], 9), (["models", "show", "v999", "--registry",
-                                                                           world["reg"]], 2),
+                                                                           world["reg"]], 6),
                (["--registry", world["reg"], "models", "show", "v999"], 6), (["data", "validate"], 2)]
     for argv, want in scripts:
         p = console_script(argv)

@@ -1,14 +1,15 @@
 """The reliability table: faults, bad input and attacks, each tried many times, and what was lost.
 
-Runs every scenario module of ``bench/reliability/`` in its own process (a crash or a leaked server in one
-cannot spoil another) and collects their rows (see ``bench/reliability/__init__.py`` for the row contract).
-Writes ``bench/reliability.json`` and ``bench/reliability.md`` (``reliability-quick.*`` for ``--quick``) and,
-for a full run, the table of the docs page ``docs/reliability.md`` between ``<!-- reliability:start -->`` and
-``<!-- reliability:end -->``. Exits 1 when any scenario failed a check or lost anything.
+Runs every scenario module of ``tests/reliability/`` in its own process (a crash or a leaked server in one
+cannot spoil another) and collects their rows (see ``tests/reliability/__init__.py`` for the row contract).
+A full run of every module writes the record ``docs/reliability.json`` and the table of the docs page
+``docs/reliability.md`` between ``<!-- reliability:start -->`` and ``<!-- reliability:end -->``; the table is
+printed in every case. Exits 1 when any scenario failed a check or lost anything. The test suite runs the
+same modules in their reduced form (``tests/reliability/test_scenarios.py``).
 
-    python bench/bench_reliability.py              # full stress (make reliability), several minutes
-    python bench/bench_reliability.py --quick      # the reduced form CI runs through the tests
-    python bench/bench_reliability.py --only registry,outage
+    python tests/reliability/run.py              # full stress (make reliability), several minutes
+    python tests/reliability/run.py --quick      # the reduced form the tests run
+    python tests/reliability/run.py --only registry,outage
 """
 
 from __future__ import annotations
@@ -26,8 +27,10 @@ from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
+TESTS = HERE.parent  # on the children's sys.path: ``import reliability.<module>``
+ROOT = TESTS.parent
 DOC = ROOT / "docs" / "reliability.md"  # the docs page that shows the table (make docs)
+RECORD = ROOT / "docs" / "reliability.json"  # the rows behind that table
 START, END = "<!-- reliability:start -->", "<!-- reliability:end -->"
 MODULES = ["registry", "outage", "controller", "predictor", "inputs", "security"]
 AREAS = ["Faults", "Bad input", "Security"]
@@ -64,9 +67,9 @@ def run_module(module: str, quick: bool, timeout_s: float) -> list[dict[str, Any
     t0 = time.monotonic()
     with tempfile.TemporaryDirectory(prefix=f"tideline-rel-{module}-") as work:
         code = CHILD.format(module=module, quick=quick, work=work)
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(HERE), os.environ.get("PYTHONPATH")]))}
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH")]))}
         try:
-            p = subprocess.run([sys.executable, "-c", code], cwd=HERE, env=env, capture_output=True, text=True,
+            p = subprocess.run([sys.executable, "-c", code], cwd=TESTS, env=env, capture_output=True, text=True,
                                timeout=timeout_s)
         except subprocess.TimeoutExpired:
             return [_failed_row(module, f"timed out after {timeout_s:.0f} s", time.monotonic() - t0)]
@@ -115,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="the reduced form (what CI runs)")
     ap.add_argument("--only", default="", help=f"comma-separated modules out of {','.join(MODULES)}")
     ap.add_argument("--out", type=Path, default=None,
-                    help="JSON record (default bench/reliability.json, bench/reliability-quick.json for --quick)")
+                    help="JSON record (default: docs/reliability.json for a full run of every module, else none)")
     ap.add_argument("--doc", "--readme", dest="doc", action=argparse.BooleanOptionalAction, default=None,
                     help="write the table into docs/reliability.md (default: only for a full run of every module)")
     ap.add_argument("--timeout", type=float, default=None, help="seconds per module (default 300 quick, 1800 full)")
@@ -137,12 +140,13 @@ def main(argv: list[str] | None = None) -> int:
     meta = {"date": dt.date.today().isoformat(), "cores": os.cpu_count(), "machine": platform.machine(),
             "python": platform.python_version(), "quick": args.quick, "modules": modules,
             "wall_s": round(time.monotonic() - t0, 1)}
-    out = args.out or HERE / ("reliability-quick.json" if args.quick else "reliability.json")
-    out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
+    full = not args.quick and modules == MODULES
+    out = args.out or (RECORD if full else None)
+    if out is not None:
+        out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
     table = markdown(meta, rows)
-    out.with_suffix(".md").write_text(table)
     print(table)
-    doc = args.doc if args.doc is not None else (not args.quick and modules == MODULES)
+    doc = args.doc if args.doc is not None else full
     if doc and not write_doc(table):
         print(f"{DOC.relative_to(ROOT)} has no {START} / {END} block; table not written there", file=sys.stderr)
     return 0 if all(r["ok"] and r["lost"] == 0 for r in rows) else 1

@@ -1,4 +1,4 @@
-"""The reliability table's driver (bench/bench_reliability.py): rows checked, failures shown, docs page block."""
+"""The reliability table's driver (tests/reliability/run.py): rows checked, failures shown, docs page block."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-import bench_reliability as br  # bench/ is on sys.path (conftest)
 from conftest import ROOT
+from reliability import run as br
 
 GOOD = {"area": "Faults", "scenario": "s3 down mid cycle", "times": 5, "unit": "outages",
         "result": "5/5 clean failures | reruns ok", "lost": 0, "ok": True, "seconds": 1.5}
@@ -51,7 +51,7 @@ def test_the_docs_page_has_the_reliability_block_and_every_module_exists() -> No
     assert br.START in text and br.END in text
     assert "reliability.md" in (ROOT / "mkdocs.yml").read_text()
     for module in br.MODULES:
-        assert (ROOT / "bench" / "reliability" / f"{module}.py").is_file(), module
+        assert (ROOT / "tests" / "reliability" / f"{module}.py").is_file(), module
 
 
 def test_unknown_modules_are_refused(capsys: pytest.CaptureFixture[str]) -> None:

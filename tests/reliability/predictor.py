@@ -1196,7 +1196,7 @@ def broken_model_files(fx: Fixture, quick: bool, work: Path) -> dict[str, Any]:
 
 
 def scenarios(quick: bool, work: Path) -> list[dict[str, Any]]:
-    """The predictor's bad-input and broken-model scenarios (contract: bench/bench_reliability.py)."""
+    """The predictor's bad-input and broken-model scenarios (contract: tests/reliability/run.py)."""
     work = Path(work)
     fx = build_fixture(work / "fixture")
     return [malformed_requests(fx, quick, work), oversized(fx, quick, work), slow_clients(fx, quick, work),

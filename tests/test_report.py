@@ -4,14 +4,19 @@ Evidently embed, an honest verdict banner, and no failure on a missing or malfor
 from __future__ import annotations
 
 import copy
+import fnmatch
 import re
+import tomllib
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import jinja2
 import numpy as np
 import pytest
+from markupsafe import Markup
 
+from tideline import report
 from tideline.report import rolling_accuracy, summary_table_rows, write_report
 
 HEADINGS = (
@@ -248,3 +253,87 @@ def test_analyses_are_listed_oldest_first(record: dict[str, Any], tmp_path: Path
     assert section.index("error_rate: n/a vs 0.01 ?") < section.index("accuracy_drop: 0.2 vs 0.05 ✗")
     assert "accuracy_drop: 0.01 vs 0.05 ✓" in section
     assert "background:#16a34a\">Promoted" in section and "background:#dc2626\">RolledBack" in section
+
+
+SCRIPT = "<script>alert(1)</script>"
+ESCAPED = "&lt;script&gt;alert(1)&lt;/script&gt;"
+
+
+def _section(doc: str, key: str) -> str:
+    start = doc.index(f'<section id="{key}">')
+    return doc[start:doc.index("</section>", start)]
+
+
+def test_versions_reasons_and_names_from_the_record_are_autoescaped(
+        record: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every string the templates take from the record is escaped, wherever it lands: model versions, reasons,
+    names, file names, error messages; a Markup smuggled into the record is not trusted either."""
+    record["live"][-1]["version"] = SCRIPT  # a trace name in the live figure
+    record["events"][0]["version"] = SCRIPT
+    record["triggers"][2]["reasons"] = [SCRIPT]
+    rollout = record["rollouts"][0]
+    rollout.update(name=SCRIPT, message=SCRIPT)
+    rollout["analyses"][0]["reasons"] = [SCRIPT]
+    rollout["analyses"][0]["checks"][0].update(name=SCRIPT, reason=f'"{SCRIPT}')
+    registry = record["registry"]
+    registry["aliases"]["production"] = SCRIPT
+    registry["versions"][0].update(version=SCRIPT, note=Markup(SCRIPT))
+    registry["history"][0]["reason"] = SCRIPT
+    record["checks"][0].update(ok=False, name=SCRIPT, detail=SCRIPT)
+    record["drift"].update(drifted=[SCRIPT], html_path=str(tmp_path / f"{SCRIPT}.html"))
+    record["config"][SCRIPT] = Markup(SCRIPT)
+
+    def broken(_record: Any) -> dict[str, Any]:
+        raise ValueError(SCRIPT)
+
+    monkeypatch.setattr(report, "_learning_section", broken)
+    doc = write_report(record, tmp_path / "r.html").read_text(encoding="utf-8")
+    rest = _outside_bundle(doc)
+    assert "<script>alert" not in rest and 'title=""<' not in rest
+    assert "<section" not in doc[doc.index("<script"):doc.index("</head>")]
+    for key, least in (("timeline", 1), ("triggers", 1), ("rollouts", 5), ("registry", 4), ("drift", 2),
+                       ("config", 2), ("learning", 1)):
+        assert _section(doc, key).count(ESCAPED) >= least, key
+    assert f"could not render this section: {ESCAPED}" in _section(doc, "learning")
+    banner = re.search(r'<div class="banner bad">(.*?)</div>', doc, re.S)
+    assert banner is not None and f"{ESCAPED}: {ESCAPED}" in banner.group(1)
+    assert f'title="&#34;{ESCAPED}"' in _section(doc, "rollouts")
+    # plotly renders its labels as HTML: the trace name is escaped before plotly sees it
+    assert "live: &lt;script&gt;alert(1)" in _section(doc, "live")
+
+
+def test_the_templates_are_autoescaped_and_strict() -> None:
+    env = report._environment()
+    assert env.autoescape is True and env.undefined is jinja2.StrictUndefined
+    names = set(env.list_templates())
+    assert {"report.html.j2", "header.html.j2", "macros.html.j2"} <= names
+    assert {f"section_{key}.html.j2" for key, _ in report.SECTIONS} <= names
+    for name in names:
+        env.get_template(name)  # each one compiles
+    assert not report._render("macros.html.j2").strip()  # macros only
+    assert str(env.from_string("{{ x }}").render(x=SCRIPT)) == ESCAPED
+
+
+def test_the_templates_ship_in_the_wheel() -> None:
+    """Docker images install the wheel, not the source tree: package-data must name every template."""
+    root = Path(__file__).resolve().parents[1]
+    patterns = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
+    package = root / "src" / "tideline"
+    templates = [t.relative_to(package).as_posix() for t in (package / "templates").rglob("*") if t.is_file()]
+    assert templates
+    for name in templates:
+        assert any(fnmatch.fnmatch(name, p) for p in patterns["tideline"]), name
+
+
+def test_a_missing_template_variable_fails_loudly(
+        record: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """StrictUndefined: a template asking for a value it was not given raises, in place of an empty string;
+    and write_report, which forgives a malformed record section by section, does not hide a template bug."""
+    with pytest.raises(jinja2.UndefinedError, match="events"):
+        report._render("section_timeline.html.j2", s={})
+    with pytest.raises(jinja2.UndefinedError):
+        report._render("report.html.j2", title="t")
+    monkeypatch.setattr(report, "_timeline_section", lambda _record: {"rows": []})  # not what it expects
+    with pytest.raises(jinja2.UndefinedError, match="events"):
+        write_report(record, tmp_path / "out" / "r.html")
+    assert not (tmp_path / "out" / "r.html").exists()

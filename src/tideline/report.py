@@ -5,7 +5,13 @@ timeline, retraining triggers, rollouts with their analyses, the registry, drift
 story's pass/fail checks) into a single HTML document with plotly figures. Nothing is loaded from the
 network: plotly.js is inlined once in the head and an Evidently drift report, when there is one, is embedded
 whole in an ``<iframe srcdoc>``. Every part of the record may be missing or empty; the report then says
-"not available" for that part instead of failing. Everything taken from the record is HTML-escaped.
+"not available" for that part instead of failing.
+
+The HTML comes from Jinja2 templates in ``tideline/templates`` (package data: ``report.html.j2`` and one
+``section_<key>.html.j2`` per section), rendered with autoescaping on and ``StrictUndefined``. Python only
+prepares each section's values: everything taken from the record reaches a template as plain text and is
+escaped there. The only HTML handed over as ``Markup`` is made by code, not by the record: plotly's own
+bundle and the plotly figures (whose record strings are escaped before plotly sees them, see ``_e``).
 
 :func:`summary_table_rows` gives the headline label/value pairs (shown in the report, reusable in a
 terminal) and :func:`rolling_accuracy` the trailing-window directional accuracy plotted in the report.
@@ -13,6 +19,7 @@ terminal) and :func:`rolling_accuracy` the trailing-window directional accuracy 
 
 from __future__ import annotations
 
+import functools
 import html
 import json
 import logging
@@ -25,6 +32,9 @@ from datetime import UTC, datetime
 from itertools import accumulate
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from jinja2 import Environment, PackageLoader, StrictUndefined
+from markupsafe import Markup
 
 if TYPE_CHECKING:
     import plotly.graph_objects as go
@@ -47,21 +57,6 @@ SECTIONS = (
     ("triggers", "Retraining triggers"), ("rollouts", "Rollouts"), ("registry", "Model registry"),
     ("drift", "Drift (Evidently)"), ("config", "Configuration"),
 )
-CSS = """
-body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;color:#1f2937;margin:0;
-background:#f9fafb}
-main{max-width:1200px;margin:0 auto;padding:24px}
-h1{margin:0 0 4px}h2{margin-top:40px;border-bottom:2px solid #e5e7eb;padding-bottom:4px}
-.meta{color:#6b7280;margin-bottom:16px}nav a{margin-right:12px;color:#2563eb;text-decoration:none}
-table{border-collapse:collapse;margin:8px 0 16px;background:#fff;font-size:14px}
-th,td{border:1px solid #e5e7eb;padding:4px 8px;text-align:left;vertical-align:top}th{background:#f3f4f6}
-tr.fired td{background:#fff7ed}.na{color:#9ca3af;font-style:italic}
-.badge{display:inline-block;padding:1px 8px;border-radius:9px;color:#fff;font-size:12px;white-space:nowrap}
-.banner{padding:12px 16px;border-radius:6px;margin:16px 0;font-weight:600;color:#fff}
-.banner ul{margin:6px 0 0;font-weight:400}
-.ok{background:#16a34a}.bad{background:#dc2626}.neutral{background:#6b7280}
-.figure{background:#fff;border:1px solid #e5e7eb;margin:8px 0 16px}
-"""
 
 
 def rolling_accuracy(hits: Sequence[float], n: Sequence[float], window: int) -> list[float | None]:
@@ -108,36 +103,39 @@ def summary_table_rows(record: Mapping[str, Any]) -> list[tuple[str, str]]:
         ("Retraining triggers fired", f"{fired} of {len(triggers)} checks" if triggers else NA),
         ("Rollouts", f"{len(rollouts)}: " + ", ".join(f"{v} {k}" for k, v in phases.items())
          if rollouts else NA),
-        ("Production model", str(production) if production else NA),
+        ("Production model", _text(production) if production else NA),
         ("Story checks", f"{ok} of {len(checks)} ok" if checks else NA),
     ]
 
 
 def write_report(record: Mapping[str, Any], path: str | Path) -> Path:
-    """Write the run's story as one self-contained HTML file at ``path`` (atomically); returns its path."""
+    """Write the run's story as one self-contained HTML file at ``path`` (atomically); returns its path.
+
+    A part of the record that cannot be read costs only its section (which then says why); a fault in the
+    templates themselves (a missing variable, under ``StrictUndefined``) is a bug and raises."""
     from plotly.offline import get_plotlyjs
 
     target = Path(path).resolve()
-    title = str(record.get("title") or "tideline demo")
-    renderers: dict[str, Callable[[Mapping[str, Any]], str]] = {
+    title = _text(record.get("title") or "tideline demo")
+    builders: dict[str, Callable[[Mapping[str, Any]], dict[str, Any]]] = {
         "live": _live_section, "learning": _learning_section, "timeline": _timeline_section,
         "triggers": _triggers_section, "rollouts": _rollouts_section, "registry": _registry_section,
         "drift": _drift_section, "config": _config_section,
     }
-    body = [_header(record, title)]
+    sections = []
     for key, heading in SECTIONS:
+        data, error = None, None
         try:
-            content = renderers[key](record)
+            data = builders[key](record)
         except Exception as exc:  # a malformed part must not cost the whole report
             log.exception("report section %r failed", heading)
-            content = _na(f"could not render this section: {exc}")
-        body.append(f'<section id="{key}"><h2>{heading}</h2>{content}</section>')
-    doc = (
-        f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{_e(title)}</title>'
-        f'<meta name="viewport" content="width=device-width, initial-scale=1"><style>{CSS}</style>'
-        f'<script type="text/javascript">{get_plotlyjs()}</script></head>'
-        f'<body><main>{"".join(body)}</main></body></html>\n'
-    )
+            error = f"could not render this section: {exc}"
+        sections.append({"key": key, "heading": heading, "data": data, "error": error})
+    doc = _render(
+        "report.html.j2", title=title, header=_header(record), sections=sections,
+        # plotly's own JavaScript bundle, shipped with the plotly package: code, not data; it must not be escaped
+        plotly_js=Markup(get_plotlyjs()),
+    ) + "\n"
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_suffix(".tmp")
     try:
@@ -149,41 +147,56 @@ def write_report(record: Mapping[str, Any], path: str | Path) -> Path:
     return target
 
 
+# ---------------------------------------------------------------- templates
+
+
+@functools.cache
+def _environment() -> Environment:
+    """The templates in ``tideline/templates`` (package data), every one of them HTML and autoescaped."""
+    env = Environment(
+        loader=PackageLoader("tideline", "templates"),
+        autoescape=True,  # whatever a template is called: nothing from the record reaches the page unescaped
+        undefined=StrictUndefined,  # a misspelt or missing variable raises instead of rendering as ""
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.globals["NA"] = NA
+    return env
+
+
+def _render(template: str, **context: Any) -> str:
+    return _environment().get_template(template).render(**context)
+
+
 # ---------------------------------------------------------------- sections
+# Each section gives its template (section_<key>.html.j2) plain text and numbers only, with every value taken
+# from the record made a str here; the one exception is a plotly figure, handed over as Markup (see _figure).
 
 
-def _header(record: Mapping[str, Any], title: str) -> str:
-    meta = " · ".join([
-        f"started {_when(record.get('started_at'))} UTC" if _ts(record.get("started_at")) else f"date {NA}",
-        f"seed {_e(record['seed'])}" if record.get("seed") is not None else f"seed {NA}",
-        f"run time {_duration(record.get('seconds'))}",
-        f"{_e(record['cores'])} cores" if record.get("cores") is not None else f"cores {NA}",
-    ])
-    nav = " ".join(f'<a href="#{key}">{heading}</a>' for key, heading in SECTIONS)
+def _header(record: Mapping[str, Any]) -> dict[str, Any]:
     checks = _rows(record.get("checks"))
-    failed = [c for c in checks if c.get("ok") is not True]
-    if not checks:
-        banner = f'<div class="banner neutral">story checks {NA}</div>'
-    elif failed:
-        items = "".join(f"<li>{_e(c.get('name', '?'))}: {_e(c.get('detail', ''))}</li>" for c in failed)
-        banner = (f'<div class="banner bad">story incomplete: {len(failed)} check(s) failed'
-                  f"<ul>{items}</ul></div>")
-    else:
-        banner = f'<div class="banner ok">story complete: all {len(checks)} checks passed</div>'
-    check_rows = [[_badge("ok", "#16a34a") if c.get("ok") is True else _badge("failed", "#dc2626"),
-                   _e(c.get("name", "")), _e(c.get("detail", ""))] for c in checks]
-    summary = _table(["", ""], [[_e(k), _e(v)] for k, v in summary_table_rows(record)], head=False)
-    return (f"<header><h1>{_e(title)}</h1><div class='meta'>{meta}</div><nav>{nav}</nav></header>{banner}"
-            f"{summary}{_table(['check', 'name', 'detail'], check_rows) if checks else ''}")
+    return {
+        "meta": [
+            f"started {_when(record.get('started_at'))} UTC" if _ts(record.get("started_at")) else f"date {NA}",
+            f"seed {record['seed']}" if record.get("seed") is not None else f"seed {NA}",
+            f"run time {_duration(record.get('seconds'))}",
+            f"{record['cores']} cores" if record.get("cores") is not None else f"cores {NA}",
+        ],
+        "checks": [{"ok": c.get("ok") is True, "name": _text(c.get("name", "")), "detail": _text(c.get("detail", ""))}
+                   for c in checks],
+        "failed": [{"name": _text(c.get("name", "?")), "detail": _text(c.get("detail", ""))}
+                   for c in checks if c.get("ok") is not True],
+        "summary": summary_table_rows(record),
+    }
 
 
-def _live_section(record: Mapping[str, Any]) -> str:
+def _live_section(record: Mapping[str, Any]) -> dict[str, Any]:
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
     live = [r for r in _rows(record.get("live")) if _ts(r.get("time"))]
     if not live:
-        return _na(f"live outcomes {NA}")
+        return {"figure": None, "static": False}
     window = max(1, int(_num(_dict(record.get("learning")).get("window_bars")) or DEFAULT_WINDOW))
     x = [_ts(r.get("time")) for r in live]
     n = [_num(r.get("n")) or 0.0 for r in live]
@@ -227,76 +240,65 @@ def _live_section(record: Mapping[str, Any]) -> str:
     fig.update_yaxes(tickformat=".1%", row=2, col=1)
     fig.update_layout(height=680, template="plotly_white", hovermode="closest", margin={"t": 60, "b": 40},
                       legend={"orientation": "h", "y": -0.08})
-    note = "" if has_static else _na(f"static counterfactual {NA}")
-    return _figure(fig) + note
+    return {"figure": _figure(fig), "static": has_static}
 
 
-def _learning_section(record: Mapping[str, Any]) -> str:
+def _learning_section(record: Mapping[str, Any]) -> dict[str, Any]:
     import plotly.graph_objects as go
 
     learning = _dict(record.get("learning"))
     if not learning:
-        return _na(f"learning figures {NA}")
+        return {"rows": [], "figure": None}
     rows = [
-        ["accuracy window", f"{_e(learning['window_bars'])} bars" if "window_bars" in learning else NA],
-        ["pre-shift accuracy", _pct(learning.get("pre_shift_accuracy"))],
-        ["post-shift accuracy, static (v1 kept)", _pct(learning.get("post_shift_static_accuracy"))],
-        ["post-shift accuracy, live", _pct(learning.get("post_shift_live_accuracy"))],
-        ["recovery after the shift", _e(_recovery(learning))],
+        ("accuracy window", f"{learning['window_bars']} bars" if "window_bars" in learning else NA),
+        ("pre-shift accuracy", _pct(learning.get("pre_shift_accuracy"))),
+        ("post-shift accuracy, static (v1 kept)", _pct(learning.get("post_shift_static_accuracy"))),
+        ("post-shift accuracy, live", _pct(learning.get("post_shift_live_accuracy"))),
+        ("recovery after the shift", _recovery(learning)),
     ]
     windows = _rows(learning.get("windows"))
     if not windows:
-        return _table(["", ""], rows, head=False) + _na(f"accuracy windows {NA}")
+        return {"rows": rows, "figure": None}
     labels = [_e(w.get("label", i)) for i, w in enumerate(windows)]
     series = (("live", "live", "#2563eb"), ("static", "static (v1 kept)", "#9ca3af"))
     fig = go.Figure([go.Bar(name=name, x=labels, y=[_num(w.get(key)) for w in windows], marker_color=color)
                      for key, name, color in series])
     fig.update_layout(barmode="group", height=360, template="plotly_white", yaxis={"tickformat": ".0%"},
                       title="directional accuracy after the shift", margin={"t": 50, "b": 40})
-    return _table(["", ""], rows, head=False) + _figure(fig)
+    return {"rows": rows, "figure": _figure(fig)}
 
 
-def _timeline_section(record: Mapping[str, Any]) -> str:
-    events = _rows(record.get("events"))
-    if not events:
-        return _na(f"events {NA}")
-    rows = [[_duration(e.get("wall"), ""), _e(_when(e.get("time"))),
-             _badge(str(e.get("kind") or "?"), KIND_COLORS.get(str(e.get("kind")))),
-             _e(e.get("version") or ""), _e(e.get("text") or "")] for e in events]
-    return _table(["wall", "bar time", "kind", "version", "what happened"], rows)
+def _timeline_section(record: Mapping[str, Any]) -> dict[str, Any]:
+    events = [{"wall": _duration(e.get("wall"), ""), "when": _when(e.get("time")),
+               "kind": _text(e.get("kind") or "?"), "color": KIND_COLORS.get(str(e.get("kind"))),
+               "version": _text(e.get("version") or ""), "text": _text(e.get("text") or "")}
+              for e in _rows(record.get("events"))]
+    return {"events": events}
 
 
-def _triggers_section(record: Mapping[str, Any]) -> str:
-    triggers = _rows(record.get("triggers"))
-    if not triggers:
-        return _na(f"trigger checks {NA}")
-    rows, classes = [], []
-    for t in triggers:
+def _triggers_section(record: Mapping[str, Any]) -> dict[str, Any]:
+    triggers = []
+    for t in _rows(record.get("triggers")):
         fired = t.get("fired") is True
         if fired:
             why = "; ".join(map(str, _list(t.get("reasons"))))
         else:
             why = "; ".join(f"{r.get('name', '?')}: {r.get('reason', '')}" for r in _rows(t.get("rules")))
-        rows.append([_e(_when(t.get("time"))), _badge("fired", KIND_COLORS["trigger"]) if fired else "no",
-                     _e(why)])
-        classes.append("fired" if fired else "")
-    return _table(["bar time", "fired", "reasons"], rows, classes)
+        triggers.append({"when": _when(t.get("time")), "fired": fired, "color": KIND_COLORS["trigger"],
+                         "why": why})
+    return {"triggers": triggers}
 
 
-def _rollouts_section(record: Mapping[str, Any]) -> str:
-    rollouts = _rows(record.get("rollouts"))
-    if not rollouts:
-        return _na(f"rollouts {NA}")
-    return "".join(_rollout(r) for r in rollouts)
+def _rollouts_section(record: Mapping[str, Any]) -> dict[str, Any]:
+    return {"rollouts": [_rollout(r) for r in _rows(record.get("rollouts"))]}
 
 
-def _rollout(rollout: Mapping[str, Any]) -> str:
+def _rollout(rollout: Mapping[str, Any]) -> dict[str, Any]:
     import plotly.graph_objects as go
 
-    phase = str(rollout.get("phase") or "unknown")
+    phase = _text(rollout.get("phase") or "unknown")
     label = rollout.get("label") or f"{rollout.get('candidate', '?')} vs {rollout.get('baseline', '?')}"
-    head = (f"<h3>{_e(rollout.get('name') or 'rollout')}: {_e(label)} "
-            f"{_badge(phase, PHASE_COLORS.get(phase))}</h3><p>{_e(rollout.get('message') or '')}</p>")
+    figure = None
     steps = _rows(rollout.get("steps"))
     if steps:
         by_wall = all(_num(s.get("wall")) is not None for s in steps)
@@ -309,82 +311,81 @@ def _rollout(rollout: Mapping[str, Any]) -> str:
         fig.update_layout(height=280, template="plotly_white", margin={"t": 30, "b": 40},
                           xaxis_title="seconds since start" if by_wall else "bar time",
                           yaxis={"title": "candidate weight %", "range": [-5, 115]})
-        head += _figure(fig)
-    else:
-        head += _na(f"rollout steps {NA}")
+        figure = _figure(fig)
     analyses = _rows(rollout.get("analyses"))
     if all(_num(a.get("at")) is not None for a in analyses):
         analyses = sorted(analyses, key=lambda a: float(a["at"]))
-    rows = [[_e(a.get("phase", "")), _e(a.get("weight", "")),
-             _badge(str(a.get("verdict", "?")), VERDICT_COLORS.get(str(a.get("verdict")))),
-             _e(a.get("labelled", "")), "<br>".join(_check(c) for c in _rows(a.get("checks"))),
-             _e("; ".join(map(str, _list(a.get("reasons")))))] for a in analyses]
-    head += (_table(["phase", "weight", "verdict", "labelled", "checks", "reasons"], rows) if rows
-             else _na(f"analyses {NA}"))
-    return head
+    return {
+        "name": _text(rollout.get("name") or "rollout"), "label": _text(label), "phase": phase,
+        "color": PHASE_COLORS.get(phase), "message": _text(rollout.get("message") or ""), "figure": figure,
+        "analyses": [{"phase": _text(a.get("phase", "")), "weight": _text(a.get("weight", "")),
+                      "verdict": _text(a.get("verdict", "?")), "color": VERDICT_COLORS.get(str(a.get("verdict"))),
+                      "labelled": _text(a.get("labelled", "")), "checks": [_check(c) for c in _rows(a.get("checks"))],
+                      "reasons": "; ".join(map(str, _list(a.get("reasons"))))} for a in analyses],
+    }
 
 
-def _registry_section(record: Mapping[str, Any]) -> str:
+def _registry_section(record: Mapping[str, Any]) -> dict[str, Any]:
     registry = _dict(record.get("registry"))
-    if not registry:
-        return _na(f"registry {NA}")
-    aliases = _dict(registry.get("aliases"))
-    out = "<h3>Aliases</h3>" + (_table(["alias", "version"], [[_e(k), _e(v)] for k, v in aliases.items()])
-                                 if aliases else _na(f"aliases {NA}"))
     metric_keys = ("sharpe", "directional_accuracy", "max_drawdown")
-    rows = []
+    versions = []
     for v in _rows(registry.get("versions")):
         metrics = _dict(v.get("metrics"))
-        rows.append([_e(v.get("version", "")), _e(v.get("family", "")), _e(v.get("status", "")),
-                     _e(_when(v.get("created_at"))),
-                     *(_metric(k, metrics.get(k)) for k in metric_keys), _e(v.get("note") or "")])
-    headers = ["version", "family", "status", "created", *metric_keys, "note"]
-    out += "<h3>Versions</h3>" + (_table(headers, rows) if rows else _na(f"versions {NA}"))
+        versions.append([_text(v.get("version", "")), _text(v.get("family", "")), _text(v.get("status", "")),
+                         _when(v.get("created_at")), *(_metric(k, metrics.get(k)) for k in metric_keys),
+                         _text(v.get("note") or "")])
     cols = ("at", "action", "version", "from_version", "alias", "reason", "actor")
-    history = [[_e(_when(h.get(c))) if c == "at" else _e(h.get(c) or "") for c in cols]
+    history = [[_when(h.get(c)) if c == "at" else _text(h.get(c) or "") for c in cols]
                for h in _rows(registry.get("history"))]
-    return out + "<h3>History</h3>" + (_table(list(cols), history) if history else _na(f"history {NA}"))
+    return {
+        "available": bool(registry),
+        "aliases": [(_text(k), _text(v)) for k, v in _dict(registry.get("aliases")).items()],
+        "version_headers": ["version", "family", "status", "created", *metric_keys, "note"], "versions": versions,
+        "history_headers": list(cols), "history": history,
+    }
 
 
-def _drift_section(record: Mapping[str, Any]) -> str:
+def _drift_section(record: Mapping[str, Any]) -> dict[str, Any]:
     drift = _dict(record.get("drift"))
-    if not drift:
-        return _na(f"drift results {NA}")
-    out = f"<p>{_e(drift.get('summary') or f'summary {NA}')}</p>"
-    if _num(drift.get("share")) is not None:
-        out += f"<p>drifted feature share: {_pct(drift.get('share'))}</p>"
-    drifted = _list(drift.get("drifted"))
-    out += f"<p>drifted columns: {_e(', '.join(map(str, drifted))) if drifted else 'none'}</p>"
+    out: dict[str, Any] = {
+        "available": bool(drift), "summary": _text(drift.get("summary") or f"summary {NA}"),
+        "share": _pct(drift.get("share")) if _num(drift.get("share")) is not None else None,
+        "drifted": [_text(d) for d in _list(drift.get("drifted"))], "evidently": None, "missing": None,
+    }
     source = drift.get("html_path")
+    if not drift:
+        return out
     if not source:
-        return out + _na(f"Evidently report {NA} (none was written)")
+        return {**out, "missing": f"Evidently report {NA} (none was written)"}
     try:
+        # the Evidently report's own HTML, a whole document: the template escapes it into <iframe srcdoc>
         embedded = Path(str(source)).read_text(encoding="utf-8", errors="replace")
     except OSError as exc:
         log.warning("cannot read the Evidently report %s: %s", source, exc)
-        return out + _na(f"Evidently report {NA}: cannot read {source}")
-    return out + (f'<iframe srcdoc="{html.escape(embedded, quote=True)}" sandbox="allow-scripts" '
-                  f'title="Evidently drift report" style="width:100%;height:900px;border:1px solid #e5e7eb">'
-                  f"</iframe>")
+        return {**out, "missing": f"Evidently report {NA}: cannot read {source}"}
+    return {**out, "evidently": embedded}
 
 
-def _config_section(record: Mapping[str, Any]) -> str:
+def _config_section(record: Mapping[str, Any]) -> dict[str, Any]:
     config = _dict(record.get("config"))
-    if not config:
-        return _na(f"configuration {NA}")
-    rows = [[_e(k), _e(v if isinstance(v, str) else json.dumps(v, default=str))] for k, v in config.items()]
-    return _table(["parameter", "value"], rows)
+    rows = [(_text(k), _text(v) if isinstance(v, str) else json.dumps(v, default=str)) for k, v in config.items()]
+    return {"rows": rows}
 
 
 # ---------------------------------------------------------------- helpers
 
 
+def _text(value: Any) -> str:
+    """A value from the record as a plain ``str`` for a template to escape. Never a ``Markup`` (a str subclass
+    that autoescaping trusts), even where the value is one or its ``__str__`` returns one."""
+    text = str(value)
+    return text if type(text) is str else str.__str__(text)
+
+
 def _e(value: Any) -> str:
-    return html.escape(str(value), quote=True)
-
-
-def _na(text: str) -> str:
-    return f'<p class="na">{_e(text)}</p>'
+    """Text for a plotly figure (trace names, labels, hover text), HTML-escaped here: plotly renders these
+    strings as its own subset of HTML in the browser, and the figure reaches the page as Markup."""
+    return html.escape(_text(value), quote=True)
 
 
 def _dict(value: Any) -> Mapping[str, Any]:
@@ -429,7 +430,7 @@ def _ts(value: Any) -> str | None:
 
 def _when(value: Any) -> str:
     ts = _ts(value)
-    return ts[:16] if ts else (str(value) if value else "")
+    return ts[:16] if ts else (_text(value) if value else "")
 
 
 def _pct(value: Any) -> str:
@@ -463,29 +464,17 @@ def _recovery(learning: Mapping[str, Any]) -> str:
     return f"{bars:.0f} bars" if bars is not None else "not reached"
 
 
-def _check(check: Mapping[str, Any]) -> str:
+def _check(check: Mapping[str, Any]) -> dict[str, str]:
     passed = check.get("passed")
     mark = "✓" if passed is True else "✗" if passed is False else "?"
     value, threshold = _num(check.get("value")), _num(check.get("threshold"))
     text = (f"{check.get('name', '?')}: {'n/a' if value is None else f'{value:.4g}'} vs "
             f"{'n/a' if threshold is None else f'{threshold:.4g}'} {mark}")
-    return f'<span title="{_e(check.get("reason") or "")}">{_e(text)}</span>'
+    return {"text": text, "reason": _text(check.get("reason") or "")}
 
 
-def _badge(text: str, color: str | None) -> str:
-    return f'<span class="badge" style="background:{color or "#6b7280"}">{_e(text)}</span>'
-
-
-def _table(
-    headers: list[str], rows: list[list[str]], classes: list[str] | None = None, head: bool = True
-) -> str:
-    """Rows of cells that are already HTML (the caller escapes)."""
-    thead = "<tr>" + "".join(f"<th>{_e(h)}</th>" for h in headers) + "</tr>" if head else ""
-    body = "".join((f'<tr class="{c}">' if c else "<tr>") + "".join(f"<td>{x}</td>" for x in row) + "</tr>"
-                   for row, c in zip(rows, classes or [""] * len(rows), strict=True))
-    return f"<table>{thead}{body}</table>"
-
-
-def _figure(fig: go.Figure) -> str:
-    div = fig.to_html(full_html=False, include_plotlyjs=False, config=PLOT_CONFIG)
-    return f'<div class="figure">{div}</div>'
+def _figure(fig: go.Figure) -> Markup:
+    """A plotly figure's ``<div>`` and ``<script>``, for the template to insert as it is. Safe as Markup: plotly
+    writes the markup itself, from our numbers and from strings we passed through :func:`_e`, and its JSON
+    escapes ``<`` and ``/`` (nothing in it can close the script)."""
+    return Markup(fig.to_html(full_html=False, include_plotlyjs=False, config=PLOT_CONFIG))

@@ -122,8 +122,9 @@ def test_lease() -> None:
     assert not RELEASED.live(0.0) and not RELEASED.held_by_other("b", 0.0)
     assert a.due("b", 110.0, ttl=30.0, slack=5.0)  # not ours
     assert not a.due("a", 101.0, ttl=30.0, slack=5.0) and a.due("a", 106.0, ttl=30.0, slack=5.0)
+    assert not a.taken("a", now=200.0, ttl=0.0).held_by_other("b", 200.0)  # one pass, nobody kept out
     with pytest.raises(ValueError):
-        a.taken("a", now=0.0, ttl=0.0)
+        a.taken("a", now=0.0, ttl=-1.0)
 
 
 @pytest.mark.parametrize("module", [tideline.store.cas, tideline.store.lease])

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
@@ -29,6 +29,7 @@ from scipy import stats
 from scipy.spatial import distance
 
 from tideline.config import ROLLOUT_DEFAULTS as _D
+from tideline.documents import Document
 from tideline.monitoring.outcomes import LiveOutcomes
 
 Verdict = Literal["pass", "fail", "inconclusive"]
@@ -39,7 +40,7 @@ DURATION_METRIC = "tideline_request_duration_seconds"
 
 # ---- thresholds ----------------------------------------------------------------------------------------
 @dataclass(frozen=True)
-class Thresholds:
+class Thresholds(Document):
     """Limits a candidate must stay within during each analysis interval (defaults: ``[loop.rollout]`` settings)."""
 
     max_error_rate: float = _D.max_error_rate
@@ -67,13 +68,6 @@ class Thresholds:
             raise ValueError("max_p99_latency_ms must be positive")
         if self.min_requests < 1 or self.min_labelled < 1:
             raise ValueError("min_requests and min_labelled must be at least 1")
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any] | None) -> Thresholds:
-        return cls(**dict(d or {}))
 
 
 # ---- metrics snapshots ---------------------------------------------------------------------------------
@@ -244,7 +238,7 @@ class AnalysisInput:
 
 
 @dataclass
-class Check:
+class Check(Document):
     name: str
     value: float | None
     threshold: float
@@ -252,14 +246,9 @@ class Check:
     """None: inconclusive (too little data)."""
     reason: str
 
-    def to_dict(self) -> dict[str, Any]:
-        v = self.value
-        return {"name": self.name, "value": None if v is None or not math.isfinite(v) else v,
-                "threshold": self.threshold, "passed": self.passed, "reason": self.reason}
-
 
 @dataclass
-class AnalysisResult:
+class AnalysisResult(Document):
     verdict: Verdict
     checks: list[Check]
     reasons: list[str]
@@ -270,16 +259,6 @@ class AnalysisResult:
     @property
     def passed(self) -> bool:
         return self.verdict == "pass"
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"verdict": self.verdict, "checks": [c.to_dict() for c in self.checks],
-                "reasons": list(self.reasons), "labelled": self.labelled, "at": self.at}
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> AnalysisResult:
-        checks = [Check(c["name"], c.get("value"), c["threshold"], c.get("passed"), c.get("reason", ""))
-                  for c in d.get("checks", [])]
-        return cls(d["verdict"], checks, list(d.get("reasons", [])), int(d.get("labelled", 0)), d.get("at"))
 
 
 def ks_statistic(a: Sequence[float], b: Sequence[float]) -> float:

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from tideline.config import ROLLOUT_DEFAULTS as _D
+from tideline.documents import Document
 from tideline.monitoring.outcomes import WatchOutcomes
 from tideline.rollout.analysis import AnalysisResult, Check, SeriesMetrics, Thresholds
 
@@ -38,7 +39,7 @@ FLOOR_PREVIOUS = "previous_floor"
 
 
 @dataclass(frozen=True)
-class WatchSpec:
+class WatchSpec(Document):
     """The guard's settings (part of a ``RolloutSpec``; ``duration_s == 0``: no watch, Promoting -> Promoted).
     Defaults: the ``[loop.rollout]`` settings' ``watch_*``."""
 

@@ -53,6 +53,7 @@ from typing import Any, Literal
 
 from tideline.config import ROLLOUT_DEFAULTS as _D
 from tideline.config import LoopRolloutConfig
+from tideline.documents import Document
 from tideline.rollout.analysis import AnalysisResult, Thresholds
 from tideline.rollout.guard import WatchSpec, kill_switch_needed
 
@@ -80,7 +81,7 @@ ManualAction = Literal["promote", "rollback"]
 
 # ---- spec ----------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
-class ShadowSpec:
+class ShadowSpec(Document):
     """The shadow phase (defaults: the ``[loop.rollout]`` settings, like every default of a spec)."""
 
     min_duration_s: float = _D.shadow_seconds
@@ -92,7 +93,7 @@ class ShadowSpec:
 
 
 @dataclass(frozen=True)
-class RolloutSpec:
+class RolloutSpec(Document):
     name: str
     target: str
     """the served model (the predictor's --name / the InferenceService)."""
@@ -136,11 +137,6 @@ class RolloutSpec:
         """The weights the canary slot takes; a trailing 100 means promotion, not a canary weight."""
         return tuple(s for s in self.steps if s < 100)
 
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["steps"] = list(self.steps)
-        return d
-
     @classmethod
     def from_settings(cls, cfg: LoopRolloutConfig, *, candidate: str, baseline: str, bars: str | None = None,
                       name: str | None = None) -> RolloutSpec:
@@ -163,17 +159,14 @@ class RolloutSpec:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> RolloutSpec:
-        d = dict(d)
-        d["shadow"] = ShadowSpec(**d.get("shadow", {}))
-        d["thresholds"] = Thresholds.from_dict(d.get("thresholds"))
-        d["steps"] = tuple(d.get("steps", (10, 25, 50, 100)))
-        d["watch"] = WatchSpec(**d.get("watch", {"duration_s": 0.0}))  # none stored: written before the guard
-        return cls(**d)
+        """The stored spec (``Document.from_dict``); a document without a watch was written before the guard
+        existed and keeps meaning none."""
+        return super().from_dict({"watch": {"duration_s": 0.0}, **d})
 
 
 # ---- status --------------------------------------------------------------------------------------------
 @dataclass
-class RolloutStatus:
+class RolloutStatus(Document):
     phase: Phase = Phase.PENDING
     weight: int = 0
     """traffic share of the canary slot (0 outside Canary; after promotion the candidate IS the active)."""
@@ -197,18 +190,6 @@ class RolloutStatus:
     @property
     def terminal(self) -> bool:
         return self.phase in TERMINAL
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["phase"] = self.phase.value
-        return d
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> RolloutStatus:
-        d = dict(d)
-        d["phase"] = Phase(d.get("phase", "Pending"))
-        d["analyses"] = list(d.get("analyses", []))
-        return cls(**d)
 
     @classmethod
     def initial(cls, spec: RolloutSpec) -> RolloutStatus:

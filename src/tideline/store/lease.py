@@ -34,9 +34,10 @@ class Lease:
         return self.live(now) and self.holder != who
 
     def taken(self, who: str, now: float, ttl: float) -> Lease:
-        """The lease held by ``who`` for ``ttl`` seconds from ``now`` (a take-over or a renewal)."""
-        if ttl <= 0:
-            raise ValueError(f"a lease needs a positive ttl, not {ttl}")
+        """The lease held by ``who`` for ``ttl`` seconds from ``now`` (a take-over or a renewal); ``ttl`` 0 names
+        the holder of one pass without keeping anybody out after it (e.g. a one-shot manual rollback)."""
+        if ttl < 0:
+            raise ValueError(f"a lease needs a ttl >= 0, not {ttl}")
         return Lease(who, now + ttl)
 
     def due(self, who: str, now: float, ttl: float, slack: float) -> bool:

@@ -89,7 +89,7 @@ def main() -> None:
     import evidently  # noqa: F401 - timed separately: one-off cost of a process
 
     from tideline.config import DriftConfig
-    from tideline.drift import check_drift, drift_report_html
+    from tideline.monitoring.drift import check_drift, drift_report_html
 
     import_s = time.perf_counter() - t0
     cfg = DriftConfig()

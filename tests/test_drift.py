@@ -15,7 +15,8 @@ import pytest
 from conftest import FAST_PARAMS
 from tideline.config import DriftConfig, Settings, load_settings
 from tideline.data import synthetic_market, write_bars
-from tideline.drift import (
+from tideline.errors import ConfigError, DataError, RegistryError
+from tideline.monitoring.drift import (
     ChangePoint,
     DriftResult,
     PerformanceMonitor,
@@ -25,7 +26,6 @@ from tideline.drift import (
     drift_report_html,
     run_drift_check,
 )
-from tideline.errors import ConfigError, DataError, RegistryError
 
 SHIFTED = {  # column -> (kind, how current differs)
     "a_mean": ("normal", "mean"), "b_scale": ("student_t", "scale"), "c_mean_t": ("student_t", "mean"),

@@ -20,7 +20,7 @@ from tideline.config import TriggerConfig
 from tideline.data import synthetic_market, validate_bars, write_bars
 from tideline.errors import ConfigError
 from tideline.evaluation import infer_periods_per_year
-from tideline.feedback import (
+from tideline.monitoring.feedback import (
     LIVE_METRICS_ATTACHMENT,
     join_outcomes,
     live_metrics,

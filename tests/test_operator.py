@@ -303,7 +303,7 @@ def test_status_mapping_covers_every_machine_field() -> None:
 
 def test_bars_in_the_spec_wire_live_outcomes_into_the_analysis(registry: Registry, monkeypatch: pytest.MonkeyPatch,
                                                                 tmp_path: Path) -> None:
-    from tideline.feedback import LiveOutcomeSource
+    from tideline.monitoring.feedback import LiveOutcomeSource
 
     w = World(registry, spec={"bars": str(tmp_path / "recent.parquet")})
     monkeypatch.setattr(op, "_reconciler", w.rec)

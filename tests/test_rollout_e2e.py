@@ -48,8 +48,8 @@ from tideline.clock import SystemClock
 from tideline.config import FeatureConfig
 from tideline.data import synthetic_market, write_bars
 from tideline.features import build_dataset, feature_config_hash
-from tideline.feedback import outcomes_from_log
 from tideline.models import make_model
+from tideline.monitoring.feedback import outcomes_from_log
 from tideline.registry import Registry, Status, open_registry
 from tideline.rollout import machine as m
 from tideline.rollout.analysis import Thresholds

@@ -260,7 +260,7 @@ DRIFT_PVALUE_METHODS: tuple[str, ...] = ("ks", "t_test", "mannw", "anderson", "c
 
 
 class DriftConfig(BaseModel):
-    """Feature and prediction drift checks (``tideline.drift``).
+    """Feature and prediction drift checks (``tideline.monitoring.drift``).
 
     ``auto`` picks per column: a p-value test (``ks``) when either side has fewer than
     ``min_rows_for_distance`` rows (distances are noisy on small samples), else Jensen-Shannon for columns

@@ -470,7 +470,7 @@ class Demo:
     def run_controller(self) -> dict[str, Any]:
         """The rollout the loop started, run by the one rollout controller; time passes as bars are replayed."""
         from tideline.clock import FakeClock
-        from tideline.feedback import outcomes_from_log
+        from tideline.monitoring.feedback import outcomes_from_log
         from tideline.rollout import machine as m
         from tideline.rollout.controller import RolloutController, load_rollout
 
@@ -616,7 +616,7 @@ class Demo:
     # -- the record -----------------------------------------------------------------------------------------
     def _record(self, seconds: float) -> dict[str, Any]:
         from tideline.evaluation import strategy_returns
-        from tideline.feedback import join_outcomes
+        from tideline.monitoring.feedback import join_outcomes
         from tideline.monitoring.predictions import read_predictions
 
         cfg, w, tr = self.cfg, self.world, self.traffic

@@ -162,7 +162,7 @@ class Reconciler:
         if spec.bars:  # live outcomes: the prediction log joined with realized returns from these bars
             outcomes = self._outcomes.get((ns, name))
             if outcomes is None:
-                from tideline.feedback import outcomes_from_log
+                from tideline.monitoring.feedback import outcomes_from_log
 
                 since = pd.Timestamp(started_at, unit="s", tz="UTC") if started_at else None
                 outcomes = self._outcomes[(ns, name)] = outcomes_from_log(

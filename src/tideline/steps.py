@@ -257,12 +257,12 @@ def _sample(df: pd.DataFrame, n: int, seed: int) -> pd.DataFrame:
 @_record_failures
 def drift_report(in_dataset: str | Path, out_html: str | Path, seed: int = 7) -> dict[str, Any]:
     """Feature drift of the hold-out rows against the development rows, as an Evidently HTML report
-    (``tideline.drift.drift_report_html``); returns the report's scalar figures."""
+    (``tideline.monitoring.drift.drift_report_html``); returns the report's scalar figures."""
     ds, plan, _ = load_dataset(in_dataset)
     tab = ds.X[ds.spec.tabular]
     reference = _sample(tab.iloc[plan.dev], DRIFT_SAMPLE_ROWS, seed)
     current = _sample(tab.iloc[plan.hold], DRIFT_SAMPLE_ROWS, seed + 1)
-    from tideline.drift import drift_report_html
+    from tideline.monitoring.drift import drift_report_html
 
     return _flat_summary(drift_report_html(reference, current, out_html))
 

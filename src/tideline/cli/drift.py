@@ -35,8 +35,8 @@ def check(
 ) -> None:
     """Compare recent bars with the training reference of a version (default: production)."""
     from tideline.data import load_bars, synthetic_market, validate_bars
-    from tideline.drift import amplify_moves, run_drift_check
     from tideline.errors import ConfigError
+    from tideline.monitoring.drift import amplify_moves, run_drift_check
 
     if bool(data) == synthetic:
         raise ConfigError("give exactly one of --data PATH or --synthetic")

@@ -9,7 +9,7 @@ import typer
 from tideline.cli.context import err, open_registry, out, print_json, state
 
 if TYPE_CHECKING:
-    from tideline.feedback import FeedbackReport, LiveMetrics
+    from tideline.monitoring.feedback import FeedbackReport, LiveMetrics
 
 
 def _vkey(version: str) -> tuple[int, str]:
@@ -34,7 +34,7 @@ def feedback(
 ) -> None:
     """Realized outcomes of logged predictions: accuracy, error, Sharpe and change points per version."""
     from tideline.data import load_bars, validate_bars
-    from tideline.feedback import run_feedback
+    from tideline.monitoring.feedback import run_feedback
     from tideline.monitoring.predictions import utc_bound
 
     s = state(ctx).settings()

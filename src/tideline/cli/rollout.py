@@ -53,7 +53,7 @@ def _outcomes(s: Settings, reg: Registry, name: str) -> Any:
     """The live-outcome provider of a rollout whose spec names recent bars (``--bars``), else None.
 
     Predictions are joined from the rollout's creation on (both versions, every role)."""
-    from tideline.feedback import outcomes_from_log
+    from tideline.monitoring.feedback import outcomes_from_log
     from tideline.rollout.controller import load_rollout
 
     doc, _ = load_rollout(reg.store, name)

@@ -331,7 +331,7 @@ class Loop:
         if production is None:
             rec.step("monitor", "skipped", "nothing in production yet")
             return None
-        from tideline.feedback import run_feedback
+        from tideline.monitoring.feedback import run_feedback
 
         since = self._deployed_at(production)
         try:
@@ -363,7 +363,7 @@ class Loop:
         return datetime(1970, 1, 1, tzinfo=UTC)
 
     def _maybe_drift(self, rec: TickRecord, bars: pd.DataFrame, production: str, now: datetime) -> None:
-        from tideline.drift import run_drift_check
+        from tideline.monitoring.drift import run_drift_check
 
         last = self._attachment(production, DRIFT_ATTACHMENT)
         last_at = pd.Timestamp(last["checked_at"]) if last and last.get("checked_at") else None

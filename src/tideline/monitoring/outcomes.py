@@ -1,6 +1,6 @@
 """Live outcomes: what served predictions turned out to be, as the rollout analysis and the guard take them.
 
-Filled by ``tideline.feedback.LiveOutcomeSource`` (the prediction log joined with later bars); pure data, no
+Filled by ``tideline.monitoring.feedback.LiveOutcomeSource`` (the prediction log joined with later bars); pure data, no
 I/O, so the analysis stays testable with hand-made outcomes.
 """
 

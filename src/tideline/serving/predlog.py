@@ -1,5 +1,5 @@
 """The prediction log's writer: every prediction the predictor makes (active, canary and shadow), as Parquet
-objects in the registry's store, for the outcome join (``tideline.feedback``) and the rollout analysis. The
+objects in the registry's store, for the outcome join (``tideline.monitoring.feedback``) and the rollout analysis. The
 layout and columns are ``tideline.monitoring.predictions``'s, and so is the one reader (``read_predictions``).
 
 Layout: ``predictions/<YYYY-MM-DD>/<role>-<version>-<uuid>.parquet`` (the UTC day of the prediction), one

@@ -50,7 +50,7 @@ from tideline.monitoring.outcomes import LiveOutcomes, WatchOutcomes
 from tideline.monitoring.predictions import naive_utc, normalize_predictions, read_predictions, utc_bound
 
 if TYPE_CHECKING:
-    from tideline.drift import ChangePoint
+    from tideline.monitoring.drift import ChangePoint
     from tideline.registry import Registry
 
 log = logging.getLogger(__name__)
@@ -346,7 +346,7 @@ def _cost_of(mv: Any, cost_bps: float | None) -> float:
 
 
 def _change_points(rows: pd.DataFrame, monitor_kwargs: Mapping[str, Any]) -> tuple[list[ChangePoint], int]:
-    from tideline.drift import PerformanceMonitor
+    from tideline.monitoring.drift import PerformanceMonitor
 
     """Changes in the realized absolute errors and in the direction hits (a flipped signal barely moves the
     errors' size but turns hits into misses), each watched by its own monitor; sorted by time."""
@@ -450,7 +450,7 @@ def live_record(whole: LiveMetrics, per_role: Mapping[tuple[str, str], LiveMetri
         "roles": {r: m.to_dict() for (_, r), m in sorted(per_role.items())},
         "change_points": [c.to_dict() for c in change_points],
         "n_monitored": monitored,
-        "source": "tideline.feedback",
+        "source": "tideline.monitoring.feedback",
     }
 
 

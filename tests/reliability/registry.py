@@ -52,6 +52,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -383,12 +384,25 @@ def _replay(events: list[Any]) -> tuple[dict[str, str], dict[str, str], list[str
     return aliases, statuses, bad
 
 
-def _concurrency(backend: str, label: str, endpoint: str | None, quick: bool, work: Path) -> dict[str, Any]:
-    n, m, rounds = (4, 5, 3) if quick else (8, 50, 20)
-    t0 = time.monotonic()
-    cfg = _new_registry(backend, endpoint, work, "writers")
-    scenario = (f"registry: {n} writer processes x {m} versions while aliases move, then {rounds} CAS races "
-                f"({label})")
+@dataclass
+class _Findings:
+    """What a drill found wrong: problems (each a line of the row) and how many things were lost."""
+
+    problems: list[str] = field(default_factory=list)
+    lost: int = 0
+
+    def add(self, problem: str, lost: int = 1) -> None:
+        """A problem that lost ``lost`` things (0: wrong, but nothing lost or corrupted)."""
+        self.problems.append(problem)
+        self.lost += lost
+
+    def summary(self, result: str) -> str:
+        return result + ("; PROBLEMS: " + " | ".join(self.problems[:6]) if self.problems else "")
+
+
+def _run_writers(cfg: dict[str, Any], n: int, m: int, rounds: int, quick: bool, work: Path,
+                 found: _Findings) -> tuple[list[dict[str, Any]], _Watcher]:
+    """``n`` writer processes (``_writer``) while a watcher samples the aliases; their reports."""
     ctx = multiprocessing.get_context("spawn")
     barrier = ctx.Barrier(n)
     outs = [work / f"writer{i}.json" for i in range(n)]
@@ -411,47 +425,44 @@ def _concurrency(backend: str, label: str, endpoint: str | None, quick: bool, wo
             p.join(10)
     watcher.stop_event.set()
     watcher.join(60)
-
-    problems: list[str] = []
-    lost = 0
     reports = []
     for i, path in enumerate(outs):
         if not path.exists():
-            problems.append(f"writer {i} died without a report (exit code {procs[i].exitcode})")
+            found.add(f"writer {i} died without a report (exit code {procs[i].exitcode})", 0)
             continue
         rep = json.loads(path.read_text())
         reports.append(rep)
-        problems += [f"writer {i}: {e}" for e in rep["errors"][:3]]
+        for e in rep["errors"][:3]:
+            found.add(f"writer {i}: {e}", 0)
     if watcher.error:
-        problems.append(watcher.error)
-    lost += watcher.dangling + watcher.partial
-    problems += watcher.problems[:3]
+        found.add(watcher.error, 0)
+    found.lost += watcher.dangling + watcher.partial
+    found.problems += watcher.problems[:3]
+    return reports, watcher
 
-    reg = _open(cfg)
+
+def _check_versions(reg: Any, reports: list[dict[str, Any]], expected_total: int, work: Path,
+                    found: _Findings) -> tuple[list[str], int, int]:
+    """Every version a writer was handed is listed once, carries its writer's metadata and reads back with the
+    sha256 it was written with. Returns the listed ids, how many read back and how many were handed out."""
     claimed: dict[str, tuple[int, dict[str, Any]]] = {}
-    dups = 0
     for rep in reports:
         for v, info in rep["versions"].items():
             if v in claimed:
-                dups += 1
-                problems.append(f"{v} was handed to writers {claimed[v][0]} and {rep['writer']}")
+                found.add(f"{v} was handed to writers {claimed[v][0]} and {rep['writer']}")
             claimed[v] = (rep["writer"], info)
-    lost += dups
-    expected_total = n * m
     listed = reg.list_versions()
     ids = [mv.version for mv in listed]
     if len(claimed) != expected_total:
-        problems.append(f"writers got {len(claimed)} versions, expected {expected_total}")
+        found.add(f"writers got {len(claimed)} versions, expected {expected_total}", 0)
     missing = sorted(set(claimed) - set(ids))
     extra = sorted(set(ids) - set(claimed))
-    lost += len(missing) + len(extra)
     if missing or extra:
-        problems.append(f"listed versions differ: missing {missing[:5]}, unexpected {extra[:5]}")
+        found.add(f"listed versions differ: missing {missing[:5]}, unexpected {extra[:5]}", len(missing) + len(extra))
     if len(ids) != len(set(ids)):
-        lost += len(ids) - len(set(ids))
-        problems.append("a version is listed twice")
+        found.add("a version is listed twice", len(ids) - len(set(ids)))
     if ids != [f"v{k}" for k in range(1, len(ids) + 1)]:
-        problems.append(f"version ids are not v1..v{len(ids)} without gaps")
+        found.add(f"version ids are not v1..v{len(ids)} without gaps", 0)
     fetch_tmp = work / "fetch"
     fetch_tmp.mkdir(exist_ok=True)
     readable = 0
@@ -461,62 +472,60 @@ def _concurrency(backend: str, label: str, endpoint: str | None, quick: bool, wo
             continue
         w, info = owner
         if mv.extra != {"writer": w, "j": info["j"]}:
-            lost += 1
-            problems.append(f"{mv.version} carries {mv.extra}, registered as writer={w} j={info['j']}")
+            found.add(f"{mv.version} carries {mv.extra}, registered as writer={w} j={info['j']}")
             continue
         why = _fetch_ok(reg, mv.version, fetch_tmp, info["sha"])
         if why:
-            lost += 1
-            problems.append(why)
+            found.add(why)
         else:
             readable += 1
+    return ids, readable, len(claimed)
 
-    # State: one register event per version, CAS moves recorded exactly as they answered, replay.
+
+def _check_history(reg: Any, reports: list[dict[str, Any]], ids: list[str],
+                   found: _Findings) -> tuple[int, int, int, bool]:
+    """One register event per version; every alias move recorded exactly as it was answered; the history
+    replays to the stored state. Returns (moves, conflicts, refusals, replay clean)."""
     events = reg.history()
     regs = [e.version for e in events if e.action == "register"]
     if sorted(regs) != sorted(ids) or len(regs) != len(set(regs)):
-        lost += abs(len(set(ids)) - len(set(regs))) + (len(regs) - len(set(regs)))
-        problems.append(f"{len(regs)} register events for {len(ids)} versions")
+        found.add(f"{len(regs)} register events for {len(ids)} versions",
+                  abs(len(set(ids)) - len(set(regs))) + (len(regs) - len(set(regs))))
     by_reason: dict[str, list[Any]] = {}
     for e in events:
         by_reason.setdefault(e.reason, []).append(e)
     moved = conflicts = refused = 0
-    for rep in reports:
-        for op in rep["ops"]:
-            got = by_reason.get(op["reason"], [])
-            if op["result"] == "ok":
-                moved += 1
-                if len(got) != 1:
-                    lost += 1
-                    problems.append(f"{op['reason']} succeeded but is in the history {len(got)} times")
-                elif "expected" in op and got[0].from_version != op["expected"]:
-                    lost += 1
-                    problems.append(f"{op['reason']}: moved from {got[0].from_version}, "
-                                    f"expected {op['expected']}")
-            else:
-                conflicts += op["result"] == "conflict"
-                refused += op["result"] == "refused"
-                if got:
-                    lost += 1
-                    problems.append(f"{op['reason']} answered {op['result']} but wrote {len(got)} events")
-    race_events = [e for e in events if e.reason.startswith("race")]
+    for op in (op for rep in reports for op in rep["ops"]):
+        got = by_reason.get(op["reason"], [])
+        if op["result"] == "ok":
+            moved += 1
+            if len(got) != 1:
+                found.add(f"{op['reason']} succeeded but is in the history {len(got)} times")
+            elif "expected" in op and got[0].from_version != op["expected"]:
+                found.add(f"{op['reason']}: moved from {got[0].from_version}, expected {op['expected']}")
+        else:
+            conflicts += op["result"] == "conflict"
+            refused += op["result"] == "refused"
+            if got:
+                found.add(f"{op['reason']} answered {op['result']} but wrote {len(got)} events")
     rep_aliases, rep_statuses, bad = _replay(events)
-    lost += len(bad)
-    problems += bad[:3]
+    found.lost += len(bad)
+    found.problems += bad[:3]
     aliases = reg.aliases()
     statuses = {v: s.value for v, s in reg.statuses().items()}
     if rep_aliases != aliases:
-        lost += 1
-        problems.append(f"replayed aliases {rep_aliases} != stored {aliases}")
+        found.add(f"replayed aliases {rep_aliases} != stored {aliases}")
     if {v: rep_statuses.get(v, "CANDIDATE") for v in statuses} != statuses:
-        lost += 1
-        problems.append("replayed statuses differ from the stored ones")
+        found.add("replayed statuses differ from the stored ones")
     active = [v for v, s in statuses.items() if s == "ACTIVE"]
     if active != ([aliases["production"]] if "production" in aliases else []):
-        lost += 1
-        problems.append(f"ACTIVE versions {active}, production {aliases.get('production')}")
+        found.add(f"ACTIVE versions {active}, production {aliases.get('production')}")
+    return moved, conflicts, refused, not bad
 
-    # The races: exactly one winner per round, chained in the history.
+
+def _check_races(reg: Any, reports: list[dict[str, Any]], n: int, rounds: int, found: _Findings) -> int:
+    """Exactly one winner per CAS race, chained in the history; the number of clean rounds."""
+    race_events = [e for e in reg.history() if e.reason.startswith("race")]
     winners_ok = 0
     for k in range(rounds):
         entries = [e for rep in reports for e in rep["race"] if e["round"] == k]
@@ -524,32 +533,44 @@ def _concurrency(backend: str, label: str, endpoint: str | None, quick: bool, wo
         others = [e["result"] for e in entries if e["result"] not in ("won", "conflict")]
         recorded = [e for e in race_events if e.reason.startswith(f"race{k}:")]
         if len(entries) != n or others:
-            problems.append(f"race {k}: {len(entries)} answers, errors {others[:2]}")
+            found.add(f"race {k}: {len(entries)} answers, errors {others[:2]}", 0)
         if len(won) == 1 and len(recorded) == 1 and recorded[0].version == won[0]["version"]:
             winners_ok += 1
         else:
-            lost += 1
-            problems.append(f"race {k}: {len(won)} winners, {len(recorded)} recorded moves")
-    if rounds and race_events and aliases.get("candidate") != race_events[-1].version:
-        lost += 1
-        problems.append("candidate is not the last race winner")
+            found.add(f"race {k}: {len(won)} winners, {len(recorded)} recorded moves")
+    if rounds and race_events and reg.aliases().get("candidate") != race_events[-1].version:
+        found.add("candidate is not the last race winner")
+    return winners_ok
+
+
+def _concurrency(backend: str, label: str, endpoint: str | None, quick: bool, work: Path) -> dict[str, Any]:
+    n, m, rounds = (4, 5, 3) if quick else (8, 50, 20)
+    t0 = time.monotonic()
+    cfg = _new_registry(backend, endpoint, work, "writers")
+    scenario = (f"registry: {n} writer processes x {m} versions while aliases move, then {rounds} CAS races "
+                f"({label})")
+    found = _Findings()
+    reports, watcher = _run_writers(cfg, n, m, rounds, quick, work, found)
+    reg = _open(cfg)
+    expected_total = n * m
+    ids, readable, handed_out = _check_versions(reg, reports, expected_total, work, found)
+    moved, conflicts, refused, replay_ok = _check_history(reg, reports, ids, found)
+    winners_ok = _check_races(reg, reports, n, rounds, found)
 
     starts = [r["t_start"] for r in reports if "t_start" in r]
     mains = [r["t_main"] for r in reports if "t_main" in r]
     main_s = (max(mains) - min(starts)) if starts and mains else float("nan")
-    rate = len(claimed) / main_s if main_s > 0 else 0.0
+    rate = handed_out / main_s if main_s > 0 else 0.0
     gaps = "gap-free" if ids == [f"v{k}" for k in range(1, len(ids) + 1)] else "WITH GAPS"
     result = (f"{readable}/{expected_total} versions listed once and readable, sha256 ok, ids "
               f"v1..v{len(ids)} {gaps}; {watcher.dangling + watcher.partial} dangling/partial in "
               f"{watcher.samples:,} alias samples ({watcher.checks:,} alias checks, {watcher.fetches:,} "
               f"fetches); {moved} alias moves recorded, {conflicts} CAS conflicts and {refused} refusals "
-              f"wrote nothing; history replays {'to the stored state' if not bad else 'with ERRORS'}; "
+              f"wrote nothing; history replays {'to the stored state' if replay_ok else 'with ERRORS'}; "
               f"{winners_ok}/{rounds} races with exactly 1 winner of {n}; {rate:.1f} versions/s "
               f"({main_s:.1f} s)")
-    ok = not problems and readable == expected_total and winners_ok == rounds
-    if problems:
-        result += "; PROBLEMS: " + " | ".join(problems[:6])
-    return _row(scenario, expected_total, "versions", result, lost, ok, t0)
+    ok = not found.problems and readable == expected_total and winners_ok == rounds
+    return _row(scenario, expected_total, "versions", found.summary(result), found.lost, ok, t0)
 
 
 # ---- drill 2: SIGKILL ------------------------------------------------------------------------------------
@@ -639,199 +660,215 @@ _KILL_MODES = {
 }
 
 
-def _sigkill(backend: str, label: str, endpoint: str | None, quick: bool, work: Path) -> dict[str, Any]:
-    from tideline.errors import VersionNotFound
-
-    per_mode = 2 if quick else 20
-    size_mb = 12 if quick else 32
-    t0 = time.monotonic()
-    rng = random.Random()
-    cfg = _new_registry(backend, endpoint, work, "kill")
-    s3 = _s3_client(cfg) if cfg["bucket"] else None
-    big = work / "big"
+def _big_artifacts(big: Path, size_mb: int) -> dict[str, str]:
+    """A model directory with a ``size_mb`` blob (multipart on S3, uploaded first); its files' sha256."""
     (big / "sub").mkdir(parents=True)
-    with open(big / "blob.bin", "wb") as f:  # sorted first: uploaded first (multipart on S3)
+    with open(big / "blob.bin", "wb") as f:  # sorted first: uploaded first
         for _ in range(size_mb):
             f.write(os.urandom(1 << 20))
     (big / "model.json").write_text(json.dumps({"big": True}))
     (big / "sub" / "spec.txt").write_text("spec big\n")
-    big_sha = {p.relative_to(big).as_posix(): _sha(p) for p in big.rglob("*") if p.is_file()}
-    scratch = work / "scratch"
-    scratch.mkdir()
-    tmp = work / "fetch"
-    tmp.mkdir()
+    return {p.relative_to(big).as_posix(): _sha(p) for p in big.rglob("*") if p.is_file()}
 
-    reg = _open(cfg)
-    base = reg.register(_mk_small(scratch, "base", rng), {"family": "stress"})
-    reg.promote(base.version, reason="baseline", actor="drill")
-    aliases0 = reg.aliases()
-    ctx = multiprocessing.get_context("spawn")
-    child_cfg = dict(cfg, dir=str(big))
-    problems: list[str] = []
-    lost = 0
-    tally = {"mid-upload": 0, "after upload, before commit": 0, "committed, status not yet recorded": 0,
-             "committed and recorded": 0, "register had returned": 0}
-    kills = dict.fromkeys(_KILL_MODES, 0)
-    orphans_removed = prod_moved = next_ok = 0
-    garbage_n = garbage_b = 0
-    next_id = int(base.version[1:]) + 1
-    deleted: list[str] = []
-    children: list[_Child] = [_Child(ctx, child_cfg)]
 
-    def take() -> _Child:
-        c = children.pop(0)
-        children.append(_Child(ctx, child_cfg))  # the next one warms up while this one works
+class _KillDrill:
+    """Writer processes registering a big version, SIGKILLed at a chosen moment; after each kill, what a fresh
+    client sees is checked, cleanup runs, and the next registration must work."""
+
+    def __init__(self, backend: str, endpoint: str | None, quick: bool, work: Path) -> None:
+        self.size_mb = 12 if quick else 32
+        self.rng = random.Random()
+        self.cfg = _new_registry(backend, endpoint, work, "kill")
+        self.s3 = _s3_client(self.cfg) if self.cfg["bucket"] else None
+        self.big_sha = _big_artifacts(work / "big", self.size_mb)
+        self.scratch, self.tmp = work / "scratch", work / "fetch"
+        self.scratch.mkdir()
+        self.tmp.mkdir()
+        self.reg = _open(self.cfg)
+        self.base = self.reg.register(_mk_small(self.scratch, "base", self.rng), {"family": "stress"})
+        self.reg.promote(self.base.version, reason="baseline", actor="drill")
+        self.aliases0 = self.reg.aliases()
+        self.ctx = multiprocessing.get_context("spawn")
+        self.child_cfg = dict(self.cfg, dir=str(work / "big"))
+        self.children: list[_Child] = [_Child(self.ctx, self.child_cfg)]
+        self.found = _Findings()
+        self.tally = {"mid-upload": 0, "after upload, before commit": 0, "committed, status not yet recorded": 0,
+                      "committed and recorded": 0, "register had returned": 0}
+        self.kills = dict.fromkeys(_KILL_MODES, 0)
+        self.orphans_removed = self.prod_moved = self.next_ok = self.garbage_n = self.garbage_b = 0
+        self.next_id = int(self.base.version[1:]) + 1
+        self.deleted: list[str] = []
+        self.reg_s = self.up_s = 0.0
+
+    def take(self) -> _Child:
+        c = self.children.pop(0)
+        self.children.append(_Child(self.ctx, self.child_cfg))  # the next one warms up while this one works
         c.wait_ready()
         return c
 
-    try:
-        # Calibration: one unkilled registration, timed from 'start' and from the first upload byte.
-        known = _upload_marks(cfg, s3)
-        c = take()
+    def close(self) -> None:
+        for c in self.children:
+            c.kill()
+
+    def calibrate(self) -> None:
+        """One unkilled registration, timed from 'start' and from the first upload byte."""
+        known = _upload_marks(self.cfg, self.s3)
+        c = self.take()
         c.conn.send("go")
         c.conn.recv()
-        t_start = time.monotonic()
-        t_up = None
+        t_start, t_up = time.monotonic(), None
         while not c.conn.poll(0.002):
-            if t_up is None and _upload_marks(cfg, s3) - known:
+            if t_up is None and _upload_marks(self.cfg, self.s3) - known:
                 t_up = time.monotonic()
         msg = c.conn.recv()
         t_end = time.monotonic()
         c.conn.send("exit")
         c.proc.join(30)
-        reg_s = t_end - t_start
-        up_s = t_end - (t_up or t_start)
-        if msg[0] != "done" or msg[1] != f"v{next_id}":
+        self.reg_s, self.up_s = t_end - t_start, t_end - (t_up or t_start)
+        if msg[0] != "done" or msg[1] != f"v{self.next_id}":
             raise RuntimeError(f"calibration registration answered {msg}")
-        why = _fetch_ok(reg, msg[1], tmp, big_sha)
+        why = _fetch_ok(self.reg, msg[1], self.tmp, self.big_sha)
         if why:
-            problems.append(f"calibration: {why}")
-        reg.delete(msg[1], reason="drill", actor="drill")
-        deleted.append(msg[1])
-        next_id += 1
+            self.found.add(f"calibration: {why}", 0)
+        self.reg.delete(msg[1], reason="drill", actor="drill")
+        self.deleted.append(msg[1])
+        self.next_id += 1
 
-        plan = [mode for mode in _KILL_MODES for _ in range(per_mode)]
-        rng.shuffle(plan)
+    def kill_one(self, n: int, mode: str) -> None:
+        before = [mv.version for mv in self.reg.list_versions()]
+        known = _upload_marks(self.cfg, self.s3, objects=True)
+        target = f"v{self.next_id}"
+        c = self.take()
+        c.conn.send("go")
+        c.conn.recv()  # ('start', t)
+        deadline = time.monotonic() + 60
+        if mode == "upload":
+            while not (_upload_marks(self.cfg, self.s3) - known) and time.monotonic() < deadline:
+                time.sleep(0.002)
+            time.sleep(self.rng.uniform(0, 0.8 * self.up_s))
+        elif mode == "register":  # half of them near the end, where the commit is
+            time.sleep((self.rng.uniform(0, 1.05) if n % 2 else self.rng.uniform(0.8, 1.05)) * self.reg_s)
+        else:
+            while not _committed(self.cfg, self.s3, target) and time.monotonic() < deadline:
+                pass
+        c.kill()
+        self.kills[mode] += 1
+        returned = any(m[0] == "done" for m in c.messages())
+        self.reg = type(self.reg)(self.reg.store, signing=self.reg.signing)  # a fresh client: nothing cached
+        self.check_visible(n, target, before, known, returned)
+        self.check_cleanup(n)
+        self.check_next(n)
+
+    def check_visible(self, n: int, target: str, before: list[str], known: set[str], returned: bool) -> None:
+        """No version gone, production unmoved; the killed one absent or complete, never half there."""
+        from tideline.errors import VersionNotFound
+
+        reg, found = self.reg, self.found
+        after = [mv.version for mv in reg.list_versions()]
+        new = [v for v in after if v not in before]
+        if [v for v in before if v not in after]:
+            found.add(f"kill {n}: versions disappeared")
+        if reg.aliases() != self.aliases0:
+            self.prod_moved += 1
+            found.add(f"kill {n}: aliases moved to {reg.aliases()}")
+        if not new:
+            try:
+                reg.get(target)
+                found.add(f"kill {n}: {target} is not listed but get() finds it")
+            except VersionNotFound:
+                pass
+            mine = _upload_marks(self.cfg, self.s3, objects=True) - known
+            blob_done = any(reg.store.exists(f"artifacts/{p}/blob.bin") for p in mine)
+            self.tally["after upload, before commit" if blob_done else "mid-upload"] += 1
+            return
+        if new != [target]:
+            found.add(f"kill {n}: new versions {new}, expected at most {target}", len(new))
+            return
+        why = _fetch_ok(reg, target, self.tmp, self.big_sha)
+        if why:
+            found.add(f"kill {n}: {target} visible but {why}")
+        recorded = any(e.action == "register" and e.version == target for e in reg.history())
+        if returned:
+            self.tally["register had returned"] += 1
+        else:
+            self.tally["committed and recorded" if recorded else "committed, status not yet recorded"] += 1
+        if reg.status(target).value != "CANDIDATE":
+            found.add(f"kill {n}: {target} has status {reg.status(target).value}", 0)
+        reg.delete(target, reason="drill", actor="drill")  # keeps moto's memory bounded
+        self.deleted.append(target)
+        self.next_id += 1
+
+    def check_cleanup(self, n: int) -> None:
+        """Orphans go (uploaded files, and the unfinished uploads only the store sees), versions stay."""
+        reg, found = self.reg, self.found
+        g_n, g_b = _garbage(self.cfg, self.s3)
+        self.garbage_n += g_n
+        self.garbage_b += g_b
+        removed = reg.cleanup(keep_last=1_000_000, orphan_grace_s=0)
+        left_n, left_b = _garbage(self.cfg, self.s3)
+        if left_n:
+            found.add(f"kill {n}: cleanup left {left_n} unfinished uploads ({left_b / 1e6:.0f} MB)", 0)
+        if any(not r.startswith("artifacts/") for r in removed):
+            found.add(f"kill {n}: cleanup removed versions {removed}")
+        self.orphans_removed += len(removed)
+        listed = reg.list_versions()
+        referenced = {mv.artifact_prefix for mv in listed}
+        present = {"/".join(k.split("/")[:2]) + "/" for k in reg.store.list("artifacts/")}
+        if present != referenced:
+            found.add(f"kill {n}: {len(present - referenced)} orphan prefixes left by cleanup, "
+                      f"{len(referenced - present)} referenced ones gone", len(referenced - present))
+        ids = sorted([mv.version for mv in listed] + self.deleted, key=lambda v: int(v[1:]))
+        if ids != [f"v{k}" for k in range(1, len(ids) + 1)]:
+            found.add(f"kill {n}: version ids have a gap: {ids[-5:]}", 0)
+
+    def check_next(self, n: int) -> None:
+        """The next registration works, gets the next id and production is still the baseline."""
+        reg, found = self.reg, self.found
+        mv = reg.register(_mk_small(self.scratch, f"after{n}", self.rng), {"family": "stress"})
+        if mv.version != f"v{self.next_id}":
+            found.add(f"kill {n}: the next registration got {mv.version}, expected v{self.next_id}", 0)
+        self.next_id = int(mv.version[1:]) + 1
+        why = _fetch_ok(reg, mv.version, self.tmp)
+        if why:
+            found.add(f"kill {n}: next registration {why}")
+        else:
+            self.next_ok += 1
+        active = [v for v, st in reg.statuses().items() if st.value == "ACTIVE"]
+        if active != [self.base.version]:
+            found.add(f"kill {n}: ACTIVE versions are {active}")
+
+    def result(self) -> str:
+        total, tally, kills = sum(self.kills.values()), self.tally, self.kills
+        before_commit = tally["mid-upload"] + tally["after upload, before commit"]
+        after_commit = tally["committed, status not yet recorded"] + tally["committed and recorded"]
+        garbage = (f"cleanup also reclaimed {self.garbage_n} unfinished "
+                   f"{'temp files' if self.cfg['root'] else 'multipart uploads'} ({self.garbage_b / 1e6:.0f} MB) "
+                   f"of killed writers, 0 left")
+        return (f"{total} SIGKILLs of a writer registering {self.size_mb} MB ({kills['upload']} during the upload, "
+                f"{kills['register']} anywhere in register, {kills['commit']} right at the manifest commit): "
+                f"{before_commit} before the commit ({tally['mid-upload']} mid-upload) left no visible "
+                f"version; {after_commit} after it ({tally['committed, status not yet recorded']} before the "
+                f"status update) left the complete version, sha256 ok; {tally['register had returned']} after "
+                f"register returned; {self.found.lost} partial or lost, production "
+                f"{'changed' if self.prod_moved else 'unchanged'}; cleanup removed {self.orphans_removed} orphan "
+                f"prefixes and no version; {self.next_ok}/{total} following registrations ok; {garbage}")
+
+
+def _sigkill(backend: str, label: str, endpoint: str | None, quick: bool, work: Path) -> dict[str, Any]:
+    t0 = time.monotonic()
+    drill = _KillDrill(backend, endpoint, quick, work)
+    try:
+        drill.calibrate()
+        plan = [mode for mode in _KILL_MODES for _ in range(2 if quick else 20)]
+        drill.rng.shuffle(plan)
         for n, mode in enumerate(plan):
-            before = [mv.version for mv in reg.list_versions()]
-            known = _upload_marks(cfg, s3, objects=True)
-            target = f"v{next_id}"
-            c = take()
-            c.conn.send("go")
-            c.conn.recv()  # ('start', t)
-            deadline = time.monotonic() + 60
-            if mode == "upload":
-                while not (_upload_marks(cfg, s3) - known) and time.monotonic() < deadline:
-                    time.sleep(0.002)
-                time.sleep(rng.uniform(0, 0.8 * up_s))
-            elif mode == "register":  # half of them near the end, where the commit is
-                time.sleep((rng.uniform(0, 1.05) if n % 2 else rng.uniform(0.8, 1.05)) * reg_s)
-            else:
-                while not _committed(cfg, s3, target) and time.monotonic() < deadline:
-                    pass
-            c.kill()
-            kills[mode] += 1
-            returned = any(m[0] == "done" for m in c.messages())
-
-            # What is visible now, to a fresh client?
-            reg = type(reg)(reg.store, signing=reg.signing)  # nothing cached (reusing the connection pool)
-            after = [mv.version for mv in reg.list_versions()]
-            new = [v for v in after if v not in before]
-            if [v for v in before if v not in after]:
-                lost += 1
-                problems.append(f"kill {n}: versions disappeared")
-            if reg.aliases() != aliases0:
-                lost += 1
-                prod_moved += 1
-                problems.append(f"kill {n}: aliases moved to {reg.aliases()}")
-            if not new:
-                try:
-                    reg.get(target)
-                    lost += 1
-                    problems.append(f"kill {n}: {target} is not listed but get() finds it")
-                except VersionNotFound:
-                    pass
-                mine = _upload_marks(cfg, s3, objects=True) - known
-                blob_done = any(reg.store.exists(f"artifacts/{p}/blob.bin") for p in mine)
-                tally["after upload, before commit" if blob_done else "mid-upload"] += 1
-            elif new != [target]:
-                lost += len(new)
-                problems.append(f"kill {n}: new versions {new}, expected at most {target}")
-            else:
-                why = _fetch_ok(reg, target, tmp, big_sha)
-                if why:
-                    lost += 1
-                    problems.append(f"kill {n}: {target} visible but {why}")
-                recorded = any(e.action == "register" and e.version == target for e in reg.history())
-                if returned:
-                    tally["register had returned"] += 1
-                else:
-                    tally["committed and recorded" if recorded else "committed, status not yet recorded"] += 1
-                if reg.status(target).value != "CANDIDATE":
-                    problems.append(f"kill {n}: {target} has status {reg.status(target).value}")
-                reg.delete(target, reason="drill", actor="drill")  # keeps moto's memory bounded
-                deleted.append(target)
-                next_id += 1
-
-            # Orphans go (uploaded files, and the unfinished uploads only the store sees), versions stay.
-            g_n, g_b = _garbage(cfg, s3)
-            garbage_n += g_n
-            garbage_b += g_b
-            removed = reg.cleanup(keep_last=1_000_000, orphan_grace_s=0)
-            left_n, left_b = _garbage(cfg, s3)
-            if left_n:
-                problems.append(f"kill {n}: cleanup left {left_n} unfinished uploads ({left_b / 1e6:.0f} MB)")
-            if any(not r.startswith("artifacts/") for r in removed):
-                lost += 1
-                problems.append(f"kill {n}: cleanup removed versions {removed}")
-            orphans_removed += len(removed)
-            listed = reg.list_versions()
-            referenced = {mv.artifact_prefix for mv in listed}
-            present = {"/".join(k.split("/")[:2]) + "/" for k in reg.store.list("artifacts/")}
-            if present != referenced:
-                problems.append(f"kill {n}: {len(present - referenced)} orphan prefixes left by cleanup, "
-                                f"{len(referenced - present)} referenced ones gone")
-                lost += len(referenced - present)
-            ids = sorted([mv.version for mv in listed] + deleted, key=lambda v: int(v[1:]))
-            if ids != [f"v{k}" for k in range(1, len(ids) + 1)]:
-                problems.append(f"kill {n}: version ids have a gap: {ids[-5:]}")
-            # The next registration works.
-            mv = reg.register(_mk_small(scratch, f"after{n}", rng), {"family": "stress"})
-            if mv.version != f"v{next_id}":
-                problems.append(f"kill {n}: the next registration got {mv.version}, expected v{next_id}")
-            next_id = int(mv.version[1:]) + 1
-            why = _fetch_ok(reg, mv.version, tmp)
-            if why:
-                lost += 1
-                problems.append(f"kill {n}: next registration {why}")
-            else:
-                next_ok += 1
-            active = [v for v, st in reg.statuses().items() if st.value == "ACTIVE"]
-            if active != [base.version]:
-                lost += 1
-                problems.append(f"kill {n}: ACTIVE versions are {active}")
+            drill.kill_one(n, mode)
     finally:
-        for c in children:
-            c.kill()
-
-    total = sum(kills.values())
-    before_commit = tally["mid-upload"] + tally["after upload, before commit"]
-    after_commit = tally["committed, status not yet recorded"] + tally["committed and recorded"]
-    garbage = (f"cleanup also reclaimed {garbage_n} unfinished "
-               f"{'temp files' if cfg['root'] else 'multipart uploads'} ({garbage_b / 1e6:.0f} MB) of killed "
-               f"writers, 0 left")
-    result = (f"{total} SIGKILLs of a writer registering {size_mb} MB ({kills['upload']} during the upload, "
-              f"{kills['register']} anywhere in register, {kills['commit']} right at the manifest commit): "
-              f"{before_commit} before the commit ({tally['mid-upload']} mid-upload) left no visible "
-              f"version; {after_commit} after it ({tally['committed, status not yet recorded']} before the "
-              f"status update) left the complete version, sha256 ok; {tally['register had returned']} after "
-              f"register returned; {lost} partial or lost, production "
-              f"{'changed' if prod_moved else 'unchanged'}; cleanup removed {orphans_removed} orphan "
-              f"prefixes and no version; {next_ok}/{total} following registrations ok; {garbage}")
-    if problems:
-        result += "; PROBLEMS: " + " | ".join(problems[:6])
+        drill.close()
     scenario = f"registry: writer SIGKILLed mid-upload / anywhere in register / at the commit ({label})"
-    return _row(scenario, total, "kills", result, lost, not problems, t0)
+    found = drill.found
+    return _row(scenario, sum(drill.kills.values()), "kills", found.summary(drill.result()), found.lost,
+                not found.problems, t0)
 
 
 def _mk_small(root: Path, tag: str, rng: random.Random) -> Path:

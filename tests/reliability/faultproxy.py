@@ -83,8 +83,8 @@ class _Conn:
                 while buf and not self.closed:
                     if self.body_left:
                         part, buf = buf[: self.body_left], buf[self.body_left :]
+                        self.body_left -= len(part)  # before sending: the answer can beat the line below
                         self.upstream.sendall(part)
-                        self.body_left -= len(part)
                         continue
                     end = buf.find(b"\r\n\r\n")
                     if end < 0:
@@ -123,7 +123,16 @@ class _Conn:
                 data = self.upstream.recv(65536)
                 if not data:
                     break
-                if self.drop_armed and self.body_left == 0 and not data.startswith(b"HTTP/1.1 100"):
+                if self.drop_armed and self.body_left == 0 and data.startswith(b"HTTP/1.1 100"):
+                    # an interim 100 Continue goes through; the final answer may share its read (the server
+                    # sends both back to back once it has the body): that part is the one to drop
+                    end = data.find(b"\r\n\r\n")
+                    if end < 0 or end + 4 == len(data):
+                        self.client.sendall(data)
+                        continue
+                    self.client.sendall(data[: end + 4])
+                    data = data[end + 4 :]
+                if self.drop_armed and self.body_left == 0:
                     self.proxy._dropped()
                     down = self.drop_then_down
                     self.close()

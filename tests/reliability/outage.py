@@ -508,15 +508,10 @@ _ROLLOUT_MOMENTS: list[tuple[str, str, str, str, str]] = [
 ]
 
 
-def _rollout_once(direct: str, proxy: FaultProxy, prefix: str, label: str, candidate: str, end: str,
-                  when: str, action: str, tally: Tally, counter: _RetryCounter) -> None:
-    from tideline.clock import FakeClock
-    from tideline.errors import StorageUnavailable
-    from tideline.registry import Registry, Status
-    from tideline.rollout import machine as m
-    from tideline.rollout.analysis import AnalysisResult, Thresholds
-    from tideline.rollout.controller import RolloutController, load_rollout
-    from tideline.rollout.guard import WatchSpec
+def _rollout_world(direct: str, proxy: FaultProxy, prefix: str, candidate: str) -> tuple[Any, Any, FakeBackend]:
+    """v1 in production, ``candidate`` set; the controller's store goes through ``proxy``. Returns (the registry
+    seen directly, the controller's store, the backend)."""
+    from tideline.registry import Registry
     from tideline.store import S3Store
 
     direct_reg = _registry(direct, prefix)
@@ -526,50 +521,17 @@ def _rollout_once(direct: str, proxy: FaultProxy, prefix: str, label: str, candi
         direct_reg.register(art, {"family": "sklearn"})
     direct_reg.promote("v1", reason="initial")
     direct_reg.set_alias("candidate", candidate)
-
     store = S3Store(BUCKET, prefix, endpoint_url=proxy.endpoint, attempts=4, backoff_s=0.05)
-    reg = Registry(store)
-    backend = FakeBackend(reg, "v1")
-    good = candidate == "v2"
+    return direct_reg, store, FakeBackend(Registry(store), "v1")
 
-    seen: list[m.RolloutStatus] = []
 
-    def analyzer(inp: Any, th: Any) -> AnalysisResult:
-        # the bad candidate passes shadow and the first step, then fails from 50% of the traffic on
-        loaded = bool(seen) and seen[-1].phase == m.Phase.CANARY and seen[-1].weight >= 50
-        if good or not loaded:
-            return AnalysisResult("pass", [], [], labelled=1000)
-        return AnalysisResult("fail", [], ["error rate 50% > 5%"], labelled=1000)
+def _judge_stop(label: str, error: str | None, gave_up_at: float, direct_reg: Any, backend: FakeBackend,
+                seen: list[Any], candidate: str, proxy: FaultProxy, tally: Tally, counter: _RetryCounter) -> None:
+    """The controller stopped: with one clean line, nothing stored went back, production did not move early,
+    and the world matches what the document says was applied."""
+    from tideline.rollout import machine as m
+    from tideline.rollout.controller import load_rollout
 
-    def kill() -> None:
-        if action == "drop_down":
-            proxy.on_request(lambda mth, p: mth == "PUT" and p.endswith("/state.json"), "drop_down",
-                             refuse=True)
-        else:
-            proxy.down(refuse=tally.tried % 2 == 0)
-
-    def on_sleep(_: float) -> None:
-        if when.startswith("sleep:") and seen and proxy.is_up and not proxy.downs:
-            _, phase, weight = when.split(":")
-            if seen[-1].phase.value == phase and seen[-1].weight == int(weight):
-                kill()
-
-    if not when.startswith("sleep:"):
-        backend.hooks[when] = kill
-    clock = FakeClock(on_sleep=on_sleep)
-    spec = m.RolloutSpec(name="outage", target="tideline", candidate=candidate, baseline="v1",
-                         shadow=m.ShadowSpec(min_duration_s=60, min_labelled=0), steps=(10, 50, 100),
-                         interval_s=30, thresholds=Thresholds(min_requests=1, min_labelled=1),
-                         watch=WatchSpec(duration_s=0))
-    ctrl = RolloutController(spec, backend, store, clock, analyzer, owner="first")
-    counter.n = 0
-    error: str | None = None
-    try:
-        ctrl.run(on_status=seen.append)
-    except StorageUnavailable as e:
-        error = str(e)
-    gave_up_at = time.monotonic()
-    # the failure
     if error is not None and "\n" not in error and "unreachable for 3 passes in a row" in error \
             and "gave up after" in error:
         tally.failed_clean += 1
@@ -601,11 +563,14 @@ def _rollout_once(direct: str, proxy: FaultProxy, prefix: str, label: str, candi
         tally.note("stopped with a transition persisted but not yet applied (re-applied on resume)")
     if moving and prod == candidate:
         tally.note("stopped after the point of no return (Promoting, registry moved)")
-    # S3 back: a new controller resumes from the stored document
-    proxy.up()
-    proxy.clear_faults()
-    clock.on_sleep = None
-    status = RolloutController("outage", backend, store, clock, analyzer, owner="second").run(on_status=seen.append)
+
+
+def _judge_resume(label: str, status: Any, end: str, candidate: str, direct_reg: Any, backend: FakeBackend,
+                  tally: Tally) -> None:
+    """After S3 came back, a new controller finished the rollout as it should end, registry and world agree."""
+    from tideline.registry import Status
+    from tideline.rollout.controller import load_rollout
+
     doc, _ = load_rollout(direct_reg.store, "outage")
     aliases, statuses = direct_reg.aliases(), direct_reg.statuses()
     want_prod, retired = (candidate, "v1") if end == "Promoted" else ("v1", candidate)
@@ -627,6 +592,63 @@ def _rollout_once(direct: str, proxy: FaultProxy, prefix: str, label: str, candi
             tally.state_lost += 1
     else:
         tally.reruns_ok += 1
+
+
+def _rollout_once(direct: str, proxy: FaultProxy, prefix: str, label: str, candidate: str, end: str,
+                  when: str, action: str, tally: Tally, counter: _RetryCounter) -> None:
+    """One rollout whose store goes down at ``when``: the controller stops cleanly; once S3 is back a new
+    controller resumes it to ``end``."""
+    from tideline.clock import FakeClock
+    from tideline.errors import StorageUnavailable
+    from tideline.rollout import machine as m
+    from tideline.rollout.analysis import AnalysisResult, Thresholds
+    from tideline.rollout.controller import RolloutController
+    from tideline.rollout.guard import WatchSpec
+
+    direct_reg, store, backend = _rollout_world(direct, proxy, prefix, candidate)
+    good = candidate == "v2"
+    seen: list[m.RolloutStatus] = []
+
+    def analyzer(inp: Any, th: Any) -> AnalysisResult:
+        # the bad candidate passes shadow and the first step, then fails from 50% of the traffic on
+        loaded = bool(seen) and seen[-1].phase == m.Phase.CANARY and seen[-1].weight >= 50
+        if good or not loaded:
+            return AnalysisResult("pass", [], [], labelled=1000)
+        return AnalysisResult("fail", [], ["error rate 50% > 5%"], labelled=1000)
+
+    def kill() -> None:
+        if action == "drop_down":
+            proxy.on_request(lambda mth, p: mth == "PUT" and p.endswith("/state.json"), "drop_down",
+                             refuse=True)
+        else:
+            proxy.down(refuse=tally.tried % 2 == 0)
+
+    def on_sleep(_: float) -> None:
+        if when.startswith("sleep:") and seen and proxy.is_up and not proxy.downs:
+            _, phase, weight = when.split(":")
+            if seen[-1].phase.value == phase and seen[-1].weight == int(weight):
+                kill()
+
+    if not when.startswith("sleep:"):
+        backend.hooks[when] = kill
+    clock = FakeClock(on_sleep=on_sleep)
+    spec = m.RolloutSpec(name="outage", target="tideline", candidate=candidate, baseline="v1",
+                         shadow=m.ShadowSpec(min_duration_s=60, min_labelled=0), steps=(10, 50, 100),
+                         interval_s=30, thresholds=Thresholds(min_requests=1, min_labelled=1),
+                         watch=WatchSpec(duration_s=0))
+    counter.n = 0
+    error: str | None = None
+    try:
+        RolloutController(spec, backend, store, clock, analyzer, owner="first").run(on_status=seen.append)
+    except StorageUnavailable as e:
+        error = str(e)
+    _judge_stop(label, error, time.monotonic(), direct_reg, backend, seen, candidate, proxy, tally, counter)
+    # S3 back: a new controller resumes from the stored document
+    proxy.up()
+    proxy.clear_faults()
+    clock.on_sleep = None
+    status = RolloutController("outage", backend, store, clock, analyzer, owner="second").run(on_status=seen.append)
+    _judge_resume(label, status, end, candidate, direct_reg, backend, tally)
 
 
 def _rollout(quick: bool, work: Path) -> dict[str, Any]:

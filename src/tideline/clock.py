@@ -31,8 +31,10 @@ Now = Callable[[], datetime]
 class Clock(Protocol):
     """Epoch seconds now, a way to wait, and (called) now as an aware UTC datetime."""
 
-    def now(self) -> float: ...
-    def sleep(self, seconds: float) -> None: ...
+    def now(self) -> float:
+        """Seconds since the epoch, now."""
+    def sleep(self, seconds: float) -> None:
+        """Wait ``seconds`` (a fake clock just moves forward)."""
     def __call__(self) -> datetime: ...
 
 
@@ -40,9 +42,11 @@ class SystemClock:
     """The wall clock (``time.time``, ``time.sleep``)."""
 
     def now(self) -> float:
+        """``time.time()``: epoch seconds on the wall clock."""
         return time.time()
 
     def sleep(self, seconds: float) -> None:
+        """``time.sleep(seconds)``: blocks the calling thread."""
         time.sleep(seconds)
 
     def __call__(self) -> datetime:
@@ -57,9 +61,11 @@ class FakeClock:
         self.on_sleep = on_sleep
 
     def now(self) -> float:
+        """The fake time: ``start`` plus every second slept or advanced so far."""
         return self.t
 
     def sleep(self, seconds: float) -> None:
+        """Run ``on_sleep(seconds)`` (if set), then move the clock ``seconds`` forward; never blocks."""
         if self.on_sleep is not None:
             self.on_sleep(seconds)
         self.t += seconds

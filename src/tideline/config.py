@@ -37,6 +37,7 @@ class FeatureConfig(BaseModel):
 
 
 class EvaluationConfig(BaseModel):
+    """How candidates are evaluated (``tideline.evaluation``): costs, walk-forward folds, holdout, bootstrap."""
     cost_bps: float = Field(1.0, ge=0, description="cost per unit of turnover, in basis points")
     n_splits: int = Field(4, ge=2, le=50, description="walk-forward folds")
     holdout_fraction: float = Field(0.2, gt=0, lt=0.9)
@@ -47,6 +48,11 @@ class EvaluationConfig(BaseModel):
 
 
 class TrainingConfig(BaseModel):
+    """What is trained (``tideline.models``): families, seed, row caps, threads, per-family overrides.
+
+    ``families`` must be non-empty and name only ``MODEL_FAMILIES`` (``load_settings`` reports otherwise as a
+    ``ConfigError``).
+    """
     families: list[str] = list(MODEL_FAMILIES)
     seed: int = 7
     max_train_rows: int | None = Field(
@@ -327,11 +333,13 @@ class Settings(BaseSettings):
     loop: LoopConfig = LoopConfig()
 
     def registry_uri(self) -> str:
+        """The registry URI: ``registry`` if set, else the absolute ``file://`` URI of ``<home>/registry``."""
         if self.registry:
             return self.registry
         return (self.home / "registry").resolve().as_uri()
 
     def endpoint_url(self) -> str | None:
+        """The S3 endpoint: ``s3_endpoint_url``, else env ``AWS_ENDPOINT_URL``, else None (plain AWS)."""
         return self.s3_endpoint_url or os.environ.get("AWS_ENDPOINT_URL") or None
 
 
@@ -364,7 +372,31 @@ def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
 
 
 def load_settings(path: str | Path | None = None, **overrides: Any) -> Settings:
-    """Build the settings: file (``path`` or ``TIDELINE_CONFIG``) < env vars < ``overrides``."""
+    r"""Build the settings: file (``path`` or ``TIDELINE_CONFIG``) < env vars < ``overrides``.
+
+    The file is TOML, YAML or JSON (its settings may sit under a ``tideline`` key); nested sections merge
+    key by key, and an override of None is ignored. Raises ``ConfigError`` for a file that cannot be read or
+    parsed, and for any invalid setting (naming the first one).
+
+    The defaults (no file, no ``TIDELINE_*`` variables), then a file and an override:
+
+    >>> import tempfile
+    >>> from pathlib import Path
+    >>> s = load_settings()
+    >>> s.evaluation.cost_bps, s.evaluation.n_splits, s.policy.min_sharpe, s.training.families
+    (1.0, 4, 0.5, ['xgboost', 'lightgbm', 'sklearn', 'torch'])
+    >>> tmp = tempfile.TemporaryDirectory()
+    >>> path = Path(tmp.name) / "tideline.toml"
+    >>> _ = path.write_text("[evaluation]\ncost_bps = 2.5\n")
+    >>> s = load_settings(path, training={"families": ["lightgbm"]})
+    >>> s.evaluation.cost_bps, s.evaluation.n_splits, s.training.families
+    (2.5, 4, ['lightgbm'])
+    >>> load_settings(evaluation={"n_splits": 1})
+    Traceback (most recent call last):
+    ...
+    tideline.errors.ConfigError: invalid setting evaluation.n_splits: Input should be greater than or equal to 2
+    >>> tmp.cleanup()
+    """
     path = path or os.environ.get("TIDELINE_CONFIG")
     file_data = _read_file(Path(path)) if path else {}
     try:

@@ -54,6 +54,10 @@ class Reporter:
 
     @contextlib.contextmanager
     def stage(self, name: str, total: int | None = None) -> Iterator[Callable[[int], None]]:
+        """A context manager around one stage named ``name`` (``total`` steps when known).
+
+        It yields ``advance(n=1)``, to be called as steps finish; the default ignores both.
+        """
         yield lambda n=1: None
 
 
@@ -81,12 +85,17 @@ class FamilyResult:
     reference: pd.DataFrame | None = field(default=None, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
+        """JSON-ready figures (hold-out predictions and reference sample left out); ``fit_seconds`` rounded."""
         return {"family": self.family, "holdout": self.holdout.to_dict(), "walk_forward": self.walk_forward,
                 "folds": self.folds, "fit_seconds": round(self.fit_seconds, 3)}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], holdout_pred: np.ndarray,
                   reference: pd.DataFrame | None = None) -> FamilyResult:
+        """Rebuild from ``to_dict`` output plus the predictions and reference sample it leaves out.
+
+        Raises ``KeyError`` when a field is missing.
+        """
         return cls(d["family"], Metrics.from_dict(d["holdout"]), dict(d["walk_forward"]), list(d["folds"]),
                    float(d["fit_seconds"]), holdout_pred, reference)
 
@@ -103,6 +112,7 @@ class ProductionScore:
 
 @dataclass
 class CandidateResult:
+    """One trained family judged against production: its figures, the policy decision, its version once registered."""
     family: str
     holdout: Metrics
     walk_forward: dict[str, float]
@@ -114,6 +124,7 @@ class CandidateResult:
     promoted: bool = False
 
     def to_dict(self) -> dict[str, Any]:
+        """JSON-ready record of the candidate (figures, p-value vs production, decision, version, promoted)."""
         return {
             "family": self.family,
             "version": self.version,
@@ -129,6 +140,7 @@ class CandidateResult:
 
 @dataclass
 class CycleResult:
+    """What one cycle did: every candidate, the baselines, production's score, what was promoted and why, timings."""
     candidates: list[CandidateResult]
     baselines: dict[str, Metrics]
     production_version: str | None
@@ -141,6 +153,7 @@ class CycleResult:
     failures: dict[str, str] = field(default_factory=dict)  # family -> why its training failed
 
     def to_dict(self) -> dict[str, Any]:
+        """JSON-ready summary of the cycle (what ``tideline cycle`` prints); timings rounded to milliseconds."""
         return {
             "promoted_version": self.promoted_version,
             "promotion_note": self.promotion_note,
@@ -171,6 +184,7 @@ def code_version() -> str:
 
 
 def data_hash(bars: pd.DataFrame) -> str:
+    """A content hash of the bars' values (32 hex characters; the index is ignored): same bars, same hash."""
     h = hashlib.sha256()
     h.update(pd.util.hash_pandas_object(bars, index=False).to_numpy().tobytes())
     return h.hexdigest()[:32]
@@ -253,6 +267,11 @@ def check_bars(raw: pd.DataFrame, origin: str, settings: Settings, *, quarantine
 
 
 def make_dataset(bars: pd.DataFrame, cfg: FeatureConfig, min_rows: int = 200) -> Dataset:
+    """Features and labels of validated ``bars`` (``build_dataset``), checked to be enough for a cycle.
+
+    Raises ``DataError`` when a symbol has fewer bars than ``min_history(cfg)`` (up to five are named) or fewer
+    than ``min_rows`` usable rows remain after the feature warm-up.
+    """
     need = min_history(cfg)
     counts = bars.groupby("symbol", sort=True, observed=True).size()
     short = counts[counts < need].sort_values(kind="stable")
@@ -280,6 +299,7 @@ def plan_windows(ds: Dataset, settings: Settings) -> Plan:
 
 
 def describe_plan(ds: Dataset, plan: Plan, settings: Settings) -> dict[str, Any]:
+    """JSON-ready summary of the dataset and its plan: rows, features, horizon, hold-out window and folds."""
     ts = ds.meta["timestamp"].to_numpy()
     return {
         "dataset_rows": len(ds), "features": len(ds.spec.all_columns), "horizon": settings.features.horizon,
@@ -304,6 +324,9 @@ def holdout_returns(pred: np.ndarray, ds: Dataset, plan: Plan, settings: Setting
 
 
 def baselines(ds: Dataset, plan: Plan, settings: Settings) -> dict[str, Metrics]:
+    """Naive strategies scored on the hold-out rows, net of costs: ``buy_and_hold``, ``always_long`` and
+    ``last_return_sign`` (see ``tideline.evaluation.baseline_metrics``).
+    """
     hold = plan.hold
     last_ret = ds.X["ret_1"].to_numpy(dtype=np.float64) if "ret_1" in ds.X else np.zeros(len(ds))
     return baseline_metrics(
@@ -494,6 +517,16 @@ class CycleRunner:
 
     def run(self, source: str | Path | None = None, *, synthetic: dict[str, Any] | None = None,
             quarantine: bool = False, promote: bool = True) -> CycleResult:
+        """Run one cycle on ``source`` (or ``synthetic`` market arguments) and return what it did.
+
+        Every family is trained, judged and registered as a candidate; with ``promote`` the best approved one is
+        promoted, and only if production is still the version it was measured against (otherwise nothing is
+        promoted and ``promotion_note`` says why). A family that fails to train is recorded in ``failures``.
+
+        Raises ``DataError`` (``ValidationError`` for refused bars) when no data is given, it cannot be read, or it is
+        too short; ``ModelError`` when every family fails; the registry's errors (``RegistryError`` and its
+        subclasses, e.g. ``StorageUnavailable``) when candidates cannot be stored.
+        """
         t_start = time.perf_counter()
         rep, s = self.reporter, self.s
         with rep.stage("load + validate"), self._timed("load+validate"):

@@ -98,6 +98,11 @@ class DemoConfig:
     that is merely busy."""
 
     def validate(self) -> None:
+        """Check the story fits together: symbols 1..50, ``300 <= history < shift_at < bars`` (and
+        ``shift_at < revert_at < bars``), enough bars after the shift, tabular demo families only, intervals >= 1.
+
+        Raises ``ConfigError`` naming the first rule broken.
+        """
         if self.symbols < 1 or self.symbols > 50:
             raise ConfigError("--symbols must be between 1 and 50")
         if not 300 <= self.history < self.shift_at < self.bars:
@@ -125,6 +130,9 @@ class DemoConfig:
 
 @dataclass
 class DemoResult:
+    """What a demo run produced: ``ok`` (every check passed), the checks, the HTML report and JSON record
+    paths, the wall seconds and the record itself.
+    """
     ok: bool
     checks: list[dict[str, Any]]
     report: Path
@@ -148,6 +156,7 @@ class Timeline:
         self.events: list[dict[str, Any]] = []
 
     def add(self, kind: str, text: str, *, bar_time: Any = None, version: str | None = None) -> None:
+        """Record one event (bar time, wall seconds since start, kind, version, text); print it if a console is set."""
         wall = round(time.monotonic() - self.t0, 2)
         bt = None if bar_time is None else pd.Timestamp(bar_time).isoformat()
         self.events.append({"time": bt, "wall": wall, "kind": kind, "version": version, "text": text})
@@ -162,6 +171,9 @@ class Timeline:
 
 # ---- the world: market, features, registry -------------------------------------------------------------
 class World:
+    """The demo's world: the settings, a file registry under ``home``, the seeded synthetic market, its
+    features and the request body of every live bar. Building it creates ``home/lake`` and ``home/inbox``.
+    """
     def __init__(self, cfg: DemoConfig, home: Path) -> None:
         from tideline.data import synthetic_market
         from tideline.features import build_dataset
@@ -224,15 +236,18 @@ class World:
         return out
 
     def body(self, t: pd.Timestamp) -> bytes:
+        """The JSON request body of bar time ``t`` (one instance per symbol); ``KeyError`` for a bar not sent live."""
         return self._bodies[t]
 
     def bars_until(self, t: pd.Timestamp, start: pd.Timestamp | None = None) -> pd.DataFrame:
+        """The market's bars up to ``t`` (and from ``start``, when given), both ends included."""
         m = self.market["timestamp"] <= t
         if start is not None:
             m &= self.market["timestamp"] >= start
         return self.market.loc[m].reset_index(drop=True)
 
     def write_live_bars(self, t: pd.Timestamp) -> None:
+        """Atomically (re)write ``live_bars_path`` with every bar up to ``t`` (the rollouts' live outcomes)."""
         from tideline.data import write_bars
 
         tmp = self.live_bars_path.with_suffix(".tmp.parquet")
@@ -273,6 +288,7 @@ class Traffic:
 
     @property
     def done(self) -> bool:
+        """True once every live bar has been sent."""
         return self.pos >= len(self.world.live_times)
 
     @property
@@ -281,6 +297,10 @@ class Traffic:
         return self.world.live_times[max(0, self.pos - 1)]
 
     def send(self, n_bars: int) -> int:
+        """Send up to ``n_bars`` bars, one POST each, in order; returns how many were sent.
+
+        A connection error or a non-200 answer is recorded in ``failures`` (the status in ``statuses``), never raised.
+        """
         sent = 0
         while sent < n_bars and not self.done:
             t = self.world.live_times[self.pos]
@@ -307,6 +327,7 @@ class Traffic:
         return sent
 
     def close(self) -> None:
+        """Close the client connection."""
         self.conn.close()
 
 
@@ -342,6 +363,7 @@ class InlineRollouts:
         return self.demo.world.registry
 
     def latest(self) -> dict[str, Any] | None:
+        """The latest rollout of the demo's model, running or ended (``latest_rollout``), or None."""
         from tideline.loop.rollouts import latest_rollout
 
         return latest_rollout(self._registry, NAME, now=time.time())
@@ -350,10 +372,17 @@ class InlineRollouts:
         """Nothing to do: the controller reads the world's live bars (``live_bars_path``)."""
 
     def restart(self) -> str:
+        """Mark the rollout in flight to be run again by this process's controller; what was done."""
         self.pending = ("?", "?")
         return f"the controller of rollout {NAME} will be run again"
 
     def start(self, candidate: str, baseline: str, reason: str) -> str:
+        """Create the rollout of ``candidate`` against ``baseline`` and set the ``candidate`` alias; the
+        demo runs its controller afterwards (``run_pending``). Returns what was done.
+
+        Raises ``ConfigError`` for invalid rollout settings, ``PolicyError`` while a rollout of that name is still
+        running, and the registry's errors (e.g. ``VersionNotFound`` for an unknown candidate).
+        """
         from tideline.loop.rollouts import rollout_spec
         from tideline.rollout.controller import create_rollout
 
@@ -375,6 +404,9 @@ class InlineRollouts:
 
 
 class Demo:
+    """The demo's story: builds the world, drives ``tideline loop``'s ``Loop`` on an accelerated clock, serves
+    live traffic through real predictors and records what happened. ``cfg`` is validated first (``ConfigError``).
+    """
     def __init__(self, cfg: DemoConfig, home: Path, console: Any | None = None) -> None:
         cfg.validate()
         self.cfg = cfg
@@ -407,6 +439,7 @@ class Demo:
         return pd.Timestamp(t).tz_localize("UTC").to_pydatetime()
 
     def traffic_now(self) -> pd.Timestamp | None:
+        """The last bar sent, once traffic flows; None before."""
         return self.traffic.now if getattr(self, "traffic", None) is not None else None
 
     def tick(self) -> dict[str, Any]:
@@ -545,6 +578,12 @@ class Demo:
 
     # -- the run --------------------------------------------------------------------------------------------
     def run(self, report_path: Path) -> DemoResult:
+        """Play the whole story and write the HTML report to ``report_path`` (its JSON record beside it).
+
+        The predictors and router it starts are shut down whatever happens. Returns a ``DemoResult`` whose ``ok``
+        says whether every check passed. Raises ``TidelineError`` when the loop's first tick promotes nothing, and
+        lets the errors of the loop's parts (registry, serving) through.
+        """
         from tideline.loop.core import Loop
         from tideline.rollout.backends.local import LocalBackend, default_predictor_factory
 

@@ -50,6 +50,7 @@ class RegistryError(TidelineError):
 
 
 class VersionNotFound(RegistryError):
+    """No model version (or alias) by that name, or it was deleted."""
     exit_code = 6
 
 

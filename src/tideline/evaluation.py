@@ -59,7 +59,15 @@ def purged_walk_forward_splits(
 
     Unique times are cut into ``n_splits + 1`` contiguous blocks; fold ``k`` tests on block ``k + 1`` and
     trains on every earlier time except the last ``horizon + embargo`` unique times before the test block,
-    so no training label window (t .. t + horizon) reaches into the test period.
+    so no training label window (t .. t + horizon) reaches into the test period. Raises ``DataError`` for
+    ``n_splits < 1``, a negative horizon or embargo, no timestamps, or too few of them for the folds.
+
+    Twelve daily timestamps, two folds, a one-bar horizon (row positions; the purged row is left out):
+
+    >>> import pandas as pd
+    >>> ts = pd.date_range("2024-01-01", periods=12, freq="D").to_numpy()
+    >>> [(s.train_idx.tolist(), s.test_idx.tolist()) for s in purged_walk_forward_splits(ts, 2, horizon=1)]
+    [([0, 1, 2], [4, 5, 6, 7]), ([0, 1, 2, 3, 4, 5, 6], [8, 9, 10, 11])]
     """
     if n_splits < 1:
         raise DataError("n_splits must be >= 1")
@@ -174,10 +182,15 @@ class Metrics:
     cost_bps: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
+        """The metrics as a plain dict, field name to value."""
         return asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Metrics:
+        """Inverse of ``to_dict``: unknown keys are ignored and missing or None ones keep their default (0).
+
+        Raises ``ValueError``/``TypeError`` for a value that is not a number.
+        """
         kw: dict[str, Any] = {}
         for f in fields(cls):
             if f.name in d and d[f.name] is not None:
@@ -239,7 +252,22 @@ def evaluate_predictions(
     cost_bps: float,
     periods_per_year: float,
 ) -> Metrics:
-    """Score predicted forward returns ``pred`` against realised ``y`` and the costed sign(pred) strategy."""
+    """Score predicted forward returns ``pred`` against realised ``y`` and the costed sign(pred) strategy.
+
+    ``meta`` has a ``timestamp`` and a ``symbol`` per row; ``next_return`` is what holding the row's position
+    for one bar earns. Every metric is finite (see the module docstring). Raises ``DataError`` when the
+    lengths differ.
+
+    One symbol, six daily bars (here the label horizon is one bar, so ``y`` is also the next-bar return):
+
+    >>> import numpy as np, pandas as pd
+    >>> meta = pd.DataFrame({"timestamp": pd.date_range("2024-01-01", periods=6, freq="D"), "symbol": "AAA"})
+    >>> y = np.array([0.01, -0.02, 0.015, 0.005, -0.01, 0.02])
+    >>> pred = np.array([0.002, -0.001, 0.001, -0.003, -0.002, 0.004])
+    >>> m = evaluate_predictions(pred, y, y, meta, cost_bps=1.0, periods_per_year=252)
+    >>> round(m.directional_accuracy, 3), m.n_trades, m.turnover, round(m.total_return, 4)
+    (0.833, 5, 1.5, 0.0715)
+    """
     pred = np.asarray(pred, dtype=np.float64)
     y = np.asarray(y, dtype=np.float64)
     if len(pred) != len(y):
@@ -316,6 +344,12 @@ def infer_periods_per_year(timestamps: np.ndarray) -> float:
       when more than 10% of bars fall on a weekend (24/7 markets such as crypto) and 252 otherwise
       (stocks, FX). Daily stock bars give 252, hourly FX about 24 * 252, hourly crypto 24 * 365.
     Fewer than two timestamps: 252.
+
+    >>> import pandas as pd
+    >>> infer_periods_per_year(pd.date_range("2024-01-01", periods=100, freq="B").to_numpy())
+    252.0
+    >>> infer_periods_per_year(pd.date_range("2024-01-01", periods=24 * 14, freq="h").to_numpy())
+    8760.0
     """
     ts = np.unique(np.asarray(timestamps).astype("datetime64[ns]"))
     if len(ts) < 2:
@@ -349,6 +383,7 @@ class SignificanceResult:
     n: int
 
     def to_dict(self) -> dict[str, Any]:
+        """The result as a plain dict, field name to value."""
         return asdict(self)
 
 
@@ -376,7 +411,18 @@ def paired_bootstrap_test(
 
     The bootstrap distribution of the mean difference is centred on the observed mean to get the null;
     ``p = (1 + #{centred >= observed}) / (1 + n_samples)``. ``ci_low``/``ci_high``: 95% percentile interval
-    of the mean difference. Default mean block length: ``sqrt(n)``.
+    of the mean difference. Default mean block length: ``sqrt(n)``. Deterministic for a given ``seed``.
+    Raises ``DataError`` when the series differ in length; fewer than two finite pairs give ``p_value`` 1.
+
+    >>> import numpy as np
+    >>> rng = np.random.default_rng(0)
+    >>> b = rng.normal(0.0, 0.01, 500)
+    >>> a = b + 0.002 + rng.normal(0.0, 0.001, 500)
+    >>> r = paired_bootstrap_test(a, b, n_samples=500, seed=0)
+    >>> r.method, r.n, round(r.mean_diff, 3), r.p_value < 0.01
+    ('stationary_bootstrap', 500, 0.002, True)
+    >>> paired_bootstrap_test(b, a, n_samples=500, seed=0).p_value
+    1.0
     """
     a = np.asarray(returns_a, dtype=np.float64)
     b = np.asarray(returns_b, dtype=np.float64)

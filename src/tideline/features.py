@@ -52,6 +52,7 @@ class FeatureSpec:
         return [*self.tabular, *self.sequence]
 
     def to_dict(self) -> dict[str, Any]:
+        """The spec as plain JSON-ready lists and an int (stored with each model)."""
         return {
             "tabular": list(self.tabular),
             "sequence": list(self.sequence),
@@ -61,6 +62,7 @@ class FeatureSpec:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> FeatureSpec:
+        """Read back ``to_dict`` output; ``KeyError``/``ValueError`` when a field is missing or mistyped."""
         return cls(
             tabular=list(d["tabular"]),
             sequence=list(d["sequence"]),
@@ -488,7 +490,23 @@ def _take(
 
 
 def build_dataset(bars: pd.DataFrame, cfg: FeatureConfig) -> Dataset:
-    """Features + labels; rows with any NaN feature or label dropped; sorted by (timestamp, symbol)."""
+    """Features + labels; rows with any NaN feature or label dropped; sorted by (timestamp, symbol).
+
+    ``bars`` are validated bars (``tideline.data.validate_bars``). ``y`` is the forward log return over
+    ``cfg.horizon`` bars, ``next_return`` the next bar's. Raises ``DataError`` when no complete row is left.
+
+    >>> from tideline.config import FeatureConfig
+    >>> from tideline.data import synthetic_market
+    >>> ds = build_dataset(synthetic_market(n_symbols=3, n_bars=300, seed=1), FeatureConfig())
+    >>> len(ds), list(ds.meta.columns), ds.X.shape[1] == len(ds.spec.all_columns)
+    (717, ['timestamp', 'symbol'], True)
+    >>> ds.spec.tabular[:3], ds.spec.seq_len, bool(ds.meta["timestamp"].is_monotonic_increasing)
+    (['ret_1', 'ret_2', 'ret_3'], 16, True)
+    >>> build_dataset(synthetic_market(n_symbols=3, n_bars=30, seed=1), FeatureConfig())  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    tideline.errors.DataError: no rows left after feature warm-up and label horizon (need more than ~62 bars ...)
+    """
     buf, spec = _feature_matrix(bars, cfg)
     labels = compute_labels(bars, cfg.horizon)
     fwd = labels["fwd_return"].to_numpy()

@@ -30,6 +30,7 @@ EXIT_API, EXIT_USAGE, EXIT_NOT_FOUND, EXIT_NO_CLUSTER = 1, 2, 3, 4
 
 
 class PluginError(Exception):
+    """A failure the plugin reports on one line; ``code`` is its exit status (``EXIT_*``)."""
     def __init__(self, message: str, code: int = EXIT_API) -> None:
         super().__init__(message)
         self.code = code
@@ -77,17 +78,20 @@ def _api_error(e: Exception, what: str) -> PluginError:
 
 
 class Client:
+    """The ModelRollouts of one namespace through a CustomObjectsApi; API failures become ``PluginError``."""
     def __init__(self, api: Any, namespace: str) -> None:
         self.api = api
         self.namespace = namespace
 
     def get(self, name: str) -> dict[str, Any]:
+        """The ModelRollout ``name``; ``PluginError`` (exit 3 when it does not exist, 4 when no cluster answers)."""
         try:
             return dict(self.api.get_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL, name))
         except Exception as e:
             raise _api_error(e, f"modelrollout {self.namespace}/{name}") from e
 
     def list(self, all_namespaces: bool) -> list[dict[str, Any]]:
+        """Every ModelRollout of the namespace (of the cluster with ``all_namespaces``); ``PluginError`` on failure."""
         try:
             if all_namespaces:
                 res = self.api.list_cluster_custom_object(GROUP, VERSION, PLURAL)
@@ -98,6 +102,10 @@ class Client:
         return list(res.get("items") or [])
 
     def annotate(self, name: str, action: str) -> None:
+        """Request ``action`` (``promote``/``rollback``) on ``name`` by annotating it; the operator acts on it.
+
+        Raises ``PluginError``: not found (exit 3), already finished (exit 2), or the API refused the patch.
+        """
         obj = self.get(name)  # a clear "not found" before patching
         phase = (obj.get("status") or {}).get("phase")
         if phase in TERMINAL:
@@ -132,6 +140,7 @@ def _age(ts: str | None, now: float) -> str:
 
 
 def render_status(obj: Mapping[str, Any], now: float | None = None) -> str:
+    """``kubectl tideline status`` text: target, phase, weight, versions, message and the last 5 analyses."""
     now = time.time() if now is None else now
     meta, spec, st = obj.get("metadata") or {}, obj.get("spec") or {}, obj.get("status") or {}
     pending = (meta.get("annotations") or {}).get(ACTION_ANNOTATION)
@@ -161,6 +170,7 @@ def render_status(obj: Mapping[str, Any], now: float | None = None) -> str:
 
 
 def render_history(obj: Mapping[str, Any]) -> str:
+    """``kubectl tideline history`` text: events and analyses in time order (or ``no history yet``)."""
     st = obj.get("status") or {}
     entries = [(e.get("time", ""), "event", e.get("message", "")) for e in st.get("events") or []]
     entries += [(a.get("time", ""), f"analysis {a.get('verdict', '?')}",
@@ -172,6 +182,7 @@ def render_history(obj: Mapping[str, Any]) -> str:
 
 
 def render_list(items: Sequence[Mapping[str, Any]], now: float | None = None, all_namespaces: bool = False) -> str:
+    """``kubectl tideline list`` table (with a NAMESPACE column for ``all_namespaces``), ages relative to ``now``."""
     now = time.time() if now is None else now
     if not items:
         return "No modelrollouts found."
@@ -189,6 +200,7 @@ def render_list(items: Sequence[Mapping[str, Any]], now: float | None = None, al
 
 # -- CLI ----------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
+    """The ``kubectl tideline`` argument parser: status (--watch), promote, rollback, abort, history, list."""
     p = argparse.ArgumentParser(prog="kubectl tideline", description="Watch and steer tideline ModelRollouts.")
     p.add_argument("-n", "--namespace", help="namespace (default: the kubeconfig context's)")
     p.add_argument("--context", help="kubeconfig context")
@@ -210,6 +222,9 @@ def build_parser() -> argparse.ArgumentParser:
 def run(argv: Sequence[str] | None, *, api_factory: Callable[[str | None], tuple[Any, str]] = load_api,
         out: TextIO | None = None, sleep: Callable[[float], None] = time.sleep,
         max_polls: int | None = None) -> int:
+    """Run ``kubectl tideline`` with ``argv`` and return the exit status (0 ok, 2 usage, 3 not found, 4 no
+    cluster, 1 other API errors, 130 interrupted); errors are printed on one line to stderr, never raised.
+    """
     out = out or sys.stdout
     parser = build_parser()
     try:
@@ -249,6 +264,7 @@ def run(argv: Sequence[str] | None, *, api_factory: Callable[[str | None], tuple
 
 
 def main() -> None:
+    """The ``kubectl-tideline`` entry point: ``run`` on the command line, exiting with its status."""
     sys.exit(run(sys.argv[1:]))
 
 

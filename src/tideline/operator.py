@@ -111,6 +111,7 @@ class Reconciler:
         return self._registries[uri]
 
     def forget(self, namespace: str, name: str) -> None:
+        """Drop what is cached for the ModelRollout ``namespace/name`` (outcome sources, metric readers, its lock)."""
         self._outcomes.pop((namespace, name), None)
         self._readers.pop((namespace, name), None)
         with self._guard:
@@ -206,6 +207,7 @@ def on_reconcile(body: Mapping[str, Any], patch: Any, logger: logging.Logger, **
 
 
 def on_delete(body: Mapping[str, Any], **_: Any) -> None:
+    """kopf's delete handler: forget the deleted ModelRollout's cached state (nothing else to clean up)."""
     meta = body.get("metadata") or {}
     if _reconciler is not None:
         _reconciler.forget(meta.get("namespace") or "default", meta.get("name", ""))

@@ -226,6 +226,10 @@ def find_repo_root(start: str | Path | None = None) -> Path | None:
 
 
 def default_pipeline_path() -> Path:
+    """``pipelines/retrain.yaml`` of the tideline checkout around the working directory (or this package).
+
+    Raises ``ConfigError`` outside a checkout (then an explicit output path is needed).
+    """
     root = find_repo_root()
     if root is None:
         raise ConfigError("not inside a tideline checkout: no pipelines/ directory found",

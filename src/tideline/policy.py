@@ -25,6 +25,7 @@ from tideline.config import PolicyConfig
 
 @dataclass(frozen=True)
 class Check:
+    """One check of the gate: its name, whether it passed, and a human-readable detail."""
     name: str
     passed: bool
     detail: str
@@ -32,6 +33,9 @@ class Check:
 
 @dataclass
 class PolicyDecision:
+    """The gate's verdict: ``approved`` only if every check passed; ``compared_to`` is the production version
+    it was measured against (None without one).
+    """
     approved: bool
     checks: list[Check] = field(default_factory=list)
     compared_to: str | None = None
@@ -43,6 +47,7 @@ class PolicyDecision:
         return failed if failed else [c.detail for c in self.checks]
 
     def to_dict(self) -> dict[str, Any]:
+        """JSON-ready decision: approved, compared_to, the reasons and every check."""
         return {
             "approved": self.approved,
             "compared_to": self.compared_to,
@@ -52,6 +57,7 @@ class PolicyDecision:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> PolicyDecision:
+        """Read back ``to_dict`` output (``reasons`` is derived, so ignored); ``KeyError`` without ``approved``."""
         return cls(
             approved=bool(d["approved"]),
             checks=[Check(**c) for c in d.get("checks", [])],
@@ -81,7 +87,23 @@ def decide(
     p_value: float | None = None,
     production_error: str | None = None,
 ) -> PolicyDecision:
-    """Decide whether ``candidate`` (hold-out metrics) may replace ``production`` (same window)."""
+    """Decide whether ``candidate`` (hold-out metrics) may replace ``production`` (same window).
+
+    Pure: no I/O, never raises. ``approved`` only when every check passes; a metric that is missing or not a
+    number counts as NaN and fails its check, and ``production_error`` (production could not be scored on the
+    window) fails ``vs_production``. ``p_value`` is the paired test's, candidate against production.
+
+    >>> from tideline.config import PolicyConfig
+    >>> cand = {"sharpe": 1.2, "n_trades": 80, "max_drawdown": 0.1, "directional_accuracy": 0.53}
+    >>> d = decide(cand, PolicyConfig())
+    >>> d.approved, [c.name for c in d.checks]
+    (True, ['finite_metrics', 'min_sharpe', 'min_trades', 'max_drawdown'])
+    >>> d = decide(cand, PolicyConfig(), production={"sharpe": 1.0}, production_version="v3", p_value=0.2)
+    >>> d.approved, d.compared_to
+    (False, 'v3')
+    >>> d.reasons
+    ['improvement over production not significant (p=0.200 >= 0.1)']
+    """
     checks: list[Check] = []
     sharpe = _get(candidate, "sharpe")
     finite = all(math.isfinite(_get(candidate, k)) for k in ("sharpe", "max_drawdown", "directional_accuracy"))

@@ -64,6 +64,7 @@ def settings_from_json(settings_json: str | Mapping[str, Any] | None) -> Setting
 
 
 def settings_to_json(settings: Settings) -> str:
+    """The settings as canonical JSON (sorted keys), the form ``settings_from_json`` reads back."""
     return json.dumps(settings.model_dump(mode="json"), sort_keys=True)
 
 

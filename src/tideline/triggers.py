@@ -117,12 +117,14 @@ class TriggerContext:
 
 @dataclass(frozen=True)
 class RuleResult:
+    """One rule's verdict: whether it fired, why (one line), and the figures it judged."""
     name: str
     fired: bool
     reason: str
     details: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
+        """JSON-ready verdict."""
         return {"name": self.name, "fired": self.fired, "reason": self.reason, "details": dict(self.details)}
 
 
@@ -138,11 +140,13 @@ class RegimeInfo:
     n_symbols: int
 
     def to_dict(self) -> dict[str, Any]:
+        """The regime's fields as a plain dict."""
         return asdict(self)
 
 
 @dataclass
 class TriggerReport:
+    """Every rule's verdict at ``now`` (``evaluate``), the production version, the volatility regime, notes."""
     now: datetime
     production: str | None
     results: list[RuleResult]
@@ -151,19 +155,23 @@ class TriggerReport:
 
     @property
     def fired(self) -> bool:
+        """True when at least one rule fired (a retrain is due)."""
         return any(r.fired for r in self.results)
 
     @property
     def reasons(self) -> list[str]:
+        """``rule: reason`` of every rule that fired, in rule order."""
         return [f"{r.name}: {r.reason}" for r in self.results if r.fired]
 
     def result(self, name: str) -> RuleResult:
+        """The verdict of rule ``name``; ``KeyError`` for a rule not in the report."""
         for r in self.results:
             if r.name == name:
                 return r
         raise KeyError(name)
 
     def to_dict(self) -> dict[str, Any]:
+        """JSON-ready report: time, production, fired, reasons, regime, every rule's verdict, notes."""
         return {
             "now": self.now.isoformat(),
             "production": self.production,
@@ -242,6 +250,7 @@ def _age_days(ctx: TriggerContext) -> float | None:
 
 
 def rule_no_production(ctx: TriggerContext, cfg: TriggerConfig) -> RuleResult:
+    """Fires when nothing is in production (the first model must be trained)."""
     if ctx.production is None:
         return RuleResult("no_production", True, "no model is in production")
     return RuleResult("no_production", False, f"{ctx.production.version} is in production",
@@ -249,6 +258,7 @@ def rule_no_production(ctx: TriggerContext, cfg: TriggerConfig) -> RuleResult:
 
 
 def rule_model_age(ctx: TriggerContext, cfg: TriggerConfig) -> RuleResult:
+    """Fires when production is at least ``max_model_age_days`` old (never without a readable ``created_at``)."""
     age = _age_days(ctx)
     if age is None:
         why = "no model in production" if ctx.production is None else "production has no valid created_at"
@@ -261,6 +271,9 @@ def rule_model_age(ctx: TriggerContext, cfg: TriggerConfig) -> RuleResult:
 
 
 def rule_new_data(ctx: TriggerContext, cfg: TriggerConfig) -> RuleResult:
+    """Fires when the recent bars hold at least ``min_new_bars`` bars (all symbols) after production's training
+    window ended; never without production, its window end, or bars.
+    """
     if ctx.production is None:
         return RuleResult("new_data", False, "no model in production")
     end = _parse_time(ctx.production.training_window.get("end"))
@@ -291,6 +304,10 @@ def _num(d: Mapping[str, Any], key: str) -> float | None:
 
 
 def rule_performance_decay(ctx: TriggerContext, cfg: TriggerConfig) -> RuleResult:
+    """Fires when production's live record, over at least ``min_live_samples`` outcomes, has a Sharpe below
+    ``min_live_sharpe`` or an accuracy more than ``max_accuracy_drop`` below its baseline (the live always-long
+    accuracy, else the hold-out accuracy).
+    """
     name = "performance_decay"
     if ctx.production is None:
         return RuleResult(name, False, "no model in production")
@@ -333,6 +350,7 @@ def rule_performance_decay(ctx: TriggerContext, cfg: TriggerConfig) -> RuleResul
 
 
 def rule_drift(ctx: TriggerContext, cfg: TriggerConfig) -> RuleResult:
+    """Fires when production's latest drift report has a drifted share at or above ``drift_share_threshold``."""
     if ctx.production is None:
         return RuleResult("drift", False, "no model in production")
     rep = ctx.drift
@@ -349,6 +367,10 @@ def rule_drift(ctx: TriggerContext, cfg: TriggerConfig) -> RuleResult:
 
 
 def rule_regime_shift(ctx: TriggerContext, cfg: TriggerConfig, regime: RegimeInfo | None) -> RuleResult:
+    """Fires when the recent realized volatility falls outside the ``[regime_low_quantile,
+    regime_high_quantile]`` band of the training window's rolling volatility (judged only when the bars cover
+    that window).
+    """
     name = "regime_shift"
     if ctx.production is None:
         return RuleResult(name, False, "no model in production")
@@ -370,11 +392,13 @@ def rule_regime_shift(ctx: TriggerContext, cfg: TriggerConfig, regime: RegimeInf
 
 
 def cadence_days(regime: str | None, cfg: TriggerConfig) -> float:
+    """The retraining cadence in days for a volatility regime (``high``, ``low``; anything else is normal)."""
     return {"high": cfg.cadence_high_days, "low": cfg.cadence_low_days}.get(regime or "normal",
                                                                             cfg.cadence_normal_days)
 
 
 def rule_cadence(ctx: TriggerContext, cfg: TriggerConfig, regime: RegimeInfo | None) -> RuleResult:
+    """Fires when production is at least as old as the cadence of the current volatility regime."""
     age = _age_days(ctx)
     if age is None:
         return RuleResult("cadence", False, "no model in production")
@@ -388,6 +412,7 @@ def rule_cadence(ctx: TriggerContext, cfg: TriggerConfig, regime: RegimeInfo | N
 
 
 def rule_manual(ctx: TriggerContext, cfg: TriggerConfig) -> RuleResult:
+    """Fires when a manual request (a non-blank reason) was given."""
     if ctx.manual and ctx.manual.strip():
         return RuleResult("manual", True, f"requested: {ctx.manual.strip()}")
     return RuleResult("manual", False, "no manual request")
@@ -430,6 +455,7 @@ class TrainingWindow:
     reason: str
 
     def to_dict(self) -> dict[str, Any]:
+        """JSON-ready window (``start`` as a string, or None)."""
         return {"start": None if self.start is None else str(self.start), "bars_after": self.bars_after,
                 "ready": self.ready, "reason": self.reason}
 
@@ -506,6 +532,9 @@ def build_context(registry: Registry, *, bars: pd.DataFrame | None = None, now: 
 # ---- run lock ---------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class LockInfo:
+    """The run lock's document: which run holds it, why, when it was taken and expires, who (``host:pid``),
+    and whether it was released.
+    """
     run_id: str
     reason: str
     acquired_at: str
@@ -521,6 +550,7 @@ class LockInfo:
         return RELEASED if self.released or exp is None else Lease(self.run_id, exp.timestamp())
 
     def to_dict(self) -> dict[str, Any]:
+        """The lock's fields as a plain dict (what ``runs/lock.json`` holds)."""
         return asdict(self)
 
     @classmethod

@@ -43,6 +43,9 @@ _NS_DAY: Final = 86_400 * 10**9
 
 @dataclass
 class SymbolQuality:
+    """One symbol's data quality: the score in [0, 1], the measures behind it (shares of the series) and
+    the reasons, in words.
+    """
     symbol: str
     bars: int
     score: float
@@ -53,11 +56,13 @@ class SymbolQuality:
     reasons: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
+        """JSON-ready measures (shares and score rounded to 4 places); the symbol is the key of the caller's map."""
         return {"score": round(self.score, 4), "bars": self.bars, "gap_share": round(self.gap_share, 4),
                 "stale_share": round(self.stale_share, 4), "repeat_share": round(self.repeat_share, 4),
                 "jumps": self.jumps, "reasons": list(self.reasons)}
 
     def short(self) -> str:
+        """One line: ``SYMBOL score (reasons)``, or ``(no findings)``."""
         return f"{self.symbol} {self.score:.2f} ({'; '.join(self.reasons) or 'no findings'})"
 
 

@@ -73,6 +73,7 @@ class Problem:
         return f"{self.code} ({where}{cols})" + (f": {self.detail}" if self.detail else "")
 
     def to_dict(self) -> dict[str, Any]:
+        """JSON-ready problem: code, message, count, rows shown, columns (and detail when there is one)."""
         return {
             "code": self.code,
             "message": self.message,
@@ -96,10 +97,12 @@ class ValidationReport:
 
     @property
     def n_clean(self) -> int:
+        """Rows in the clean frame."""
         return len(self.clean)
 
     @property
     def n_quarantined(self) -> int:
+        """Rows set aside (quarantined)."""
         return len(self.quarantined)
 
     @property
@@ -137,6 +140,7 @@ class ValidationReport:
         return "\n".join(lines)
 
     def to_dict(self) -> dict[str, Any]:
+        """JSON-ready report (what ``validation.json`` holds): counts, problems and quality per symbol."""
         return {
             "ok": self.ok,
             "mode": self.mode,

@@ -35,6 +35,12 @@ def retrain_pipeline(
     rollout_mode: str = "rollout",
     reason: str = "manual",
 ) -> str:
+    """The retraining cycle as a KFP v2 pipeline: ingest, validate, features, a drift report and one
+    train task per family, then evaluate and select, register, gate, and (approved only) request_rollout.
+
+    Composition only: every task runs a ``tideline.kfp.components`` component, none is cached. The pipeline's
+    output is the register task's output.
+    """
     bars = ingest(source=source, synthetic_json=synthetic_json, settings_json=settings_json)
     checked = validate(bars=bars.outputs["bars"], quarantine=quarantine, settings_json=settings_json)
     feats = features(clean=checked.outputs["clean"], settings_json=settings_json)

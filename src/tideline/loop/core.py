@@ -100,6 +100,9 @@ def local_pipeline(settings: Settings, *, source: str | Path, rollout_mode: str,
 # ---- the record of a tick ------------------------------------------------------------------------------------
 @dataclass
 class TickRecord:
+    """The record of one tick: its id, the loop's time (``at``) and the wall time, every step's outcome, what
+    it did, and ``outcome`` (``ok``, ``busy`` or ``failed``, with the error).
+    """
     id: str
     at: str  # the loop's clock
     wall: str  # when it really ran
@@ -110,16 +113,22 @@ class TickRecord:
     seconds: float = 0.0
 
     def step(self, name: str, outcome: str, summary: str, **detail: Any) -> dict[str, Any]:
+        """Append one step's entry (name, outcome, one-line summary, details) and return it."""
         entry = {"step": name, "outcome": outcome, "summary": summary, **detail}
         self.steps.append(entry)
         return entry
 
     def to_dict(self) -> dict[str, Any]:
+        """JSON-ready record (what ``loop/ticks/`` holds); ``seconds`` rounded to milliseconds."""
         return {"id": self.id, "at": self.at, "wall": self.wall, "outcome": self.outcome, "error": self.error,
                 "did": self.did, "steps": self.steps, "seconds": round(self.seconds, 3)}
 
 
 def write_record(registry: Registry, rec: TickRecord) -> str:
+    """Store ``rec`` under ``loop/ticks/`` (named by wall time and id, so keys sort by time) and return its key.
+
+    The write is create-only; the store's errors (``StorageUnavailable`` ...) propagate.
+    """
     key = f"{TICKS_PREFIX}{rec.wall.replace(':', '').replace('-', '')[:22]}-{rec.id}.json"
     registry.store.put(key, json.dumps(rec.to_dict(), indent=1, default=str).encode(), if_none_match=True)
     return key
@@ -189,6 +198,7 @@ class LoopLease:
             update_json(lock.store, lock.key, release)
 
     def release(self, tick_id: str) -> None:
+        """Release the lease held by ``tick_id``; one that ran out and was taken over is left alone (logged)."""
         try:
             self.lock.release(tick_id)
         except PolicyError as e:  # lease ran out and another tick took it: nothing of ours to release
@@ -197,6 +207,10 @@ class LoopLease:
 
 # ---- the loop ------------------------------------------------------------------------------------------------
 class Loop:
+    """The continuous-learning loop over one registry: each ``tick`` ingests, monitors, decides, retrains and
+    rolls out (see the module docstring). ``rollouts`` starts rollouts (None: none are started), ``pipeline`` runs
+    a retrain (default ``kfp.local`` in this process), ``clock`` is the loop's time.
+    """
     def __init__(self, settings: Settings, registry: Registry, *, rollouts: Rollouts | None,
                  pipeline: Pipeline | None = None, clock: Now = utcnow, workdir: Path | None = None,
                  drift_html: Path | None = None) -> None:

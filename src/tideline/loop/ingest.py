@@ -41,6 +41,9 @@ _STATE_ATTEMPTS: Final = 8
 
 @dataclass
 class FileOutcome:
+    """What happened to one arrived file: ``ingested`` (bars added, duplicates, restated, late) or
+    ``refused`` (with the reason).
+    """
     name: str
     sha256: str
     outcome: str  # ingested | refused
@@ -52,24 +55,29 @@ class FileOutcome:
     reason: str = ""
 
     def to_dict(self) -> dict[str, Any]:
+        """JSON-ready outcome, empty fields left out."""
         return {k: v for k, v in asdict(self).items() if v not in ("", None)}
 
 
 @dataclass
 class IngestReport:
+    """What one ``ingest`` did: the new files' outcomes, the files still being written and the known ones skipped."""
     files: list[FileOutcome] = field(default_factory=list)
     waiting: list[str] = field(default_factory=list)  # not settled yet
     known: int = 0  # files whose content was read before
 
     @property
     def added(self) -> int:
+        """Bars added to the store by every file of this run."""
         return sum(f.added for f in self.files)
 
     @property
     def refused(self) -> list[FileOutcome]:
+        """The files refused (each with its reason)."""
         return [f for f in self.files if f.outcome == "refused"]
 
     def summary(self) -> str:
+        """One line: new files and bars added, restated and late bars, refusals with reasons, files waiting."""
         ok = [f for f in self.files if f.outcome == "ingested"]
         parts = [f"{len(ok)} new file(s), {self.added} bar(s) added"]
         restated = sum(f.restated for f in ok)
@@ -85,6 +93,7 @@ class IngestReport:
         return ", ".join(parts)
 
     def to_dict(self) -> dict[str, Any]:
+        """JSON-ready report (outcomes, waiting files, counts and the summary line)."""
         return {"files": [f.to_dict() for f in self.files], "waiting": self.waiting, "known": self.known,
                 "added": self.added, "summary": self.summary()}
 
@@ -147,6 +156,7 @@ def _write_month(store: Store, month: str, df: pd.DataFrame) -> None:
 
 
 def stored_months(store: Store) -> list[str]:
+    """The months (``YYYY-MM``) the bar store holds, sorted."""
     return sorted(k[len(BARS_PREFIX):-len(".parquet")] for k in store.list(BARS_PREFIX) if k.endswith(".parquet"))
 
 
@@ -268,4 +278,5 @@ def _ingest_one(store: Store, name: str, data: bytes, digest: str, restatements:
 
 
 def summarize(reports: Iterable[IngestReport]) -> str:
+    """The summaries of several reports, joined with ``; ``."""
     return "; ".join(r.summary() for r in reports)

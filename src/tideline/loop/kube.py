@@ -77,6 +77,7 @@ class KubeRollouts:
 
     # -- Rollouts ----------------------------------------------------------------------------------------------
     def publish_recent(self, bars: pd.DataFrame) -> None:
+        """Write ``bars`` to the store at ``loop/recent-bars.parquet``, where the operator reads live outcomes."""
         buf = io.BytesIO()
         bars.to_parquet(buf, index=False)
         self.registry.store.put(RECENT_BARS_KEY, buf.getvalue())
@@ -93,6 +94,11 @@ class KubeRollouts:
         return list((res or {}).get("items") or [])
 
     def latest(self) -> dict[str, Any] | None:
+        """The newest ModelRollout of ``loop.rollout.name`` in the namespace, as the loop sees it, or None.
+
+        ``controller_alive``: an operator holds its lease, or nobody has taken it yet within ``GRACE_S``. Raises
+        ``ConfigError`` when listing is forbidden or the CRD is missing (401/403/404), else ``StorageUnavailable``.
+        """
         items = sorted(self._list(), key=lambda o: (_created(o), o["metadata"]["name"]))
         if not items:
             return None
@@ -110,6 +116,9 @@ class KubeRollouts:
                 "controller_alive": alive}
 
     def restart(self) -> str:
+        """Always raises ``PolicyError``: on a cluster the operator Deployment restarts a dead controller, not
+        the loop (the message says where to look).
+        """
         last = self.latest()
         which = f"ModelRollout {self.namespace}/{last['name']}" if last else self._where()
         raise PolicyError(f"no operator is running {which} (no lease held): the operator Deployment restarts it, "
@@ -137,6 +146,12 @@ class KubeRollouts:
         }
 
     def start(self, candidate: str, baseline: str, reason: str) -> str:
+        """Create the ModelRollout of ``candidate`` against ``baseline`` (one that exists already is fine: an
+        earlier tick made it) and set the ``candidate`` alias; what was done.
+
+        Raises ``ConfigError`` for a bad name or a request the API refuses (400/401/403/404/422),
+        ``StorageUnavailable`` when the API cannot be reached, and the registry's errors from ``set_alias``.
+        """
         body = self.body(candidate, baseline, reason)
         name = body["metadata"]["name"]
         try:

@@ -51,6 +51,7 @@ class DetachedRollouts:
         self.name = settings.loop.rollout.name
 
     def latest(self) -> dict[str, Any] | None:
+        """The latest rollout of ``loop.rollout.name``, running or ended (``latest_rollout``), or None."""
         return latest_rollout(self.registry, self.name, now=time.time())
 
     def publish_recent(self, bars: Any) -> None:
@@ -69,10 +70,17 @@ class DetachedRollouts:
         return p.pid
 
     def restart(self) -> str:
+        """Spawn a new ``tideline rollout resume`` process for the rollout in flight; what was done (with its pid)."""
         pid = self._spawn()
         return f"restarted the controller of rollout {self.name} (pid {pid})"
 
     def start(self, candidate: str, baseline: str, reason: str) -> str:
+        """Create the rollout of ``candidate`` against ``baseline``, set the ``candidate`` alias and spawn its
+        controller process; what was done.
+
+        Raises ``ConfigError`` for invalid ``loop.rollout`` settings, ``PolicyError`` while a rollout of that name is
+        still running, and the registry's errors (e.g. ``VersionNotFound``).
+        """
         spec = rollout_spec(self.s.loop.rollout, candidate, baseline, self.bars)
         create_rollout(self.registry.store, spec, time.time())
         self.registry.set_alias("candidate", candidate, reason=f"loop: {reason}"[:300], actor="loop")

@@ -33,6 +33,10 @@ def _calendar(code: str) -> Any:
 
 
 class Schedule:
+    """When the loop ticks and may retrain, from ``loop.schedule`` (cron in a time zone, optional exchange calendar).
+
+    An unknown calendar code raises ``ConfigError`` when first used.
+    """
     def __init__(self, cfg: LoopScheduleConfig) -> None:
         self.cfg = cfg
         self.tz = ZoneInfo(cfg.timezone)

@@ -49,7 +49,8 @@ class SpecLike(Protocol):
     seq_len: int
 
     @property
-    def all_columns(self) -> list[str]: ...
+    def all_columns(self) -> list[str]:
+        """Every column the spec names: the tabular ones, then the sequence ones."""
 
 
 @dataclass(frozen=True)
@@ -63,14 +64,17 @@ class StoredSpec:
 
     @property
     def all_columns(self) -> list[str]:
+        """The tabular columns, then the sequence columns."""
         return [*self.tabular, *self.sequence]
 
     def to_dict(self) -> dict[str, Any]:
+        """The spec as stored in ``model.json`` (plain lists and an int)."""
         return {"tabular": list(self.tabular), "sequence": list(self.sequence),
                 "channels": list(self.channels), "seq_len": int(self.seq_len)}
 
     @classmethod
     def from_spec(cls, spec: SpecLike) -> StoredSpec:
+        """A frozen copy of any ``SpecLike`` (e.g. a ``FeatureSpec``); ``ModelError`` if it lacks a field."""
         try:
             return cls(tabular=[str(c) for c in spec.tabular], sequence=[str(c) for c in spec.sequence],
                        channels=[str(c) for c in spec.channels], seq_len=int(spec.seq_len))
@@ -79,6 +83,7 @@ class StoredSpec:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> StoredSpec:
+        """Read back ``to_dict`` output; ``ModelError`` when a field is missing or has the wrong type."""
         try:
             return cls(tabular=list(d["tabular"]), sequence=list(d["sequence"]),
                        channels=list(d["channels"]), seq_len=int(d["seq_len"]))
@@ -109,6 +114,7 @@ def scale_target(y: np.ndarray, center: float, scale: float, clip_sigma: float) 
 
 
 def sha256_file(path: Path) -> str:
+    """The hex sha256 of the file at ``path``, read in 1 MiB chunks; ``OSError`` if it cannot be read."""
     h = hashlib.sha256()
     with path.open("rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -188,6 +194,7 @@ class Model(ABC):
     # -- public API ----------------------------------------------------------------------------
     @property
     def is_fitted(self) -> bool:
+        """True once ``fit`` (or ``load``) has given the model its weights."""
         return self._fitted
 
     def fit(self, X: pd.DataFrame, y: np.ndarray, spec: SpecLike, *, X_valid: pd.DataFrame | None = None,

@@ -130,6 +130,9 @@ class SequenceModel(Model):
 
     @classmethod
     def default_params(cls) -> dict[str, Any]:
+        """Defaults of the torch family: encoder shape, optimiser, epochs and early stopping, row caps,
+        Huber loss and target clipping (``clip_sigma``). Unknown overrides are refused with ``ModelError``.
+        """
         return {
             "patch_len": 4,
             "d_model": 32,

@@ -64,6 +64,9 @@ class XGBoostModel(_TreeModel):
 
     @classmethod
     def default_params(cls) -> dict[str, Any]:
+        """Defaults of the xgboost family (``hist`` booster, boosting rounds, early stopping, target
+        ``clip_sigma``); any other native XGBoost parameter may be passed too.
+        """
         return {
             "objective": "reg:squarederror",
             "tree_method": "hist",
@@ -129,6 +132,9 @@ class LightGBMModel(_TreeModel):
 
     @classmethod
     def default_params(cls) -> dict[str, Any]:
+        """Defaults of the lightgbm family (GBDT, boosting rounds, early stopping, target ``clip_sigma``);
+        any other native LightGBM parameter may be passed too.
+        """
         return {
             "objective": "regression",
             "learning_rate": 0.05,
@@ -333,6 +339,9 @@ class SklearnModel(_TreeModel):
 
     @classmethod
     def default_params(cls) -> dict[str, Any]:
+        """Defaults of the sklearn family (HistGradientBoostingRegressor arguments plus target
+        ``clip_sigma``); an override that is not one of these raises ``ModelError``.
+        """
         return {
             "loss": "squared_error",
             "learning_rate": 0.05,

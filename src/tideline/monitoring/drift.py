@@ -71,6 +71,7 @@ class ColumnDrift:
         return math.log(p) / math.log(self.threshold)
 
     def to_dict(self) -> dict[str, Any]:
+        """JSON-ready column result, with its ``severity`` rounded to 4 places."""
         return {**asdict(self), "severity": round(self.severity, 4)}
 
 
@@ -90,18 +91,22 @@ class DriftResult:
 
     @property
     def n_drifted(self) -> int:
+        """How many tested columns drifted."""
         return sum(c.drifted for c in self.columns)
 
     @property
     def drifted_share(self) -> float:
+        """The share of tested columns that drifted (0.0 when none was tested)."""
         return self.n_drifted / len(self.columns) if self.columns else 0.0
 
     @property
     def dataset_drifted(self) -> bool:
+        """True when columns were tested and ``drifted_share >= drift_share_threshold``."""
         return bool(self.columns) and self.drifted_share >= self.drift_share_threshold
 
     @property
     def prediction_drifted(self) -> bool | None:
+        """Whether the prediction column drifted; None when it was not tested."""
         return None if self.prediction is None else self.prediction.drifted
 
     def drifted_columns(self) -> list[ColumnDrift]:
@@ -113,12 +118,14 @@ class DriftResult:
         return sorted(self.columns, key=lambda c: -c.severity)[:k]
 
     def column(self, name: str) -> ColumnDrift:
+        """The result of column ``name``; ``KeyError`` when it was not tested."""
         for c in self.columns:
             if c.column == name:
                 return c
         raise KeyError(name)
 
     def to_dict(self) -> dict[str, Any]:
+        """JSON-ready result: the verdict, counts, the prediction drift, every column, plus ``extra``'s keys."""
         return {
             "dataset_drifted": self.dataset_drifted,
             "drifted_share": round(self.drifted_share, 6),
@@ -137,6 +144,9 @@ class DriftResult:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> DriftResult:
+        """Read back ``to_dict`` output (keys it does not know go to ``extra``); ``KeyError``/``ValueError`` for
+        a document that lacks or mistypes a field.
+        """
         def col(x: dict[str, Any]) -> ColumnDrift:
             return ColumnDrift(x["column"], x["method"], x["kind"], float(x["score"]), float(x["threshold"]),
                                bool(x["drifted"]))
@@ -345,6 +355,7 @@ def report_values(snapshot: Any) -> dict[str, float]:
 
 # ---- the current window -------------------------------------------------------------------------------
 class VersionLike(Protocol):
+    """What the current window needs of a registered version: its feature config and feature names."""
     feature_config: dict[str, Any]
     features: list[str]
 
@@ -405,6 +416,7 @@ class DriftCheckOutcome:
     attachments: dict[str, str] = field(default_factory=dict)  # kind ("json", "html", "latest") -> name
 
     def to_dict(self) -> dict[str, Any]:
+        """JSON-ready outcome: version, check time, attachment names and the result's fields."""
         return {"version": self.version, "checked_at": self.checked_at, "attachments": self.attachments,
                 **self.result.to_dict()}
 
@@ -495,6 +507,7 @@ class ChangePoint:
     """what was monitored, e.g. ``abs_error`` or ``hit`` (set by the caller)."""
 
     def to_dict(self) -> dict[str, Any]:
+        """JSON-ready change point (the timestamp as a string, or None)."""
         return {"index": self.index, "timestamp": None if self.timestamp is None else str(self.timestamp),
                 "detector": self.detector, "series": self.series, "detail": self.detail}
 
@@ -549,6 +562,7 @@ class PerformanceMonitor:
 
     @property
     def calibrated(self) -> bool:
+        """True once the warm-up is over and values are standardized (False again after an alarm)."""
         return self._center is not None
 
     def update(self, value: float, timestamp: Any = None) -> bool:

@@ -185,6 +185,7 @@ class LiveMetrics:
     last_bar_time: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
+        """The metrics as a plain dict, field name to value."""
         return asdict(self)
 
 
@@ -278,17 +279,21 @@ class FeedbackReport:
 
     @property
     def n_realized(self) -> int:
+        """Realized outcomes over every version (each version's predictions counted once, whatever the role)."""
         return sum(m.n for m in self.versions.values())
 
     @property
     def n_pending(self) -> int:
+        """Predictions still waiting for their outcome bars, over every (version, role)."""
         return sum(m.n_pending for m in self.metrics.values())
 
     @property
     def n_unknown_bar(self) -> int:
+        """Predictions whose bar is not in the bars, over every (version, role)."""
         return sum(m.n_unknown_bar for m in self.metrics.values())
 
     def to_dict(self) -> dict[str, Any]:
+        """JSON-ready report: counts, horizons, metrics per version and per (version, role), change points ..."""
         return {
             "at": self.at.isoformat(),
             "since": self.since,
@@ -310,6 +315,7 @@ class FeedbackReport:
         }
 
     def summary(self) -> str:
+        """Human-readable lines: the counts, each (version, role)'s live figures, change points, skips, attachments."""
         lines = [f"{self.n_predictions:,} logged predictions: {self.n_realized:,} realized, "
                  f"{self.n_pending:,} pending, {self.n_unknown_bar:,} with an unknown bar, "
                  f"{self.n_duplicates:,} duplicates dropped"]
@@ -498,6 +504,10 @@ class LiveOutcomeSource:
         return validate_bars(raw, mode="quarantine").clean
 
     def bars(self) -> pd.DataFrame:
+        """The bars to join with, validated in quarantine mode: a given frame (validated once, when given), or
+        the source, read again once the copy is ``refresh_s`` old. Raises ``load_bars``' errors (``DataError``,
+        ``StorageUnavailable``), which the provider call catches.
+        """
         import time as _time
 
         if self._source is not None and (self._bars is None or _time.monotonic() - self._bars_at >= self.refresh_s):

@@ -191,6 +191,7 @@ class KillSwitchState(BaseModel):
 
 
 class AttachmentInfo(ArtifactInfo):
+    """Checksum, size and upload time (``at``, ISO UTC) of one attachment of a version."""
     at: str
 
 
@@ -1006,6 +1007,35 @@ def open_registry(uri: str, *, endpoint_url: str | None = None, signing: Signing
     """Open the registry at ``file:///abs/path``, a plain path, or ``s3://bucket/prefix``.
 
     ``signing`` None: the signing policy comes from the environment (``TIDELINE_SIGNING_KEY_FILE``,
-    ``TIDELINE_SIGNING_KEY``, ``TIDELINE_REQUIRE_SIGNED``; see the module docstring).
+    ``TIDELINE_SIGNING_KEY``, ``TIDELINE_REQUIRE_SIGNED``; see the module docstring). A directory registry is
+    created when missing. Raises ``ConfigError`` for a URI it cannot use or an inconsistent signing setup,
+    ``StorageUnavailable`` when the directory cannot be created.
+
+    A registry in a temporary directory: register a version, promote it, fetch it back (sha256 verified):
+
+    >>> import tempfile
+    >>> from pathlib import Path
+    >>> tmp = tempfile.TemporaryDirectory()
+    >>> reg = open_registry(Path(tmp.name, "registry").as_uri())
+    >>> reg.aliases(), reg.list_versions()
+    ({}, [])
+    >>> model_dir = Path(tmp.name, "model")
+    >>> model_dir.mkdir()
+    >>> _ = (model_dir / "model.txt").write_text("weights")
+    >>> mv = reg.register(model_dir, {"family": "lightgbm"})
+    >>> mv.version, reg.status("v1").value
+    ('v1', 'CANDIDATE')
+    >>> _ = reg.promote("v1", reason="first model")
+    >>> reg.aliases(), reg.resolve("production"), reg.status("v1").value
+    ({'production': 'v1'}, 'v1', 'ACTIVE')
+    >>> sorted(p.name for p in reg.fetch("production", Path(tmp.name, "fetched")).iterdir())
+    ['model.txt']
+    >>> [e.action for e in reg.history()]
+    ['register', 'promote']
+    >>> reg.get("v9")
+    Traceback (most recent call last):
+    ...
+    tideline.errors.VersionNotFound: model version 'v9' not found (known versions: v1)
+    >>> tmp.cleanup()
     """
     return Registry(open_store(uri, endpoint_url=endpoint_url), signing=signing)

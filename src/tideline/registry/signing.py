@@ -77,10 +77,15 @@ class Signing:
 
     @classmethod
     def off(cls) -> Signing:
+        """No key: nothing is signed and every version is accepted."""
         return cls()
 
     @classmethod
     def with_key(cls, key: bytes | str, *, require: bool = True, source: str = "argument") -> Signing:
+        """Sign and verify with ``key`` (surrounding whitespace stripped); ``require`` refuses unsigned versions.
+
+        Raises ``ConfigError`` for a key shorter than ``MIN_KEY_BYTES``.
+        """
         raw = key.encode() if isinstance(key, str) else bytes(key)
         return cls(key=raw.strip(), require=require, source=source)
 
@@ -120,10 +125,12 @@ class Signing:
 
     @property
     def enabled(self) -> bool:
+        """True when a key is configured (manifests are signed and signatures checked)."""
         return self.key is not None
 
     @property
     def key_id(self) -> str | None:
+        """The key's public identifier (``key_id_of``), None without a key; the key itself is never shown."""
         return key_id_of(self.key) if self.key is not None else None
 
     def sign(self, manifest: dict[str, Any]) -> dict[str, str]:

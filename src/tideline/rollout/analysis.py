@@ -86,6 +86,7 @@ class SeriesMetrics:
     latency_sum: float = 0.0
 
     def add(self, other: SeriesMetrics) -> SeriesMetrics:
+        """The sum of two series' counters (buckets added bound by bound); neither operand changes."""
         b = dict(self.buckets)
         for le, c in other.buckets.items():
             b[le] = b.get(le, 0.0) + c
@@ -94,12 +95,14 @@ class SeriesMetrics:
                              self.latency_count + other.latency_count, self.latency_sum + other.latency_sum)
 
     def to_dict(self) -> dict[str, Any]:
+        """JSON-ready counters; buckets as sorted ``[bound, count]`` pairs, ``+Inf`` for the last."""
         return {"requests": self.requests, "errors": self.errors, "client_errors": self.client_errors,
                 "buckets": [[_le_str(le), c] for le, c in sorted(self.buckets.items())],
                 "latency_count": self.latency_count, "latency_sum": self.latency_sum}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> SeriesMetrics:
+        """Read back ``to_dict`` output (missing counters are 0); ``ValueError`` for a value that is not a number."""
         return cls(float(d.get("requests", 0)), float(d.get("errors", 0)), float(d.get("client_errors", 0)),
                    {float(le): float(c) for le, c in d.get("buckets", [])},
                    float(d.get("latency_count", 0)), float(d.get("latency_sum", 0)))
@@ -165,10 +168,12 @@ class MetricsSnapshot:
         return acc
 
     def to_dict(self) -> dict[str, Any]:
+        """JSON-ready snapshot: one entry per (version, role) series, sorted."""
         return {"series": [{"version": v, "role": r, **m.to_dict()} for (v, r), m in sorted(self.series.items())]}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any] | None) -> MetricsSnapshot:
+        """Read back ``to_dict`` output (None or {} gives an empty snapshot); ``KeyError`` for a series without keys."""
         out: dict[tuple[str, str], SeriesMetrics] = {}
         for s in (d or {}).get("series", []):
             out[(s["version"], s["role"])] = SeriesMetrics.from_dict(s)
@@ -239,6 +244,7 @@ class AnalysisInput:
 
 @dataclass
 class Check(Document):
+    """One check of an analysis: its value against the threshold, and ``passed`` (None: too little data to judge)."""
     name: str
     value: float | None
     threshold: float
@@ -249,6 +255,9 @@ class Check(Document):
 
 @dataclass
 class AnalysisResult(Document):
+    """The verdict of one analysis interval (``pass``, ``fail`` or ``inconclusive``), every check, the
+    reasons in words and the labelled outcomes seen.
+    """
     verdict: Verdict
     checks: list[Check]
     reasons: list[str]
@@ -258,6 +267,7 @@ class AnalysisResult(Document):
 
     @property
     def passed(self) -> bool:
+        """True when the verdict is ``pass``."""
         return self.verdict == "pass"
 
 

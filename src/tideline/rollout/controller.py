@@ -107,10 +107,17 @@ class RolloutController:
             raise _Lost() from None
 
     def status(self) -> m.RolloutStatus:
+        """The rollout's stored status, as it is now (``StatusStore.load``'s errors propagate)."""
         return self.statuses.load()[0].status
 
     # -- one pass -------------------------------------------------------------------------------------
     def reconcile_once(self) -> m.RolloutStatus:
+        """One pass (see the module docstring) and the status after it.
+
+        Losing a compare-and-swap to another controller is not an error: the stored status is returned. Raises
+        ``StorageUnavailable`` when the store cannot be reached (nothing changed), and the status store's errors
+        (e.g. ``ConfigError`` for a rollout that does not exist, ``RegistryError`` for a corrupt document).
+        """
         doc, token = self.statuses.load()
         try:
             return self._reconcile(doc, token)

@@ -57,6 +57,7 @@ def plain(obj: Any) -> Any:
 
 
 def iso(t: float) -> str:
+    """Epoch seconds ``t`` as an ISO-8601 UTC string ending in ``Z`` (the form Kubernetes uses)."""
     return datetime.fromtimestamp(t, UTC).isoformat().replace("+00:00", "Z")
 
 
@@ -156,6 +157,10 @@ def status_to_cr(st: machine.RolloutStatus) -> dict[str, Any]:
 
 
 def status_from_cr(cr: Mapping[str, Any]) -> machine.RolloutStatus:
+    """The ``RolloutStatus`` a ModelRollout's status fields hold (the inverse of ``status_to_cr``).
+
+    Raises ``ValueError`` when a field does not fit the status's types.
+    """
     d = {k: cr[v] for k, v in FIELDS.items() if v in cr and k != "analyses"}
     d["analyses"] = [{k: v for k, v in a.items() if k != "time"} for a in cr.get("lastAnalyses") or []]
     for a in d["analyses"]:
@@ -168,6 +173,7 @@ def status_from_cr(cr: Mapping[str, Any]) -> machine.RolloutStatus:
 
 
 def conditions(st: machine.RolloutStatus, now: float) -> list[dict[str, Any]]:
+    """The ``Progressing`` and ``Succeeded`` conditions of a status (Kubernetes style: True/False/Unknown)."""
     done = st.terminal
     ok = st.phase == machine.Phase.PROMOTED
     since = iso(st.phase_since or now)
@@ -255,6 +261,8 @@ def api_reason(e: BaseException) -> str:
 # ---- the store -----------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Token:
+    """What a ``CRStatusStore`` write is conditioned on: the ``resourceVersion`` read, the pending action and
+    the object's generation."""
     resource_version: str
     action: str | None
     """the ``tideline.io/action`` annotation as it was read (removed once a write consumed it)"""
@@ -272,6 +280,10 @@ class CRStatusStore:
         return f"ModelRollout {self.namespace}/{self.name}"
 
     def get(self) -> dict[str, Any]:
+        """The ModelRollout as plain dicts.
+
+        Raises ``ConfigError`` when it does not exist (404), ``StorageUnavailable`` when the API cannot be read.
+        """
         try:
             return plain(self.api.get_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL, self.name))
         except Exception as e:  # ApiException and transport errors
@@ -280,6 +292,11 @@ class CRStatusStore:
             raise StorageUnavailable(f"cannot read {self._where()}: {api_reason(e)}") from e
 
     def load(self) -> tuple[RolloutDoc, Token]:
+        """The ``RolloutDoc`` the ModelRollout holds and the ``Token`` for the next write.
+
+        Raises ``ConfigError`` when the ModelRollout is missing or invalid, or nothing is in production to serve as
+        its baseline; ``StorageUnavailable`` when the API cannot be read.
+        """
         obj = self.get()
         meta = obj.get("metadata") or {}
         raw = (meta.get("annotations") or {}).get(ACTION_ANNOTATION)
@@ -308,6 +325,12 @@ class CRStatusStore:
             raise StorageUnavailable(f"cannot write the status of {self._where()}: {api_reason(e)}") from e
 
     def write(self, doc: RolloutDoc, token: Token) -> Token:
+        """Write ``doc`` into the status subresource if the object is still at ``token``'s resourceVersion,
+        and remove the action annotation once the request is consumed; the new token.
+
+        Raises ``Lost`` on a conflict (409) that was not our own write, ``StorageUnavailable`` when the API
+        cannot be reached (a write that landed although its answer was lost counts as written).
+        """
         write_id = uuid.uuid4().hex
         body = {"metadata": {"resourceVersion": token.resource_version},
                 "status": doc_to_cr_status(doc, write_id, token.generation)}

@@ -59,6 +59,7 @@ from tideline.rollout.guard import WatchSpec, kill_switch_needed
 
 
 class Phase(str, Enum):
+    """The phases of a rollout (see the module docstring); the value is the name stored and shown."""
     PENDING = "Pending"
     SHADOW = "Shadow"
     CANARY = "Canary"
@@ -71,6 +72,7 @@ class Phase(str, Enum):
 
     @property
     def terminal(self) -> bool:
+        """True for Promoted, RolledBack, Reverted and Failed: nothing moves after them."""
         return self in TERMINAL
 
 
@@ -94,6 +96,11 @@ class ShadowSpec(Document):
 
 @dataclass(frozen=True)
 class RolloutSpec(Document):
+    """What a rollout does: ``candidate`` against ``baseline`` on ``target``, the shadow phase, canary steps,
+    interval, thresholds, limits, the bars for outcome checks and the guard's watch. Frozen; the defaults are
+    the ``[loop.rollout]`` settings. Raises ``ValueError`` for an inconsistent spec (no name or target, the
+    candidate is the baseline, steps not strictly increasing in 1..100, non-positive interval, bad limits).
+    """
     name: str
     target: str
     """the served model (the predictor's --name / the InferenceService)."""
@@ -167,6 +174,7 @@ class RolloutSpec(Document):
 # ---- status --------------------------------------------------------------------------------------------
 @dataclass
 class RolloutStatus(Document):
+    """Where a rollout stands: phase, canary weight and step, failure counters, times, the recent analyses."""
     phase: Phase = Phase.PENDING
     weight: int = 0
     """traffic share of the canary slot (0 outside Canary; after promotion the candidate IS the active)."""
@@ -189,22 +197,27 @@ class RolloutStatus(Document):
 
     @property
     def terminal(self) -> bool:
+        """True once the phase is terminal (Promoted, RolledBack, Reverted, Failed)."""
         return self.phase in TERMINAL
 
     @classmethod
     def initial(cls, spec: RolloutSpec) -> RolloutStatus:
+        """The Pending status of a new rollout of ``spec`` (waiting for the controller)."""
         return cls(candidate=spec.candidate, baseline=spec.baseline, message="waiting for the controller")
 
 
 # ---- actions -------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Action:
+    """Base of the machine's actions: frozen, idempotent requests a backend applies (``apply_action``)."""
     def to_dict(self) -> dict[str, Any]:
+        """JSON-ready action: ``kind`` (the class name) plus its fields."""
         return {"kind": type(self).__name__, **asdict(self)}
 
 
 @dataclass(frozen=True)
 class SetShadow(Action):
+    """Mirror every request to ``version`` (answers discarded); None stops the mirror."""
     version: str | None
 
 
@@ -217,6 +230,7 @@ class DeployCanary(Action):
 
 @dataclass(frozen=True)
 class SetWeight(Action):
+    """Send ``percent`` of live traffic to the canary slot."""
     percent: int
 
 
@@ -242,6 +256,7 @@ class MarkInRegistry(Action):
 
 @dataclass(frozen=True)
 class PromoteInRegistry(Action):
+    """Make ``version`` production, compare-and-swap against ``expected_production``."""
     version: str
     expected_production: str
 
@@ -265,6 +280,7 @@ class KillSwitch(Action):
 
 @dataclass(frozen=True)
 class Event(Action):
+    """No change to the world: a message for the log (``msg``)."""
     msg: str
 
 

@@ -55,12 +55,16 @@ _HOP = frozenset({"connection", "keep-alive", "proxy-authenticate", "proxy-autho
 
 @dataclass(frozen=True)
 class RouterState:
+    """Where the router sends traffic: the active upstream URL, the canary URL and its weight (%), the shadow URL."""
     active: str
     canary: str | None = None
     weight: int = 0
     shadow: str | None = None
 
     def validate(self) -> RouterState:
+        """The state with trailing slashes stripped, once checked: URLs are http(s), the weight an integer
+        0..100, and a weight above 0 has a canary. Raises ``ValueError`` naming the bad field.
+        """
         for name in ("active", "canary", "shadow"):
             v = getattr(self, name)
             if v is None and name != "active":
@@ -76,6 +80,7 @@ class RouterState:
                        shadow=self.shadow.rstrip("/") if self.shadow else None)
 
     def to_dict(self) -> dict[str, Any]:
+        """The state as a plain dict (what ``GET /_tideline/state`` answers)."""
         return asdict(self)
 
 
@@ -119,6 +124,7 @@ class Router:
 
     # -- app ------------------------------------------------------------------------------------------
     def app(self) -> web.Application:
+        """The aiohttp application: the admin API, ``/metrics`` and the proxied ``/v1``/``/v2`` routes."""
         app = web.Application(client_max_size=64 * 1024 * 1024)
         app.router.add_get("/_tideline/state", self._get_state)
         app.router.add_put("/_tideline/state", self._put_state)
@@ -148,6 +154,7 @@ class Router:
             await self._session.close()
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> int:
+        """Serve on ``host:port`` (0: a free port) and return the bound port."""
         self._runner = web.AppRunner(self.app(), access_log=None, handle_signals=False)
         await self._runner.setup()
         site = web.TCPSite(self._runner, host, port, reuse_address=True)
@@ -157,6 +164,7 @@ class Router:
         return int(server.sockets[0].getsockname()[1])
 
     async def stop(self) -> None:
+        """Stop serving and clean up (shadow workers, the upstream session); no-op when not started."""
         if self._runner is not None:
             await self._runner.cleanup()
 
@@ -337,6 +345,9 @@ async def _serve(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``python -m tideline.rollout.router``: validate the arguments, serve until SIGTERM/SIGINT (printing
+    ``READY port=<p>`` once listening) and return the exit status (2 for an invalid state).
+    """
     args = _parse(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     try:

@@ -36,11 +36,15 @@ class Lost(Exception):
 
 
 def rollout_key(name: str) -> str:
+    """The store key of rollout ``name``'s document: ``rollouts/<name>.json``."""
     return f"rollouts/{name}.json"
 
 
 @dataclass
 class RolloutDoc:
+    """Everything the reconciler keeps about one rollout: spec, status, the last metrics snapshot, the applied
+    generation, a pending manual request, the controller lease (``owner``/``lease_until``) and recent events.
+    """
     spec: m.RolloutSpec
     status: m.RolloutStatus
     snapshot: dict[str, Any] | None = None
@@ -60,10 +64,12 @@ class RolloutDoc:
                 "apply_failures": self.apply_failures, "events": self.events[-MAX_EVENTS:]}
 
     def to_json(self) -> bytes:
+        """The document as JSON bytes, with a fresh unique ``write_id`` (so a lost write can be recognised)."""
         return json.dumps({**self.to_dict(), "write_id": uuid.uuid4().hex}, indent=1, default=str).encode()
 
     @classmethod
     def from_json(cls, data: bytes) -> RolloutDoc:
+        """Parse ``to_json`` bytes; ``RegistryError`` ("rollout document is corrupt") when they do not fit."""
         try:
             d = json.loads(data)
             return cls(spec=m.RolloutSpec.from_dict(d["spec"]), status=m.RolloutStatus.from_dict(d["status"]),
@@ -82,14 +88,20 @@ class RolloutDoc:
 
     @lease.setter
     def lease(self, lease: Lease) -> None:
+        """Replace the controller lease (stored as ``owner``/``lease_until``)."""
         self.owner, self.lease_until = lease.holder, lease.until
 
     def add_event(self, at: float, msg: str) -> None:
+        """Append an event (``at`` epoch seconds, ``msg``); only the last ``MAX_EVENTS`` are kept."""
         self.events = [*self.events, {"at": at, "msg": msg}][-MAX_EVENTS:]
 
 
 # ---- the document in the registry store ------------------------------------------------------------------------
 def load_rollout(store: Store, name: str) -> tuple[RolloutDoc, str]:
+    """Rollout ``name``'s document and its ETag from the registry store.
+
+    Raises ``ConfigError`` when there is no such rollout, ``RegistryError`` when the document is corrupt.
+    """
     try:
         data, etag = store.get(rollout_key(name))
     except NotFound:
@@ -98,6 +110,7 @@ def load_rollout(store: Store, name: str) -> tuple[RolloutDoc, str]:
 
 
 def list_rollouts(store: Store) -> list[str]:
+    """The names of the rollouts with a document in the store (history entries excluded)."""
     return [k[len("rollouts/"):-len(".json")] for k in store.list("rollouts/")
             if k.endswith(".json") and k.count("/") == 1]
 
@@ -171,6 +184,10 @@ class DocStatusStore:
         self.store, self.name, self.spec, self.clock = store, name, spec, clock
 
     def load(self) -> tuple[RolloutDoc, str]:
+        """The document and its ETag; with a ``spec``, a missing document is created (Pending) first.
+
+        Raises ``ConfigError`` for a missing document without a spec, ``RegistryError`` for a corrupt one.
+        """
         try:
             return load_rollout(self.store, self.name)
         except ConfigError:
@@ -180,6 +197,7 @@ class DocStatusStore:
         return load_rollout(self.store, self.name)
 
     def write(self, doc: RolloutDoc, token: str) -> str:
+        """Write ``doc`` if its ETag is still ``token`` (``If-Match``); the new ETag, else ``Lost``."""
         try:  # the lost-write check is put_if's: a retried request whose first try landed is ours
             return cas.put_if(self.store, rollout_key(self.name), doc.to_json(), token)
         except PreconditionFailed:

@@ -21,6 +21,7 @@ PROG = "tideline-predictor"
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``tideline-predictor`` argument parser (model name, registry, refs, port, limits, prediction log)."""
     p = argparse.ArgumentParser(prog=PROG,
                                 description="Serve a tideline model version (KServe v1 + v2 REST).")
     p.add_argument("--name", default="tideline", help="model name in the URLs (default: tideline)")
@@ -100,6 +101,12 @@ def _open_registry(uri: str | None):  # noqa: ANN202 - Registry
 
 
 def run(argv: list[str] | None = None) -> int:
+    """Parse ``argv``, load the version ``--ref`` names (sha256 verified) and serve it until stopped; returns 0.
+
+    Prints ``READY port=<p> version=<vN>`` once it answers. Raises ``ConfigError`` for bad arguments or
+    ``TIDELINE_CHAOS``, and the registry's and the model's errors (``VersionNotFound``, ``IntegrityError``,
+    ``StorageUnavailable``, ``ModelError`` ...) when the version cannot be loaded.
+    """
     args = build_parser().parse_args(argv)
     level = os.environ.get("TIDELINE_LOG_LEVEL", "INFO").upper()
     logging.basicConfig(level=level if level in ("DEBUG", "INFO", "WARNING", "ERROR") else "INFO",
@@ -144,6 +151,9 @@ def run(argv: list[str] | None = None) -> int:
 
 
 def main(argv: list[str] | None = None) -> None:
+    """The ``tideline-predictor`` entry point: ``run``, exiting with its status; a tideline error is printed on
+    one line and exits with its ``exit_code``, anything else with 70 (re-raised with ``TIDELINE_DEBUG``).
+    """
     try:
         code = run(argv)
     except TidelineError as e:

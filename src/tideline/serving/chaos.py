@@ -25,6 +25,7 @@ _KEYS: Final = ("error_rate", "delay_ms", "delay_rate", "seed")
 
 @dataclass(frozen=True)
 class Chaos:
+    """The faults to inject (see the module docstring); all zero means off."""
     error_rate: float = 0.0
     delay_ms: float = 0.0
     delay_rate: float = 1.0
@@ -32,9 +33,11 @@ class Chaos:
 
     @property
     def active(self) -> bool:
+        """True when some fault is injected (failures, or delays for a non-zero share)."""
         return self.error_rate > 0 or (self.delay_ms > 0 and self.delay_rate > 0)
 
     def describe(self) -> str:
+        """``error_rate=...,delay_ms=...,delay_rate=...`` in the ``TIDELINE_CHAOS`` form (without the seed)."""
         return f"error_rate={self.error_rate:g},delay_ms={self.delay_ms:g},delay_rate={self.delay_rate:g}"
 
 
@@ -46,12 +49,14 @@ class ChaosMonkey:
         self._rng = random.Random(chaos.seed)
 
     def delay_s(self) -> float:
+        """Seconds to delay this prediction: ``delay_ms`` for a ``delay_rate`` share of draws, else 0."""
         c = self.chaos
         if c.delay_ms > 0 and (c.delay_rate >= 1 or self._rng.random() < c.delay_rate):
             return c.delay_ms / 1000.0
         return 0.0
 
     def fail(self) -> bool:
+        """Whether this prediction fails: True for an ``error_rate`` share of draws."""
         return self.chaos.error_rate > 0 and self._rng.random() < self.chaos.error_rate
 
 

@@ -63,6 +63,7 @@ class Slot:
 
     @property
     def columns(self) -> tuple[str, ...]:
+        """The model's input columns, in its order."""
         return tuple(self.model.columns)
 
 
@@ -78,6 +79,7 @@ class Serving:
 
 @dataclass(frozen=True)
 class Prepared:
+    """A validated request on its way to ``predict``: the serving state it was checked against, rows, id, time."""
     serving: Serving
     batch: Batch
     v2: bool
@@ -150,9 +152,16 @@ class TidelinePredictor(KServeModel):
     # -- loading -------------------------------------------------------------------------------
     @property
     def version(self) -> str:
+        """The active slot's version (empty before ``load``)."""
         return self.serving.active.version if self.serving else ""
 
     def load(self) -> bool:
+        """Read the kill switch, load the active slot (and the shadow slot, if its alias is set) and mark the
+        predictor ready; returns True.
+
+        Raises the registry's and the model's errors: ``VersionNotFound`` (unknown version or unset alias for the
+        active ref), ``IntegrityError``, ``StorageUnavailable``, ``ModelError``, ``TidelineError``.
+        """
         self._read_kill_switch()
         active = load_slot(self.registry, self.ref, self.role)
         shadow = None
@@ -181,6 +190,7 @@ class TidelinePredictor(KServeModel):
 
     # -- background tasks (hot reload) -----------------------------------------------------------
     async def start_engine(self) -> None:
+        """Start the background work inside the server's loop: the hot-reload poll and the prediction log writer."""
         self.ready = self.serving is not None
         if self.reload_interval > 0:
             self._spawn(self._reload_loop())
@@ -288,12 +298,18 @@ class TidelinePredictor(KServeModel):
                 + [{"name": c, "datatype": "BYTES", "shape": [-1]} for c in META_FIELDS])
 
     def get_output_types(self) -> list[dict[str, Any]]:
+        """``GET /v2/models/<name>`` outputs: one FP64 ``prediction`` tensor of shape [-1]."""
         return [{"name": "prediction", "datatype": "FP64", "shape": [-1]}]
 
     def validate(self, payload: Any) -> Any:
+        """Returns ``payload`` unchanged: ``preprocess`` validates (kserve's own checks would answer 500)."""
         return payload  # preprocess did the validation (kserve's own checks would 500 on odd bodies)
 
     async def preprocess(self, payload: Any, headers: dict[str, str] | None = None) -> Prepared:
+        """Validate a v1 (JSON) or v2 request against the current schema and give it a request id.
+
+        Raises ``RequestError`` (a 4xx the client sees, or 503 before a model is loaded).
+        """
         serving = self.serving
         if serving is None:
             raise RequestError(503, "no model loaded yet")
@@ -318,6 +334,12 @@ class TidelinePredictor(KServeModel):
 
     async def predict(self, payload: Prepared, headers: dict[str, str] | None = None,
                       response_headers: dict[str, str] | None = None) -> Any:
+        """Predict the rows with the active model (log them, start the shadow copy) and answer in the request's
+        protocol, with ``x-model-version`` and ``x-request-id``; flat (zeros) while the kill switch is on.
+
+        Raises kserve's ``InferenceError`` (a 500) when the model fails or gives missing or non-finite predictions,
+        or chaos injects a failure.
+        """
         serving, batch = payload.serving, payload.batch
         active = serving.active
         if response_headers is not None:
@@ -410,6 +432,7 @@ class TidelinePredictor(KServeModel):
                                 role="shadow", at=payload.started)
 
     def stop(self) -> None:
+        """Cancel the background tasks, drop queued shadow work and stop the kserve model."""
         for task in list(self._tasks):
             task.cancel()
         self._shadow_pool.shutdown(wait=False, cancel_futures=True)

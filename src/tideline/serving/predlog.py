@@ -210,6 +210,7 @@ class PredictionLog:
 
     # -- writer side -------------------------------------------------------------------------------
     def start(self) -> None:
+        """Start the background writer thread (idempotent); it flushes every ``flush_seconds``, or when full."""
         if self._thread is None:
             self._thread = threading.Thread(target=self._run, name="tideline-predlog", daemon=True)
             self._thread.start()

@@ -565,6 +565,7 @@ def _uvicorn_version() -> str:
 
 
 def free_port() -> int:
+    """A TCP port free right now (bound on every interface, then released; another process may take it)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("0.0.0.0", 0))
         return int(s.getsockname()[1])

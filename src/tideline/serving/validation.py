@@ -64,6 +64,7 @@ class Batch:
 
     @property
     def n(self) -> int:
+        """Rows in the batch."""
         return int(self.X.shape[0])
 
 
@@ -78,6 +79,7 @@ class Schema:
 
     @property
     def columns(self) -> tuple[str, ...]:
+        """Every feature column a request may carry: the required ones, then the optional ones."""
         return self.required + self.optional
 
     @functools.cached_property

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class Lease:
+    """Who holds a shared document's lease and until when (epoch seconds); frozen, so every change is a new lease."""
     holder: str | None = None
     """who holds it (``None``: nobody, e.g. released)."""
     until: float = 0.0
@@ -27,6 +28,7 @@ class Lease:
         return self.holder is not None and self.until > now
 
     def held_by(self, who: str, now: float) -> bool:
+        """``who`` holds it and it has not run out."""
         return self.holder == who and self.until > now
 
     def held_by_other(self, who: str, now: float) -> bool:

@@ -37,25 +37,39 @@ class Backend(Protocol):
     """What the rollout controller needs from a traffic provider. Every method must be idempotent."""
 
     # traffic
-    def set_weight(self, percent: int) -> None: ...
-    def set_shadow(self, version: str | None) -> None: ...
-    def deploy_canary(self, version: str) -> None: ...
-    def remove_canary(self) -> None: ...
-    def set_active(self, version: str) -> None: ...
+    def set_weight(self, percent: int) -> None:
+        """Send ``percent`` (0-100) of live traffic to the canary, the rest to the active version."""
+    def set_shadow(self, version: str | None) -> None:
+        """Mirror every request to ``version`` (answers discarded, predictions logged); None stops the mirror."""
+    def deploy_canary(self, version: str) -> None:
+        """Start serving ``version`` as the canary (no traffic until ``set_weight``)."""
+    def remove_canary(self) -> None:
+        """Take all traffic (and the shadow mirror) off the canary, then stop it."""
+    def set_active(self, version: str) -> None:
+        """Make ``version`` the active version that takes all traffic; canary and shadow end."""
 
     # raw metrics. The one metrics contract: cumulative counters per (version, role) that only grow except at
     # a reset (a restarted predictor or reader); the reconciler takes every increase (``analysis.delta``)
-    def read_metrics(self) -> MetricsSnapshot: ...
-    def candidate_up(self, version: str) -> bool | None: ...
-    def read_outcomes(self, candidate: str, baseline: str) -> LiveOutcomes | None: ...
-    def read_paired_predictions(self, candidate: str) -> tuple[list[float], list[float]] | None: ...
+    def read_metrics(self) -> MetricsSnapshot:
+        """The predictors' cumulative counters per (version, role), as they read now."""
+    def candidate_up(self, version: str) -> bool | None:
+        """Whether the deployed ``version`` answers its health check; None when it is not deployed or unknown."""
+    def read_outcomes(self, candidate: str, baseline: str) -> LiveOutcomes | None:
+        """Realized live outcomes of ``candidate`` and ``baseline``; None when there are none to read."""
+    def read_paired_predictions(self, candidate: str) -> tuple[list[float], list[float]] | None:
+        """(candidate, active) predictions for the same shadowed requests; None when none."""
 
     # registry
-    def production(self) -> str | None: ...
-    def promote(self, version: str, *, expected: str, reason: str) -> None: ...
-    def retire(self, version: str, *, reason: str) -> None: ...
-    def mark(self, version: str, status: str) -> None: ...
-    def set_kill_switch(self, on: bool, *, reason: str) -> None: ...
+    def production(self) -> str | None:
+        """The registry's production version, or None."""
+    def promote(self, version: str, *, expected: str, reason: str) -> None:
+        """Promote ``version`` if production is still ``expected`` (compare-and-swap); no-op when already done."""
+    def retire(self, version: str, *, reason: str) -> None:
+        """Clear ``version``'s candidate/shadow aliases and mark it RETIRED (never production)."""
+    def mark(self, version: str, status: str) -> None:
+        """Set ``version``'s registry status (and the ``shadow`` alias for SHADOW); production is left alone."""
+    def set_kill_switch(self, on: bool, *, reason: str) -> None:
+        """Throw (``on``) or lift the registry's kill switch: every predictor answers flat while it is on."""
 
 
 class RegistryOps:
@@ -67,14 +81,23 @@ class RegistryOps:
         self.registry = registry
 
     def production(self) -> str | None:
+        """The registry's ``production`` alias, or None."""
         return self.registry.aliases().get("production")
 
     def promote(self, version: str, *, expected: str, reason: str) -> None:
+        """Promote ``version`` with production expected to be ``expected``; nothing to do when it is production.
+
+        Raises ``AliasConflict`` when production moved meanwhile, and ``registry.promote``'s other errors
+        (``VersionNotFound``, ``PolicyError`` ...).
+        """
         if self.production() == version:
             return  # already done (a restarted controller re-applies its actions)
         self.registry.promote(version, reason=reason, actor=self.actor, expected=expected)
 
     def retire(self, version: str, *, reason: str) -> None:
+        """Clear the ``candidate``/``shadow`` aliases still pointing at ``version`` (compare-and-swap) and mark it
+        RETIRED; production is never retired (logged and left alone). ``VersionNotFound`` for an unknown version.
+        """
         from tideline.registry import Status
 
         aliases = self.registry.aliases()
@@ -90,9 +113,13 @@ class RegistryOps:
         self.registry.set_status(version, Status.RETIRED, reason=reason, actor=self.actor)
 
     def set_kill_switch(self, on: bool, *, reason: str) -> None:
+        """Throw (``on``) or lift the registry's kill switch, with ``reason`` in its history."""
         self.registry.set_kill_switch(on, reason=reason, actor=self.actor)
 
     def mark(self, version: str, status: str) -> None:
+        """Set ``version``'s status (a ``Status`` value; ``ValueError`` otherwise) unless it is production; SHADOW
+        also points the ``shadow`` alias at it, any other status clears that alias if it still points there.
+        """
         from tideline.registry import Status
 
         st = Status(status)

@@ -76,10 +76,12 @@ class CustomObjectsApiLike(Protocol):
     """The part of ``kubernetes.client.CustomObjectsApi`` the backend uses."""
 
     def get_namespaced_custom_object(self, group: str, version: str, namespace: str, plural: str,
-                                     name: str) -> dict[str, Any]: ...
+                                     name: str) -> dict[str, Any]:
+        """The custom object ``name`` (here: an InferenceService) as a dict."""
 
     def patch_namespaced_custom_object(self, group: str, version: str, namespace: str, plural: str,
-                                       name: str, body: Any) -> dict[str, Any]: ...
+                                       name: str, body: Any) -> dict[str, Any]:
+        """Merge-patch the custom object ``name`` with ``body``; the patched object."""
 
 
 # -- raw metrics ------------------------------------------------------------------------------------
@@ -116,6 +118,11 @@ class CumulativeCounters:
         self._primed = False
 
     def update(self, per_pod: Mapping[str, MetricsSnapshot]) -> MetricsSnapshot:
+        """Take one reading per pod and return the running cumulative totals per (version, role).
+
+        The first call only primes; afterwards each pod's increase is added (a pod whose counters went down, or a
+        new pod, counts from zero) and pods that went away are dropped.
+        """
         for key, cur in per_pod.items():
             prev = self._last.get(key)
             if prev is not None or self._primed:
@@ -145,6 +152,7 @@ class PrometheusMetricsReader:
         self._counters = CumulativeCounters()
 
     def queries(self, versions: Iterable[str]) -> dict[str, str]:
+        """The PromQL instant queries (requests, buckets, count, sum by pod/version/role) for ``versions``."""
         vs = "|".join(sorted(set(versions)))
         sel = ",".join(s for s in (self.selector, f'version=~"{vs}"') if s)
         d = "tideline_request_duration_seconds"
@@ -170,6 +178,10 @@ class PrometheusMetricsReader:
         return list(data.get("result") or [])
 
     def read(self, *, versions: Iterable[str]) -> MetricsSnapshot:
+        """Query Prometheus for the counters of ``versions`` and return the cumulative totals per (version, role).
+
+        Raises ``BackendError`` when Prometheus cannot be reached or answers an error or an unexpected shape.
+        """
         per_pod: dict[str, MetricsSnapshot] = {}
         for key, promql in self.queries(versions).items():
             for sample in self._query(promql):
@@ -226,6 +238,10 @@ class PodMetricsReader:
         return out
 
     def read(self, *, versions: Iterable[str]) -> MetricsSnapshot:
+        """Scrape ``/metrics`` of every running pod of the InferenceService and return the cumulative totals of
+        ``versions`` per (version, role). Raises ``BackendError`` when the pods cannot be listed or a pod's
+        metrics cannot be fetched or parsed.
+        """
         wanted = set(versions)
         per_pod = {}
         for key, url in self._targets():
@@ -378,6 +394,7 @@ class PatchBuilder:
 
     # -- one patch per machine action -------------------------------------------------------------
     def set_shadow(self, isvc: Mapping[str, Any], version: str | None) -> dict[str, Any] | None:
+        """The patch that mirrors requests to ``version`` (None: no shadow), or None when nothing changes."""
         pred = _predictor(isvc)
         p: dict[str, Any] = {"model": {"args": _with_flag(pred["model"].get("args"), "--shadow-ref", version)}}
         if self.mode == "Serverless" and version is not None and pred.get("canaryTrafficPercent") is not None:
@@ -387,6 +404,9 @@ class PatchBuilder:
         return self._finish(isvc, {"predictor": p})
 
     def deploy_canary(self, isvc: Mapping[str, Any], version: str) -> dict[str, Any] | None:
+        """The patch that deploys ``version`` as the canary at its current weight (0 when new), or None when it
+        is already deployed or already the main predictor.
+        """
         pred = _predictor(isvc)
         if self.mode == "Serverless":
             live = self._version_of(pred)
@@ -407,6 +427,10 @@ class PatchBuilder:
         return self._finish(isvc, {"canary": [*others, entry]})
 
     def set_weight(self, isvc: Mapping[str, Any], percent: int) -> dict[str, Any] | None:
+        """The patch that routes ``percent`` of traffic to the canary, or None when nothing changes.
+
+        Raises ``ConfigError`` for a weight outside 0..100, or a non-zero weight with no canary deployed.
+        """
         percent = int(percent)
         if not 0 <= percent <= 100:
             raise ConfigError(f"traffic weight must be 0..100, got {percent}")
@@ -426,6 +450,7 @@ class PatchBuilder:
         return self._finish(isvc, {"canary": [*others, entry]})
 
     def remove_canary(self, isvc: Mapping[str, Any], baseline: str) -> dict[str, Any] | None:
+        """The patch that takes the canary away and serves ``baseline`` only, or None when nothing changes."""
         pred = _predictor(isvc)
         if self.mode == "Serverless":
             if pred.get("canaryTrafficPercent") is None or self._version_of(pred) in (None, baseline):
@@ -443,6 +468,7 @@ class PatchBuilder:
         return self._finish(isvc, {"canary": others or None})
 
     def set_active(self, isvc: Mapping[str, Any], version: str) -> dict[str, Any] | None:
+        """The patch that makes ``version`` the main predictor without a canary, or None when nothing changes."""
         pred = _predictor(isvc)
         if self.mode == "Serverless":
             variant = self._variant(pred, version)["model"]
@@ -506,6 +532,7 @@ class KServeBackend(RegistryOps):
 
     # cluster I/O
     def get(self) -> dict[str, Any]:
+        """The InferenceService as it is now; ``BackendError`` when it cannot be read."""
         try:
             return dict(self.api.get_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL,
                                                               self.isvc_name))
@@ -528,18 +555,25 @@ class KServeBackend(RegistryOps):
 
     # traffic
     def set_shadow(self, version: str | None) -> None:
+        """Patch the InferenceService to mirror requests to ``version`` (None: off); ``BackendError`` on failure."""
         self._apply(f"set shadow {version or 'off'}", lambda o: self.builder.set_shadow(o, version))
 
     def deploy_canary(self, version: str) -> None:
+        """Patch the InferenceService to deploy ``version`` as the canary; ``BackendError`` on failure."""
         self._apply(f"deploy canary {version}", lambda o: self.builder.deploy_canary(o, version))
 
     def set_weight(self, percent: int) -> None:
+        """Patch the canary's traffic share to ``percent``; ``BackendError`` when the patch fails, ``ConfigError``
+        for a non-zero weight without a canary.
+        """
         self._apply(f"set canary weight {percent}%", lambda o: self.builder.set_weight(o, percent))
 
     def remove_canary(self) -> None:
+        """Patch the InferenceService back to the baseline only; ``BackendError`` on failure."""
         self._apply("remove canary", lambda o: self.builder.remove_canary(o, self.baseline))
 
     def set_active(self, version: str) -> None:
+        """Patch the InferenceService so ``version`` is the main predictor, no canary; ``BackendError`` on failure."""
         self._apply(f"make {version} active", lambda o: self.builder.set_active(o, version))
 
     # raw metrics
@@ -570,7 +604,9 @@ class KServeBackend(RegistryOps):
         return None
 
     def read_outcomes(self, candidate: str, baseline: str) -> LiveOutcomes | None:
+        """The outcomes reader's live outcomes, or None without a reader."""
         return self.outcomes_reader(candidate, baseline) if self.outcomes_reader else None
 
     def read_paired_predictions(self, candidate: str) -> tuple[list[float], list[float]] | None:
+        """The paired reader's (candidate, active) shadow predictions, or None without a reader."""
         return self.paired_reader(candidate) if self.paired_reader else None

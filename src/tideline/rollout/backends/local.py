@@ -47,6 +47,7 @@ OutcomesProvider = Callable[[str, str], LiveOutcomes | None]
 
 @dataclass
 class Proc:
+    """A predictor process this backend started: pid, port, version, role, log file and start time."""
     pid: int
     port: int
     version: str
@@ -56,6 +57,7 @@ class Proc:
 
     @property
     def url(self) -> str:
+        """The process's base URL on localhost."""
         return f"http://127.0.0.1:{self.port}"
 
 
@@ -81,11 +83,13 @@ def default_predictor_factory(registry_uri: str, name: str, *, reload_interval: 
 
 
 def router_command(active_url: str, port: int = 0, host: str = "127.0.0.1") -> list[str]:
+    """The command line that starts the tideline router in front of ``active_url``."""
     return [sys.executable, "-m", "tideline.rollout.router", "--host", host, "--port", str(port),
             "--active", active_url]
 
 
 def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists (a zombie child is reaped and counts as gone)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -179,6 +183,10 @@ class LocalBackend(RegistryOps):
             os.close(fd)
 
     def read_state(self) -> dict[str, Any]:
+        """The serving state file (router, active and candidate processes); a default one when missing.
+
+        Raises ``BackendError`` when the file is corrupt.
+        """
         try:
             return json.loads(self.state_path.read_text())
         except FileNotFoundError:
@@ -192,6 +200,7 @@ class LocalBackend(RegistryOps):
 
     @property
     def router_url(self) -> str:
+        """The router's base URL (given, or from the state file); ``BackendError`` when none is running."""
         if self._router_url:
             return self._router_url
         r = self.read_state().get("router")
@@ -255,6 +264,7 @@ class LocalBackend(RegistryOps):
         return dict(r.json())
 
     def router_state(self) -> dict[str, Any]:
+        """The router's current routing state (``GET /_tideline/state``); ``BackendError`` if unreachable."""
         try:
             return dict(self._http.get(self.router_url + "/_tideline/state").json())
         except httpx.HTTPError as e:
@@ -282,10 +292,12 @@ class LocalBackend(RegistryOps):
         return new
 
     def deploy_canary(self, version: str) -> None:
+        """Start a predictor for ``version`` in the candidate slot unless a healthy one serves it already."""
         with self._locked() as st:
             self._ensure_candidate(st, version)
 
     def set_shadow(self, version: str | None) -> None:
+        """Point the router's shadow mirror at the candidate predictor of ``version`` (started if needed), or off."""
         if version is None:
             self._put_router({"shadow": None})
             return
@@ -294,6 +306,10 @@ class LocalBackend(RegistryOps):
             self._put_router({"shadow": cand.url})
 
     def set_weight(self, percent: int) -> None:
+        """Set the router's canary weight to ``percent``; 0 always works.
+
+        Raises ``BackendError`` when no healthy candidate predictor is running or the router refuses.
+        """
         if percent == 0:
             self._put_router({"weight": 0})
             return
@@ -304,6 +320,7 @@ class LocalBackend(RegistryOps):
         self._put_router({"canary": cand.url, "weight": int(percent)})
 
     def remove_canary(self) -> None:
+        """Route nothing to the candidate (canary and shadow) first, then stop its process."""
         with self._locked() as st:
             cand = self._proc(st.get("candidate"))
             rs = self.router_state()
@@ -316,6 +333,9 @@ class LocalBackend(RegistryOps):
             st["candidate"] = None
 
     def set_active(self, version: str) -> None:
+        """Switch the router's active upstream to ``version`` in one atomic call (reusing the candidate process
+        when it serves that version), clear canary and shadow, and stop the processes no longer used.
+        """
         with self._locked() as st:
             active = self._proc(st.get("active"))
             cand = self._proc(st.get("candidate"))
@@ -339,6 +359,7 @@ class LocalBackend(RegistryOps):
 
     # -- Backend: metrics -----------------------------------------------------------------------------
     def read_metrics(self) -> MetricsSnapshot:
+        """Counters from the active and candidate predictors' ``/metrics``; one that cannot be read is skipped."""
         st = self.read_state()
         snap = MetricsSnapshot()
         for key in ("active", "candidate"):
@@ -355,15 +376,18 @@ class LocalBackend(RegistryOps):
         return snap
 
     def candidate_up(self, version: str) -> bool | None:
+        """Whether the candidate slot's predictor of ``version`` is healthy; None when the slot runs no such one."""
         cand = self._proc(self.read_state().get("candidate"))
         if cand is None or cand.version != version:
             return None
         return self._healthy(cand)
 
     def read_outcomes(self, candidate: str, baseline: str) -> LiveOutcomes | None:
+        """The ``outcomes`` provider's live outcomes, or None without a provider."""
         return self.outcomes(candidate, baseline) if self.outcomes is not None else None
 
     def read_paired_predictions(self, candidate: str) -> tuple[list[float], list[float]] | None:
+        """The router's shadow pairs for ``candidate``; None when there are none or it cannot be read."""
         try:
             r = self._http.get(self.router_url + "/_tideline/pairs", params={"version": candidate})
             r.raise_for_status()
@@ -376,4 +400,5 @@ class LocalBackend(RegistryOps):
         return list(d["shadow"]), list(d["active"])
 
     def close(self) -> None:
+        """Close the HTTP client (the processes keep running)."""
         self._http.close()

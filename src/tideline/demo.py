@@ -39,13 +39,14 @@ import shutil
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from tideline.clock import utcnow
 from tideline.config import EvaluationConfig, LoopConfig, LoopRolloutConfig, Settings, TrainingConfig, TriggerConfig
 from tideline.errors import ConfigError, TidelineError
 
@@ -420,7 +421,7 @@ class Demo:
         self.drift: dict[str, Any] = {}
         self.broken: str | None = None
         self.announced: set[pd.Timestamp] = set()
-        self.started = datetime.now(UTC)
+        self.started = utcnow()
         self.log_since = time.time()
 
     # -- what the loop drives --------------------------------------------------------------------------------

@@ -16,13 +16,15 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import asdict, dataclass, fields
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
 from typing import Any
 
 import numpy as np
 import pandas as pd
 from scipy import stats
 
+from tideline.documents import Document
 from tideline.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -161,7 +163,7 @@ def strategy_returns(
 
 
 @dataclass
-class Metrics:
+class Metrics(Document):
     """Prediction and strategy quality on one evaluation window."""
 
     directional_accuracy: float = 0.0
@@ -181,21 +183,15 @@ class Metrics:
     n_obs: int = 0
     cost_bps: float = 0.0
 
-    def to_dict(self) -> dict[str, Any]:
-        """The metrics as a plain dict, field name to value."""
-        return asdict(self)
-
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> Metrics:
-        """Inverse of ``to_dict``: unknown keys are ignored and missing or None ones keep their default (0).
+    def from_dict(cls, d: Mapping[str, Any]) -> Metrics:
+        """Inverse of ``to_dict``: unknown keys are ignored (figures of other versions) and missing or null ones
+        keep their default (0; ``to_dict`` writes a non-finite figure as null).
 
-        Raises ``ValueError``/``TypeError`` for a value that is not a number.
+        Raises ``ValueError`` naming the field for a value that is not a number.
         """
-        kw: dict[str, Any] = {}
-        for f in fields(cls):
-            if f.name in d and d[f.name] is not None:
-                kw[f.name] = int(d[f.name]) if f.type in (int, "int") else float(d[f.name])
-        return cls(**kw)
+        names = {f.name for f in fields(cls)}
+        return super().from_dict({k: v for k, v in d.items() if k in names and v is not None})
 
 
 def _finite(x: float, default: float = 0.0) -> float:
@@ -371,7 +367,7 @@ def infer_periods_per_year(timestamps: np.ndarray) -> float:
 
 
 @dataclass
-class SignificanceResult:
+class SignificanceResult(Document):
     """Outcome of a one-sided test that ``a`` beats ``b``."""
 
     method: str
@@ -382,9 +378,6 @@ class SignificanceResult:
     ci_high: float
     n: int
 
-    def to_dict(self) -> dict[str, Any]:
-        """The result as a plain dict, field name to value."""
-        return asdict(self)
 
 
 def _stationary_indices(n: int, n_samples: int, block: float, rng: np.random.Generator) -> np.ndarray:

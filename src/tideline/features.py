@@ -22,6 +22,7 @@ import pandas as pd
 from scipy.stats import rankdata
 
 from tideline.config import FeatureConfig
+from tideline.documents import Document
 from tideline.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -38,7 +39,7 @@ _LN2 = math.log(2.0)
 
 
 @dataclass
-class FeatureSpec:
+class FeatureSpec(Document):
     """Which columns a model consumes: tabular features plus a lagged sequence block."""
 
     tabular: list[str]
@@ -50,25 +51,6 @@ class FeatureSpec:
     def all_columns(self) -> list[str]:
         """Tabular then sequence columns (the order of ``Dataset.X``)."""
         return [*self.tabular, *self.sequence]
-
-    def to_dict(self) -> dict[str, Any]:
-        """The spec as plain JSON-ready lists and an int (stored with each model)."""
-        return {
-            "tabular": list(self.tabular),
-            "sequence": list(self.sequence),
-            "channels": list(self.channels),
-            "seq_len": int(self.seq_len),
-        }
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> FeatureSpec:
-        """Read back ``to_dict`` output; ``KeyError``/``ValueError`` when a field is missing or mistyped."""
-        return cls(
-            tabular=list(d["tabular"]),
-            sequence=list(d["sequence"]),
-            channels=list(d["channels"]),
-            seq_len=int(d["seq_len"]),
-        )
 
     def sequence_array(self, X: pd.DataFrame) -> np.ndarray:
         """The sequence block as float32 ``(n, seq_len, n_channels)``, oldest bar first."""

@@ -25,11 +25,11 @@ import time
 import uuid
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from tideline import errors
+from tideline.clock import utcnow
 from tideline.config import MODEL_FAMILIES, Settings
 from tideline.errors import (  # noqa: F401  (re-exported: callers import them from here)
     ConfigError,
@@ -99,7 +99,7 @@ def pipeline_arguments(settings: Settings, *, source: str | Path | None = None,
 
 # ---- local runs ---------------------------------------------------------------------------------------
 def _run_id() -> str:
-    return f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}"
+    return f"{utcnow():%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}"
 
 
 def _task_dirs(run_dir: Path) -> dict[str, str]:

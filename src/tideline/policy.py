@@ -17,10 +17,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 from tideline.config import PolicyConfig
+from tideline.documents import Document
 
 
 @dataclass(frozen=True)
@@ -32,7 +33,7 @@ class Check:
 
 
 @dataclass
-class PolicyDecision:
+class PolicyDecision(Document):
     """The gate's verdict: ``approved`` only if every check passed; ``compared_to`` is the production version
     it was measured against (None without one).
     """
@@ -47,22 +48,14 @@ class PolicyDecision:
         return failed if failed else [c.detail for c in self.checks]
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready decision: approved, compared_to, the reasons and every check."""
-        return {
-            "approved": self.approved,
-            "compared_to": self.compared_to,
-            "reasons": self.reasons,
-            "checks": [asdict(c) for c in self.checks],
-        }
+        """JSON-ready decision: approved, compared_to, every check, and the derived ``reasons``."""
+        return super().to_dict() | {"reasons": self.reasons}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> PolicyDecision:
-        """Read back ``to_dict`` output (``reasons`` is derived, so ignored); ``KeyError`` without ``approved``."""
-        return cls(
-            approved=bool(d["approved"]),
-            checks=[Check(**c) for c in d.get("checks", [])],
-            compared_to=d.get("compared_to"),
-        )
+        """Read back ``to_dict`` output (``reasons`` is derived, so dropped); ``ValueError`` naming the field that
+        is missing (``approved``) or mistyped."""
+        return super().from_dict({k: v for k, v in d.items() if k != "reasons"})
 
 
 def _get(metrics: Mapping[str, Any], name: str) -> float:

@@ -29,13 +29,14 @@ by compare-and-swap on its etag, so two contenders never both win.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
 import socket
 import uuid
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Final
 
@@ -44,6 +45,7 @@ import pandas as pd
 
 from tideline.clock import Now, aware, utcnow
 from tideline.config import TRIGGER_RULES, Settings, TriggerConfig
+from tideline.documents import Document
 from tideline.errors import AliasConflict, ConfigError, PolicyError, TidelineError
 from tideline.registry.core import ModelVersion, Registry
 from tideline.store import RELEASED, Lease, NotFound, PreconditionFailed, Store, Unchanged, cas
@@ -129,7 +131,7 @@ class RuleResult:
 
 
 @dataclass(frozen=True)
-class RegimeInfo:
+class RegimeInfo(Document):
     """Volatility regime of the last ``short_window`` bars against a reference distribution of rolling vol."""
 
     regime: str  # "high" | "normal" | "low"
@@ -138,10 +140,6 @@ class RegimeInfo:
     reference_vol: float  # median over symbols of the reference's median rolling vol
     reference: str  # "training window" | "trailing N bars"
     n_symbols: int
-
-    def to_dict(self) -> dict[str, Any]:
-        """The regime's fields as a plain dict."""
-        return asdict(self)
 
 
 @dataclass
@@ -531,9 +529,9 @@ def build_context(registry: Registry, *, bars: pd.DataFrame | None = None, now: 
 
 # ---- run lock ---------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
-class LockInfo:
+class LockInfo(Document):
     """The run lock's document: which run holds it, why, when it was taken and expires, who (``host:pid``),
-    and whether it was released.
+    and whether it was released (when, and by whom when not by its holder).
     """
     run_id: str
     reason: str
@@ -541,6 +539,8 @@ class LockInfo:
     expires_at: str
     owner: str
     released: bool = False
+    released_at: str | None = None
+    released_by: str | None = None
 
     @property
     def lease(self) -> Lease:
@@ -549,19 +549,16 @@ class LockInfo:
         exp = _parse_time(self.expires_at)
         return RELEASED if self.released or exp is None else Lease(self.run_id, exp.timestamp())
 
-    def to_dict(self) -> dict[str, Any]:
-        """The lock's fields as a plain dict (what ``runs/lock.json`` holds)."""
-        return asdict(self)
-
     @classmethod
     def from_json(cls, raw: bytes) -> LockInfo | None:
         """The stored lock; ``None`` for one that cannot be parsed (it counts as expired)."""
         try:
             d = json.loads(raw)
-            return cls(**{k: d[k] for k in ("run_id", "reason", "acquired_at", "expires_at", "owner")},
-                       released=bool(d.get("released", False)))
-        except (ValueError, KeyError, TypeError):
-            log.warning("a run lock is unreadable; it counts as expired")
+            if isinstance(d, dict):
+                d.pop(cas.WRITE_ID, None)  # the compare-and-swap's mark, not a field of the lock
+            return cls.from_dict(d)
+        except ValueError as e:
+            log.warning("a run lock is unreadable (%s); it counts as expired", e)
             return None
 
 
@@ -629,7 +626,7 @@ class RunLock:
             if held.run_id != run_id:
                 raise PolicyError(f"run lock is held by run {held.run_id} (since {held.acquired_at}), "
                                   f"not by {run_id}: refusing to release it")
-            return held.to_dict() | {"released": True, "released_at": now.isoformat()}, True
+            return dataclasses.replace(held, released=True, released_at=now.isoformat()).to_dict(), True
 
         released: bool = cas.update(self.store, self.key, tombstone, load=LockInfo.from_json, dump=cas.dumps,
                                     conflict=f"could not release the run lock of {run_id}: it kept changing")

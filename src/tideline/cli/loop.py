@@ -9,6 +9,7 @@ from typing import Annotated, Any
 import typer
 
 from tideline.cli.context import open_registry, out, parse_now, print_json, state
+from tideline.clock import utcnow
 
 loop_app = typer.Typer(
     help="The continuous-learning loop: ingest new bars, monitor production, retrain when a rule fires, roll "
@@ -42,7 +43,7 @@ def _make_loop(ctx: typer.Context, now: str | None, speed: float = 1.0) -> Any:
     if fixed is not None:
         clock = AcceleratedClock(fixed, speed) if speed != 1.0 else (lambda: fixed)
     elif speed != 1.0:
-        clock = AcceleratedClock(datetime.now(UTC), speed)
+        clock = AcceleratedClock(utcnow(), speed)
     rollouts: Any
     if s.loop.rollouts == "kubernetes":  # ModelRollouts run by the operator (tideline.loop.kube)
         from tideline.loop.kube import KubeRollouts

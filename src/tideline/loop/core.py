@@ -227,7 +227,7 @@ class Loop:
         """One tick; ``force`` (a reason) retrains whatever the rules say (a scheduled retrain), unless a
         rollout is in flight, the loop cools down, or a run holds the run lock."""
         now = aware(self.clock())
-        rec = TickRecord(id=uuid.uuid4().hex[:12], at=now.isoformat(), wall=datetime.now(UTC).isoformat())
+        rec = TickRecord(id=uuid.uuid4().hex[:12], at=now.isoformat(), wall=utcnow().isoformat())
         t0 = time.perf_counter()
         lease = LoopLease(self.registry, self.s.loop.lease_seconds)
         holder = lease.acquire(rec.id, wait_s)

@@ -17,13 +17,15 @@ import platform
 import re
 import time
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import numpy as np
 import pandas as pd
 
+from tideline.documents import Document
 from tideline.errors import ModelError
 
 log = logging.getLogger(__name__)
@@ -54,23 +56,18 @@ class SpecLike(Protocol):
 
 
 @dataclass(frozen=True)
-class StoredSpec:
+class StoredSpec(Document):
     """The feature spec as read back from ``model.json`` (same fields as ``FeatureSpec``)."""
 
-    tabular: list[str] = field(default_factory=list)
-    sequence: list[str] = field(default_factory=list)
-    channels: list[str] = field(default_factory=list)
-    seq_len: int = 0
+    tabular: list[str]
+    sequence: list[str]
+    channels: list[str]
+    seq_len: int
 
     @property
     def all_columns(self) -> list[str]:
         """The tabular columns, then the sequence columns."""
         return [*self.tabular, *self.sequence]
-
-    def to_dict(self) -> dict[str, Any]:
-        """The spec as stored in ``model.json`` (plain lists and an int)."""
-        return {"tabular": list(self.tabular), "sequence": list(self.sequence),
-                "channels": list(self.channels), "seq_len": int(self.seq_len)}
 
     @classmethod
     def from_spec(cls, spec: SpecLike) -> StoredSpec:
@@ -82,12 +79,11 @@ class StoredSpec:
             raise ModelError(f"feature spec is not usable: {e}") from None
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> StoredSpec:
-        """Read back ``to_dict`` output; ``ModelError`` when a field is missing or has the wrong type."""
+    def from_dict(cls, d: Mapping[str, Any]) -> StoredSpec:
+        """Read back ``to_dict`` output; ``ModelError`` naming the field that is missing or has the wrong type."""
         try:
-            return cls(tabular=list(d["tabular"]), sequence=list(d["sequence"]),
-                       channels=list(d["channels"]), seq_len=int(d["seq_len"]))
-        except (KeyError, TypeError, ValueError) as e:
+            return super().from_dict(d)
+        except ValueError as e:
             raise ModelError(f"stored feature spec is not valid: {e}") from None
 
 

@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 import pandas as pd
 
+from tideline.clock import aware, utcnow
 from tideline.config import DRIFT_DISTANCE_METHODS, DRIFT_PVALUE_METHODS, DriftConfig, FeatureConfig
 from tideline.errors import ConfigError, DataError, ModelError, RegistryError
 
@@ -453,7 +454,7 @@ def run_drift_check(registry: Registry, bars: pd.DataFrame, *, version: str = "p
     those of the HTML report (``cfg.report_sample_size`` rows per side), else of :func:`check_drift`.
     """
     cfg = cfg or DriftConfig()
-    now = now or datetime.now(UTC)
+    now = now or utcnow()
     mv = registry.get(version)
     v = mv.version
     reference = load_reference(registry, v)
@@ -465,7 +466,7 @@ def run_drift_check(registry: Registry, bars: pd.DataFrame, *, version: str = "p
             raise ModelError(f"the model of {v} cannot predict on the current window: {e}") from None
         ref_cols = [c for c in reference.columns if c not in META_COLUMNS and c != DEFAULT_PREDICTION_COLUMN
                     and c not in cfg.ignore_columns]
-        outcome_at = now.astimezone(UTC).isoformat() if now.tzinfo else now.replace(tzinfo=UTC).isoformat()
+        outcome_at = aware(now).isoformat()
         stamp = attachment_stamp(now)
         html_path = Path(tmp) / "report.html"
         if write or html_out is not None:

@@ -36,14 +36,16 @@ import json
 import logging
 import math
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Final
 
 import numpy as np
 import pandas as pd
 
+from tideline.clock import utcnow
 from tideline.config import EvaluationConfig, FeatureConfig
+from tideline.documents import Document
 from tideline.errors import ConfigError, DataError, TidelineError
 from tideline.evaluation import evaluate_predictions, infer_periods_per_year, strategy_returns
 from tideline.monitoring.outcomes import LiveOutcomes, WatchOutcomes
@@ -149,7 +151,7 @@ def join_outcomes(predictions: pd.DataFrame, bars: pd.DataFrame, horizon: int) -
 
 # ---- metrics ------------------------------------------------------------------------------------------
 @dataclass
-class LiveMetrics:
+class LiveMetrics(Document):
     """Live quality of one version (and role) on its realized predictions.
 
     ``n`` realized outcomes (predictions whose horizon has elapsed), ``n_pending`` waiting for bars,
@@ -184,9 +186,6 @@ class LiveMetrics:
     first_bar_time: str | None = None
     last_bar_time: str | None = None
 
-    def to_dict(self) -> dict[str, Any]:
-        """The metrics as a plain dict, field name to value."""
-        return asdict(self)
 
 
 def _fin(x: float) -> float:
@@ -380,7 +379,7 @@ def run_feedback(registry: Registry, bars: pd.DataFrame, *, cost_bps: float | No
     points, ``updated_at``); a version without any keeps its previous record. Versions in the log that
     are not in the registry are skipped (their horizon is unknown) and listed in ``skipped``.
     """
-    at = (now or datetime.now(UTC))
+    at = (now or utcnow())
     at = at.replace(tzinfo=UTC) if at.tzinfo is None else at.astimezone(UTC)
     since_ts = utc_bound(since, "since")
     log_df = read_predictions(registry, since=since_ts, until=until)

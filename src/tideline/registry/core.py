@@ -57,7 +57,6 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from datetime import UTC, datetime
 from enum import Enum
 from pathlib import Path
 from typing import Any, Final, TypeVar
@@ -65,6 +64,7 @@ from typing import Any, Final, TypeVar
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic import ValidationError as PydanticValidationError
 
+from tideline.clock import utcnow
 from tideline.errors import (
     AliasConflict,
     ConfigError,
@@ -116,7 +116,7 @@ ANY: Final = _Any()
 
 
 def _now() -> str:
-    return datetime.now(UTC).isoformat()
+    return utcnow().isoformat()
 
 
 class ArtifactInfo(BaseModel):

@@ -25,7 +25,7 @@ import tempfile
 import time
 import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +36,7 @@ from kserve import Model as KServeModel
 from kserve.errors import InferenceError
 from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
 
+from tideline.clock import utcnow
 from tideline.errors import TidelineError, VersionNotFound
 from tideline.models import Model, load_model
 from tideline.registry import Registry
@@ -326,7 +327,7 @@ class TidelinePredictor(KServeModel):
             batch = validate_v1(payload, serving.schema)
             v2, rid = False, None
         request_id = (headers or {}).get("x-request-id") or rid or self._next_request_id()
-        return Prepared(serving, batch, v2, _header_safe(str(request_id)[:128]), datetime.now(UTC))
+        return Prepared(serving, batch, v2, _header_safe(str(request_id)[:128]), utcnow())
 
     def _next_request_id(self) -> str:
         self._request_seq += 1

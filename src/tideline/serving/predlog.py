@@ -44,6 +44,7 @@ import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from tideline.clock import utcnow
 from tideline.monitoring.predictions import DEAD_PREFIX, PREFIX
 from tideline.serving import metrics as m
 
@@ -189,7 +190,7 @@ class PredictionLog:
         try:
             if not (isinstance(bar_times, np.ndarray) and bar_times.dtype.kind == "M"):
                 bar_times = np.array(bar_times, dtype="datetime64[us]")
-            ch = _Chunk(request_id, at or datetime.now(UTC), X, symbols, bar_times,
+            ch = _Chunk(request_id, at or utcnow(), X, symbols, bar_times,
                         np.asarray(predictions, dtype=np.float64), version, role)
             dropped = 0
             with self._lock:
@@ -295,7 +296,7 @@ class PredictionLog:
         if not self._dead:
             return
         dead, self._dead = self._dead, []
-        key = f"{DEAD_PREFIX}{datetime.now(UTC):%Y-%m-%d}/{uuid.uuid4().hex}.jsonl"
+        key = f"{DEAD_PREFIX}{utcnow():%Y-%m-%d}/{uuid.uuid4().hex}.jsonl"
         try:
             self.store.put(key, b"".join(orjson.dumps(d, option=orjson.OPT_APPEND_NEWLINE) for d in dead))
         except Exception as e:  # noqa: BLE001 - kept; tried again at the next flush

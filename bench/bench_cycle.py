@@ -27,8 +27,8 @@ def main() -> None:
 
     t0 = time.perf_counter()
     from tideline.config import load_settings
-    from tideline.cycle import CycleRunner
     from tideline.registry import open_registry
+    from tideline.training.cycle import CycleRunner
 
     import_s = time.perf_counter() - t0
     with tempfile.TemporaryDirectory(prefix="tideline-bench-") as tmp:

@@ -25,7 +25,7 @@ def main() -> None:
     ap.add_argument("--short", action="store_true")
     args = ap.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    from tideline.demo import DemoConfig, run_demo
+    from tideline.app.demo import DemoConfig, run_demo
 
     cfg = DemoConfig.short(args.seed) if args.short else DemoConfig(seed=args.seed)
     t0 = time.perf_counter()

@@ -23,9 +23,9 @@ def main() -> None:
         or sorted((ROOT / "examples" / "data").glob("*.csv"))
 
     from tideline.config import load_settings
-    from tideline.cycle import CycleRunner
     from tideline.errors import TidelineError
     from tideline.registry import open_registry
+    from tideline.training.cycle import CycleRunner
 
     results = []
     for f in files:

@@ -1,5 +1,5 @@
 # syntax=docker/dockerfile:1
-# The tideline ModelRollout operator (kopf): `kopf run -m tideline.operator`.
+# The tideline ModelRollout operator (kopf): `kopf run -m tideline.k8s.operator`.
 #
 #   docker build -f docker/controller.Dockerfile -t ghcr.io/tideline/tideline-controller:<TIDELINE_VERSION> .   # repo root
 #   (make images builds it and loads it into kind; manifests/base/operator.yaml runs it)
@@ -36,7 +36,7 @@ RUN mkdir -p src/tideline && touch src/tideline/__init__.py \
 
 COPY src ./src
 RUN pip install --no-deps --no-build-isolation . && rm -rf build src/*.egg-info \
-    && python -c "import kopf, tideline.operator"
+    && python -c "import kopf, tideline.k8s.operator"
 
 RUN useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin tideline
 USER 10001:10001
@@ -45,4 +45,4 @@ WORKDIR /tmp
 EXPOSE 8080
 # One namespace, no peering, liveness on :8080/healthz (the Deployment may override the namespace).
 ENTRYPOINT ["kopf"]
-CMD ["run", "-m", "tideline.operator", "--namespace=tideline", "--standalone", "--liveness=http://0.0.0.0:8080/healthz"]
+CMD ["run", "-m", "tideline.k8s.operator", "--namespace=tideline", "--standalone", "--liveness=http://0.0.0.0:8080/healthz"]

@@ -1,4 +1,4 @@
-"""The retraining pipeline (re-exported from ``tideline.kfp.pipeline``) and its compiled IR ``retrain.yaml``."""
+"""The retraining pipeline (re-exported from ``tideline.training.kfp.pipeline``) and its compiled IR ``retrain.yaml``."""
 
 from pipelines.retrain import retrain_pipeline  # noqa: F401
 

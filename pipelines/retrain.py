@@ -1,4 +1,4 @@
-"""The retraining pipeline: ``retrain_pipeline`` (defined in ``tideline.kfp.pipeline``).
+"""The retraining pipeline: ``retrain_pipeline`` (defined in ``tideline.training.kfp.pipeline``).
 
 ``pipelines/retrain.yaml`` next to this file is its compiled KFP IR; a test fails when it is stale.
 Regenerate it with ``tideline pipeline compile`` or ``.venv/bin/python pipelines/retrain.py``.
@@ -8,11 +8,11 @@ Run it locally with ``tideline pipeline run --local --synthetic``; on a cluster 
 
 from pathlib import Path
 
-from tideline.kfp.pipeline import PIPELINE_NAME, retrain_pipeline
+from tideline.training.kfp.pipeline import PIPELINE_NAME, retrain_pipeline
 
 __all__ = ["PIPELINE_NAME", "retrain_pipeline"]
 
 if __name__ == "__main__":
-    from tideline.orchestration import compile_pipeline
+    from tideline.training.orchestration import compile_pipeline
 
     print(compile_pipeline(Path(__file__).resolve().with_name("retrain.yaml")))

@@ -10,9 +10,9 @@ import pytest
 
 from conftest import EXAMPLES, FAST_PARAMS
 from tideline.config import Settings, load_settings
-from tideline.cycle import CycleRunner
 from tideline.errors import DataError, ValidationError
 from tideline.registry import open_registry
+from tideline.training.cycle import CycleRunner
 
 pytestmark = pytest.mark.slow
 

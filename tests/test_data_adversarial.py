@@ -97,8 +97,8 @@ def test_short_history_quarantine_report(tmp_path: Path) -> None:
 def test_cycle_refuses_a_symbol_without_history(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from tideline.cli import main
     from tideline.config import FeatureConfig
-    from tideline.cycle import min_history
     from tideline.data import synthetic_market, write_bars
+    from tideline.training.cycle import min_history
 
     need = min_history(FeatureConfig())
     df = synthetic_market(3, 400, seed=2)
@@ -116,8 +116,8 @@ def test_cycle_refuses_a_symbol_without_history(tmp_path: Path, capsys: pytest.C
 
 def test_make_dataset_names_the_short_symbol() -> None:
     from tideline.config import FeatureConfig
-    from tideline.cycle import make_dataset, min_history
     from tideline.data import synthetic_market
+    from tideline.training.cycle import make_dataset, min_history
 
     bars = validate_bars(synthetic_market(3, 30)).clean
     with pytest.raises(DataError, match=rf"SYM000 has 30 bars, .*at least {min_history(FeatureConfig())} bars"):

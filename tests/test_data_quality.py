@@ -13,10 +13,10 @@ import pytest
 from conftest import EXAMPLES
 from tideline.cli import main
 from tideline.config import load_settings
-from tideline.cycle import check_bars
 from tideline.data import synthetic_market, validate_bars
 from tideline.data.quality import score_symbols
 from tideline.errors import ConfigError, DataError, ValidationError
+from tideline.training.cycle import check_bars
 
 GOOG = pd.read_csv(EXAMPLES / "GOOG_1d.csv")
 

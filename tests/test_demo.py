@@ -12,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tideline.demo import DemoConfig, learning_quality
+from tideline.app.demo import DemoConfig, learning_quality
 from tideline.errors import ConfigError
 
 

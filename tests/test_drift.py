@@ -199,8 +199,8 @@ def _e2e_settings(tmp_path: Path) -> Settings:
 def trained(tmp_path_factory):
     """A registry whose production model was trained on the first 1500 bars of a calm, stationary market;
     returns (settings, registry, the bars after training (with 100 bars of warm-up before))."""
-    from tideline.cycle import CycleRunner
     from tideline.registry import open_registry
+    from tideline.training.cycle import CycleRunner
 
     tmp = tmp_path_factory.mktemp("drift-e2e")
     s = _e2e_settings(tmp)

@@ -462,7 +462,7 @@ def test_versions_are_written_down_once() -> None:
 
     v = versions()
     assert tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"] == v["TIDELINE_VERSION"]
-    from tideline.kfp.components import DEFAULT_IMAGE
+    from tideline.training.kfp.components import DEFAULT_IMAGE
 
     assert DEFAULT_IMAGE == f"ghcr.io/tideline/tideline:{v['TIDELINE_VERSION']}"
     literals = [v[k] for k in ("PYTHON_BASE_IMAGE", "MINIO_IMAGE", "MC_IMAGE", "KIND_NODE_IMAGE",

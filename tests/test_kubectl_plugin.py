@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 
 from kube_doubles import FakeCustomObjectsApi
-from tideline import kubectl_plugin as kp
-from tideline.operator import ACTION_ANNOTATION
+from tideline.k8s import kubectl_plugin as kp
+from tideline.k8s.operator import ACTION_ANNOTATION
 
 NS = "trading"
 
@@ -109,7 +109,7 @@ def test_errors_are_one_line_with_exit_codes(api: FakeCustomObjectsApi, capsys: 
 
 def _plugin(env: dict[str, str], *argv: str) -> subprocess.CompletedProcess[str]:
     clean = {k: v for k, v in os.environ.items() if not k.startswith("KUBERNETES_")}
-    return subprocess.run([sys.executable, "-m", "tideline.kubectl_plugin", *argv], env={**clean, **env},
+    return subprocess.run([sys.executable, "-m", "tideline.k8s.kubectl_plugin", *argv], env={**clean, **env},
                           capture_output=True, text=True, timeout=120)
 
 

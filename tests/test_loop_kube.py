@@ -20,8 +20,8 @@ from kube_doubles import FakeCustomObjectsApi
 from test_crd import CRD_PATH, strict
 from test_loop import NOW, Pipeline, steps, world  # noqa: F401  (world: the fixture)
 from test_operator import registry  # noqa: F401  (the fixture: an S3 registry, v1 in production)
-from tideline import operator as op
 from tideline.errors import PolicyError
+from tideline.k8s import operator as op
 from tideline.loop.core import Loop
 from tideline.loop.kube import RECENT_BARS_KEY, ROLLOUT_LABEL, KubeRollouts, kfp_pipeline, store_uri
 from tideline.loop.rollouts import rollout_spec
@@ -180,7 +180,7 @@ def test_the_loops_role_allows_exactly_what_the_loop_calls(world: dict[str, Any]
 
 def test_a_retrain_on_a_cluster_is_a_kfp_run_on_the_window_in_s3(world: dict[str, Any],  # noqa: F811
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
-    import tideline.orchestration as orch
+    import tideline.training.orchestration as orch
 
     submitted: list[dict[str, Any]] = []
 

@@ -19,7 +19,7 @@ from kubernetes.client.exceptions import ApiException
 
 from kube_doubles import FakeCustomObjectsApi, validate_isvc
 from test_crd import CRD_PATH, strict
-from tideline import operator as op
+from tideline.k8s import operator as op
 from tideline.registry import Registry, Status, open_registry
 from tideline.rollout import machine as m
 from tideline.rollout.analysis import MetricsSnapshot, SeriesMetrics

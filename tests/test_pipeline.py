@@ -16,11 +16,12 @@ import pytest
 import yaml
 
 from conftest import FAST_PARAMS, ROOT
-from tideline import steps
 from tideline.config import Settings, load_settings
 from tideline.data import synthetic_market
 from tideline.errors import AliasConflict, ConfigError, ValidationError
-from tideline.orchestration import (
+from tideline.registry import open_registry
+from tideline.training import steps
+from tideline.training.orchestration import (
     PipelinesUnavailable,
     pipeline_arguments,
     run_local,
@@ -28,7 +29,6 @@ from tideline.orchestration import (
     start_retrain,
     submit,
 )
-from tideline.registry import open_registry
 
 SYN = {"n_symbols": 3, "n_bars": 900, "seed": 7}
 FAMILIES = ["lightgbm", "sklearn"]
@@ -155,7 +155,7 @@ def test_bad_data_fails_the_validate_task_and_registers_nothing(tmp_path):
 def _compile_fresh(out: Path) -> bytes:
     """Compile in a clean process with the default image (TIDELINE_IMAGE unset), as the repo's YAML is."""
     env = {k: v for k, v in os.environ.items() if k != "TIDELINE_IMAGE"}
-    subprocess.run([sys.executable, "-c", "import sys; from tideline.orchestration import compile_pipeline; "
+    subprocess.run([sys.executable, "-c", "import sys; from tideline.training.orchestration import compile_pipeline; "
                     "compile_pipeline(sys.argv[1])", str(out)], check=True, env=env, cwd=ROOT, timeout=120)
     return out.read_bytes()
 
@@ -267,8 +267,8 @@ class _FakeKfp:
 
 
 def test_active_runs_on_kfp_block_a_second_start(monkeypatch):
-    from tideline import orchestration
     from tideline.config import load_settings
+    from tideline.training import orchestration
 
     assert orchestration.active_runs(_FakeKfp([_FakeRun("a", "SUCCEEDED"), _FakeRun("b", "FAILED")]), "x") == []
     assert orchestration.active_runs(_FakeKfp([], experiment_exists=False), "x") == []

@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 from markupsafe import Markup
 
-from tideline import report
-from tideline.report import rolling_accuracy, summary_table_rows, write_report
+from tideline.app import report
+from tideline.app.report import rolling_accuracy, summary_table_rows, write_report
 
 HEADINGS = (
     "Live accuracy and equity", "Learning quality", "Timeline", "Retraining triggers", "Rollouts",
@@ -319,7 +319,7 @@ def test_the_templates_ship_in_the_wheel() -> None:
     root = Path(__file__).resolve().parents[1]
     patterns = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
     package = root / "src" / "tideline"
-    templates = [t.relative_to(package).as_posix() for t in (package / "templates").rglob("*") if t.is_file()]
+    templates = [t.relative_to(package).as_posix() for t in (package / "app" / "templates").rglob("*") if t.is_file()]
     assert templates
     for name in templates:
         assert any(fnmatch.fnmatch(name, p) for p in patterns["tideline"]), name

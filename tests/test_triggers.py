@@ -472,9 +472,9 @@ def test_cli_check_json(reg: Registry, tmp_path: Path) -> None:
 
 def test_cli_run_calls_start_retrain(reg: Registry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[dict[str, Any]] = []
-    fake = types.ModuleType("tideline.orchestration")
+    fake = types.ModuleType("tideline.training.orchestration")
     fake.start_retrain = lambda settings, **kw: calls.append(kw) or {"run_id": "kfp-123"}  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "tideline.orchestration", fake)
+    monkeypatch.setitem(sys.modules, "tideline.training.orchestration", fake)
     runner = CliRunner()
     args = ["--registry", reg.store.uri, "trigger", "run", "--synthetic", "--symbols", "2", "--bars", "400",
             "--mode", "kfp", "--host", "http://ml-pipeline:8888", "--json"]
@@ -488,10 +488,10 @@ def test_cli_run_calls_start_retrain(reg: Registry, tmp_path: Path, monkeypatch:
 
 
 def test_cli_start_kwargs_fit_the_real_start_retrain() -> None:
-    """The keyword arguments `trigger run` passes bind to tideline.orchestration.start_retrain."""
+    """The keyword arguments `trigger run` passes bind to tideline.training.orchestration.start_retrain."""
     import inspect
 
-    orchestration = pytest.importorskip("tideline.orchestration")
+    orchestration = pytest.importorskip("tideline.training.orchestration")
     sig = inspect.signature(orchestration.start_retrain)
     sig.bind(settings=Settings(), reason="r", mode="kfp", host="http://h", source=None,
              synthetic={"n_symbols": 2, "n_bars": 400, "seed": 7})

@@ -25,8 +25,8 @@ from tideline.config import Settings, load_settings
 from tideline.errors import ConfigError, StorageUnavailable
 
 if TYPE_CHECKING:
-    from tideline.cycle import Reporter
     from tideline.registry import Registry
+    from tideline.training.cycle import Reporter
 
 # Wide enough for the result tables when output goes to a file or a pipe (rich uses 80 there).
 _WIDTH = None if sys.stdout.isatty() else int(os.environ.get("COLUMNS", "150"))
@@ -107,7 +107,7 @@ def parse_now(now: str | None) -> datetime | None:
 
 def reporter(enabled: bool) -> Reporter:
     """A cycle progress reporter: rich progress bars on stderr, or nothing when ``enabled`` is False."""
-    from tideline.cycle import Reporter
+    from tideline.training.cycle import Reporter
 
     class RichReporter(Reporter):
         def __init__(self) -> None:

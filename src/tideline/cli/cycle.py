@@ -49,7 +49,7 @@ def cycle(
         upd["evaluation"] = s.evaluation.model_copy(update={"cost_bps": cost_bps})
     s = s.model_copy(update=upd)
 
-    from tideline.cycle import CycleRunner
+    from tideline.training.cycle import CycleRunner
 
     reg = open_registry(s)
     runner = CycleRunner(s, reg, reporter(enabled=not as_json and err.is_terminal))

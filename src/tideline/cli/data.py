@@ -25,8 +25,8 @@ def data_validate(
     """Would a cycle accept this data? The cycle's own checks, with its reasons: defective rows, history per
     symbol, data quality per symbol, rows left after the feature warm-up. Exit 0: a cycle (with the same
     --quarantine) would learn from it; 3: it would refuse it."""
-    from tideline.cycle import check_bars, make_dataset
     from tideline.data import load_bars
+    from tideline.training.cycle import check_bars, make_dataset
 
     s = state(ctx).settings()
     raw = load_bars(path, endpoint_url=s.endpoint_url())

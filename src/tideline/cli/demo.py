@@ -1,4 +1,4 @@
-"""``tideline demo``: the continuous-learning story end to end on this machine (see ``tideline.demo``)."""
+"""``tideline demo``: the continuous-learning story end to end on this machine (see ``tideline.app.demo``)."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ def demo(
     candidate, and write a report. Exit 0 only if the whole story happened."""
     from rich.table import Table
 
-    from tideline.demo import DemoConfig, run_demo
+    from tideline.app.demo import DemoConfig, run_demo
 
     s = state(ctx).settings()
     cfg = DemoConfig.short(seed) if short else DemoConfig(seed=seed)

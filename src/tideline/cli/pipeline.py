@@ -73,7 +73,7 @@ def run_cmd(
     if not local:
         raise ConfigError("pipeline run needs --local (kfp.local on this machine)",
                           hint="to run on a cluster use: tideline pipeline submit --host URL")
-    from tideline.orchestration import run_local
+    from tideline.training.orchestration import run_local
 
     source, syn = one_source(data, synthetic, symbols, bars, seed)
     s = _settings(ctx, seed)
@@ -104,7 +104,7 @@ def compile_cmd(
         "--out", help="Output YAML (default: pipelines/retrain.yaml of this checkout).")] = None,
 ) -> None:
     """Compile the pipeline to KFP IR YAML (component image: $TIDELINE_IMAGE)."""
-    from tideline.orchestration import compile_pipeline
+    from tideline.training.orchestration import compile_pipeline
 
     _echo(str(compile_pipeline(out)))
 
@@ -126,7 +126,7 @@ def submit_cmd(
     reason: ReasonOpt = "manual",
 ) -> None:
     """Create one run of the pipeline on a Kubeflow Pipelines cluster (needs an s3:// registry)."""
-    from tideline.orchestration import pipeline_arguments, submit
+    from tideline.training.orchestration import pipeline_arguments, submit
 
     source, syn = one_source(data, synthetic, symbols, bars, seed)
     args = pipeline_arguments(_settings(ctx, seed), source=source, synthetic=syn,
@@ -153,7 +153,7 @@ def schedule_cmd(
     quarantine: QuarantineOpt = False,
 ) -> None:
     """Create a recurring run of the pipeline (no catch-up, at most one at a time)."""
-    from tideline.orchestration import pipeline_arguments, schedule, validate_cron
+    from tideline.training.orchestration import pipeline_arguments, schedule, validate_cron
 
     cron = validate_cron(cron)  # before anything else: a wrong cron is the most likely mistake
     source, syn = one_source(data, synthetic, symbols, bars, seed)

@@ -113,7 +113,7 @@ def run(
         err.print("[dim]no --data: rules that need recent bars (new_data, regime_shift) cannot fire[/dim]")
 
     def starter(**kw: Any) -> dict[str, Any]:
-        from tideline.orchestration import start_retrain  # written alongside; imported only to start a run
+        from tideline.training.orchestration import start_retrain  # written alongside; imported only to start a run
 
         return start_retrain(**kw)
 

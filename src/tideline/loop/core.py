@@ -92,7 +92,7 @@ class Rollouts(Protocol):
 
 def local_pipeline(settings: Settings, *, source: str | Path, rollout_mode: str, reason: str) -> dict[str, Any]:
     """The retraining pipeline on this machine (``kfp.local``)."""
-    from tideline.orchestration import run_local
+    from tideline.training.orchestration import run_local
 
     return run_local(settings, source=source, rollout_mode=rollout_mode, reason=reason)
 

@@ -178,7 +178,7 @@ def kfp_pipeline(host: str, registry: Registry) -> Callable[..., dict[str, Any]]
         raise ConfigError("loop.pipeline = 'kfp' needs loop.kfp_host (the Kubeflow Pipelines API URL)")
 
     def run(settings: Settings, *, source: str | Path, rollout_mode: str, reason: str) -> dict[str, Any]:
-        from tideline.orchestration import start_retrain
+        from tideline.training.orchestration import start_retrain
 
         key = LAKE_PREFIX + Path(source).name
         registry.store.put_file(key, Path(source))

@@ -44,7 +44,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-REFERENCE_ATTACHMENT = "reference.parquet"  # written by tideline.cycle.register_candidate
+REFERENCE_ATTACHMENT = "reference.parquet"  # written by tideline.training.cycle.register_candidate
 LATEST_ATTACHMENT = "drift-latest.json"
 META_COLUMNS: tuple[str, ...] = ("timestamp", "symbol")
 DEFAULT_PREDICTION_COLUMN = "prediction"

@@ -1,5 +1,5 @@
 """The rollout controller: the ONE reconciler over analysis (pure), the machine (pure), a traffic backend and a
-status store — the embedded default's ``run`` loop and the kopf operator (``tideline.operator``) both call
+status store — the embedded default's ``run`` loop and the kopf operator (``tideline.k8s.operator``) both call
 ``reconcile_once``, like Flagger's and Argo Rollouts' one scheduler over many traffic providers.
 
 State is one ``RolloutDoc`` (spec, status, the last metrics snapshot, the last applied generation, a pending

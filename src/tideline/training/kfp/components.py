@@ -1,4 +1,4 @@
-"""One KFP component per retraining step. Each body calls one function of ``tideline.steps``.
+"""One KFP component per retraining step. Each body calls one function of ``tideline.training.steps``.
 
 Rules for this module (KFP embeds every component's source in the compiled pipeline):
 - imports go INSIDE the function bodies (the container runs the function on its own);
@@ -20,7 +20,7 @@ IMAGE = os.environ.get("TIDELINE_IMAGE") or DEFAULT_IMAGE
 def ingest(source: str, synthetic_json: str, settings_json: str, bars: Output[Dataset],
            metrics: Output[Metrics]):
     """Read raw bars: a file, a directory, s3://bucket/prefix, or the synthetic market (unvalidated)."""
-    from tideline import steps
+    from tideline.training import steps
 
     info = steps.ingest(bars.path, source, synthetic_json, steps.settings_from_json(settings_json).endpoint_url())
     bars.metadata.update({"source": info["source"], "rows": info["rows"]})
@@ -32,7 +32,7 @@ def validate(bars: Input[Dataset], quarantine: bool, settings_json: str, clean: 
              report: Output[Artifact], metrics: Output[Metrics]):
     """Validate the bars; strict by default (any defect, or data quality below the threshold, fails the run
     before anything is registered). The data quality score of each symbol is in the metrics."""
-    from tideline import steps
+    from tideline.training import steps
 
     info = steps.validate(bars.path, clean.path, report.path, quarantine, settings_json)
     quality = info["data_quality"]["symbols"]
@@ -47,7 +47,7 @@ def validate(bars: Input[Dataset], quarantine: bool, settings_json: str, clean: 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
 def features(clean: Input[Dataset], settings_json: str, dataset: Output[Dataset], metrics: Output[Metrics]):
     """Features + labels, the hold-out window and the purged walk-forward folds."""
-    from tideline import steps
+    from tideline.training import steps
 
     info = steps.features(clean.path, settings_json, dataset.path)
     dataset.metadata.update({"rows": info["dataset_rows"], "features": info["features"],
@@ -60,7 +60,7 @@ def features(clean: Input[Dataset], settings_json: str, dataset: Output[Dataset]
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
 def drift_report(dataset: Input[Dataset], report: Output[HTML], metrics: Output[Metrics]):
     """HTML drift report of the hold-out rows' features against the development rows."""
-    from tideline import steps
+    from tideline.training import steps
 
     summary = steps.drift_report(dataset.path, report.path)
     for key, value in summary.items():
@@ -72,7 +72,7 @@ def drift_report(dataset: Input[Dataset], report: Output[HTML], metrics: Output[
 def train(dataset: Input[Dataset], family: str, settings_json: str, model: Output[Model],
           result: Output[Artifact], metrics: Output[Metrics]):
     """Purged walk-forward + final fit of one model family; hold-out figures as metrics."""
-    from tideline import steps
+    from tideline.training import steps
 
     figures = steps.train(dataset.path, family, settings_json, model.path, result.path)
     if "failed" in figures:  # recorded; the run goes on with the other families
@@ -91,7 +91,7 @@ def evaluate_and_select(dataset: Input[Dataset], clean: Input[Dataset], results:
                         registry_uri: str, settings_json: str, decisions: Output[Artifact],
                         metrics: Output[Metrics]):
     """Score production on the same hold-out rows; judge every candidate (significance + policy)."""
-    from tideline import steps
+    from tideline.training import steps
 
     out = steps.evaluate_and_select(dataset.path, clean.path, [r.path for r in results], registry_uri,
                                     settings_json, decisions.path)
@@ -111,7 +111,7 @@ def register(dataset: Input[Dataset], decisions: Input[Artifact], models: Input[
     """Register every candidate with its lineage and decision; returns the summary as JSON."""
     import json
 
-    from tideline import steps
+    from tideline.training import steps
 
     out = steps.register(dataset.path, decisions.path, [m.path for m in models], registry_uri, settings_json,
                          registered.path)
@@ -122,7 +122,7 @@ def register(dataset: Input[Dataset], decisions: Input[Artifact], models: Input[
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
 def gate(registered: Input[Artifact]) -> str:
     """The promotion gate: "approved" when the policy approved a registered candidate, else "rejected"."""
-    from tideline import steps
+    from tideline.training import steps
 
     return steps.gate(registered.path)
 
@@ -131,7 +131,7 @@ def gate(registered: Input[Artifact]) -> str:
 def request_rollout(registered: Input[Artifact], registry_uri: str, mode: str, settings_json: str,
                     reason: str, rollout: Output[Artifact]) -> str:
     """Set the registry's candidate alias (mode "rollout") or promote directly (mode "direct")."""
-    from tideline import steps
+    from tideline.training import steps
 
     out = steps.rollout(registered.path, registry_uri, mode, settings_json, rollout.path, reason)
     rollout.metadata.update(out)

@@ -21,7 +21,7 @@ A synthetic multi-symbol market whose hidden signal flips partway (a concept shi
   candidate is picked up by the loop and rolled out; the live accuracy check fails in shadow and the
   controller rolls it back. Production never changes.
 * At the end: the prediction log joined with realized outcomes gives the live record per version, the
-  static counterfactual (v1 never replaced) is predicted on the same bars, and ``tideline.report`` writes one
+  static counterfactual (v1 never replaced) is predicted on the same bars, and ``tideline.app.report`` writes one
   self-contained HTML report. Exit 0 only if the story happened (``DemoResult.ok``).
 
 Deterministic by seed: the market, the models, the request ids (the router's split hashes them) and every
@@ -427,7 +427,7 @@ class Demo:
     # -- what the loop drives --------------------------------------------------------------------------------
     def _pipeline(self, settings: Settings, *, source: str | Path, rollout_mode: str, reason: str) -> dict[str, Any]:
         """The loop's retraining pipeline: ``kfp.local`` (every step a task), as ``tideline loop`` runs it."""
-        from tideline.orchestration import run_local
+        from tideline.training.orchestration import run_local
 
         res = run_local(settings, source=source, rollout_mode=rollout_mode, reason=reason)
         self.retrain_runs.append({k: res.get(k) for k in ("run_id", "versions", "decision", "best", "reasons",
@@ -626,7 +626,7 @@ class Demo:
             self.backend.shutdown()
             self.backend.close()
         record = self._record(time.monotonic() - t_start)
-        from tideline.report import write_report
+        from tideline.app.report import write_report
 
         report_path.parent.mkdir(parents=True, exist_ok=True)
         record_path = report_path.with_suffix(".json")

@@ -1,6 +1,6 @@
-"""File-based wrappers over ``tideline.cycle``: one function per pipeline step.
+"""File-based wrappers over ``tideline.training.cycle``: one function per pipeline step.
 
-Each KFP component (``tideline.kfp.components``) calls exactly one of these with the local paths of its
+Each KFP component (``tideline.training.kfp.components``) calls exactly one of these with the local paths of its
 input and output artifacts, so a component body is a few lines and every step can be run and tested
 without Kubeflow. Artifacts are directories:
 
@@ -165,7 +165,7 @@ def validate(in_bars: str | Path, out_clean: str | Path, out_report_dir: str | P
              quarantine: bool = False, settings_json: str = "") -> dict[str, Any]:
     """Validate the raw bars with the cycle's rule (strict by default: any defect, or a symbol whose data
     quality is below ``data.min_quality``, fails the step and nothing is registered)."""
-    from tideline.cycle import validated
+    from tideline.training.cycle import validated
 
     src = Path(in_bars)
     raw = pd.read_parquet(src / "bars.parquet")
@@ -207,9 +207,9 @@ def _save_dataset(ds: Any, plan: Any, info: dict[str, Any], out: Path) -> None:
 
 def load_dataset(in_dataset: str | Path) -> tuple[Any, Any, dict[str, Any]]:
     """(Dataset, Plan, info) from a dataset artifact written by ``features``."""
-    from tideline.cycle import Plan
     from tideline.evaluation import Split
     from tideline.features import Dataset, FeatureSpec
+    from tideline.training.cycle import Plan
 
     src = Path(in_dataset)
     side = _read_json(src / "dataset.json")
@@ -234,7 +234,7 @@ def load_dataset(in_dataset: str | Path) -> tuple[Any, Any, dict[str, Any]]:
 @_record_failures
 def features(in_clean: str | Path, settings_json: str, out_dataset: str | Path) -> dict[str, Any]:
     """Features + labels, the hold-out window and the purged walk-forward folds."""
-    from tideline.cycle import describe_plan, make_dataset, plan_windows
+    from tideline.training.cycle import describe_plan, make_dataset, plan_windows
 
     s = settings_from_json(settings_json)
     src = Path(in_clean)
@@ -285,7 +285,7 @@ def _flat_summary(result: Any) -> dict[str, Any]:
 def train(in_dataset: str | Path, family: str, settings_json: str, out_model_dir: str | Path,
           out_result: str | Path) -> dict[str, Any]:
     """Purged walk-forward + final fit of one family; the model and its figures as artifacts."""
-    from tideline.cycle import family_failure, train_family
+    from tideline.training.cycle import family_failure, train_family
 
     s = settings_from_json(settings_json)
     ds, plan, _ = load_dataset(in_dataset)
@@ -317,7 +317,7 @@ def failed_result(in_result: str | Path) -> dict[str, str] | None:
 
 def load_result(in_result: str | Path) -> Any:
     """A ``FamilyResult`` (with hold-out predictions and reference sample) from a training result."""
-    from tideline.cycle import FamilyResult
+    from tideline.training.cycle import FamilyResult
 
     src = Path(in_result)
     d = _read_json(src / "result.json")
@@ -342,7 +342,7 @@ def _open(registry_uri: str, s: Settings) -> Any:
 def evaluate_and_select(in_dataset: str | Path, in_clean: str | Path, results: Sequence[str | Path],
                         registry_uri: str, settings_json: str, out_decisions: str | Path) -> dict[str, Any]:
     """Score production on the same hold-out rows, then judge every candidate against it and the policy."""
-    from tideline.cycle import baselines, judge, score_production
+    from tideline.training.cycle import baselines, judge, score_production
 
     s = settings_from_json(settings_json)
     ds, plan, info = load_dataset(in_dataset)
@@ -388,9 +388,9 @@ def evaluate_and_select(in_dataset: str | Path, in_clean: str | Path, results: S
 
 
 def _candidate_from_dict(d: Mapping[str, Any]) -> Any:
-    from tideline.cycle import CandidateResult
     from tideline.evaluation import Metrics
     from tideline.policy import PolicyDecision
+    from tideline.training.cycle import CandidateResult
 
     return CandidateResult(d["family"], Metrics.from_dict(d["holdout"]), dict(d["walk_forward"]), list(d["folds"]),
                            PolicyDecision.from_dict(d["decision"]), d.get("p_value_vs_production"),
@@ -413,8 +413,8 @@ def register(in_dataset: str | Path, in_decisions: str | Path, models: Sequence[
 
     Models are matched to their decisions by family (the order of fanned-in artifacts is not relied on).
     """
-    from tideline.cycle import ProductionScore, choose_best, register_candidate
     from tideline.evaluation import Metrics
+    from tideline.training.cycle import ProductionScore, choose_best, register_candidate
 
     s = settings_from_json(settings_json)
     _, _, info = load_dataset(in_dataset)

@@ -1,6 +1,6 @@
 """The ModelRollout operator: kopf wiring around the one rollout reconciler.
 
-Run it with ``kopf run -m tideline.operator --all-namespaces`` (in the cluster: the operator Deployment;
+Run it with ``kopf run -m tideline.k8s.operator --all-namespaces`` (in the cluster: the operator Deployment;
 locally: with a kubeconfig). There is no reconcile loop here: on every create / resume / timer tick /
 change of the ``tideline.io/action`` annotation, a ``RolloutController`` (``tideline.rollout.controller``,
 the same reconciler the embedded default runs) makes one ``reconcile_once`` pass over

@@ -1,6 +1,6 @@
 """Run the retraining pipeline: locally with ``kfp.local`` or on a Kubeflow Pipelines cluster.
 
-The same pipeline definition (``tideline.kfp.pipeline.retrain_pipeline``) serves both:
+The same pipeline definition (``tideline.training.kfp.pipeline.retrain_pipeline``) serves both:
 
 - ``run_local``: every component runs as a subprocess of this Python (``SubprocessRunner(use_venv=False)``)
   with artifacts under a per-run directory; the ParallelFor fan-out, the ``dsl.Collected`` fan-in and the
@@ -8,7 +8,7 @@ The same pipeline definition (``tideline.kfp.pipeline.retrain_pipeline``) serves
 - ``submit`` / ``schedule``: compile the pipeline and create a run / a recurring run through the KFP API.
 - ``start_retrain``: the single entry point the triggers use to start a run in either mode.
 
-The definitions live in the package (``tideline.kfp``) so an installed tideline can compile and submit
+The definitions live in the package (``tideline.training.kfp``) so an installed tideline can compile and submit
 without a checkout; the repository's ``components/`` and ``pipelines/`` re-export them and keep the
 compiled ``pipelines/retrain.yaml`` (``compile_pipeline()`` rewrites it).
 """
@@ -65,7 +65,7 @@ def pipeline_arguments(settings: Settings, *, source: str | Path | None = None,
                        rollout_mode: str = "rollout", quarantine: bool = False, reason: str = "manual",
                        for_cluster: bool = False) -> dict[str, Any]:
     """The ``retrain_pipeline`` arguments for these settings (settings travel as one JSON string)."""
-    from tideline.steps import settings_to_json
+    from tideline.training.steps import settings_to_json
 
     if (source is None or source == "") == (synthetic is None):
         raise ConfigError("give exactly one market data source: --data PATH|s3://... or --synthetic")
@@ -154,8 +154,8 @@ def run_local(settings: Settings, *, source: str | Path | None = None, synthetic
     """
     from kfp import local
 
-    from tideline.kfp.pipeline import retrain_pipeline
     from tideline.registry import open_registry
+    from tideline.training.kfp.pipeline import retrain_pipeline
 
     args = pipeline_arguments(settings, source=source, synthetic=synthetic, families=families,
                               rollout_mode=rollout_mode, quarantine=quarantine, reason=reason)
@@ -240,11 +240,11 @@ def default_pipeline_path() -> Path:
 def compile_pipeline(path: str | Path | None = None) -> Path:
     """Compile ``retrain_pipeline`` to KFP IR YAML; default: the checkout's ``pipelines/retrain.yaml``.
 
-    The component image is ``TIDELINE_IMAGE`` as read when ``tideline.kfp.components`` was imported.
+    The component image is ``TIDELINE_IMAGE`` as read when ``tideline.training.kfp.components`` was imported.
     """
     from kfp import compiler
 
-    from tideline.kfp.pipeline import retrain_pipeline
+    from tideline.training.kfp.pipeline import retrain_pipeline
 
     out = Path(path) if path is not None else default_pipeline_path()
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -3,7 +3,7 @@ walk-forward + hold-out) -> compare with production on the same window -> regist
 promote the best one if, and only if, the policy passes.
 
 Each step is a function here. ``CycleRunner`` runs them in-process (``tideline cycle``); the KFP
-components call the same functions, one per task, with artifacts in between (``tideline.steps``).
+components call the same functions, one per task, with artifacts in between (``tideline.training.steps``).
 """
 
 from __future__ import annotations

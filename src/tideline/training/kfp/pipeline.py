@@ -7,7 +7,7 @@ ingest -> validate -> features -> { drift_report, train x family (ParallelFor) }
 from kfp import dsl
 
 from tideline.config import MODEL_FAMILIES
-from tideline.kfp.components import (
+from tideline.training.kfp.components import (
     drift_report,
     evaluate_and_select,
     features,
@@ -38,7 +38,7 @@ def retrain_pipeline(
     """The retraining cycle as a KFP v2 pipeline: ingest, validate, features, a drift report and one
     train task per family, then evaluate and select, register, gate, and (approved only) request_rollout.
 
-    Composition only: every task runs a ``tideline.kfp.components`` component, none is cached. The pipeline's
+    Composition only: every task runs a ``tideline.training.kfp.components`` component, none is cached. The pipeline's
     output is the register task's output.
     """
     bars = ingest(source=source, synthetic_json=synthetic_json, settings_json=settings_json)

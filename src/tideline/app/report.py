@@ -7,7 +7,7 @@ network: plotly.js is inlined once in the head and an Evidently drift report, wh
 whole in an ``<iframe srcdoc>``. Every part of the record may be missing or empty; the report then says
 "not available" for that part instead of failing.
 
-The HTML comes from Jinja2 templates in ``tideline/templates`` (package data: ``report.html.j2`` and one
+The HTML comes from Jinja2 templates in ``tideline/app/templates`` (package data: ``report.html.j2`` and one
 ``section_<key>.html.j2`` per section), rendered with autoescaping on and ``StrictUndefined``. Python only
 prepares each section's values: everything taken from the record reaches a template as plain text and is
 escaped there. The only HTML handed over as ``Markup`` is made by code, not by the record: plotly's own
@@ -152,9 +152,9 @@ def write_report(record: Mapping[str, Any], path: str | Path) -> Path:
 
 @functools.cache
 def _environment() -> Environment:
-    """The templates in ``tideline/templates`` (package data), every one of them HTML and autoescaped."""
+    """The templates in ``tideline/app/templates`` (package data), every one of them HTML and autoescaped."""
     env = Environment(
-        loader=PackageLoader("tideline", "templates"),
+        loader=PackageLoader("tideline.app", "templates"),
         autoescape=True,  # whatever a template is called: nothing from the record reaches the page unescaped
         undefined=StrictUndefined,  # a misspelt or missing variable raises instead of rendering as ""
         trim_blocks=True,

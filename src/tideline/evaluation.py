@@ -14,9 +14,10 @@ Conventions
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -379,7 +380,6 @@ class SignificanceResult(Document):
     n: int
 
 
-
 def _stationary_indices(n: int, n_samples: int, block: float, rng: np.random.Generator) -> np.ndarray:
     """Politis-Romano stationary bootstrap indices ``(n_samples, n)`` with mean block length ``block``."""
     p = 1.0 / max(block, 1.0)
@@ -484,3 +484,155 @@ def diebold_mariano(loss_a: np.ndarray, loss_b: np.ndarray, horizon: int = 1) ->
     return SignificanceResult(
         "diebold_mariano", _finite(stat), _finite(p, 1.0), mean, mean - tcrit * se, mean + tcrit * se, n
     )
+
+
+# ------------------------------------------------------------------------------------------- overfitting
+EULER_GAMMA: float = 0.5772156649015329
+
+
+def expected_max_sharpe(sharpe_variance: float, n_trials: int) -> float:
+    """The Sharpe ratio the best of ``n_trials`` skill-less strategies reaches by luck (the False Strategy
+    theorem, Bailey & Lopez de Prado 2014): ``sqrt(V) * ((1 - g) * Z(1 - 1/N) + g * Z(1 - 1/(N e)))``, with
+    ``V`` the variance of the trials' Sharpe ratios, ``g`` Euler's constant and ``Z`` the normal quantile.
+    One trial (or no spread between them) gives 0: nothing was selected.
+
+    >>> round(expected_max_sharpe(0.5 / 250, 100), 4)  # the paper's example: 100 trials, V = 1/2 a year
+    0.1132
+    """
+    n = int(n_trials)
+    if n <= 1 or not sharpe_variance > 0:
+        return 0.0
+    z = stats.norm.ppf
+    return float(math.sqrt(sharpe_variance)
+                 * ((1 - EULER_GAMMA) * z(1 - 1 / n) + EULER_GAMMA * z(1 - 1 / (n * math.e))))
+
+
+def probabilistic_sharpe(sharpe: float, n_obs: int, skew: float = 0.0, kurtosis: float = 3.0,
+                         benchmark: float = 0.0) -> float:
+    """The probability that the true Sharpe ratio exceeds ``benchmark``, given ``sharpe`` measured on
+    ``n_obs`` returns with that ``skew`` and (non-excess) ``kurtosis`` (Bailey & Lopez de Prado 2012). Both
+    ratios per period, not annualised. Fewer than two returns give 0.
+
+    >>> sr0 = expected_max_sharpe(0.5 / 250, 100)  # the 2014 paper's DSR example: SR 2.5 a year, 5 years
+    >>> round(probabilistic_sharpe(2.5 / 250 ** 0.5, 1250, skew=-3, kurtosis=10, benchmark=sr0), 4)
+    0.9004
+    """
+    if n_obs < 2 or not math.isfinite(sharpe):
+        return 0.0
+    var = 1.0 - skew * sharpe + (kurtosis - 1.0) / 4.0 * sharpe**2
+    diff = sharpe - benchmark
+    if not var > 0:  # heavy skew against a large Sharpe: the estimate's error is undefined; only the sign counts
+        return 1.0 if diff > 0 else 0.0
+    return float(stats.norm.cdf(diff * math.sqrt(n_obs - 1) / math.sqrt(var)))
+
+
+@dataclass
+class DeflatedSharpe(Document):
+    """The deflated Sharpe ratio of one strategy among ``n_trials``: ``value`` is the probability (0-1) that
+    its true Sharpe exceeds what the best of that many skill-less trials would show (``benchmark``).
+    ``sharpe`` and ``benchmark`` are per period; ``kurtosis`` is non-excess (3 for normal returns).
+    """
+
+    value: float
+    sharpe: float
+    benchmark: float
+    n_trials: int
+    n_obs: int
+    skew: float
+    kurtosis: float
+
+
+def deflated_sharpe(returns: np.ndarray, trial_sharpes: Sequence[float]) -> DeflatedSharpe:
+    """The deflated Sharpe ratio (Bailey & Lopez de Prado 2014) of ``returns`` (one per period), the one picked
+    among the trials whose per-period Sharpe ratios are ``trial_sharpes`` (every candidate tried, the picked
+    one included): the probabilistic Sharpe ratio against ``expected_max_sharpe`` of those trials, counting
+    the returns' skew and kurtosis. Non-finite returns are dropped; a flat or too short series gives 0.
+
+    >>> import numpy as np
+    >>> rng = np.random.default_rng(1)
+    >>> good = rng.normal(0.003, 0.01, 1000)  # a Sharpe of about 4.7 a year on daily bars
+    >>> d = deflated_sharpe(good, [0.3, 0.0, 0.02, -0.01])
+    >>> d.n_trials, d.value > 0.95
+    (4, True)
+    >>> deflated_sharpe(rng.normal(0.0, 0.01, 1000), [0.05, 0.0, 0.02, -0.01]).value < 0.95
+    True
+    """
+    r = np.asarray(returns, dtype=np.float64)
+    r = r[np.isfinite(r)]
+    trials = np.asarray([s for s in trial_sharpes if math.isfinite(s)], dtype=np.float64)
+    n_trials = max(len(trials), 1)
+    variance = float(trials.var(ddof=1)) if len(trials) > 1 else 0.0
+    benchmark = expected_max_sharpe(variance, n_trials)
+    sd = float(r.std(ddof=1)) if len(r) > 1 else 0.0
+    if sd <= 1e-12:
+        return DeflatedSharpe(0.0, 0.0, benchmark, n_trials, len(r), 0.0, 3.0)
+    sharpe = float(r.mean()) / sd
+    skew = _finite(float(stats.skew(r)))
+    kurt = _finite(float(stats.kurtosis(r, fisher=False)), 3.0)
+    value = probabilistic_sharpe(sharpe, len(r), skew, kurt, benchmark)
+    return DeflatedSharpe(value, sharpe, benchmark, n_trials, len(r), skew, kurt)
+
+
+@dataclass
+class OverfitProbability(Document):
+    """The probability of backtest overfitting by combinatorially symmetric cross-validation: ``pbo`` is the
+    share of the ``n_splits`` in/out-of-sample splits where the in-sample best of ``n_strategies`` ranked at
+    or below the median out of sample; ``median_logit`` the median of the logits of its out-of-sample rank
+    (positive: the in-sample winner tends to stay above the median). ``pbo`` is None with fewer than two
+    strategies or too few rows for two blocks (``reason`` says which).
+    """
+
+    pbo: float | None
+    n_strategies: int
+    n_blocks: int
+    n_splits: int
+    median_logit: float | None = None
+    reason: str = ""
+
+
+def pbo_cscv(returns: np.ndarray, n_blocks: int = 16) -> OverfitProbability:
+    """The probability of backtest overfitting (Bailey, Borwein, Lopez de Prado & Zhu 2017) of picking the
+    best column of ``returns`` (rows: periods in time order, columns: the strategies tried; rows with a
+    non-finite value are dropped). The rows are cut into ``n_blocks`` contiguous blocks (fewer, and even,
+    when the rows are few: at least two rows a block); every half of the blocks is once the in-sample set,
+    the other half out of sample; the strategy with the best in-sample Sharpe ratio is ranked out of sample.
+
+    >>> import numpy as np
+    >>> rng = np.random.default_rng(0)
+    >>> noise = rng.normal(0.0, 0.01, (800, 6))
+    >>> 0.2 < pbo_cscv(noise).pbo < 0.8  # luck: the in-sample winner is a coin flip out of sample
+    True
+    >>> skill = noise + np.array([0.003, 0, 0, 0, 0, 0])
+    >>> pbo_cscv(skill).pbo
+    0.0
+    """
+    m = np.asarray(returns, dtype=np.float64)
+    if m.ndim != 2:
+        raise DataError(f"pbo_cscv needs a 2-d array of returns (periods x strategies), got {m.ndim}-d")
+    m = m[np.all(np.isfinite(m), axis=1)]
+    t, n = m.shape
+    s = min(int(n_blocks), t // 2)
+    s -= s % 2
+    if n < 2 or s < 2:
+        why = "fewer than two strategies" if n < 2 else f"{t} periods: too few for two blocks"
+        return OverfitProbability(None, n, max(s, 0), 0, None, why)
+    blocks = np.array_split(np.arange(t), s)
+    cnt = np.array([len(b) for b in blocks], dtype=np.float64)
+    sums = np.stack([m[b].sum(axis=0) for b in blocks])  # (s, n)
+    sq = np.stack([(m[b] ** 2).sum(axis=0) for b in blocks])
+    combos = np.array([[i in c for i in range(s)] for c in itertools.combinations(range(s), s // 2)],
+                      dtype=np.float64)  # (k, s): 1 = in sample
+
+    def sharpe(mask: np.ndarray) -> np.ndarray:
+        k = (mask @ cnt)[:, None]
+        mean = (mask @ sums) / k
+        var = ((mask @ sq) - k * mean**2) / np.maximum(k - 1, 1)
+        return np.where(var > 1e-24, mean / np.sqrt(np.maximum(var, 1e-24)), 0.0)
+
+    sr_in, sr_out = sharpe(combos), sharpe(1.0 - combos)
+    best = np.argmax(sr_in, axis=1)
+    chosen = sr_out[np.arange(len(best)), best][:, None]
+    rank = (sr_out < chosen).sum(axis=1) + 0.5 * ((sr_out == chosen).sum(axis=1) - 1) + 1  # 1 = worst
+    omega = rank / (n + 1)
+    logits = np.log(omega / (1 - omega))
+    return OverfitProbability(float(np.mean(logits <= 0)), n, s, len(combos), float(np.median(logits)))

@@ -39,7 +39,7 @@ from typing import Any, Final, Protocol
 
 import pandas as pd
 
-from tideline.clock import Now, aware, utcnow
+from tideline.clock import Now, aware, utc_timestamp, utcnow
 from tideline.config import Settings
 from tideline.errors import AliasConflict, PolicyError, RunInProgress, TidelineError
 from tideline.features import warmup_bars
@@ -371,18 +371,17 @@ class Loop:
     def _deployed_at(self, production: str) -> datetime:
         """When production was last promoted (its live record starts there)."""
         for ev in reversed(self.registry.history()):
-            if ev.action in ("promote", "rollback") and ev.version == production:
-                t = pd.Timestamp(ev.at)
-                return (t.tz_localize("UTC") if t.tzinfo is None else t.tz_convert("UTC")).to_pydatetime()
+            at = utc_timestamp(ev.at) if ev.action in ("promote", "rollback") and ev.version == production else None
+            if at is not None:
+                return at.to_pydatetime()
         return datetime(1970, 1, 1, tzinfo=UTC)
 
     def _maybe_drift(self, rec: TickRecord, bars: pd.DataFrame, production: str, now: datetime) -> None:
         from tideline.monitoring.drift import run_drift_check
 
         last = self._attachment(production, DRIFT_ATTACHMENT)
-        last_at = pd.Timestamp(last["checked_at"]) if last and last.get("checked_at") else None
+        last_at = utc_timestamp(last["checked_at"]) if last and last.get("checked_at") else None
         if last_at is not None:
-            last_at = last_at.tz_localize("UTC") if last_at.tzinfo is None else last_at.tz_convert("UTC")
             if now - last_at.to_pydatetime() < timedelta(hours=self.s.loop.drift_every_hours):
                 return
         recent = _recent(bars, self.s.loop.monitor_bars + 100)

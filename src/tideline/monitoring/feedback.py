@@ -37,13 +37,13 @@ import logging
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, Final
 
 import numpy as np
 import pandas as pd
 
-from tideline.clock import utcnow
+from tideline.clock import aware, utc_timestamp, utcnow
 from tideline.config import EvaluationConfig, FeatureConfig
 from tideline.documents import Document
 from tideline.errors import ConfigError, DataError, TidelineError
@@ -185,7 +185,6 @@ class LiveMetrics(Document):
     periods_per_year: float = 0.0
     first_bar_time: str | None = None
     last_bar_time: str | None = None
-
 
 
 def _fin(x: float) -> float:
@@ -379,8 +378,7 @@ def run_feedback(registry: Registry, bars: pd.DataFrame, *, cost_bps: float | No
     points, ``updated_at``); a version without any keeps its previous record. Versions in the log that
     are not in the registry are skipped (their horizon is unknown) and listed in ``skipped``.
     """
-    at = (now or utcnow())
-    at = at.replace(tzinfo=UTC) if at.tzinfo is None else at.astimezone(UTC)
+    at = aware(now or utcnow())
     since_ts = utc_bound(since, "since")
     log_df = read_predictions(registry, since=since_ts, until=until)
     if bars is None or len(bars) == 0:
@@ -567,11 +565,10 @@ class LiveOutcomeSource:
         for ev in reversed(self.registry.history()):
             if ev.alias == "production" and ev.action in ("promote", "rollback"):
                 if ev.version == candidate:
-                    promoted_at = pd.Timestamp(ev.at)
+                    promoted_at = utc_timestamp(ev.at)
                 break  # production's latest move: the candidate's, or it is not production
         if promoted_at is None:
             return None
-        promoted_at = promoted_at.tz_localize("UTC") if promoted_at.tzinfo is None else promoted_at.tz_convert("UTC")
         after = log_df.loc[log_df["time"] >= promoted_at]
         prod = self._realized(after, candidate, bars)
         prev = self._realized(after, baseline, bars)

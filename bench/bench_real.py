@@ -1,6 +1,7 @@
 """Real-market cycles: one cycle per file (default: ../shared/data/*.csv, else examples/data), into a
-throw-away registry, reporting hold-out metrics of every family next to the baselines, net of costs.
-Honest figures: whatever they are. Prints one JSON object.
+throw-away registry, reporting hold-out metrics of every family next to the baselines, net of costs, and
+the gate's verdict (deflated Sharpe, PBO, walk-forward, the checks that failed). Honest figures: whatever
+they are. Prints one JSON object.
 """
 
 from __future__ import annotations
@@ -41,13 +42,24 @@ def main() -> None:
             row = {
                 "file": f.name, "bars": res.data["rows"], "holdout": res.data["holdout"],
                 "cost_bps": res.data["cost_bps"], "periods_per_year": round(res.data["periods_per_year"], 1),
-                "models": {c.family: _m(c.holdout) | {"approved": c.decision.approved} for c in res.candidates},
+                "models": {c.family: _m(c.holdout) | _gate(c) for c in res.candidates},
                 "baselines": {k: _m(v) for k, v in res.baselines.items()},
                 "promoted": res.promoted_version, "wall_s": round(res.timings["total"], 1),
             }
             results.append(row)
     json.dump({"name": "real_data", "results": results}, sys.stdout)
     sys.stdout.write("\n")
+
+
+def _gate(c) -> dict:  # noqa: ANN001
+    """The gate's verdict on one candidate: approved, deflated Sharpe, PBO, walk-forward and the failed checks."""
+    ev = c.evidence
+    return {"approved": c.decision.approved,
+            "deflated_sharpe": None if ev is None else round(ev.deflated_sharpe, 3),
+            "pbo": None if ev is None or ev.pbo is None else round(ev.pbo, 3),
+            "wf_sharpe_mean": round(c.walk_forward.get("sharpe_mean", float("nan")), 2),
+            "p_vs_baseline": None if ev is None or ev.p_value_vs_baseline is None else round(ev.p_value_vs_baseline, 3),
+            "failed": [ch.name for ch in c.decision.checks if not ch.passed]}
 
 
 def _m(m) -> dict:  # noqa: ANN001

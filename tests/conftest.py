@@ -20,6 +20,10 @@ os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
 for _k in ("TIDELINE_REGISTRY", "TIDELINE_CONFIG"):
     os.environ.pop(_k, None)
 
+# The gate's checks against luck turned off, for tests of the plumbing on small markets where a model
+# may or may not earn its promotion (tests/test_policy.py and tests/test_cycle.py test those checks).
+NO_LUCK_CHECKS = {"min_deflated_sharpe": 0.0, "require_baseline": False, "require_folds_agree": False}
+
 # Small, fast model settings for tests (the defaults are sized for real data).
 FAST_PARAMS = {
     "xgboost": {"num_boost_round": 60},

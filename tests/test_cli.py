@@ -23,6 +23,7 @@ def _cfg(tmp_path: Path) -> Path:
         "training": {"params": FAST_PARAMS, "families": ["lightgbm", "sklearn"]},
         "evaluation": {"n_splits": 2, "bootstrap_samples": 200},
         "policy": {"min_sharpe": -100.0, "min_trades": 0, "max_drawdown": 10.0, "require_significance": False,
+                   "min_deflated_sharpe": 0.0, "require_baseline": False, "require_folds_agree": False,
                    "min_relative_improvement": -100.0, "key_metric_floor": 0.0},
     }))
     return f

@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from conftest import EXAMPLES, FAST_PARAMS
+from conftest import EXAMPLES, FAST_PARAMS, NO_LUCK_CHECKS
 from tideline.config import Settings, load_settings
 from tideline.errors import DataError, ValidationError
 from tideline.registry import open_registry
@@ -48,6 +48,15 @@ def test_full_cycle_registers_every_family_and_compares_with_production(tmp_path
     for c in res.candidates:
         assert len(c.folds) == 3
         assert c.decision.approved == all(ch.passed for ch in c.decision.checks)
+        # the checks luck cannot pass, on the first promotion too; the figures in the record
+        assert {"vs_baseline", "walk_forward", "deflated_sharpe"} <= {ch.name for ch in c.decision.checks}
+        d = c.to_dict()
+        assert 0.0 <= d["deflated_sharpe"] <= 1.0 and d["evidence"]["n_trials"] == 4
+        assert d["pbo"] is not None and 0.0 <= d["pbo"] <= 1.0
+        assert d["evidence"]["baseline"] in ("buy_and_hold", "always_long")
+        assert len(d["evidence"]["fold_sharpes"]) == 3
+        assert reg.get(c.version).evaluation["evidence"] == d["evidence"]
+    assert len({c.to_dict()["pbo"] for c in res.candidates}) == 1  # one figure for the cycle's selection
     approved = [c for c in res.candidates if c.decision.approved]
     if approved:  # the promoted one is the best approved by hold-out Sharpe
         best = max(approved, key=lambda c: c.holdout.sharpe)
@@ -112,7 +121,7 @@ def test_real_goog_cycle_reports_baselines(tmp_path):
 def test_corrupted_production_blocks_promotion_and_says_why(tmp_path):
     s = _settings(tmp_path, families=["lightgbm"])
     s = s.model_copy(update={"policy": s.policy.model_copy(update={"min_sharpe": -100.0, "min_trades": 0,
-                                                                   "max_drawdown": 10.0})})
+                                                                   "max_drawdown": 10.0, **NO_LUCK_CHECKS})})
     reg = open_registry(s.registry_uri())
     res = CycleRunner(s, reg).run(synthetic=SYN)
     prod = res.promoted_version
@@ -138,7 +147,8 @@ def test_cycle_against_s3_registry(s3_server, monkeypatch):
     s = s.model_copy(update={
         "training": s.training.model_copy(update={"params": FAST_PARAMS, "families": ["lightgbm", "torch"]}),
         "evaluation": s.evaluation.model_copy(update={"n_splits": 2, "bootstrap_samples": 200}),
-        "policy": s.policy.model_copy(update={"min_sharpe": -100.0, "min_trades": 0, "max_drawdown": 10.0}),
+        "policy": s.policy.model_copy(update={"min_sharpe": -100.0, "min_trades": 0, "max_drawdown": 10.0,
+                                               **NO_LUCK_CHECKS}),
     })
     reg = open_registry(s.registry_uri(), endpoint_url=s.endpoint_url())
     res = CycleRunner(s, reg).run(synthetic={"n_symbols": 3, "n_bars": 900, "seed": 1})

@@ -191,6 +191,7 @@ def _e2e_settings(tmp_path: Path) -> Settings:
         "evaluation": s.evaluation.model_copy(update={"n_splits": 2, "bootstrap_samples": 200}),
         "policy": s.policy.model_copy(update={
             "min_sharpe": -100.0, "min_trades": 0, "max_drawdown": 10.0, "require_significance": False,
+            "min_deflated_sharpe": 0.0, "require_baseline": False, "require_folds_agree": False,
             "min_relative_improvement": -100.0, "key_metric_floor": 0.0}),
     })
 

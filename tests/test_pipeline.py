@@ -33,6 +33,7 @@ from tideline.training.orchestration import (
 SYN = {"n_symbols": 3, "n_bars": 900, "seed": 7}
 FAMILIES = ["lightgbm", "sklearn"]
 PERMISSIVE = {"min_sharpe": -100.0, "min_trades": 0, "max_drawdown": 10.0, "require_significance": False,
+              "min_deflated_sharpe": 0.0, "require_baseline": False, "require_folds_agree": False,
               "min_relative_improvement": -100.0, "key_metric_floor": 0.0}
 COMPONENTS = ["ingest", "validate", "features", "drift-report", "train", "evaluate-and-select", "register",
               "gate", "request-rollout"]
@@ -79,6 +80,8 @@ def test_local_run_executes_every_step_and_requests_rollout_when_approved(approv
     for mv in versions:
         assert mv.decision["approved"] is True and mv.metrics["n_obs"] > 0
         assert mv.evaluation["baselines"] and mv.evaluation["holdout"]["rows"] > 0
+        ev = mv.evaluation["evidence"]  # measured across both families' artifacts (fold returns travel too)
+        assert ev["n_trials"] == 2 and 0.0 <= ev["deflated_sharpe"] <= 1.0 and ev["pbo"] is not None
         assert mv.data_hash and mv.training_window["n_rows"] > 0
         ref = pd.read_parquet(io.BytesIO(reg.get_attachment(mv.version, "reference.parquet")))
         assert len(ref) > 100 and ref["prediction"].notna().all()

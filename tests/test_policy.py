@@ -1,7 +1,7 @@
 import math
 
 from tideline.config import PolicyConfig
-from tideline.policy import PolicyDecision, decide
+from tideline.policy import Evidence, PolicyDecision, decide
 
 GOOD = {"sharpe": 1.2, "n_trades": 500, "max_drawdown": 0.1, "directional_accuracy": 0.55,
         "profit_factor": 1.3}
@@ -65,3 +65,49 @@ def test_unevaluable_production_blocks_automatic_promotion():
 def test_round_trip():
     d = decide(GOOD, PolicyConfig())
     assert PolicyDecision.from_dict(d.to_dict()).to_dict() == d.to_dict()
+
+
+STRONG = Evidence(deflated_sharpe=0.99, n_trials=4, fold_sharpes=[1.0, 0.4, -0.2, 0.8], baseline="always_long",
+                  baseline_sharpe=0.3, p_value_vs_baseline=0.01, pbo=0.1)
+
+
+def test_the_checks_luck_cannot_pass_apply_to_the_first_promotion_too():
+    d = decide(GOOD, PolicyConfig(), evidence=STRONG)
+    assert d.approved and d.compared_to is None
+    assert {"vs_baseline", "walk_forward", "deflated_sharpe"} <= _names(d, True)
+    assert "overfitting" not in {c.name for c in d.checks}  # PBO is reported; it gates only when max_pbo is set
+    for change, check in [({"deflated_sharpe": 0.9}, "deflated_sharpe"),
+                          ({"p_value_vs_baseline": 0.3}, "vs_baseline"),
+                          ({"baseline_sharpe": 1.5}, "vs_baseline"),  # significant, but the baseline did better
+                          ({"p_value_vs_baseline": None}, "vs_baseline"),
+                          ({"fold_sharpes": [1.0, -0.5, -0.1, 0.2]}, "walk_forward"),  # 2 of 4: not a majority
+                          ({"fold_sharpes": [3.0, -0.5, -0.6, 0.2]}, "walk_forward"),
+                          ({"fold_sharpes": [-2.0, 0.1, 0.1, 0.1]}, "walk_forward"),  # majority, mean < 0
+                          ({"fold_sharpes": []}, "walk_forward")]:
+        ev = Evidence.from_dict({**STRONG.to_dict(), **change})
+        d = decide(GOOD, PolicyConfig(), evidence=ev)
+        assert not d.approved and _names(d, False) == {check}, (change, d.reasons)
+        assert all(r for r in d.reasons)
+    # the LightGBM of issue 19: hold-out Sharpe 1.05, the best of four, walk-forward 0.03 +- 0.35
+    lucky = Evidence(deflated_sharpe=0.62, n_trials=4, fold_sharpes=[0.4, -0.3, 0.2, -0.2], baseline="buy_and_hold",
+                     baseline_sharpe=0.7, p_value_vs_baseline=0.31)
+    d = decide({**GOOD, "sharpe": 1.05}, PolicyConfig(), evidence=lucky)
+    assert not d.approved and _names(d, False) == {"vs_baseline", "walk_forward", "deflated_sharpe"}
+
+
+def test_each_evidence_check_can_be_configured_off_or_on():
+    weak = Evidence(deflated_sharpe=0.5, n_trials=4, fold_sharpes=[1.0, 1.0], baseline="always_long",
+                    baseline_sharpe=2.0, p_value_vs_baseline=0.5, pbo=0.6)
+    off = PolicyConfig(min_deflated_sharpe=0, require_baseline=False)
+    assert decide(GOOD, off, evidence=weak).approved
+    d = decide(GOOD, off.model_copy(update={"max_pbo": 0.5}), evidence=weak)
+    assert not d.approved and _names(d, False) == {"overfitting"}
+    d = decide(GOOD, off.model_copy(update={"max_pbo": 0.5}),
+               evidence=Evidence.from_dict({**weak.to_dict(), "pbo": None}))
+    assert not d.approved and "n/a" in d.reasons[0]  # a PBO that could not be measured does not pass a limit
+
+
+def test_evidence_round_trips_with_the_decision():
+    d = decide(GOOD, PolicyConfig(), evidence=STRONG)
+    assert PolicyDecision.from_dict(d.to_dict()) == d
+    assert Evidence.from_dict(STRONG.to_dict()) == STRONG

@@ -87,6 +87,20 @@ class PolicyConfig(BaseModel):
     max_drawdown: float = Field(0.35, gt=0, description="largest allowed peak-to-trough loss (fraction)")
     significance_alpha: float = Field(0.10, gt=0, lt=1)
     require_significance: bool = True
+    min_deflated_sharpe: float = Field(
+        0.95, ge=0, le=1,
+        description="deflated Sharpe ratio (0-1) the hold-out must reach, every candidate of the cycle counted (0: off)",
+    )
+    require_baseline: bool = Field(
+        True, description="beat the best of buy-and-hold / always-long on the hold-out (paired test, significance_alpha)"
+    )
+    require_folds_agree: bool = Field(True, description="walk-forward folds must agree (see min_positive_folds)")
+    min_positive_folds: float = Field(
+        0.5, ge=0, lt=1, description="walk-forward: mean fold Sharpe > 0 and more than this share of folds positive"
+    )
+    max_pbo: float | None = Field(
+        None, gt=0, le=1, description="refuse when the cycle's probability of backtest overfitting is above this"
+    )
 
 
 TRIGGER_RULES: tuple[str, ...] = (

@@ -490,6 +490,19 @@ def diebold_mariano(loss_a: np.ndarray, loss_b: np.ndarray, horizon: int = 1) ->
 EULER_GAMMA: float = 0.5772156649015329
 
 
+def sharpe_per_period(returns: np.ndarray) -> float:
+    """The Sharpe ratio of a return series per period (not annualised; ``ddof=1``), non-finite values dropped;
+    0 for a flat or too short series. What ``deflated_sharpe`` takes as a trial's Sharpe ratio.
+
+    >>> round(sharpe_per_period(np.array([0.01, 0.02, 0.0, float("nan")])), 3)
+    1.0
+    """
+    r = np.asarray(returns, dtype=np.float64)
+    r = r[np.isfinite(r)]
+    sd = float(r.std(ddof=1)) if len(r) > 1 else 0.0
+    return float(r.mean()) / sd if sd > 1e-12 else 0.0
+
+
 def expected_max_sharpe(sharpe_variance: float, n_trials: int) -> float:
     """The Sharpe ratio the best of ``n_trials`` skill-less strategies reaches by luck (the False Strategy
     theorem, Bailey & Lopez de Prado 2014): ``sqrt(V) * ((1 - g) * Z(1 - 1/N) + g * Z(1 - 1/(N e)))``, with
@@ -563,10 +576,9 @@ def deflated_sharpe(returns: np.ndarray, trial_sharpes: Sequence[float]) -> Defl
     n_trials = max(len(trials), 1)
     variance = float(trials.var(ddof=1)) if len(trials) > 1 else 0.0
     benchmark = expected_max_sharpe(variance, n_trials)
-    sd = float(r.std(ddof=1)) if len(r) > 1 else 0.0
-    if sd <= 1e-12:
+    sharpe = sharpe_per_period(r)
+    if sharpe == 0.0:
         return DeflatedSharpe(0.0, 0.0, benchmark, n_trials, len(r), 0.0, 3.0)
-    sharpe = float(r.mean()) / sd
     skew = _finite(float(stats.skew(r)))
     kurt = _finite(float(stats.kurtosis(r, fisher=False)), 3.0)
     value = probabilistic_sharpe(sharpe, len(r), skew, kurt, benchmark)

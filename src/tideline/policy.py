@@ -58,6 +58,26 @@ class PolicyDecision(Document):
         return super().from_dict({k: v for k, v in d.items() if k != "reasons"})
 
 
+@dataclass
+class Evidence(Document):
+    """What the gate weighs beside the hold-out figures, measured by the cycle over every candidate it tried.
+
+    ``deflated_sharpe``: the probability (0-1) that the hold-out Sharpe is not the luck of picking the best of
+    ``n_trials`` candidates (``tideline.evaluation.deflated_sharpe``); ``pbo``: the cycle's probability of
+    backtest overfitting over the walk-forward folds (None when it cannot be measured); ``fold_sharpes``: the
+    candidate's walk-forward Sharpe ratios; ``baseline``/``baseline_sharpe``/``p_value_vs_baseline``: the
+    best naive strategy on the same hold-out and the paired test of the candidate against it.
+    """
+
+    deflated_sharpe: float
+    n_trials: int
+    fold_sharpes: list[float]
+    baseline: str | None = None
+    baseline_sharpe: float | None = None
+    p_value_vs_baseline: float | None = None
+    pbo: float | None = None
+
+
 def _get(metrics: Mapping[str, Any], name: str) -> float:
     v = metrics.get(name)
     try:
@@ -79,12 +99,17 @@ def decide(
     production_version: str | None = None,
     p_value: float | None = None,
     production_error: str | None = None,
+    evidence: Evidence | None = None,
 ) -> PolicyDecision:
     """Decide whether ``candidate`` (hold-out metrics) may replace ``production`` (same window).
 
     Pure: no I/O, never raises. ``approved`` only when every check passes; a metric that is missing or not a
     number counts as NaN and fails its check, and ``production_error`` (production could not be scored on the
-    window) fails ``vs_production``. ``p_value`` is the paired test's, candidate against production.
+    window) fails ``vs_production``. ``p_value`` is the paired test's, candidate against production. With
+    ``evidence`` (what a cycle measures) the candidate must also beat the best baseline (``vs_baseline``),
+    its walk-forward folds must agree (``walk_forward``), its deflated Sharpe reach
+    ``cfg.min_deflated_sharpe`` (``deflated_sharpe``) and, when ``cfg.max_pbo`` is set, the cycle's PBO stay
+    under it (``overfitting``) - with or without a production model.
 
     >>> from tideline.config import PolicyConfig
     >>> cand = {"sharpe": 1.2, "n_trades": 80, "max_drawdown": 0.1, "directional_accuracy": 0.53}
@@ -116,6 +141,9 @@ def decide(
     dd = _get(candidate, "max_drawdown")
     ok = dd <= cfg.max_drawdown
     checks.append(Check("max_drawdown", ok, f"max drawdown {_fmt(dd)} {'<=' if ok else '>'} limit {cfg.max_drawdown}"))
+
+    if evidence is not None:
+        checks.extend(_evidence_checks(sharpe, evidence, cfg))
 
     if production_error is not None:
         checks.append(
@@ -172,3 +200,42 @@ def decide(
     return PolicyDecision(
         approved=all(c.passed for c in checks), checks=checks, compared_to=production_version
     )
+
+
+def _evidence_checks(sharpe: float, ev: Evidence, cfg: PolicyConfig) -> list[Check]:
+    """The checks that luck cannot pass: the best baseline beaten, the folds agreeing, the deflated Sharpe."""
+    checks: list[Check] = []
+    if cfg.require_baseline and ev.baseline is not None:
+        b = ev.baseline_sharpe if ev.baseline_sharpe is not None else float("nan")
+        p = ev.p_value_vs_baseline
+        ok = math.isfinite(sharpe) and sharpe > b and p is not None and p < cfg.significance_alpha
+        pv = "n/a" if p is None else f"{p:.3f}"
+        checks.append(Check("vs_baseline", ok, (
+            f"hold-out Sharpe {_fmt(sharpe)} {'beats' if ok else 'does not significantly beat'} {ev.baseline} "
+            f"({_fmt(b)}; paired test p={pv} {'<' if ok else 'vs'} {cfg.significance_alpha})")))
+    if cfg.require_folds_agree:
+        checks.append(_folds_check(ev.fold_sharpes, cfg.min_positive_folds))
+    if cfg.min_deflated_sharpe > 0:
+        ok = ev.deflated_sharpe >= cfg.min_deflated_sharpe
+        checks.append(Check("deflated_sharpe", ok, (
+            f"deflated Sharpe {ev.deflated_sharpe:.3f} {'>=' if ok else '<'} {cfg.min_deflated_sharpe} "
+            f"({ev.n_trials} candidates tried)")))
+    if cfg.max_pbo is not None:
+        ok = ev.pbo is not None and ev.pbo <= cfg.max_pbo
+        pbo = "n/a" if ev.pbo is None else f"{ev.pbo:.2f}"
+        checks.append(Check("overfitting", ok, f"probability of backtest overfitting {pbo} "
+                                               f"{'<=' if ok else 'not <='} {cfg.max_pbo}"))
+    return checks
+
+
+def _folds_check(fold_sharpes: list[float], min_positive: float) -> Check:
+    """Walk-forward agreement: mean fold Sharpe above 0 and more than ``min_positive`` of the folds positive."""
+    folds = [f for f in fold_sharpes if math.isfinite(f)]
+    if not folds:
+        return Check("walk_forward", False, "no walk-forward fold to judge the candidate on")
+    mean, positive = sum(folds) / len(folds), sum(f > 0 for f in folds)
+    ok = mean > 0 and positive / len(folds) > min_positive
+    return Check("walk_forward", ok, (
+        f"walk-forward folds {'agree' if ok else 'do not agree'}: mean Sharpe {_fmt(mean)} "
+        f"({'>' if mean > 0 else '<='} 0), {positive} of {len(folds)} positive "
+        f"({'>' if positive / len(folds) > min_positive else '<='} {min_positive:.0%})"))

@@ -46,6 +46,7 @@ _FAST_CONFIG = {
     "training": {"params": {"sklearn": {"max_iter": 30}}, "families": ["sklearn"]},
     "evaluation": {"n_splits": 2, "bootstrap_samples": 100},
     "policy": {"min_sharpe": -100.0, "min_trades": 0, "max_drawdown": 10.0, "require_significance": False,
+               "min_deflated_sharpe": 0.0, "require_baseline": False, "require_folds_agree": False,
                "min_relative_improvement": -100.0, "key_metric_floor": 0.0},
 }
 _RETRY_LINE = re.compile(r"unreachable \(attempt (\d+)/(\d+)\)")

@@ -31,16 +31,19 @@ from tideline.evaluation import (
     Metrics,
     Split,
     baseline_metrics,
+    deflated_sharpe,
     evaluate_predictions,
     holdout_split,
     infer_periods_per_year,
     paired_bootstrap_test,
+    pbo_cscv,
     purged_walk_forward_splits,
+    sharpe_per_period,
     strategy_returns,
 )
 from tideline.features import Dataset, build_dataset, feature_config_hash
 from tideline.models import Model, load_model, make_model, read_meta
-from tideline.policy import PolicyDecision, decide
+from tideline.policy import Evidence, PolicyDecision, decide
 from tideline.registry import ModelVersion, Registry
 
 log = logging.getLogger(__name__)
@@ -83,21 +86,23 @@ class FamilyResult:
     fit_seconds: float
     holdout_pred: np.ndarray = field(repr=False)
     reference: pd.DataFrame | None = field(default=None, repr=False)
+    fold_returns: pd.Series | None = field(default=None, repr=False)
+    """net strategy return per walk-forward test period, every fold in time order (what PBO is measured on)"""
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready figures (hold-out predictions and reference sample left out); ``fit_seconds`` rounded."""
+        """JSON-ready figures (predictions, reference sample and fold returns left out); ``fit_seconds`` rounded."""
         return {"family": self.family, "holdout": self.holdout.to_dict(), "walk_forward": self.walk_forward,
                 "folds": self.folds, "fit_seconds": round(self.fit_seconds, 3)}
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any], holdout_pred: np.ndarray,
-                  reference: pd.DataFrame | None = None) -> FamilyResult:
-        """Rebuild from ``to_dict`` output plus the predictions and reference sample it leaves out.
+    def from_dict(cls, d: Mapping[str, Any], holdout_pred: np.ndarray, reference: pd.DataFrame | None = None,
+                  fold_returns: pd.Series | None = None) -> FamilyResult:
+        """Rebuild from ``to_dict`` output plus the predictions, reference sample and fold returns it leaves out.
 
         Raises ``KeyError`` when a field is missing.
         """
         return cls(d["family"], Metrics.from_dict(d["holdout"]), dict(d["walk_forward"]), list(d["folds"]),
-                   float(d["fit_seconds"]), holdout_pred, reference)
+                   float(d["fit_seconds"]), holdout_pred, reference, fold_returns)
 
 
 @dataclass
@@ -122,6 +127,7 @@ class CandidateResult:
     fit_seconds: float
     version: str | None = None
     promoted: bool = False
+    evidence: Evidence | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready record of the candidate (figures, p-value vs production, decision, version, promoted)."""
@@ -133,6 +139,9 @@ class CandidateResult:
             "walk_forward": self.walk_forward,
             "folds": self.folds,
             "p_value_vs_production": self.p_value,
+            "deflated_sharpe": self.evidence.deflated_sharpe if self.evidence else None,
+            "pbo": self.evidence.pbo if self.evidence else None,
+            "evidence": self.evidence.to_dict() if self.evidence else None,
             "decision": self.decision.to_dict(),
             "fit_seconds": round(self.fit_seconds, 3),
         }
@@ -317,10 +326,15 @@ def _metrics(pred: np.ndarray, ds: Dataset, idx: np.ndarray, plan: Plan, setting
     )
 
 
+def _returns(pred: np.ndarray, ds: Dataset, idx: np.ndarray, settings: Settings) -> pd.Series:
+    """Net strategy returns per period (indexed by timestamp) of predictions ``pred`` for rows ``idx``."""
+    return strategy_returns(pred, ds.next_return[idx], ds.meta.iloc[idx].reset_index(drop=True),
+                            settings.evaluation.cost_bps)
+
+
 def holdout_returns(pred: np.ndarray, ds: Dataset, plan: Plan, settings: Settings) -> pd.Series:
     """Net strategy returns per hold-out period of predictions ``pred`` (one per hold-out row)."""
-    return strategy_returns(pred, ds.next_return[plan.hold], ds.meta.iloc[plan.hold].reset_index(drop=True),
-                            settings.evaluation.cost_bps)
+    return _returns(pred, ds, plan.hold, settings)
 
 
 def baselines(ds: Dataset, plan: Plan, settings: Settings) -> dict[str, Metrics]:
@@ -373,10 +387,13 @@ def train_family(family: str, ds: Dataset, plan: Plan, settings: Settings,
     t0 = time.perf_counter()
     ts = ds.meta["timestamp"].to_numpy()
     folds: list[dict[str, Any]] = []
+    fold_returns: list[pd.Series] = []
     for k, sp in enumerate(plan.splits):
         tr, te = plan.dev[sp.train_idx], plan.dev[sp.test_idx]
         m = fit_model(family, ds, tr, settings, settings.training.cv_max_train_rows)
-        fm = _metrics(m.predict(ds.X.iloc[te]), ds, te, plan, settings)
+        fold_pred = m.predict(ds.X.iloc[te])
+        fm = _metrics(fold_pred, ds, te, plan, settings)
+        fold_returns.append(_returns(fold_pred, ds, te, settings))
         folds.append({"fold": k, "train_rows": int(len(tr)), "test_rows": int(len(te)),
                       "test_start": _ts(ts[te][0]), "test_end": _ts(ts[te][-1]), **fm.to_dict()})
         advance(1)
@@ -390,7 +407,8 @@ def train_family(family: str, ds: Dataset, plan: Plan, settings: Settings,
     } if folds else {}
     ref = reference_sample(model, ds, plan.dev, settings.training.seed)
     advance(1)
-    return model, FamilyResult(family, hm, wf, folds, time.perf_counter() - t0, pred, ref)
+    wf_returns = pd.concat(fold_returns).sort_index() if fold_returns else None
+    return model, FamilyResult(family, hm, wf, folds, time.perf_counter() - t0, pred, ref, wf_returns)
 
 
 def score_production(registry: Registry, ds: Dataset, plan: Plan, bars: pd.DataFrame, settings: Settings
@@ -420,21 +438,59 @@ def score_production(registry: Registry, ds: Dataset, plan: Plan, bars: pd.DataF
         return ProductionScore(prod, error=str(e))
 
 
-def judge(result: FamilyResult, prod: ProductionScore, ds: Dataset, plan: Plan, settings: Settings
-          ) -> CandidateResult:
-    """Significance against production on the same periods, then the promotion policy."""
+def judge(result: FamilyResult, prod: ProductionScore, ds: Dataset, plan: Plan, settings: Settings,
+          evidence: Evidence | None = None) -> CandidateResult:
+    """Significance against production on the same periods, then the promotion policy (with ``evidence``:
+    the checks luck cannot pass, see ``judge_all``)."""
     p_value = None
     if prod.returns is not None:
         a, b = holdout_returns(result.holdout_pred, ds, plan, settings).align(prod.returns, join="inner")
-        ev = settings.evaluation
-        p_value = paired_bootstrap_test(a.to_numpy(), b.to_numpy(), n_samples=ev.bootstrap_samples,
-                                        block_size=ev.block_size, seed=settings.training.seed).p_value
+        p_value = _paired_p(a, b, settings)
     decision = decide(
         result.holdout.to_dict(), settings.policy, production=prod.metrics.to_dict() if prod.metrics else None,
-        production_version=prod.version, p_value=p_value, production_error=prod.error,
+        production_version=prod.version, p_value=p_value, production_error=prod.error, evidence=evidence,
     )
     return CandidateResult(result.family, result.holdout, result.walk_forward, result.folds, decision, p_value,
-                           result.fit_seconds)
+                           result.fit_seconds, evidence=evidence)
+
+
+def _paired_p(a: pd.Series, b: pd.Series, settings: Settings) -> float:
+    ev = settings.evaluation
+    return paired_bootstrap_test(a.to_numpy(), b.to_numpy(), n_samples=ev.bootstrap_samples,
+                                 block_size=ev.block_size, seed=settings.training.seed).p_value
+
+
+BASELINES_TO_BEAT = ("buy_and_hold", "always_long")
+
+
+def judge_all(results: list[FamilyResult], prod: ProductionScore, base: Mapping[str, Metrics], ds: Dataset,
+              plan: Plan, settings: Settings) -> list[CandidateResult]:
+    """Judge every trained family of one cycle: the policy with the evidence measured across all of them.
+
+    Each candidate's deflated Sharpe counts every family tried (their hold-out Sharpe ratios are the trials);
+    the cycle's PBO is measured on the families' walk-forward returns over the periods they share; each is
+    tested (paired, on the same hold-out periods) against the best of buy-and-hold and always-long.
+    """
+    hold = {r.family: holdout_returns(r.holdout_pred, ds, plan, settings) for r in results}
+    trials = [sharpe_per_period(h.to_numpy()) for h in hold.values()]
+    wf = [r.fold_returns for r in results if r.fold_returns is not None and len(r.fold_returns)]
+    pbo = pbo_cscv(pd.concat(wf, axis=1, join="inner").to_numpy()).pbo if len(wf) == len(results) else None
+    named = [b for b in BASELINES_TO_BEAT if b in base]
+    best = max(named, key=lambda b: base[b].sharpe) if named else None
+    # buy-and-hold and always-long hold the same positions: long every symbol from its first hold-out bar
+    long_only = holdout_returns(np.ones(len(plan.hold)), ds, plan, settings)
+    out = []
+    for r in results:
+        cand = hold[r.family]
+        a, b = cand.align(long_only, join="inner")
+        evidence = Evidence(
+            deflated_sharpe=deflated_sharpe(cand.to_numpy(), trials).value, n_trials=len(trials),
+            fold_sharpes=[float(f.get("sharpe", float("nan"))) for f in r.folds],
+            baseline=best, baseline_sharpe=base[best].sharpe if best else None,
+            p_value_vs_baseline=_paired_p(a, b, settings) if best else None, pbo=pbo,
+        )
+        out.append(judge(r, prod, ds, plan, settings, evidence))
+    return out
 
 
 def register_candidate(registry: Registry, model_dir: Path, cand: CandidateResult, *, info: dict[str, Any],
@@ -459,6 +515,7 @@ def register_candidate(registry: Registry, model_dir: Path, cand: CandidateResul
             "baselines": {k: v.to_dict() for k, v in base.items()},
             "production": prod.metrics.to_dict() if prod.metrics else None,
             "p_value_vs_production": cand.p_value, "holdout": info["holdout"],
+            "evidence": cand.evidence.to_dict() if cand.evidence else None,
             "cost_bps": settings.evaluation.cost_bps, "source": info["source"],
         },
         "decision": cand.decision.to_dict(),
@@ -540,7 +597,6 @@ class CycleRunner:
         with rep.stage("production on hold-out"), self._timed("production"):
             prod = score_production(self.registry, ds, plan, bars, s)
 
-        candidates: list[CandidateResult] = []
         trained: dict[str, tuple[Model, FamilyResult]] = {}
         failures: dict[str, str] = {}
         families = s.training.families
@@ -553,10 +609,10 @@ class CycleRunner:
                         failures[fam] = family_failure(fam, e)
                         continue
                 trained[fam] = (model, fr)
-                candidates.append(judge(fr, prod, ds, plan, s))
-        if not candidates:
+        if not trained:
             raise ModelError("every model family failed to train: "
                              + "; ".join(f"{f}: {why}" for f, why in failures.items()))
+        candidates = judge_all([fr for _, fr in trained.values()], prod, base, ds, plan, s)
 
         with rep.stage("register", total=len(candidates)) as advance, self._timed("register"):
             for c in candidates:

@@ -9,7 +9,8 @@ without Kubeflow. Artifacts are directories:
   ``dataset.json`` (feature spec, data info, evaluation plan summary) and ``plan.npz`` (row positions of
   the development rows, the hold-out rows and every walk-forward fold; loaded with ``allow_pickle=False``)
 - model: what ``Model.save`` writes (nothing else, so the registry stores exactly the model)
-- training result: ``result.json`` (``FamilyResult.to_dict``), ``holdout_pred.npy``, ``reference.parquet``
+- training result: ``result.json`` (``FamilyResult.to_dict``), ``holdout_pred.npy``, ``reference.parquet``,
+  ``fold_returns.parquet`` (the walk-forward strategy returns per test period)
 - decisions / registered: ``decisions.json`` / ``registered.json``
 
 Settings travel as a JSON string (``settings_json``): the caller's full ``Settings.model_dump(mode="json")``
@@ -302,6 +303,8 @@ def train(in_dataset: str | Path, family: str, settings_json: str, out_model_dir
     np.save(out / "holdout_pred.npy", np.asarray(fr.holdout_pred, dtype=np.float64), allow_pickle=False)
     if fr.reference is not None:
         fr.reference.to_parquet(out / "reference.parquet", index=False)
+    if fr.fold_returns is not None:
+        fr.fold_returns.rename("return").rename_axis("timestamp").to_frame().to_parquet(out / "fold_returns.parquet")
     return {"family": family, **{f"holdout_{k}": v for k, v in fr.holdout.to_dict().items()},
             **{f"wf_{k}": v for k, v in fr.walk_forward.items()}, "fit_seconds": round(fr.fit_seconds, 3)}
 
@@ -324,9 +327,11 @@ def load_result(in_result: str | Path) -> Any:
     try:
         pred = np.load(src / "holdout_pred.npy", allow_pickle=False)
         ref = pd.read_parquet(src / "reference.parquet") if (src / "reference.parquet").exists() else None
-    except (OSError, ValueError) as e:
+        wf = (pd.read_parquet(src / "fold_returns.parquet")["return"] if (src / "fold_returns.parquet").exists()
+              else None)
+    except (OSError, ValueError, KeyError) as e:
         raise TidelineError(f"training result {src} cannot be read: {e}") from None
-    return FamilyResult.from_dict(d, pred, ref)
+    return FamilyResult.from_dict(d, pred, ref, wf)
 
 
 # ---- evaluate / register / gate / rollout -------------------------------------------------------------
@@ -342,7 +347,7 @@ def _open(registry_uri: str, s: Settings) -> Any:
 def evaluate_and_select(in_dataset: str | Path, in_clean: str | Path, results: Sequence[str | Path],
                         registry_uri: str, settings_json: str, out_decisions: str | Path) -> dict[str, Any]:
     """Score production on the same hold-out rows, then judge every candidate against it and the policy."""
-    from tideline.training.cycle import baselines, judge, score_production
+    from tideline.training.cycle import baselines, judge_all, score_production
 
     s = settings_from_json(settings_json)
     ds, plan, info = load_dataset(in_dataset)
@@ -352,16 +357,16 @@ def evaluate_and_select(in_dataset: str | Path, in_clean: str | Path, results: S
         raise ModelError("no training results reached the evaluation step")
     prod = score_production(reg, ds, plan, bars, s)
     base = baselines(ds, plan, s)
-    candidates = []
+    trained: dict[str, Any] = {}
     failures: dict[str, str] = {}
     for r in results:
         failed = failed_result(r)
         if failed is not None:
             failures[failed["family"]] = failed["failed"]
             continue
-        fr = load_result(r)
-        cand = judge(fr, prod, ds, plan, s)
-        candidates.append({**cand.to_dict(), "result_dir": str(r)})
+        trained[str(r)] = load_result(r)
+    judged = judge_all(list(trained.values()), prod, base, ds, plan, s) if trained else []
+    candidates = [{**c.to_dict(), "result_dir": r} for r, c in zip(trained, judged, strict=True)]
     if not candidates:
         raise ModelError("every model family failed to train: "
                          + "; ".join(f"{f}: {why}" for f, why in failures.items()))
@@ -383,18 +388,20 @@ def evaluate_and_select(in_dataset: str | Path, in_clean: str | Path, results: S
         "approved": [c["family"] for c in candidates if c["decision"]["approved"]],
         "failed": sorted(failures),
         "candidates": {c["family"]: {"sharpe": c["holdout"]["sharpe"], "approved": c["decision"]["approved"],
-                                     "p_value": c["p_value_vs_production"]} for c in candidates},
+                                     "p_value": c["p_value_vs_production"], "deflated_sharpe": c["deflated_sharpe"],
+                                     "pbo": c["pbo"]} for c in candidates},
     }
 
 
 def _candidate_from_dict(d: Mapping[str, Any]) -> Any:
     from tideline.evaluation import Metrics
-    from tideline.policy import PolicyDecision
+    from tideline.policy import Evidence, PolicyDecision
     from tideline.training.cycle import CandidateResult
 
     return CandidateResult(d["family"], Metrics.from_dict(d["holdout"]), dict(d["walk_forward"]), list(d["folds"]),
                            PolicyDecision.from_dict(d["decision"]), d.get("p_value_vs_production"),
-                           float(d.get("fit_seconds", 0.0)), d.get("version"), bool(d.get("promoted", False)))
+                           float(d.get("fit_seconds", 0.0)), d.get("version"), bool(d.get("promoted", False)),
+                           Evidence.from_dict(d["evidence"]) if d.get("evidence") else None)
 
 
 def _family_of_model(model_dir: str | Path) -> str:

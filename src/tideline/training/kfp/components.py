@@ -101,6 +101,9 @@ def evaluate_and_select(dataset: Input[Dataset], clean: Input[Dataset], results:
     for family, c in out["candidates"].items():
         metrics.log_metric(f"{family}_sharpe", c["sharpe"])
         metrics.log_metric(f"{family}_approved", int(c["approved"]))
+        metrics.log_metric(f"{family}_deflated_sharpe", c["deflated_sharpe"])
+        if c["pbo"] is not None:  # one figure for the whole cycle
+            metrics.log_metric("pbo", c["pbo"])
     metrics.log_metric("approved_candidates", len(out["approved"]))
     metrics.log_metric("failed_families", len(out["failed"]))
 

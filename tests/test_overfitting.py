@@ -17,6 +17,7 @@ from tideline.evaluation import (
     expected_max_sharpe,
     pbo_cscv,
     probabilistic_sharpe,
+    sharpe_difference_test,
 )
 
 
@@ -105,3 +106,15 @@ def test_pbo_edge_cases():
     assert pbo_cscv(with_nan).pbo is not None
     with pytest.raises(DataError, match="2-d"):
         pbo_cscv(np.zeros(10))
+
+
+def test_sharpe_difference_test_compares_risk_adjusted_returns():
+    rng = np.random.default_rng(4)
+    market = rng.normal(0.0008, 0.01, 750)
+    same = sharpe_difference_test(market, market, n_samples=300)
+    assert same.p_value > 0.5 and same.mean_diff == 0.0
+    worse = sharpe_difference_test(rng.normal(0.0, 0.002, 750), market, n_samples=300)
+    assert worse.p_value > 0.5 and worse.mean_diff < 0
+    assert sharpe_difference_test(market[:2], market[:2]).p_value == 1.0
+    with pytest.raises(DataError, match="differ in length"):
+        sharpe_difference_test(market, market[:-1])

@@ -38,6 +38,7 @@ from tideline.evaluation import (
     paired_bootstrap_test,
     pbo_cscv,
     purged_walk_forward_splits,
+    sharpe_difference_test,
     sharpe_per_period,
     strategy_returns,
 )
@@ -469,7 +470,8 @@ def judge_all(results: list[FamilyResult], prod: ProductionScore, base: Mapping[
 
     Each candidate's deflated Sharpe counts every family tried (their hold-out Sharpe ratios are the trials);
     the cycle's PBO is measured on the families' walk-forward returns over the periods they share; each is
-    tested (paired, on the same hold-out periods) against the best of buy-and-hold and always-long.
+    tested (paired, on the same hold-out periods: Sharpe ratio against Sharpe ratio) against the best of
+    buy-and-hold and always-long.
     """
     hold = {r.family: holdout_returns(r.holdout_pred, ds, plan, settings) for r in results}
     trials = [sharpe_per_period(h.to_numpy()) for h in hold.values()]
@@ -480,14 +482,18 @@ def judge_all(results: list[FamilyResult], prod: ProductionScore, base: Mapping[
     # buy-and-hold and always-long hold the same positions: long every symbol from its first hold-out bar
     long_only = holdout_returns(np.ones(len(plan.hold)), ds, plan, settings)
     out = []
+    ev = settings.evaluation
     for r in results:
         cand = hold[r.family]
         a, b = cand.align(long_only, join="inner")
+        # Sharpe against Sharpe: always-long carries the market's risk, so a test of mean returns would favour it
+        p_base = sharpe_difference_test(a.to_numpy(), b.to_numpy(), n_samples=ev.bootstrap_samples,
+                                        block_size=ev.block_size, seed=settings.training.seed).p_value if best else None
         evidence = Evidence(
             deflated_sharpe=deflated_sharpe(cand.to_numpy(), trials).value, n_trials=len(trials),
             fold_sharpes=[float(f.get("sharpe", float("nan"))) for f in r.folds],
             baseline=best, baseline_sharpe=base[best].sharpe if best else None,
-            p_value_vs_baseline=_paired_p(a, b, settings) if best else None, pbo=pbo,
+            p_value_vs_baseline=p_base, pbo=pbo,
         )
         out.append(judge(r, prod, ds, plan, settings, evidence))
     return out

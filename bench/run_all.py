@@ -111,20 +111,30 @@ def markdown(meta: dict, results: list[dict]) -> str:
                 "",
             ]
         elif r.get("name") == "real_data":
-            lines += ["| data | model / baseline | hold-out Sharpe | dir. acc. | max DD | total return | trades |",
-                      "|---|---|---|---|---|---|---|"]
+            lines += ["| data | model / baseline | hold-out Sharpe | dir. acc. | max DD | total return | trades | "
+                      "WF Sharpe | deflated Sharpe | PBO | p vs best baseline | gate |",
+                      "|---|---|---|---|---|---|---|---|---|---|---|---|"]
             for f in r["results"]:
                 if "error" in f:
-                    lines.append(f"| {f['file']} | refused: {f['error']} | | | | | |")
+                    lines.append(f"| {f['file']} | refused: {f['error']} | | | | | | | | | | |")
                     continue
                 for name, m in {**f["models"], **{f"*{k}*": v for k, v in f["baselines"].items()}}.items():
+                    gate = ("" if "approved" not in m else "approved" if m["approved"]
+                            else "rejected: " + ", ".join(m["failed"]))
                     lines.append(f"| {f['file']} ({f['cost_bps']} bps) | {name} | {m['sharpe']} | "
                                  f"{m['directional_accuracy']} | {m['max_drawdown']} | {m['total_return']} | "
-                                 f"{m['n_trades']} |")
+                                 f"{m['n_trades']} | {_cell(m.get('wf_sharpe_mean'))} | "
+                                 f"{_cell(m.get('deflated_sharpe'))} | {_cell(m.get('pbo'))} | "
+                                 f"{_cell(m.get('p_vs_baseline'))} | {gate} |")
+                lines.append(f"| {f['file']} | promoted | {f['promoted'] or 'nothing'} | | | | | | | | | |")
             lines.append("")
         elif "error" in r:
             lines += [f"{r['name']}: failed: {r['error']}", ""]
     return "\n".join(lines)
+
+
+def _cell(v: object) -> str:
+    return "" if v is None else str(v)
 
 
 def main() -> None:

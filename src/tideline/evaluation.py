@@ -17,7 +17,7 @@ from __future__ import annotations
 import itertools
 import logging
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -417,33 +417,52 @@ def paired_bootstrap_test(
     >>> paired_bootstrap_test(b, a, n_samples=500, seed=0).p_value
     1.0
     """
+    a, b = _paired(returns_a, returns_b)
+    mean = float((a - b).mean()) if len(a) else 0.0
+    return _paired_bootstrap("stationary_bootstrap", a, b, lambda x, y: (x - y).mean(axis=1), mean, min_n=2,
+                             n_samples=n_samples, block_size=block_size, seed=seed)
+
+
+def _paired(returns_a: np.ndarray, returns_b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Two return series on the same periods, the pairs with a non-finite value dropped; ``DataError`` when
+    they differ in length."""
     a = np.asarray(returns_a, dtype=np.float64)
     b = np.asarray(returns_b, dtype=np.float64)
     if len(a) != len(b):
         raise DataError(f"paired series differ in length: {len(a)} vs {len(b)}")
-    d = a - b
-    d = d[np.isfinite(d)]
-    n = len(d)
-    if n < 2:
-        mean = float(d.mean()) if n else 0.0
-        return SignificanceResult("stationary_bootstrap", 0.0, 1.0, mean, mean, mean, n)
-    mean = float(d.mean())
+    ok = np.isfinite(a - b)
+    return a[ok], b[ok]
+
+
+def _paired_bootstrap(method: str, a: np.ndarray, b: np.ndarray,
+                      stat: Callable[[np.ndarray, np.ndarray], np.ndarray], observed: float, *, min_n: int,
+                      n_samples: int, block_size: float | None, seed: int) -> SignificanceResult:
+    """One-sided test of H0: ``stat <= 0`` by resampling ``a`` and ``b`` with the same stationary-bootstrap
+    indices; ``stat`` maps ``(k, n)`` resamples of both to ``k`` values. The bootstrap distribution is
+    centred on ``observed`` to get the null; fewer than ``min_n`` pairs give ``p_value`` 1."""
+    n = len(a)
+    if n < min_n:
+        return SignificanceResult(method, 0.0, 1.0, observed, observed, observed, n)
     block = float(block_size) if block_size else math.sqrt(n)
     rng = np.random.default_rng(seed)
     chunk = max(1, min(n_samples, 4_000_000 // n))
     boot = np.empty(n_samples)
     for s in range(0, n_samples, chunk):
         k = min(chunk, n_samples - s)
-        boot[s : s + k] = d[_stationary_indices(n, k, block, rng)].mean(axis=1)
-    centred = boot - mean
-    tol = 1e-12 * max(1.0, abs(mean))
-    p = (1.0 + float(np.sum(centred >= mean - tol))) / (1.0 + n_samples)
+        idx = _stationary_indices(n, k, block, rng)
+        boot[s : s + k] = stat(a[idx], b[idx])
+    centred = boot - observed
+    tol = 1e-12 * max(1.0, abs(observed))
+    p = (1.0 + float(np.sum(centred >= observed - tol))) / (1.0 + n_samples)
     sd = float(boot.std(ddof=1))
-    statistic = mean / sd if sd > 0 else 0.0
+    statistic = observed / sd if sd > 0 else 0.0
     lo, hi = np.percentile(boot, [2.5, 97.5])
-    return SignificanceResult(
-        "stationary_bootstrap", _finite(statistic), float(min(p, 1.0)), mean, float(lo), float(hi), n
-    )
+    return SignificanceResult(method, _finite(statistic), float(min(p, 1.0)), observed, float(lo), float(hi), n)
+
+
+def _sharpe_rows(x: np.ndarray) -> np.ndarray:
+    sd = x.std(axis=1, ddof=1)
+    return np.where(sd > 1e-12, x.mean(axis=1) / np.where(sd > 1e-12, sd, 1.0), 0.0)
 
 
 def sharpe_difference_test(
@@ -473,35 +492,10 @@ def sharpe_difference_test(
     >>> paired_bootstrap_test(hedged, market, n_samples=500).p_value > 0.3  # a test of means would not see it
     True
     """
-    a = np.asarray(returns_a, dtype=np.float64)
-    b = np.asarray(returns_b, dtype=np.float64)
-    if len(a) != len(b):
-        raise DataError(f"paired series differ in length: {len(a)} vs {len(b)}")
-    ok = np.isfinite(a) & np.isfinite(b)
-    a, b = a[ok], b[ok]
-    n = len(a)
-    observed = sharpe_per_period(a) - sharpe_per_period(b) if n >= 3 else 0.0
-    if n < 3:
-        return SignificanceResult("sharpe_difference_bootstrap", 0.0, 1.0, observed, observed, observed, n)
-    block = float(block_size) if block_size else math.sqrt(n)
-    rng = np.random.default_rng(seed)
-    chunk = max(1, min(n_samples, 2_000_000 // n))
-    boot = np.empty(n_samples)
-
-    def sharpe_rows(x: np.ndarray) -> np.ndarray:
-        sd = x.std(axis=1, ddof=1)
-        return np.where(sd > 1e-12, x.mean(axis=1) / np.where(sd > 1e-12, sd, 1.0), 0.0)
-
-    for s in range(0, n_samples, chunk):
-        k = min(chunk, n_samples - s)
-        idx = _stationary_indices(n, k, block, rng)
-        boot[s : s + k] = sharpe_rows(a[idx]) - sharpe_rows(b[idx])
-    centred = boot - observed
-    p = (1.0 + float(np.sum(centred >= observed - 1e-12))) / (1.0 + n_samples)
-    sd = float(boot.std(ddof=1))
-    lo, hi = np.percentile(boot, [2.5, 97.5])
-    return SignificanceResult("sharpe_difference_bootstrap", _finite(observed / sd if sd > 0 else 0.0),
-                              float(min(p, 1.0)), observed, float(lo), float(hi), n)
+    a, b = _paired(returns_a, returns_b)
+    observed = sharpe_per_period(a) - sharpe_per_period(b) if len(a) >= 3 else 0.0
+    return _paired_bootstrap("sharpe_difference_bootstrap", a, b, lambda x, y: _sharpe_rows(x) - _sharpe_rows(y),
+                             observed, min_n=3, n_samples=n_samples, block_size=block_size, seed=seed)
 
 
 def diebold_mariano(loss_a: np.ndarray, loss_b: np.ndarray, horizon: int = 1) -> SignificanceResult:

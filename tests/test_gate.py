@@ -62,7 +62,7 @@ def _family(name, ds, plan, s, rng, skill):
         te = plan.dev[sp.test_idx]
         pred = predict(te)
         folds.append(_metrics(pred, ds, te, plan, s).to_dict())
-        fold_returns.append(_returns(pred, ds, te, s))
+        fold_returns.append(_returns(pred, ds, te, s, plan))
     hold = predict(plan.hold)
     return FamilyResult(name, _metrics(hold, ds, plan.hold, plan, s), {}, folds, 0.0, hold, None,
                         pd.concat(fold_returns))

@@ -195,7 +195,8 @@ def test_v2_metadata_names_the_features(fx: Fixture, srv: Server) -> None:
     names = [i["name"] for i in meta["inputs"]]
     assert names == [*fx.columns, "symbol", "timestamp"]
     assert {i["datatype"] for i in meta["inputs"][: len(fx.columns)]} == {"FP64"}
-    assert meta["outputs"] == [{"name": "prediction", "datatype": "FP64", "shape": [-1]}]
+    assert meta["outputs"] == [{"name": "prediction", "datatype": "FP64", "shape": [-1]},
+                               {"name": "position", "datatype": "FP64", "shape": [-1]}]
 
 
 def test_beyond_max_connections_a_request_gets_a_json_503(fx: Fixture) -> None:

@@ -10,7 +10,7 @@ import json
 import os
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
@@ -19,6 +19,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from tideline.errors import ConfigError
 
 MODEL_FAMILIES: tuple[str, ...] = ("xgboost", "lightgbm", "sklearn", "torch")
+LabelName = Literal["raw", "vol_scaled", "demeaned_rolling", "demeaned_cross_section", "direction"]
+LABELS: tuple[str, ...] = get_args(LabelName)
 
 
 class FeatureConfig(BaseModel):
@@ -34,6 +36,11 @@ class FeatureConfig(BaseModel):
     seq_len: int = Field(16, ge=2, le=256, description="bars of history the sequence model sees")
     cross_sectional: bool = True
     calendar: bool = True
+    label: LabelName = Field(
+        "raw", description="what the models learn: the forward log return (raw), divided by recent volatility "
+        "(vol_scaled), minus its trailing mean (demeaned_rolling) or the same bar's mean over symbols "
+        "(demeaned_cross_section), or its sign (direction: +1/-1, 0 flat)")
+    label_window: int = Field(20, ge=2, le=1000, description="bars of the volatility or trailing mean of the label")
 
 
 class EvaluationConfig(BaseModel):
@@ -45,6 +52,22 @@ class EvaluationConfig(BaseModel):
     periods_per_year: float | None = Field(None, description="annualisation; inferred from bar spacing if unset")
     bootstrap_samples: int = Field(1000, ge=100)
     block_size: int | None = Field(None, description="stationary-bootstrap mean block; sqrt(n) if unset")
+    slippage_vol: float = Field(0.0, ge=0, le=10, description="slippage per unit of turnover, in units of the "
+                                "symbol's recent per-bar volatility (positions.vol_window), on top of cost_bps")
+
+
+class PositionConfig(BaseModel):
+    """How a prediction becomes a position (``tideline.positions``); the fitted rule is stored with each version.
+
+    ``sign``: +1/-1 on the prediction's sign. ``zscore``: the prediction z-scored against the model's own
+    out-of-sample predictions at training time, flat inside ``band``, else +1/-1. ``vol_target`` (annualised,
+    e.g. 0.1) sizes each position to that volatility, at most ``max_leverage``.
+    """
+    rule: Literal["sign", "zscore"] = "sign"
+    band: float = Field(0.5, ge=0, le=10, description="zscore: |z| below this is flat")
+    vol_target: float | None = Field(None, gt=0, le=5, description="annualised volatility per position")
+    max_leverage: float = Field(1.0, gt=0, le=100, description="largest size of one position (vol_target)")
+    vol_window: int = Field(20, ge=2, description="bars of the recent volatility (one of features.vol_windows)")
 
 
 class TrainingConfig(BaseModel):
@@ -342,9 +365,17 @@ class Settings(BaseSettings):
     evaluation: EvaluationConfig = EvaluationConfig()
     training: TrainingConfig = TrainingConfig()
     policy: PolicyConfig = PolicyConfig()
+    positions: PositionConfig = PositionConfig()
     drift: DriftConfig = DriftConfig()
     triggers: TriggerConfig = TriggerConfig()
     loop: LoopConfig = LoopConfig()
+
+    @model_validator(mode="after")
+    def _volatility_is_a_feature(self) -> Settings:
+        if self.positions.vol_window not in self.features.vol_windows:
+            raise ValueError(f"positions.vol_window={self.positions.vol_window} must be one of features.vol_windows "
+                             f"{sorted(self.features.vol_windows)} (the recent volatility is that feature)")
+        return self
 
     def registry_uri(self) -> str:
         """The registry URI: ``registry`` if set, else the absolute ``file://`` URI of ``<home>/registry``."""
@@ -421,4 +452,5 @@ def load_settings(path: str | Path | None = None, **overrides: Any) -> Settings:
     except ValidationError as e:
         first = e.errors()[0]
         loc = ".".join(str(x) for x in first["loc"])
-        raise ConfigError(f"invalid setting {loc}: {first['msg']}") from None
+        msg = str(first["msg"]).removeprefix("Value error, ")
+        raise ConfigError(f"invalid setting {loc}: {msg}" if loc else f"invalid settings: {msg}") from None

@@ -3,10 +3,12 @@
 Conventions
 - Rows are (timestamp, symbol) observations; several symbols share a timestamp, so splits are made over
   *unique* timestamps and a purge of ``horizon + embargo`` unique timestamps separates train from test.
-- The strategy holds ``sign(pred)`` of each symbol for one bar and earns that symbol's ``next_return``
-  (a log return). The portfolio return at ``t`` is the equal-weight mean over the symbols present at ``t``;
-  averaging log returns instead of simple returns is a close approximation for bar-sized moves. Costs are
-  ``cost_bps / 1e4`` per unit of turnover ``|position_t - position_prev|``, starting flat.
+- The strategy holds ``positions(pred, rule, vol)`` of each symbol for one bar (``tideline.positions``: the
+  version's rule; ``sign(pred)`` without one) and earns that symbol's ``next_return`` (a log return). The
+  portfolio return at ``t`` is the equal-weight mean over the symbols present at ``t``; averaging log returns
+  instead of simple returns is a close approximation for bar-sized moves. Costs are ``cost_bps / 1e4`` per
+  unit of turnover ``|position_t - position_prev|``, starting flat, plus ``slippage_vol`` times the symbol's
+  recent per-bar volatility ``vol`` per unit of turnover.
 - Portfolio returns are treated as log returns: equity is ``exp(cumsum(r))``.
 - Every metric is a finite float: degenerate cases (no variance, no trades, tiny samples) give 0.0 and
   unbounded ratios are capped at :data:`RATIO_CAP`.
@@ -27,6 +29,7 @@ from scipy import stats
 
 from tideline.documents import Document
 from tideline.errors import DataError
+from tideline.positions import PositionRule, positions
 
 log = logging.getLogger(__name__)
 
@@ -119,19 +122,20 @@ def holdout_split(
 
 
 def _portfolio(
-    pred: np.ndarray, next_return: np.ndarray, meta: pd.DataFrame, cost_bps: float
+    pos: np.ndarray, next_return: np.ndarray, meta: pd.DataFrame, cost_bps: float, *,
+    vol: np.ndarray | None = None, slippage_vol: float = 0.0,
 ) -> pd.DataFrame:
-    """Per-timestamp gross, turnover, net and trade count of the sign(pred) strategy (index: timestamp)."""
-    pred = np.asarray(pred, dtype=np.float64)
+    """Per-timestamp gross, turnover, net, trade count, exposure and long count of holding positions ``pos``
+    (index: timestamp)."""
+    pos = np.asarray(pos, dtype=np.float64)
     nr = np.asarray(next_return, dtype=np.float64)
-    if not (len(pred) == len(nr) == len(meta)):
-        raise DataError(f"length mismatch: pred {len(pred)}, returns {len(nr)}, meta {len(meta)}")
-    if len(pred) == 0:
-        return pd.DataFrame(
-            {"gross": [], "turnover": [], "net": [], "trades": []},
-            index=pd.DatetimeIndex([], name="timestamp"),
-        )
-    pos = np.sign(np.nan_to_num(pred, nan=0.0))
+    if not (len(pos) == len(nr) == len(meta)):
+        raise DataError(f"length mismatch: positions {len(pos)}, returns {len(nr)}, meta {len(meta)}")
+    if len(pos) == 0:
+        return pd.DataFrame({k: [] for k in ("gross", "turnover", "net", "trades", "exposure", "long")},
+                            index=pd.DatetimeIndex([], name="timestamp"))
+    if slippage_vol and vol is None:
+        raise DataError("slippage scaled by volatility needs each row's recent volatility")
     nr = np.nan_to_num(nr, nan=0.0, posinf=0.0, neginf=0.0)
     ts = meta["timestamp"].to_numpy()
     sym = pd.factorize(meta["symbol"].to_numpy())[0]
@@ -145,19 +149,36 @@ def _portfolio(
     prev[first] = 0.0  # each symbol starts flat
     turnover = np.empty_like(pos)
     turnover[order] = np.abs(pos_s - prev)
-    frame = pd.DataFrame({"timestamp": ts, "gross": pos * nr, "turnover": turnover, "trades": turnover > 0})
+    unit_cost = np.full(len(pos), cost_bps / 1e4)
+    if slippage_vol:
+        unit_cost = unit_cost + slippage_vol * np.nan_to_num(np.asarray(vol, dtype=np.float64), nan=0.0)
+    frame = pd.DataFrame({"timestamp": ts, "gross": pos * nr, "turnover": turnover, "trades": turnover > 0,
+                          "cost": turnover * unit_cost, "exposure": np.abs(pos), "long": pos > 0})
     per = frame.groupby("timestamp", sort=True).agg(
-        gross=("gross", "mean"), turnover=("turnover", "mean"), trades=("trades", "sum")
+        gross=("gross", "mean"), turnover=("turnover", "mean"), trades=("trades", "sum"), cost=("cost", "mean"),
+        exposure=("exposure", "mean"), long=("long", "sum"),
     )
-    per["net"] = per["gross"] - cost_bps / 1e4 * per["turnover"]
+    per["net"] = per["gross"] - per.pop("cost")
     return per
 
 
-def strategy_returns(
-    pred: np.ndarray, next_return: np.ndarray, meta: pd.DataFrame, cost_bps: float
+def position_returns(
+    pos: np.ndarray, next_return: np.ndarray, meta: pd.DataFrame, cost_bps: float, *,
+    vol: np.ndarray | None = None, slippage_vol: float = 0.0,
 ) -> pd.Series:
-    """Net portfolio return per timestamp (sorted) of holding ``sign(pred)`` of each symbol for one bar."""
-    return _portfolio(pred, next_return, meta, cost_bps)["net"].rename("return")
+    """Net portfolio return per timestamp (sorted) of holding positions ``pos`` of each symbol for one bar, net
+    of costs and slippage (positions of several versions' rules may be mixed)."""
+    return _portfolio(pos, next_return, meta, cost_bps, vol=vol, slippage_vol=slippage_vol)["net"].rename("return")
+
+
+def strategy_returns(
+    pred: np.ndarray, next_return: np.ndarray, meta: pd.DataFrame, cost_bps: float, *,
+    rule: PositionRule | None = None, vol: np.ndarray | None = None, slippage_vol: float = 0.0,
+) -> pd.Series:
+    """Net portfolio return per timestamp (sorted) of holding ``positions(pred, rule, vol)`` of each symbol for
+    one bar, net of costs and slippage."""
+    return position_returns(positions(pred, rule, vol), next_return, meta, cost_bps, vol=vol,
+                            slippage_vol=slippage_vol)
 
 
 # ------------------------------------------------------------------------------------------------- metrics
@@ -183,6 +204,9 @@ class Metrics(Document):
     annual_return: float = 0.0
     n_obs: int = 0
     cost_bps: float = 0.0
+    exposure: float = 0.0
+    long_share: float = 0.0
+    slippage_vol: float = 0.0
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Metrics:
@@ -248,8 +272,11 @@ def evaluate_predictions(
     *,
     cost_bps: float,
     periods_per_year: float,
+    rule: PositionRule | None = None,
+    vol: np.ndarray | None = None,
+    slippage_vol: float = 0.0,
 ) -> Metrics:
-    """Score predicted forward returns ``pred`` against realised ``y`` and the costed sign(pred) strategy.
+    """Score predictions ``pred`` of the label ``y`` and the costed strategy ``positions(pred, rule, vol)``.
 
     ``meta`` has a ``timestamp`` and a ``symbol`` per row; ``next_return`` is what holding the row's position
     for one bar earns. Every metric is finite (see the module docstring). Raises ``DataError`` when the
@@ -269,10 +296,13 @@ def evaluate_predictions(
     y = np.asarray(y, dtype=np.float64)
     if len(pred) != len(y):
         raise DataError(f"length mismatch: pred {len(pred)}, y {len(y)}")
-    port = _portfolio(pred, next_return, meta, cost_bps)
+    if len(pred) != len(meta):
+        raise DataError(f"length mismatch: pred {len(pred)}, meta {len(meta)}")
+    pos = positions(pred, rule, vol)
+    port = _portfolio(pos, next_return, meta, cost_bps, vol=vol, slippage_vol=slippage_vol)
     ok = np.isfinite(pred) & np.isfinite(y)
     p, t = pred[ok], y[ok]
-    m = Metrics(cost_bps=float(cost_bps), n_obs=len(port))
+    m = Metrics(cost_bps=float(cost_bps), n_obs=len(port), slippage_vol=float(slippage_vol))
     nz = t != 0
     if nz.any():
         m.directional_accuracy = float(np.mean(np.sign(p[nz]) == np.sign(t[nz])))
@@ -281,11 +311,12 @@ def evaluate_predictions(
         m.rmse = _finite(np.sqrt(np.mean(err**2)))
         m.mae = _finite(np.mean(np.abs(err)))
         m.ic = _spearman(p, t)
-    pos = np.sign(np.nan_to_num(pred, nan=0.0))
     nr = np.nan_to_num(np.asarray(next_return, dtype=np.float64), nan=0.0)
     active = pos != 0
     if active.any():
         m.hit_rate = float(np.mean(pos[active] * nr[active] > 0))
+        m.long_share = float(np.mean(pos[active] > 0))
+    m.exposure = _finite(float(np.mean(np.abs(pos)))) if len(pos) else 0.0
     for k, v in _series_metrics(port["net"].to_numpy(), periods_per_year).items():
         setattr(m, k, v)
     if len(port):
@@ -302,8 +333,13 @@ def baseline_metrics(
     *,
     cost_bps: float,
     periods_per_year: float,
+    rule: PositionRule | None = None,
+    vol: np.ndarray | None = None,
+    slippage_vol: float = 0.0,
 ) -> dict[str, Metrics]:
-    """Naive strategies on the same window, net of costs.
+    """Naive strategies on the same window, net of costs; ``rule``/``vol``/``slippage_vol`` as for the
+    candidates (give a ``sign`` rule: a volatility target sizes the baselines' positions too, and then
+    buy-and-hold is rebalanced to it).
 
     - ``buy_and_hold``: long every symbol from its first bar, one entry cost, never rebalanced. It is not
       a forecaster, so its prediction metrics (accuracy, hit rate, rmse, mae, ic) are 0.
@@ -315,9 +351,9 @@ def baseline_metrics(
     finite_y = np.abs(y[np.isfinite(y)])
     up = float(np.median(finite_y)) if len(finite_y) and np.median(finite_y) > 0 else 1e-6
     long_pred = np.full(n, up)
-    always = evaluate_predictions(
-        long_pred, y, next_return, meta, cost_bps=cost_bps, periods_per_year=periods_per_year
-    )
+    kw: dict[str, Any] = dict(cost_bps=cost_bps, periods_per_year=periods_per_year, rule=rule, vol=vol,
+                              slippage_vol=slippage_vol)
+    always = evaluate_predictions(long_pred, y, next_return, meta, **kw)
     hold = Metrics.from_dict(always.to_dict())
     for k in ("directional_accuracy", "hit_rate", "rmse", "mae", "ic"):
         setattr(hold, k, 0.0)
@@ -326,8 +362,7 @@ def baseline_metrics(
         y,
         next_return,
         meta,
-        cost_bps=cost_bps,
-        periods_per_year=periods_per_year,
+        **kw,
     )
     return {"buy_and_hold": hold, "always_long": always, "last_return_sign": momentum}
 

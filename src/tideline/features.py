@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 from scipy.stats import rankdata
 
-from tideline.config import FeatureConfig
+from tideline.config import LABELS, FeatureConfig
 from tideline.documents import Document
 from tideline.errors import ConfigError, DataError
 
@@ -143,9 +143,10 @@ def _div(num: np.ndarray, den: np.ndarray, neutral: float) -> np.ndarray:
     return out
 
 
-def _prepare(bars: pd.DataFrame) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray, np.ndarray | None]:
+def _prepare(bars: pd.DataFrame, columns: tuple[str, ...] = _PRICE_COLUMNS
+             ) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray, np.ndarray | None]:
     """Arrays sorted by (symbol, timestamp), segment starts/ends, and the sort order if one was needed."""
-    missing = [c for c in ("timestamp", "symbol", *_PRICE_COLUMNS) if c not in bars.columns]
+    missing = [c for c in ("timestamp", "symbol", *columns) if c not in bars.columns]
     if missing:
         raise DataError(f"bars lack columns {missing}")
     if len(bars) == 0:
@@ -162,7 +163,7 @@ def _prepare(bars: pd.DataFrame) -> tuple[dict[str, np.ndarray], np.ndarray, np.
         order = np.lexsort((ts, codes))
         codes, ts = codes[order], ts[order]
     arrays = {"ts": ts, "code": codes}
-    for col in _PRICE_COLUMNS:
+    for col in columns:
         a = bars[col].to_numpy(dtype=np.float64)
         arrays[col] = a[order] if order is not None else a
     cut = np.flatnonzero(np.diff(codes)) + 1
@@ -416,29 +417,60 @@ def _feature_matrix(bars: pd.DataFrame, cfg: FeatureConfig) -> tuple[np.ndarray,
     return buf, spec
 
 
-def compute_labels(bars: pd.DataFrame, horizon: int) -> pd.DataFrame:
-    """``fwd_return`` = log(close[t+h]/close[t]), ``direction`` (1 up, 0 down or flat, NaN unknown) and
-    ``next_return`` = log(close[t+1]/close[t]), per symbol, aligned to ``bars`` rows; NaN at each tail."""
+def compute_labels(bars: pd.DataFrame, horizon: int, label: str = "raw", window: int = 20) -> pd.DataFrame:
+    """``fwd_return`` = log(close[t+h]/close[t]), ``direction`` (1 up, 0 down or flat, NaN unknown),
+    ``next_return`` = log(close[t+1]/close[t]) and ``target`` (what the models learn, ``FeatureConfig.label``),
+    per symbol, aligned to ``bars`` rows; NaN at each tail.
+
+    ``target`` by ``label``: ``raw`` the forward return; ``vol_scaled`` divided by sqrt(h) times the standard
+    deviation of the last ``window`` one-bar returns; ``demeaned_rolling`` minus h times their mean;
+    ``demeaned_cross_section`` minus the mean forward return of the symbols at the same bar (needs two or more
+    symbols); ``direction`` its sign (+1, -1, 0). Volatility and trailing mean end at bar t (no look-ahead).
+    Raises ``ConfigError`` naming the setting when the label makes no sense for the data.
+    """
     if horizon < 1:
         raise ConfigError("label horizon must be >= 1")
-    arrays, starts, ends, order = _prepare(bars)
+    if label not in LABELS:
+        raise ConfigError(f"features.label={label!r} is not one of {', '.join(LABELS)}")
+    if label == "demeaned_cross_section":
+        n_sym = bars["symbol"].nunique() if len(bars) else 0
+        if n_sym < 2:
+            raise ConfigError(f"features.label=demeaned_cross_section needs two or more symbols; the data has "
+                              f"{n_sym}", hint="use demeaned_rolling for one symbol")
+    arrays, starts, ends, order = _prepare(bars, ("close",))
     n = len(arrays["ts"])
     fwd = np.full(n, np.nan)
     nxt = np.full(n, np.nan)
+    target = np.full(n, np.nan)
     with np.errstate(divide="ignore", invalid="ignore"):
         logc = np.log(arrays["close"])
         for s, e in zip(starts.tolist(), ends.tolist(), strict=True):
             x = logc[s:e]
             fwd[s:e] = _lag(x, -horizon) - x
             nxt[s:e] = _lag(x, -1) - x
+            if label in ("vol_scaled", "demeaned_rolling"):
+                roll = pd.Series(x - _lag(x, 1)).rolling(window, min_periods=window)
+                if label == "vol_scaled":
+                    target[s:e] = fwd[s:e] / (roll.std().to_numpy() * math.sqrt(horizon))
+                else:
+                    target[s:e] = fwd[s:e] - horizon * roll.mean().to_numpy()
     fwd[~np.isfinite(fwd)] = np.nan
     nxt[~np.isfinite(nxt)] = np.nan
+    if label == "raw":
+        target = fwd.copy()
+    elif label == "direction":
+        target = np.sign(fwd)
+    elif label == "demeaned_cross_section":
+        by_time = pd.Series(fwd).groupby(arrays["ts"]).transform("mean").to_numpy()
+        target = fwd - by_time
+    target[~np.isfinite(target)] = np.nan
     direction = np.where(np.isnan(fwd), np.nan, (fwd > 0).astype(np.float64))
     if order is not None:
         inv = np.empty_like(order)
         inv[order] = np.arange(n)
-        fwd, direction, nxt = fwd[inv], direction[inv], nxt[inv]
-    return pd.DataFrame({"fwd_return": fwd, "direction": direction, "next_return": nxt}, index=bars.index)
+        fwd, direction, nxt, target = fwd[inv], direction[inv], nxt[inv], target[inv]
+    return pd.DataFrame({"fwd_return": fwd, "direction": direction, "next_return": nxt, "target": target},
+                        index=bars.index)
 
 
 def _sorted_rows(bars: pd.DataFrame, keep: np.ndarray) -> np.ndarray:
@@ -474,10 +506,10 @@ def _take(
 def build_dataset(bars: pd.DataFrame, cfg: FeatureConfig) -> Dataset:
     """Features + labels; rows with any NaN feature or label dropped; sorted by (timestamp, symbol).
 
-    ``bars`` are validated bars (``tideline.data.validate_bars``). ``y`` is the forward log return over
-    ``cfg.horizon`` bars, ``next_return`` the next bar's. Raises ``DataError`` when no complete row is left.
+    ``bars`` are validated bars (``tideline.data.validate_bars``). ``y`` is the label ``cfg.label`` of the
+    forward log return over ``cfg.horizon`` bars (``compute_labels``), ``next_return`` the next bar's. Raises ``DataError`` when no complete row is left.
 
-    >>> from tideline.config import FeatureConfig
+    >>> from tideline.config import LABELS, FeatureConfig
     >>> from tideline.data import synthetic_market
     >>> ds = build_dataset(synthetic_market(n_symbols=3, n_bars=300, seed=1), FeatureConfig())
     >>> len(ds), list(ds.meta.columns), ds.X.shape[1] == len(ds.spec.all_columns)
@@ -490,8 +522,8 @@ def build_dataset(bars: pd.DataFrame, cfg: FeatureConfig) -> Dataset:
     tideline.errors.DataError: no rows left after feature warm-up and label horizon (need more than ~62 bars ...)
     """
     buf, spec = _feature_matrix(bars, cfg)
-    labels = compute_labels(bars, cfg.horizon)
-    fwd = labels["fwd_return"].to_numpy()
+    labels = compute_labels(bars, cfg.horizon, cfg.label, cfg.label_window)
+    fwd = labels["target"].to_numpy()
     nxt = labels["next_return"].to_numpy()
     keep = _complete_rows(buf) & np.isfinite(fwd) & np.isfinite(nxt)
     if not keep.any():

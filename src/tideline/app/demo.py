@@ -655,17 +655,20 @@ class Demo:
 
     # -- the record -----------------------------------------------------------------------------------------
     def _record(self, seconds: float) -> dict[str, Any]:
-        from tideline.evaluation import strategy_returns
-        from tideline.monitoring.feedback import join_outcomes
+        from tideline.evaluation import position_returns
+        from tideline.monitoring.feedback import join_outcomes, version_scoring
         from tideline.monitoring.predictions import read_predictions
 
         cfg, w, tr = self.cfg, self.world, self.traffic
-        h = w.settings.features.horizon
         logdf = read_predictions(w.registry, since=pd.Timestamp(self.log_since, unit="s", tz="UTC"))
         # what the client was answered with (a mirrored shadow request is logged by the candidate too)
         pairs = pd.MultiIndex.from_arrays([logdf["request_id"].astype(str), logdf["version"].astype(str)])
         served = logdf.loc[pairs.isin(list(tr.answered))].copy()
-        joined = join_outcomes(served, w.bars_until(w.times[-1]), h)
+        bars = w.bars_until(w.times[-1])
+        # each version's predictions scored as stored with it: its label, its position rule
+        parts = [version_scoring(w.registry.get(str(v))).join(g, bars) for v, g in served.groupby("version")]
+        joined = pd.concat(parts, ignore_index=True) if parts else join_outcomes(served, bars,
+                                                                                 w.settings.features.horizon)
         joined = joined.loc[joined["status"] == "realized"].copy()
         joined["bar_time"] = pd.to_datetime(joined["bar_time"])
         # the static counterfactual: v1 on the same rows
@@ -675,12 +678,13 @@ class Demo:
         jkey = pd.MultiIndex.from_arrays([joined["bar_time"], joined["symbol"].astype(str)])
         joined["next_return"] = nxt.reindex(jkey).to_numpy()
         joined["static"] = static.reindex(jkey).to_numpy()
-        joined["static_hit"] = (np.sign(joined["static"]) == np.sign(joined["fwd_return"])).astype(float)
+        spos = joined["static"].to_numpy(dtype=np.float64)
+        joined["static_hit"] = np.where(spos != 0, (np.sign(spos) == np.sign(joined["target"])).astype(float), np.nan)
         joined = joined.dropna(subset=["next_return", "static"]).sort_values(["bar_time", "symbol"])
         meta = pd.DataFrame({"timestamp": joined["bar_time"].to_numpy(), "symbol": joined["symbol"].to_numpy()})
-        live_ret = strategy_returns(joined["prediction"].to_numpy(), joined["next_return"].to_numpy(), meta,
+        live_ret = position_returns(joined["position"].to_numpy(), joined["next_return"].to_numpy(), meta,
                                     cfg.cost_bps)
-        static_ret = strategy_returns(joined["static"].to_numpy(), joined["next_return"].to_numpy(), meta,
+        static_ret = position_returns(joined["static"].to_numpy(), joined["next_return"].to_numpy(), meta,
                                       cfg.cost_bps)
         live_rows = []
         for t, g in joined.groupby("bar_time", sort=True):
@@ -719,17 +723,21 @@ class Demo:
         }
 
     def _static_predictions(self) -> pd.Series:
+        """The positions v1 (never replaced) would have taken on the live rows, under its stored rule."""
         import tempfile
 
         from tideline.models import load_model
+        from tideline.positions import positions, stored_rule
 
         w = self.world
         with tempfile.TemporaryDirectory() as tmp:
             model = load_model(w.registry.fetch(self.v1, Path(tmp) / "m"))
+        rule = stored_rule(w.registry.get(self.v1).position, self.v1)
         live = pd.DatetimeIndex(w.ds.meta["timestamp"]) >= w.live_times[0]
         pred = model.predict_array(w.ds.X.loc[live, model.columns].to_numpy(np.float32))
+        vol = w.ds.X.loc[live, rule.vol_column].to_numpy(np.float64) if rule.needs_volatility else None
         meta = w.ds.meta.loc[live]
-        return pd.Series(pred, index=pd.MultiIndex.from_arrays([pd.DatetimeIndex(meta["timestamp"]),
+        return pd.Series(positions(pred, rule, vol), index=pd.MultiIndex.from_arrays([pd.DatetimeIndex(meta["timestamp"]),
                                                                 meta["symbol"].astype(str)]))
 
     def _checks(self, tr: Traffic, served: pd.DataFrame, learning: dict[str, Any]) -> list[dict[str, Any]]:

@@ -44,12 +44,14 @@ import numpy as np
 import pandas as pd
 
 from tideline.clock import aware, utc_timestamp, utcnow
-from tideline.config import EvaluationConfig, FeatureConfig
+from tideline.config import LABELS, EvaluationConfig, FeatureConfig
 from tideline.documents import Document
 from tideline.errors import ConfigError, DataError, TidelineError
 from tideline.evaluation import evaluate_predictions, infer_periods_per_year, strategy_returns
+from tideline.features import compute_labels
 from tideline.monitoring.outcomes import LiveOutcomes, WatchOutcomes
 from tideline.monitoring.predictions import naive_utc, normalize_predictions, read_predictions, utc_bound
+from tideline.positions import PositionRule, positions, stored_rule
 
 if TYPE_CHECKING:
     from tideline.monitoring.drift import ChangePoint
@@ -84,11 +86,16 @@ def _dedup(predictions: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     return p.loc[~dup].sort_index(), p.loc[dup]
 
 
-def join_outcomes(predictions: pd.DataFrame, bars: pd.DataFrame, horizon: int) -> pd.DataFrame:
+def join_outcomes(predictions: pd.DataFrame, bars: pd.DataFrame, horizon: int, *, label: str = "raw",
+                  label_window: int = 20, rule: PositionRule | None = None,
+                  vol_window: int | None = None) -> pd.DataFrame:
     """Each de-duplicated prediction with its realized outcome over ``horizon`` bars of its symbol.
 
     ``bars``: validated bars (``validate_bars(...).clean``; one bar per (symbol, timestamp)). Returns the
-    prediction columns plus ``fwd_return``, ``next_return``, ``outcome_time`` (time of the bar ``horizon``
+    prediction columns plus ``fwd_return``, ``target`` (the version's label ``label`` of it, as
+    ``features.compute_labels`` defines it), ``vol`` (with ``vol_window``: the recent volatility the position
+    rule and slippage use, as the ``rvol`` feature; also when ``rule`` needs it), ``position``
+    (``tideline.positions.positions`` of the prediction under ``rule``), ``next_return``, ``outcome_time`` (time of the bar ``horizon``
     bars later), ``error``, ``hit`` (1.0/0.0; NaN unless realized) and ``status`` (realized / pending /
     unknown_bar, see the module doc), in the predictions' order. ``df.attrs``: ``horizon``,
     ``n_duplicates`` and ``duplicates`` (per (version, role): how many rows were dropped).
@@ -117,6 +124,14 @@ def join_outcomes(predictions: pd.DataFrame, bars: pd.DataFrame, horizon: int) -
     b["outcome_time"] = by_sym["timestamp"].shift(-horizon)
     for c in ("fwd_return", "next_return"):
         b.loc[~np.isfinite(b[c].to_numpy(dtype=np.float64)), c] = np.nan
+    b["target"] = compute_labels(b, horizon, label, label_window)["target"].to_numpy() if label != "raw" \
+        else b["fwd_return"]
+    if vol_window is None and rule is not None and rule.needs_volatility:
+        vol_window = rule.vol_window
+    if vol_window is not None:
+        r1 = by_sym["_logc"].diff()
+        b["vol"] = r1.groupby(b["symbol"], sort=False).transform(
+            lambda x: x.rolling(vol_window, min_periods=vol_window).std())
     b = b.drop(columns="_logc")
     last_bar = b.groupby("symbol", sort=False)["timestamp"].max()
 
@@ -135,10 +150,14 @@ def join_outcomes(predictions: pd.DataFrame, bars: pd.DataFrame, horizon: int) -
     status = np.where(realized, "realized", np.where(matched | beyond, "pending", "unknown_bar"))
     joined["status"] = status
     pred = joined["prediction"].to_numpy(dtype=np.float64)
-    joined["error"] = np.where(realized, pred - fwd, np.nan)
-    joined["hit"] = np.where(realized & np.isfinite(pred), (np.sign(pred) == np.sign(fwd)).astype(np.float64),
-                             np.nan)
-    for c in ("fwd_return", "next_return"):
+    target = joined["target"].to_numpy(dtype=np.float64)
+    pos = positions(pred, rule, joined["vol"].to_numpy(dtype=np.float64) if vol_window is not None else None)
+    joined["position"] = pos
+    joined["error"] = np.where(realized, pred - target, np.nan)
+    # a hit: the position's side was the label's (a flat row is no bet)
+    joined["hit"] = np.where(realized & np.isfinite(pred) & (pos != 0),
+                             (np.sign(pos) == np.sign(target)).astype(np.float64), np.nan)
+    for c in ("fwd_return", "next_return", "target", *(("vol",) if vol_window is not None else ())):
         joined[c] = joined[c].astype(np.float64)
     joined["outcome_time"] = joined["outcome_time"].astype("datetime64[ns]")
 
@@ -183,6 +202,8 @@ class LiveMetrics(Document):
     n_periods: int = 0
     cost_bps: float = 0.0
     periods_per_year: float = 0.0
+    exposure: float = 0.0
+    long_share: float = 0.0
     first_bar_time: str | None = None
     last_bar_time: str | None = None
 
@@ -193,7 +214,7 @@ def _fin(x: float) -> float:
 
 
 def _metrics_for(rows: pd.DataFrame, version: str, role: str, *, cost_bps: float, periods_per_year: float,
-                 n_duplicates: int = 0) -> LiveMetrics:
+                 n_duplicates: int = 0, rule: PositionRule | None = None, slippage_vol: float = 0.0) -> LiveMetrics:
     st = rows["status"]
     m = LiveMetrics(version=version, role=role, n_pending=int((st == "pending").sum()),
                     n_unknown_bar=int((st == "unknown_bar").sum()), n_duplicates=int(n_duplicates),
@@ -203,26 +224,32 @@ def _metrics_for(rows: pd.DataFrame, version: str, role: str, *, cost_bps: float
     if m.n == 0:
         return m
     pred = r["prediction"].to_numpy(dtype=np.float64)
-    y = r["fwd_return"].to_numpy(dtype=np.float64)
+    y = r["target" if "target" in r else "fwd_return"].to_numpy(dtype=np.float64)
     meta = pd.DataFrame({"timestamp": r["bar_time"].to_numpy(), "symbol": r["symbol"].to_numpy()})
+    trading = {"rule": rule, "slippage_vol": slippage_vol,
+               "vol": r["vol"].to_numpy(dtype=np.float64) if "vol" in r else None}
     ev = evaluate_predictions(pred, y, r["next_return"].to_numpy(dtype=np.float64), meta, cost_bps=cost_bps,
-                              periods_per_year=periods_per_year)
+                              periods_per_year=periods_per_year, **trading)
+    m.exposure, m.long_share = ev.exposure, ev.long_share
+    y = y[np.isfinite(y)]
     moved = y != 0
     m.directional_accuracy = ev.directional_accuracy
     m.baseline_accuracy = float(np.mean(y[moved] > 0)) if moved.any() else 0.0
     m.mae, m.rmse, m.ic, m.sharpe = ev.mae, ev.rmse, ev.ic, ev.sharpe
-    q = np.quantile(pred - y, [0.05, 0.5, 0.95])
+    err = r["error"].to_numpy(dtype=np.float64) if "error" in r else pred - y
+    err = err[np.isfinite(err)]
+    q = np.quantile(err, [0.05, 0.5, 0.95]) if len(err) else [0.0, 0.0, 0.0]
     m.error_p05, m.error_p50, m.error_p95 = (_fin(v) for v in q)
     m.total_return = ev.total_return
     m.strategy_return = _fin(strategy_returns(pred, r["next_return"].to_numpy(dtype=np.float64), meta,
-                                              cost_bps).sum())
+                                              cost_bps, **trading).sum())
     m.n_periods = int(ev.n_obs)
     m.first_bar_time, m.last_bar_time = str(r["bar_time"].min()), str(r["bar_time"].max())
     return m
 
 
-def live_metrics(joined: pd.DataFrame, *, cost_bps: float,
-                 periods_per_year: float | None = None) -> dict[tuple[str, str], LiveMetrics]:
+def live_metrics(joined: pd.DataFrame, *, cost_bps: float, periods_per_year: float | None = None,
+                 rule: PositionRule | None = None, slippage_vol: float = 0.0) -> dict[tuple[str, str], LiveMetrics]:
     """``LiveMetrics`` per (version, role) of a ``join_outcomes`` frame (several may be concatenated).
 
     ``periods_per_year``: annualisation (give ``infer_periods_per_year`` of the bars); None infers it from
@@ -243,7 +270,7 @@ def live_metrics(joined: pd.DataFrame, *, cost_bps: float,
     for (v, r), rows in joined.groupby(["version", "role"], sort=True, dropna=False):
         key = (str(v), str(r))
         out[key] = _metrics_for(rows, *key, cost_bps=cost_bps, periods_per_year=periods_per_year,
-                                n_duplicates=dups.get(key, 0))
+                                n_duplicates=dups.get(key, 0), rule=rule, slippage_vol=slippage_vol)
     return out
 
 
@@ -331,22 +358,52 @@ class FeedbackReport:
         return "\n".join(lines)
 
 
-def _horizon_of(mv: Any) -> int:
-    h = (mv.feature_config or {}).get("horizon")
-    if h is None:
-        return int(FeatureConfig().horizon)
+@dataclass(frozen=True)
+class VersionScoring:
+    """How a version's live predictions are scored: its label (horizon, definition), position rule and costs,
+    all as stored with it (``version_scoring``)."""
+
+    version: str
+    horizon: int
+    label: str
+    label_window: int
+    rule: PositionRule
+    cost_bps: float
+    slippage_vol: float
+
+    def join(self, predictions: pd.DataFrame, bars: pd.DataFrame) -> pd.DataFrame:
+        """``join_outcomes`` with this version's label and position rule."""
+        return join_outcomes(predictions, bars, self.horizon, label=self.label, label_window=self.label_window,
+                             rule=self.rule, vol_window=self.rule.vol_window if self.slippage_vol else None)
+
+    def trading(self) -> dict[str, Any]:
+        """The position rule and slippage keyword arguments of ``live_metrics``."""
+        return {"rule": self.rule, "slippage_vol": self.slippage_vol}
+
+
+def version_scoring(mv: Any, cost_bps: float | None = None) -> VersionScoring:
+    """A version's ``VersionScoring`` from its manifest (defaults for what an older version did not store);
+    ``cost_bps`` overrides the stored cost. Raises ``DataError`` naming the version for an unreadable entry."""
+    fc = mv.feature_config or {}
+    h = fc.get("horizon", FeatureConfig().horizon)
     if isinstance(h, bool) or not isinstance(h, (int, float)) or int(h) != h or h < 1:
         raise DataError(f"{mv.version} has an invalid feature_config horizon {h!r}")
-    return int(h)
+    label, window = fc.get("label", "raw"), fc.get("label_window", FeatureConfig().label_window)
+    if label not in LABELS or isinstance(window, bool) or not isinstance(window, int) or window < 2:
+        raise DataError(f"{mv.version} has an invalid label {label!r} (window {window!r})")
+    metrics = mv.metrics or {}
+    slip = metrics.get("slippage_vol", 0.0)
+    if not _cost_like(slip):
+        raise DataError(f"{mv.version} has an invalid slippage_vol {slip!r}")
+    if cost_bps is None:
+        c = metrics.get("cost_bps")
+        cost_bps = float(c) if _cost_like(c) else float(EvaluationConfig().cost_bps)
+    return VersionScoring(str(mv.version), int(h), str(label), int(window),
+                          stored_rule(getattr(mv, "position", None), str(mv.version)), float(cost_bps), float(slip))
 
 
-def _cost_of(mv: Any, cost_bps: float | None) -> float:
-    if cost_bps is not None:
-        return float(cost_bps)
-    c = (mv.metrics or {}).get("cost_bps")
-    if isinstance(c, (int, float)) and not isinstance(c, bool) and math.isfinite(c) and c >= 0:
-        return float(c)
-    return float(EvaluationConfig().cost_bps)
+def _cost_like(c: Any) -> bool:
+    return isinstance(c, (int, float)) and not isinstance(c, bool) and math.isfinite(c) and c >= 0
 
 
 def _change_points(rows: pd.DataFrame, monitor_kwargs: Mapping[str, Any]) -> tuple[list[ChangePoint], int]:
@@ -405,15 +462,19 @@ def run_feedback(registry: Registry, bars: pd.DataFrame, *, cost_bps: float | No
             report.skipped[v] = f"not in the registry: {e}"
             log.warning("feedback: %s skipped: %s", v, e)
             continue
-        h = _horizon_of(mv)
-        cost = _cost_of(mv, cost_bps)
-        report.horizons[v] = h
-        joined = join_outcomes(preds, bars, h)
+        try:
+            sc = version_scoring(mv, cost_bps)
+        except TidelineError as e:
+            report.skipped[v] = str(e)
+            log.warning("feedback: %s skipped: %s", v, e)
+            continue
+        report.horizons[v] = sc.horizon
+        joined = sc.join(preds, bars)
         report.n_duplicates += joined.attrs["n_duplicates"]
-        per_role = live_metrics(joined, cost_bps=cost, periods_per_year=ppy)
+        per_role = live_metrics(joined, cost_bps=sc.cost_bps, periods_per_year=ppy, **sc.trading())
         report.metrics.update(per_role)
-        whole = _metrics_for(_version_rows(joined), v, ALL_ROLES, cost_bps=cost, periods_per_year=ppy,
-                             n_duplicates=joined.attrs["n_duplicates"])
+        whole = _metrics_for(_version_rows(joined), v, ALL_ROLES, cost_bps=sc.cost_bps, periods_per_year=ppy,
+                             n_duplicates=joined.attrs["n_duplicates"], **sc.trading())
         # pending / unknown counts of the version: every role's rows (the same bar may wait in two roles)
         whole.n_pending = sum(m.n_pending for m in per_role.values())
         whole.n_unknown_bar = sum(m.n_unknown_bar for m in per_role.values())
@@ -431,7 +492,7 @@ def run_feedback(registry: Registry, bars: pd.DataFrame, *, cost_bps: float | No
                 report.notes.append(f"{v}: no realized outcomes yet; its {LIVE_METRICS_ATTACHMENT} was left "
                                     "as it was")
                 continue
-            record = live_record(whole, per_role, cps, horizon=h, updated_at=at, since=report.since,
+            record = live_record(whole, per_role, cps, horizon=sc.horizon, updated_at=at, since=report.since,
                                  monitored=fed)
             registry.put_attachment(v, LIVE_METRICS_ATTACHMENT,
                                     json.dumps(record, indent=1, default=str).encode(), actor="feedback")
@@ -490,7 +551,7 @@ class LiveOutcomeSource:
         self._source = None if isinstance(bars, pd.DataFrame) else str(bars)
         self._bars: pd.DataFrame | None = self._clean(bars) if isinstance(bars, pd.DataFrame) else None
         self._bars_at = float("-inf")
-        self._horizons: dict[str, int] = {}
+        self._scoring: dict[str, VersionScoring] = {}
         self.last_error: str | None = None
         self.last_report: dict[str, Any] = {}
 
@@ -515,16 +576,16 @@ class LiveOutcomeSource:
         assert self._bars is not None
         return self._bars
 
-    def _horizon(self, version: str) -> int:
-        if version not in self._horizons:
-            self._horizons[version] = _horizon_of(self.registry.get(version))
-        return self._horizons[version]
+    def _scored(self, version: str) -> VersionScoring:
+        if version not in self._scoring:
+            self._scoring[version] = version_scoring(self.registry.get(version))
+        return self._scoring[version]
 
     def _realized(self, log_df: pd.DataFrame, version: str, bars: pd.DataFrame) -> pd.DataFrame:
         rows = log_df.loc[log_df["version"] == version]
         if len(rows) == 0:
             return rows.assign(error=pd.Series([], dtype=np.float64), hit=pd.Series([], dtype=np.float64))
-        joined = _version_rows(join_outcomes(rows, bars, self._horizon(version)))
+        joined = _version_rows(self._scored(version).join(rows, bars))
         ok = (joined["status"] == "realized") & np.isfinite(joined["prediction"].to_numpy(dtype=np.float64))
         return joined.loc[ok]
 

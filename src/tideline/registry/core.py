@@ -152,6 +152,7 @@ class ModelVersion(BaseModel):
     metrics: dict[str, Any] = Field(default_factory=dict)
     evaluation: dict[str, Any] = Field(default_factory=dict)
     decision: dict[str, Any] | None = None
+    position: dict[str, Any] = Field(default_factory=dict)
     code_version: str = ""
     created_at: str
     parent_version: str | None = None

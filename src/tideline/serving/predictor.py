@@ -4,7 +4,9 @@
   sha256 verified by ``Registry.fetch`` BEFORE ``tideline.models.load_model`` reads it.
 * Serving: kserve decodes v1 (dict) and v2 (``InferRequest``) bodies; ``preprocess`` validates them
   (``tideline.serving.validation``), ``predict`` runs the model captured when the request started and
-  answers with the predictions and the version that made them (also in the ``x-model-version`` header).
+  answers with the predictions, the positions the version's stored rule takes on them
+  (``tideline.positions``, the same function as the offline evaluation) and the version that made them
+  (also in the ``x-model-version`` header).
 * Hot reload: a background task polls the registry every ``reload_interval`` seconds; when the alias
   moved, the new version is fetched, verified and loaded in a worker thread and swapped in with a single
   reference assignment. A failed reload keeps the old version serving and is counted and logged.
@@ -24,7 +26,7 @@ import shutil
 import tempfile
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -39,6 +41,7 @@ from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
 from tideline.clock import utcnow
 from tideline.errors import TidelineError, VersionNotFound
 from tideline.models import Model, load_model
+from tideline.positions import PositionRule, positions, stored_rule
 from tideline.registry import Registry
 from tideline.serving import metrics as m
 from tideline.serving.chaos import Chaos, ChaosMonkey
@@ -61,6 +64,8 @@ class Slot:
     role: str  # active | canary | shadow
     ref: str
     loaded_at: float
+    rule: PositionRule = field(default_factory=PositionRule)
+    """the version's position rule (``tideline.positions``), as stored with it"""
 
     @property
     def columns(self) -> tuple[str, ...]:
@@ -92,6 +97,7 @@ def load_slot(registry: Registry, ref: str, role: str, *, version: str | None = 
               workdir: str | None = None) -> Slot:
     """Resolve ``ref`` (unless ``version`` is given), fetch with sha256 verification, load the model."""
     v = version or registry.resolve(ref)
+    rule = stored_rule(registry.get(v).position, v)
     tmp = Path(tempfile.mkdtemp(prefix=f"tideline-{v}-", dir=workdir))
     try:
         dest = registry.fetch(v, tmp / "model")  # IntegrityError before anything is parsed
@@ -100,8 +106,10 @@ def load_slot(registry: Registry, ref: str, role: str, *, version: str | None = 
         shutil.rmtree(tmp, ignore_errors=True)
     if not model.columns:
         raise TidelineError(f"model {v} lists no input columns")
+    if rule.needs_volatility and rule.vol_column not in model.columns:
+        raise TidelineError(f"model {v} sizes positions by {rule.vol_column}, which is not among its inputs")
     log.info("loaded %s (%s, %d features) as %s from %r", v, model.family, len(model.columns), role, ref)
-    return Slot(version=v, model=model, role=role, ref=ref, loaded_at=time.time())
+    return Slot(version=v, model=model, role=role, ref=ref, loaded_at=time.time(), rule=rule)
 
 
 def _schema(active: Slot, shadow: Slot | None, max_rows: int) -> Schema:
@@ -299,8 +307,9 @@ class TidelinePredictor(KServeModel):
                 + [{"name": c, "datatype": "BYTES", "shape": [-1]} for c in META_FIELDS])
 
     def get_output_types(self) -> list[dict[str, Any]]:
-        """``GET /v2/models/<name>`` outputs: one FP64 ``prediction`` tensor of shape [-1]."""
-        return [{"name": "prediction", "datatype": "FP64", "shape": [-1]}]
+        """``GET /v2/models/<name>`` outputs: FP64 ``prediction`` and ``position`` tensors of shape [-1]."""
+        return [{"name": "prediction", "datatype": "FP64", "shape": [-1]},
+                {"name": "position", "datatype": "FP64", "shape": [-1]}]
 
     def validate(self, payload: Any) -> Any:
         """Returns ``payload`` unchanged: ``preprocess`` validates (kserve's own checks would answer 500)."""
@@ -380,19 +389,21 @@ class TidelinePredictor(KServeModel):
                                 role=active.role, at=payload.started)
         if serving.shadow is not None:
             self._start_shadow(serving.shadow, payload)
+        vol = X[:, active.columns.index(active.rule.vol_column)] if active.rule.needs_volatility else None
+        pos = positions(preds, active.rule, vol)
         if self.flat is not None:  # the kill switch: the model's predictions are logged, not served
-            preds = np.zeros_like(preds)
+            preds, pos = np.zeros_like(preds), np.zeros_like(pos)
             if response_headers is not None:
                 response_headers["x-tideline-flat"] = "1"
         if payload.v2:
             return InferResponse(
                 response_id=payload.request_id, model_name=self.name, model_version=active.version,
-                infer_outputs=[InferOutput(name="prediction", shape=[batch.n], datatype="FP64",
-                                           data=preds.tolist())],
+                infer_outputs=[InferOutput(name="prediction", shape=[batch.n], datatype="FP64", data=preds.tolist()),
+                               InferOutput(name="position", shape=[batch.n], datatype="FP64", data=pos.tolist())],
                 parameters={"role": active.role, **({"flat": True} if self.flat is not None else {})},
             )
-        out = {"predictions": preds.tolist(), "model_name": self.name, "model_version": active.version,
-               "role": active.role}
+        out = {"predictions": preds.tolist(), "positions": pos.tolist(), "model_name": self.name,
+               "model_version": active.version, "role": active.role}
         if self.flat is not None:
             out["flat"] = True
         return out

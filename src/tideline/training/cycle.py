@@ -45,6 +45,7 @@ from tideline.evaluation import (
 from tideline.features import Dataset, build_dataset, feature_config_hash
 from tideline.models import Model, load_model, make_model, read_meta
 from tideline.policy import Evidence, PolicyDecision, decide
+from tideline.positions import PositionRule, fit_position_rule, stored_rule
 from tideline.registry import ModelVersion, Registry
 
 log = logging.getLogger(__name__)
@@ -89,11 +90,13 @@ class FamilyResult:
     reference: pd.DataFrame | None = field(default=None, repr=False)
     fold_returns: pd.Series | None = field(default=None, repr=False)
     """net strategy return per walk-forward test period, every fold in time order (what PBO is measured on)"""
+    position: PositionRule = field(default_factory=PositionRule)
+    """the final model's position rule (stored with its version)"""
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready figures (predictions, reference sample and fold returns left out); ``fit_seconds`` rounded."""
         return {"family": self.family, "holdout": self.holdout.to_dict(), "walk_forward": self.walk_forward,
-                "folds": self.folds, "fit_seconds": round(self.fit_seconds, 3)}
+                "folds": self.folds, "fit_seconds": round(self.fit_seconds, 3), "position": self.position.to_dict()}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], holdout_pred: np.ndarray, reference: pd.DataFrame | None = None,
@@ -103,7 +106,8 @@ class FamilyResult:
         Raises ``KeyError`` when a field is missing.
         """
         return cls(d["family"], Metrics.from_dict(d["holdout"]), dict(d["walk_forward"]), list(d["folds"]),
-                   float(d["fit_seconds"]), holdout_pred, reference, fold_returns)
+                   float(d["fit_seconds"]), holdout_pred, reference, fold_returns,
+                   PositionRule.from_dict(d.get("position") or {}))
 
 
 @dataclass
@@ -129,6 +133,7 @@ class CandidateResult:
     version: str | None = None
     promoted: bool = False
     evidence: Evidence | None = None
+    position: PositionRule = field(default_factory=PositionRule)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready record of the candidate (figures, p-value vs production, decision, version, promoted)."""
@@ -143,6 +148,7 @@ class CandidateResult:
             "deflated_sharpe": self.evidence.deflated_sharpe if self.evidence else None,
             "pbo": self.evidence.pbo if self.evidence else None,
             "evidence": self.evidence.to_dict() if self.evidence else None,
+            "position": self.position.to_dict(),
             "decision": self.decision.to_dict(),
             "fit_seconds": round(self.fit_seconds, 3),
         }
@@ -320,22 +326,43 @@ def describe_plan(ds: Dataset, plan: Plan, settings: Settings) -> dict[str, Any]
     }
 
 
-def _metrics(pred: np.ndarray, ds: Dataset, idx: np.ndarray, plan: Plan, settings: Settings) -> Metrics:
+def sign_rule(settings: Settings, plan: Plan) -> PositionRule:
+    """The ``sign`` rule with the configured volatility sizing (what the baselines hold)."""
+    return fit_position_rule(settings.positions.model_copy(update={"rule": "sign"}), None, plan.periods_per_year)
+
+
+def _trading(ds: Dataset, idx: np.ndarray, settings: Settings, rule: PositionRule) -> dict[str, Any]:
+    """The position rule, each row's recent volatility (when the rule or the slippage needs it), the slippage."""
+    slip = settings.evaluation.slippage_vol
+    vol = None
+    if rule.needs_volatility or slip:
+        if rule.vol_column not in ds.X:
+            raise DataError(f"the dataset has no {rule.vol_column} (positions.vol_window must be a feature window)")
+        vol = ds.X[rule.vol_column].to_numpy(dtype=np.float64)[idx]
+    return {"rule": rule, "vol": vol, "slippage_vol": slip}
+
+
+def _metrics(pred: np.ndarray, ds: Dataset, idx: np.ndarray, plan: Plan, settings: Settings,
+             rule: PositionRule | None = None) -> Metrics:
     return evaluate_predictions(
         pred, ds.y[idx], ds.next_return[idx], ds.meta.iloc[idx].reset_index(drop=True),
         cost_bps=settings.evaluation.cost_bps, periods_per_year=plan.periods_per_year,
+        **_trading(ds, idx, settings, rule or sign_rule(settings, plan)),
     )
 
 
-def _returns(pred: np.ndarray, ds: Dataset, idx: np.ndarray, settings: Settings) -> pd.Series:
+def _returns(pred: np.ndarray, ds: Dataset, idx: np.ndarray, settings: Settings, plan: Plan,
+             rule: PositionRule | None = None) -> pd.Series:
     """Net strategy returns per period (indexed by timestamp) of predictions ``pred`` for rows ``idx``."""
     return strategy_returns(pred, ds.next_return[idx], ds.meta.iloc[idx].reset_index(drop=True),
-                            settings.evaluation.cost_bps)
+                            settings.evaluation.cost_bps,
+                            **_trading(ds, idx, settings, rule or sign_rule(settings, plan)))
 
 
-def holdout_returns(pred: np.ndarray, ds: Dataset, plan: Plan, settings: Settings) -> pd.Series:
-    """Net strategy returns per hold-out period of predictions ``pred`` (one per hold-out row)."""
-    return _returns(pred, ds, plan.hold, settings)
+def holdout_returns(pred: np.ndarray, ds: Dataset, plan: Plan, settings: Settings,
+                    rule: PositionRule | None = None) -> pd.Series:
+    """Net strategy returns per hold-out period of predictions ``pred`` (one per hold-out row) under ``rule``."""
+    return _returns(pred, ds, plan.hold, settings, plan, rule)
 
 
 def baselines(ds: Dataset, plan: Plan, settings: Settings) -> dict[str, Metrics]:
@@ -347,6 +374,7 @@ def baselines(ds: Dataset, plan: Plan, settings: Settings) -> dict[str, Metrics]
     return baseline_metrics(
         ds.y[hold], ds.next_return[hold], last_ret[hold], ds.meta.iloc[hold].reset_index(drop=True),
         cost_bps=settings.evaluation.cost_bps, periods_per_year=plan.periods_per_year,
+        **_trading(ds, hold, settings, sign_rule(settings, plan)),
     )
 
 
@@ -360,6 +388,22 @@ def fit_model(family: str, ds: Dataset, idx: np.ndarray, settings: Settings, cap
     if len(val_idx):
         kw = {"X_valid": ds.X.iloc[val_idx], "y_valid": ds.y[val_idx]}
     return model.fit(ds.X.iloc[fit_idx], ds.y[fit_idx], ds.spec, **kw)
+
+
+def position_rule(model: Model, ds: Dataset, idx: np.ndarray, settings: Settings, plan: Plan,
+                  cap: int | None) -> PositionRule:
+    """The configured position rule fitted for ``model`` trained on rows ``idx`` (capped like ``fit_model``):
+    a ``zscore`` rule scales against the model's predictions on the purged inner validation rows its fit set
+    aside (out of sample; the latest training rows when there were too few to set any aside)."""
+    cfg = settings.positions
+    ref = None
+    if cfg.rule == "zscore":
+        ts = ds.meta["timestamp"].to_numpy()
+        recent = _recent(idx, cap)
+        _, val_idx = _inner_validation(ts, recent, settings.features.horizon)
+        rows = val_idx if len(val_idx) else recent[-max(1, len(recent) // 10):]
+        ref = model.predict(ds.X.iloc[rows])
+    return fit_position_rule(cfg, ref, plan.periods_per_year)
 
 
 def reference_sample(model: Model, ds: Dataset, idx: np.ndarray, seed: int, n: int = REFERENCE_ROWS) -> pd.DataFrame:
@@ -391,16 +435,19 @@ def train_family(family: str, ds: Dataset, plan: Plan, settings: Settings,
     fold_returns: list[pd.Series] = []
     for k, sp in enumerate(plan.splits):
         tr, te = plan.dev[sp.train_idx], plan.dev[sp.test_idx]
-        m = fit_model(family, ds, tr, settings, settings.training.cv_max_train_rows)
+        cap = settings.training.cv_max_train_rows
+        m = fit_model(family, ds, tr, settings, cap)
+        rule = position_rule(m, ds, tr, settings, plan, cap)
         fold_pred = m.predict(ds.X.iloc[te])
-        fm = _metrics(fold_pred, ds, te, plan, settings)
-        fold_returns.append(_returns(fold_pred, ds, te, settings))
+        fm = _metrics(fold_pred, ds, te, plan, settings, rule)
+        fold_returns.append(_returns(fold_pred, ds, te, settings, plan, rule))
         folds.append({"fold": k, "train_rows": int(len(tr)), "test_rows": int(len(te)),
                       "test_start": _ts(ts[te][0]), "test_end": _ts(ts[te][-1]), **fm.to_dict()})
         advance(1)
     model = fit_model(family, ds, plan.dev, settings, settings.training.max_train_rows)
+    rule = position_rule(model, ds, plan.dev, settings, plan, settings.training.max_train_rows)
     pred = model.predict(ds.X.iloc[plan.hold])
-    hm = _metrics(pred, ds, plan.hold, plan, settings)
+    hm = _metrics(pred, ds, plan.hold, plan, settings, rule)
     wf = {
         f"{key}_{stat}": float(fn([f[key] for f in folds]))
         for key in ("sharpe", "directional_accuracy", "ic")
@@ -409,7 +456,7 @@ def train_family(family: str, ds: Dataset, plan: Plan, settings: Settings,
     ref = reference_sample(model, ds, plan.dev, settings.training.seed)
     advance(1)
     wf_returns = pd.concat(fold_returns).sort_index() if fold_returns else None
-    return model, FamilyResult(family, hm, wf, folds, time.perf_counter() - t0, pred, ref, wf_returns)
+    return model, FamilyResult(family, hm, wf, folds, time.perf_counter() - t0, pred, ref, wf_returns, rule)
 
 
 def score_production(registry: Registry, ds: Dataset, plan: Plan, bars: pd.DataFrame, settings: Settings
@@ -432,8 +479,9 @@ def score_production(registry: Registry, ds: Dataset, plan: Plan, bars: pd.DataF
             pred = model.predict(pds.X.iloc[pos])
         else:
             pred = model.predict(ds.X.iloc[plan.hold])
-        return ProductionScore(prod, _metrics(pred, ds, plan.hold, plan, settings),
-                               holdout_returns(pred, ds, plan, settings))
+        rule = stored_rule(mv.position, mv.version)
+        return ProductionScore(prod, _metrics(pred, ds, plan.hold, plan, settings, rule),
+                               holdout_returns(pred, ds, plan, settings, rule))
     except TidelineError as e:
         log.warning("production %s could not be evaluated: %s", prod, e)
         return ProductionScore(prod, error=str(e))
@@ -445,14 +493,15 @@ def judge(result: FamilyResult, prod: ProductionScore, ds: Dataset, plan: Plan, 
     the checks luck cannot pass, see ``judge_all``)."""
     p_value = None
     if prod.returns is not None:
-        a, b = holdout_returns(result.holdout_pred, ds, plan, settings).align(prod.returns, join="inner")
+        a, b = holdout_returns(result.holdout_pred, ds, plan, settings, result.position).align(prod.returns,
+                                                                                               join="inner")
         p_value = _paired_p(a, b, settings)
     decision = decide(
         result.holdout.to_dict(), settings.policy, production=prod.metrics.to_dict() if prod.metrics else None,
         production_version=prod.version, p_value=p_value, production_error=prod.error, evidence=evidence,
     )
     return CandidateResult(result.family, result.holdout, result.walk_forward, result.folds, decision, p_value,
-                           result.fit_seconds, evidence=evidence)
+                           result.fit_seconds, evidence=evidence, position=result.position)
 
 
 def _paired_p(a: pd.Series, b: pd.Series, settings: Settings) -> float:
@@ -473,14 +522,14 @@ def judge_all(results: list[FamilyResult], prod: ProductionScore, base: Mapping[
     tested (paired, on the same hold-out periods: Sharpe ratio against Sharpe ratio) against the best of
     buy-and-hold and always-long.
     """
-    hold = {r.family: holdout_returns(r.holdout_pred, ds, plan, settings) for r in results}
+    hold = {r.family: holdout_returns(r.holdout_pred, ds, plan, settings, r.position) for r in results}
     trials = [sharpe_per_period(h.to_numpy()) for h in hold.values()]
     wf = [r.fold_returns for r in results if r.fold_returns is not None and len(r.fold_returns)]
     pbo = pbo_cscv(pd.concat(wf, axis=1, join="inner").to_numpy()).pbo if len(wf) == len(results) else None
     named = [b for b in BASELINES_TO_BEAT if b in base]
     best = max(named, key=lambda b: base[b].sharpe) if named else None
     # buy-and-hold and always-long hold the same positions: long every symbol from its first hold-out bar
-    long_only = holdout_returns(np.ones(len(plan.hold)), ds, plan, settings)
+    long_only = holdout_returns(np.ones(len(plan.hold)), ds, plan, settings, sign_rule(settings, plan))
     out = []
     ev = settings.evaluation
     for r in results:
@@ -525,6 +574,7 @@ def register_candidate(registry: Registry, model_dir: Path, cand: CandidateResul
             "cost_bps": settings.evaluation.cost_bps, "source": info["source"],
         },
         "decision": cand.decision.to_dict(),
+        "position": cand.position.to_dict(),
     })
     if reference is not None:
         import io

@@ -13,7 +13,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 BENCHES = [["bench_cycle.py"], ["bench_drift.py"], ["bench_predictor.py"], ["bench_rollout.py"], ["bench_learning.py"],
-           ["bench_real.py"]]
+           ["bench_real.py"], ["bench_gate.py"]]
 
 
 def run(argv: list[str]) -> list[dict]:
@@ -111,23 +111,45 @@ def markdown(meta: dict, results: list[dict]) -> str:
                 "",
             ]
         elif r.get("name") == "real_data":
-            lines += ["| data | model / baseline | hold-out Sharpe | dir. acc. | max DD | total return | trades | "
-                      "WF Sharpe | deflated Sharpe | PBO | p vs best baseline | gate |",
-                      "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+            lines += ["| data (costs, positions) | model / baseline | hold-out Sharpe | dir. acc. | max DD | total return | "
+                      "trades | exposure | long share | WF Sharpe | deflated Sharpe | PBO | p vs best baseline | gate |",
+                      "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+            seen: set[str] = set()
             for f in r["results"]:
                 if "error" in f:
-                    lines.append(f"| {f['file']} | refused: {f['error']} | | | | | | | | | | |")
+                    if f["file"] not in seen:
+                        lines.append(f"| {f['file']} | refused: {f['error']} |" + " |" * 12)
+                    seen.add(f["file"])
                     continue
-                for name, m in {**f["models"], **{f"*{k}*": v for k, v in f["baselines"].items()}}.items():
+                # the baselines hold the same positions whatever the models' rule: shown once per file
+                base = {} if f["file"] in seen else {f"*{k}*": v for k, v in f["baselines"].items()}
+                seen.add(f["file"])
+                for name, m in {**f["models"], **base}.items():
                     gate = ("" if "approved" not in m else "approved" if m["approved"]
                             else "rejected: " + ", ".join(m["failed"]))
-                    lines.append(f"| {f['file']} ({f['cost_bps']} bps) | {name} | {m['sharpe']} | "
-                                 f"{m['directional_accuracy']} | {m['max_drawdown']} | {m['total_return']} | "
-                                 f"{m['n_trades']} | {_cell(m.get('wf_sharpe_mean'))} | "
+                    lines.append(f"| {f['file']} ({f['cost_bps']} bps, {f.get('positions', 'sign')}) | {name} | "
+                                 f"{m['sharpe']} | {m['directional_accuracy']} | {m['max_drawdown']} | "
+                                 f"{m['total_return']} | {m['n_trades']} | {_cell(m.get('exposure'))} | "
+                                 f"{_cell(m.get('long_share'))} | {_cell(m.get('wf_sharpe_mean'))} | "
                                  f"{_cell(m.get('deflated_sharpe'))} | {_cell(m.get('pbo'))} | "
                                  f"{_cell(m.get('p_vs_baseline'))} | {gate} |")
-                lines.append(f"| {f['file']} | promoted | {f['promoted'] or 'nothing'} | | | | | | | | | |")
+                lines.append(f"| {f['file']} ({f.get('positions', 'sign')}) | promoted | {f['promoted'] or 'nothing'} |"
+                             + " |" * 11)
             lines.append("")
+        elif r.get("name") == "gate":
+            lines += [
+                f"| the gate with trained models (bench_gate.py), positions: {r.get('positions', 'sign')} | value | target |",
+                "|---|---|---|",
+                f"| market | {r['symbols']} symbols x {r['bars']:,} daily bars, 20% hold-out, {r['cost_bps']} bp costs, "
+                f"{', '.join(r['families'])} | the issue's |",
+                f"| pure noise: seeds with a promotion | {r['noise_approved']} of {r['seeds']} | <= 1 of 20 |",
+                f"| planted signal (strength {r['strength']}): seeds with a promotion | {r['signal_approved']} of "
+                f"{r['seeds']} | >= 16 of 20 |",
+                f"| planted signal: median net hold-out Sharpe, ideal strategy / best trained family | "
+                f"{r['signal_ideal_sharpe_median']} / {r['signal_best_sharpe_median']} | about 3 |",
+                f"| wall time | {r['wall_s']} s | |",
+                "",
+            ]
         elif "error" in r:
             lines += [f"{r['name']}: failed: {r['error']}", ""]
     return "\n".join(lines)

@@ -79,7 +79,7 @@ def _render_cycle(res: Any) -> None:
     out.print(f"[bold]hold-out[/bold] {h['start']} .. {h['end']} ({h['rows']:,} rows); "
               f"{d['walk_forward_folds']} purged walk-forward folds before it")
     t = Table(title="candidates vs production and baselines (hold-out, net of costs)")
-    for col in ("model", "version", "WF Sharpe", "Sharpe", "DSR", "Sortino", "dir.acc", "IC", "maxDD", "PF",
+    for col in ("model", "version", "WF Sharpe", "Sharpe", "DSR", "dir.acc", "IC", "maxDD", "exposure", "long",
                 "trades", "p vs prod", "decision"):
         t.add_column(col, no_wrap=True)
     for c in res.candidates:
@@ -89,24 +89,27 @@ def _render_cycle(res: Any) -> None:
                     "[green]approved[/]" if c.decision.approved else "[red]rejected[/]")
         dsr = fmt(c.evidence.deflated_sharpe, 2) if c.evidence else "-"
         t.add_row(c.family, c.version or "-", fmt(wf, 2) if wf is not None else "-", fmt(m.sharpe, 2), dsr,
-                  fmt(m.sortino, 2), fmt(m.directional_accuracy), fmt(m.ic), fmt(m.max_drawdown),
-                  fmt(m.profit_factor, 2), str(m.n_trades),
+                  fmt(m.directional_accuracy), fmt(m.ic), fmt(m.max_drawdown), fmt(m.exposure, 2),
+                  fmt(m.long_share, 2), str(m.n_trades),
                   fmt(c.p_value) if c.p_value is not None else "-", decision)
     if res.production_metrics is not None:
         m = res.production_metrics
-        t.add_row("production", res.production_version, "-", fmt(m.sharpe, 2), "-", fmt(m.sortino, 2),
-                  fmt(m.directional_accuracy), fmt(m.ic), fmt(m.max_drawdown), fmt(m.profit_factor, 2),
-                  str(m.n_trades), "-", "current")
+        t.add_row("production", res.production_version, "-", fmt(m.sharpe, 2), "-",
+                  fmt(m.directional_accuracy), fmt(m.ic), fmt(m.max_drawdown), fmt(m.exposure, 2),
+                  fmt(m.long_share, 2), str(m.n_trades), "-", "current")
     for name, m in res.baselines.items():
-        t.add_row(f"[dim]{name}[/dim]", "baseline", "-", fmt(m.sharpe, 2), "-", fmt(m.sortino, 2),
-                  fmt(m.directional_accuracy), fmt(m.ic), fmt(m.max_drawdown), fmt(m.profit_factor, 2),
-                  str(m.n_trades), "-", "")
+        t.add_row(f"[dim]{name}[/dim]", "baseline", "-", fmt(m.sharpe, 2), "-",
+                  fmt(m.directional_accuracy), fmt(m.ic), fmt(m.max_drawdown), fmt(m.exposure, 2),
+                  fmt(m.long_share, 2), str(m.n_trades), "-", "")
     out.print(t)
     ev = next((c.evidence for c in res.candidates if c.evidence), None)
     if ev is not None:
         pbo = "n/a" if ev.pbo is None else f"{ev.pbo:.2f}"
         out.print(f"[dim]DSR: deflated Sharpe ratio (0-1) counting the {ev.n_trials} candidates tried; probability of "
-                  f"backtest overfitting over the walk-forward folds: {pbo}[/dim]")
+                  f"backtest overfitting over the walk-forward folds: {pbo}; exposure: mean |position|, long: share "
+                  f"of positions that are long[/dim]")
+    rules = sorted({c.position.rule for c in res.candidates})
+    out.print(f"[dim]positions: {', '.join(rules) or '-'}; label: {d.get('label', 'raw')}[/dim]")
     for c in res.candidates:
         mark = "[green]✔[/]" if c.decision.approved else "[red]✘[/]"
         out.print(Text.from_markup(f"{mark} {c.family} {c.version or ''}: ").append("; ".join(c.decision.reasons)),

@@ -7,8 +7,11 @@ outcome is known:
 * ``fwd_return`` = log(close[t+h] / close[t]) of the prediction's symbol, ``t`` = the bar it was made on
   (``bar_time``, matched **exactly** to a bar of that symbol), ``h`` = the version's label horizon
   (``feature_config["horizon"]``) — the same definition as ``tideline.features.compute_labels``;
-* ``next_return`` = log(close[t+1] / close[t]) (what the one-bar ``sign(pred)`` strategy earns);
-* ``error`` = prediction - fwd_return; ``hit`` = sign(prediction) == sign(fwd_return).
+* ``target`` = the version's label of it (``feature_config["label"]``: raw, vol-scaled, de-meaned, direction),
+  computed by ``compute_labels`` itself;
+* ``position`` = ``tideline.positions.positions`` of the prediction under the version's stored rule;
+* ``next_return`` = log(close[t+1] / close[t]) (what the one-bar position earns);
+* ``error`` = prediction - target; ``hit`` = the position's side is the target's (NaN while flat).
 
 Each logged prediction gets a ``status``:
 
@@ -21,8 +24,8 @@ Each logged prediction gets a ``status``:
 Retried requests can log the same prediction twice: rows with the same (version, role, symbol, bar_time)
 are de-duplicated, keeping the first by log ``time``, and counted.
 
-Metrics reuse ``tideline.evaluation`` (same conventions as the offline evaluation: log returns, the
-``sign(pred)`` strategy earning ``next_return`` net of ``cost_bps`` per unit of turnover, equal weight over
+Metrics reuse ``tideline.evaluation`` (same conventions as the offline evaluation: log returns, the version's
+positions earning ``next_return`` net of ``cost_bps`` (and its slippage) per unit of turnover, equal weight over
 the symbols present at a timestamp, Sharpe annualised with ``periods_per_year``). ``run_feedback`` stores
 the result as the ``live-metrics.json`` attachment of each version, which the ``performance_decay``
 trigger rule reads (``n``, ``sharpe``, ``directional_accuracy``, ``baseline_accuracy``), and runs
@@ -176,8 +179,9 @@ class LiveMetrics(Document):
     ``n`` realized outcomes (predictions whose horizon has elapsed), ``n_pending`` waiting for bars,
     ``n_unknown_bar`` unmatched, ``n_duplicates`` dropped retries. Accuracy counts rows with a non-zero
     realized move (as ``evaluation.evaluate_predictions``); ``baseline_accuracy`` is the always-long
-    accuracy on the same rows (share of up moves). ``error_*`` are quantiles of prediction - fwd_return.
-    ``strategy_return`` is the summed net log return of the ``sign(pred)`` strategy over ``n_periods``
+    accuracy on the same rows (share of up moves). ``error_*`` are quantiles of prediction - target (the
+    version's label). ``strategy_return`` is the summed net log return of the version's positions (its stored
+    rule; ``exposure`` their mean size, ``long_share`` the share of them that are long) over ``n_periods``
     timestamps (``total_return`` the same as a simple return), ``sharpe`` annualised. Degenerate cases
     (no outcomes, no variance) give 0.0, like the offline metrics.
     """

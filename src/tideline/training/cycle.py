@@ -319,6 +319,8 @@ def describe_plan(ds: Dataset, plan: Plan, settings: Settings) -> dict[str, Any]
     ts = ds.meta["timestamp"].to_numpy()
     return {
         "dataset_rows": len(ds), "features": len(ds.spec.all_columns), "horizon": settings.features.horizon,
+        "label": settings.features.label, "positions": settings.positions.rule,
+        "slippage_vol": settings.evaluation.slippage_vol,
         "periods_per_year": plan.periods_per_year, "cost_bps": settings.evaluation.cost_bps,
         "holdout": {"start": _ts(ts[plan.hold][0]), "end": _ts(ts[plan.hold][-1]), "rows": int(len(plan.hold))},
         "training_end": _ts(ts[plan.dev][-1]), "training_rows": int(len(plan.dev)),

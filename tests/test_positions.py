@@ -219,3 +219,24 @@ def test_live_outcomes_score_with_the_versions_rule(zscore_cycle) -> None:
     by_sign = live_metrics(joined, cost_bps=1.0, periods_per_year=252)
     a, b = by_rule[(mv.version, "active")], by_sign[(mv.version, "active")]
     assert a.exposure < b.exposure == 1.0 and a.strategy_return != b.strategy_return
+
+
+def test_the_zscore_state_sees_only_the_training_rows() -> None:
+    """The rule's center and scale come from predictions on rows the model was trained up to (its purged inner
+    validation), never from the window it is then evaluated on: changing every later row changes nothing."""
+    from tideline.training.cycle import make_dataset, plan_windows, position_rule
+
+    s = load_settings(positions={"rule": "zscore"})
+    ds = make_dataset(validate_bars(synthetic_market(3, 700, seed=4)).clean, s.features)
+    plan = plan_windows(ds, s)
+
+    class Echo:  # predicts a feature: any change of a row shows in its prediction
+        def predict(self, X: pd.DataFrame) -> np.ndarray:
+            return X["ret_1"].to_numpy(dtype=np.float64)
+
+    before = position_rule(Echo(), ds, plan.dev, s, plan, None)
+    ds.X.loc[ds.X.index[plan.hold], "ret_1"] = 1e6
+    after = position_rule(Echo(), ds, plan.dev, s, plan, None)
+    assert before == after and before.n_reference > 0
+    ds.X.loc[ds.X.index[plan.dev[-5:]], "ret_1"] = 1e6  # the last training rows are in its reference
+    assert position_rule(Echo(), ds, plan.dev, s, plan, None) != before

@@ -24,7 +24,8 @@ LABELS: tuple[str, ...] = get_args(LabelName)
 
 
 class FeatureConfig(BaseModel):
-    """What the feature and label builders compute. Its hash is stored with each model version."""
+    """What the feature and label builders compute. Stored with each model version, with the hash of its
+    feature fields (``tideline.features.feature_config_hash``)."""
 
     horizon: int = Field(1, ge=1, le=250, description="label horizon in bars")
     return_windows: list[int] = [1, 2, 3, 5, 10, 20, 60]

@@ -10,6 +10,7 @@ each symbol's values depend on nothing but its own past.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -99,9 +100,15 @@ class Dataset:
 # ----------------------------------------------------------------------------------------------- helpers
 
 
+LABEL_FIELDS = frozenset({"label", "label_window"})
+"""What the models learn, not what they see: stored with the version, left out of the features' hash."""
+
+
 def feature_config_hash(cfg: FeatureConfig) -> str:
-    """First 16 hex chars of sha256 over canonical JSON of the config (plus :data:`FEATURES_VERSION`)."""
-    payload = {"features_version": FEATURES_VERSION, "config": cfg.model_dump(mode="json")}
+    """First 16 hex chars of sha256 over canonical JSON of the config's feature fields (plus
+    :data:`FEATURES_VERSION`); the label fields are left out: two configs that differ only in the label compute
+    the same features (and versions stored before labels were configurable keep their hash)."""
+    payload = {"features_version": FEATURES_VERSION, "config": cfg.model_dump(mode="json", exclude=set(LABEL_FIELDS))}
     text = json.dumps(payload, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
@@ -575,6 +582,30 @@ def build_inference_frame(
 def warmup_bars(cfg: FeatureConfig) -> int:
     """Bars a symbol needs before its first fully warmed-up feature row."""
     return _warmup_bars(cfg)
+
+
+def feature_warmup(cfg: FeatureConfig) -> int:
+    """The exact number of bars a symbol needs for its last bar's features to be complete (no label horizon):
+    measured once per config by computing the features of a plain random walk with the training code."""
+    return _feature_warmup(cfg.model_dump_json())
+
+
+@functools.lru_cache(maxsize=64)
+def _feature_warmup(cfg_json: str) -> int:
+    cfg = FeatureConfig.model_validate_json(cfg_json)
+    n = _warmup_bars(cfg) + 16
+    rng = np.random.default_rng(0)
+    close = 100.0 * np.exp(np.cumsum(0.01 * rng.standard_normal(n)))
+    open_ = close * np.exp(0.002 * rng.standard_normal(n))
+    bars = pd.DataFrame({
+        "timestamp": pd.date_range("2000-01-03", periods=n, freq="D"), "symbol": "X", "open": open_,
+        "high": np.maximum(open_, close) * 1.01, "low": np.minimum(open_, close) * 0.99, "close": close,
+        "volume": 1e5 * np.exp(0.3 * rng.standard_normal(n)),
+    })
+    complete = _complete_rows(_feature_matrix(bars, cfg)[0])
+    if not complete.any():  # cannot happen with n above the rough warm-up; kept honest rather than guessed
+        raise ConfigError(f"features of this config need more than {n} bars per symbol")
+    return int(np.argmax(complete)) + 1
 
 
 def _warmup_bars(cfg: FeatureConfig) -> int:

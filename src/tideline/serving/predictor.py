@@ -44,15 +44,28 @@ from tideline.models import Model, load_model
 from tideline.positions import PositionRule, positions, stored_rule
 from tideline.registry import Registry
 from tideline.serving import metrics as m
+from tideline.serving.bars import FeatureSource, is_bars_request, last_bar_features, parse_bars
 from tideline.serving.chaos import Chaos, ChaosMonkey
 from tideline.serving.predlog import PredictionLog
-from tideline.serving.validation import META_FIELDS, Batch, RequestError, Schema, validate_v1, validate_v2
+from tideline.serving.validation import (
+    META_FIELDS,
+    Batch,
+    RequestError,
+    Schema,
+    _check_values,
+    validate_v1,
+    validate_v2,
+)
 
 log = logging.getLogger(__name__)
 
 ROLES = ("active", "canary")
 _INLINE_ROWS = 512  # bigger batches are predicted in a worker thread so the event loop stays free
 _MAX_SHADOW_INFLIGHT = 64
+
+
+MAX_BARS = 200_000
+"""Bars one request may send (e.g. 500 symbols x 400 bars); the body size limit applies too."""
 
 
 @dataclass(frozen=True)
@@ -66,6 +79,8 @@ class Slot:
     loaded_at: float
     rule: PositionRule = field(default_factory=PositionRule)
     """the version's position rule (``tideline.positions``), as stored with it"""
+    features: FeatureSource | str = "no stored feature config"
+    """how the version computes its features from bars (``tideline.serving.bars``), or why it cannot"""
 
     @property
     def columns(self) -> tuple[str, ...]:
@@ -91,13 +106,15 @@ class Prepared:
     v2: bool
     request_id: str
     started: datetime
+    bars: bool = False  # the request sent bars: the answer names each symbol and its last bar
 
 
 def load_slot(registry: Registry, ref: str, role: str, *, version: str | None = None,
               workdir: str | None = None) -> Slot:
     """Resolve ``ref`` (unless ``version`` is given), fetch with sha256 verification, load the model."""
     v = version or registry.resolve(ref)
-    rule = stored_rule(registry.get(v).position, v)
+    mv = registry.get(v)
+    rule = stored_rule(mv.position, v)
     tmp = Path(tempfile.mkdtemp(prefix=f"tideline-{v}-", dir=workdir))
     try:
         dest = registry.fetch(v, tmp / "model")  # IntegrityError before anything is parsed
@@ -109,7 +126,8 @@ def load_slot(registry: Registry, ref: str, role: str, *, version: str | None = 
     if rule.needs_volatility and rule.vol_column not in model.columns:
         raise TidelineError(f"model {v} sizes positions by {rule.vol_column}, which is not among its inputs")
     log.info("loaded %s (%s, %d features) as %s from %r", v, model.family, len(model.columns), role, ref)
-    return Slot(version=v, model=model, role=role, ref=ref, loaded_at=time.time(), rule=rule)
+    features = FeatureSource.of(v, mv.feature_config, mv.feature_config_hash, model.columns)
+    return Slot(version=v, model=model, role=role, ref=ref, loaded_at=time.time(), rule=rule, features=features)
 
 
 def _schema(active: Slot, shadow: Slot | None, max_rows: int) -> Schema:
@@ -333,10 +351,11 @@ class TidelinePredictor(KServeModel):
                     payload = orjson.loads(payload)
                 except orjson.JSONDecodeError as e:
                     raise RequestError(400, f"the body is not valid JSON: {e}") from None
-            batch = validate_v1(payload, serving.schema)
+            bars = is_bars_request(payload)
+            batch = bars_batch(payload, serving) if bars else validate_v1(payload, serving.schema)
             v2, rid = False, None
         request_id = (headers or {}).get("x-request-id") or rid or self._next_request_id()
-        return Prepared(serving, batch, v2, _header_safe(str(request_id)[:128]), utcnow())
+        return Prepared(serving, batch, v2, _header_safe(str(request_id)[:128]), utcnow(), bars=not v2 and bars)
 
     def _next_request_id(self) -> str:
         self._request_seq += 1
@@ -404,6 +423,9 @@ class TidelinePredictor(KServeModel):
             )
         out = {"predictions": preds.tolist(), "positions": pos.tolist(), "model_name": self.name,
                "model_version": active.version, "role": active.role}
+        if payload.bars:  # one answer per symbol, for its last bar
+            out["symbols"] = list(batch.symbols)
+            out["timestamps"] = [str(t) for t in batch.bar_times.astype("datetime64[s]")]
         if self.flat is not None:
             out["flat"] = True
         return out
@@ -449,6 +471,37 @@ class TidelinePredictor(KServeModel):
             task.cancel()
         self._shadow_pool.shutdown(wait=False, cancel_futures=True)
         super().stop()
+
+
+def bars_batch(payload: dict[str, Any], serving: Serving) -> Batch:
+    """A bars request as the batch of each symbol's last-bar features: the active version's columns by its
+    own feature config, then a shadow version's extra columns by its own (``tideline.serving.bars``)."""
+    instances = payload["instances"]
+    extra_keys = [k for k in payload if k not in ("instances", "parameters")]
+    if extra_keys:
+        raise RequestError(400, f"unexpected top-level key(s) {', '.join(map(repr, extra_keys[:8]))}; "
+                           "send only \"instances\"")
+    if len(instances) > MAX_BARS:
+        raise RequestError(422, f"{len(instances)} bars in one request; the limit is {MAX_BARS}")
+    bars = parse_bars(instances)
+    schema, parts, symbols, times = serving.schema, [], None, None
+    for slot, cols in ((serving.active, schema.required), (serving.shadow, schema.optional)):
+        if slot is None or not cols:
+            continue
+        if isinstance(slot.features, str):
+            if slot is serving.shadow:  # the shadow cannot follow: it gets no values (it is skipped, not failed)
+                parts.append(np.full((len(parts[0]), len(cols)), np.nan))
+                continue
+            raise RequestError(422, f"this version cannot compute its features from bars ({slot.features}); "
+                               "send the features instead")
+        X, symbols_s, times_s = last_bar_features(bars, slot.features, cols)
+        symbols, times = symbols or symbols_s, times if times is not None else times_s
+        parts.append(X)
+    X = parts[0] if len(parts) == 1 else np.hstack(parts)
+    if symbols is None:
+        raise RequestError(422, "no features to compute")
+    _check_values(X[:, :len(schema.required)], schema.columns, "symbol {row}")
+    return Batch(X=X, columns=schema.columns, symbols=list(symbols), bar_times=np.asarray(times))
 
 
 def _shadow_predict(shadow: Slot, batch: Batch, index: pd.Index) -> np.ndarray:

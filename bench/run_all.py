@@ -13,7 +13,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 BENCHES = [["bench_cycle.py"], ["bench_drift.py"], ["bench_predictor.py"], ["bench_rollout.py"], ["bench_learning.py"],
-           ["bench_real.py"], ["bench_gate.py"]]
+           ["bench_bars.py"], ["bench_real.py"], ["bench_gate.py"]]
 
 
 def run(argv: list[str]) -> list[dict]:
@@ -136,6 +136,16 @@ def markdown(meta: dict, results: list[dict]) -> str:
                 lines.append(f"| {f['file']} ({f.get('positions', 'sign')}) | promoted | {f['promoted'] or 'nothing'} |"
                              + " |" * 11)
             lines.append("")
+        elif r.get("name") == "bars":
+            lines += [
+                "| bars in, position out (bench_bars.py) | value | target |", "|---|---|---|",
+                f"| one request: {r['symbols']} symbols x {r['bars_per_symbol']} bars ({r['body_mib']} MiB), "
+                f"features by the version's config, p50 / p99 | {r['p50_ms']} ms / {r['p99_ms']} ms | p50 <= 50 ms |",
+                "| in process: parse and validate the bars / features / whole request | "
+                f"{r['in_process_ms']['parse_and_validate_bars']} / {r['in_process_ms']['features']} / "
+                f"{r['in_process_ms']['whole_request']} ms | |",
+                "",
+            ]
         elif r.get("name") == "gate":
             lines += [
                 f"| the gate with trained models (bench_gate.py), positions: {r.get('positions', 'sign')} | value | target |",

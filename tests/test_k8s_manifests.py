@@ -687,3 +687,14 @@ def test_check_tools_enforces_the_version_ranges(tmp_path: Path) -> None:
     assert new.returncode == 1 and "outside the supported range" in new.stderr
     gone = subprocess.run(["sh", str(script), "docker"], env=env, capture_output=True, text=True, timeout=30)
     assert gone.returncode == 1 and "'docker' is required" in gone.stderr
+
+
+@pytest.mark.parametrize("source", ["helm-default", "kustomize-base"])
+def test_features_are_computed_in_the_predictor_not_in_a_transformer(source: str) -> None:
+    """Bars in (issue 20): the predictor's own preprocess computes each served version's features with that
+    version's feature config. A KServe transformer (``spec.transformer``) is one deployment in front of every
+    predictor revision: during a canary it could compute only one config's features for both versions, and the
+    shadow slot and hot reload happen inside the predictor, where it cannot see them."""
+    isvc = {key(o): o for o in objects(source)}[("InferenceService", "tideline")]
+    assert "transformer" not in isvc["spec"]
+    assert set(isvc["spec"]) >= {"predictor"}

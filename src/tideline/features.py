@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from pandas.api.indexers import BaseIndexer
 from scipy.stats import rankdata
 
 from tideline.config import LABELS, FeatureConfig
@@ -198,33 +199,95 @@ def _tabular_names(cfg: FeatureConfig) -> list[str]:
     return names
 
 
-def _symbol_features(a: dict[str, np.ndarray], cfg: FeatureConfig) -> dict[str, np.ndarray]:
-    """All per-symbol tabular features plus the sequence channels, for one symbol's sorted bars."""
+@dataclass(frozen=True)
+class _Segments:
+    """The symbols of (symbol, time)-sorted rows: per row, where its symbol's bars start and its position
+    there. The features of every symbol are computed in one pass over the rows, each window and each
+    exponential average restarting at its symbol's first bar — the same bits as one symbol at a time."""
+
+    start: np.ndarray
+    pos: np.ndarray
+    code: np.ndarray
+    bounds: list[tuple[int, int]]
+
+    @classmethod
+    def of(cls, starts: np.ndarray, ends: np.ndarray) -> _Segments:
+        lengths = ends - starts
+        start = np.repeat(starts, lengths)
+        return cls(start, np.arange(int(lengths.sum())) - start, np.repeat(np.arange(len(starts)), lengths),
+                   list(zip(starts.tolist(), ends.tolist(), strict=True)))
+
+    @property
+    def few(self) -> bool:
+        """Few long symbols: one pandas call per symbol costs less than the one-pass bookkeeping."""
+        return len(self.bounds) <= _FEW_SEGMENTS
+
+
+class _SegmentWindow(BaseIndexer):
+    """Trailing windows of ``window_size`` rows that never reach back past their symbol's first bar (pandas
+    restarts its running sums at such a window, so each symbol gets exactly its own bits)."""
+
+    def __init__(self, start: np.ndarray, window_size: int) -> None:
+        super().__init__(window_size=window_size)
+        self.seg_start = start
+
+    def get_window_bounds(self, num_values: int = 0, min_periods: int | None = None, center: bool | None = None,
+                          closed: str | None = None, step: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        end = np.arange(1, num_values + 1, dtype=np.int64)
+        return np.maximum(end - self.window_size, self.seg_start).astype(np.int64), end
+
+
+_FEW_SEGMENTS = 32
+
+
+def _rolling(x: np.ndarray, w: int, how: str, seg: _Segments) -> np.ndarray:
+    """pandas' rolling ``how`` (mean, std, max, min) over ``w`` bars of each symbol."""
+    if seg.few:
+        out = np.empty_like(x)
+        for s, e in seg.bounds:
+            out[s:e] = getattr(pd.Series(x[s:e], copy=False).rolling(w, min_periods=w), how)().to_numpy()
+        return out
+    return getattr(pd.Series(x, copy=False).rolling(_SegmentWindow(seg.start, w), min_periods=w), how)().to_numpy()
+
+
+def _ewm(x: np.ndarray, min_periods: int, seg: _Segments, **kw: float) -> np.ndarray:
+    """pandas' ``ewm(adjust=False).mean()`` of each symbol, from its first bar."""
+    if seg.few:
+        out = np.empty_like(x)
+        for s, e in seg.bounds:
+            out[s:e] = pd.Series(x[s:e], copy=False).ewm(adjust=False, min_periods=min_periods, **kw).mean().to_numpy()
+        return out
+    return pd.Series(x, copy=False).groupby(seg.code, sort=False).ewm(
+        adjust=False, min_periods=min_periods, **kw).mean().to_numpy()
+
+
+def _slag(x: np.ndarray, k: int, seg: _Segments) -> np.ndarray:
+    """``x`` shifted ``k`` >= 0 bars later within each symbol (NaN for its first ``k`` bars)."""
+    out = _lag(x, k)
+    out[seg.pos < k] = np.nan
+    return out
+
+
+def _symbol_features(a: dict[str, np.ndarray], cfg: FeatureConfig, seg: _Segments) -> dict[str, np.ndarray]:
+    """All per-symbol tabular features plus the sequence channels of (symbol, time)-sorted bars, every symbol
+    in one pass (``_Segments``); each symbol's values are exactly what it would get alone."""
     o, h, lo, c, v = a["open"], a["high"], a["low"], a["close"], a["volume"]
     f: dict[str, np.ndarray] = {}
     with np.errstate(divide="ignore", invalid="ignore"):
         logc = np.log(c)
-        r1 = logc - _lag(logc, 1)
+        r1 = logc - _slag(logc, 1, seg)
         for w in sorted(set(cfg.return_windows)):
-            f[f"ret_{w}"] = logc - _lag(logc, w)
+            f[f"ret_{w}"] = logc - _slag(logc, w, seg)
         hl = np.log(h / lo)
         co = np.log(c / o)
         logv = np.log1p(np.maximum(v, 0.0))
         rng = h - lo
-        base = pd.DataFrame(
-            {
-                "r1": r1,
-                "hl2": hl * hl,
-                "gk": 0.5 * hl * hl - (2.0 * _LN2 - 1.0) * co * co,
-                "logv": logv,
-                "c": c,
-            }
-        )
+        hl2 = hl * hl
+        gk = 0.5 * hl * hl - (2.0 * _LN2 - 1.0) * co * co
         for w in sorted(set(cfg.vol_windows)):
-            roll = base[["r1", "hl2", "gk"]].rolling(w, min_periods=w)
-            f[f"rvol_{w}"] = roll["r1"].std().to_numpy()
-            f[f"pvol_{w}"] = np.sqrt(roll["hl2"].mean().to_numpy() / (4.0 * _LN2))
-            f[f"gkvol_{w}"] = np.sqrt(np.maximum(roll["gk"].mean().to_numpy(), 0.0))
+            f[f"rvol_{w}"] = _rolling(r1, w, "std", seg)
+            f[f"pvol_{w}"] = np.sqrt(_rolling(hl2, w, "mean", seg) / (4.0 * _LN2))
+            f[f"gkvol_{w}"] = np.sqrt(np.maximum(_rolling(gk, w, "mean", seg), 0.0))
         vw = sorted(set(cfg.vol_windows))
         f["vol_ratio"] = np.log(f[f"rvol_{vw[0]}"] / f[f"rvol_{vw[-1]}"])
         ref_vol = f"rvol_{_ref_window(cfg.vol_windows, 20)}"
@@ -232,54 +295,52 @@ def _symbol_features(a: dict[str, np.ndarray], cfg: FeatureConfig) -> dict[str, 
 
         # RSI (Wilder smoothing), centred to [-0.5, 0.5]
         n = cfg.rsi_window
-        diff = pd.Series(c - _lag(c, 1))
-        gain = diff.clip(lower=0).ewm(alpha=1.0 / n, adjust=False, min_periods=n).mean().to_numpy()
-        loss = (-diff).clip(lower=0).ewm(alpha=1.0 / n, adjust=False, min_periods=n).mean().to_numpy()
+        diff = pd.Series(c - _slag(c, 1, seg), copy=False)
+        gain = _ewm(diff.clip(lower=0).to_numpy(), n, seg, alpha=1.0 / n)
+        loss = _ewm((-diff).clip(lower=0).to_numpy(), n, seg, alpha=1.0 / n)
         f[f"rsi_{n}"] = _div(gain, gain + loss, 0.5) - 0.5
 
         # MACD (12, 26, 9) normalised by price
-        cs = base["c"]
-        ema12 = cs.ewm(span=12, adjust=False, min_periods=26).mean().to_numpy()
-        ema26 = cs.ewm(span=26, adjust=False, min_periods=26).mean().to_numpy()
+        ema12 = _ewm(c, 26, seg, span=12)
+        ema26 = _ewm(c, 26, seg, span=26)
         macd = (ema12 - ema26) / c
-        signal = pd.Series(macd).ewm(span=9, adjust=False, min_periods=9).mean().to_numpy()
+        signal = _ewm(macd, 9, seg, span=9)
         f["macd"], f["macd_signal"], f["macd_hist"] = macd, signal, macd - signal
-        f[f"roc_{n}"] = c / _lag(c, n) - 1.0
+        f[f"roc_{n}"] = c / _slag(c, n, seg) - 1.0
 
         for w in sorted(set(cfg.sma_windows)):
-            sma = cs.rolling(w, min_periods=w).mean().to_numpy()
-            ema = cs.ewm(span=w, adjust=False, min_periods=w).mean().to_numpy()
+            sma = _rolling(c, w, "mean", seg)
+            ema = _ewm(c, w, seg, span=w)
             f[f"sma_ratio_{w}"] = c / sma - 1.0
             f[f"ema_ratio_{w}"] = c / ema - 1.0
 
         bw = cfg.bollinger_window
-        m = cs.rolling(bw, min_periods=bw).mean().to_numpy()
-        s = cs.rolling(bw, min_periods=bw).std().to_numpy()
+        m = _rolling(c, bw, "mean", seg)
+        s = _rolling(c, bw, "std", seg)
         f[f"bb_pctb_{bw}"] = _div(c - (m - 2.0 * s), 4.0 * s, 0.5)
         f[f"bb_width_{bw}"] = 4.0 * s / m
-        hh = pd.Series(h).rolling(bw, min_periods=bw).max().to_numpy()
-        ll = pd.Series(lo).rolling(bw, min_periods=bw).min().to_numpy()
+        hh = _rolling(h, bw, "max", seg)
+        ll = _rolling(lo, bw, "min", seg)
         f[f"stoch_{bw}"] = _div(c - ll, hh - ll, 0.5)
         f[f"dist_high_{bw}"] = np.log(c / hh)
         f[f"dist_low_{bw}"] = np.log(c / ll)
 
         vz_windows = sorted(set(cfg.volume_windows) | {_SEQ_VZ_WINDOW})
-        lv = base["logv"]
         vz: dict[int, np.ndarray] = {}
         for w in vz_windows:
-            mu = lv.rolling(w, min_periods=w).mean().to_numpy()
-            sd = lv.rolling(w, min_periods=w).std().to_numpy()
+            mu = _rolling(logv, w, "mean", seg)
+            sd = _rolling(logv, w, "std", seg)
             vz[w] = _div(logv - mu, sd, 0.0)
         for w in sorted(set(cfg.volume_windows)):
             f[f"vz_{w}"] = vz[w]
-        f["dlogv"] = logv - _lag(logv, 1)
+        f["dlogv"] = logv - _slag(logv, 1, seg)
 
         f["hl_range"] = hl
         f["clv"] = _div(c - lo, rng, 0.5)
         f["body"] = _div(c - o, rng, 0.0)
         f["upper_wick"] = _div(h - np.maximum(o, c), rng, 0.0)
         f["lower_wick"] = _div(np.minimum(o, c) - lo, rng, 0.0)
-        f["gap"] = np.log(o / _lag(c, 1))
+        f["gap"] = np.log(o / _slag(c, 1, seg))
 
         f["_ch_ret"], f["_ch_range"], f["_ch_vz"] = r1, hl, vz[_SEQ_VZ_WINDOW]
     return f
@@ -387,19 +448,15 @@ def _feature_matrix(bars: pd.DataFrame, cfg: FeatureConfig) -> tuple[np.ndarray,
     col_idx = {c: i for i, c in enumerate(columns)}
 
     buf = np.empty((len(columns), n), dtype=np.float32)  # one row per feature -> column-contiguous frame
-    channel_buf = {ch: np.empty(n, dtype=np.float64) for ch in channels}
-    for s, e in zip(starts.tolist(), ends.tolist(), strict=True):
-        seg = {k: arrays[k][s:e] for k in _PRICE_COLUMNS}
-        feats = _symbol_features(seg, cfg)
-        for name, values in feats.items():
-            if name.startswith("_ch_"):
-                channel_buf[name[4:]][s:e] = values
-            else:
-                buf[col_idx[name], s:e] = values
-        for ch in channels:
-            x = channel_buf[ch][s:e]
-            for k in range(seq_len):
-                buf[col_idx[f"seq_{ch}_l{k}"], s:e] = _lag(x, k)
+    seg = _Segments.of(starts, ends)
+    feats = _symbol_features(arrays, cfg, seg)
+    for name, values in feats.items():
+        if not name.startswith("_ch_"):
+            buf[col_idx[name]] = values
+    for ch in channels:
+        x = feats[f"_ch_{ch}"]
+        for k in range(seq_len):
+            buf[col_idx[f"seq_{ch}_l{k}"]] = _slag(x, k, seg)
     if cal:
         for name, values in _calendar(arrays["ts"]).items():
             buf[col_idx[name]] = values

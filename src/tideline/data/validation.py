@@ -354,6 +354,7 @@ def validate_bars(
     naive_timezone: str | None = None,
     min_quality: float = 0.0,
     jump_sigmas: float = JUMP_SIGMAS,
+    score: bool = True,
 ) -> ValidationReport:
     """Type and check raw bars.
 
@@ -369,7 +370,8 @@ def validate_bars(
     Each symbol's clean series gets a quality score (``tideline.data.quality``: calendar gaps, stale
     stretches, repeated bars, jumps beyond ``jump_sigmas``), kept in ``report.quality``. A symbol scoring
     below ``min_quality`` is a ``low_quality`` problem (quarantine: all its bars are set aside with the
-    score and reasons).
+    score and reasons). ``score=False`` skips the scores (``report.quality`` empty; ``min_quality`` must then be
+    0, the default, which refuses nothing): the predictor checks each request's bars this way.
     """
     if mode not in ("strict", "quarantine"):
         raise ValueError(f"mode must be 'strict' or 'quarantine', not {mode!r}")
@@ -548,7 +550,9 @@ def validate_bars(
             **{c: values[c][gidx] for c in NUMERIC_COLUMNS},
         }
     )
-    quality = score_symbols(clean, jump_sigmas=jump_sigmas)
+    if not score and min_quality > 0:
+        raise ValueError("min_quality needs the quality scores (score=True)")
+    quality = score_symbols(clean, jump_sigmas=jump_sigmas) if score else {}
     low = sorted((q for q in quality.values() if q.score < min_quality), key=lambda q: q.score)
     if low:
         drop = clean["symbol"].isin([q.symbol for q in low]).to_numpy()

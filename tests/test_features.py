@@ -231,3 +231,23 @@ def test_every_symbol_gets_its_own_bits_however_many_are_computed_together() -> 
         a = together.loc[one.index, per_symbol].to_numpy()
         b = alone[per_symbol].to_numpy()
         assert np.array_equal(a.view(np.uint32), b.view(np.uint32)), sym
+
+
+def test_last_bar_frame_equals_the_last_rows_of_the_whole_matrix() -> None:
+    """The predictor's shortcut (only each symbol's last bar assembled) gives exactly the bits of those rows of
+    the whole feature matrix — symbols ending at different times (their cross-sectional ranks then rank among
+    the symbols present at that earlier time), few symbols and many, unsorted input."""
+    from tideline.features import _FEW_SEGMENTS, last_bar_frame
+
+    for n_sym in (4, _FEW_SEGMENTS + 5):
+        bars = make_bars(n_sym, 140, seed=21)
+        bars = bars[~((bars["symbol"] == "S01") & (bars.groupby("symbol").cumcount() >= 120))]  # ends early
+        bars = bars.sample(frac=1.0, random_state=1)  # unsorted
+        whole, spec = compute_features(bars, CFG)
+        X, meta = last_bar_frame(bars, CFG)
+        last = whole.sort_values(["symbol", "timestamp"]).groupby("symbol").tail(1)
+        assert meta["symbol"].tolist() == last["symbol"].tolist() == sorted(last["symbol"])
+        assert (meta["timestamp"].to_numpy() == last["timestamp"].to_numpy()).all()
+        a = X[spec.all_columns].to_numpy()
+        b = last[spec.all_columns].to_numpy()
+        assert np.array_equal(a.view(np.uint32), b.view(np.uint32)), n_sym

@@ -208,19 +208,21 @@ class _Segments:
     start: np.ndarray
     pos: np.ndarray
     code: np.ndarray
-    bounds: list[tuple[int, int]]
+    starts: np.ndarray
+    ends: np.ndarray
 
     @classmethod
     def of(cls, starts: np.ndarray, ends: np.ndarray) -> _Segments:
         lengths = ends - starts
         start = np.repeat(starts, lengths)
         return cls(start, np.arange(int(lengths.sum())) - start, np.repeat(np.arange(len(starts)), lengths),
-                   list(zip(starts.tolist(), ends.tolist(), strict=True)))
+                   starts.astype(np.int64), ends.astype(np.int64))
+
 
     @property
-    def few(self) -> bool:
-        """Few long symbols: one pandas call per symbol costs less than the one-pass bookkeeping."""
-        return len(self.bounds) <= _FEW_SEGMENTS
+    def one(self) -> bool:
+        """A single symbol."""
+        return len(self.starts) == 1
 
 
 class _SegmentWindow(BaseIndexer):
@@ -239,26 +241,33 @@ class _SegmentWindow(BaseIndexer):
 
 _FEW_SEGMENTS = 32
 
+try:  # the kernel behind pandas' ewm().mean(); the public groupby-ewm below gives the same bits, slower
+    from pandas._libs.window.aggregations import ewm as _ewm_kernel
+    from pandas.core.window.ewm import get_center_of_mass as _center_of_mass
+except ImportError:  # pragma: no cover - a pandas that moved them
+    _ewm_kernel = None
+
 
 def _rolling(x: np.ndarray, w: int, how: str, seg: _Segments) -> np.ndarray:
     """pandas' rolling ``how`` (mean, std, max, min) over ``w`` bars of each symbol."""
-    if seg.few:
-        out = np.empty_like(x)
-        for s, e in seg.bounds:
-            out[s:e] = getattr(pd.Series(x[s:e], copy=False).rolling(w, min_periods=w), how)().to_numpy()
-        return out
+    if seg.one:
+        return getattr(pd.Series(x, copy=False).rolling(w, min_periods=w), how)().to_numpy()
     return getattr(pd.Series(x, copy=False).rolling(_SegmentWindow(seg.start, w), min_periods=w), how)().to_numpy()
 
 
 def _ewm(x: np.ndarray, min_periods: int, seg: _Segments, **kw: float) -> np.ndarray:
     """pandas' ``ewm(adjust=False).mean()`` of each symbol, from its first bar."""
-    if seg.few:
-        out = np.empty_like(x)
-        for s, e in seg.bounds:
-            out[s:e] = pd.Series(x[s:e], copy=False).ewm(adjust=False, min_periods=min_periods, **kw).mean().to_numpy()
-        return out
+    if _ewm_kernel is not None:  # pandas' own kernel over every symbol's bounds at once (what groupby-ewm runs)
+        com = _center_of_mass(None, kw.get("span"), None, kw.get("alpha"))
+        vals = np.where(np.isinf(x), np.nan, np.asarray(x, dtype=np.float64))
+        return _ewm_kernel(vals, seg.starts, seg.ends, max(int(min_periods), 1), com, False, False, None, True)
     return pd.Series(x, copy=False).groupby(seg.code, sort=False).ewm(
         adjust=False, min_periods=min_periods, **kw).mean().to_numpy()
+
+
+def _lag_at(x: np.ndarray, k: int, seg: _Segments, rows: np.ndarray) -> np.ndarray:
+    """``_slag(x, k, seg)[rows]`` without shifting the whole array."""
+    return np.where(seg.pos[rows] >= k, x[np.maximum(rows - k, 0)], np.nan)
 
 
 def _slag(x: np.ndarray, k: int, seg: _Segments) -> np.ndarray:
@@ -425,8 +434,13 @@ def compute_features(bars: pd.DataFrame, cfg: FeatureConfig) -> tuple[pd.DataFra
     return frame, spec
 
 
-def _feature_matrix(bars: pd.DataFrame, cfg: FeatureConfig) -> tuple[np.ndarray, FeatureSpec]:
-    """Float32 ``(n_features, n_rows)`` matrix in ``bars`` row order, and its spec."""
+def _feature_matrix(bars: pd.DataFrame, cfg: FeatureConfig, *, last_only: bool = False
+                    ) -> tuple[np.ndarray, FeatureSpec]:
+    """Float32 ``(n_features, n_rows)`` matrix in ``bars`` row order, and its spec.
+
+    ``last_only``: only each symbol's last bar, in symbol order (``n_features x n_symbols``; what the predictor
+    needs): the same bits as those columns of the whole matrix, without assembling the rest.
+    """
     _check_cfg(cfg)
     arrays, starts, ends, order = _prepare(bars)
     n = len(arrays["ts"])
@@ -447,21 +461,40 @@ def _feature_matrix(bars: pd.DataFrame, cfg: FeatureConfig) -> tuple[np.ndarray,
     columns = [*tabular, *sequence]
     col_idx = {c: i for i, c in enumerate(columns)}
 
-    buf = np.empty((len(columns), n), dtype=np.float32)  # one row per feature -> column-contiguous frame
-    seg = _Segments.of(starts, ends)
-    feats = _symbol_features(arrays, cfg, seg)
-    for name, values in feats.items():
-        if not name.startswith("_ch_"):
-            buf[col_idx[name]] = values
-    for ch in channels:
-        x = feats[f"_ch_{ch}"]
-        for k in range(seq_len):
-            buf[col_idx[f"seq_{ch}_l{k}"]] = _slag(x, k, seg)
+    out_rows = ends - 1 if last_only else np.arange(n)  # sorted positions of the columns of buf
+    buf = np.empty((len(columns), len(out_rows)), dtype=np.float32)  # one row per feature: column-contiguous
+    cs_rows = np.flatnonzero(np.isin(arrays["ts"], arrays["ts"][out_rows])) if last_only and use_cs else None
+    cs_vals = {src: np.empty(len(cs_rows)) for src in cs_sources} if cs_rows is not None else {}
+    # few long symbols: one at a time (a small working set); many: all in one pass (a few calls in all)
+    parts = [(0, n, _Segments.of(starts, ends))] if n_symbols > _FEW_SEGMENTS else [
+        (s, e, _Segments.of(np.array([0]), np.array([e - s]))) for s, e in zip(starts.tolist(), ends.tolist(),
+                                                                          strict=True)]
+    for s, e, seg in parts:
+        feats = _symbol_features({k: arrays[k][s:e] for k in _PRICE_COLUMNS}, cfg, seg)
+        lo_, hi_ = np.searchsorted(out_rows, [s, e])
+        local = out_rows[lo_:hi_] - s  # the part's rows that are output
+        for name, values in feats.items():
+            if not name.startswith("_ch_"):
+                buf[col_idx[name], lo_:hi_] = values[local]
+        for ch in channels:
+            x = feats[f"_ch_{ch}"]
+            for k in range(seq_len):
+                buf[col_idx[f"seq_{ch}_l{k}"], lo_:hi_] = (_slag(x, k, seg)[local] if not last_only else
+                                                            _lag_at(x, k, seg, local))
+        if cs_rows is not None:  # other symbols' values at the output bars' times, rounded as buf rounds them
+            c_lo, c_hi = np.searchsorted(cs_rows, [s, e])
+            for src in cs_sources:
+                cs_vals[src][c_lo:c_hi] = feats[src][cs_rows[c_lo:c_hi] - s].astype(np.float32)
     if cal:
-        for name, values in _calendar(arrays["ts"]).items():
+        for name, values in _calendar(arrays["ts"][out_rows]).items():
             buf[col_idx[name]] = values
     np.putmask(buf, ~np.isfinite(buf), np.float32(np.nan))
-    if use_cs:
+    if cs_rows is not None:
+        pick = np.searchsorted(cs_rows, out_rows)
+        for src in cs_sources:
+            vals = np.where(np.isfinite(cs_vals[src]), cs_vals[src], np.nan)
+            buf[col_idx[f"cs_rank_{src}"]] = _cs_rank_sorted(arrays["ts"][cs_rows], vals)[pick]
+    elif use_cs:
         uniq_ts, gid = np.unique(arrays["ts"], return_inverse=True)
         dense = len(uniq_ts) * n_symbols <= 4 * n + 1_000_000
         for src in cs_sources:
@@ -472,7 +505,7 @@ def _feature_matrix(bars: pd.DataFrame, cfg: FeatureConfig) -> tuple[np.ndarray,
                 ranks = _cs_rank_sorted(arrays["ts"], vals)
             buf[col_idx[f"cs_rank_{src}"]] = ranks
 
-    if order is not None:  # back to the caller's row order
+    if order is not None and not last_only:  # back to the caller's row order
         inv = np.empty_like(order)
         inv[order] = np.arange(n)
         buf = buf[:, inv]
@@ -634,6 +667,18 @@ def build_inference_frame(
     rows = _sorted_rows(bars, _complete_rows(buf))
     X, meta = _take(bars, buf, spec, rows)
     return X, meta, spec
+
+
+def last_bar_frame(bars: pd.DataFrame, cfg: FeatureConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(X, meta): the features of each symbol's last bar, symbols in sorted order, warmed up or not (a row may
+    hold NaN) — the same values as those rows of ``compute_features``, without computing the others' output
+    (what the predictor serves from a request of bars)."""
+    buf, spec = _feature_matrix(bars, cfg, last_only=True)
+    arrays, starts, ends, order = _prepare(bars, ())
+    rows = ends - 1 if order is None else order[ends - 1]  # the bars' own positions
+    return pd.DataFrame(buf.T, columns=spec.all_columns, copy=False), pd.DataFrame({
+        "timestamp": bars["timestamp"].to_numpy().astype("datetime64[ns]")[rows],
+        "symbol": bars["symbol"].to_numpy()[rows]})
 
 
 def warmup_bars(cfg: FeatureConfig) -> int:

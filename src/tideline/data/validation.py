@@ -200,9 +200,18 @@ def _is_blank(s: pd.Series) -> np.ndarray:
     """NA, or a string of only whitespace."""
     na = s.isna().to_numpy()
     if s.dtype == object or pd.api.types.is_string_dtype(s.dtype):
-        stripped = s.astype("string").str.strip()
-        na = na | (stripped == "").fillna(True).to_numpy(dtype=bool)
+        codes, uniq = pd.factorize(s)  # each distinct value stripped once (a column repeats few symbols)
+        blank = (pd.Series(uniq, dtype=object).astype("string").str.strip() == "").fillna(True).to_numpy(dtype=bool)
+        na = na | ((codes >= 0) & blank[np.maximum(codes, 0)])
     return na
+
+
+def _stripped_text(s: pd.Series) -> pd.Series:
+    """Each value as text without surrounding whitespace ("" for NA), each distinct value converted once."""
+    codes, uniq = pd.factorize(s)
+    text = pd.Series(uniq, dtype=object).astype("string").str.strip().fillna("").astype(str).to_numpy(dtype=object)
+    return pd.Series(np.where(codes >= 0, text[np.maximum(codes, 0)] if len(text) else "", ""), index=s.index,
+                     dtype=object)
 
 
 _NAT = np.iinfo(np.int64).min
@@ -419,7 +428,7 @@ def validate_bars(
     sym_src = df[colmap["symbol"]]
     sym_blank = _is_blank(sym_src)
     missing_by_col["symbol"] = sym_blank
-    symbols = sym_src.astype("string").str.strip().fillna("").astype(str)
+    symbols = _stripped_text(sym_src)
 
     # numeric columns
     values: dict[str, np.ndarray] = {}

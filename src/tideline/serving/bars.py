@@ -23,7 +23,7 @@ import pandas as pd
 from tideline.config import FeatureConfig
 from tideline.data import BAR_COLUMNS, validate_bars
 from tideline.errors import DataError
-from tideline.features import build_inference_frame, feature_config_hash, feature_warmup
+from tideline.features import feature_config_hash, feature_warmup, last_bar_frame
 from tideline.serving.validation import (
     _NUMBER_TYPES,
     META_FIELDS,
@@ -82,33 +82,35 @@ def parse_bars(instances: list[Any]) -> pd.DataFrame:
         raise RequestError(422, f"the bars are refused: {e}") from None
 
 
-_GET_ALL: Final = itemgetter("symbol", "timestamp", *BAR_FIELDS)
+_GETTERS: Final = {k: itemgetter(k) for k in ("symbol", "timestamp", *BAR_FIELDS)}
 
 
 def _fast_frame(instances: list[Any]) -> pd.DataFrame | None:
     """Column-wise: every instance a dict of exactly the seven bar keys, numbers where numbers belong; each
     distinct symbol and timestamp checked once. None when anything is unusual (the slow path names it)."""
+    n = len(instances)
+    if n == 0 or set(map(type, instances)) != {dict} or set(map(len, instances)) != {7}:
+        return None
     try:
-        if not all(type(i) is dict and len(i) == 7 for i in instances):
-            return None
-        rows = list(map(_GET_ALL, instances))
-    except (KeyError, TypeError):
+        cols = {k: list(map(get, instances)) for k, get in _GETTERS.items()}
+    except KeyError:
         return None
-    symbols, stamps, *nums = zip(*rows, strict=True)
-    for col in nums:
-        if not _NUMBER_TYPES.issuperset(map(type, col)):
-            return None
+    if not all(_NUMBER_TYPES.issuperset(map(type, cols[k])) for k in BAR_FIELDS):
+        return None
+    symbols, stamps = set(cols["symbol"]), set(cols["timestamp"])
+    if set(map(type, symbols)) != {str} or set(map(type, stamps)) != {str}:
+        return None
     try:
-        sym_ok = {s: _symbol(s, "symbol") for s in set(symbols)}
-        time_of = {t: parse_time(t, "timestamp") for t in set(stamps)}
-    except (RequestError, TypeError):
+        for sym in symbols:
+            _symbol(sym, "symbol")
+        uniq = list(stamps)
+        times = np.array([parse_time(t, "timestamp") for t in uniq], dtype="datetime64[us]")
+    except RequestError:
         return None
-    if None in sym_ok.values() or None in time_of.values():
-        return None
-    frame = pd.DataFrame({"timestamp": pd.to_datetime([time_of[t] for t in stamps]), "symbol": list(symbols),
-                          **{k: np.asarray(col, dtype=np.float64) for k, col in zip(BAR_FIELDS, nums, strict=True)}},
-                         columns=list(BAR_COLUMNS))
-    return frame
+    index_of = {t: i for i, t in enumerate(uniq)}
+    at = np.fromiter(map(index_of.__getitem__, cols["timestamp"]), dtype=np.int64, count=n)
+    return pd.DataFrame({"timestamp": times[at].astype("datetime64[ns]"), "symbol": cols["symbol"],
+                         **{k: np.array(cols[k], dtype=np.float64) for k in BAR_FIELDS}}, columns=list(BAR_COLUMNS))
 
 
 def _slow_frame(instances: list[Any]) -> pd.DataFrame:
@@ -152,21 +154,18 @@ def last_bar_features(bars: pd.DataFrame, source: FeatureSource,
         raise RequestError(422, f"symbol {sym!r} has {n} bar(s); {source.version} needs at least "
                            f"{source.min_bars} per symbol (its feature warm-up){more}")
     try:
-        X, meta, _ = build_inference_frame(bars, source.config)
+        X, meta = last_bar_frame(bars, source.config)
     except DataError as e:
         raise RequestError(422, f"features cannot be computed from these bars: {e}") from None
     missing = [c for c in columns if c not in X.columns]
     if missing:
         raise RequestError(422, f"{source.version} needs {len(missing)} feature(s) these bars cannot give, e.g. "
                            f"{missing[0]!r} (cross-sectional ranks need bars of 3 or more symbols)")
-    last_bar = bars.groupby("symbol", sort=True, observed=True)["timestamp"].max()
-    meta = meta.reset_index(drop=True)
-    latest = meta.groupby("symbol", sort=True, observed=True)["timestamp"].idxmax()
-    for sym, t in last_bar.items():
-        row = latest.get(sym)
-        if row is None or meta.at[row, "timestamp"] != t:
-            raise RequestError(422, f"the features of {sym!r}'s last bar ({pd.Timestamp(t).isoformat()}) cannot be "
-                               "computed (prices that never move leave returns and volatility undefined)")
-    rows = latest.reindex(last_bar.index).to_numpy()
-    out = X.iloc[rows][columns].to_numpy(dtype=np.float64)
-    return out, [str(s) for s in last_bar.index], meta["timestamp"].to_numpy()[rows].astype("datetime64[us]")
+    out = X[columns].to_numpy(dtype=np.float64)
+    bad = ~np.isfinite(out).all(axis=1)
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise RequestError(422, f"the features of {meta['symbol'].iloc[i]!r}'s last bar "
+                           f"({pd.Timestamp(meta['timestamp'].iloc[i]).isoformat()}) cannot be computed (prices "
+                           "that never move leave returns and volatility undefined)")
+    return out, [str(s) for s in meta["symbol"]], meta["timestamp"].to_numpy().astype("datetime64[us]")

@@ -168,7 +168,7 @@ def test_the_cycle_stores_the_rule_it_evaluated_with(zscore_cycle) -> None:
     assert (sc.label, sc.rule, sc.slippage_vol) == ("vol_scaled", rule, 0.05)
 
 
-def test_the_predictor_answers_the_stored_rule_positions(zscore_cycle, tmp_path: Path) -> None:
+def test_the_predictor_answers_the_stored_rule_positions(zscore_cycle) -> None:
     from tideline.serving.predictor import TidelinePredictor
 
     s, reg, res = zscore_cycle

@@ -434,15 +434,17 @@ def compute_features(bars: pd.DataFrame, cfg: FeatureConfig) -> tuple[pd.DataFra
     return frame, spec
 
 
-def _feature_matrix(bars: pd.DataFrame, cfg: FeatureConfig, *, last_only: bool = False
+def _feature_matrix(bars: pd.DataFrame, cfg: FeatureConfig, *, last_only: bool = False,
+                    prepared: tuple[dict[str, np.ndarray], np.ndarray, np.ndarray, np.ndarray | None] | None = None,
                     ) -> tuple[np.ndarray, FeatureSpec]:
     """Float32 ``(n_features, n_rows)`` matrix in ``bars`` row order, and its spec.
 
     ``last_only``: only each symbol's last bar, in symbol order (``n_features x n_symbols``; what the predictor
-    needs): the same bits as those columns of the whole matrix, without assembling the rest.
+    needs): the same bits as those columns of the whole matrix, without assembling the rest. ``prepared``:
+    ``_prepare(bars)`` when the caller has it already.
     """
     _check_cfg(cfg)
-    arrays, starts, ends, order = _prepare(bars)
+    arrays, starts, ends, order = prepared if prepared is not None else _prepare(bars)
     n = len(arrays["ts"])
     n_symbols = len(starts)
     tabular = _tabular_names(cfg)
@@ -673,8 +675,9 @@ def last_bar_frame(bars: pd.DataFrame, cfg: FeatureConfig) -> tuple[pd.DataFrame
     """(X, meta): the features of each symbol's last bar, symbols in sorted order, warmed up or not (a row may
     hold NaN) — the same values as those rows of ``compute_features``, without computing the others' output
     (what the predictor serves from a request of bars)."""
-    buf, spec = _feature_matrix(bars, cfg, last_only=True)
-    arrays, starts, ends, order = _prepare(bars, ())
+    prepared = _prepare(bars)
+    buf, spec = _feature_matrix(bars, cfg, last_only=True, prepared=prepared)
+    _, _, ends, order = prepared
     rows = ends - 1 if order is None else order[ends - 1]  # the bars' own positions
     return pd.DataFrame(buf.T, columns=spec.all_columns, copy=False), pd.DataFrame({
         "timestamp": bars["timestamp"].to_numpy().astype("datetime64[ns]")[rows],

@@ -83,7 +83,7 @@ def test_served_features_are_bit_identical_to_training_features() -> None:
     src = FeatureSource.of("v1", cfg.model_dump(), feature_config_hash(cfg), cols)
     cut = bars["timestamp"].unique()[250]
     upto = bars[bars["timestamp"] <= cut]
-    X, syms, times = last_bar_features(parse_bars(instances(upto)), src)
+    X, syms, times, _ = last_bar_features(parse_bars(instances(upto)), src)
     rows = ds.meta.reset_index(drop=True)
     for i, (sym, t) in enumerate(zip(syms, times, strict=True)):
         k = rows.index[(rows["symbol"] == sym) & (rows["timestamp"] == t)][0]

@@ -268,6 +268,9 @@ class LoopConfig(BaseModel):
         "local", description="who runs a rollout: 'local' (a `tideline rollout resume` process) or 'kubernetes' "
                              "(a ModelRollout created in `namespace`, run by the operator)")
     namespace: str = Field("tideline", description="the namespace of the ModelRollouts (rollouts = 'kubernetes')")
+    skew_sample: int = Field(200, ge=0, description="each tick, the latest this many logged predictions of each "
+                                                    "version have their features recomputed from the stored bars "
+                                                    "and compared (training/serving skew; 0 = off)")
     schedule: LoopScheduleConfig = LoopScheduleConfig()
     rollout: LoopRolloutConfig = LoopRolloutConfig()
 

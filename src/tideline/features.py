@@ -114,6 +114,19 @@ def feature_config_hash(cfg: FeatureConfig) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
 
+def stored_feature_config(version: str, stored: dict[str, Any] | None, stored_hash: str) -> FeatureConfig:
+    """The feature config a version was trained with, as stored with it; ``DataError`` naming the version when
+    it does not load or does not match its stored hash (the features would not be the ones it learned from)."""
+    try:
+        cfg = FeatureConfig.model_validate(stored or {})
+    except ValueError as e:
+        raise DataError(f"{version}'s stored feature config does not load: {' '.join(str(e).split())[:200]}") \
+            from None
+    if stored_hash and feature_config_hash(cfg) != stored_hash:
+        raise DataError(f"{version}'s stored feature config does not match its hash {stored_hash}")
+    return cfg
+
+
 def _check_cfg(cfg: FeatureConfig) -> None:
     for name in ("return_windows", "sma_windows"):
         if not getattr(cfg, name) or min(getattr(cfg, name)) < 1:

@@ -30,6 +30,9 @@ def feedback(
                                     "evaluated with).")] = None,
     write: Annotated[bool, typer.Option(
         "--write/--no-write", help="Store live-metrics.json as an attachment of each version.")] = True,
+    skew_sample: Annotated[int, typer.Option(
+        "--skew-sample", min=0, help="Recompute the features of each version's latest N logged predictions from "
+                                     "--data and compare them with what it was served (0 = off).")] = 200,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
     """Realized outcomes of logged predictions: accuracy, error, Sharpe and change points per version."""
@@ -44,7 +47,7 @@ def feedback(
     reg = open_registry(s, must_exist=True)
     if not as_json:
         err.print(f"[dim]registry {s.registry_uri()}[/dim]")
-    report = run_feedback(reg, clean, cost_bps=cost_bps, since=since_ts, write=write)
+    report = run_feedback(reg, clean, cost_bps=cost_bps, since=since_ts, write=write, skew_sample=skew_sample)
     if as_json:
         print_json(report.to_dict())
         return
@@ -84,6 +87,12 @@ def _render(report: FeedbackReport, registry_uri: str, write: bool) -> None:
                   f"bar_time={ex['bar_time']}", highlight=False)
     for v, why in sorted(report.skipped.items()):
         out.print(f"skipped {v}: {why}", highlight=False)
+    for k in report.skew.values():
+        out.print(f"training/serving skew: {k.summary()}", style="bold red" if k.mismatched else None,
+                  highlight=False)
+        for ex in k.examples:
+            out.print(f"  {ex['source']} request {ex['request_id']} {ex['symbol']} {ex['bar_time']}: logged "
+                      f"{ex['logged']}, recomputed {ex['recomputed']}", highlight=False)
     for note in report.notes:
         out.print(note, highlight=False)
     if report.attachments:

@@ -350,7 +350,8 @@ class Loop:
         since = self._deployed_at(production)
         try:
             # the whole record since the deployment: change points (and so the training window) ...
-            whole = run_feedback(self.registry, bars, since=since, now=now, write=False)
+            whole = run_feedback(self.registry, bars, since=since, now=now, write=False,
+                                 skew_sample=self.s.loop.skew_sample)
             # ... and the latest monitor_bars (what the decay rule judges: live-metrics.json)
             fb = run_feedback(self.registry, _recent(bars, self.s.loop.monitor_bars), since=since, now=now)
         except TidelineError as e:
@@ -363,8 +364,13 @@ class Loop:
                    f"{production}: no realized outcomes yet")
         if cps:
             summary += f"; {len(cps)} change point(s) in its live errors, the latest at {cps[-1].get('timestamp')}"
+        skew = {v: k.to_dict() for v, k in whole.skew.items()}
+        differ = {v: k for v, k in whole.skew.items() if k.mismatched}
+        if differ:
+            summary += "; training/serving skew: " + "; ".join(k.summary() for k in differ.values())
         rec.step("monitor", "ok", summary, predictions=whole.n_predictions, change_points=cps,
-                 live={"n": m.n, "directional_accuracy": m.directional_accuracy, "sharpe": m.sharpe} if m else None)
+                 live={"n": m.n, "directional_accuracy": m.directional_accuracy, "sharpe": m.sharpe} if m else None,
+                 skew=skew, skew_mismatched=sum(k.mismatched for k in whole.skew.values()))
         self._maybe_drift(rec, bars, production, now)
         return {"change_points": cps}
 

@@ -55,6 +55,7 @@ from tideline.features import compute_labels
 from tideline.monitoring.outcomes import LiveOutcomes, WatchOutcomes
 from tideline.monitoring.predictions import naive_utc, normalize_predictions, read_predictions, utc_bound
 from tideline.positions import PositionRule, positions, stored_rule
+from tideline.monitoring.skew import VersionSkew, check_skew
 
 if TYPE_CHECKING:
     from tideline.monitoring.drift import ChangePoint
@@ -305,6 +306,7 @@ class FeedbackReport:
     attachments: dict[str, str] = field(default_factory=dict)  # version -> attachment written
     skipped: dict[str, str] = field(default_factory=dict)  # version -> why it was not measured
     notes: list[str] = field(default_factory=list)
+    skew: dict[str, VersionSkew] = field(default_factory=dict)  # version -> its training/serving skew check
 
     @property
     def n_realized(self) -> int:
@@ -341,6 +343,7 @@ class FeedbackReport:
             "attachments": dict(self.attachments),
             "skipped": dict(self.skipped),
             "notes": list(self.notes),
+            "skew": {v: k.to_dict() for v, k in self.skew.items()},
         }
 
     def summary(self) -> str:
@@ -357,6 +360,7 @@ class FeedbackReport:
                              f"{cps[0].timestamp or cps[0].index}")
         for v, why in self.skipped.items():
             lines.append(f"{v}: skipped ({why})")
+        lines += [f"skew {k.summary()}" for k in self.skew.values()]
         if self.attachments:
             lines.append("stored " + ", ".join(f"{v}/{a}" for v, a in sorted(self.attachments.items())))
         return "\n".join(lines)
@@ -429,7 +433,7 @@ def _change_points(rows: pd.DataFrame, monitor_kwargs: Mapping[str, Any]) -> tup
 def run_feedback(registry: Registry, bars: pd.DataFrame, *, cost_bps: float | None = None, since: Any = None,
                  until: Any = None, write: bool = True, now: datetime | None = None,
                  periods_per_year: float | None = None,
-                 monitor_kwargs: Mapping[str, Any] | None = None) -> FeedbackReport:
+                 monitor_kwargs: Mapping[str, Any] | None = None, skew_sample: int = 0) -> FeedbackReport:
     """Join the prediction log with ``bars``, measure every served (version, role), store the results.
 
     Per version: the horizon is its ``feature_config["horizon"]``; ``cost_bps`` None means the cost the
@@ -437,7 +441,10 @@ def run_feedback(registry: Registry, bars: pd.DataFrame, *, cost_bps: float | No
     is inferred from the bars. With ``write`` each version with realized outcomes gets the attachment
     ``live-metrics.json`` (the version's record over all roles at top level, ``roles`` per role, change
     points, ``updated_at``); a version without any keeps its previous record. Versions in the log that
-    are not in the registry are skipped (their horizon is unknown) and listed in ``skipped``.
+    are not in the registry are skipped (their horizon is unknown) and listed in ``skipped``. With ``skew_sample``
+    the latest that many predictions of each version have their features recomputed from ``bars``
+    (``tideline.monitoring.skew``; ``skew``, and in the stored record): ``bars`` must reach back over the requests'
+    windows (and, for features clients sent, start where the clients' history starts).
     """
     at = aware(now or utcnow())
     since_ts = utc_bound(since, "since")
@@ -458,6 +465,7 @@ def run_feedback(registry: Registry, bars: pd.DataFrame, *, cost_bps: float | No
         report.notes.append(f"{int(no_version.sum())} logged prediction(s) without a version were ignored")
         log_df = log_df.loc[~no_version]
     monitor_kwargs = dict(monitor_kwargs or {})
+    report.skew = check_skew(registry, log_df, bars, sample=skew_sample)
     for version, preds in log_df.groupby("version", sort=True):
         v = str(version)
         try:
@@ -498,6 +506,8 @@ def run_feedback(registry: Registry, bars: pd.DataFrame, *, cost_bps: float | No
                 continue
             record = live_record(whole, per_role, cps, horizon=sc.horizon, updated_at=at, since=report.since,
                                  monitored=fed)
+            if v in report.skew:
+                record["skew"] = report.skew[v].to_dict()
             registry.put_attachment(v, LIVE_METRICS_ATTACHMENT,
                                     json.dumps(record, indent=1, default=str).encode(), actor="feedback")
             report.attachments[v] = LIVE_METRICS_ATTACHMENT

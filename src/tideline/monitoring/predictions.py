@@ -30,8 +30,40 @@ log = logging.getLogger(__name__)
 PREFIX: Final = "predictions/"
 DEAD_PREFIX: Final = "predictions-dead/"
 COLUMNS: Final[tuple[str, ...]] = (
-    "request_id", "time", "symbol", "bar_time", "feature_hash", "prediction", "version", "role")
+    "request_id", "time", "symbol", "bar_time", "feature_hash", "prediction", "version", "role", "bars")
+OPTIONAL: Final = frozenset({"bars"})
+"""columns an older log may lack (read back as missing values)"""
 _KEY_RE: Final = re.compile(r"^predictions/(\d{4}-\d{2}-\d{2})/[^/]+\.parquet$")
+
+
+_SEED: Final = np.uint64(0xCBF29CE484222325)
+_MIX: Final = np.uint64(0x9E3779B97F4A7C15)
+_FIN1: Final = np.uint64(0xBF58476D1CE4E5B9)
+_FIN2: Final = np.uint64(0x94D049BB133111EB)
+
+
+def _hash64(X: np.ndarray) -> np.ndarray:
+    """A 64-bit hash of each row's float64 bit patterns, whole columns at a time (multiply-xorshift per
+    column, splitmix64's finalizer at the end): equal rows hash equal, and a change in any bit of any value
+    changes the hash."""
+    b = np.ascontiguousarray(X, dtype=np.float64).view(np.uint64)
+    h = np.full(b.shape[0], _SEED, dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        for j in range(b.shape[1]):
+            h ^= b[:, j]
+            h *= _MIX
+            h ^= h >> np.uint64(31)
+        h ^= h >> np.uint64(30)
+        h *= _FIN1
+        h ^= h >> np.uint64(27)
+        h *= _FIN2
+        h ^= h >> np.uint64(31)
+    return h
+
+
+def feature_hashes(X: np.ndarray) -> list[str]:
+    """Each row's ``_hash64`` as 16 hex digits: the log's ``feature_hash``."""
+    return [f"{v:016x}" for v in _hash64(X).tolist()]
 
 
 def utc_bound(value: Any, what: str) -> pd.Timestamp | None:
@@ -56,16 +88,19 @@ def empty_frame() -> pd.DataFrame:
         "request_id": pd.Series([], dtype=object), "time": pd.Series([], dtype="datetime64[ns, UTC]"),
         "symbol": pd.Series([], dtype=object), "bar_time": pd.Series([], dtype="datetime64[ns]"),
         "feature_hash": pd.Series([], dtype=object), "prediction": pd.Series([], dtype=np.float64),
-        "version": pd.Series([], dtype=object), "role": pd.Series([], dtype=object)})
+        "version": pd.Series([], dtype=object), "role": pd.Series([], dtype=object),
+        "bars": pd.Series([], dtype="Int64")})
 
 
 def normalize_predictions(df: pd.DataFrame) -> pd.DataFrame:
     """The log's columns with fixed types: ``time`` tz-aware UTC, ``bar_time`` tz-naive UTC (like bars),
-    ``prediction`` float64, text columns as str (missing values stay None). DataError on missing columns."""
-    missing = [c for c in COLUMNS if c not in df.columns]
+    ``prediction`` float64, ``bars`` nullable Int64, text columns as str (missing values stay None). DataError on
+    missing columns (an older log without ``bars`` reads as missing values)."""
+    missing = [c for c in COLUMNS if c not in df.columns and c not in OPTIONAL]
     if missing:
         raise DataError(f"prediction log lacks columns {missing}", hint=f"expected {list(COLUMNS)}")
-    out = df.loc[:, list(COLUMNS)].copy()
+    out = df.reindex(columns=list(COLUMNS))
+    out["bars"] = pd.to_numeric(out["bars"], errors="coerce").astype("Int64")
     out["time"] = pd.to_datetime(out["time"], utc=True, errors="coerce", format="mixed")
     out["bar_time"] = naive_utc(out["bar_time"])
     out["prediction"] = pd.to_numeric(out["prediction"], errors="coerce").astype(np.float64)
@@ -114,5 +149,5 @@ def read_predictions(registry: Any, since: Any = None, until: Any = None) -> pd.
     return df
 
 
-__all__ = ["COLUMNS", "DEAD_PREFIX", "PREFIX", "empty_frame", "naive_utc", "normalize_predictions",
+__all__ = ["COLUMNS", "DEAD_PREFIX", "OPTIONAL", "PREFIX", "empty_frame", "feature_hashes", "naive_utc", "normalize_predictions",
            "read_predictions", "utc_bound"]

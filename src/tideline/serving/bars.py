@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from operator import itemgetter
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -23,7 +23,7 @@ import pandas as pd
 from tideline.config import FeatureConfig
 from tideline.data import BAR_COLUMNS, validate_bars
 from tideline.errors import DataError
-from tideline.features import feature_config_hash, feature_warmup, last_bar_frame
+from tideline.features import feature_warmup, last_bar_frame, stored_feature_config
 from tideline.serving.validation import (
     _NUMBER_TYPES,
     META_FIELDS,
@@ -61,11 +61,9 @@ class FeatureSource:
         """The source of a version, or why bars cannot be served by it (a stored config that does not load or
         does not match its hash)."""
         try:
-            cfg = FeatureConfig.model_validate(stored_config or {})
-        except ValueError as e:
-            return f"{version}'s stored feature config does not load: {' '.join(str(e).split())[:200]}"
-        if stored_hash and feature_config_hash(cfg) != stored_hash:
-            return f"{version}'s stored feature config does not match its hash {stored_hash}"
+            cfg = stored_feature_config(version, stored_config, stored_hash)
+        except DataError as e:
+            return e.message
         return cls(version, cfg, tuple(columns), feature_warmup(cfg))
 
 
@@ -140,11 +138,20 @@ def _slow_frame(instances: list[Any]) -> pd.DataFrame:
     return frame
 
 
+class LastBars(NamedTuple):
+    """The features of each symbol's last bar, symbols sorted."""
+
+    X: np.ndarray  # float64 (symbols, columns)
+    symbols: list[str]
+    bar_times: np.ndarray  # datetime64[us]
+    bars: np.ndarray  # int64: the bars each symbol's features were computed from
+
+
 def last_bar_features(bars: pd.DataFrame, source: FeatureSource,
-                      columns: Sequence[str] | None = None) -> tuple[np.ndarray, list[str], np.ndarray]:
-    """(X, symbols, bar_times): the features of each symbol's last bar (``columns``, default the model's, in
-    order), symbols sorted. Raises ``RequestError`` (422) for a symbol with too few bars or a last bar whose
-    features cannot be computed."""
+                      columns: Sequence[str] | None = None) -> LastBars:
+    """The features of each symbol's last bar (``columns``, default the model's, in order), symbols sorted.
+    Raises ``RequestError`` (422) for a symbol with too few bars or a last bar whose features cannot be
+    computed."""
     columns = list(source.columns if columns is None else columns)
     counts = bars.groupby("symbol", sort=True, observed=True).size()
     short = counts[counts < source.min_bars]
@@ -168,4 +175,5 @@ def last_bar_features(bars: pd.DataFrame, source: FeatureSource,
         raise RequestError(422, f"the features of {meta['symbol'].iloc[i]!r}'s last bar "
                            f"({pd.Timestamp(meta['timestamp'].iloc[i]).isoformat()}) cannot be computed (prices "
                            "that never move leave returns and volatility undefined)")
-    return out, [str(s) for s in meta["symbol"]], meta["timestamp"].to_numpy().astype("datetime64[us]")
+    return LastBars(out, [str(s) for s in meta["symbol"]], meta["timestamp"].to_numpy().astype("datetime64[us]"),
+                    counts.to_numpy(dtype=np.int64))

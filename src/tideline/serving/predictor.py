@@ -403,9 +403,9 @@ class TidelinePredictor(KServeModel):
             )
         m.observe_predictions(preds, active.version, active.role)
         if self.predlog is not None:
-            self.predlog.record(request_id=payload.request_id, X=batch.X, symbols=batch.symbols,
+            self.predlog.record(request_id=payload.request_id, X=X, symbols=batch.symbols,
                                 bar_times=batch.bar_times, predictions=preds, version=active.version,
-                                role=active.role, at=payload.started)
+                                role=active.role, at=payload.started, bars=batch.bars)
         if serving.shadow is not None:
             self._start_shadow(serving.shadow, payload)
         vol = X[:, active.columns.index(active.rule.vol_column)] if active.rule.needs_volatility else None
@@ -447,7 +447,7 @@ class TidelinePredictor(KServeModel):
         try:
             fut = asyncio.get_running_loop().run_in_executor(
                 self._shadow_pool, _shadow_predict, shadow, batch, payload.serving.index)
-            preds = await asyncio.wait_for(fut, self.shadow_timeout)
+            preds, X = await asyncio.wait_for(fut, self.shadow_timeout)
         except TimeoutError:
             m.SHADOW_REQUESTS.labels(version=shadow.version, outcome="timeout").inc()
             log.warning("shadow %s took longer than %.1fs; dropped", shadow.version, self.shadow_timeout)
@@ -461,9 +461,9 @@ class TidelinePredictor(KServeModel):
         m.child(m.SHADOW_REQUESTS, shadow.version, "ok").inc()
         m.observe_predictions(preds, shadow.version, "shadow")
         if self.predlog is not None:
-            self.predlog.record(request_id=payload.request_id, X=batch.X, symbols=batch.symbols,
+            self.predlog.record(request_id=payload.request_id, X=X, symbols=batch.symbols,
                                 bar_times=batch.bar_times, predictions=preds, version=shadow.version,
-                                role="shadow", at=payload.started)
+                                role="shadow", at=payload.started, bars=batch.bars)
 
     def stop(self) -> None:
         """Cancel the background tasks, drop queued shadow work and stop the kserve model."""
@@ -484,7 +484,7 @@ def bars_batch(payload: dict[str, Any], serving: Serving) -> Batch:
     if len(instances) > MAX_BARS:
         raise RequestError(422, f"{len(instances)} bars in one request; the limit is {MAX_BARS}")
     bars = parse_bars(instances)
-    schema, parts, symbols, times = serving.schema, [], None, None
+    schema, parts, symbols, times, counts = serving.schema, [], None, None, None
     for slot, cols in ((serving.active, schema.required), (serving.shadow, schema.optional)):
         if slot is None or not cols:
             continue
@@ -494,32 +494,36 @@ def bars_batch(payload: dict[str, Any], serving: Serving) -> Batch:
                 continue
             raise RequestError(422, f"this version cannot compute its features from bars ({slot.features}); "
                                "send the features instead")
-        X, symbols_s, times_s = last_bar_features(bars, slot.features, cols)
-        symbols, times = symbols or symbols_s, times if times is not None else times_s
-        parts.append(X)
+        last = last_bar_features(bars, slot.features, cols)
+        if symbols is None:
+            symbols, times, counts = last.symbols, last.bar_times, last.bars
+        parts.append(last.X)
     X = parts[0] if len(parts) == 1 else np.hstack(parts)
     if symbols is None:
         raise RequestError(422, "no features to compute")
     _check_values(X[:, :len(schema.required)], schema.columns, "symbol {row}")
-    return Batch(X=X, columns=schema.columns, symbols=list(symbols), bar_times=np.asarray(times))
+    return Batch(X=X, columns=schema.columns, symbols=list(symbols), bar_times=np.asarray(times), bars=counts)
 
 
-def _shadow_predict(shadow: Slot, batch: Batch, index: pd.Index) -> np.ndarray:
+def _shadow_predict(shadow: Slot, batch: Batch, index: pd.Index) -> tuple[np.ndarray, np.ndarray]:
+    """(predictions, the shadow's own features in its model's order)."""
     cols = shadow.columns
     if batch.columns[: len(cols)] == cols:  # same features as the active model (the usual case)
-        preds = shadow.model.predict_array(batch.X[:, : len(cols)])
+        X = batch.X[:, : len(cols)]
+        preds = shadow.model.predict_array(X)
     else:
-        X = pd.DataFrame(batch.X, columns=index, copy=False)
-        need = [c for c in cols if c in X.columns]
-        if len(need) != len(cols) or X[need].isna().to_numpy().any():
-            missing = [c for c in cols if c not in X.columns or X[c].isna().any()]
+        frame = pd.DataFrame(batch.X, columns=index, copy=False)
+        need = [c for c in cols if c in frame.columns]
+        if len(need) != len(cols) or frame[need].isna().to_numpy().any():
+            missing = [c for c in cols if c not in frame.columns or frame[c].isna().any()]
             raise TidelineError(
                 f"the request lacks {len(missing)} feature(s) the shadow needs: {missing[:5]}")
-        preds = shadow.model.predict(X)
+        X = frame[list(cols)].to_numpy(dtype=np.float64)
+        preds = shadow.model.predict(frame)
     preds = np.asarray(preds, dtype=np.float64).reshape(-1)
     if preds.shape[0] != batch.n or not np.isfinite(preds).all():
         raise TidelineError(f"shadow {shadow.version} produced non-finite or missing predictions")
-    return preds
+    return preds, X
 
 
 def _header_safe(text: str) -> str:

@@ -11,12 +11,14 @@ time            when the prediction was made (timestamp, tz-aware UTC)
 symbol          the instance's ``symbol`` (str, null when not given)
 bar_time        the instance's ``timestamp``: the bar the features describe (naive UTC, like the
                 ``timestamp`` of ``tideline.data`` bars; null when not given)
-feature_hash    a 64-bit hash of the row's feature values (float64 bits, request column order;
-                ``_hash64``), 16 hex digits: the same row sent to the active and the shadow
-                model has the same hash
+feature_hash    a 64-bit hash of the features the version saw (float64 bits, its own columns in its
+                model's order; ``monitoring.predictions.feature_hashes``), 16 hex digits: the
+                monitoring job recomputes them from stored bars (``monitoring.skew``)
 prediction      the predicted forward return (float64)
 version         model version id (``v3``)
 role            ``active``, ``canary`` or ``shadow``
+bars            for a request of bars: how many bars of the row's symbol the features were
+                computed from (int32); null when the client sent features
 ==============  ===============================================================================
 
 Writing never blocks or fails a request: ``record`` appends to an in-memory buffer (bounded; the oldest
@@ -45,7 +47,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from tideline.clock import utcnow
-from tideline.monitoring.predictions import DEAD_PREFIX, PREFIX
+from tideline.monitoring.predictions import DEAD_PREFIX, PREFIX, feature_hashes
 from tideline.serving import metrics as m
 
 log = logging.getLogger(__name__)
@@ -62,6 +64,7 @@ class _Chunk:
     predictions: np.ndarray
     version: str
     role: str
+    bars: np.ndarray | None = None  # bars per row's symbol (a request of bars); None: features were sent
 
     @property
     def n(self) -> int:
@@ -69,51 +72,28 @@ class _Chunk:
 
     def take(self, idx: Sequence[int]) -> _Chunk:
         return _Chunk(self.request_id, self.time, self.X[list(idx)], [self.symbols[i] for i in idx],
-                      self.bar_times[list(idx)], self.predictions[list(idx)], self.version, self.role)
+                      self.bar_times[list(idx)], self.predictions[list(idx)], self.version, self.role,
+                      None if self.bars is None else self.bars[list(idx)])
+
+    def bar_counts(self) -> np.ndarray:
+        """``bars`` with -1 for rows whose features the client sent."""
+        return np.full(self.n, -1, dtype=np.int64) if self.bars is None else self.bars.astype(np.int64)
 
     def dead_letters(self, reason: str) -> list[dict[str, Any]]:
         """The rows as JSON-safe records (every value as the client sent it, or its repr)."""
-        hashes = _feature_hashes(self.X)
+        hashes = feature_hashes(self.X)
         return [{"request_id": self.request_id, "time": self.time.isoformat(), "symbol": self.symbols[i],
                  "bar_time": None if np.isnat(self.bar_times[i])
                  else self.bar_times[i].astype("datetime64[us]").item().isoformat(),
                  "feature_hash": hashes[i], "prediction": float(self.predictions[i]), "version": self.version,
-                 "role": self.role, "reason": reason} for i in range(self.n)]
-
-
-_SEED: Final = np.uint64(0xCBF29CE484222325)
-_MIX: Final = np.uint64(0x9E3779B97F4A7C15)
-_FIN1: Final = np.uint64(0xBF58476D1CE4E5B9)
-_FIN2: Final = np.uint64(0x94D049BB133111EB)
-
-
-def _hash64(X: np.ndarray) -> np.ndarray:
-    """A 64-bit hash of each row's float64 bit patterns, whole columns at a time (multiply-xorshift per
-    column, splitmix64's finalizer at the end): equal rows hash equal, and a change in any bit of any value
-    changes the hash."""
-    b = np.ascontiguousarray(X, dtype=np.float64).view(np.uint64)
-    h = np.full(b.shape[0], _SEED, dtype=np.uint64)
-    with np.errstate(over="ignore"):
-        for j in range(b.shape[1]):
-            h ^= b[:, j]
-            h *= _MIX
-            h ^= h >> np.uint64(31)
-        h ^= h >> np.uint64(30)
-        h *= _FIN1
-        h ^= h >> np.uint64(27)
-        h *= _FIN2
-        h ^= h >> np.uint64(31)
-    return h
-
-
-def _feature_hashes(X: np.ndarray) -> list[str]:
-    return [f"{v:016x}" for v in _hash64(X).tolist()]
+                 "role": self.role, "bars": None if self.bars is None else int(self.bars[i]),
+                 "reason": reason} for i in range(self.n)]
 
 
 _SCHEMA: Final = pa.schema([
     ("request_id", pa.string()), ("time", pa.timestamp("ns", tz="UTC")), ("symbol", pa.string()),
     ("bar_time", pa.timestamp("ns")), ("feature_hash", pa.string()), ("prediction", pa.float64()),
-    ("version", pa.string()), ("role", pa.string()),
+    ("version", pa.string()), ("role", pa.string()), ("bars", pa.int32()),
 ])
 
 
@@ -128,16 +108,18 @@ def _table(chunks: Sequence[_Chunk]) -> pa.Table:
 
     times = np.repeat(np.array([np.datetime64(ch.time.astimezone(UTC).replace(tzinfo=None), "us")
                                 for ch in chunks]), counts)
+    nbars = np.concatenate([ch.bar_counts() for ch in chunks])
     return pa.Table.from_arrays([
         pa.array(repeated([ch.request_id for ch in chunks]), pa.string()),
         pa.array(times.astype("datetime64[ns]"), pa.timestamp("ns", tz="UTC")),
         pa.array([s for ch in chunks for s in ch.symbols], pa.string()),
         pa.array(np.concatenate([ch.bar_times for ch in chunks]), pa.timestamp("ns")),
-        pa.array(_feature_hashes(np.concatenate([ch.X for ch in chunks]) if len(chunks) > 1 else chunks[0].X),
+        pa.array(feature_hashes(np.concatenate([ch.X for ch in chunks]) if len(chunks) > 1 else chunks[0].X),
                  pa.string()),
         pa.array(np.concatenate([ch.predictions for ch in chunks]), pa.float64()),
         pa.array(repeated([ch.version for ch in chunks]), pa.string()),
         pa.array(repeated([ch.role for ch in chunks]), pa.string()),
+        pa.array(nbars, pa.int32(), mask=nbars < 0),
     ], schema=_SCHEMA)
 
 
@@ -184,14 +166,17 @@ class PredictionLog:
         version: str,
         role: str,
         at: datetime | None = None,
+        bars: np.ndarray | None = None,
     ) -> None:
-        """Queue rows for writing; O(1), never raises, never waits for the store. ``bar_times``: datetime64
-        (NaT = not given; as ``validation.Batch`` holds them) or naive UTC datetimes / None."""
+        """Queue rows for writing; O(1), never raises, never waits for the store. ``X``: the version's own
+        features, its model's columns in order (what ``feature_hash`` hashes). ``bar_times``: datetime64
+        (NaT = not given; as ``validation.Batch`` holds them) or naive UTC datetimes / None. ``bars``: per row, the
+        bars of its symbol a request of bars sent (None when the client sent features)."""
         try:
             if not (isinstance(bar_times, np.ndarray) and bar_times.dtype.kind == "M"):
                 bar_times = np.array(bar_times, dtype="datetime64[us]")
             ch = _Chunk(request_id, at or utcnow(), X, symbols, bar_times,
-                        np.asarray(predictions, dtype=np.float64), version, role)
+                        np.asarray(predictions, dtype=np.float64), version, role, bars)
             dropped = 0
             with self._lock:
                 self._pending.append(ch)

@@ -61,6 +61,8 @@ class Batch:
     columns: tuple[str, ...]
     symbols: list[str | None]
     bar_times: np.ndarray
+    bars: np.ndarray | None = None
+    """for a request of bars: the bars of each row's symbol its features were computed from"""
 
     @property
     def n(self) -> int:

@@ -1,0 +1,202 @@
+"""Training/serving skew: the features a served version saw, recomputed from the stored bars.
+
+The predictor logs a hash of the features each version saw (its model's columns, in order) and, for a request of
+bars, how many bars of each symbol it computed them from (``tideline.monitoring.predictions``). ``check_skew``
+takes the latest logged predictions of each version (a sample), recomputes their features from the stored bars
+with the version's own stored feature config and the training code (``tideline.features``), and compares:
+
+- **a request of bars**: the same window — each symbol's last ``bars`` stored bars up to its bar time, the
+  request's symbols together (cross-sectional ranks). A mismatch means the bars the client sent are not the
+  bars the platform stores (a restated or different feed), or the feature code changed since: the model
+  answered on inputs training would not have produced from the data it is judged on.
+- **features the client sent**: from the start of the stored bars, every stored symbol — as training computes
+  them. A mismatch means the client's features are not the training code's. The comparison is bit-level, so a
+  client whose history starts elsewhere differs too (exponential averages — RSI, MACD, EMA — remember it).
+
+A row whose bars are not all stored (its bar, or fewer stored bars than the request sent) is ``unavailable``,
+never a mismatch.
+
+    >>> VersionSkew("v1", checked=10, mismatched=1).summary()
+    'v1: 1 of 10 sampled predictions differ from the features recomputed from stored bars'
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Final
+
+import numpy as np
+import pandas as pd
+
+from tideline.errors import DataError, TidelineError
+from tideline.features import compute_features, last_bar_frame, stored_feature_config
+from tideline.monitoring.predictions import feature_hashes
+
+_EXAMPLES: Final = 5
+
+
+@dataclass
+class VersionSkew:
+    """One version's sampled predictions: checked, mismatched (by source) and unavailable, with examples."""
+
+    version: str
+    checked: int = 0
+    mismatched: int = 0
+    unavailable: int = 0
+    bars_checked: int = 0  # requests of bars
+    bars_mismatched: int = 0
+    features_checked: int = 0  # features the client sent
+    features_mismatched: int = 0
+    error: str | None = None  # why the version could not be checked at all
+    examples: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready counts and examples."""
+        return asdict(self)
+
+    def summary(self) -> str:
+        """One line."""
+        if self.error:
+            return f"{self.version}: not checked ({self.error})"
+        text = (f"{self.version}: {self.mismatched} of {self.checked} sampled predictions differ from the features "
+                "recomputed from stored bars")
+        if self.unavailable:
+            text += f" ({self.unavailable} more without their stored bars)"
+        return text
+
+
+class _StoredBars:
+    """The stored bars sorted by (symbol, timestamp), with each symbol's range: windows are slices."""
+
+    def __init__(self, bars: pd.DataFrame) -> None:
+        b = bars.sort_values(["symbol", "timestamp"], kind="stable").reset_index(drop=True)
+        b["timestamp"] = pd.to_datetime(b["timestamp"]).astype("datetime64[ns]")
+        self.bars = b
+        self.ts = b["timestamp"].to_numpy().astype(np.int64)
+        sym = b["symbol"].astype(str).to_numpy()
+        starts = np.flatnonzero(np.r_[True, sym[1:] != sym[:-1]]) if len(sym) else np.array([], dtype=np.int64)
+        ends = np.r_[starts[1:], len(sym)]
+        self.range = {str(sym[s]): (int(s), int(e)) for s, e in zip(starts, ends, strict=True)}
+
+    def window(self, symbol: str, at: pd.Timestamp, n: int) -> np.ndarray | None:
+        """Row positions of ``symbol``'s last ``n`` bars ending exactly at ``at``; None when not all are stored."""
+        if symbol not in self.range:
+            return None
+        lo, hi = self.range[symbol]
+        t = int(pd.Timestamp(at).value)
+        end = lo + int(np.searchsorted(self.ts[lo:hi], t, side="right"))
+        if end == lo or self.ts[end - 1] != t or end - lo < n:
+            return None
+        return np.arange(end - n, end)
+
+
+def check_skew(registry: Any, predictions: pd.DataFrame, bars: pd.DataFrame, *,
+               sample: int = 200) -> dict[str, VersionSkew]:
+    """Recompute the features of each version's latest ``sample`` logged predictions (whole requests, so a
+    request's symbols are recomputed together) from ``bars`` and compare them with the logged hashes.
+
+    ``predictions`` as ``read_predictions`` gives them; ``bars`` validated bars. A version not in the registry,
+    or whose stored feature config does not load, gets ``error`` set and nothing counted.
+    """
+    out: dict[str, VersionSkew] = {}
+    if sample <= 0 or predictions is None or len(predictions) == 0 or bars is None or len(bars) == 0:
+        return out
+    keyed = predictions.loc[predictions["version"].notna() & predictions["symbol"].notna()
+                            & predictions["bar_time"].notna() & predictions["feature_hash"].notna()]
+    stored = _StoredBars(bars)
+    for version, rows in keyed.groupby("version", sort=True):
+        v = str(version)
+        res = out[v] = VersionSkew(v)
+        try:
+            mv = registry.get(v)
+            cfg = stored_feature_config(v, mv.feature_config, mv.feature_config_hash)
+            columns = list(mv.features)
+            if not columns:
+                raise DataError(f"{v} lists no input columns")
+        except TidelineError as e:
+            res.error = e.message
+            continue
+        chosen = _latest_requests(rows, sample)
+        from_bars = chosen["bars"].notna()
+        for _, req in chosen.loc[from_bars].groupby("request_id", sort=False):
+            _check_bars_request(res, req, stored, cfg, columns)
+        if (~from_bars).any():
+            _check_client_features(res, chosen.loc[~from_bars], stored, cfg, columns)
+        res.checked = res.bars_checked + res.features_checked
+        res.mismatched = res.bars_mismatched + res.features_mismatched
+    return out
+
+
+def _latest_requests(rows: pd.DataFrame, sample: int) -> pd.DataFrame:
+    """The rows of the latest requests (one row per request, symbol and bar time) until ``sample`` rows."""
+    rows = rows.sort_values("time", kind="stable").drop_duplicates(["request_id", "symbol", "bar_time"])
+    sizes = rows.groupby("request_id", sort=False).size()
+    last_seen = rows.groupby("request_id", sort=False)["time"].max().sort_values(ascending=False, kind="stable")
+    keep, total = [], 0
+    for rid in last_seen.index:
+        if total >= sample:
+            break
+        keep.append(rid)
+        total += int(sizes[rid])
+    return rows.loc[rows["request_id"].isin(keep)]
+
+
+def _compare(res: VersionSkew, rows: pd.DataFrame, recomputed: np.ndarray, source: str) -> None:
+    got = feature_hashes(recomputed)
+    logged = rows["feature_hash"].astype(str).tolist()
+    bad = [i for i, (a, b) in enumerate(zip(logged, got, strict=True)) if a != b]
+    if source == "bars":
+        res.bars_checked += len(rows)
+        res.bars_mismatched += len(bad)
+    else:
+        res.features_checked += len(rows)
+        res.features_mismatched += len(bad)
+    for i in bad[: max(0, _EXAMPLES - len(res.examples))]:
+        r = rows.iloc[i]
+        res.examples.append({"source": source, "request_id": r["request_id"], "symbol": r["symbol"],
+                             "bar_time": pd.Timestamp(r["bar_time"]).isoformat(), "logged": logged[i],
+                             "recomputed": got[i]})
+
+
+def _check_bars_request(res: VersionSkew, req: pd.DataFrame, stored: _StoredBars, cfg: Any,
+                        columns: list[str]) -> None:
+    windows, ok = [], []
+    for sym, t, n in req[["symbol", "bar_time", "bars"]].itertuples(index=False, name=None):
+        w = stored.window(str(sym), t, int(n))
+        ok.append(w is not None)
+        if w is not None:
+            windows.append(w)
+    if not all(ok):  # the request's symbols belong together (cross-sectional ranks): all or nothing
+        res.unavailable += len(req)
+        return
+    frame = stored.bars.iloc[np.concatenate(windows)].reset_index(drop=True)
+    try:
+        X, meta = last_bar_frame(frame, cfg)
+        values = X[columns].to_numpy(dtype=np.float64)
+    except (DataError, KeyError):
+        res.unavailable += len(req)
+        return
+    at = {str(s): i for i, s in enumerate(meta["symbol"].astype(str))}
+    req = req.assign(_i=[at[str(s)] for s in req["symbol"]])
+    _compare(res, req, values[req["_i"].to_numpy()], "bars")
+
+
+def _check_client_features(res: VersionSkew, rows: pd.DataFrame, stored: _StoredBars, cfg: Any,
+                           columns: list[str]) -> None:
+    upto = stored.bars.loc[stored.bars["timestamp"] <= rows["bar_time"].max()]
+    try:
+        frame, _ = compute_features(upto, cfg)
+        values = frame[columns]
+    except (DataError, KeyError):
+        res.unavailable += len(rows)
+        return
+    key = pd.MultiIndex.from_arrays([frame["symbol"].astype(str), frame["timestamp"]])
+    pos = key.get_indexer(pd.MultiIndex.from_arrays([rows["symbol"].astype(str),
+                                                      pd.DatetimeIndex(rows["bar_time"]).astype("datetime64[ns]")]))
+    found = pos >= 0
+    res.unavailable += int((~found).sum())
+    if found.any():
+        _compare(res, rows.loc[found], values.to_numpy(dtype=np.float64)[pos[found]], "features")
+
+
+__all__ = ["VersionSkew", "check_skew"]

@@ -39,6 +39,8 @@ def test_config_is_checked() -> None:
         DemoConfig(families=("torch",)).validate()
     with pytest.raises(ConfigError, match="too few bars"):
         DemoConfig(bars=1300).validate()
+    with pytest.raises(ConfigError, match=r"request_bars must be between the features' warm-up \(61\)"):
+        DemoConfig(request_bars=60).validate()
 
 
 @pytest.mark.slow
@@ -65,6 +67,9 @@ def test_short_demo_tells_the_whole_story(tmp_path: Path) -> None:
     # nothing lost: every answer in the log, every request a 200
     t = rec["traffic"]
     assert t["rows_logged"] == t["rows_answered"] > 0 and set(t["statuses"]) == {"200"}
+    # the clients sent bars; the loop recomputed sampled predictions' features from its stored bars: no skew
+    skew = next(c for c in rec["checks"] if "training/serving skew" in c["name"])
+    assert skew["ok"] and skew["detail"].startswith("0 of ") and not skew["detail"].startswith("0 of 0 "), skew
     # honest learning figures: after the shift the retrained system beats the static model, and the bars
     # before the retrain were answered by v1 in both (identical accuracy in the first window)
     learn = rec["learning"]
@@ -107,3 +112,6 @@ def test_guard_reverts_a_promotion_that_decays_while_watched(tmp_path: Path) -> 
     assert any(e["kind"] == "info" and "cooling down" in e["text"] for e in rec["events"])
     t = rec["traffic"]
     assert t["rows_logged"] == t["rows_answered"] > 0 and set(t["statuses"]) == {"200"}
+    # the clients sent bars; the loop recomputed sampled predictions' features from its stored bars: no skew
+    skew = next(c for c in rec["checks"] if "training/serving skew" in c["name"])
+    assert skew["ok"] and skew["detail"].startswith("0 of ") and not skew["detail"].startswith("0 of 0 "), skew

@@ -93,6 +93,8 @@ class DemoConfig:
     watch_intervals: int = 4
     """analysis intervals the guard watches a promotion (previous in shadow) before it stands."""
     cost_bps: float = 1.0
+    request_bars: int = 128
+    """bars of each symbol one request sends (the predictor computes the features; at least their warm-up)."""
     max_p99_latency_ms: float = 1000.0
     """the rollouts' latency limit. The demo's candidates are judged on accuracy and errors; with a few
     canary requests per interval p99 is the slowest one, so a tight limit would roll back on a machine
@@ -120,6 +122,13 @@ class DemoConfig:
                   "interval_bars", "watch_intervals"):
             if getattr(self, k) < 1:
                 raise ConfigError(f"{k} must be >= 1")
+        from tideline.config import FeatureConfig
+        from tideline.features import feature_warmup
+
+        warmup = feature_warmup(FeatureConfig())
+        if not warmup <= self.request_bars <= self.history:
+            raise ConfigError(f"request_bars must be between the features' warm-up ({warmup}) and history "
+                              f"({self.history}); got {self.request_bars}")
 
     @classmethod
     def short(cls, seed: int = 7) -> DemoConfig:
@@ -214,31 +223,36 @@ class World:
         meta_times = pd.DatetimeIndex(self.ds.meta["timestamp"])
         labelled = set(meta_times)
         self.live_times = [t for t in self.times[cfg.history:] if t in labelled]
-        self._bodies = self._request_bodies(meta_times)
+        self._live_set = set(self.live_times)
+        self._fragments, self._symbol_rows = self._bar_fragments()
         (home / "lake").mkdir(parents=True, exist_ok=True)
         (home / "inbox").mkdir(parents=True, exist_ok=True)
         self.live_bars_path = home / "lake" / "live-bars.parquet"
         self.delivered: pd.Timestamp | None = None
 
-    def _request_bodies(self, meta_times: pd.DatetimeIndex) -> dict[pd.Timestamp, bytes]:
-        X = self.ds.X[self.columns].to_numpy(np.float64)
-        syms = self.ds.meta["symbol"].astype(str).to_numpy()
-        out: dict[pd.Timestamp, bytes] = {}
-        live = set(self.times[self.cfg.history:])
-        for t, idx in pd.Series(np.arange(len(meta_times)), index=meta_times).groupby(level=0):
-            if t not in live:
-                continue
-            rows = []
-            for i in idx.to_numpy():
-                row = dict(zip(self.columns, X[i].tolist(), strict=True))
-                row["symbol"], row["timestamp"] = syms[i], pd.Timestamp(t).isoformat()
-                rows.append(row)
-            out[pd.Timestamp(t)] = json.dumps({"instances": rows}).encode()
-        return out
+    def _bar_fragments(self) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """Every bar of the market as its JSON object (what a client sends), and each symbol's bar positions."""
+        m = self.market.sort_values(["symbol", "timestamp"], kind="stable").reset_index(drop=True)
+        stamps = m["timestamp"].dt.strftime("%Y-%m-%dT%H:%M:%S").to_numpy()
+        frags = np.array([json.dumps({"symbol": s, "timestamp": t, "open": o, "high": h, "low": lo, "close": c,
+                                      "volume": v})
+                          for s, t, o, h, lo, c, v in zip(m["symbol"].astype(str), stamps, *(
+                              m[k].to_numpy(np.float64).tolist() for k in ("open", "high", "low", "close", "volume")),
+                              strict=True)], dtype=object)
+        times = m["timestamp"].to_numpy()
+        rows = {str(s): np.flatnonzero(m["symbol"].to_numpy() == s) for s in m["symbol"].unique()}
+        return frags, {s: (idx, times[idx]) for s, idx in rows.items()}
 
     def body(self, t: pd.Timestamp) -> bytes:
-        """The JSON request body of bar time ``t`` (one instance per symbol); ``KeyError`` for a bar not sent live."""
-        return self._bodies[t]
+        """The JSON request body of bar time ``t``: each symbol's last ``request_bars`` bars up to ``t`` (the
+        predictor computes the features); ``KeyError`` for a bar not sent live."""
+        if t not in self._live_set:
+            raise KeyError(t)
+        n, parts = self.cfg.request_bars, []
+        for idx, times in self._symbol_rows.values():
+            end = int(np.searchsorted(times, np.datetime64(t), side="right"))
+            parts.extend(self._fragments[idx[max(0, end - n):end]])
+        return ('{"instances":[' + ",".join(parts) + "]}").encode()
 
     def bars_until(self, t: pd.Timestamp, start: pd.Timestamp | None = None) -> pd.DataFrame:
         """The market's bars up to ``t`` (and from ``start``, when given), both ends included."""
@@ -471,7 +485,12 @@ class Demo:
                 note = "" if st["drifted"] else " - the shift flips the signal, not the features: drift alone " \
                                                 "cannot see it"
                 self.tl.add("drift", summary + note, bar_time=at)
-            elif name == "monitor" and st.get("change_points") and not self.change_announced:
+            elif name == "monitor" and st.get("skew"):
+                self.skew_checked += sum(k["checked"] for k in st["skew"].values())
+                self.skew_mismatched += int(st.get("skew_mismatched") or 0)
+                if st.get("skew_mismatched"):
+                    self.tl.add("drift", summary, bar_time=at)
+            if name == "monitor" and st.get("change_points") and not self.change_announced:
                 self.change_announced = True
                 cps = st["change_points"]
                 found = ", ".join(sorted({f"{c['detector']} on {c['series'] or 'outcomes'}" for c in cps}))
@@ -593,6 +612,8 @@ class Demo:
         self.world = w = World(cfg, self.home)
         self.fired_once = False
         self.change_announced = False
+        self.skew_checked = 0  # predictions whose features the loop recomputed from its stored bars
+        self.skew_mismatched = 0
         self.traffic = None  # type: ignore[assignment]
         self.rollouts_driver = InlineRollouts(self)
         self.loop = Loop(w.settings, w.registry, rollouts=self.rollouts_driver, pipeline=self._pipeline,
@@ -779,6 +800,10 @@ class Demo:
              "detail": f"{sum(tr.statuses.values())} requests, statuses {dict(sorted(tr.statuses.items()))}"},
             {"name": "every served prediction logged", "ok": len(served) == tr.rows_answered,
              "detail": f"{len(served)} logged of {tr.rows_answered} answered"},
+            {"name": "served features match the stored bars (training/serving skew)",
+             "ok": self.skew_checked > 0 and self.skew_mismatched == 0,
+             "detail": f"{self.skew_mismatched} of {self.skew_checked} sampled predictions differ from the features "
+                       "the loop recomputed from its stored bars"},
         ]
         return checks
 

@@ -54,8 +54,8 @@ from tideline.evaluation import evaluate_predictions, infer_periods_per_year, st
 from tideline.features import compute_labels
 from tideline.monitoring.outcomes import LiveOutcomes, WatchOutcomes
 from tideline.monitoring.predictions import naive_utc, normalize_predictions, read_predictions, utc_bound
-from tideline.positions import PositionRule, positions, stored_rule
 from tideline.monitoring.skew import VersionSkew, check_skew
+from tideline.positions import PositionRule, positions, stored_rule
 
 if TYPE_CHECKING:
     from tideline.monitoring.drift import ChangePoint

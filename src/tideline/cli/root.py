@@ -1,7 +1,7 @@
 """The ``tideline`` command line. Thin: parses options, calls the library, renders results.
 
 One module per command group (``cycle``, ``models``, ``data``, ``pipeline``, ``drift``, ``feedback``,
-``rollout``/``serve``, ``trigger``, ``loop``, ``demo``), one shared context (``tideline.cli.context``); this
+``rollout``/``serve``, ``trigger``, ``loop``, ``demo``, ``replay``), one shared context (``tideline.cli.context``); this
 module wires them under one root. Errors from the library (``TidelineError``) become one line on stderr and a
 non-zero exit code; a traceback is shown only with ``TIDELINE_DEBUG=1``.
 
@@ -32,6 +32,7 @@ from tideline.cli.feedback import feedback
 from tideline.cli.loop import loop_app
 from tideline.cli.models import models_app
 from tideline.cli.pipeline import pipeline_app
+from tideline.cli.replay import replay
 from tideline.cli.rollout import rollout_app, serve
 from tideline.cli.trigger import trigger_app
 from tideline.errors import TidelineError
@@ -110,6 +111,7 @@ app.command("serve")(serve)
 app.add_typer(trigger_app, name="trigger")
 app.add_typer(loop_app, name="loop")
 app.command("demo")(demo)
+app.command("replay")(replay)
 
 
 # ---- entry point --------------------------------------------------------------------------------------

@@ -64,7 +64,7 @@ from typing import Any, Final, TypeVar
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic import ValidationError as PydanticValidationError
 
-from tideline.clock import utcnow
+from tideline.clock import Now, aware, utcnow
 from tideline.errors import (
     AliasConflict,
     ConfigError,
@@ -115,8 +115,8 @@ class _Any:
 ANY: Final = _Any()
 
 
-def _now() -> str:
-    return utcnow().isoformat()
+def _stamp(clock: Now) -> str:
+    return aware(clock()).isoformat()
 
 
 class ArtifactInfo(BaseModel):
@@ -282,9 +282,11 @@ def _shape_problem(version: str, mv: ModelVersion) -> str | None:
 class Registry:
     """Versions, statuses, aliases, history and attachments on top of a ``Store``. Thread-safe."""
 
-    def __init__(self, store: Store, *, signing: Signing | None = None) -> None:
-        """``signing`` None: read the policy from the environment (``Signing.from_env``)."""
+    def __init__(self, store: Store, *, signing: Signing | None = None, clock: Now = utcnow) -> None:
+        """``signing`` None: read the policy from the environment (``Signing.from_env``). ``clock``: the time
+        versions are created and events happen at (a replay runs the registry on its own clock)."""
         self.store = store
+        self.clock = clock
         self._signing = Signing.from_env() if signing is None else signing
         # version -> (manifest, why it must be refused or None). Manifests are immutable, ids never
         # reused and the policy is fixed per instance, so the verdict can be cached with the manifest.
@@ -530,7 +532,7 @@ class Registry:
         """Throw (``on``) or lift the kill switch; recorded in the history. Idempotent."""
 
         def mutate(st: _State) -> tuple[Event, list[Event]]:
-            ev = Event(at=_now(), action="kill_switch_on" if on else "kill_switch_off", reason=reason, actor=actor)
+            ev = Event(at=_stamp(self.clock), action="kill_switch_on" if on else "kill_switch_off", reason=reason, actor=actor)
             if (st.kill_switch is not None) == on:
                 raise Unchanged(ev)
             st.kill_switch = KillSwitchState(at=ev.at, reason=reason, actor=actor) if on else None
@@ -580,7 +582,7 @@ class Registry:
             artifacts[rel] = ArtifactInfo(sha256=sha, size=size)
         try:
             proto = ModelVersion(
-                version="v0", created_at=_now(), artifacts=artifacts, artifact_prefix=prefix, **metadata
+                version="v0", created_at=_stamp(self.clock), artifacts=artifacts, artifact_prefix=prefix, **metadata
             )
         except PydanticValidationError as e:
             raise ConfigError(f"bad model metadata: {e.errors()[0]['loc']}: {e.errors()[0]['msg']}") from e
@@ -607,7 +609,7 @@ class Registry:
 
         def mutate(st: _State) -> tuple[None, list[Event]]:
             st.statuses[mv.version] = status
-            return None, [Event(at=_now(), action="register", version=mv.version, reason=status.value)]
+            return None, [Event(at=_stamp(self.clock), action="register", version=mv.version, reason=status.value)]
 
         self._update_state(mutate)
         log.info("registered %s (%s, %d files) in %s", mv.version, mv.family, len(artifacts), self.store.uri)
@@ -645,13 +647,13 @@ class Registry:
             if version is not None and version in st.deleted:
                 raise VersionNotFound(f"model version {version!r} was deleted")
             if current == version:
-                raise Unchanged(Event(at=_now(), action="set_alias", version=version, from_version=current,
+                raise Unchanged(Event(at=_stamp(self.clock), action="set_alias", version=version, from_version=current,
                                       alias=alias, reason=reason, actor=actor))
             if version is None:
                 st.aliases.pop(alias, None)
             else:
                 st.aliases[alias] = version
-            ev = Event(at=_now(), action="set_alias" if version else "unset_alias", version=version,
+            ev = Event(at=_stamp(self.clock), action="set_alias" if version else "unset_alias", version=version,
                        from_version=current, alias=alias, reason=reason, actor=actor)
             return ev, [ev]
 
@@ -675,7 +677,7 @@ class Registry:
                 )
             current = st.statuses.get(version, Status.CANDIDATE)
             ev = Event(
-                at=_now(), action="set_status", version=version, reason=reason or status.value, actor=actor
+                at=_stamp(self.clock), action="set_status", version=version, reason=reason or status.value, actor=actor
             )
             if current == status:
                 raise Unchanged(ev)
@@ -705,7 +707,7 @@ class Registry:
                 last = next(
                     (e for e in reversed(st.events) if e.alias == "production" and e.version == v), None
                 )
-                raise Unchanged(last or Event(at=_now(), action="promote", version=v, from_version=v,
+                raise Unchanged(last or Event(at=_stamp(self.clock), action="promote", version=v, from_version=v,
                                               alias="production", reason=reason, actor=actor))
             if current is not None:
                 st.aliases["previous"] = current
@@ -715,7 +717,7 @@ class Registry:
             for a in ("candidate", "shadow"):
                 if st.aliases.get(a) == v:
                     del st.aliases[a]
-            ev = Event(at=_now(), action="promote", version=v, from_version=current, alias="production",
+            ev = Event(at=_stamp(self.clock), action="promote", version=v, from_version=current, alias="production",
                        reason=reason, actor=actor)
             return ev, [ev]
 
@@ -747,7 +749,7 @@ class Registry:
                 st.aliases.pop("previous", None)
             else:
                 st.aliases["previous"] = before
-            ev = Event(at=_now(), action="rollback", version=target, from_version=current, alias="production",
+            ev = Event(at=_stamp(self.clock), action="rollback", version=target, from_version=current, alias="production",
                        reason=reason, actor=actor)
             return ev, [ev]
 
@@ -809,8 +811,8 @@ class Registry:
         def mutate(st: _State) -> tuple[None, list[Event]]:
             if v in st.deleted:
                 raise VersionNotFound(f"model version {v!r} was deleted")
-            st.attachments.setdefault(v, {})[name] = AttachmentInfo(sha256=sha, size=len(data), at=_now())
-            return None, [Event(at=_now(), action="attach", version=v, reason=name, actor=actor)]
+            st.attachments.setdefault(v, {})[name] = AttachmentInfo(sha256=sha, size=len(data), at=_stamp(self.clock))
+            return None, [Event(at=_stamp(self.clock), action="attach", version=v, reason=name, actor=actor)]
 
         self._update_state(mutate)
         return sha
@@ -863,7 +865,7 @@ class Registry:
             st.deleted.append(version)
             st.statuses.pop(version, None)
             st.attachments.pop(version, None)
-            return None, [Event(at=_now(), action="delete", version=version, reason=reason, actor=actor)]
+            return None, [Event(at=_stamp(self.clock), action="delete", version=version, reason=reason, actor=actor)]
 
         self._update_state(mutate)
         self._purge(version, mv.artifact_prefix if mv is not None and problem is None else None)
@@ -905,7 +907,7 @@ class Registry:
             for v in todo:
                 st.statuses[v] = Status.CANDIDATE
             return todo, [
-                Event(at=_now(), action="register", version=v, actor="cleanup",
+                Event(at=_stamp(self.clock), action="register", version=v, actor="cleanup",
                       reason="CANDIDATE (recovered: its writer died before recording it)") for v in todo]
 
         if not old:
@@ -1004,7 +1006,8 @@ def _unrecorded(ids: list[str], state: Any) -> list[str]:
     return [v for v in ids if v not in state.deleted and v not in state.statuses]
 
 
-def open_registry(uri: str, *, endpoint_url: str | None = None, signing: Signing | None = None) -> Registry:
+def open_registry(uri: str, *, endpoint_url: str | None = None, signing: Signing | None = None,
+                  clock: Now = utcnow) -> Registry:
     """Open the registry at ``file:///abs/path``, a plain path, or ``s3://bucket/prefix``.
 
     ``signing`` None: the signing policy comes from the environment (``TIDELINE_SIGNING_KEY_FILE``,
@@ -1039,4 +1042,4 @@ def open_registry(uri: str, *, endpoint_url: str | None = None, signing: Signing
     tideline.errors.VersionNotFound: model version 'v9' not found (known versions: v1)
     >>> tmp.cleanup()
     """
-    return Registry(open_store(uri, endpoint_url=endpoint_url), signing=signing)
+    return Registry(open_store(uri, endpoint_url=endpoint_url), signing=signing, clock=clock)

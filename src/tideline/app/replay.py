@@ -213,12 +213,15 @@ def tick_points(policy: str, times: pd.DatetimeIndex, start: int, check_every: i
 
 
 def _policy_settings(settings: Settings, policy: str, home: Path, uri: str, inbox: Path) -> Settings:
-    loop = settings.loop.model_copy(update={"bars": str(inbox), "settle_seconds": 0.0, "pipeline": "local",
-                                            "rollouts": "local"})
-    upd: dict[str, Any] = {"registry": uri, "home": home, "loop": loop}
-    if policy != "loop":
-        upd["triggers"] = settings.triggers.model_copy(update={"enabled": ["no_production"]})
-    return settings.model_copy(update=upd)
+    """The loop's settings for one policy: its inbox and registry; only ``no_production`` for the calendar
+    policies; no skew check (the replay computes the features it logs with the training code itself); a drift
+    check (an Evidently report, seconds each) only where the drift rule can act on it."""
+    triggers = settings.triggers if policy == "loop" else settings.triggers.model_copy(
+        update={"enabled": ["no_production"]})
+    loop = settings.loop.model_copy(update={
+        "bars": str(inbox), "settle_seconds": 0.0, "pipeline": "local", "rollouts": "local", "skew_sample": 0,
+        **({} if "drift" in triggers.enabled else {"drift_checks": False})})
+    return settings.model_copy(update={"registry": uri, "home": home, "loop": loop, "triggers": triggers})
 
 
 def run_replay(bars: pd.DataFrame, settings: Settings, cfg: ReplayConfig, workdir: Path, *,
@@ -294,13 +297,11 @@ def _replay_policy(policy: str, bars: pd.DataFrame, ds: Dataset, live: np.ndarra
         vol = ds.X[rule.vol_column].to_numpy(np.float64)[rows] if rule.needs_volatility else None
         pos[rows] = positions(pred, rule, vol)
         served[rows] = True
-        X64 = ds.X.iloc[rows][list(model.columns)].to_numpy(np.float64)
-        for bt, idx in pd.Series(np.arange(len(rows)), index=meta_t[rows]).groupby(level=0):
-            j = idx.to_numpy()
-            predlog.record(request_id=f"replay-{policy}-{k}", X=X64[j],
-                           symbols=list(ds.meta["symbol"].to_numpy()[rows[j]].astype(str)),
-                           bar_times=np.full(len(j), np.datetime64(bt, "us")), predictions=pred[j], version=prod,
-                           role="active", at=pd.Timestamp(bt).tz_localize("UTC").to_pydatetime())
+        # logged as of the interval's last bar (one object per tick; never before the bar it predicts)
+        predlog.record(request_id=f"replay-{policy}-{k}", X=ds.X.iloc[rows][list(model.columns)].to_numpy(np.float64),
+                       symbols=list(ds.meta["symbol"].to_numpy()[rows].astype(str)),
+                       bar_times=meta_t[rows].astype("datetime64[us]"), predictions=pred, version=prod,
+                       role="active", at=pd.Timestamp(meta_t[rows].max()).tz_localize("UTC").to_pydatetime())
     predlog.flush()
     r = position_returns(pos[live], ds.next_return[live], ds.meta.iloc[live].reset_index(drop=True),
                          settings.evaluation.cost_bps)

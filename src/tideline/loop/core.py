@@ -371,7 +371,8 @@ class Loop:
         rec.step("monitor", "ok", summary, predictions=whole.n_predictions, change_points=cps,
                  live={"n": m.n, "directional_accuracy": m.directional_accuracy, "sharpe": m.sharpe} if m else None,
                  skew=skew, skew_mismatched=sum(k.mismatched for k in whole.skew.values()))
-        self._maybe_drift(rec, bars, production, now)
+        if self.s.loop.drift_checks:
+            self._maybe_drift(rec, bars, production, now)
         return {"change_points": cps}
 
     def _deployed_at(self, production: str) -> datetime:

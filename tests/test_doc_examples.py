@@ -12,6 +12,7 @@ import tideline.config
 import tideline.data
 import tideline.evaluation
 import tideline.features
+import tideline.monitoring.skew
 import tideline.policy
 import tideline.registry.core
 
@@ -20,6 +21,7 @@ MODULES = [
     tideline.data,
     tideline.evaluation,
     tideline.features,
+    tideline.monitoring.skew,
     tideline.policy,
     tideline.registry.core,
 ]

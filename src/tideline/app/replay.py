@@ -292,13 +292,13 @@ def _replay_policy(policy: str, bars: pd.DataFrame, ds: Dataset, live: np.ndarra
         if prod not in models:
             models[prod] = _load(registry, prod)
         model, rule = models[prod]
-        pred = np.asarray(model.predict_array(ds.X.iloc[rows][list(model.columns)].to_numpy(np.float32)),
-                          dtype=np.float64)
+        X = ds.X.iloc[rows][list(model.columns)].to_numpy(np.float64)  # what the predictor passes
+        pred = np.asarray(model.predict_array(X), dtype=np.float64)
         vol = ds.X[rule.vol_column].to_numpy(np.float64)[rows] if rule.needs_volatility else None
         pos[rows] = positions(pred, rule, vol)
         served[rows] = True
         # logged as of the interval's last bar (one object per tick; never before the bar it predicts)
-        predlog.record(request_id=f"replay-{policy}-{k}", X=ds.X.iloc[rows][list(model.columns)].to_numpy(np.float64),
+        predlog.record(request_id=f"replay-{policy}-{k}", X=X,
                        symbols=list(ds.meta["symbol"].to_numpy()[rows].astype(str)),
                        bar_times=meta_t[rows].astype("datetime64[us]"), predictions=pred, version=prod,
                        role="active", at=pd.Timestamp(meta_t[rows].max()).tz_localize("UTC").to_pydatetime())

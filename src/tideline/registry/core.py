@@ -115,10 +115,6 @@ class _Any:
 ANY: Final = _Any()
 
 
-def _stamp(clock: Now) -> str:
-    return aware(clock()).isoformat()
-
-
 class ArtifactInfo(BaseModel):
     """Checksum and size of one stored file."""
 
@@ -292,6 +288,9 @@ class Registry:
         # reused and the policy is fixed per instance, so the verdict can be cached with the manifest.
         self._cache: dict[str, tuple[ModelVersion, str | None]] = {}
         self._cache_lock = threading.Lock()
+
+    def _now(self) -> str:
+        return aware(self.clock()).isoformat()
 
     @property
     def signing(self) -> Signing:
@@ -532,7 +531,7 @@ class Registry:
         """Throw (``on``) or lift the kill switch; recorded in the history. Idempotent."""
 
         def mutate(st: _State) -> tuple[Event, list[Event]]:
-            ev = Event(at=_stamp(self.clock), action="kill_switch_on" if on else "kill_switch_off", reason=reason, actor=actor)
+            ev = Event(at=self._now(), action="kill_switch_on" if on else "kill_switch_off", reason=reason, actor=actor)
             if (st.kill_switch is not None) == on:
                 raise Unchanged(ev)
             st.kill_switch = KillSwitchState(at=ev.at, reason=reason, actor=actor) if on else None
@@ -582,7 +581,7 @@ class Registry:
             artifacts[rel] = ArtifactInfo(sha256=sha, size=size)
         try:
             proto = ModelVersion(
-                version="v0", created_at=_stamp(self.clock), artifacts=artifacts, artifact_prefix=prefix, **metadata
+                version="v0", created_at=self._now(), artifacts=artifacts, artifact_prefix=prefix, **metadata
             )
         except PydanticValidationError as e:
             raise ConfigError(f"bad model metadata: {e.errors()[0]['loc']}: {e.errors()[0]['msg']}") from e
@@ -609,7 +608,7 @@ class Registry:
 
         def mutate(st: _State) -> tuple[None, list[Event]]:
             st.statuses[mv.version] = status
-            return None, [Event(at=_stamp(self.clock), action="register", version=mv.version, reason=status.value)]
+            return None, [Event(at=self._now(), action="register", version=mv.version, reason=status.value)]
 
         self._update_state(mutate)
         log.info("registered %s (%s, %d files) in %s", mv.version, mv.family, len(artifacts), self.store.uri)
@@ -647,13 +646,13 @@ class Registry:
             if version is not None and version in st.deleted:
                 raise VersionNotFound(f"model version {version!r} was deleted")
             if current == version:
-                raise Unchanged(Event(at=_stamp(self.clock), action="set_alias", version=version, from_version=current,
+                raise Unchanged(Event(at=self._now(), action="set_alias", version=version, from_version=current,
                                       alias=alias, reason=reason, actor=actor))
             if version is None:
                 st.aliases.pop(alias, None)
             else:
                 st.aliases[alias] = version
-            ev = Event(at=_stamp(self.clock), action="set_alias" if version else "unset_alias", version=version,
+            ev = Event(at=self._now(), action="set_alias" if version else "unset_alias", version=version,
                        from_version=current, alias=alias, reason=reason, actor=actor)
             return ev, [ev]
 
@@ -677,7 +676,7 @@ class Registry:
                 )
             current = st.statuses.get(version, Status.CANDIDATE)
             ev = Event(
-                at=_stamp(self.clock), action="set_status", version=version, reason=reason or status.value, actor=actor
+                at=self._now(), action="set_status", version=version, reason=reason or status.value, actor=actor
             )
             if current == status:
                 raise Unchanged(ev)
@@ -707,7 +706,7 @@ class Registry:
                 last = next(
                     (e for e in reversed(st.events) if e.alias == "production" and e.version == v), None
                 )
-                raise Unchanged(last or Event(at=_stamp(self.clock), action="promote", version=v, from_version=v,
+                raise Unchanged(last or Event(at=self._now(), action="promote", version=v, from_version=v,
                                               alias="production", reason=reason, actor=actor))
             if current is not None:
                 st.aliases["previous"] = current
@@ -717,7 +716,7 @@ class Registry:
             for a in ("candidate", "shadow"):
                 if st.aliases.get(a) == v:
                     del st.aliases[a]
-            ev = Event(at=_stamp(self.clock), action="promote", version=v, from_version=current, alias="production",
+            ev = Event(at=self._now(), action="promote", version=v, from_version=current, alias="production",
                        reason=reason, actor=actor)
             return ev, [ev]
 
@@ -749,7 +748,7 @@ class Registry:
                 st.aliases.pop("previous", None)
             else:
                 st.aliases["previous"] = before
-            ev = Event(at=_stamp(self.clock), action="rollback", version=target, from_version=current, alias="production",
+            ev = Event(at=self._now(), action="rollback", version=target, from_version=current, alias="production",
                        reason=reason, actor=actor)
             return ev, [ev]
 
@@ -811,8 +810,8 @@ class Registry:
         def mutate(st: _State) -> tuple[None, list[Event]]:
             if v in st.deleted:
                 raise VersionNotFound(f"model version {v!r} was deleted")
-            st.attachments.setdefault(v, {})[name] = AttachmentInfo(sha256=sha, size=len(data), at=_stamp(self.clock))
-            return None, [Event(at=_stamp(self.clock), action="attach", version=v, reason=name, actor=actor)]
+            st.attachments.setdefault(v, {})[name] = AttachmentInfo(sha256=sha, size=len(data), at=self._now())
+            return None, [Event(at=self._now(), action="attach", version=v, reason=name, actor=actor)]
 
         self._update_state(mutate)
         return sha
@@ -865,7 +864,7 @@ class Registry:
             st.deleted.append(version)
             st.statuses.pop(version, None)
             st.attachments.pop(version, None)
-            return None, [Event(at=_stamp(self.clock), action="delete", version=version, reason=reason, actor=actor)]
+            return None, [Event(at=self._now(), action="delete", version=version, reason=reason, actor=actor)]
 
         self._update_state(mutate)
         self._purge(version, mv.artifact_prefix if mv is not None and problem is None else None)
@@ -907,7 +906,7 @@ class Registry:
             for v in todo:
                 st.statuses[v] = Status.CANDIDATE
             return todo, [
-                Event(at=_stamp(self.clock), action="register", version=v, actor="cleanup",
+                Event(at=self._now(), action="register", version=v, actor="cleanup",
                       reason="CANDIDATE (recovered: its writer died before recording it)") for v in todo]
 
         if not old:

@@ -428,7 +428,7 @@ ALL_COMMANDS: list[list[str]] = [
     ["pipeline", "run"], ["pipeline", "compile"], ["pipeline", "submit"], ["pipeline", "schedule"],
     ["drift", "check"], ["feedback"], ["rollout", "start"], ["rollout", "resume"], ["rollout", "status"],
     ["rollout", "promote"], ["rollout", "rollback"], ["serve"], ["trigger", "check"], ["trigger", "run"], ["demo"],
-    ["loop", "status"], ["loop", "history"], ["loop", "kill-switch"],
+    ["loop", "status"], ["loop", "history"], ["loop", "kill-switch"], ["replay"],
 ]
 MISSING_ARGS: list[tuple[list[str], str]] = [
     (["models", "show"], "missing argument 'version'"),
@@ -465,6 +465,11 @@ MISSING_ARGS: list[tuple[list[str], str]] = [
     (["loop", "--once", "--speed", "0"], "invalid value for '--speed'"),
     (["loop", "kill-switch"], "missing argument 'state'"),
     (["loop", "kill-switch", "sideways"], "'on' or 'off'"),
+    (["replay"], "missing option '--data'"),
+    (["replay", "--data", "{work}/nope.csv"], "not found"),
+    (["replay", "--data", "{data}", "--policies", "yearly"], "unknown policy yearly"),
+    (["replay", "--data", "{data}", "--check-every", "0"], "invalid value for '--check-every'"),
+    (["replay", "--data", "{data}", "--families", "catboost"], "unknown model families"),
 ]
 BAD_VERSIONS = ["v999", "../etc", "v0", "production;rm", ""]
 

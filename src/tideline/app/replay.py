@@ -72,14 +72,18 @@ class ReplayConfig:
     gate: bool = True
     """False: promote the best retrained family even when the gate refuses it"""
 
-    def validate(self, n_times: int) -> int:
-        """The first tick's bar index; ``ConfigError`` naming what does not fit."""
+    def check(self) -> None:
+        """``ConfigError`` for an unknown policy or a tick spacing below one bar (before any data is read)."""
         bad = [p for p in self.policies if p not in POLICIES]
         if bad or not self.policies:
             raise ConfigError(f"unknown polic{'ies' if len(bad) > 1 else 'y'} {', '.join(bad) or '(none)'}",
                               hint=f"choose among {', '.join(POLICIES)}")
         if self.check_every < 1:
             raise ConfigError("--check-every must be >= 1")
+
+    def validate(self, n_times: int) -> int:
+        """The first tick's bar index; ``ConfigError`` naming what does not fit."""
+        self.check()
         start = self.history if self.history is not None else max(300, n_times // 3)
         if not 0 < start < n_times - 1:
             raise ConfigError(f"--history {start} leaves nothing to replay: the data has {n_times} bar times")

@@ -41,6 +41,7 @@ def replay(
     s = s.model_copy(update={"training": training})
     cfg = ReplayConfig(policies=tuple(p.strip() for p in policies.split(",") if p.strip()), history=history,
                        check_every=check_every, gate=gate)
+    cfg.check()
     bars = validate_bars(load_bars(data, endpoint_url=s.endpoint_url()), mode="strict").clean
     say = (lambda _m: None) if as_json else (lambda m: err.print(f"[dim]{m}[/dim]", highlight=False))
     res = run_replay(bars, s, cfg, Path(s.home) / "replay", progress=say)

@@ -103,3 +103,73 @@ def test_a_clear_signal_is_almost_always_promoted(world):
     sharpes = [float(np.median([c.holdout.sharpe for c in cands])) for _, cands in runs]
     assert approved >= 16, (approved, sharpes, [[c.decision.reasons for c in cands] for ok, cands in runs if not ok])
     assert 2.5 < float(np.median(sharpes)) < 4  # a signal of the size the issue names (net Sharpe about 3)
+
+
+# ---- retrying until luck passes (issue 21: a monthly retrain passed at its 12th attempt) --------------------
+def _version(reg, tmp_path, tag, sharpe_per_period):
+    d = tmp_path / f"art-{tag}"
+    d.mkdir()
+    (d / "model.json").write_text("{}")
+    evidence = {"sharpe_per_period": sharpe_per_period} if sharpe_per_period is not None else {}
+    return reg.register(d, {"family": "lightgbm", "features": ["ret_1"], "metrics": {"sharpe": 1.0},
+                            "evaluation": {"evidence": evidence}})
+
+
+def test_earlier_trials_are_the_candidates_since_production_last_changed(tmp_path):
+    from datetime import UTC, datetime, timedelta
+
+    from tideline.registry import open_registry
+    from tideline.training.cycle import earlier_trials
+
+    now = [datetime(2020, 1, 1, tzinfo=UTC)]
+
+    def clock():
+        now[0] += timedelta(days=1)
+        return now[0]
+
+    reg = open_registry((tmp_path / "reg").as_uri(), clock=clock)
+    a = _version(reg, tmp_path, "a", 0.02)
+    _version(reg, tmp_path, "b", -0.01)
+    _version(reg, tmp_path, "old", None)  # an older version stored without it: not counted
+    assert earlier_trials(reg) == [0.02, -0.01]  # nothing promoted yet: every candidate so far
+    reg.promote(a.version, reason="t")
+    assert earlier_trials(reg) == []
+    _version(reg, tmp_path, "c", 0.03)
+    _version(reg, tmp_path, "d", float("nan"))
+    e = _version(reg, tmp_path, "e", 0.01)
+    assert earlier_trials(reg) == [0.03, 0.01]
+    reg.promote(e.version, reason="t")
+    _version(reg, tmp_path, "f", 0.05)
+    reg.rollback(reason="t")  # production changed again
+    assert earlier_trials(reg) == []
+
+
+def test_the_trials_of_earlier_cycles_deflate_a_later_pass(world):
+    # the best of four noise families at zero costs, judged once alone and once after 11 earlier cycles of
+    # four noise candidates each (what a monthly retrain refused for eleven months has spent)
+    s, ds, plan, base = _world(cost_bps=0.0)
+    spent = []
+    for seed in range(100, 111):
+        rng = np.random.default_rng(seed)
+        cands = judge_all([_family(f, ds, plan, s, rng, 0.0) for f in FAMILIES], ProductionScore(), base, ds, plan, s)
+        spent += [c.evidence.sharpe_per_period for c in cands]
+    assert len(spent) == 44 and all(np.isfinite(spent))
+    lowered = 0
+    for seed in SEEDS:
+        results = [_family(f, ds, plan, s, np.random.default_rng(seed), 0.0) for f in FAMILIES]
+        alone = judge_all(results, ProductionScore(), base, ds, plan, s)
+        counted = judge_all(results, ProductionScore(), base, ds, plan, s, spent)
+        for a, c in zip(alone, counted, strict=True):
+            assert (a.evidence.n_trials, c.evidence.n_trials, c.evidence.earlier_trials) == (4, 48, 44)
+            assert c.evidence.deflated_sharpe <= a.evidence.deflated_sharpe + 1e-12
+            lowered += c.evidence.deflated_sharpe < a.evidence.deflated_sharpe
+        best = max(counted, key=lambda c: c.holdout.sharpe)
+        why = next(ch.detail for ch in best.decision.checks if ch.name == "deflated_sharpe")
+        assert "48 candidates tried, 44 of them in earlier cycles since production last changed" in why
+    assert lowered == 80  # the benchmark of the best of 48 is higher than that of the best of 4
+    # a weak signal that the best of four passes narrowly (7 of 20 seeds here) passes no more once they count
+    weak = [[_family(f, ds, plan, s, np.random.default_rng(seed), 0.06) for f in FAMILIES] for seed in SEEDS]
+    alone = sum(any(c.decision.approved for c in judge_all(r, ProductionScore(), base, ds, plan, s)) for r in weak)
+    counted = sum(any(c.decision.approved for c in judge_all(r, ProductionScore(), base, ds, plan, s, spent))
+                  for r in weak)
+    assert alone >= 5 and counted == 0, (alone, counted)

@@ -66,7 +66,9 @@ class Evidence(Document):
     ``n_trials`` candidates (``tideline.evaluation.deflated_sharpe``); ``pbo``: the cycle's probability of
     backtest overfitting over the walk-forward folds (None when it cannot be measured); ``fold_sharpes``: the
     candidate's walk-forward Sharpe ratios; ``baseline``/``baseline_sharpe``/``p_value_vs_baseline``: the
-    best naive strategy on the same hold-out and the paired test of the candidate against it.
+    best naive strategy on the same hold-out and the paired test of the candidate against it;
+    ``sharpe_per_period``: the candidate's hold-out Sharpe ratio per period (what a later cycle counts as a trial);
+    ``earlier_trials``: how many of the ``n_trials`` are candidates of earlier cycles since production last changed.
     """
 
     deflated_sharpe: float
@@ -76,6 +78,8 @@ class Evidence(Document):
     baseline_sharpe: float | None = None
     p_value_vs_baseline: float | None = None
     pbo: float | None = None
+    sharpe_per_period: float | None = None
+    earlier_trials: int = 0
 
 
 def _get(metrics: Mapping[str, Any], name: str) -> float:
@@ -219,7 +223,9 @@ def _evidence_checks(sharpe: float, ev: Evidence, cfg: PolicyConfig) -> list[Che
         ok = ev.deflated_sharpe >= cfg.min_deflated_sharpe
         checks.append(Check("deflated_sharpe", ok, (
             f"deflated Sharpe {ev.deflated_sharpe:.3f} {'>=' if ok else '<'} {cfg.min_deflated_sharpe} "
-            f"({ev.n_trials} candidates tried)")))
+            f"({ev.n_trials} candidates tried"
+            + (f", {ev.earlier_trials} of them in earlier cycles since production last changed" if ev.earlier_trials
+               else "") + ")")))
     if cfg.max_pbo is not None:
         ok = ev.pbo is not None and ev.pbo <= cfg.max_pbo
         pbo = "n/a" if ev.pbo is None else f"{ev.pbo:.2f}"

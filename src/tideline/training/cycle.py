@@ -15,7 +15,7 @@ import math
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -515,17 +515,34 @@ def _paired_p(a: pd.Series, b: pd.Series, settings: Settings) -> float:
 BASELINES_TO_BEAT = ("buy_and_hold", "always_long")
 
 
+def earlier_trials(registry: Registry) -> list[float]:
+    """The hold-out Sharpe ratios (per period) of every candidate registered since production last changed
+    (its last promotion or rollback; all of them when nothing was ever promoted): the trials earlier cycles
+    already spent on the same question, so that retrying until one passes by luck is counted. A candidate
+    stored without its per-period Sharpe (an older version) is not counted."""
+    changed = [pd.Timestamp(e.at) for e in registry.history() if e.action in ("promote", "rollback")]
+    since = max(changed) if changed else None
+    out = []
+    for mv in registry.list_versions():
+        sr = ((mv.evaluation or {}).get("evidence") or {}).get("sharpe_per_period")
+        after = since is None or pd.Timestamp(mv.created_at) > since
+        if after and isinstance(sr, int | float) and math.isfinite(sr):
+            out.append(float(sr))
+    return out
+
+
 def judge_all(results: list[FamilyResult], prod: ProductionScore, base: Mapping[str, Metrics], ds: Dataset,
-              plan: Plan, settings: Settings) -> list[CandidateResult]:
+              plan: Plan, settings: Settings, earlier: Sequence[float] = ()) -> list[CandidateResult]:
     """Judge every trained family of one cycle: the policy with the evidence measured across all of them.
 
-    Each candidate's deflated Sharpe counts every family tried (their hold-out Sharpe ratios are the trials);
+    Each candidate's deflated Sharpe counts every family tried (their hold-out Sharpe ratios are the trials)
+    and the ``earlier`` trials (``earlier_trials``: candidates of earlier cycles since production last changed);
     the cycle's PBO is measured on the families' walk-forward returns over the periods they share; each is
     tested (paired, on the same hold-out periods: Sharpe ratio against Sharpe ratio) against the best of
     buy-and-hold and always-long.
     """
     hold = {r.family: holdout_returns(r.holdout_pred, ds, plan, settings, r.position) for r in results}
-    trials = [sharpe_per_period(h.to_numpy()) for h in hold.values()]
+    trials = [sharpe_per_period(h.to_numpy()) for h in hold.values()] + [float(x) for x in earlier]
     wf = [r.fold_returns for r in results if r.fold_returns is not None and len(r.fold_returns)]
     pbo = pbo_cscv(pd.concat(wf, axis=1, join="inner").to_numpy()).pbo if len(wf) == len(results) else None
     named = [b for b in BASELINES_TO_BEAT if b in base]
@@ -540,8 +557,10 @@ def judge_all(results: list[FamilyResult], prod: ProductionScore, base: Mapping[
         # Sharpe against Sharpe: always-long carries the market's risk, so a test of mean returns would favour it
         p_base = sharpe_difference_test(a.to_numpy(), b.to_numpy(), n_samples=ev.bootstrap_samples,
                                         block_size=ev.block_size, seed=settings.training.seed).p_value if best else None
+        dsr = deflated_sharpe(cand.to_numpy(), trials)
         evidence = Evidence(
-            deflated_sharpe=deflated_sharpe(cand.to_numpy(), trials).value, n_trials=len(trials),
+            deflated_sharpe=dsr.value, n_trials=len(trials), sharpe_per_period=dsr.sharpe,
+            earlier_trials=len(earlier),
             fold_sharpes=[float(f.get("sharpe", float("nan"))) for f in r.folds],
             baseline=best, baseline_sharpe=base[best].sharpe if best else None,
             p_value_vs_baseline=p_base, pbo=pbo,
@@ -670,7 +689,8 @@ class CycleRunner:
         if not trained:
             raise ModelError("every model family failed to train: "
                              + "; ".join(f"{f}: {why}" for f, why in failures.items()))
-        candidates = judge_all([fr for _, fr in trained.values()], prod, base, ds, plan, s)
+        candidates = judge_all([fr for _, fr in trained.values()], prod, base, ds, plan, s,
+                               earlier_trials(self.registry))
 
         with rep.stage("register", total=len(candidates)) as advance, self._timed("register"):
             for c in candidates:

@@ -347,7 +347,7 @@ def _open(registry_uri: str, s: Settings) -> Any:
 def evaluate_and_select(in_dataset: str | Path, in_clean: str | Path, results: Sequence[str | Path],
                         registry_uri: str, settings_json: str, out_decisions: str | Path) -> dict[str, Any]:
     """Score production on the same hold-out rows, then judge every candidate against it and the policy."""
-    from tideline.training.cycle import baselines, judge_all, score_production
+    from tideline.training.cycle import baselines, earlier_trials, judge_all, score_production
 
     s = settings_from_json(settings_json)
     ds, plan, info = load_dataset(in_dataset)
@@ -365,7 +365,7 @@ def evaluate_and_select(in_dataset: str | Path, in_clean: str | Path, results: S
             failures[failed["family"]] = failed["failed"]
             continue
         trained[str(r)] = load_result(r)
-    judged = judge_all(list(trained.values()), prod, base, ds, plan, s) if trained else []
+    judged = judge_all(list(trained.values()), prod, base, ds, plan, s, earlier_trials(reg)) if trained else []
     candidates = [{**c.to_dict(), "result_dir": r} for r, c in zip(trained, judged, strict=True)]
     if not candidates:
         raise ModelError("every model family failed to train: "

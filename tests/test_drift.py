@@ -243,6 +243,15 @@ def test_run_drift_check_stores_results_and_sees_a_volatility_regime_change(trai
     ref = pd.read_parquet(io.BytesIO(reg.get_attachment(prod, "reference.parquet")))
     assert quiet.result.n_reference == len(ref)
 
+    # without the HTML report (a replay's loop): the same figures, stored as JSON only
+    later = datetime(2026, 1, 2, 3, 5, 5, tzinfo=UTC)
+    plain = run_drift_check(reg, recent, cfg=s.drift, write=True, now=later, html=False)
+    assert plain.attachments == {"json": "drift-20260102T030505Z.json", "latest": "drift-latest.json"}
+    assert plain.result.columns == quiet.result.columns and plain.result.prediction == quiet.result.prediction
+    assert plain.result.drifted_share == quiet.result.drifted_share
+    assert "drift-20260102T030505Z.html" not in reg.attachments(prod)
+    assert json.loads(reg.get_attachment(prod, "drift-latest.json"))["checked_at"].startswith("2026-01-02T03:05:05")
+
     # the same window with every price move 1.8x larger: a volatility regime change
     n_att = len(reg.attachments(prod))
     loud = run_drift_check(reg, amplify_moves(recent, 1.8), cfg=s.drift, write=False)

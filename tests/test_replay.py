@@ -76,7 +76,27 @@ def test_replay_runs_every_policy_net_of_costs(market: pd.DataFrame, tmp_path: P
     assert reg.get("v1").created_at.startswith(res.data["replay_start"][:10])
     assert [e["time"][:10] for e in mo.events][:2] == [res.data["replay_start"][:10], str(
         pd.DatetimeIndex(sorted(market["timestamp"].unique()))[months[1][0]])[:10]]
-    json.dumps(res.to_dict(), default=str)
+    doc = json.loads(json.dumps(res.to_dict(), default=str))
+    for p in (st, mo, lp):  # the report's series: thinned, in time order, accuracy a share or None
+        assert 0 < len(p.equity) <= 401 and [t for t, _ in p.equity] == sorted(t for t, _ in p.equity)
+        assert all(a is None or 0 <= a <= 1 for _, a in p.accuracy) and any(a is not None for _, a in p.accuracy)
+    assert doc["buy_and_hold_equity"][-1][1] == pytest.approx(np.log1p(res.buy_and_hold["total_return"]), abs=1e-6)
+    _check_report(doc, tmp_path)
+
+
+def _check_report(doc: dict, tmp_path: Path) -> None:
+    from tideline.app.replay_report import write_replay_report
+
+    page = write_replay_report(doc, tmp_path / "out" / "replay.html").read_text()
+    assert "<script src" not in page and "https://" not in page.split("</script>", 1)[1]  # self-contained
+    for name in doc["policies"]:
+        assert f">{name}</h2>" in page and f"{name}: retrains" in page
+    assert "buy-and-hold" in page and "Promotions" in page
+    # what comes from the result is escaped, in the tables and in the figure
+    evil = "<img src=x onerror=alert(1)>"
+    doc = {**doc, "policies": {evil: next(iter(doc["policies"].values()))}}
+    page = write_replay_report(doc, tmp_path / "out" / "evil.html").read_text()
+    assert evil not in page and "&lt;img src=x onerror=alert(1)&gt;" in page
 
 
 @pytest.mark.slow
@@ -116,7 +136,8 @@ def test_cli_on_real_goog_bars(tmp_path: Path) -> None:
     env = {"TIDELINE_HOME": str(tmp_path / "home"), "TIDELINE_TRAINING__N_THREADS": "1",
            "TIDELINE_EVALUATION__BOOTSTRAP_SAMPLES": "200", "PATH": "/usr/bin:/bin"}
     res = subprocess.run([sys.executable, "-m", "tideline", "replay", "--data", str(EXAMPLES / "GOOG_1d.csv"),
-                          "--policies", "static,monthly", "--history", "2000", "--json"],
+                          "--policies", "static,monthly", "--history", "2000", "--json",
+                          "--report", str(tmp_path / "goog.html")],
                          env=env, capture_output=True, text=True, timeout=900)
     assert res.returncode == 0, res.stderr[-3000:]
     doc = json.loads(res.stdout)
@@ -125,6 +146,8 @@ def test_cli_on_real_goog_bars(tmp_path: Path) -> None:
     assert st["retrains"] == 1 and st["ticks"] == 1
     # the gate is on: a refused model is never served, its bars are flat
     assert st["promotions"] + st["gate_refusals"] == 1
+    page = (tmp_path / "goog.html").read_text()
+    assert "tideline replay: GOOG" in page and ">monthly</h2>" in page and "plotly" in page
     bad = subprocess.run([sys.executable, "-m", "tideline", "replay", "--data", str(EXAMPLES / "GOOG_1d.csv"),
                           "--policies", "yearly"], env=env, capture_output=True, text=True, timeout=120)
     assert bad.returncode != 0 and "unknown policy yearly" in bad.stderr and "Traceback" not in bad.stderr

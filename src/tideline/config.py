@@ -256,6 +256,8 @@ class LoopConfig(BaseModel):
     drift_every_hours: float = Field(24.0, gt=0, description="a drift check of production at most this often")
     drift_checks: bool = Field(True, description="run the drift check (an Evidently report, seconds each) in the "
                                                  "monitor step; the drift rule reads its result")
+    drift_html: bool = Field(True, description="store Evidently's HTML report with each drift check (False: "
+                                               "the same figures as JSON only, seconds saved a check)")
     min_window_bars: int = Field(200, ge=10, description="bars of a new regime needed before a retrain uses it")
     lookback_bars: int | None = Field(None, ge=10, description="training window without a detected change "
                                                                "(bars per symbol; None = all stored history)")

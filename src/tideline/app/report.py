@@ -115,7 +115,6 @@ def write_report(record: Mapping[str, Any], path: str | Path) -> Path:
     templates themselves (a missing variable, under ``StrictUndefined``) is a bug and raises."""
     from plotly.offline import get_plotlyjs
 
-    target = Path(path).resolve()
     title = _text(record.get("title") or "tideline demo")
     builders: dict[str, Callable[[Mapping[str, Any]], dict[str, Any]]] = {
         "live": _live_section, "learning": _learning_section, "timeline": _timeline_section,
@@ -136,6 +135,12 @@ def write_report(record: Mapping[str, Any], path: str | Path) -> Path:
         # plotly's own JavaScript bundle, shipped with the plotly package: code, not data; it must not be escaped
         plotly_js=Markup(get_plotlyjs()),
     ) + "\n"
+    return write_html(doc, path)
+
+
+def write_html(doc: str, path: str | Path) -> Path:
+    """Write ``doc`` at ``path`` atomically (a reader never sees half a report); returns the resolved path."""
+    target = Path(path).resolve()
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_suffix(".tmp")
     try:

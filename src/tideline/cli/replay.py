@@ -29,7 +29,9 @@ def replay(
                                  "(what retraining without the gate would have done).")] = True,
     seed: Annotated[int | None, typer.Option("--seed", help="Seed of the models (default: training.seed).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
-    report: Annotated[Path | None, typer.Option("--report", help="Also write the result as JSON here.")] = None,
+    report: Annotated[Path | None, typer.Option(
+        "--report", help="Also write a self-contained HTML report here (equity and rolling accuracy per policy, "
+                         "every retrain and promotion marked, buy-and-hold).")] = None,
 ) -> None:
     """Walk real history bar by bar with the loop's own code under each policy; net returns next to buy-and-hold."""
     from tideline.app.replay import ReplayConfig, run_replay
@@ -47,8 +49,9 @@ def replay(
     res = run_replay(bars, s, cfg, Path(s.home) / "replay", progress=say)
     doc = res.to_dict()
     if report is not None:
-        report.parent.mkdir(parents=True, exist_ok=True)
-        report.write_text(json.dumps(doc, indent=1, default=str))
+        from tideline.app.replay_report import write_replay_report
+
+        say(f"report: {write_replay_report(json.loads(json.dumps(doc, default=str)), report)}")
     if as_json:
         print_json(doc)
         return

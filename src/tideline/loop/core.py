@@ -393,7 +393,8 @@ class Loop:
                 return
         recent = _recent(bars, self.s.loop.monitor_bars + 100)
         try:
-            out = run_drift_check(self.registry, recent, cfg=self.s.drift, now=now, html_out=self.drift_html)
+            out = run_drift_check(self.registry, recent, cfg=self.s.drift, now=now, html_out=self.drift_html,
+                                  html=self.s.loop.drift_html)
         except TidelineError as e:
             rec.step("drift", "failed", f"drift check of {production}: {e}")
             return

@@ -324,6 +324,33 @@ def drift_report_html(reference: pd.DataFrame, current: pd.DataFrame, path: str 
 
     cfg = cfg or DriftConfig()
     t0 = time.perf_counter()
+    result, ref, cur = _report_sample(reference, current, columns, cfg, prediction_column)
+    definition = DataDefinition(numerical_columns=list(ref.columns))
+    snapshot = build_report(result, cfg.drift_share_threshold).run(
+        Dataset.from_pandas(cur, data_definition=definition), Dataset.from_pandas(ref, data_definition=definition))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    snapshot.save_html(str(path))
+    result.seconds = time.perf_counter() - t0
+    result.extra["report_values"] = report_values(snapshot)
+    return result
+
+
+def report_figures(reference: pd.DataFrame, current: pd.DataFrame, *, columns: list[str] | None = None,
+                   cfg: DriftConfig | None = None, prediction_column: str | None = DEFAULT_PREDICTION_COLUMN
+                   ) -> DriftResult:
+    """The figures ``drift_report_html`` would show (the same rows, methods and thresholds), without building
+    Evidently's report: for a check whose HTML nobody reads (a replay's loop)."""
+    t0 = time.perf_counter()
+    result, _, _ = _report_sample(reference, current, columns, cfg or DriftConfig(), prediction_column)
+    result.seconds = time.perf_counter() - t0
+    return result
+
+
+def _report_sample(reference: pd.DataFrame, current: pd.DataFrame, columns: list[str] | None, cfg: DriftConfig,
+                   prediction_column: str | None) -> tuple[DriftResult, pd.DataFrame, pd.DataFrame]:
+    """Both sides sampled to ``cfg.report_sample_size`` (or ``sample_size``) rows, and the figures on them."""
+    t0 = time.perf_counter()
     size = min(cfg.sample_size, cfg.report_sample_size or cfg.sample_size)
     cols = drift_columns(reference, current, columns, cfg, prediction_column)
     has_pred = bool(cfg.prediction_drift and prediction_column and prediction_column in reference
@@ -333,15 +360,7 @@ def drift_report_html(reference: pd.DataFrame, current: pd.DataFrame, path: str 
     cur = _sample(current[keep], size, cfg.seed + 1).astype("float64")
     result = _check_sampled(ref, cur, cols, cfg, prediction_column if has_pred else None,
                             len(reference), len(current), t0)
-    definition = DataDefinition(numerical_columns=keep)
-    snapshot = build_report(result, cfg.drift_share_threshold).run(
-        Dataset.from_pandas(cur, data_definition=definition), Dataset.from_pandas(ref, data_definition=definition))
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    snapshot.save_html(str(path))
-    result.seconds = time.perf_counter() - t0
-    result.extra["report_values"] = report_values(snapshot)
-    return result
+    return result, ref, cur
 
 
 def report_values(snapshot: Any) -> dict[str, float]:
@@ -445,13 +464,15 @@ def attachment_stamp(now: datetime) -> str:
 
 def run_drift_check(registry: Registry, bars: pd.DataFrame, *, version: str = "production",
                     cfg: DriftConfig | None = None, write: bool = True, now: datetime | None = None,
-                    html_out: str | Path | None = None) -> DriftCheckOutcome:
+                    html_out: str | Path | None = None, html: bool = True) -> DriftCheckOutcome:
     """Check ``bars`` (recent, validated) against a registered version's reference sample.
 
     Loads ``reference.parquet``, fetches the model (sha256 verified) to predict on the current window,
     runs the check and, with ``write``, stores ``drift-<UTC>.json``, ``drift-<UTC>.html`` and
     ``drift-latest.json`` as attachments of that version. With ``write`` (or ``html_out``) the figures are
     those of the HTML report (``cfg.report_sample_size`` rows per side), else of :func:`check_drift`.
+    ``html=False`` (a replay: seconds saved a check) stores the same figures without building the HTML
+    report (``report_figures``; no ``drift-<UTC>.html``).
     """
     cfg = cfg or DriftConfig()
     now = now or utcnow()
@@ -469,8 +490,10 @@ def run_drift_check(registry: Registry, bars: pd.DataFrame, *, version: str = "p
         outcome_at = aware(now).isoformat()
         stamp = attachment_stamp(now)
         html_path = Path(tmp) / "report.html"
-        if write or html_out is not None:
+        if (write or html_out is not None) and (html or html_out is not None):
             result = drift_report_html(reference, current, html_path, columns=ref_cols, cfg=cfg)
+        elif write:
+            result = report_figures(reference, current, columns=ref_cols, cfg=cfg)
         else:
             result = check_drift(reference, current, columns=ref_cols, cfg=cfg)
         result.extra.update({
@@ -486,10 +509,13 @@ def run_drift_check(registry: Registry, bars: pd.DataFrame, *, version: str = "p
             dest.parent.mkdir(parents=True, exist_ok=True)
             dest.write_bytes(html_path.read_bytes())
         if write:
-            names = {"json": f"drift-{stamp}.json", "html": f"drift-{stamp}.html", "latest": LATEST_ATTACHMENT}
+            names = {"json": f"drift-{stamp}.json", "latest": LATEST_ATTACHMENT}
+            if html_path.exists():
+                names["html"] = f"drift-{stamp}.html"
             outcome.attachments = names
             payload = json.dumps(outcome.to_dict(), indent=1, default=str).encode()
-            registry.put_attachment(v, names["html"], html_path.read_bytes(), actor="drift")
+            if "html" in names:
+                registry.put_attachment(v, names["html"], html_path.read_bytes(), actor="drift")
             registry.put_attachment(v, names["json"], payload, actor="drift")
             registry.put_attachment(v, names["latest"], payload, actor="drift")
     return outcome

@@ -13,7 +13,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 BENCHES = [["bench_cycle.py"], ["bench_drift.py"], ["bench_predictor.py"], ["bench_rollout.py"], ["bench_learning.py"],
-           ["bench_bars.py"], ["bench_real.py"], ["bench_gate.py"]]
+           ["bench_bars.py"], ["bench_real.py"], ["bench_gate.py"], ["bench_replay.py"]]
 
 
 def run(argv: list[str]) -> list[dict]:
@@ -158,6 +158,18 @@ def markdown(meta: dict, results: list[dict]) -> str:
                 f"| planted signal: median net hold-out Sharpe, ideal strategy / best trained family | "
                 f"{r['signal_ideal_sharpe_median']} / {r['signal_best_sharpe_median']} | about 3 |",
                 f"| wall time | {r['wall_s']} s | |",
+                "",
+            ]
+        elif r.get("name") == "replay":
+            lines += [
+                "| `tideline replay` (bench_replay.py) | value | target |", "|---|---|---|",
+                f"| data | {r['data']}: {r['bars']:,} bars {r['start']} .. {r['end']}, replayed from "
+                f"{r['replay_start']} | 20 years of daily bars, one index |",
+                f"| families / policies | {', '.join(r['families'])} / {', '.join(r['policies'])} | the issue's |",
+                f"| wall time | {r['wall_s']} s | <= {r['goal_s']} s |",
+                f"| peak RSS | {r['peak_rss_gib']} GiB | |",
+                *[f"| {k}: seconds, ticks, retrains, promotions | {v['seconds']} s, {v['ticks']}, {v['retrains']}, "
+                  f"{v['promotions']} | |" for k, v in r["per_policy"].items()],
                 "",
             ]
         elif "error" in r:

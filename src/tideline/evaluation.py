@@ -152,14 +152,23 @@ def _portfolio(
     unit_cost = np.full(len(pos), cost_bps / 1e4)
     if slippage_vol:
         unit_cost = unit_cost + slippage_vol * np.nan_to_num(np.asarray(vol, dtype=np.float64), nan=0.0)
-    frame = pd.DataFrame({"timestamp": ts, "gross": pos * nr, "turnover": turnover, "trades": turnover > 0,
-                          "cost": turnover * unit_cost, "exposure": np.abs(pos), "long": pos > 0})
-    per = frame.groupby("timestamp", sort=True).agg(
-        gross=("gross", "mean"), turnover=("turnover", "mean"), trades=("trades", "sum"), cost=("cost", "mean"),
-        exposure=("exposure", "mean"), long=("long", "sum"),
-    )
-    per["net"] = per["gross"] - per.pop("cost")
-    return per
+    # per timestamp by bincount (a pandas groupby costs ~10 ms a call, and a cycle or a replay makes thousands)
+    codes, uniques = pd.factorize(ts, sort=True)
+    keep = codes >= 0  # a row without a timestamp belongs to no bar (as a groupby drops it)
+    codes, k = codes[keep], len(uniques)
+    n = np.bincount(codes, minlength=k).astype(np.float64)
+
+    def mean(x: np.ndarray) -> np.ndarray:
+        return np.bincount(codes, weights=x[keep], minlength=k) / n
+
+    def count(x: np.ndarray) -> np.ndarray:
+        return np.bincount(codes, weights=x[keep].astype(np.float64), minlength=k).astype(np.int64)
+
+    gross = mean(pos * nr)
+    return pd.DataFrame({
+        "gross": gross, "turnover": mean(turnover), "trades": count(turnover > 0), "exposure": mean(np.abs(pos)),
+        "long": count(pos > 0), "net": gross - mean(turnover * unit_cost),
+    }, index=pd.Index(uniques, name="timestamp"))
 
 
 def position_returns(

@@ -30,6 +30,7 @@ from tideline.data import list_source_files, read_bars_bytes, validate_bars
 from tideline.data.schema import NUMERIC_COLUMNS
 from tideline.errors import DataError, TidelineError
 from tideline.store import NotFound, Store, update_json
+from tideline.store.frames import parquet_frame
 
 log = logging.getLogger(__name__)
 
@@ -143,10 +144,10 @@ def _month_key(month: str) -> str:
 
 def _read_month(store: Store, month: str) -> pd.DataFrame | None:
     try:
-        data, _ = store.get(_month_key(month))
+        data, etag = store.get(_month_key(month))
     except NotFound:
         return None
-    return pd.read_parquet(io.BytesIO(data))
+    return parquet_frame(data, etag)
 
 
 def _write_month(store: Store, month: str, df: pd.DataFrame) -> None:

@@ -14,7 +14,6 @@ and shadow — as Parquet objects in the registry's store:
 
 from __future__ import annotations
 
-import io
 import logging
 import re
 from typing import Any, Final
@@ -24,6 +23,7 @@ import pandas as pd
 
 from tideline.clock import utc_timestamp
 from tideline.errors import ConfigError, DataError
+from tideline.store.frames import parquet_frame
 
 log = logging.getLogger(__name__)
 
@@ -133,8 +133,8 @@ def read_predictions(registry: Any, since: Any = None, until: Any = None) -> pd.
         if (lo is not None and day < f"{lo:%Y-%m-%d}") or (hi is not None and day > f"{hi:%Y-%m-%d}"):
             continue
         try:
-            raw, _ = store.get(key)
-            frames.append(normalize_predictions(pd.read_parquet(io.BytesIO(raw))))
+            raw, etag = store.get(key)
+            frames.append(parquet_frame(raw, etag, normalize_predictions))
         except (OSError, ValueError, DataError, KeyError) as e:  # a torn or foreign object: skip it
             log.warning("skipped unreadable prediction log object %s: %s", key, e)
             unreadable.append(key)

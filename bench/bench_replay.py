@@ -51,7 +51,8 @@ def main() -> None:
         "peak_rss_gib": round(peak_kib / 1024**2, 3), "goal_s": 300,
         "buy_and_hold": {k: round(v, 4) for k, v in res.buy_and_hold.items()},
         "per_policy": {k: {"seconds": round(p.seconds, 1), "ticks": p.ticks, "retrains": p.retrains,
-                           "promotions": p.promotions, "total_return": round(p.metrics["total_return"], 4),
+                           "promotions": p.promotions, "not_run": p.retrains_not_run, "first_not_run": p.first_not_run,
+                           "total_return": round(p.metrics["total_return"], 4),
                            "sharpe": round(p.metrics["sharpe"], 3)}
                        for k, p in res.policies.items()},
     }, sys.stdout)

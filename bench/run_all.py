@@ -169,7 +169,8 @@ def markdown(meta: dict, results: list[dict]) -> str:
                 f"| wall time | {r['wall_s']} s | <= {r['goal_s']} s |",
                 f"| peak RSS | {r['peak_rss_gib']} GiB | |",
                 *[f"| {k}: seconds, ticks, retrains, promotions | {v['seconds']} s, {v['ticks']}, {v['retrains']}, "
-                  f"{v['promotions']} | |" for k, v in r["per_policy"].items()],
+                  f"{v['promotions']}" + "".join(f", {n} {w}" for w, n in (v.get("not_run") or {}).items())
+                  + " | |" for k, v in r["per_policy"].items()],
                 "",
             ]
         elif "error" in r:

@@ -53,8 +53,10 @@ def test_tick_points_follow_the_policy() -> None:
 def test_bad_configs_are_one_line_errors() -> None:
     with pytest.raises(ConfigError, match="unknown policy yearly"):
         ReplayConfig(policies=("yearly",)).validate(1000)
-    with pytest.raises(ConfigError, match="leaves nothing to replay"):
+    with pytest.raises(ConfigError, match="--history 999 leaves nothing to replay"):
         ReplayConfig(history=999).validate(1000)
+    with pytest.raises(ConfigError, match=r"the default history \(300 bar times.*pass a smaller --history"):
+        ReplayConfig().validate(156)  # BTCUSD monthly: 13 years are 156 bars
     assert ReplayConfig().validate(1200) == 400 and ReplayConfig().validate(600) == 300
 
 
@@ -74,6 +76,10 @@ def test_replay_runs_every_policy_net_of_costs(market: pd.DataFrame, tmp_path: P
     # versions were created and promoted at bar time: the registry runs on the replay's clock
     reg = open_registry((tmp_path / "replay" / "monthly" / "registry").as_uri())
     assert reg.get("v1").created_at.startswith(res.data["replay_start"][:10])
+    # --no-gate still counts what the gate refused: every served version whose own decision was a refusal
+    served = {e["version"] for e in mo.events if e["action"] == "promote"}
+    refused = sum(1 for v in served if not (reg.get(v).decision or {}).get("approved"))
+    assert mo.gate_refusals == refused > 0
     assert [e["time"][:10] for e in mo.events][:2] == [res.data["replay_start"][:10], str(
         pd.DatetimeIndex(sorted(market["timestamp"].unique()))[months[1][0]])[:10]]
     doc = json.loads(json.dumps(res.to_dict(), default=str))
@@ -151,3 +157,13 @@ def test_cli_on_real_goog_bars(tmp_path: Path) -> None:
     bad = subprocess.run([sys.executable, "-m", "tideline", "replay", "--data", str(EXAMPLES / "GOOG_1d.csv"),
                           "--policies", "yearly"], env=env, capture_output=True, text=True, timeout=120)
     assert bad.returncode != 0 and "unknown policy yearly" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_retrains_that_never_reach_the_gate_are_counted_with_their_reason(tmp_path: Path) -> None:
+    """Too few bars for a cycle (the loop's own refusal): the policy stays flat and says why, not just "0"."""
+    bars = validate_bars(synthetic_market(1, 160, seed=1, freq="1D")).clean
+    res = run_replay(bars, _settings(tmp_path), ReplayConfig(policies=("static",), history=60), tmp_path / "r")
+    st = res.policies["static"]
+    assert (st.retrains, st.promotions, st.flat_bars > 0) == (0, 0, True)
+    assert st.retrains_not_run == {"failed": 1}
+    assert "usable rows" in (st.first_not_run or "")

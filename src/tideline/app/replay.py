@@ -34,6 +34,7 @@ import shutil
 import tempfile
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
@@ -90,7 +91,10 @@ class ReplayConfig:
         self.check()
         start = self.history if self.history is not None else max(300, n_times // 3)
         if not 0 < start < n_times - 1:
-            raise ConfigError(f"--history {start} leaves nothing to replay: the data has {n_times} bar times")
+            what = f"--history {start}" if self.history is not None else \
+                f"the default history ({start} bar times before the first tick: a third, at least 300)"
+            raise ConfigError(f"{what} leaves nothing to replay: the data has {n_times} bar times",
+                              hint="pass a smaller --history" if n_times > 2 else None)
         return start
 
 
@@ -183,6 +187,11 @@ class PolicyResult:
     flat_bars: int
     ticks: int
     seconds: float
+    retrains_not_run: dict[str, int] = field(default_factory=dict)
+    """ticks whose retrain did not get to the gate, by outcome (``failed``: the cycle refused the data or broke;
+    ``deferred``: the training window after a change was still too short)"""
+    first_not_run: str | None = None
+    """why the first of those did not run (the loop's words)"""
     events: list[dict[str, Any]] = field(default_factory=list)
     changes: list[dict[str, Any]] = field(default_factory=list)
     equity: list[tuple[str, float]] = field(default_factory=list)
@@ -330,10 +339,14 @@ def _replay_policy(policy: str, bars: pd.DataFrame, ds: Dataset, live: np.ndarra
     events = [{"time": e.at, "action": e.action, "version": e.version, "reason": e.reason}
               for e in registry.history() if e.action in ("promote", "rollback")]
     retrains = [d for d in decisions if d["retrain"] in ("approved", "rejected")]
+    not_run = [d for d in decisions if d["retrain"] and d["retrain"] not in ("approved", "rejected")]
     res = PolicyResult(
         policy=policy, metrics=figures, retrains=len(retrains), promotions=len(events),
-        gate_refusals=sum(1 for d in retrains if d["retrain"] == "rejected"),
+        # refused by the gate: rejected, or (--no-gate) promoted over the gate's refusal
+        gate_refusals=sum(1 for r in pipeline.runs if not r["best"] or r["gate_overridden"]),
         flat_bars=int(len(np.unique(meta_t[live][~served[live]]))), ticks=len(points),
+        retrains_not_run=dict(Counter(d["retrain"] for d in not_run)),
+        first_not_run=not_run[0]["retrain_summary"] if not_run else None,
         seconds=round(time.perf_counter() - t0, 2), events=events,
         changes=_changes(ds, live, pos, served),
         equity=_equity(r), accuracy=_rolling_accuracy(ds, live, pos, served),
@@ -372,6 +385,7 @@ def _decision(rec: dict[str, Any]) -> dict[str, Any]:
     return {"at": rec["at"], "outcome": rec["outcome"], "decide": decide.get("outcome"),
             "reason": decide.get("summary"), "retrain": retrain.get("outcome"),
             "window": (retrain.get("window") or {}).get("reason"),
+            "retrain_summary": retrain.get("summary"),
             "rollout": steps.get("rollout", {}).get("outcome"), "error": rec.get("error")}
 
 

@@ -149,13 +149,23 @@ def _series_figure(result: Mapping[str, Any], policies: Mapping[str, Mapping[str
     return _figure(fig)
 
 
+def _not_run(p: Mapping[str, Any]) -> str:
+    """"; 3 failed retrain(s) never reached the gate (the first: ...)" or ""."""
+    counts = p.get("retrains_not_run")
+    if not isinstance(counts, Mapping) or not counts:
+        return ""
+    what = ", ".join(f"{_count(n)} {_text(k)}" for k, n in counts.items())
+    return f"; {what} retrain(s) never reached the gate (the first: {_text(p.get('first_not_run') or '')})"
+
+
 def _policy(name: str, p: Mapping[str, Any]) -> dict[str, Any]:
     decisions = _rows(p.get("decisions"))
     return {
         "name": _text(name),
         "summary": (f"{_count(p.get('ticks'))} ticks, {_count(p.get('retrains'))} retrains "
                     f"({_count(p.get('gate_refusals'))} refused by the gate), {_count(p.get('promotions'))} "
-                    f"promotions, {_count(p.get('flat_bars'))} bar times flat (nothing in production)"),
+                    f"promotions, {_count(p.get('flat_bars'))} bar times flat (nothing in production)"
+                    + _not_run(p)),
         "promotions": [[(_ts(e.get("time")) or NA)[:16], _text(e.get("action", "")), _text(e.get("version") or ""),
                         _text(e.get("reason") or "")] for e in _rows(p.get("events"))],
         "changes": [[(_ts(c.get("at")) or NA)[:16], _text(c.get("detector", "")), _fixed(c.get("accuracy_before"), 3),

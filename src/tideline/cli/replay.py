@@ -84,6 +84,10 @@ def _render(res: object) -> None:
                   str(p.promotions), str(p.gate_refusals), f"{p.flat_bars:,}", f"{p.seconds:.0f}")
     out.print(t)
     for name, p in res.policies.items():
+        if p.retrains_not_run:
+            counts = ", ".join(f"{n} {k}" for k, n in p.retrains_not_run.items())
+            out.print(f"{name}: {counts} retrain(s) never reached the gate; the first: {p.first_not_run}",
+                      highlight=False)
         for c in p.changes[:3]:
             out.print(f"{name}: change in live hits at {c['at'][:10]} ({c['detector']}): accuracy "
                       f"{c['accuracy_before']} before, {c['accuracy_after']} after", highlight=False)

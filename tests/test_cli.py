@@ -55,7 +55,11 @@ def test_cycle_json_and_models_commands(tmp_path, capsys):
     code, o, _ = run([*base, "models", "show", "production", "--json"], capsys)
     assert code == 0 and json.loads(o)["version"] == prod["version"]
     code, o, _ = run([*base, "models", "show", prod["version"]], capsys)
-    assert code == 0 and "hold-out metrics" in o
+    assert code == 0 and "hold-out metrics" in o and "hold-out by volatility regime" in o
+    cand = next(c for c in res["candidates"] if c["version"] == prod["version"])
+    assert set(cand["regimes"]) <= {"low", "normal", "high"} and cand["regimes"]["normal"]["n_obs"] > 0
+    assert json.loads(run([*base, "models", "show", prod["version"], "--json"], capsys)[1])["evaluation"][
+        "regimes"] == cand["regimes"]  # stored with the version
 
     code, o, _ = run([*base, "models", "promote", other["version"], "--reason", "test"], capsys)
     assert code == 0 and other["version"] in o

@@ -18,7 +18,9 @@ from tideline.evaluation import (
     infer_periods_per_year,
     paired_bootstrap_test,
     purged_walk_forward_splits,
+    regime_metrics,
     strategy_returns,
+    volatility_regimes,
 )
 
 
@@ -204,3 +206,37 @@ def test_bootstrap_and_dm_equal_series_are_not_significant() -> None:
     assert r1 == paired_bootstrap_test(a, b, n_samples=200, seed=9)
     tiny = diebold_mariano(np.array([1.0]), np.array([2.0]))
     assert all(math.isfinite(v) for v in tiny.to_dict().values() if isinstance(v, float))
+
+
+# ----------------------------------------------------------------------------------- errors, wins, regimes
+
+
+def test_error_std_bias_and_average_win_and_loss_by_hand() -> None:
+    meta = tiny_meta(4, ("A",))
+    y = np.array([0.01, -0.02, 0.03, -0.01])
+    pred = np.array([0.02, -0.01, 0.01, 0.01])  # errors 0.01, 0.01, -0.02, 0.02
+    m = evaluate_predictions(pred, y, y, meta, cost_bps=0.0, periods_per_year=252)
+    assert m.bias == pytest.approx(0.005) and m.error_std == pytest.approx(np.std([0.01, 0.01, -0.02, 0.02]))
+    # long, short, long, long on 0.01, -0.02, 0.03, -0.01: +0.01, +0.02, +0.03, -0.01
+    assert m.avg_win == pytest.approx(0.02) and m.avg_loss == pytest.approx(0.01)
+    old = Metrics.from_dict({"sharpe": 1.0})  # a version stored before these figures reads them as 0
+    assert (old.error_std, old.bias, old.avg_win, old.avg_loss) == (0.0, 0.0, 0.0, 0.0)
+
+
+def test_regimes_follow_the_reference_quantiles_and_split_the_rows() -> None:
+    ref = np.linspace(0.01, 0.02, 101)  # 10% quantile 0.011, 90% quantile 0.019
+    vol = np.array([0.005, 0.015, 0.03, 0.011, 0.019, np.inf])
+    assert volatility_regimes(vol, ref).tolist() == ["low", "normal", "high", "normal", "normal", "high"]
+    assert volatility_regimes(vol, np.array([np.nan])).tolist() == ["normal"] * 6  # no reference: all normal
+
+    rng = np.random.default_rng(0)
+    n = 300
+    meta = tiny_meta(n, ("A",))
+    y = rng.normal(0, 0.01, n)
+    regimes = np.array(["low"] * 100 + ["normal"] * 190 + ["high"] * 10, dtype=object)
+    pred = np.where(regimes == "low", y, -y)  # right in calm markets, wrong otherwise
+    out = regime_metrics(pred, y, y, meta, regimes, cost_bps=1.0, periods_per_year=252)
+    assert set(out) == {"low", "normal"}  # 10 high rows are too few to judge
+    assert out["low"].n_obs == 100 and out["normal"].n_obs == 190
+    assert out["low"].directional_accuracy == 1.0 and out["normal"].directional_accuracy == 0.0
+    assert out["low"].sharpe > 0 > out["normal"].sharpe

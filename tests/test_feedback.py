@@ -241,6 +241,9 @@ def test_live_metrics_by_hand() -> None:
     assert m.total_return == pytest.approx(math.expm1(net.sum()))
     assert m.sharpe == pytest.approx(net.mean() / net.std(ddof=1) * math.sqrt(ppy))
     assert m.n_periods == 3 and m.cost_bps == cost
+    assert (m.error_std, m.bias) == pytest.approx((np.std(err), np.mean(err)))
+    assert m.avg_win == pytest.approx(net[net > 0].mean() if (net > 0).any() else 0.0)
+    assert m.avg_loss == pytest.approx(-net[net < 0].mean() if (net < 0).any() else 0.0)
     assert m.first_bar_time == str(T0) and m.last_bar_time == str(T0 + pd.Timedelta(hours=2))
     d = m.to_dict()
     assert d["n"] == 6 and set(d) >= {"n", "n_pending", "directional_accuracy", "baseline_accuracy", "mae",

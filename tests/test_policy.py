@@ -111,3 +111,15 @@ def test_evidence_round_trips_with_the_decision():
     d = decide(GOOD, PolicyConfig(), evidence=STRONG)
     assert PolicyDecision.from_dict(d.to_dict()) == d
     assert Evidence.from_dict(STRONG.to_dict()) == STRONG
+
+
+def test_win_rate_and_profit_factor_floors_are_off_unless_set():
+    cand = {"sharpe": 1.2, "n_trades": 80, "max_drawdown": 0.1, "directional_accuracy": 0.53,
+            "win_rate": 0.47, "profit_factor": 1.08}
+    assert decide(cand, PolicyConfig()).approved
+    d = decide(cand, PolicyConfig(min_win_rate=0.5, min_profit_factor=1.1))
+    assert not d.approved and [c.name for c in d.checks if not c.passed] == ["min_win_rate", "min_profit_factor"]
+    assert d.reasons == ["hold-out win rate 0.470 < floor 0.5", "hold-out profit factor 1.080 < floor 1.1"]
+    assert decide(cand, PolicyConfig(min_win_rate=0.45, min_profit_factor=1.05)).approved
+    missing = {k: v for k, v in cand.items() if k != "win_rate"}
+    assert not decide(missing, PolicyConfig(min_win_rate=0.1)).approved  # a missing figure fails its floor

@@ -109,6 +109,10 @@ class PolicyConfig(BaseModel):
     key_metrics: list[str] = ["sharpe", "directional_accuracy", "profit_factor"]
     min_trades: int = Field(30, ge=0)
     max_drawdown: float = Field(0.35, gt=0, description="largest allowed peak-to-trough loss (fraction)")
+    min_win_rate: float | None = Field(
+        None, ge=0, le=1, description="refuse below this hold-out share of winning periods (None: no floor)")
+    min_profit_factor: float | None = Field(
+        None, ge=0, description="refuse below this hold-out profit factor, gains over losses (None: no floor)")
     significance_alpha: float = Field(0.10, gt=0, lt=1)
     require_significance: bool = True
     min_deflated_sharpe: float = Field(

@@ -216,6 +216,14 @@ class Metrics(Document):
     exposure: float = 0.0
     long_share: float = 0.0
     slippage_vol: float = 0.0
+    error_std: float = 0.0
+    """standard deviation of the forecast error ``pred - y``"""
+    bias: float = 0.0
+    """mean forecast error ``pred - y`` (> 0: the model forecasts too high)"""
+    avg_win: float = 0.0
+    """mean net return of the periods that gained"""
+    avg_loss: float = 0.0
+    """mean net loss (a positive number) of the periods that lost"""
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Metrics:
@@ -320,6 +328,8 @@ def evaluate_predictions(
         m.rmse = _finite(np.sqrt(np.mean(err**2)))
         m.mae = _finite(np.mean(np.abs(err)))
         m.ic = _spearman(p, t)
+        m.error_std = _finite(np.std(err))
+        m.bias = _finite(np.mean(err))
     nr = np.nan_to_num(np.asarray(next_return, dtype=np.float64), nan=0.0)
     active = pos != 0
     if active.any():
@@ -331,7 +341,58 @@ def evaluate_predictions(
     if len(port):
         m.turnover = _finite(port["turnover"].mean())
         m.n_trades = int(port["trades"].sum())
+        net = port["net"].to_numpy()
+        if (net > 0).any():
+            m.avg_win = _finite(net[net > 0].mean())
+        if (net < 0).any():
+            m.avg_loss = _finite(-net[net < 0].mean())
     return m
+
+
+REGIMES = ("low", "normal", "high")
+"""volatility regimes, as ``tideline.triggers`` names them"""
+
+
+def volatility_regimes(vol: np.ndarray, reference: np.ndarray, *, low_quantile: float = 0.1,
+                       high_quantile: float = 0.9) -> np.ndarray:
+    """Each row's volatility regime (one of :data:`REGIMES`, as an object array): ``low`` below the
+    ``low_quantile`` of the ``reference`` volatilities (say, the training window's), ``high`` above its
+    ``high_quantile``, else ``normal`` (also a missing volatility, and every row when there is no finite
+    reference). The rule of the triggers' regime detector, applied row by row.
+
+    >>> volatility_regimes(np.array([0.5, 5.0, 9.5, np.nan]), np.arange(1.0, 11.0)).tolist()
+    ['low', 'normal', 'high', 'normal']
+    """
+    v = np.asarray(vol, dtype=np.float64)
+    ref = np.asarray(reference, dtype=np.float64)
+    ref = ref[np.isfinite(ref)]
+    out = np.full(len(v), "normal", dtype=object)
+    if len(ref) == 0:
+        return out
+    lo, hi = np.quantile(ref, [low_quantile, high_quantile])
+    with np.errstate(invalid="ignore"):
+        out[v < lo] = "low"
+        out[v > hi] = "high"
+    return out
+
+
+def regime_metrics(pred: np.ndarray, y: np.ndarray, next_return: np.ndarray, meta: pd.DataFrame,
+                   regimes: np.ndarray, *, min_rows: int = 20, **kw: Any) -> dict[str, Metrics]:
+    """``evaluate_predictions`` on the rows of each regime that has at least ``min_rows`` of them (``kw``: its
+    keyword arguments; a ``vol`` of one value per row is split with the rows). The rows of one regime are
+    scored as one series: a position held into a bar of another regime and out again counts its turnover at
+    the regime's next bar, so costs are not lost, only moved."""
+    out: dict[str, Metrics] = {}
+    regimes = np.asarray(regimes, dtype=object)
+    vol = kw.pop("vol", None)
+    for name in REGIMES:
+        idx = np.flatnonzero(regimes == name)
+        if len(idx) < min_rows:
+            continue
+        out[name] = evaluate_predictions(
+            np.asarray(pred)[idx], np.asarray(y)[idx], np.asarray(next_return)[idx],
+            meta.iloc[idx].reset_index(drop=True), vol=None if vol is None else np.asarray(vol)[idx], **kw)
+    return out
 
 
 def baseline_metrics(

@@ -125,6 +125,8 @@ def decide(
     (False, 'v3')
     >>> d.reasons
     ['improvement over production not significant (p=0.200 >= 0.1)']
+    >>> decide({**cand, "win_rate": 0.48}, PolicyConfig(min_win_rate=0.5)).reasons
+    ['hold-out win rate 0.480 < floor 0.5']
     """
     checks: list[Check] = []
     sharpe = _get(candidate, "sharpe")
@@ -145,6 +147,12 @@ def decide(
     dd = _get(candidate, "max_drawdown")
     ok = dd <= cfg.max_drawdown
     checks.append(Check("max_drawdown", ok, f"max drawdown {_fmt(dd)} {'<=' if ok else '>'} limit {cfg.max_drawdown}"))
+    for name, label, floor in (("min_win_rate", "win rate", cfg.min_win_rate),
+                               ("min_profit_factor", "profit factor", cfg.min_profit_factor)):
+        if floor is not None:
+            x = _get(candidate, name.removeprefix("min_"))
+            ok = x >= floor
+            checks.append(Check(name, ok, f"hold-out {label} {_fmt(x)} {'>=' if ok else '<'} floor {floor}"))
 
     if evidence is not None:
         checks.extend(_evidence_checks(sharpe, evidence, cfg))

@@ -136,6 +136,18 @@ def models_show(ctx: typer.Context, version: Annotated[str, typer.Argument(help=
     for k, v in (mv.metrics or {}).items():
         t.add_row(k, fmt(v, 4))
     out.print(t)
+    regimes = (mv.evaluation or {}).get("regimes") or {}
+    if isinstance(regimes, dict) and regimes:
+        r = Table(title="hold-out by volatility regime (against the training window's volatility)")
+        cols = ("n_obs", "directional_accuracy", "sharpe", "win_rate", "profit_factor", "avg_win", "avg_loss",
+                "error_std", "bias")
+        r.add_column("regime")
+        for c in cols:
+            r.add_column(c.replace("directional_", ""), justify="right")
+        for name, m in regimes.items():
+            if isinstance(m, dict):
+                r.add_row(str(name), *[fmt(m.get(c), 0 if c == "n_obs" else 4) for c in cols])
+        out.print(r)
     if mv.decision:
         verdict = "approved" if mv.decision.get("approved") else "rejected"
         out.print(f"  policy: {verdict}")

@@ -200,6 +200,10 @@ class LiveMetrics(Document):
     error_p05: float = 0.0
     error_p50: float = 0.0
     error_p95: float = 0.0
+    error_std: float = 0.0
+    bias: float = 0.0
+    avg_win: float = 0.0
+    avg_loss: float = 0.0
     ic: float = 0.0
     strategy_return: float = 0.0
     total_return: float = 0.0
@@ -241,6 +245,7 @@ def _metrics_for(rows: pd.DataFrame, version: str, role: str, *, cost_bps: float
     m.directional_accuracy = ev.directional_accuracy
     m.baseline_accuracy = float(np.mean(y[moved] > 0)) if moved.any() else 0.0
     m.mae, m.rmse, m.ic, m.sharpe = ev.mae, ev.rmse, ev.ic, ev.sharpe
+    m.error_std, m.bias, m.avg_win, m.avg_loss = ev.error_std, ev.bias, ev.avg_win, ev.avg_loss
     err = r["error"].to_numpy(dtype=np.float64) if "error" in r else pred - y
     err = err[np.isfinite(err)]
     q = np.quantile(err, [0.05, 0.5, 0.95]) if len(err) else [0.0, 0.0, 0.0]

@@ -38,9 +38,11 @@ from tideline.evaluation import (
     paired_bootstrap_test,
     pbo_cscv,
     purged_walk_forward_splits,
+    regime_metrics,
     sharpe_difference_test,
     sharpe_per_period,
     strategy_returns,
+    volatility_regimes,
 )
 from tideline.features import Dataset, build_dataset, feature_config_hash
 from tideline.models import Model, load_model, make_model, read_meta
@@ -134,6 +136,8 @@ class CandidateResult:
     promoted: bool = False
     evidence: Evidence | None = None
     position: PositionRule = field(default_factory=PositionRule)
+    regimes: dict[str, Metrics] = field(default_factory=dict)
+    """hold-out figures per volatility regime (``holdout_regimes``)"""
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready record of the candidate (figures, p-value vs production, decision, version, promoted)."""
@@ -151,6 +155,7 @@ class CandidateResult:
             "position": self.position.to_dict(),
             "decision": self.decision.to_dict(),
             "fit_seconds": round(self.fit_seconds, 3),
+            "regimes": {k: v.to_dict() for k, v in self.regimes.items()},
         }
 
 
@@ -503,7 +508,27 @@ def judge(result: FamilyResult, prod: ProductionScore, ds: Dataset, plan: Plan, 
         production_version=prod.version, p_value=p_value, production_error=prod.error, evidence=evidence,
     )
     return CandidateResult(result.family, result.holdout, result.walk_forward, result.folds, decision, p_value,
-                           result.fit_seconds, evidence=evidence, position=result.position)
+                           result.fit_seconds, evidence=evidence, position=result.position,
+                           regimes=holdout_regimes(result.holdout_pred, ds, plan, settings, result.position))
+
+
+def holdout_regimes(pred: np.ndarray, ds: Dataset, plan: Plan, settings: Settings,
+                    rule: PositionRule | None = None) -> dict[str, Metrics]:
+    """Hold-out figures of ``pred`` per volatility regime: each hold-out row is ``low``, ``normal`` or ``high``
+    by its recent volatility (``rvol_<positions.vol_window>``) against the quantiles of the development rows'
+    (``triggers.regime_low_quantile`` / ``regime_high_quantile``, the regime rule of the triggers); a regime
+    with fewer than 20 rows is left out. Empty when the dataset has no such feature."""
+    col = f"rvol_{settings.positions.vol_window}"
+    if col not in ds.X:
+        return {}
+    vol = ds.X[col].to_numpy(dtype=np.float64)
+    tr = settings.triggers
+    regimes = volatility_regimes(vol[plan.hold], vol[plan.dev], low_quantile=tr.regime_low_quantile,
+                                 high_quantile=tr.regime_high_quantile)
+    idx = plan.hold
+    return regime_metrics(pred, ds.y[idx], ds.next_return[idx], ds.meta.iloc[idx].reset_index(drop=True), regimes,
+                          cost_bps=settings.evaluation.cost_bps, periods_per_year=plan.periods_per_year,
+                          **_trading(ds, idx, settings, rule or sign_rule(settings, plan)))
 
 
 def _paired_p(a: pd.Series, b: pd.Series, settings: Settings) -> float:
@@ -592,6 +617,7 @@ def register_candidate(registry: Registry, model_dir: Path, cand: CandidateResul
             "production": prod.metrics.to_dict() if prod.metrics else None,
             "p_value_vs_production": cand.p_value, "holdout": info["holdout"],
             "evidence": cand.evidence.to_dict() if cand.evidence else None,
+            "regimes": {k: v.to_dict() for k, v in cand.regimes.items()},
             "cost_bps": settings.evaluation.cost_bps, "source": info["source"],
         },
         "decision": cand.decision.to_dict(),

@@ -56,6 +56,7 @@ def test_cycle_json_and_models_commands(tmp_path, capsys):
     assert code == 0 and json.loads(o)["version"] == prod["version"]
     code, o, _ = run([*base, "models", "show", prod["version"]], capsys)
     assert code == 0 and "hold-out metrics" in o and "hold-out by volatility regime" in o
+    assert "top features (mean |SHAP value|" in o or "top features (mean |change" in o
     cand = next(c for c in res["candidates"] if c["version"] == prod["version"])
     assert set(cand["regimes"]) <= {"low", "normal", "high"} and cand["regimes"]["normal"]["n_obs"] > 0
     assert json.loads(run([*base, "models", "show", prod["version"], "--json"], capsys)[1])["evaluation"][

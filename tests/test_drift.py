@@ -263,6 +263,11 @@ def test_run_drift_check_stores_results_and_sees_a_volatility_regime_change(trai
     for col in ("vz_20", "dlogv", "cs_rank_ret_1"):  # volume and cross-sectional ranks do not move
         assert not r.column(col).drifted, col
     assert r.prediction is not None and r.prediction.drifted
+    # drift detected: the model's feature importance measured again on the loud window, against its own
+    ch = r.extra["importance_change"]
+    assert "error" not in ch and -1 <= ch["rank_correlation"] <= 1 and len(ch["moved"]) == 5
+    assert ch["summary"].startswith("importance rank correlation") and ch["top_before"]
+    assert "importance_change" not in quiet.result.extra  # no drift, nothing to explain
 
 
 def test_missing_reference_is_a_clear_error(trained, tmp_path):

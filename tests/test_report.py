@@ -21,7 +21,7 @@ from tideline.app.report import rolling_accuracy, summary_table_rows, write_repo
 
 HEADINGS = (
     "Live accuracy and equity", "Learning quality", "Timeline", "Retraining triggers", "Rollouts",
-    "Model registry", "Drift (Evidently)", "Configuration",
+    "Model registry", "What the models rest on", "Drift (Evidently)", "Configuration",
 )
 PLOTLY_MARKER = "* plotly.js v"  # the bundle's licence header
 EVIDENTLY_MARKER = "EVIDENTLY-MARKER-42"
@@ -109,7 +109,11 @@ def record(tmp_path: Path) -> dict[str, Any]:
                          "alias": "production", "reason": "rollout passed", "actor": "operator"}],
         },
         "drift": {"html_path": str(evidently), "summary": "2 of 10 features drifted", "share": 0.2,
-                  "drifted": ["ret_1", "vol_24"]},
+                  "drifted": ["ret_1", "vol_24"],
+                  "importance_change": {"summary": "importance rank correlation 0.40 with the version's own"}},
+        "importance": {"production": "v2", "first": "v1", "versions": {
+            "v1": {"method": "tree_shap", "values": {"ret_1": 3.0, "vol_24": 1.0, "clv": 0.5}, "n_rows": 900},
+            "v2": {"method": "tree_shap", "values": {"vol_24": 2.0, "ret_1": 1.0, "clv": 1.0}, "n_rows": 900}}},
         "learning": {"window_bars": 100, "pre_shift_accuracy": 0.66, "post_shift_static_accuracy": 0.35,
                      "post_shift_live_accuracy": 0.58, "recovery_bars": 240,
                      "windows": [{"label": "0-150 bars after the shift", "live": 0.41, "static": 0.33},
@@ -337,3 +341,15 @@ def test_a_missing_template_variable_fails_loudly(
     with pytest.raises(jinja2.UndefinedError, match="events"):
         write_report(record, tmp_path / "out" / "r.html")
     assert not (tmp_path / "out" / "r.html").exists()
+
+
+def test_the_importance_section_shows_productions_features_and_what_changed(
+        record: dict[str, Any], tmp_path: Path) -> None:
+    doc = write_report(record, tmp_path / "r.html").read_text(encoding="utf-8")
+    s = _section(doc, "importance")
+    assert "production v2: top features (mean |SHAP value|, 900 hold-out rows)" in s
+    assert s.index("vol_24") < s.index("ret_1") and "50.0%" in s  # largest first, with its share
+    assert "v1 -&gt; v2: importance rank correlation" in s and "at the drift check" in s
+    record["importance"]["versions"]["v2"]["values"] = {"<b>x</b>": 1.0, "ret_1": 2.0}
+    s = _section(write_report(record, tmp_path / "r2.html").read_text(encoding="utf-8"), "importance")
+    assert "<b>x</b>" not in s and "&lt;b&gt;x&lt;/b&gt;" in s and "v1 -&gt; v2: not comparable" in s

@@ -481,7 +481,8 @@ class Demo:
             name, outcome, summary = st["step"], st["outcome"], st["summary"]
             if name == "drift" and outcome == "ok":
                 self.drift = {"html_path": str(self.home / "report" / "evidently-drift.html"),
-                              "share": round(float(st["share"]), 3), "drifted": st["drifted"], "summary": summary}
+                              "share": round(float(st["share"]), 3), "drifted": st["drifted"], "summary": summary,
+                              "importance_change": st.get("importance_change")}
                 note = "" if st["drifted"] else " - the shift flips the signal, not the features: drift alone " \
                                                 "cannot see it"
                 self.tl.add("drift", summary + note, bar_time=at)
@@ -737,7 +738,7 @@ class Demo:
             "live": live_rows, "events": self.tl.events, "triggers": self.triggers, "rollouts": self.rollouts,
             "retrains": self.retrain_runs, "loop_ticks": len(self.ticks),
             "registry": {"aliases": reg.aliases(), "versions": versions, "history": history},
-            "drift": self.drift, "learning": learning, "checks": checks,
+            "drift": self.drift, "importance": _importance(reg), "learning": learning, "checks": checks,
             "traffic": {"requests": sum(tr.statuses.values()), "statuses": tr.statuses,
                         "rows_answered": tr.rows_answered, "rows_logged": int(len(served)),
                         "failures": tr.failures[:10]},
@@ -806,6 +807,21 @@ class Demo:
                        "the loop recomputed from its stored bars"},
         ]
         return checks
+
+
+def _importance(reg: Any) -> dict[str, Any]:
+    """Every version's stored feature importance, production's name and the first version's (for the report)."""
+    from tideline.errors import TidelineError
+    from tideline.models.explain import IMPORTANCE_ATTACHMENT
+
+    versions: dict[str, Any] = {}
+    for mv in reg.list_versions():
+        try:
+            versions[mv.version] = json.loads(reg.get_attachment(mv.version, IMPORTANCE_ATTACHMENT))
+        except (TidelineError, ValueError):
+            continue
+    return {"versions": versions, "production": reg.aliases().get("production"),
+            "first": next(iter(versions), None)}
 
 
 def learning_quality(live_rows: list[dict[str, Any]], shift_time: pd.Timestamp, *, window: int,

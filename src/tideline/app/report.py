@@ -55,7 +55,7 @@ PLOT_CONFIG = {"displaylogo": False, "responsive": True}
 SECTIONS = (
     ("live", "Live accuracy and equity"), ("learning", "Learning quality"), ("timeline", "Timeline"),
     ("triggers", "Retraining triggers"), ("rollouts", "Rollouts"), ("registry", "Model registry"),
-    ("drift", "Drift (Evidently)"), ("config", "Configuration"),
+    ("importance", "What the models rest on"), ("drift", "Drift (Evidently)"), ("config", "Configuration"),
 )
 
 
@@ -119,7 +119,7 @@ def write_report(record: Mapping[str, Any], path: str | Path) -> Path:
     builders: dict[str, Callable[[Mapping[str, Any]], dict[str, Any]]] = {
         "live": _live_section, "learning": _learning_section, "timeline": _timeline_section,
         "triggers": _triggers_section, "rollouts": _rollouts_section, "registry": _registry_section,
-        "drift": _drift_section, "config": _config_section,
+        "importance": _importance_section, "drift": _drift_section, "config": _config_section,
     }
     sections = []
     for key, heading in SECTIONS:
@@ -348,6 +348,38 @@ def _registry_section(record: Mapping[str, Any]) -> dict[str, Any]:
         "version_headers": ["version", "family", "status", "created", *metric_keys, "note"], "versions": versions,
         "history_headers": list(cols), "history": history,
     }
+
+
+IMPORTANCE_TOP = 10
+
+
+def _importance_section(record: Mapping[str, Any]) -> dict[str, Any]:
+    """Production's top features, and how they differ from the first version's (and at the drift check)."""
+    from tideline.errors import DataError
+    from tideline.models.explain import Importance, compare
+
+    imp = _dict(record.get("importance"))
+    versions = _dict(imp.get("versions"))
+    prod, first = imp.get("production"), imp.get("first")
+    out: dict[str, Any] = {"available": bool(versions), "headers": ["feature", "importance", "share"],
+                           "title": "", "rows": [], "changes": []}
+    if not versions or prod not in versions:
+        return {**out, "available": False}
+    cur = Importance.from_dict(_dict(versions[prod]))
+    total = sum(cur.values.values()) or 1.0
+    how = "mean |SHAP value|" if cur.method == "tree_shap" else "mean |change of the prediction| when shuffled"
+    out["title"] = f"production {_text(prod)}: top features ({how}, {cur.n_rows:,} hold-out rows)"
+    out["rows"] = [[_text(k), f"{v:.3g}", _pct(v / total)] for k, v in cur.top(IMPORTANCE_TOP)]
+    if first in versions and first != prod:
+        try:
+            line = compare(_dict(versions[first]), cur).summary()
+        except DataError as e:
+            line = f"not comparable: {e}"
+        out["changes"].append(f"{_text(first)} -> {_text(prod)}: {_text(line)}")
+    drift_change = _dict(_dict(record.get("drift")).get("importance_change"))
+    if drift_change.get("summary"):
+        out["changes"].append(f"at the drift check, on the recent bars: {_text(drift_change['summary'])}")
+    return out
 
 
 def _drift_section(record: Mapping[str, Any]) -> dict[str, Any]:

@@ -9,7 +9,7 @@ from rich.table import Table
 from rich.text import Text
 
 from tideline.cli.context import err, fmt, open_registry, out, print_json, state
-from tideline.errors import IntegrityError
+from tideline.errors import IntegrityError, TidelineError
 
 models_app = typer.Typer(help="Inspect and move model versions in the registry.", no_args_is_help=True)
 
@@ -148,6 +148,7 @@ def models_show(ctx: typer.Context, version: Annotated[str, typer.Argument(help=
             if isinstance(m, dict):
                 r.add_row(str(name), *[fmt(m.get(c), 0 if c == "n_obs" else 4) for c in cols])
         out.print(r)
+    _show_importance(reg, mv.version)
     if mv.decision:
         verdict = "approved" if mv.decision.get("approved") else "rejected"
         out.print(f"  policy: {verdict}")
@@ -155,6 +156,30 @@ def models_show(ctx: typer.Context, version: Annotated[str, typer.Argument(help=
             out.print(f"    {'✔' if c['passed'] else '✘'} {c['detail']}")
     for name, a in mv.artifacts.items():
         out.print(f"  artifact {name}: sha256 {a.sha256[:16]}… {a.size:,} bytes")
+
+
+def _show_importance(reg: Any, version: str, top: int = 10) -> None:
+    """The version's top features (its ``importance.json``), when it has one."""
+    import json
+
+    from tideline.models.explain import IMPORTANCE_ATTACHMENT, Importance
+
+    try:
+        imp = Importance.from_dict(json.loads(reg.get_attachment(version, IMPORTANCE_ATTACHMENT)))
+    except (TidelineError, ValueError) as e:
+        if "has no attachment" not in str(e):  # none stored (an older version) is not news
+            out.print(f"  feature importance unreadable: {e}", highlight=False)
+        return
+    what = ("mean |SHAP value|" if imp.method == "tree_shap"
+            else "mean |change of the prediction| when shuffled")
+    t = Table(title=f"top features ({what}, {imp.n_rows:,} hold-out rows)")
+    t.add_column("feature")
+    t.add_column("importance", justify="right")
+    t.add_column("share", justify="right")
+    total = sum(imp.values.values()) or 1.0
+    for name, v in imp.top(top):
+        t.add_row(name, f"{v:.3g}", f"{v / total:.1%}")
+    out.print(t)
 
 
 @models_app.command("history")

@@ -402,8 +402,11 @@ class Loop:
         thr = self.s.triggers.drift_share_threshold
         rule = (f", the rule fires at {thr}" if "drift" in self.s.triggers.enabled
                 else f"; the drift rule, off here, would fire at {thr}")
+        imp = res.extra.get("importance_change") or {}
         rec.step("drift", "ok", f"{production}: {len(res.drifted_columns())} of {len(res.columns)} features "
-                 f"drifted (share {res.drifted_share:.2f}{rule})",
+                 f"drifted (share {res.drifted_share:.2f}{rule})"
+                 + (f"; {imp.get('summary') or 'importance not measured: ' + str(imp.get('error'))}" if imp else ""),
+                 importance_change=imp or None,
                  share=res.drifted_share, drifted=[c.column for c in res.drifted_columns()],
                  columns=len(res.columns), threshold=self.s.triggers.drift_share_threshold)
 

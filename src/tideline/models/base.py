@@ -179,6 +179,11 @@ class Model(ABC):
     def _predict(self, X: np.ndarray) -> np.ndarray:
         """Predict the scaled target for float32 inputs."""
 
+    def _contributions(self, X: np.ndarray) -> np.ndarray | None:
+        """Per-row, per-feature contributions to the scaled prediction (SHAP values: ``n x (k + 1)``, the last
+        column the expected value), or None where the family has no exact ones (then permutation is used)."""
+        return None
+
     @abstractmethod
     def _save_artifacts(self, directory: Path) -> dict[str, Any]:
         """Write ``artifact_files`` into ``directory``; return extra metadata for model.json."""
@@ -253,6 +258,23 @@ class Model(ABC):
         except Exception as e:
             raise ModelError(f"{self.family} model failed to predict: {_first_line(e)}") from e
         return self.y_center + self.y_scale * z
+
+    def contributions(self, X: np.ndarray) -> np.ndarray | None:
+        """Exact SHAP values of ``predict_array(X)`` (tree families: TreeSHAP, by the library itself), one row per
+        row of ``X`` and one column per ``self.columns`` plus the expected value last, in prediction units (they
+        sum to the prediction); None where the family has none."""
+        if not self._fitted:
+            raise ModelError(f"{self.family} model is not fitted")
+        Xa = np.ascontiguousarray(X, dtype=np.float32)
+        try:
+            c = self._contributions(Xa)
+        except Exception as e:
+            raise ModelError(f"{self.family} model failed to explain: {_first_line(e)}") from e
+        if c is None:
+            return None
+        c = np.asarray(c, dtype=np.float64).reshape(len(Xa), len(self.columns) + 1) * self.y_scale
+        c[:, -1] += self.y_center
+        return c
 
     def save(self, directory: str | Path) -> list[str]:
         """Write the artifact files and ``model.json`` into ``directory``; return the file names written."""

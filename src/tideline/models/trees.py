@@ -106,6 +106,11 @@ class XGBoostModel(_TreeModel):
     def _predict(self, X: np.ndarray) -> np.ndarray:
         return self._booster.inplace_predict(X)
 
+    def _contributions(self, X: np.ndarray) -> np.ndarray | None:
+        import xgboost as xgb
+
+        return self._booster.predict(xgb.DMatrix(X), pred_contribs=True)
+
     def _save_artifacts(self, directory: Path) -> dict[str, Any]:
         self._booster.save_model(str(directory / "model.ubj"))
         return {"n_features": len(self.columns)}
@@ -182,6 +187,9 @@ class LightGBMModel(_TreeModel):
             if fast.ok:
                 return fast.predict(X)
         return self._booster.predict(X, num_threads=self.n_threads)
+
+    def _contributions(self, X: np.ndarray) -> np.ndarray | None:
+        return self._booster.predict(X, pred_contrib=True, num_threads=self.n_threads)
 
     def _save_artifacts(self, directory: Path) -> dict[str, Any]:
         (directory / "model.txt").write_text(self._model_str, encoding="utf-8")

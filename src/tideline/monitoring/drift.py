@@ -503,6 +503,10 @@ def run_drift_check(registry: Registry, bars: pd.DataFrame, *, version: str = "p
             "current_window": {"start": str(current["timestamp"].min()), "end": str(current["timestamp"].max()),
                                "symbols": sorted(map(str, current["symbol"].unique()))},
         })
+        if result.dataset_drifted:  # drift detected: what the model rests on now, against its own
+            change = importance_change(registry, v, model_dir, current)
+            if change is not None:
+                result.extra["importance_change"] = change
         outcome = DriftCheckOutcome(v, result, outcome_at)
         if html_out is not None:
             dest = Path(html_out)
@@ -519,6 +523,25 @@ def run_drift_check(registry: Registry, bars: pd.DataFrame, *, version: str = "p
             registry.put_attachment(v, names["json"], payload, actor="drift")
             registry.put_attachment(v, names["latest"], payload, actor="drift")
     return outcome
+
+
+def importance_change(registry: Registry, version: str, model_dir: Path, current: pd.DataFrame
+                      ) -> dict[str, Any] | None:
+    """The version's feature importance measured again on ``current`` (its features) against its own stored
+    ``importance.json``: ``ImportanceChange.to_dict()`` plus a ``summary`` line; ``{"error": ...}`` when it
+    cannot be measured; None when the version has no stored importance (an older one)."""
+    from tideline.models import load_model
+    from tideline.models.explain import IMPORTANCE_ATTACHMENT, compare, importance
+
+    try:
+        stored = json.loads(registry.get_attachment(version, IMPORTANCE_ATTACHMENT))
+    except (RegistryError, ValueError):
+        return None
+    try:
+        change = compare(stored, importance(load_model(model_dir), current))
+    except (DataError, ModelError) as e:
+        return {"error": str(e)}
+    return {"summary": change.summary(), **change.to_dict()}
 
 
 # ---- change detection on live outcomes ----------------------------------------------------------------

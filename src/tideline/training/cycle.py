@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import logging
 import math
 import subprocess
@@ -45,7 +46,7 @@ from tideline.evaluation import (
     volatility_regimes,
 )
 from tideline.features import Dataset, build_dataset, feature_config_hash
-from tideline.models import Model, load_model, make_model, read_meta
+from tideline.models import Model, explain, load_model, make_model, read_meta
 from tideline.policy import Evidence, PolicyDecision, decide
 from tideline.positions import PositionRule, fit_position_rule, stored_rule
 from tideline.registry import ModelVersion, Registry
@@ -94,11 +95,14 @@ class FamilyResult:
     """net strategy return per walk-forward test period, every fold in time order (what PBO is measured on)"""
     position: PositionRule = field(default_factory=PositionRule)
     """the final model's position rule (stored with its version)"""
+    importance: dict[str, Any] | None = None
+    """the final model's feature importance on its hold-out (``tideline.models.explain.Importance.to_dict``)"""
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready figures (predictions, reference sample and fold returns left out); ``fit_seconds`` rounded."""
         return {"family": self.family, "holdout": self.holdout.to_dict(), "walk_forward": self.walk_forward,
-                "folds": self.folds, "fit_seconds": round(self.fit_seconds, 3), "position": self.position.to_dict()}
+                "folds": self.folds, "fit_seconds": round(self.fit_seconds, 3), "position": self.position.to_dict(),
+                "importance": self.importance}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], holdout_pred: np.ndarray, reference: pd.DataFrame | None = None,
@@ -109,7 +113,7 @@ class FamilyResult:
         """
         return cls(d["family"], Metrics.from_dict(d["holdout"]), dict(d["walk_forward"]), list(d["folds"]),
                    float(d["fit_seconds"]), holdout_pred, reference, fold_returns,
-                   PositionRule.from_dict(d.get("position") or {}))
+                   PositionRule.from_dict(d.get("position") or {}), d.get("importance"))
 
 
 @dataclass
@@ -461,9 +465,20 @@ def train_family(family: str, ds: Dataset, plan: Plan, settings: Settings,
         for stat, fn in (("mean", np.mean), ("std", np.std))
     } if folds else {}
     ref = reference_sample(model, ds, plan.dev, settings.training.seed)
+    imp = holdout_importance(model, ds, plan, settings)
     advance(1)
     wf_returns = pd.concat(fold_returns).sort_index() if fold_returns else None
-    return model, FamilyResult(family, hm, wf, folds, time.perf_counter() - t0, pred, ref, wf_returns, rule)
+    return model, FamilyResult(family, hm, wf, folds, time.perf_counter() - t0, pred, ref, wf_returns, rule, imp)
+
+
+def holdout_importance(model: Model, ds: Dataset, plan: Plan, settings: Settings) -> dict[str, Any] | None:
+    """The final model's feature importance on (the latest rows of) its hold-out (``tideline.models.explain``);
+    None, with a warning, when it cannot be measured (a version is still registered without it)."""
+    try:
+        return explain.importance(model, ds.X.iloc[plan.hold], seed=settings.training.seed).to_dict()
+    except TidelineError as e:
+        log.warning("%s: no feature importance: %s", model.family, e)
+        return None
 
 
 def score_production(registry: Registry, ds: Dataset, plan: Plan, bars: pd.DataFrame, settings: Settings
@@ -596,8 +611,10 @@ def judge_all(results: list[FamilyResult], prod: ProductionScore, base: Mapping[
 
 def register_candidate(registry: Registry, model_dir: Path, cand: CandidateResult, *, info: dict[str, Any],
                        settings: Settings, base: Mapping[str, Metrics], prod: ProductionScore,
-                       reference: pd.DataFrame | None = None) -> ModelVersion:
-    """Store one candidate: artifacts, lineage, metrics, evaluation and the policy decision."""
+                       reference: pd.DataFrame | None = None,
+                       importance: Mapping[str, Any] | None = None) -> ModelVersion:
+    """Store one candidate: artifacts, lineage, metrics, evaluation and the policy decision; its drift
+    reference sample and feature importance as attachments."""
     meta = read_meta(model_dir)
     mv = registry.register(model_dir, {
         "family": cand.family,
@@ -629,6 +646,9 @@ def register_candidate(registry: Registry, model_dir: Path, cand: CandidateResul
         buf = io.BytesIO()
         reference.to_parquet(buf, index=False)
         registry.put_attachment(mv.version, REFERENCE_ATTACHMENT, buf.getvalue(), actor="cycle")
+    if importance:
+        registry.put_attachment(mv.version, explain.IMPORTANCE_ATTACHMENT,
+                                json.dumps(dict(importance)).encode(), actor="cycle")
     cand.version = mv.version
     return mv
 
@@ -724,7 +744,7 @@ class CycleRunner:
                 with tempfile.TemporaryDirectory(prefix="tideline-model-") as tmp:
                     model.save(Path(tmp))
                     register_candidate(self.registry, Path(tmp), c, info=info, settings=s, base=base, prod=prod,
-                                       reference=fr.reference)
+                                       reference=fr.reference, importance=fr.importance)
                 advance(1)
 
         promoted, note = None, "no candidate passed the promotion policy; production unchanged"

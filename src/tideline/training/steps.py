@@ -439,7 +439,7 @@ def register(in_dataset: str | Path, in_decisions: str | Path, models: Sequence[
         cand = _candidate_from_dict(d)
         fr = load_result(d["result_dir"])
         register_candidate(reg, by_family[cand.family], cand, info=info, settings=s, base=base, prod=prod,
-                           reference=fr.reference)
+                           reference=fr.reference, importance=fr.importance)
         cands.append(cand)
     best = choose_best(cands)
     registered = {

@@ -5,7 +5,7 @@
   in prediction units (``method = "tree_shap"``).
 * The other families (sklearn's HistGradientBoosting, the torch net): permutation importance against the
   model's own predictions: the mean absolute change of the prediction when that feature's column is shuffled
-  across the sample (``method = "permutation"``; same units). It needs no labels, so it can be measured on
+  across the latest ``PERMUTATION_ROWS`` of the sample (``method = "permutation"``; same units). It needs no labels, so it can be measured on
   live bars whose outcomes are not known yet.
 
 ``importance(model, X)`` measures; ``compare(before, after)`` says what changed (rank correlation, the
@@ -31,6 +31,8 @@ from tideline.models.base import Model
 IMPORTANCE_ATTACHMENT: Final = "importance.json"
 SAMPLE_ROWS: Final = 2000
 """rows an importance is measured on (the latest, when there are more)"""
+PERMUTATION_ROWS: Final = 1000
+"""rows a permutation importance is measured on (it predicts the sample once per feature)"""
 
 
 @dataclass
@@ -85,6 +87,7 @@ def importance(model: Model, X: pd.DataFrame, *, sample: int = SAMPLE_ROWS, seed
     if contrib is not None:
         vals = np.mean(np.abs(contrib[:, :-1]), axis=0)
         return Importance("tree_shap", _values(columns, vals), len(Xs))
+    Xs = Xs[-PERMUTATION_ROWS:]
     base = model.predict_array(Xs)
     rng = np.random.default_rng(seed)
     vals = np.zeros(len(columns))
@@ -122,4 +125,4 @@ def compare(before: Importance | Mapping[str, Any], after: Importance, *, top: i
     )
 
 
-__all__ = ["IMPORTANCE_ATTACHMENT", "SAMPLE_ROWS", "Importance", "ImportanceChange", "compare", "importance"]
+__all__ = ["IMPORTANCE_ATTACHMENT", "PERMUTATION_ROWS", "SAMPLE_ROWS", "Importance", "ImportanceChange", "compare", "importance"]

@@ -4,8 +4,8 @@ The issue's market: 20 symbols x 2,520 daily bars (``synthetic_market``, no regi
 purged walk-forward folds, the default families and settings (1 bp costs). Per seed, two markets: pure
 noise (``signal_strength=0``) and a planted signal (``--strength``, default 0.15) whose ideal strategy
 (holding the sign of the generator's own predictor, computed from the bars) earns a net annualised hold-out
-Sharpe of about 3. Each family is trained and judged as in a cycle (``train_family``, ``judge_all``); a
-seed counts as approved when any family is. Targets: noise approved in at most 1 of 20 seeds, the planted
+Sharpe of about 3. Each family is trained and judged as in a cycle, their equal-weight ensemble with them
+(``train_family``, ``ensemble_result``, ``judge_all``); a seed counts as approved when any candidate is. Targets: noise approved in at most 1 of 20 seeds, the planted
 signal in at least 16 of 20. Each position rule of ``--rules`` (default: sign and zscore) is one run over
 every seed; prints one JSON object per rule (per-seed figures included).
 """
@@ -44,13 +44,23 @@ def ideal_holdout_sharpe(bars: pd.DataFrame, cost_bps: float, holdout_fraction: 
 
 def one(settings, seed: int, strength: float) -> dict:
     from tideline.data import synthetic_market, validate_bars
-    from tideline.training.cycle import ProductionScore, baselines, judge_all, make_dataset, plan_windows, train_family
+    from tideline.training.cycle import (
+        ProductionScore,
+        baselines,
+        ensemble_result,
+        judge_all,
+        make_dataset,
+        plan_windows,
+        train_family,
+    )
 
     bars = validate_bars(synthetic_market(20, 2520, seed=seed, freq="1D", start="2010-01-01",
                                           signal_strength=strength)).clean
     ds = make_dataset(bars, settings.features)
     plan = plan_windows(ds, settings)
     results = [train_family(f, ds, plan, settings)[1] for f in settings.training.families]
+    ens = ensemble_result(results, ds, plan, settings)  # one more candidate, as in a cycle
+    results += [ens] if ens is not None else []
     cands = judge_all(results, ProductionScore(), baselines(ds, plan, settings), ds, plan, settings)
     ev = settings.evaluation
     return {

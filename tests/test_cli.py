@@ -43,12 +43,12 @@ def test_cycle_json_and_models_commands(tmp_path, capsys):
     assert code == 0, e
     res = json.loads(o)
     assert res["promoted_version"] is not None  # the permissive policy above approves
-    assert {c["family"] for c in res["candidates"]} == {"lightgbm", "sklearn"}
+    assert {c["family"] for c in res["candidates"]} == {"lightgbm", "sklearn", "ensemble"}
     assert "buy_and_hold" in res["baselines"]
 
     code, o, _ = run(["models", f"--registry={reg}", "list", "--json"], capsys)
     rows = json.loads(o)
-    assert code == 0 and len(rows) == 2
+    assert code == 0 and len(rows) == 3
     prod = next(r for r in rows if "production" in r["aliases"])
     other = next(r for r in rows if r is not prod)
 

@@ -32,9 +32,11 @@ def test_full_cycle_registers_every_family_and_compares_with_production(tmp_path
     reg = open_registry(s.registry_uri())
     res = CycleRunner(s, reg).run(synthetic=SYN)
     fams = {c.family for c in res.candidates}
-    assert fams == {"xgboost", "lightgbm", "sklearn", "torch"}
+    assert fams == {"xgboost", "lightgbm", "sklearn", "torch", "ensemble"}  # the equal-weight ensemble too
     versions = reg.list_versions()
-    assert len(versions) == 4
+    assert len(versions) == 5
+    ens = next(c for c in res.candidates if c.family == "ensemble")
+    assert reg.get(ens.version).family == "ensemble" and "members.json" in reg.get(ens.version).artifacts
     for mv in versions:
         assert mv.artifacts and all(len(a.sha256) == 64 for a in mv.artifacts.values())
         assert mv.decision is not None and mv.decision["reasons"]
@@ -51,7 +53,7 @@ def test_full_cycle_registers_every_family_and_compares_with_production(tmp_path
         # the checks luck cannot pass, on the first promotion too; the figures in the record
         assert {"vs_baseline", "walk_forward", "deflated_sharpe"} <= {ch.name for ch in c.decision.checks}
         d = c.to_dict()
-        assert 0.0 <= d["deflated_sharpe"] <= 1.0 and d["evidence"]["n_trials"] == 4
+        assert 0.0 <= d["deflated_sharpe"] <= 1.0 and d["evidence"]["n_trials"] == 5
         assert d["pbo"] is not None and 0.0 <= d["pbo"] <= 1.0
         assert d["evidence"]["baseline"] in ("buy_and_hold", "always_long")
         assert len(d["evidence"]["fold_sharpes"]) == 3
@@ -73,7 +75,7 @@ def test_full_cycle_registers_every_family_and_compares_with_production(tmp_path
         # Same data, same seed, same window: production scores exactly what it scored as a candidate.
         assert res2.production_metrics.sharpe == pytest.approx(prod_fam.holdout.sharpe, rel=1e-9, abs=1e-12)
         assert all(c.p_value is not None for c in res2.candidates)
-        assert len(reg.list_versions()) == 8
+        assert len(reg.list_versions()) == 10
         for c in res2.candidates:
             assert c.decision.compared_to == res.promoted_version
 

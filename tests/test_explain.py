@@ -85,3 +85,34 @@ def test_rows_without_the_models_columns_are_a_one_line_error() -> None:
         importance(m, X.drop(columns=["strong"]))
     with pytest.raises(DataError, match="no rows"):
         importance(m, X.iloc[:0])
+
+
+# ---- the ensemble model ------------------------------------------------------------------------------------
+def test_an_ensemble_predicts_its_members_mean_and_survives_a_save(tmp_path) -> None:  # noqa: ANN001
+    from tideline.errors import ModelError
+    from tideline.models import load_model
+    from tideline.models.ensemble import EnsembleModel
+
+    X, y, spec = _data(1500)
+    members = [make_model(f, seed=0, params=FAST[f], n_threads=1).fit(X, y, spec) for f in ("lightgbm", "xgboost")]
+    ens = EnsembleModel.of(members)
+    rows = X.iloc[:100]
+    want = np.mean([m.predict(rows) for m in members], axis=0)
+    np.testing.assert_allclose(ens.predict(rows), want, rtol=1e-6)
+    c = ens.contributions(rows[ens.columns].to_numpy(np.float32))  # SHAP is additive: the members' mean
+    assert c is not None
+    np.testing.assert_allclose(c.sum(axis=1), want, rtol=1e-4, atol=1e-9)
+    files = ens.save(tmp_path / "e")
+    assert files == ["members.json", "model.json"] and (tmp_path / "e" / "member-xgboost" / "model.json").exists()
+    back = load_model(tmp_path / "e")
+    assert back.family == "ensemble" and back.columns == ens.columns
+    np.testing.assert_allclose(back.predict(rows), want, rtol=1e-6)
+    # a member's file changed after the save: refused, never served
+    meta = tmp_path / "e" / "member-lightgbm" / "model.json"
+    meta.write_text(meta.read_text().replace('"seed": 0', '"seed": 1'))
+    with pytest.raises(ModelError, match="member member-lightgbm is corrupt"):
+        load_model(tmp_path / "e")
+    with pytest.raises(ModelError, match="at least two"):
+        EnsembleModel.of(members[:1])
+    sk = make_model("sklearn", seed=0, params=FAST["sklearn"], n_threads=1).fit(X, y, spec)
+    assert EnsembleModel.of([members[0], sk]).contributions(rows[ens.columns].to_numpy(np.float32)) is None

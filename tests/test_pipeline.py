@@ -75,13 +75,15 @@ def test_local_run_executes_every_step_and_requests_rollout_when_approved(approv
 
     reg = open_registry(s.registry_uri())
     versions = reg.list_versions()
-    assert sorted(mv.family for mv in versions) == FAMILIES  # fan-in reached register with both models
+    # fan-in reached register with both models; the evaluate step judged their equal-weight ensemble too, and
+    # register built it from the two models and stored it like any family
+    assert sorted(mv.family for mv in versions) == sorted([*FAMILIES, "ensemble"])
     assert summary["versions"] == {mv.family: mv.version for mv in versions}
     for mv in versions:
         assert mv.decision["approved"] is True and mv.metrics["n_obs"] > 0
         assert mv.evaluation["baselines"] and mv.evaluation["holdout"]["rows"] > 0
         ev = mv.evaluation["evidence"]  # measured across both families' artifacts (fold returns travel too)
-        assert ev["n_trials"] == 2 and 0.0 <= ev["deflated_sharpe"] <= 1.0 and ev["pbo"] is not None
+        assert ev["n_trials"] == 3 and 0.0 <= ev["deflated_sharpe"] <= 1.0 and ev["pbo"] is not None
         assert mv.data_hash and mv.training_window["n_rows"] > 0
         ref = pd.read_parquet(io.BytesIO(reg.get_attachment(mv.version, "reference.parquet")))
         assert len(ref) > 100 and ref["prediction"].notna().all()
@@ -97,7 +99,7 @@ def test_local_run_executes_every_step_and_requests_rollout_when_approved(approv
     train_metrics = _metrics_logged(tasks[loop[0]])
     assert "holdout_sharpe" in train_metrics and "wf_sharpe_mean" in train_metrics
     judged = _metrics_logged(tasks["evaluate-and-select"])
-    assert judged["approved_candidates"] == 2
+    assert judged["approved_candidates"] == 3
     html = next(Path(tasks["drift-report"]).glob("report*"))
     assert html.stat().st_size > 10_000 and "<html" in html.read_text(errors="replace")[:5000].lower()
     assert _metrics_logged(tasks["drift-report"])  # drift figures logged too
@@ -126,7 +128,7 @@ def test_strict_policy_skips_the_rollout_branch_and_sets_no_alias(tmp_path):
     names = {t.rsplit("/", 1)[-1] for t in summary["tasks"]}
     assert names == set(COMPONENTS) - {"request-rollout"}  # the If branch did not run
     reg = open_registry(s.registry_uri())
-    assert len(reg.list_versions()) == 2  # every candidate is still registered, with its decision
+    assert len(reg.list_versions()) == 3  # every candidate (the ensemble too) is still registered, with its decision
     assert all(mv.decision["approved"] is False for mv in reg.list_versions())
     assert summary["decision"] == "rejected" and summary["candidate"] is None and summary["rollout"] is None
     assert reg.aliases() == {}

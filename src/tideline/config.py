@@ -85,6 +85,8 @@ class TrainingConfig(BaseModel):
     cv_max_train_rows: int = Field(150_000, ge=1000, description="row cap for each walk-forward fold's fit")
     n_threads: int = Field(0, ge=0, description="threads for the learners (0: all cores)")
     params: dict[str, dict[str, Any]] = Field(default_factory=dict, description="per-family overrides")
+    ensemble: bool = Field(True, description="an equal-weight ensemble of the trained families is one more "
+                                             "candidate (when at least two trained)")
 
     @field_validator("families")
     @classmethod

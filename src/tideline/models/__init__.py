@@ -30,6 +30,7 @@ _LAZY = {
     "SklearnModel": "tideline.models.trees",
     "SKOPS_ALLOWED_TYPES": "tideline.models.trees",
     "SequenceModel": "tideline.models.sequence",
+    "EnsembleModel": "tideline.models.ensemble",
 }
 
 __all__ = [

@@ -38,6 +38,7 @@ _FAMILY_MODULES = {
     "lightgbm": ("tideline.models.trees", "LightGBMModel"),
     "sklearn": ("tideline.models.trees", "SklearnModel"),
     "torch": ("tideline.models.sequence", "SequenceModel"),
+    "ensemble": ("tideline.models.ensemble", "EnsembleModel"),  # built from trained members, never trained
 }
 
 

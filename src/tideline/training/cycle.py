@@ -97,12 +97,20 @@ class FamilyResult:
     """the final model's position rule (stored with its version)"""
     importance: dict[str, Any] | None = None
     """the final model's feature importance on its hold-out (``tideline.models.explain.Importance.to_dict``)"""
+    fold_preds: list[np.ndarray] | None = field(default=None, repr=False)
+    """each walk-forward fold's test predictions (what an ensemble of the families is scored on)"""
+    fold_refs: list[np.ndarray | None] | None = field(default=None, repr=False)
+    """each fold model's predictions its position rule was fitted on (None: the rule needs none)"""
+    rule_ref: np.ndarray | None = field(default=None, repr=False)
+    """the final model's predictions its position rule was fitted on (None: the rule needs none)"""
+    members: list[str] | None = None
+    """the families an ensemble averages (None: a trained family)"""
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready figures (predictions, reference sample and fold returns left out); ``fit_seconds`` rounded."""
         return {"family": self.family, "holdout": self.holdout.to_dict(), "walk_forward": self.walk_forward,
                 "folds": self.folds, "fit_seconds": round(self.fit_seconds, 3), "position": self.position.to_dict(),
-                "importance": self.importance}
+                "importance": self.importance, "members": self.members}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], holdout_pred: np.ndarray, reference: pd.DataFrame | None = None,
@@ -113,7 +121,8 @@ class FamilyResult:
         """
         return cls(d["family"], Metrics.from_dict(d["holdout"]), dict(d["walk_forward"]), list(d["folds"]),
                    float(d["fit_seconds"]), holdout_pred, reference, fold_returns,
-                   PositionRule.from_dict(d.get("position") or {}), d.get("importance"))
+                   PositionRule.from_dict(d.get("position") or {}), d.get("importance"),
+                   members=d.get("members"))
 
 
 @dataclass
@@ -406,15 +415,20 @@ def position_rule(model: Model, ds: Dataset, idx: np.ndarray, settings: Settings
     """The configured position rule fitted for ``model`` trained on rows ``idx`` (capped like ``fit_model``):
     a ``zscore`` rule scales against the model's predictions on the purged inner validation rows its fit set
     aside (out of sample; the latest training rows when there were too few to set any aside)."""
-    cfg = settings.positions
-    ref = None
-    if cfg.rule == "zscore":
-        ts = ds.meta["timestamp"].to_numpy()
-        recent = _recent(idx, cap)
-        _, val_idx = _inner_validation(ts, recent, settings.features.horizon)
-        rows = val_idx if len(val_idx) else recent[-max(1, len(recent) // 10):]
-        ref = model.predict(ds.X.iloc[rows])
-    return fit_position_rule(cfg, ref, plan.periods_per_year)
+    return fit_position_rule(settings.positions, rule_reference(model, ds, idx, settings, cap), plan.periods_per_year)
+
+
+def rule_reference(model: Model, ds: Dataset, idx: np.ndarray, settings: Settings, cap: int | None
+                   ) -> np.ndarray | None:
+    """The predictions a ``zscore`` rule is fitted on (see ``position_rule``); None for a rule that needs none.
+    The rows depend on ``idx``, ``cap`` and the horizon only, so every family's are the same rows."""
+    if settings.positions.rule != "zscore":
+        return None
+    ts = ds.meta["timestamp"].to_numpy()
+    recent = _recent(idx, cap)
+    _, val_idx = _inner_validation(ts, recent, settings.features.horizon)
+    rows = val_idx if len(val_idx) else recent[-max(1, len(recent) // 10):]
+    return model.predict(ds.X.iloc[rows])
 
 
 def reference_sample(model: Model, ds: Dataset, idx: np.ndarray, seed: int, n: int = REFERENCE_ROWS) -> pd.DataFrame:
@@ -441,34 +455,112 @@ def train_family(family: str, ds: Dataset, plan: Plan, settings: Settings,
     """Purged walk-forward on the development rows, then the final fit and its hold-out figures."""
     advance = advance or (lambda n=1: None)
     t0 = time.perf_counter()
-    ts = ds.meta["timestamp"].to_numpy()
     folds: list[dict[str, Any]] = []
     fold_returns: list[pd.Series] = []
+    fold_preds: list[np.ndarray] = []
+    fold_refs: list[np.ndarray | None] = []
     for k, sp in enumerate(plan.splits):
         tr, te = plan.dev[sp.train_idx], plan.dev[sp.test_idx]
         cap = settings.training.cv_max_train_rows
         m = fit_model(family, ds, tr, settings, cap)
-        rule = position_rule(m, ds, tr, settings, plan, cap)
-        fold_pred = m.predict(ds.X.iloc[te])
-        fm = _metrics(fold_pred, ds, te, plan, settings, rule)
-        fold_returns.append(_returns(fold_pred, ds, te, settings, plan, rule))
-        folds.append({"fold": k, "train_rows": int(len(tr)), "test_rows": int(len(te)),
-                      "test_start": _ts(ts[te][0]), "test_end": _ts(ts[te][-1]), **fm.to_dict()})
+        fold_refs.append(rule_reference(m, ds, tr, settings, cap))
+        fold_preds.append(m.predict(ds.X.iloc[te]))
+        fold, fr_ret = _fold(k, fold_preds[-1], fold_refs[-1], sp, ds, plan, settings)
+        folds.append(fold)
+        fold_returns.append(fr_ret)
         advance(1)
     model = fit_model(family, ds, plan.dev, settings, settings.training.max_train_rows)
-    rule = position_rule(model, ds, plan.dev, settings, plan, settings.training.max_train_rows)
+    rule_ref = rule_reference(model, ds, plan.dev, settings, settings.training.max_train_rows)
+    rule = fit_position_rule(settings.positions, rule_ref, plan.periods_per_year)
     pred = model.predict(ds.X.iloc[plan.hold])
     hm = _metrics(pred, ds, plan.hold, plan, settings, rule)
-    wf = {
-        f"{key}_{stat}": float(fn([f[key] for f in folds]))
-        for key in ("sharpe", "directional_accuracy", "ic")
-        for stat, fn in (("mean", np.mean), ("std", np.std))
-    } if folds else {}
     ref = reference_sample(model, ds, plan.dev, settings.training.seed)
     imp = holdout_importance(model, ds, plan, settings)
     advance(1)
     wf_returns = pd.concat(fold_returns).sort_index() if fold_returns else None
-    return model, FamilyResult(family, hm, wf, folds, time.perf_counter() - t0, pred, ref, wf_returns, rule, imp)
+    return model, FamilyResult(family, hm, _wf_summary(folds), folds, time.perf_counter() - t0, pred, ref, wf_returns,
+                               rule, imp, fold_preds, fold_refs, rule_ref)
+
+
+def _fold(k: int, pred: np.ndarray, rule_ref: np.ndarray | None, sp: Split, ds: Dataset, plan: Plan,
+          settings: Settings) -> tuple[dict[str, Any], pd.Series]:
+    """One walk-forward fold's figures and net returns per test period, from its test predictions."""
+    tr, te = plan.dev[sp.train_idx], plan.dev[sp.test_idx]
+    ts = ds.meta["timestamp"].to_numpy()
+    rule = fit_position_rule(settings.positions, rule_ref, plan.periods_per_year)
+    fm = _metrics(pred, ds, te, plan, settings, rule)
+    return ({"fold": k, "train_rows": int(len(tr)), "test_rows": int(len(te)), "test_start": _ts(ts[te][0]),
+             "test_end": _ts(ts[te][-1]), **fm.to_dict()}, _returns(pred, ds, te, settings, plan, rule))
+
+
+def _wf_summary(folds: list[dict[str, Any]]) -> dict[str, float]:
+    return {
+        f"{key}_{stat}": float(fn([f[key] for f in folds]))
+        for key in ("sharpe", "directional_accuracy", "ic")
+        for stat, fn in (("mean", np.mean), ("std", np.std))
+    } if folds else {}
+
+
+ENSEMBLE = "ensemble"
+
+
+def ensemble_result(results: Sequence[FamilyResult], ds: Dataset, plan: Plan, settings: Settings
+                    ) -> FamilyResult | None:
+    """The equal-weight ensemble of the trained families as one more candidate, from their results alone (no
+    model is trained): each fold's and the hold-out's predictions are the mean of the members' on the same
+    rows, its position rule is fitted on the mean of theirs, and it is scored exactly like a family (so the
+    gate judges it like one, and its Sharpe is one more trial). None when ``training.ensemble`` is off or
+    fewer than two families trained; its feature importance is measured once its model exists
+    (``ensemble_model``)."""
+    members = [r for r in results if r.members is None]
+    if not settings.training.ensemble or len(members) < 2:
+        return None
+    if any(r.fold_preds is None or r.fold_refs is None for r in members):
+        log.warning("no ensemble: a family's result lacks its fold predictions")
+        return None
+    t0 = time.perf_counter()
+
+    def mean(arrays: Sequence[np.ndarray | None]) -> np.ndarray | None:
+        return None if any(a is None for a in arrays) else np.mean(np.vstack(arrays), axis=0)
+
+    folds, fold_returns, fold_preds, fold_refs = [], [], [], []
+    for k, sp in enumerate(plan.splits):
+        pred = mean([r.fold_preds[k] for r in members])  # type: ignore[index]
+        assert pred is not None
+        rref = mean([r.fold_refs[k] for r in members])  # type: ignore[index]
+        fold, ret = _fold(k, pred, rref, sp, ds, plan, settings)
+        folds.append(fold)
+        fold_returns.append(ret)
+        fold_preds.append(pred)
+        fold_refs.append(rref)
+    rule_ref = mean([r.rule_ref for r in members])
+    rule = fit_position_rule(settings.positions, rule_ref, plan.periods_per_year)
+    pred = mean([r.holdout_pred for r in members])
+    assert pred is not None
+    hm = _metrics(pred, ds, plan.hold, plan, settings, rule)
+    ref = None
+    refs = [r.reference for r in members]
+    if all(x is not None for x in refs):  # the same sampled rows (same seed and rows) for every family
+        ref = refs[0].copy()  # type: ignore[union-attr]
+        ref["prediction"] = np.mean(np.vstack([x["prediction"].to_numpy() for x in refs]), axis=0)  # type: ignore[union-attr]
+    wf_returns = pd.concat(fold_returns).sort_index() if fold_returns else None
+    return FamilyResult(ENSEMBLE, hm, _wf_summary(folds), folds, time.perf_counter() - t0, pred, ref, wf_returns,
+                        rule, None, fold_preds, fold_refs, rule_ref, [r.family for r in members])
+
+
+def ensemble_model(result: FamilyResult, models: Mapping[str, Model], ds: Dataset, plan: Plan,
+                   settings: Settings) -> Model:
+    """The ensemble ``result`` describes, built from its members' fitted ``models``; its feature importance is
+    measured and put into ``result``."""
+    from tideline.models.ensemble import EnsembleModel
+
+    assert result.members is not None
+    missing = [f for f in result.members if f not in models]
+    if missing:
+        raise ModelError(f"the ensemble's members {missing} did not reach this step")
+    model = EnsembleModel.of([models[f] for f in result.members], seed=settings.training.seed)
+    result.importance = holdout_importance(model, ds, plan, settings)
+    return model
 
 
 def holdout_importance(model: Model, ds: Dataset, plan: Plan, settings: Settings) -> dict[str, Any] | None:
@@ -735,6 +827,10 @@ class CycleRunner:
         if not trained:
             raise ModelError("every model family failed to train: "
                              + "; ".join(f"{f}: {why}" for f, why in failures.items()))
+        with self._timed("ensemble"):
+            ens = ensemble_result([fr for _, fr in trained.values()], ds, plan, s)
+            if ens is not None:
+                trained[ENSEMBLE] = (ensemble_model(ens, {f: m for f, (m, _) in trained.items()}, ds, plan, s), ens)
         candidates = judge_all([fr for _, fr in trained.values()], prod, base, ds, plan, s,
                                earlier_trials(self.registry))
 

@@ -26,6 +26,7 @@ import functools
 import inspect
 import json
 import logging
+import tempfile
 import traceback
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -298,18 +299,32 @@ def train(in_dataset: str | Path, family: str, settings_json: str, out_model_dir
         _write_json(_dir(out_result) / "result.json", failed)
         return failed
     model.save(_dir(out_model_dir))
-    out = _dir(out_result)
+    save_result(fr, _dir(out_result))
+    return {"family": family, **{f"holdout_{k}": v for k, v in fr.holdout.to_dict().items()},
+            **{f"wf_{k}": v for k, v in fr.walk_forward.items()}, "fit_seconds": round(fr.fit_seconds, 3)}
+
+
+FAILED_FILE = "failed.json"  # in a model directory: the family's training failed (why)
+
+
+def save_result(fr: Any, out: Path) -> None:
+    """Write a ``FamilyResult`` as a training result directory (``load_result`` reads it back)."""
     _write_json(out / "result.json", fr.to_dict())
     np.save(out / "holdout_pred.npy", np.asarray(fr.holdout_pred, dtype=np.float64), allow_pickle=False)
     if fr.reference is not None:
         fr.reference.to_parquet(out / "reference.parquet", index=False)
     if fr.fold_returns is not None:
         fr.fold_returns.rename("return").rename_axis("timestamp").to_frame().to_parquet(out / "fold_returns.parquet")
-    return {"family": family, **{f"holdout_{k}": v for k, v in fr.holdout.to_dict().items()},
-            **{f"wf_{k}": v for k, v in fr.walk_forward.items()}, "fit_seconds": round(fr.fit_seconds, 3)}
-
-
-FAILED_FILE = "failed.json"  # in a model directory: the family's training failed (why)
+    arrays: dict[str, np.ndarray] = {}
+    for k, pred in enumerate(fr.fold_preds or []):
+        arrays[f"pred{k}"] = np.asarray(pred, dtype=np.float64)
+    for k, ref in enumerate(fr.fold_refs or []):
+        if ref is not None:
+            arrays[f"ref{k}"] = np.asarray(ref, dtype=np.float64)
+    if fr.rule_ref is not None:
+        arrays["rule_ref"] = np.asarray(fr.rule_ref, dtype=np.float64)
+    if fr.fold_preds is not None:
+        np.savez(out / "fold_preds.npz", n_folds=np.array(len(fr.fold_preds)), **arrays)
 
 
 def failed_result(in_result: str | Path) -> dict[str, str] | None:
@@ -329,9 +344,16 @@ def load_result(in_result: str | Path) -> Any:
         ref = pd.read_parquet(src / "reference.parquet") if (src / "reference.parquet").exists() else None
         wf = (pd.read_parquet(src / "fold_returns.parquet")["return"] if (src / "fold_returns.parquet").exists()
               else None)
+        fr = FamilyResult.from_dict(d, pred, ref, wf)
+        if (src / "fold_preds.npz").exists():
+            with np.load(src / "fold_preds.npz", allow_pickle=False) as z:
+                n = int(z["n_folds"])
+                fr.fold_preds = [z[f"pred{k}"] for k in range(n)]
+                fr.fold_refs = [z[f"ref{k}"] if f"ref{k}" in z else None for k in range(n)]
+                fr.rule_ref = z["rule_ref"] if "rule_ref" in z else None
     except (OSError, ValueError, KeyError) as e:
         raise TidelineError(f"training result {src} cannot be read: {e}") from None
-    return FamilyResult.from_dict(d, pred, ref, wf)
+    return fr
 
 
 # ---- evaluate / register / gate / rollout -------------------------------------------------------------
@@ -347,7 +369,7 @@ def _open(registry_uri: str, s: Settings) -> Any:
 def evaluate_and_select(in_dataset: str | Path, in_clean: str | Path, results: Sequence[str | Path],
                         registry_uri: str, settings_json: str, out_decisions: str | Path) -> dict[str, Any]:
     """Score production on the same hold-out rows, then judge every candidate against it and the policy."""
-    from tideline.training.cycle import baselines, earlier_trials, judge_all, score_production
+    from tideline.training.cycle import baselines, earlier_trials, ensemble_result, judge_all, score_production
 
     s = settings_from_json(settings_json)
     ds, plan, info = load_dataset(in_dataset)
@@ -365,6 +387,11 @@ def evaluate_and_select(in_dataset: str | Path, in_clean: str | Path, results: S
             failures[failed["family"]] = failed["failed"]
             continue
         trained[str(r)] = load_result(r)
+    ens = ensemble_result(list(trained.values()), ds, plan, s)
+    if ens is not None:  # one more candidate; its model is built where the members' models are (register)
+        where = _dir(Path(out_decisions) / "ensemble-result")
+        save_result(ens, where)
+        trained[str(where)] = ens
     judged = judge_all(list(trained.values()), prod, base, ds, plan, s, earlier_trials(reg)) if trained else []
     candidates = [{**c.to_dict(), "result_dir": r} for r, c in zip(trained, judged, strict=True)]
     if not candidates:
@@ -396,12 +423,15 @@ def evaluate_and_select(in_dataset: str | Path, in_clean: str | Path, results: S
 def _candidate_from_dict(d: Mapping[str, Any]) -> Any:
     from tideline.evaluation import Metrics
     from tideline.policy import Evidence, PolicyDecision
+    from tideline.positions import PositionRule
     from tideline.training.cycle import CandidateResult
 
     return CandidateResult(d["family"], Metrics.from_dict(d["holdout"]), dict(d["walk_forward"]), list(d["folds"]),
                            PolicyDecision.from_dict(d["decision"]), d.get("p_value_vs_production"),
                            float(d.get("fit_seconds", 0.0)), d.get("version"), bool(d.get("promoted", False)),
-                           Evidence.from_dict(d["evidence"]) if d.get("evidence") else None)
+                           Evidence.from_dict(d["evidence"]) if d.get("evidence") else None,
+                           position=PositionRule.from_dict(d.get("position") or {}),
+                           regimes={k: Metrics.from_dict(v) for k, v in (d.get("regimes") or {}).items()})
 
 
 def _family_of_model(model_dir: str | Path) -> str:
@@ -421,13 +451,14 @@ def register(in_dataset: str | Path, in_decisions: str | Path, models: Sequence[
     Models are matched to their decisions by family (the order of fanned-in artifacts is not relied on).
     """
     from tideline.evaluation import Metrics
-    from tideline.training.cycle import ProductionScore, choose_best, register_candidate
+    from tideline.models import load_model
+    from tideline.training.cycle import ENSEMBLE, ProductionScore, choose_best, ensemble_model, register_candidate
 
     s = settings_from_json(settings_json)
-    _, _, info = load_dataset(in_dataset)
+    ds, plan, info = load_dataset(in_dataset)
     dec = _read_json(Path(in_decisions) / "decisions.json")
     by_family = {_family_of_model(m): Path(m) for m in models}
-    missing = [c["family"] for c in dec["candidates"] if c["family"] not in by_family]
+    missing = [c["family"] for c in dec["candidates"] if c["family"] not in by_family and c["family"] != ENSEMBLE]
     if missing:
         raise ModelError(f"no trained model reached the register step for {', '.join(missing)}")
     p = dec["production"]
@@ -438,8 +469,16 @@ def register(in_dataset: str | Path, in_decisions: str | Path, models: Sequence[
     for d in dec["candidates"]:
         cand = _candidate_from_dict(d)
         fr = load_result(d["result_dir"])
-        register_candidate(reg, by_family[cand.family], cand, info=info, settings=s, base=base, prod=prod,
-                           reference=fr.reference, importance=fr.importance)
+        if cand.family == ENSEMBLE:  # built here from its members' models, then stored like any family
+            members = {f: load_model(by_family[f]) for f in fr.members or [] if f in by_family}
+            model = ensemble_model(fr, members, ds, plan, s)
+            with tempfile.TemporaryDirectory(prefix="tideline-ensemble-") as tmp:
+                model.save(Path(tmp))
+                register_candidate(reg, Path(tmp), cand, info=info, settings=s, base=base, prod=prod,
+                                   reference=fr.reference, importance=fr.importance)
+        else:
+            register_candidate(reg, by_family[cand.family], cand, info=info, settings=s, base=base, prod=prod,
+                               reference=fr.reference, importance=fr.importance)
         cands.append(cand)
     best = choose_best(cands)
     registered = {

@@ -98,7 +98,8 @@ def run_rule(settings, seeds: int, strength: float) -> None:  # noqa: ANN001
     out = {
         "name": "gate", "positions": settings.positions.rule, "seeds": seeds, "symbols": 20, "bars": 2520,
         "strength": strength,
-        "families": list(settings.training.families), "cost_bps": settings.evaluation.cost_bps,
+        "families": list(settings.training.families), "ensemble": settings.training.ensemble,
+        "cost_bps": settings.evaluation.cost_bps,
         "noise_approved": sum(r["approved"] for r in runs["noise"]),
         "signal_approved": sum(r["approved"] for r in runs["signal"]),
         "signal_ideal_sharpe_median": float(np.median([r["ideal_sharpe"] for r in runs["signal"]])),

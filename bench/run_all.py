@@ -148,10 +148,11 @@ def markdown(meta: dict, results: list[dict]) -> str:
             ]
         elif r.get("name") == "gate":
             lines += [
-                f"| the gate with trained models (bench_gate.py), positions: {r.get('positions', 'sign')} | value | target |",
+                f"| the gate with trained models (bench_gate.py), positions: {r.get('positions', 'sign')}"
+                + (f" ({r['note']})" if r.get("note") else "") + " | value | target |",
                 "|---|---|---|",
                 f"| market | {r['symbols']} symbols x {r['bars']:,} daily bars, 20% hold-out, {r['cost_bps']} bp costs, "
-                f"{', '.join(r['families'])} | the issue's |",
+                f"{', '.join(r['families'])}{' and their ensemble' if r.get('ensemble') else ''} | the issue's |",
                 f"| pure noise: seeds with a promotion | {r['noise_approved']} of {r['seeds']} | <= 1 of 20 |",
                 f"| planted signal (strength {r['strength']}): seeds with a promotion | {r['signal_approved']} of "
                 f"{r['seeds']} | >= 16 of 20 |",

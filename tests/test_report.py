@@ -349,7 +349,7 @@ def test_the_importance_section_shows_productions_features_and_what_changed(
     s = _section(doc, "importance")
     assert "production v2: top features (mean |SHAP value|, 900 hold-out rows)" in s
     assert s.index("vol_24") < s.index("ret_1") and "50.0%" in s  # largest first, with its share
-    assert "v1 -&gt; v2: importance rank correlation" in s and "at the drift check" in s
+    assert "v1 -&gt; v2: importance rank correlation" in s and "with v1&#39;s" in s and "at the drift check" in s
     record["importance"]["versions"]["v2"]["values"] = {"<b>x</b>": 1.0, "ret_1": 2.0}
     s = _section(write_report(record, tmp_path / "r2.html").read_text(encoding="utf-8"), "importance")
     assert "<b>x</b>" not in s and "&lt;b&gt;x&lt;/b&gt;" in s and "v1 -&gt; v2: not comparable" in s

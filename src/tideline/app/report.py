@@ -372,7 +372,7 @@ def _importance_section(record: Mapping[str, Any]) -> dict[str, Any]:
     out["rows"] = [[_text(k), f"{v:.3g}", _pct(v / total)] for k, v in cur.top(IMPORTANCE_TOP)]
     if first in versions and first != prod:
         try:
-            line = compare(_dict(versions[first]), cur).summary()
+            line = compare(_dict(versions[first]), cur).summary(against=f"{first}'s")
         except DataError as e:
             line = f"not comparable: {e}"
         out["changes"].append(f"{_text(first)} -> {_text(prod)}: {_text(line)}")

@@ -59,10 +59,10 @@ class ImportanceChange(Document):
     moved: list[dict[str, Any]]
     """the features whose share of the total importance changed most: feature, share before, share after"""
 
-    def summary(self) -> str:
-        """One line for a tick record or a report."""
+    def summary(self, against: str = "the version's own") -> str:
+        """One line for a tick record or a report (``against``: what the earlier importance was)."""
         moves = ", ".join(f"{m['feature']} {m['before']:.0%} -> {m['after']:.0%}" for m in self.moved[:3])
-        return (f"importance rank correlation {self.rank_correlation:.2f} with the version's own"
+        return (f"importance rank correlation {self.rank_correlation:.2f} with {against}"
                 + (f"; moved most: {moves}" if moves else ""))
 
 

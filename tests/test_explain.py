@@ -3,39 +3,21 @@ others, and the change between two importances."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
-
 import numpy as np
 import pandas as pd
 import pytest
 
 from tideline.errors import DataError
-from tideline.models import make_model
+from tideline.models import StoredSpec, make_model
 from tideline.models.explain import Importance, compare, importance
 
 
-@dataclass
-class Spec:
-    tabular: list[str]
-    sequence: list[str]
-    channels: list[str]
-    seq_len: int
-
-    @property
-    def all_columns(self) -> list[str]:
-        return [*self.tabular, *self.sequence]
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"tabular": self.tabular, "sequence": self.sequence, "channels": self.channels, "seq_len": 0}
-
-
-def _data(n: int = 3000) -> tuple[pd.DataFrame, np.ndarray, Spec]:
+def _data(n: int = 3000) -> tuple[pd.DataFrame, np.ndarray, StoredSpec]:
     rng = np.random.default_rng(0)
     cols = ["strong", "weak", "noise1", "noise2"]
     X = pd.DataFrame(rng.standard_normal((n, 4)).astype(np.float32), columns=cols)
     y = 1e-3 * (1.0 * X["strong"] + 0.3 * X["weak"]).to_numpy(np.float64) + 1e-4 * rng.standard_normal(n)
-    return X, y, Spec(cols, [], [], 0)
+    return X, y, StoredSpec(cols, [], [], 0)
 
 
 FAST = {"xgboost": {"num_boost_round": 80}, "lightgbm": {"num_boost_round": 80, "min_data_in_leaf": 20},

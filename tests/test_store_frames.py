@@ -52,9 +52,10 @@ def test_a_parse_step_is_cached_apart_and_its_errors_are_not() -> None:
 
 def test_the_cache_holds_at_most_max_bytes(monkeypatch) -> None:  # noqa: ANN001
     frames.clear()
-    raw = _bytes(pd.DataFrame({"x": range(100)}))
-    monkeypatch.setattr(frames, "MAX_BYTES", 4 * len(raw))
+    df = pd.DataFrame({"x": range(100)})
+    raw, size = _bytes(df), int(df.memory_usage(deep=True).sum())  # bounded by what the frames take in memory
+    monkeypatch.setattr(frames, "MAX_BYTES", 4 * size)
     for i in range(10):
         parquet_frame(raw, f"e{i}")
-    assert frames._held <= 4 * len(raw)
+    assert frames._held <= 4 * size
     assert len(frames._cache) == 4

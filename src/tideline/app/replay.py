@@ -395,11 +395,17 @@ def _figures(r: np.ndarray, ppy: float) -> dict[str, float]:
     return {k: round(float(v), 6) for k, v in _series_metrics(np.asarray(r, dtype=np.float64), ppy).items()}
 
 
+def _thin(n: int) -> np.ndarray:
+    """Positions of at most ``SERIES_POINTS`` (+1: the last is always kept) of ``n`` evenly spaced points."""
+    if n == 0:
+        return np.zeros(0, dtype=np.intp)
+    return np.unique(np.r_[np.arange(0, n, max(1, -(-n // SERIES_POINTS))), n - 1])
+
+
 def _equity(r: pd.Series) -> list[tuple[str, float]]:
-    """The cumulative net log return, thinned to at most ``SERIES_POINTS`` points (the last one kept)."""
+    """The cumulative net log return, thinned (``_thin``)."""
     cum = np.cumsum(r.to_numpy())
-    keep = np.unique(np.r_[np.arange(0, len(cum), max(1, -(-len(cum) // SERIES_POINTS))), len(cum) - 1])
-    return [(str(r.index[i]), round(float(cum[i]), 6)) for i in keep if i >= 0]
+    return [(str(r.index[i]), round(float(cum[i]), 6)) for i in _thin(len(cum))]
 
 
 def _rolling_accuracy(ds: Dataset, live: np.ndarray, pos: np.ndarray, served: np.ndarray
@@ -411,9 +417,8 @@ def _rolling_accuracy(ds: Dataset, live: np.ndarray, pos: np.ndarray, served: np
     per_bar = hit.groupby(level=0).agg(["sum", "count"])
     roll = per_bar.rolling(ACCURACY_WINDOW, min_periods=1).sum()
     acc = (roll["sum"] / roll["count"]).where(roll["count"] > 0)
-    keep = np.unique(np.r_[np.arange(0, len(acc), max(1, -(-len(acc) // SERIES_POINTS))), len(acc) - 1])
     return [(str(acc.index[i]), None if pd.isna(acc.iloc[i]) else round(float(acc.iloc[i]), 4))
-            for i in keep if i >= 0]
+            for i in _thin(len(acc))]
 
 
 def _changes(ds: Dataset, live: np.ndarray, pos: np.ndarray, served: np.ndarray) -> list[dict[str, Any]]:

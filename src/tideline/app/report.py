@@ -367,8 +367,7 @@ def _importance_section(record: Mapping[str, Any]) -> dict[str, Any]:
         return {**out, "available": False}
     cur = Importance.from_dict(_dict(versions[prod]))
     total = sum(cur.values.values()) or 1.0
-    how = "mean |SHAP value|" if cur.method == "tree_shap" else "mean |change of the prediction| when shuffled"
-    out["title"] = f"production {_text(prod)}: top features ({how}, {cur.n_rows:,} hold-out rows)"
+    out["title"] = f"production {_text(prod)}: top features ({cur.measure}, {cur.n_rows:,} hold-out rows)"
     out["rows"] = [[_text(k), f"{v:.3g}", _pct(v / total)] for k, v in cur.top(IMPORTANCE_TOP)]
     if first in versions and first != prod:
         try:

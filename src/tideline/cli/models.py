@@ -170,9 +170,7 @@ def _show_importance(reg: Any, version: str, top: int = 10) -> None:
         if "has no attachment" not in str(e):  # none stored (an older version) is not news
             out.print(f"  feature importance unreadable: {e}", highlight=False)
         return
-    what = ("mean |SHAP value|" if imp.method == "tree_shap"
-            else "mean |change of the prediction| when shuffled")
-    t = Table(title=f"top features ({what}, {imp.n_rows:,} hold-out rows)")
+    t = Table(title=f"top features ({imp.measure}, {imp.n_rows:,} hold-out rows)")
     t.add_column("feature")
     t.add_column("importance", justify="right")
     t.add_column("share", justify="right")

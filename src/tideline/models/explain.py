@@ -5,8 +5,8 @@
   in prediction units (``method = "tree_shap"``).
 * The other families (sklearn's HistGradientBoosting, the torch net): permutation importance against the
   model's own predictions: the mean absolute change of the prediction when that feature's column is shuffled
-  across the latest ``PERMUTATION_ROWS`` of the sample (``method = "permutation"``; same units). It needs no labels, so it can be measured on
-  live bars whose outcomes are not known yet.
+  across the latest ``PERMUTATION_ROWS`` of the sample (``method = "permutation"``; same units). It needs no
+  labels, so it can be measured on live bars whose outcomes are not known yet.
 
 ``importance(model, X)`` measures; ``compare(before, after)`` says what changed (rank correlation, the
 features that moved most). The cycle stores each version's importance as the ``importance.json`` attachment
@@ -42,6 +42,12 @@ class Importance(Document):
     method: str
     values: dict[str, float] = field(default_factory=dict)
     n_rows: int = 0
+
+    @property
+    def measure(self) -> str:
+        """What a value is, in words (for a table title)."""
+        return ("mean |SHAP value|" if self.method == "tree_shap"
+                else "mean |change of the prediction| when shuffled")
 
     def top(self, n: int = 10) -> list[tuple[str, float]]:
         """The ``n`` most important features, largest first."""

@@ -381,10 +381,11 @@ class VersionLike(Protocol):
 
 
 def current_window_from_bars(bars: pd.DataFrame, version: VersionLike, *, model_dir: Path | None = None,
-                             max_rows: int | None = None) -> pd.DataFrame:
+                             max_rows: int | None = None, model: Any = None) -> pd.DataFrame:
     """Features of ``bars`` computed with the version's own feature config: ``timestamp``, ``symbol``, the
     tabular features, and ``prediction`` from the model in ``model_dir`` when given (a directory from
-    ``registry.fetch``). Only fully warmed-up rows; the latest ``max_rows`` when set."""
+    ``registry.fetch``), or from ``model`` (a loaded ``Model``) when given. Only fully warmed-up rows; the latest
+    ``max_rows`` when set."""
     from tideline.features import build_inference_frame
 
     try:
@@ -404,10 +405,11 @@ def current_window_from_bars(bars: pd.DataFrame, version: VersionLike, *, model_
     frame = X[spec.tabular].copy()
     frame.insert(0, "timestamp", meta["timestamp"].to_numpy())
     frame.insert(1, "symbol", meta["symbol"].to_numpy())
-    if model_dir is not None:
+    if model is None and model_dir is not None:
         from tideline.models import load_model
 
         model = load_model(Path(model_dir))
+    if model is not None:
         frame[DEFAULT_PREDICTION_COLUMN] = model.predict(X)
     return frame
 
@@ -480,9 +482,11 @@ def run_drift_check(registry: Registry, bars: pd.DataFrame, *, version: str = "p
     v = mv.version
     reference = load_reference(registry, v)
     with tempfile.TemporaryDirectory(prefix="tideline-drift-") as tmp:
-        model_dir = registry.fetch(v, Path(tmp) / "model")
+        from tideline.models import load_model
+
+        model = load_model(registry.fetch(v, Path(tmp) / "model"))
         try:
-            current = current_window_from_bars(bars, mv, model_dir=model_dir)
+            current = current_window_from_bars(bars, mv, model=model)
         except (KeyError, ValueError) as e:
             raise ModelError(f"the model of {v} cannot predict on the current window: {e}") from None
         ref_cols = [c for c in reference.columns if c not in META_COLUMNS and c != DEFAULT_PREDICTION_COLUMN
@@ -504,7 +508,7 @@ def run_drift_check(registry: Registry, bars: pd.DataFrame, *, version: str = "p
                                "symbols": sorted(map(str, current["symbol"].unique()))},
         })
         if result.dataset_drifted:  # drift detected: what the model rests on now, against its own
-            change = importance_change(registry, v, model_dir, current)
+            change = importance_change(registry, v, model, current)
             if change is not None:
                 result.extra["importance_change"] = change
         outcome = DriftCheckOutcome(v, result, outcome_at)
@@ -525,12 +529,12 @@ def run_drift_check(registry: Registry, bars: pd.DataFrame, *, version: str = "p
     return outcome
 
 
-def importance_change(registry: Registry, version: str, model_dir: Path, current: pd.DataFrame
+def importance_change(registry: Registry, version: str, model: Any, current: pd.DataFrame
                       ) -> dict[str, Any] | None:
-    """The version's feature importance measured again on ``current`` (its features) against its own stored
-    ``importance.json``: ``ImportanceChange.to_dict()`` plus a ``summary`` line; ``{"error": ...}`` when it
-    cannot be measured; None when the version has no stored importance (an older one)."""
-    from tideline.models import load_model
+    """The version's feature importance (``model``, loaded) measured again on ``current`` (its features)
+    against its own stored ``importance.json``: ``ImportanceChange.to_dict()`` plus a ``summary`` line;
+    ``{"error": ...}`` when it cannot be measured; None when the version has no stored importance (an older
+    one)."""
     from tideline.models.explain import IMPORTANCE_ATTACHMENT, compare, importance
 
     try:
@@ -538,7 +542,7 @@ def importance_change(registry: Registry, version: str, model_dir: Path, current
     except (RegistryError, ValueError):
         return None
     try:
-        change = compare(stored, importance(load_model(model_dir), current))
+        change = compare(stored, importance(model, current))
     except (DataError, ModelError) as e:
         return {"error": str(e)}
     return {"summary": change.summary(), **change.to_dict()}

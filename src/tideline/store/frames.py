@@ -1,8 +1,9 @@
 """Parquet objects read once: a parsed frame is kept by its store etag (a content hash), so a loop tick that
 reads the same month of bars or the same prediction-log objects again parses only what changed.
 
-The cache is bounded by the bytes of the objects it holds (``MAX_BYTES``), least recently used out first, and
-hands out copies: a caller may change what it gets.
+The cache is bounded by the memory of the frames it holds (``MAX_BYTES``, pandas' deep memory usage: a parsed
+frame is often several times its compressed parquet object), least recently used out first, and hands out
+copies: a caller may change what it gets.
 """
 
 from __future__ import annotations
@@ -15,8 +16,8 @@ from typing import Final
 
 import pandas as pd
 
-MAX_BYTES: Final = 64 * 1024 * 1024
-"""the most parquet bytes whose parsed frames are kept"""
+MAX_BYTES: Final = 128 * 1024 * 1024
+"""the most memory the kept frames may take (their deep memory usage)"""
 
 _lock = threading.Lock()
 _cache: OrderedDict[tuple[str, int], tuple[int, pd.DataFrame]] = OrderedDict()
@@ -39,11 +40,12 @@ def parquet_frame(data: bytes, etag: str,
     df = pd.read_parquet(io.BytesIO(data))
     if parse is not None:
         df = parse(df)
-    if len(data) <= MAX_BYTES // 4 and etag:
+    size = int(df.memory_usage(deep=True).sum())
+    if size <= MAX_BYTES // 4 and etag:
         with _lock:
             if key not in _cache:
-                _cache[key] = (len(data), df.copy())
-                _held += len(data)
+                _cache[key] = (size, df.copy())
+                _held += size
             while _held > MAX_BYTES and _cache:
                 _held -= _cache.popitem(last=False)[1][0]
     return df

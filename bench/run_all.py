@@ -13,7 +13,8 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 BENCHES = [["bench_cycle.py"], ["bench_drift.py"], ["bench_predictor.py"], ["bench_rollout.py"], ["bench_learning.py"],
-           ["bench_bars.py"], ["bench_real.py"], ["bench_gate.py"], ["bench_replay.py"]]
+           ["bench_bars.py"], ["bench_real.py"], ["bench_gate.py"], ["bench_gate.py", "--tune", "20", "--rules", "sign"],
+           ["bench_tuning.py"], ["bench_replay.py"]]
 
 
 def run(argv: list[str]) -> list[dict]:
@@ -152,13 +153,24 @@ def markdown(meta: dict, results: list[dict]) -> str:
                 + (f" ({r['note']})" if r.get("note") else "") + " | value | target |",
                 "|---|---|---|",
                 f"| market | {r['symbols']} symbols x {r['bars']:,} daily bars, 20% hold-out, {r['cost_bps']} bp costs, "
-                f"{', '.join(r['families'])}{' and their ensemble' if r.get('ensemble') else ''} | the issue's |",
+                f"{', '.join(r['families'])}{' and their ensemble' if r.get('ensemble') else ''}"
+                + (f", each family tuned with {r['tune_trials']} Optuna trials (every trial counted in the deflated "
+                   f"Sharpe)" if r.get("tune_trials") else "") + " | the issue's |",
                 f"| pure noise: seeds with a promotion | {r['noise_approved']} of {r['seeds']} | <= 1 of 20 |",
                 f"| planted signal (strength {r['strength']}): seeds with a promotion | {r['signal_approved']} of "
                 f"{r['seeds']} | >= 16 of 20 |",
                 f"| planted signal: median net hold-out Sharpe, ideal strategy / best trained family | "
                 f"{r['signal_ideal_sharpe_median']} / {r['signal_best_sharpe_median']} | about 3 |",
                 f"| wall time | {r['wall_s']} s | |",
+                "",
+            ]
+        elif r.get("name") == "tuning":
+            lines += [
+                f"| one tuning trial per family (bench_tuning.py): {r['bars']:,} bars ({r['dataset_rows']:,} rows), "
+                f"{r['folds']} purged folds, fold fits capped at {r['cv_max_train_rows']:,} rows | seconds per trial "
+                "(median) | trials run |", "|---|---|---|",
+                *[f"| {fam} | {v['seconds_per_trial_median']} s | {v['complete']} of {v['trials']} |"
+                  for fam, v in r["families"].items()],
                 "",
             ]
         elif r.get("name") == "replay":

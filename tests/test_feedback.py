@@ -549,3 +549,46 @@ def test_watch_outcomes_pair_production_and_previous_since_the_promotion(reg: Re
     expect_prev = [float(np.sign(p) == np.sign(lr(s_, t, 1))) for s_, t, p in
                    [("AAA", 3, -0.01), ("AAA", 4, -0.01), ("BBB", 5, -0.02)]]
     assert list(w.production_hits) == expect_prod and list(w.previous_hits) == expect_prev
+
+
+def test_live_figures_per_volatility_regime_use_the_bounds_stored_with_the_version(reg: Registry,
+                                                                                   tmp_path: Path) -> None:
+    from tideline.evaluation import evaluate_predictions
+
+    bars = market(n_symbols=4, n_bars=400, seed=2)
+    art = tmp_path / "art"
+    art.mkdir()
+    (art / "model.json").write_text("{}")
+    # recent volatility as the rvol_20 feature: the std of the last 20 one-bar log returns, per symbol
+    vol = bars.groupby("symbol", sort=False)["close"].transform(
+        lambda c: np.log(c).diff().rolling(20, min_periods=20).std()).to_numpy()
+    lo, hi = np.nanquantile(vol, [0.2, 0.8])
+    bounds = {"feature": "rvol_20", "window": 20, "low_quantile": 0.2, "high_quantile": 0.8, "low": lo, "high": hi}
+    mv = reg.register(art, {"family": "xgboost", "feature_config": {"horizon": 1},
+                            "metrics": {"cost_bps": 1.0}, "evaluation": {"regime_thresholds": bounds}})
+    old = register(reg, tmp_path)  # an older version, stored without bounds
+    fwd = np.nan_to_num(forward(bars, 1), nan=0.001)
+    noisy = np.where(np.random.default_rng(0).random(len(fwd)) < 0.7, fwd, -fwd)  # right 70% of the time
+    write_log(reg, pd.concat([model_log(bars, noisy, version=mv.version),
+                              model_log(bars, noisy, version=old.version, role="shadow")], ignore_index=True))
+    rep = run_feedback(reg, bars, now=datetime(2024, 3, 12, tzinfo=UTC))
+    assert old.version not in rep.regimes  # no bounds stored: nothing made up
+    got = rep.regimes[mv.version]
+    assert set(got) == {"low", "normal", "high"}
+    # the high-volatility regime by hand: the realized rows whose recent volatility is above the bound
+    nxt = forward(bars, 1)
+    high = np.isfinite(nxt) & (vol > hi)
+    meta = bars.loc[high, ["timestamp", "symbol"]].reset_index(drop=True)
+    want = evaluate_predictions(noisy[high], nxt[high], nxt[high], meta, cost_bps=1.0,
+                                periods_per_year=rep.periods_per_year)
+    assert got["high"].directional_accuracy == pytest.approx(want.directional_accuracy)
+    assert got["high"].sharpe == pytest.approx(want.sharpe)
+    rec = json.loads(reg.get_attachment(mv.version, LIVE_METRICS_ATTACHMENT))
+    assert rec["regimes"]["high"]["directional_accuracy"] == pytest.approx(want.directional_accuracy)
+    assert "regimes" not in json.loads(reg.get_attachment(old.version, LIVE_METRICS_ATTACHMENT))
+    assert set(rep.to_dict()["regimes"][mv.version]) == {"low", "normal", "high"}
+    data = tmp_path / "bars.csv"
+    write_bars(bars, data)
+    res = CliRunner().invoke(cli_app(), ["--registry", reg.store.uri, "feedback", "--data", str(data), "--no-write"])
+    assert res.exit_code == 0, res.output
+    assert "by volatility regime" in res.stdout and "high" in res.stdout

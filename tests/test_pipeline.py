@@ -58,6 +58,7 @@ def _metrics_logged(task_dir: str) -> dict:
 def approved_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("approved")
     s = _settings(tmp, **PERMISSIVE)
+    s = s.model_copy(update={"training": s.training.model_copy(update={"tune_trials": 2})})  # tuned in each train task
     t0 = time.perf_counter()
     summary = run_local(s, synthetic=SYN, families=FAMILIES, reason="test: permissive policy")
     return s, summary, time.perf_counter() - t0
@@ -83,7 +84,11 @@ def test_local_run_executes_every_step_and_requests_rollout_when_approved(approv
         assert mv.decision["approved"] is True and mv.metrics["n_obs"] > 0
         assert mv.evaluation["baselines"] and mv.evaluation["holdout"]["rows"] > 0
         ev = mv.evaluation["evidence"]  # measured across both families' artifacts (fold returns travel too)
-        assert ev["n_trials"] == 3 and 0.0 <= ev["deflated_sharpe"] <= 1.0 and ev["pbo"] is not None
+        # three candidates and each family's tuning trial that was not chosen (the records travel with the results)
+        assert ev["n_trials"] == 3 + 2 and ev["tuning_trials"] == 2
+        tuned = mv.evaluation["tuning"]
+        assert (tuned is None) if mv.family == "ensemble" else len(tuned["trials"]) == 2
+        assert 0.0 <= ev["deflated_sharpe"] <= 1.0 and ev["pbo"] is not None
         assert mv.data_hash and mv.training_window["n_rows"] > 0
         ref = pd.read_parquet(io.BytesIO(reg.get_attachment(mv.version, "reference.parquet")))
         assert len(ref) > 100 and ref["prediction"].notna().all()
@@ -98,6 +103,7 @@ def test_local_run_executes_every_step_and_requests_rollout_when_approved(approv
     # metrics are logged for the UI; the drift report is a real HTML page
     train_metrics = _metrics_logged(tasks[loop[0]])
     assert "holdout_sharpe" in train_metrics and "wf_sharpe_mean" in train_metrics
+    assert train_metrics["tuning_trials"] == 2
     judged = _metrics_logged(tasks["evaluate-and-select"])
     assert judged["approved_candidates"] == 3
     html = next(Path(tasks["drift-report"]).glob("report*"))

@@ -87,6 +87,13 @@ class TrainingConfig(BaseModel):
     params: dict[str, dict[str, Any]] = Field(default_factory=dict, description="per-family overrides")
     ensemble: bool = Field(True, description="an equal-weight ensemble of the trained families is one more "
                                              "candidate (when at least two trained)")
+    tune_trials: int = Field(
+        0, ge=0, le=1000, description="Optuna trials per family inside the purged walk-forward folds (0: no tuning); "
+                                      "every trial counts in the deflated Sharpe")
+    tune_objective: Literal["sharpe", "ic"] = Field(
+        "sharpe", description="what a tuning trial maximises: mean fold net Sharpe, or mean fold IC")
+    tune_timeout_s: float | None = Field(
+        None, gt=0, description="stop a family's tuning after this many seconds (None: the trial budget only)")
 
     @field_validator("families")
     @classmethod

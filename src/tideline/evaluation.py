@@ -363,13 +363,30 @@ def volatility_regimes(vol: np.ndarray, reference: np.ndarray, *, low_quantile: 
     >>> volatility_regimes(np.array([0.5, 5.0, 9.5, np.nan]), np.arange(1.0, 11.0)).tolist()
     ['low', 'normal', 'high', 'normal']
     """
-    v = np.asarray(vol, dtype=np.float64)
+    return classify_volatility(vol, regime_thresholds(reference, low_quantile, high_quantile))
+
+
+def regime_thresholds(reference: np.ndarray, low_quantile: float = 0.1, high_quantile: float = 0.9
+                      ) -> tuple[float, float] | None:
+    """The (low, high) volatility bounds of ``volatility_regimes``: those quantiles of the finite ``reference``
+    volatilities; None when there is none."""
     ref = np.asarray(reference, dtype=np.float64)
     ref = ref[np.isfinite(ref)]
-    out = np.full(len(v), "normal", dtype=object)
     if len(ref) == 0:
-        return out
+        return None
     lo, hi = np.quantile(ref, [low_quantile, high_quantile])
+    return float(lo), float(hi)
+
+
+def classify_volatility(vol: np.ndarray, thresholds: tuple[float, float] | None) -> np.ndarray:
+    """Each row's regime against ``(low, high)`` bounds (``regime_thresholds``): ``low`` below the first,
+    ``high`` above the second, else ``normal`` (a missing volatility too; every row when there are no bounds).
+    """
+    v = np.asarray(vol, dtype=np.float64)
+    out = np.full(len(v), "normal", dtype=object)
+    if thresholds is None:
+        return out
+    lo, hi = thresholds
     with np.errstate(invalid="ignore"):
         out[v < lo] = "low"
         out[v > hi] = "high"
@@ -712,11 +729,16 @@ class DeflatedSharpe(Document):
     kurtosis: float
 
 
-def deflated_sharpe(returns: np.ndarray, trial_sharpes: Sequence[float]) -> DeflatedSharpe:
+def deflated_sharpe(returns: np.ndarray, trial_sharpes: Sequence[float],
+                    more_trials: Sequence[float] = ()) -> DeflatedSharpe:
     """The deflated Sharpe ratio (Bailey & Lopez de Prado 2014) of ``returns`` (one per period), the one picked
     among the trials whose per-period Sharpe ratios are ``trial_sharpes`` (every candidate tried, the picked
     one included): the probabilistic Sharpe ratio against ``expected_max_sharpe`` of those trials, counting
     the returns' skew and kurtosis. Non-finite returns are dropped; a flat or too short series gives 0.
+
+    ``more_trials`` are trials measured another way (tuning trials, on the walk-forward folds): they count in
+    the number of trials, and the variance is the larger of the candidates' and of all trials' together, so
+    that counting more trials never lowers the bar (many similar tuning trials would otherwise shrink it).
 
     >>> import numpy as np
     >>> rng = np.random.default_rng(1)
@@ -730,8 +752,10 @@ def deflated_sharpe(returns: np.ndarray, trial_sharpes: Sequence[float]) -> Defl
     r = np.asarray(returns, dtype=np.float64)
     r = r[np.isfinite(r)]
     trials = np.asarray([s for s in trial_sharpes if math.isfinite(s)], dtype=np.float64)
-    n_trials = max(len(trials), 1)
-    variance = float(trials.var(ddof=1)) if len(trials) > 1 else 0.0
+    more = np.asarray([s for s in more_trials if math.isfinite(s)], dtype=np.float64)
+    every = np.concatenate([trials, more])
+    n_trials = max(len(every), 1)
+    variance = max((float(t.var(ddof=1)) if len(t) > 1 else 0.0) for t in (trials, every))
     benchmark = expected_max_sharpe(variance, n_trials)
     sharpe = sharpe_per_period(r)
     if sharpe == 0.0:

@@ -68,7 +68,8 @@ class Evidence(Document):
     candidate's walk-forward Sharpe ratios; ``baseline``/``baseline_sharpe``/``p_value_vs_baseline``: the
     best naive strategy on the same hold-out and the paired test of the candidate against it;
     ``sharpe_per_period``: the candidate's hold-out Sharpe ratio per period (what a later cycle counts as a trial);
-    ``earlier_trials``: how many of the ``n_trials`` are candidates of earlier cycles since production last changed.
+    ``earlier_trials``: how many of the ``n_trials`` are candidates (and their tuning trials) of earlier cycles
+    since production last changed; ``tuning_trials``: how many are this cycle's tuning trials (``--tune``).
     """
 
     deflated_sharpe: float
@@ -80,6 +81,7 @@ class Evidence(Document):
     pbo: float | None = None
     sharpe_per_period: float | None = None
     earlier_trials: int = 0
+    tuning_trials: int = 0
 
 
 def _get(metrics: Mapping[str, Any], name: str) -> float:

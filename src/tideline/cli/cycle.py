@@ -17,8 +17,10 @@ from tideline.cli.options import (
     SeedOpt,
     SymbolsOpt,
     SyntheticOpt,
+    TuneOpt,
     one_source,
     parse_families,
+    with_tuning,
 )
 
 
@@ -33,6 +35,7 @@ def cycle(
     horizon: Annotated[int | None, typer.Option(min=1, help="Label horizon in bars.")] = None,
     cost_bps: Annotated[float | None, typer.Option(min=0, help="Cost per unit turnover, bps.")] = None,
     quarantine: QuarantineOpt = False,
+    tune: TuneOpt = None,
     promote: Annotated[bool, typer.Option("--promote/--no-promote", help="Promote if the policy passes.")] = True,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
@@ -47,7 +50,7 @@ def cycle(
         upd["features"] = s.features.model_copy(update={"horizon": horizon})
     if cost_bps is not None:
         upd["evaluation"] = s.evaluation.model_copy(update={"cost_bps": cost_bps})
-    s = s.model_copy(update=upd)
+    s = with_tuning(s.model_copy(update=upd), tune)
 
     from tideline.training.cycle import CycleRunner
 
@@ -63,6 +66,8 @@ def cycle(
 
 
 def _render_cycle(res: Any) -> None:
+    from tideline.training.tuning import describe as describe_tuning
+
     d = res.data
     out.print(f"[bold]data[/bold] {d['source']}: {d['rows']:,} bars, {len(d['symbols'])} symbol(s), "
               f"{d['start']} .. {d['end']}; {d['dataset_rows']:,} labelled rows x {d['features']} features, "
@@ -105,9 +110,13 @@ def _render_cycle(res: Any) -> None:
     ev = next((c.evidence for c in res.candidates if c.evidence), None)
     if ev is not None:
         pbo = "n/a" if ev.pbo is None else f"{ev.pbo:.2f}"
-        out.print(f"[dim]DSR: deflated Sharpe ratio (0-1) counting the {ev.n_trials} candidates tried; probability of "
+        tuned = f" ({ev.tuning_trials} of them tuning trials)" if ev.tuning_trials else ""
+        out.print(f"[dim]DSR: deflated Sharpe ratio (0-1) counting the {ev.n_trials} candidates tried{tuned}; probability of "
                   f"backtest overfitting over the walk-forward folds: {pbo}; exposure: mean |position|, long: share "
                   f"of positions that are long[/dim]")
+    for c in res.candidates:
+        if c.tuning:
+            out.print(Text(f"tuned {c.family}: {describe_tuning(c.tuning)}", style="dim"), highlight=False)
     rules = sorted({c.position.rule for c in res.candidates})
     out.print(f"[dim]positions: {', '.join(rules) or '-'}; label: {d.get('label', 'raw')}[/dim]")
     for c in res.candidates:

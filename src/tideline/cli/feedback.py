@@ -82,6 +82,16 @@ def _render(report: FeedbackReport, registry_uri: str, write: bool) -> None:
             for i, row in enumerate(rows):
                 t.add_row(*row, end_section=i == len(rows) - 1)
         out.print(t)
+    if report.regimes:
+        t = Table(title="live outcomes by volatility regime (bounds from each version's training window)")
+        for col in ("version", "regime", "n", "accuracy", "Sharpe", "win rate", "error std", "bias"):
+            t.add_column(col, no_wrap=True, justify="left" if col in ("version", "regime") else "right")
+        for v, regimes in sorted(report.regimes.items(), key=lambda kv: _vkey(kv[0])):
+            for i, (g, m) in enumerate(regimes.items()):
+                t.add_row(v, g, f"{m.n_obs:,}", f"{m.directional_accuracy:.3f}", f"{m.sharpe:.2f}",
+                          f"{m.win_rate:.3f}", f"{m.error_std:.4g}", f"{m.bias:.4g}",
+                          end_section=i == len(regimes) - 1)
+        out.print(t)
     for ex in report.unknown_examples:
         out.print(f"unknown bar: {ex['version']} {ex['role']} symbol={ex['symbol']} "
                   f"bar_time={ex['bar_time']}", highlight=False)

@@ -149,6 +149,11 @@ def models_show(ctx: typer.Context, version: Annotated[str, typer.Argument(help=
                 r.add_row(str(name), *[fmt(m.get(c), 0 if c == "n_obs" else 4) for c in cols])
         out.print(r)
     _show_importance(reg, mv.version)
+    tuned = (mv.evaluation or {}).get("tuning")
+    if isinstance(tuned, dict) and tuned:
+        from tideline.training.tuning import describe
+
+        out.print(f"  tuning: {describe(tuned)}", highlight=False)
     if mv.decision:
         verdict = "approved" if mv.decision.get("approved") else "rejected"
         out.print(f"  policy: {verdict}")

@@ -19,6 +19,10 @@ FamiliesOpt = Annotated[str | None, typer.Option(
     help=f"Comma-separated model families (default: all of {', '.join(MODEL_FAMILIES)}).")]
 QuarantineOpt = Annotated[bool, typer.Option(
     "--quarantine", help="Drop bad rows (reported) instead of refusing the data.")]
+TuneOpt = Annotated[int | None, typer.Option(
+    "--tune", min=0, max=1000, metavar="N",
+    help="Tune each family with N Optuna trials inside the purged walk-forward folds before its final fit "
+         "(default: training.tune_trials; 0: off). Every trial counts in the deflated Sharpe.")]
 
 
 def parse_families(families: str | None) -> list[str] | None:
@@ -30,6 +34,13 @@ def parse_families(families: str | None) -> list[str] | None:
     if bad or not fams:
         raise ConfigError(f"unknown model families {bad}; choose from {', '.join(MODEL_FAMILIES)}")
     return fams
+
+
+def with_tuning(settings: Any, tune: int | None) -> Any:
+    """``settings`` with ``training.tune_trials`` set to ``tune`` (unchanged when ``--tune`` was not given)."""
+    if tune is None:
+        return settings
+    return settings.model_copy(update={"training": settings.training.model_copy(update={"tune_trials": tune})})
 
 
 def synthetic_spec(synthetic: bool, symbols: int, bars: int, seed: int) -> dict[str, Any] | None:

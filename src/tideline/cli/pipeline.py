@@ -22,8 +22,10 @@ from tideline.cli.options import (
     SeedOpt,
     SymbolsOpt,
     SyntheticOpt,
+    TuneOpt,
     one_source,
     parse_families,
+    with_tuning,
 )
 from tideline.config import Settings, load_settings
 from tideline.errors import ConfigError
@@ -34,12 +36,12 @@ pipeline_app = typer.Typer(
 )
 
 
-def _settings(ctx: typer.Context, seed: int | None = None) -> Settings:
+def _settings(ctx: typer.Context, seed: int | None = None, tune: int | None = None) -> Settings:
     st = ctx.obj
     s = st.settings() if st is not None and hasattr(st, "settings") else load_settings()
     if seed is not None:
         s = s.model_copy(update={"training": s.training.model_copy(update={"seed": seed})})
-    return s
+    return with_tuning(s, tune)
 
 
 def _echo(text: str) -> None:
@@ -64,6 +66,7 @@ def run_cmd(
     families: FamiliesOpt = None,
     rollout_mode: RolloutOpt = "rollout",
     quarantine: QuarantineOpt = False,
+    tune: TuneOpt = None,
     reason: ReasonOpt = "manual",
     pipeline_root: Annotated[str | None, typer.Option(
         help="Where task artifacts go (default: <home>/pipeline-runs).")] = None,
@@ -76,7 +79,7 @@ def run_cmd(
     from tideline.training.orchestration import run_local
 
     source, syn = one_source(data, synthetic, symbols, bars, seed)
-    s = _settings(ctx, seed)
+    s = _settings(ctx, seed, tune)
     summary = run_local(s, source=source, synthetic=syn, families=parse_families(families),
                         rollout_mode=rollout_mode,
                         pipeline_root=pipeline_root, quarantine=quarantine, reason=reason)
@@ -123,13 +126,14 @@ def submit_cmd(
     families: FamiliesOpt = None,
     rollout_mode: RolloutOpt = "rollout",
     quarantine: QuarantineOpt = False,
+    tune: TuneOpt = None,
     reason: ReasonOpt = "manual",
 ) -> None:
     """Create one run of the pipeline on a Kubeflow Pipelines cluster (needs an s3:// registry)."""
     from tideline.training.orchestration import pipeline_arguments, submit
 
     source, syn = one_source(data, synthetic, symbols, bars, seed)
-    args = pipeline_arguments(_settings(ctx, seed), source=source, synthetic=syn,
+    args = pipeline_arguments(_settings(ctx, seed, tune), source=source, synthetic=syn,
                               families=parse_families(families),
                               rollout_mode=rollout_mode, quarantine=quarantine, reason=reason, for_cluster=True)
     _echo(submit(host, arguments=args, experiment=experiment, run_name=run_name))
@@ -151,13 +155,14 @@ def schedule_cmd(
     families: FamiliesOpt = None,
     rollout_mode: RolloutOpt = "rollout",
     quarantine: QuarantineOpt = False,
+    tune: TuneOpt = None,
 ) -> None:
     """Create a recurring run of the pipeline (no catch-up, at most one at a time)."""
     from tideline.training.orchestration import pipeline_arguments, schedule, validate_cron
 
     cron = validate_cron(cron)  # before anything else: a wrong cron is the most likely mistake
     source, syn = one_source(data, synthetic, symbols, bars, seed)
-    args = pipeline_arguments(_settings(ctx, seed), source=source, synthetic=syn,
+    args = pipeline_arguments(_settings(ctx, seed, tune), source=source, synthetic=syn,
                               families=parse_families(families),
                               rollout_mode=rollout_mode, quarantine=quarantine, reason=f"schedule {cron}",
                               for_cluster=True)

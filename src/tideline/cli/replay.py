@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from tideline.cli.context import err, out, print_json, state
-from tideline.cli.options import parse_families
+from tideline.cli.options import TuneOpt, parse_families, with_tuning
 
 
 def replay(
@@ -28,6 +28,7 @@ def replay(
         "--gate/--no-gate", help="--no-gate: promote the best retrained family even when the gate refuses it "
                                  "(what retraining without the gate would have done).")] = True,
     seed: Annotated[int | None, typer.Option("--seed", help="Seed of the models (default: training.seed).")] = None,
+    tune: TuneOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
     report: Annotated[Path | None, typer.Option(
         "--report", help="Also write a self-contained HTML report here (equity and rolling accuracy per policy, "
@@ -40,7 +41,7 @@ def replay(
     s = state(ctx).settings()
     training = s.training.model_copy(update={"families": parse_families(families) or ["lightgbm"],
                                              **({"seed": seed} if seed is not None else {})})
-    s = s.model_copy(update={"training": training})
+    s = with_tuning(s.model_copy(update={"training": training}), tune)
     cfg = ReplayConfig(policies=tuple(p.strip() for p in policies.split(",") if p.strip()), history=history,
                        check_every=check_every, gate=gate)
     cfg.check()

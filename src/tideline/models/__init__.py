@@ -14,6 +14,7 @@ from tideline.models.base import (
     FAMILIES,
     FORMAT_VERSION,
     META_FILE,
+    Dim,
     Model,
     SpecLike,
     StoredSpec,
@@ -22,6 +23,7 @@ from tideline.models.base import (
     make_model,
     model_class,
     read_meta,
+    search_space,
 )
 
 _LAZY = {
@@ -37,6 +39,7 @@ __all__ = [
     "FAMILIES",
     "FORMAT_VERSION",
     "META_FILE",
+    "Dim",
     "Model",
     "SpecLike",
     "StoredSpec",
@@ -45,6 +48,7 @@ __all__ = [
     "make_model",
     "model_class",
     "read_meta",
+    "search_space",
     *_LAZY,
 ]
 

@@ -130,6 +130,36 @@ def library_versions(modules: tuple[str, ...]) -> dict[str, str]:
     return out
 
 
+# --------------------------------------------------------------------------- search spaces
+
+
+@dataclass(frozen=True)
+class Dim(Document):
+    """One hyperparameter's range for tuning (``tideline.training.tuning``): ``float`` or ``int`` between
+    ``low`` and ``high`` (on a log scale with ``log``), or one of ``choices``."""
+
+    kind: str
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    choices: list[Any] | None = None
+
+    @classmethod
+    def real(cls, low: float, high: float, *, log: bool = False) -> Dim:
+        """A real number in [low, high]."""
+        return cls("float", low, high, log)
+
+    @classmethod
+    def integer(cls, low: int, high: int, *, log: bool = False) -> Dim:
+        """An integer in [low, high]."""
+        return cls("int", low, high, log)
+
+    @classmethod
+    def choice(cls, *choices: Any) -> Dim:
+        """One of ``choices``."""
+        return cls("choice", choices=list(choices))
+
+
 # --------------------------------------------------------------------------- the interface
 
 
@@ -160,6 +190,11 @@ class Model(ABC):
     @abstractmethod
     def default_params(cls) -> dict[str, Any]:
         """The family's default hyperparameters."""
+
+    @classmethod
+    def search_space(cls) -> dict[str, Dim]:
+        """The hyperparameters tuning may change and their ranges (empty: the family is not tuned)."""
+        return {}
 
     @classmethod
     def _check_params(cls, defaults: dict[str, Any], overrides: dict[str, Any]) -> None:
@@ -436,6 +471,11 @@ def model_class(family: str) -> type[Model]:
 def default_params(family: str) -> dict[str, Any]:
     """The default hyperparameters of ``family``."""
     return model_class(family).default_params()
+
+
+def search_space(family: str) -> dict[str, Dim]:
+    """The tuning search space of ``family`` (``Model.search_space``)."""
+    return model_class(family).search_space()
 
 
 def make_model(family: str, *, seed: int, params: dict[str, Any] | None = None, n_threads: int = 0) -> Model:

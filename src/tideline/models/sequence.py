@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from tideline.errors import ModelError
-from tideline.models.base import Model, StoredSpec
+from tideline.models.base import Dim, Model, StoredSpec
 
 log = logging.getLogger(__name__)
 
@@ -151,6 +151,16 @@ class SequenceModel(Model):
             "huber_delta": 1.0,
             "clip_sigma": 5.0,
             "grad_clip": 1.0,
+        }
+
+    @classmethod
+    def search_space(cls) -> dict[str, Dim]:
+        """Optimiser (learning rate, weight decay), dropout and the width of the tabular MLP."""
+        return {
+            "lr": Dim.real(3e-4, 1e-2, log=True),
+            "weight_decay": Dim.real(1e-4, 1e-1, log=True),
+            "dropout": Dim.real(0.0, 0.3),
+            "tab_hidden": Dim.choice(32, 64, 128),
         }
 
     def __init__(self, *, seed: int = 0, params: dict[str, Any] | None = None, n_threads: int = 0) -> None:

@@ -21,7 +21,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from tideline.errors import ModelError
-from tideline.models.base import Model, StoredSpec
+from tideline.models.base import Dim, Model, StoredSpec
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +80,18 @@ class XGBoostModel(_TreeModel):
             "num_boost_round": 300,
             "early_stopping_rounds": 25,
             "clip_sigma": 5.0,
+        }
+
+    @classmethod
+    def search_space(cls) -> dict[str, Dim]:
+        """Tree shape, learning rate, leaf size, subsampling and L2 around the defaults."""
+        return {
+            "max_depth": Dim.integer(2, 6),
+            "learning_rate": Dim.real(0.01, 0.2, log=True),
+            "min_child_weight": Dim.real(20.0, 2000.0, log=True),
+            "subsample": Dim.real(0.5, 1.0),
+            "colsample_bytree": Dim.real(0.4, 1.0),
+            "reg_lambda": Dim.real(0.01, 100.0, log=True),
         }
 
     def _fit(self, X: np.ndarray, y: np.ndarray, X_valid: np.ndarray | None, y_valid: np.ndarray | None) -> None:
@@ -154,6 +166,19 @@ class LightGBMModel(_TreeModel):
             "num_boost_round": 300,
             "early_stopping_rounds": 25,
             "clip_sigma": 5.0,
+        }
+
+    @classmethod
+    def search_space(cls) -> dict[str, Dim]:
+        """Leaves, depth, learning rate, leaf size, subsampling and L2 around the defaults."""
+        return {
+            "num_leaves": Dim.integer(4, 31, log=True),
+            "max_depth": Dim.integer(2, 6),
+            "learning_rate": Dim.real(0.01, 0.2, log=True),
+            "min_data_in_leaf": Dim.integer(20, 2000, log=True),
+            "feature_fraction": Dim.real(0.4, 1.0),
+            "bagging_fraction": Dim.real(0.5, 1.0),
+            "lambda_l2": Dim.real(0.01, 100.0, log=True),
         }
 
     def _fit(self, X: np.ndarray, y: np.ndarray, X_valid: np.ndarray | None, y_valid: np.ndarray | None) -> None:
@@ -366,6 +391,18 @@ class SklearnModel(_TreeModel):
 
     def _estimator_params(self) -> dict[str, Any]:
         return {k: v for k, v in self.params.items() if k != "clip_sigma"}
+
+    @classmethod
+    def search_space(cls) -> dict[str, Dim]:
+        """Leaves, depth, learning rate, leaf size, feature share and L2 around the defaults."""
+        return {
+            "max_leaf_nodes": Dim.integer(4, 31, log=True),
+            "max_depth": Dim.integer(2, 6),
+            "learning_rate": Dim.real(0.01, 0.2, log=True),
+            "min_samples_leaf": Dim.integer(20, 2000, log=True),
+            "max_features": Dim.real(0.4, 1.0),
+            "l2_regularization": Dim.real(0.01, 100.0, log=True),
+        }
 
     def _fit(self, X: np.ndarray, y: np.ndarray, X_valid: np.ndarray | None, y_valid: np.ndarray | None) -> None:
         from sklearn.ensemble import HistGradientBoostingRegressor

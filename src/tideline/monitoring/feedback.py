@@ -29,7 +29,9 @@ positions earning ``next_return`` net of ``cost_bps`` (and its slippage) per uni
 the symbols present at a timestamp, Sharpe annualised with ``periods_per_year``). ``run_feedback`` stores
 the result as the ``live-metrics.json`` attachment of each version, which the ``performance_decay``
 trigger rule reads (``n``, ``sharpe``, ``directional_accuracy``, ``baseline_accuracy``), and runs
-``drift.PerformanceMonitor`` over each version's absolute errors to find change points.
+``drift.PerformanceMonitor`` over each version's absolute errors to find change points. A version stored with
+its regime bounds (``evaluation.regime_thresholds``) also gets its live figures per volatility regime, each row
+classed by its recent volatility against the training window's bounds, as on the hold-out (``live_regimes``).
 """
 
 from __future__ import annotations
@@ -50,7 +52,14 @@ from tideline.clock import aware, utc_timestamp, utcnow
 from tideline.config import LABELS, EvaluationConfig, FeatureConfig
 from tideline.documents import Document
 from tideline.errors import ConfigError, DataError, TidelineError
-from tideline.evaluation import evaluate_predictions, infer_periods_per_year, strategy_returns
+from tideline.evaluation import (
+    Metrics,
+    classify_volatility,
+    evaluate_predictions,
+    infer_periods_per_year,
+    regime_metrics,
+    strategy_returns,
+)
 from tideline.features import compute_labels
 from tideline.monitoring.outcomes import LiveOutcomes, WatchOutcomes
 from tideline.monitoring.predictions import naive_utc, normalize_predictions, read_predictions, utc_bound
@@ -312,6 +321,7 @@ class FeedbackReport:
     skipped: dict[str, str] = field(default_factory=dict)  # version -> why it was not measured
     notes: list[str] = field(default_factory=list)
     skew: dict[str, VersionSkew] = field(default_factory=dict)  # version -> its training/serving skew check
+    regimes: dict[str, dict[str, Metrics]] = field(default_factory=dict)  # version -> live figures per regime
 
     @property
     def n_realized(self) -> int:
@@ -349,6 +359,7 @@ class FeedbackReport:
             "skipped": dict(self.skipped),
             "notes": list(self.notes),
             "skew": {v: k.to_dict() for v, k in self.skew.items()},
+            "regimes": {v: {g: m.to_dict() for g, m in r.items()} for v, r in self.regimes.items()},
         }
 
     def summary(self) -> str:
@@ -383,11 +394,16 @@ class VersionScoring:
     rule: PositionRule
     cost_bps: float
     slippage_vol: float
+    regime_bounds: tuple[int, float, float] | None = None
+    """(volatility window, low, high) of the version's regimes (``evaluation.regime_thresholds``), when stored"""
 
     def join(self, predictions: pd.DataFrame, bars: pd.DataFrame) -> pd.DataFrame:
-        """``join_outcomes`` with this version's label and position rule."""
+        """``join_outcomes`` with this version's label and position rule (and the volatility its regimes need)."""
+        window = self.rule.vol_window if self.slippage_vol else None
+        if self.regime_bounds is not None and window in (None, self.regime_bounds[0]):
+            window = self.regime_bounds[0]
         return join_outcomes(predictions, bars, self.horizon, label=self.label, label_window=self.label_window,
-                             rule=self.rule, vol_window=self.rule.vol_window if self.slippage_vol else None)
+                             rule=self.rule, vol_window=window)
 
     def trading(self) -> dict[str, Any]:
         """The position rule and slippage keyword arguments of ``live_metrics``."""
@@ -412,7 +428,40 @@ def version_scoring(mv: Any, cost_bps: float | None = None) -> VersionScoring:
         c = metrics.get("cost_bps")
         cost_bps = float(c) if _cost_like(c) else float(EvaluationConfig().cost_bps)
     return VersionScoring(str(mv.version), int(h), str(label), int(window),
-                          stored_rule(getattr(mv, "position", None), str(mv.version)), float(cost_bps), float(slip))
+                          stored_rule(getattr(mv, "position", None), str(mv.version)), float(cost_bps), float(slip),
+                          _regime_bounds((getattr(mv, "evaluation", None) or {}).get("regime_thresholds")))
+
+
+def _regime_bounds(d: Any) -> tuple[int, float, float] | None:
+    """(window, low, high) of a stored ``regime_thresholds`` entry; None when absent or not usable (an older
+    version: no live figures per regime)."""
+    if not isinstance(d, Mapping):
+        return None
+    w, lo, hi = d.get("window"), d.get("low"), d.get("high")
+    if isinstance(w, bool) or not isinstance(w, int) or w < 2:
+        return None
+    if not all(_cost_like(x) for x in (lo, hi)) or lo > hi:
+        return None
+    return int(w), float(lo), float(hi)
+
+
+def live_regimes(rows: pd.DataFrame, sc: VersionScoring, periods_per_year: float) -> dict[str, Metrics]:
+    """Live figures of a version's realized rows (``join_outcomes`` through ``sc.join``) per volatility regime:
+    each row's recent volatility (as the ``rvol`` feature, from the bars) against the bounds stored with the
+    version, scored like the hold-out's (``evaluation.regime_metrics``: a regime with fewer than 20 rows is
+    left out). Empty for a version stored without bounds."""
+    if sc.regime_bounds is None or "vol" not in rows:
+        return {}
+    r = rows.loc[(rows["status"] == "realized") & np.isfinite(rows["prediction"].to_numpy(dtype=np.float64))]
+    if r.empty:
+        return {}
+    vol = r["vol"].to_numpy(dtype=np.float64)
+    meta = pd.DataFrame({"timestamp": r["bar_time"].to_numpy(), "symbol": r["symbol"].to_numpy()})
+    return regime_metrics(r["prediction"].to_numpy(dtype=np.float64),
+                          r["target" if "target" in r else "fwd_return"].to_numpy(dtype=np.float64),
+                          r["next_return"].to_numpy(dtype=np.float64), meta,
+                          classify_volatility(vol, sc.regime_bounds[1:]), cost_bps=sc.cost_bps,
+                          periods_per_year=periods_per_year, vol=vol, **sc.trading())
 
 
 def _cost_like(c: Any) -> bool:
@@ -496,6 +545,9 @@ def run_feedback(registry: Registry, bars: pd.DataFrame, *, cost_bps: float | No
         whole.n_pending = sum(m.n_pending for m in per_role.values())
         whole.n_unknown_bar = sum(m.n_unknown_bar for m in per_role.values())
         report.versions[v] = whole
+        regimes = live_regimes(_version_rows(joined), sc, ppy)
+        if regimes:
+            report.regimes[v] = regimes
         unknown = joined.loc[joined["status"] == "unknown_bar"]
         room = max(0, 5 - len(report.unknown_examples))
         report.unknown_examples.extend(
@@ -513,6 +565,8 @@ def run_feedback(registry: Registry, bars: pd.DataFrame, *, cost_bps: float | No
                                  monitored=fed)
             if v in report.skew:
                 record["skew"] = report.skew[v].to_dict()
+            if regimes:
+                record["regimes"] = {g: m.to_dict() for g, m in regimes.items()}
             registry.put_attachment(v, LIVE_METRICS_ATTACHMENT,
                                     json.dumps(record, indent=1, default=str).encode(), actor="feedback")
             report.attachments[v] = LIVE_METRICS_ATTACHMENT

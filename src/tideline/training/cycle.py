@@ -32,6 +32,7 @@ from tideline.evaluation import (
     Metrics,
     Split,
     baseline_metrics,
+    classify_volatility,
     deflated_sharpe,
     evaluate_predictions,
     holdout_split,
@@ -40,16 +41,17 @@ from tideline.evaluation import (
     pbo_cscv,
     purged_walk_forward_splits,
     regime_metrics,
+    regime_thresholds,
     sharpe_difference_test,
     sharpe_per_period,
     strategy_returns,
-    volatility_regimes,
 )
 from tideline.features import Dataset, build_dataset, feature_config_hash
-from tideline.models import Model, explain, load_model, make_model, read_meta
+from tideline.models import Model, explain, load_model, make_model, read_meta, search_space
 from tideline.policy import Evidence, PolicyDecision, decide
 from tideline.positions import PositionRule, fit_position_rule, stored_rule
 from tideline.registry import ModelVersion, Registry
+from tideline.training import tuning
 
 log = logging.getLogger(__name__)
 
@@ -105,12 +107,14 @@ class FamilyResult:
     """the final model's predictions its position rule was fitted on (None: the rule needs none)"""
     members: list[str] | None = None
     """the families an ensemble averages (None: a trained family)"""
+    tuning: dict[str, Any] | None = None
+    """the family's tuning record (``tideline.training.tuning.Tuning.to_dict``; None: not tuned)"""
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready figures (predictions, reference sample and fold returns left out); ``fit_seconds`` rounded."""
         return {"family": self.family, "holdout": self.holdout.to_dict(), "walk_forward": self.walk_forward,
                 "folds": self.folds, "fit_seconds": round(self.fit_seconds, 3), "position": self.position.to_dict(),
-                "importance": self.importance, "members": self.members}
+                "importance": self.importance, "members": self.members, "tuning": self.tuning}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], holdout_pred: np.ndarray, reference: pd.DataFrame | None = None,
@@ -122,7 +126,7 @@ class FamilyResult:
         return cls(d["family"], Metrics.from_dict(d["holdout"]), dict(d["walk_forward"]), list(d["folds"]),
                    float(d["fit_seconds"]), holdout_pred, reference, fold_returns,
                    PositionRule.from_dict(d.get("position") or {}), d.get("importance"),
-                   members=d.get("members"))
+                   members=d.get("members"), tuning=d.get("tuning"))
 
 
 @dataclass
@@ -151,6 +155,8 @@ class CandidateResult:
     position: PositionRule = field(default_factory=PositionRule)
     regimes: dict[str, Metrics] = field(default_factory=dict)
     """hold-out figures per volatility regime (``holdout_regimes``)"""
+    tuning: dict[str, Any] | None = None
+    """the family's tuning record (None: not tuned), stored in the version's manifest (``evaluation.tuning``)"""
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready record of the candidate (figures, p-value vs production, decision, version, promoted)."""
@@ -169,6 +175,7 @@ class CandidateResult:
             "decision": self.decision.to_dict(),
             "fit_seconds": round(self.fit_seconds, 3),
             "regimes": {k: v.to_dict() for k, v in self.regimes.items()},
+            "tuning": self.tuning,
         }
 
 
@@ -343,7 +350,24 @@ def describe_plan(ds: Dataset, plan: Plan, settings: Settings) -> dict[str, Any]
         "holdout": {"start": _ts(ts[plan.hold][0]), "end": _ts(ts[plan.hold][-1]), "rows": int(len(plan.hold))},
         "training_end": _ts(ts[plan.dev][-1]), "training_rows": int(len(plan.dev)),
         "walk_forward_folds": len(plan.splits),
+        "regime_thresholds": regime_bounds(ds, plan, settings),
     }
+
+
+def regime_bounds(ds: Dataset, plan: Plan, settings: Settings) -> dict[str, Any] | None:
+    """The volatility bounds of the regimes (``holdout_regimes``) measured on the development rows, as stored with
+    every version (``evaluation.regime_thresholds``) so that live outcomes are split by the same rule: the
+    feature and its window, the quantiles and the bounds. None without the feature."""
+    col = f"rvol_{settings.positions.vol_window}"
+    if col not in ds.X:
+        return None
+    tr = settings.triggers
+    bounds = regime_thresholds(ds.X[col].to_numpy(dtype=np.float64)[plan.dev], tr.regime_low_quantile,
+                               tr.regime_high_quantile)
+    if bounds is None:
+        return None
+    return {"feature": col, "window": settings.positions.vol_window, "low_quantile": tr.regime_low_quantile,
+            "high_quantile": tr.regime_high_quantile, "low": bounds[0], "high": bounds[1]}
 
 
 def sign_rule(settings: Settings, plan: Plan) -> PositionRule:
@@ -398,12 +422,15 @@ def baselines(ds: Dataset, plan: Plan, settings: Settings) -> dict[str, Metrics]
     )
 
 
-def fit_model(family: str, ds: Dataset, idx: np.ndarray, settings: Settings, cap: int | None) -> Model:
-    """Fit one family on rows ``idx`` (the latest ``cap``), early-stopping on their purged last 10%."""
+def fit_model(family: str, ds: Dataset, idx: np.ndarray, settings: Settings, cap: int | None,
+              params: Mapping[str, Any] | None = None) -> Model:
+    """Fit one family on rows ``idx`` (the latest ``cap``), early-stopping on their purged last 10%; ``params``
+    (default: the configured ``training.params`` of the family) override the family's defaults."""
     ts = ds.meta["timestamp"].to_numpy()
     fit_idx, val_idx = _inner_validation(ts, _recent(idx, cap), settings.features.horizon)
     t = settings.training
-    model = make_model(family, seed=t.seed, params=t.params.get(family), n_threads=t.n_threads)
+    chosen = t.params.get(family) if params is None else dict(params)
+    model = make_model(family, seed=t.seed, params=chosen, n_threads=t.n_threads)
     kw: dict[str, Any] = {}
     if len(val_idx):
         kw = {"X_valid": ds.X.iloc[val_idx], "y_valid": ds.y[val_idx]}
@@ -450,36 +477,76 @@ def family_failure(family: str, e: BaseException) -> str:
     return reason
 
 
-def train_family(family: str, ds: Dataset, plan: Plan, settings: Settings,
-                 advance: Callable[[int], None] | None = None) -> tuple[Model, FamilyResult]:
-    """Purged walk-forward on the development rows, then the final fit and its hold-out figures."""
-    advance = advance or (lambda n=1: None)
-    t0 = time.perf_counter()
-    folds: list[dict[str, Any]] = []
-    fold_returns: list[pd.Series] = []
-    fold_preds: list[np.ndarray] = []
-    fold_refs: list[np.ndarray | None] = []
+@dataclass
+class WalkForward:
+    """One family's purged walk-forward run: each fold's figures, net returns, test predictions and the
+    predictions its position rule was fitted on (None: the rule needs none)."""
+
+    folds: list[dict[str, Any]] = field(default_factory=list)
+    returns: list[pd.Series] = field(default_factory=list)
+    preds: list[np.ndarray] = field(default_factory=list)
+    refs: list[np.ndarray | None] = field(default_factory=list)
+
+
+def walk_forward(family: str, ds: Dataset, plan: Plan, settings: Settings, params: Mapping[str, Any] | None = None,
+                 report: tuning.Report | None = None, advance: Callable[[int], None] | None = None) -> WalkForward:
+    """Fit ``family`` (with ``params``, see ``fit_model``) on each purged walk-forward fold of the development
+    rows and score it on the fold's test rows; ``report(k, figures, returns)`` is called after each fold (tuning
+    prunes through it)."""
+    wf = WalkForward()
+    cap = settings.training.cv_max_train_rows
     for k, sp in enumerate(plan.splits):
         tr, te = plan.dev[sp.train_idx], plan.dev[sp.test_idx]
-        cap = settings.training.cv_max_train_rows
-        m = fit_model(family, ds, tr, settings, cap)
-        fold_refs.append(rule_reference(m, ds, tr, settings, cap))
-        fold_preds.append(m.predict(ds.X.iloc[te]))
-        fold, fr_ret = _fold(k, fold_preds[-1], fold_refs[-1], sp, ds, plan, settings)
-        folds.append(fold)
-        fold_returns.append(fr_ret)
-        advance(1)
-    model = fit_model(family, ds, plan.dev, settings, settings.training.max_train_rows)
-    rule_ref = rule_reference(model, ds, plan.dev, settings, settings.training.max_train_rows)
+        m = fit_model(family, ds, tr, settings, cap, params)
+        wf.refs.append(rule_reference(m, ds, tr, settings, cap))
+        wf.preds.append(m.predict(ds.X.iloc[te]))
+        fold, ret = _fold(k, wf.preds[-1], wf.refs[-1], sp, ds, plan, settings)
+        wf.folds.append(fold)
+        wf.returns.append(ret)
+        if report is not None:
+            report(k, fold, ret)
+        if advance is not None:
+            advance(1)
+    return wf
+
+
+def tune_family(family: str, ds: Dataset, plan: Plan, settings: Settings) -> tuple[tuning.Tuning, WalkForward]:
+    """Tune ``family`` inside the purged walk-forward folds with the configured budget (``tideline.training.
+    tuning``); the record and the chosen trial's walk-forward run. ``ModelError`` when no trial completes."""
+    t = settings.training
+    return tuning.tune(family, search_space(family),
+                       lambda params, report: walk_forward(family, ds, plan, settings, params, report),
+                       trials=t.tune_trials, objective=t.tune_objective, seed=t.seed,
+                       base_params=t.params.get(family), timeout_s=t.tune_timeout_s)
+
+
+def train_family(family: str, ds: Dataset, plan: Plan, settings: Settings,
+                 advance: Callable[[int], None] | None = None) -> tuple[Model, FamilyResult]:
+    """Purged walk-forward on the development rows (after tuning, when ``training.tune_trials`` is set and the
+    family has a search space: the chosen trial's), then the final fit and its hold-out figures."""
+    advance = advance or (lambda n=1: None)
+    t0 = time.perf_counter()
+    t = settings.training
+    params: Mapping[str, Any] | None = None
+    record: tuning.Tuning | None = None
+    if t.tune_trials and search_space(family):
+        record, wf = tune_family(family, ds, plan, settings)
+        params = record.best_params
+        advance(len(plan.splits))
+    else:
+        wf = walk_forward(family, ds, plan, settings, advance=advance)
+    model = fit_model(family, ds, plan.dev, settings, t.max_train_rows, params)
+    rule_ref = rule_reference(model, ds, plan.dev, settings, t.max_train_rows)
     rule = fit_position_rule(settings.positions, rule_ref, plan.periods_per_year)
     pred = model.predict(ds.X.iloc[plan.hold])
     hm = _metrics(pred, ds, plan.hold, plan, settings, rule)
-    ref = reference_sample(model, ds, plan.dev, settings.training.seed)
+    ref = reference_sample(model, ds, plan.dev, t.seed)
     imp = holdout_importance(model, ds, plan, settings)
     advance(1)
-    wf_returns = pd.concat(fold_returns).sort_index() if fold_returns else None
-    return model, FamilyResult(family, hm, _wf_summary(folds), folds, time.perf_counter() - t0, pred, ref, wf_returns,
-                               rule, imp, fold_preds, fold_refs, rule_ref)
+    wf_returns = pd.concat(wf.returns).sort_index() if wf.returns else None
+    return model, FamilyResult(family, hm, _wf_summary(wf.folds), wf.folds, time.perf_counter() - t0, pred, ref,
+                               wf_returns, rule, imp, wf.preds, wf.refs, rule_ref,
+                               tuning=record.to_dict() if record else None)
 
 
 def _fold(k: int, pred: np.ndarray, rule_ref: np.ndarray | None, sp: Split, ds: Dataset, plan: Plan,
@@ -616,7 +683,8 @@ def judge(result: FamilyResult, prod: ProductionScore, ds: Dataset, plan: Plan, 
     )
     return CandidateResult(result.family, result.holdout, result.walk_forward, result.folds, decision, p_value,
                            result.fit_seconds, evidence=evidence, position=result.position,
-                           regimes=holdout_regimes(result.holdout_pred, ds, plan, settings, result.position))
+                           regimes=holdout_regimes(result.holdout_pred, ds, plan, settings, result.position),
+                           tuning=result.tuning)
 
 
 def holdout_regimes(pred: np.ndarray, ds: Dataset, plan: Plan, settings: Settings,
@@ -624,15 +692,14 @@ def holdout_regimes(pred: np.ndarray, ds: Dataset, plan: Plan, settings: Setting
     """Hold-out figures of ``pred`` per volatility regime: each hold-out row is ``low``, ``normal`` or ``high``
     by its recent volatility (``rvol_<positions.vol_window>``) against the quantiles of the development rows'
     (``triggers.regime_low_quantile`` / ``regime_high_quantile``, the regime rule of the triggers); a regime
-    with fewer than 20 rows is left out. Empty when the dataset has no such feature."""
-    col = f"rvol_{settings.positions.vol_window}"
-    if col not in ds.X:
+    with fewer than 20 rows is left out (``regime_bounds``: the bounds, stored with the version for the live
+    figures). Empty when the dataset has no such feature."""
+    bounds = regime_bounds(ds, plan, settings)
+    if bounds is None:
         return {}
-    vol = ds.X[col].to_numpy(dtype=np.float64)
-    tr = settings.triggers
-    regimes = volatility_regimes(vol[plan.hold], vol[plan.dev], low_quantile=tr.regime_low_quantile,
-                                 high_quantile=tr.regime_high_quantile)
     idx = plan.hold
+    regimes = classify_volatility(ds.X[bounds["feature"]].to_numpy(dtype=np.float64)[idx],
+                                  (bounds["low"], bounds["high"]))
     return regime_metrics(pred, ds.y[idx], ds.next_return[idx], ds.meta.iloc[idx].reset_index(drop=True), regimes,
                           cost_bps=settings.evaluation.cost_bps, periods_per_year=plan.periods_per_year,
                           **_trading(ds, idx, settings, rule or sign_rule(settings, plan)))
@@ -652,29 +719,44 @@ def earlier_trials(registry: Registry) -> list[float]:
     (its last promotion or rollback; all of them when nothing was ever promoted): the trials earlier cycles
     already spent on the same question, so that retrying until one passes by luck is counted. A candidate
     stored without its per-period Sharpe (an older version) is not counted."""
-    changed = [pd.Timestamp(e.at) for e in registry.history() if e.action in ("promote", "rollback")]
-    since = max(changed) if changed else None
     out = []
-    for mv in registry.list_versions():
+    for mv in _since_production_changed(registry):
         sr = ((mv.evaluation or {}).get("evidence") or {}).get("sharpe_per_period")
-        after = since is None or pd.Timestamp(mv.created_at) > since
-        if after and isinstance(sr, int | float) and math.isfinite(sr):
+        if isinstance(sr, int | float) and math.isfinite(sr):
             out.append(float(sr))
     return out
 
 
+def earlier_tuning_trials(registry: Registry) -> list[float]:
+    """The walk-forward Sharpe ratios (per period) of the tuning trials of the same candidates as
+    ``earlier_trials`` (``tuning.counted_sharpes`` of each version's stored record)."""
+    return [sr for mv in _since_production_changed(registry)
+            for sr in tuning.counted_sharpes((mv.evaluation or {}).get("tuning"))]
+
+
+def _since_production_changed(registry: Registry) -> list[ModelVersion]:
+    changed = [pd.Timestamp(e.at) for e in registry.history() if e.action in ("promote", "rollback")]
+    since = max(changed) if changed else None
+    return [mv for mv in registry.list_versions() if since is None or pd.Timestamp(mv.created_at) > since]
+
+
 def judge_all(results: list[FamilyResult], prod: ProductionScore, base: Mapping[str, Metrics], ds: Dataset,
-              plan: Plan, settings: Settings, earlier: Sequence[float] = ()) -> list[CandidateResult]:
+              plan: Plan, settings: Settings, earlier: Sequence[float] = (),
+              earlier_tuning: Sequence[float] = ()) -> list[CandidateResult]:
     """Judge every trained family of one cycle: the policy with the evidence measured across all of them.
 
-    Each candidate's deflated Sharpe counts every family tried (their hold-out Sharpe ratios are the trials)
-    and the ``earlier`` trials (``earlier_trials``: candidates of earlier cycles since production last changed);
+    Each candidate's deflated Sharpe counts every family tried (their hold-out Sharpe ratios are the trials),
+    every tuning trial but the chosen ones (their walk-forward Sharpe ratios, ``tuning.counted_sharpes``, with
+    the ``earlier_tuning`` ones: ``earlier_tuning_trials``; see ``deflated_sharpe``'s ``more_trials``) and
+    the ``earlier`` trials (``earlier_trials``: candidates of earlier cycles since production last changed);
     the cycle's PBO is measured on the families' walk-forward returns over the periods they share; each is
     tested (paired, on the same hold-out periods: Sharpe ratio against Sharpe ratio) against the best of
     buy-and-hold and always-long.
     """
     hold = {r.family: holdout_returns(r.holdout_pred, ds, plan, settings, r.position) for r in results}
+    tuned = [sr for r in results for sr in tuning.counted_sharpes(r.tuning)]
     trials = [sharpe_per_period(h.to_numpy()) for h in hold.values()] + [float(x) for x in earlier]
+    more = tuned + [float(x) for x in earlier_tuning]
     wf = [r.fold_returns for r in results if r.fold_returns is not None and len(r.fold_returns)]
     pbo = pbo_cscv(pd.concat(wf, axis=1, join="inner").to_numpy()).pbo if len(wf) == len(results) else None
     named = [b for b in BASELINES_TO_BEAT if b in base]
@@ -689,10 +771,10 @@ def judge_all(results: list[FamilyResult], prod: ProductionScore, base: Mapping[
         # Sharpe against Sharpe: always-long carries the market's risk, so a test of mean returns would favour it
         p_base = sharpe_difference_test(a.to_numpy(), b.to_numpy(), n_samples=ev.bootstrap_samples,
                                         block_size=ev.block_size, seed=settings.training.seed).p_value if best else None
-        dsr = deflated_sharpe(cand.to_numpy(), trials)
+        dsr = deflated_sharpe(cand.to_numpy(), trials, more)
         evidence = Evidence(
-            deflated_sharpe=dsr.value, n_trials=len(trials), sharpe_per_period=dsr.sharpe,
-            earlier_trials=len(earlier),
+            deflated_sharpe=dsr.value, n_trials=dsr.n_trials, sharpe_per_period=dsr.sharpe,
+            earlier_trials=len(earlier) + len(earlier_tuning), tuning_trials=len(tuned),
             fold_sharpes=[float(f.get("sharpe", float("nan"))) for f in r.folds],
             baseline=best, baseline_sharpe=base[best].sharpe if best else None,
             p_value_vs_baseline=p_base, pbo=pbo,
@@ -727,6 +809,8 @@ def register_candidate(registry: Registry, model_dir: Path, cand: CandidateResul
             "p_value_vs_production": cand.p_value, "holdout": info["holdout"],
             "evidence": cand.evidence.to_dict() if cand.evidence else None,
             "regimes": {k: v.to_dict() for k, v in cand.regimes.items()},
+            "tuning": cand.tuning,
+            "regime_thresholds": info.get("regime_thresholds"),
             "cost_bps": settings.evaluation.cost_bps, "source": info["source"],
         },
         "decision": cand.decision.to_dict(),
@@ -832,7 +916,7 @@ class CycleRunner:
             if ens is not None:
                 trained[ENSEMBLE] = (ensemble_model(ens, {f: m for f, (m, _) in trained.items()}, ds, plan, s), ens)
         candidates = judge_all([fr for _, fr in trained.values()], prod, base, ds, plan, s,
-                               earlier_trials(self.registry))
+                               earlier_trials(self.registry), earlier_tuning_trials(self.registry))
 
         with rep.stage("register", total=len(candidates)) as advance, self._timed("register"):
             for c in candidates:

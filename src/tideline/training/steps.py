@@ -301,7 +301,8 @@ def train(in_dataset: str | Path, family: str, settings_json: str, out_model_dir
     model.save(_dir(out_model_dir))
     save_result(fr, _dir(out_result))
     return {"family": family, **{f"holdout_{k}": v for k, v in fr.holdout.to_dict().items()},
-            **{f"wf_{k}": v for k, v in fr.walk_forward.items()}, "fit_seconds": round(fr.fit_seconds, 3)}
+            **{f"wf_{k}": v for k, v in fr.walk_forward.items()}, "fit_seconds": round(fr.fit_seconds, 3),
+            "tuning_trials": len((fr.tuning or {}).get("trials", []))}
 
 
 FAILED_FILE = "failed.json"  # in a model directory: the family's training failed (why)
@@ -369,7 +370,14 @@ def _open(registry_uri: str, s: Settings) -> Any:
 def evaluate_and_select(in_dataset: str | Path, in_clean: str | Path, results: Sequence[str | Path],
                         registry_uri: str, settings_json: str, out_decisions: str | Path) -> dict[str, Any]:
     """Score production on the same hold-out rows, then judge every candidate against it and the policy."""
-    from tideline.training.cycle import baselines, earlier_trials, ensemble_result, judge_all, score_production
+    from tideline.training.cycle import (
+        baselines,
+        earlier_trials,
+        earlier_tuning_trials,
+        ensemble_result,
+        judge_all,
+        score_production,
+    )
 
     s = settings_from_json(settings_json)
     ds, plan, info = load_dataset(in_dataset)
@@ -392,7 +400,8 @@ def evaluate_and_select(in_dataset: str | Path, in_clean: str | Path, results: S
         where = _dir(Path(out_decisions) / "ensemble-result")
         save_result(ens, where)
         trained[str(where)] = ens
-    judged = judge_all(list(trained.values()), prod, base, ds, plan, s, earlier_trials(reg)) if trained else []
+    judged = (judge_all(list(trained.values()), prod, base, ds, plan, s, earlier_trials(reg),
+                        earlier_tuning_trials(reg)) if trained else [])
     candidates = [{**c.to_dict(), "result_dir": r} for r, c in zip(trained, judged, strict=True)]
     if not candidates:
         raise ModelError("every model family failed to train: "
@@ -431,7 +440,8 @@ def _candidate_from_dict(d: Mapping[str, Any]) -> Any:
                            float(d.get("fit_seconds", 0.0)), d.get("version"), bool(d.get("promoted", False)),
                            Evidence.from_dict(d["evidence"]) if d.get("evidence") else None,
                            position=PositionRule.from_dict(d.get("position") or {}),
-                           regimes={k: Metrics.from_dict(v) for k, v in (d.get("regimes") or {}).items()})
+                           regimes={k: Metrics.from_dict(v) for k, v in (d.get("regimes") or {}).items()},
+                           tuning=d.get("tuning"))
 
 
 def _family_of_model(model_dir: str | Path) -> str:

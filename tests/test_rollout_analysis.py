@@ -184,3 +184,95 @@ def test_result_round_trip_and_threshold_validation() -> None:
         Thresholds(max_error_rate=2)
     with pytest.raises(ValueError):
         Thresholds(min_requests=0)
+
+
+# ---- ending a canary early for a clear winner: the sequential test --------------------------------------
+def _paired(cand_acc: float, act_acc: float, bars: int, symbols: int = 8, seed: int = 0):
+    from tideline.monitoring.outcomes import PairedOutcomes
+
+    rng = np.random.default_rng(seed)
+    times = np.repeat(np.arange(bars), symbols)
+    return PairedOutcomes(times=times.tolist(),
+                          candidate_hits=(rng.random(len(times)) < cand_acc).astype(float).tolist(),
+                          active_hits=(rng.random(len(times)) < act_acc).astype(float).tolist())
+
+
+def _traffic() -> SeriesMetrics:
+    return SeriesMetrics(requests=100, errors=0, buckets={0.05: 100.0, math.inf: 100.0})
+
+
+def test_a_clear_winner_is_found_and_a_close_call_is_not() -> None:
+    thr = Thresholds(superiority_alpha=0.05, min_labelled=50)
+    clear = _paired(0.68, 0.38, bars=60)
+    res = analyze(AnalysisInput(_traffic(), _traffic(), LiveOutcomes(paired=clear)), thr)
+    sup = next(c for c in res.checks if c.name == "superiority")
+    assert res.verdict == "pass" and res.clearly_better and sup.value >= 20, sup.reason
+    assert "clearly better" in sup.reason
+    close = _paired(0.53, 0.51, bars=40, seed=1)
+    res = analyze(AnalysisInput(_traffic(), _traffic(), LiveOutcomes(paired=close)), thr)
+    assert res.verdict == "pass" and not res.clearly_better
+    # too few pairs: not judged; switched off: no such check at all
+    few = _paired(0.9, 0.1, bars=5)
+    res = analyze(AnalysisInput(_traffic(), _traffic(), LiveOutcomes(paired=few)), thr)
+    assert not res.clearly_better and "only 40 paired outcomes" in next(
+        c for c in res.checks if c.name == "superiority").reason
+    res = analyze(AnalysisInput(_traffic(), _traffic(), LiveOutcomes(paired=clear)), Thresholds())
+    assert not res.clearly_better and all(c.name != "superiority" for c in res.checks)
+    # a failing interval is never "clearly better", whatever the outcomes say
+    broken = SeriesMetrics(requests=100, errors=50, buckets={0.05: 100.0, math.inf: 100.0})
+    res = analyze(AnalysisInput(broken, _traffic(), LiveOutcomes(paired=clear)), thr)
+    assert res.verdict == "fail" and not res.clearly_better
+    with pytest.raises(ValueError, match="superiority_alpha"):
+        Thresholds(superiority_alpha=1.0)
+
+
+def _looks_cross(d: np.ndarray, alpha: float, every: int, symbols: int = 1) -> bool:
+    """Whether the test, looked at after every ``every`` bars, ever finds the candidate better."""
+    from tideline.monitoring.outcomes import PairedOutcomes
+    from tideline.rollout.analysis import superiority_check
+
+    for end in range(every, len(d) + 1, every):
+        # d in [-1, 1] as hits: candidate hit = (1 + d) / 2 weight, active = (1 - d) / 2: their difference is d
+        x = d[:end]
+        p = PairedOutcomes(times=list(range(end)), candidate_hits=((1 + x) / 2).tolist(),
+                           active_hits=((1 - x) / 2).tolist())
+        if superiority_check(p, alpha, min_labelled=10).passed:
+            return True
+    return False
+
+
+def test_the_sequential_test_keeps_its_false_promotion_bound_when_looked_at_every_interval() -> None:
+    """No better candidate, checked every interval: the chance it is ever called better stays under alpha,
+    also when the paired differences are autocorrelated (the blocks absorb the dependence); the same
+    series without blocks would cross far more often."""
+    from tideline.rollout import analysis
+
+    rng = np.random.default_rng(11)
+    alpha, runs, bars = 0.05, 300, 200
+    crossed = crossed_unblocked = 0
+    for _ in range(runs):
+        e = rng.normal(0.0, 0.25, bars)
+        d = np.empty(bars)
+        d[0] = e[0]
+        for t in range(1, bars):  # AR(1), phi 0.7: a candidate that is lucky for a while, then unlucky
+            d[t] = 0.7 * d[t - 1] + e[t]
+        d = np.clip(d, -1.0, 1.0)
+        crossed += _looks_cross(d, alpha, every=10)
+        ev = analysis.e_process(d)
+        crossed_unblocked += bool(len(ev) and ev.max() >= 1 / alpha)
+    assert crossed / runs <= alpha + 0.02, crossed
+    assert crossed_unblocked > crossed  # what the blocks are for
+
+
+def test_dependence_block_and_block_means() -> None:
+    from tideline.rollout.analysis import block_means, dependence_block
+
+    rng = np.random.default_rng(3)
+    assert dependence_block(rng.normal(size=500)) <= 2  # independent steps: about 1
+    ar = np.zeros(500)
+    for t in range(1, 500):
+        ar[t] = 0.8 * ar[t - 1] + rng.normal()
+    assert dependence_block(ar) >= 3  # the Newey-West factor with its few lags (the true one is 9)
+    assert dependence_block([1.0, 1.0]) == 1 and dependence_block([]) == 1
+    assert block_means([1.0, 3.0, 5.0, 7.0, 9.0], 2).tolist() == [2.0, 6.0]
+    assert len(block_means([1.0], 3)) == 0

@@ -71,6 +71,26 @@ def test_happy_path_shadow_canary_steps_promote() -> None:
         assert s2 == s and acts == []
 
 
+def test_a_clearly_better_candidate_skips_the_remaining_canary_steps() -> None:
+    from tideline.rollout.analysis import Check
+
+    def better(passed: bool | None) -> AnalysisResult:
+        sup = Check("superiority", 40.0 if passed else 3.0, 20.0, passed, "sequential test: e-value ...")
+        return AnalysisResult("pass", [sup], ["fake pass"], 1000)
+
+    s, _ = m.advance(SPEC, m.RolloutStatus.initial(SPEC), None, 0.0)
+    s, _ = m.advance(SPEC, s, better(True), 60.0)  # shadow: the traffic checks under real load come first
+    assert (s.phase, s.weight) == (m.Phase.CANARY, 10)
+    close, _ = m.advance(SPEC, s, better(None), 90.0)  # a close call walks the steps
+    assert (close.phase, close.weight) == (m.Phase.CANARY, 25)
+    s, acts = m.advance(SPEC, s, better(True), 90.0)
+    assert s.phase == m.Phase.PROMOTING and "clearly better" in s.message and "remaining steps skipped" in s.message
+    assert m.PromoteInRegistry("v2", "v1") in acts
+    # a failed interval is never clearly better (AnalysisResult.clearly_better needs a pass)
+    failed = AnalysisResult("fail", [m_check := better(True).checks[0]], ["5xx"], 1000)
+    assert m_check.passed and not failed.clearly_better
+
+
 def test_consecutive_failures_roll_back_and_a_pass_resets_them() -> None:
     s, _ = m.advance(SPEC, m.RolloutStatus.initial(SPEC), None, 0.0)
     s, _ = m.advance(SPEC, s, _res("fail"), 30.0)

@@ -199,6 +199,9 @@ class LoopRolloutConfig(BaseModel):
     min_requests: int = Field(20, ge=1, description="candidate requests per interval to judge it")
     accuracy_margin: float = Field(0.02, ge=0, le=1, description="live accuracy the candidate may lose")
     min_outcomes: int = Field(50, ge=1, description="labelled live outcomes per side before accuracy counts")
+    superiority_alpha: float | None = Field(
+        None, gt=0, lt=1, description="end a canary early when a sequential test on the paired live outcomes finds "
+                                      "the candidate better, with this false-promotion bound (None: every step)")
     watch_seconds: float = Field(
         86400.0, ge=0, description="the guard's watch after a promotion: previous stays in shadow and the new "
                                    "production is tested against it on the same requests (0: no watch)")

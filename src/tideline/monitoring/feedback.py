@@ -61,7 +61,7 @@ from tideline.evaluation import (
     strategy_returns,
 )
 from tideline.features import compute_labels
-from tideline.monitoring.outcomes import LiveOutcomes, WatchOutcomes
+from tideline.monitoring.outcomes import LiveOutcomes, PairedOutcomes, WatchOutcomes
 from tideline.monitoring.predictions import naive_utc, normalize_predictions, read_predictions, utc_bound
 from tideline.monitoring.skew import VersionSkew, check_skew
 from tideline.positions import PositionRule, positions, stored_rule
@@ -678,9 +678,15 @@ class LiveOutcomeSource:
         key = ["symbol", "bar_time"]
         common = cand[key].merge(base[key], on=key, how="inner")
         paired = len(common) >= self.min_pairs and self.min_pairs > 0
+        pairs = None
         if paired:
             cand = cand.merge(common, on=key, how="inner")
             base = base.merge(common, on=key, how="inner")
+            both = cand[[*key, "hit"]].merge(base[[*key, "hit"]], on=key, suffixes=("_c", "_a")).sort_values(
+                "bar_time", kind="stable")
+            pairs = PairedOutcomes(times=both["bar_time"].to_numpy().tolist(),
+                                   candidate_hits=both["hit_c"].to_numpy(dtype=np.float64).tolist(),
+                                   active_hits=both["hit_a"].to_numpy(dtype=np.float64).tolist())
         self.last_report = {"candidate": int(len(cand)), "baseline": int(len(base)), "paired": paired,
                             "watch_pairs": None if watch is None else len(watch.times),
                             "common": int(len(common)), "logged": int(len(log_df))}
@@ -689,7 +695,7 @@ class LiveOutcomeSource:
             active_errors=base["error"].to_numpy(dtype=np.float64).tolist(),
             candidate_hits=cand["hit"].to_numpy(dtype=np.float64).tolist(),
             active_hits=base["hit"].to_numpy(dtype=np.float64).tolist(),
-            watch=watch,
+            paired=pairs, watch=watch,
         )
 
     def _watch(self, log_df: pd.DataFrame, candidate: str, baseline: str, bars: pd.DataFrame) -> Any:

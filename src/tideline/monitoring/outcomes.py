@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["LiveOutcomes", "WatchOutcomes"]
+__all__ = ["LiveOutcomes", "PairedOutcomes", "WatchOutcomes"]
 
 
 @dataclass(frozen=True)
@@ -27,6 +27,20 @@ class WatchOutcomes:
             raise ValueError("watch outcomes must be index-aligned")
 
 
+@dataclass(frozen=True)
+class PairedOutcomes:
+    """Realized outcomes of the candidate and the active model on the same requests (shadowed ones), one row
+    per (symbol, bar): ``times[i]`` (any sortable bar-time label) and the two hits (1/0)."""
+
+    times: Sequence[Any] = ()
+    candidate_hits: Sequence[float] = ()
+    active_hits: Sequence[float] = ()
+
+    def __post_init__(self) -> None:
+        if not len(self.times) == len(self.candidate_hits) == len(self.active_hits):
+            raise ValueError("paired outcomes must be index-aligned")
+
+
 @dataclass
 class LiveOutcomes:
     """Realized outcomes of live predictions (from the prediction log joined with later bars).
@@ -39,6 +53,9 @@ class LiveOutcomes:
     active_errors: Sequence[float] = ()
     candidate_hits: Sequence[float] = ()
     active_hits: Sequence[float] = ()
+    paired: PairedOutcomes | None = None
+    """the two versions' hits on the same (symbol, bar) keys, with the bar times (the sequential test of
+    ``tideline.rollout.analysis`` reads them); None when they share too few."""
     watch: WatchOutcomes | None = None
     """after the candidate was promoted: its outcomes and the baseline's (in shadow) on the same requests,
     for the guard (``tideline.rollout.guard``); None before the promotion."""

@@ -15,6 +15,18 @@ one ``AnalysisResult``:
 * ``pass``          traffic checks passed; outcome checks passed or had too few labelled samples (those
                     are reported as inconclusive checks, and the shadow gate separately waits for
                     ``min_labelled`` samples).
+
+With ``superiority_alpha`` set, a passing result may also say the candidate is **clearly better**
+(``AnalysisResult.clearly_better``; the machine then promotes at once from a canary step instead of walking
+the remaining ones): a sequential test on the paired outcomes of the rollout so far (the same requests,
+shadowed) that stays valid when it is looked at every interval. Per bar, ``d_t`` = the candidate's hit rate
+minus the active model's over the bar's symbols (they share the bar's market: one step). Consecutive bars
+are averaged in blocks as long as the series' dependence (``dependence_block``: one plus twice the sum of
+its positive autocorrelations, the inflation of the variance of a mean of autocorrelated steps), so that the
+blocks are close to independent. Under "the candidate is no better" every ``prod (1 + lambda d_b)`` is a
+nonnegative supermartingale, and so is their mixture over a grid of ``lambda`` (``e_process``); by Ville's
+inequality it ever reaches ``1 / superiority_alpha`` with chance at most ``superiority_alpha``. A clear
+winner crosses within a few intervals; a close call never does, and walks every step.
 """
 
 from __future__ import annotations
@@ -30,7 +42,7 @@ from scipy.spatial import distance
 
 from tideline.config import ROLLOUT_DEFAULTS as _D
 from tideline.documents import Document
-from tideline.monitoring.outcomes import LiveOutcomes
+from tideline.monitoring.outcomes import LiveOutcomes, PairedOutcomes
 
 Verdict = Literal["pass", "fail", "inconclusive"]
 
@@ -56,6 +68,8 @@ class Thresholds(Document):
     """fewer candidate requests in an interval: error rate and latency are inconclusive."""
     min_labelled: int = _D.min_outcomes
     """fewer labelled outcomes (or prediction pairs) per side: accuracy/KS/divergence are inconclusive."""
+    superiority_alpha: float | None = _D.superiority_alpha
+    """false-promotion bound of the sequential test that ends a canary early for a clear winner (None: off)."""
 
     def __post_init__(self) -> None:
         for name in ("max_error_rate", "accuracy_margin"):
@@ -68,6 +82,8 @@ class Thresholds(Document):
             raise ValueError("max_p99_latency_ms must be positive")
         if self.min_requests < 1 or self.min_labelled < 1:
             raise ValueError("min_requests and min_labelled must be at least 1")
+        if self.superiority_alpha is not None and not 0 < self.superiority_alpha < 1:
+            raise ValueError("superiority_alpha must be in (0, 1)")
 
 
 # ---- metrics snapshots ---------------------------------------------------------------------------------
@@ -270,6 +286,11 @@ class AnalysisResult(Document):
         """True when the verdict is ``pass``."""
         return self.verdict == "pass"
 
+    @property
+    def clearly_better(self) -> bool:
+        """True when the verdict is ``pass`` and the sequential test found the candidate better (``superiority``)."""
+        return self.passed and any(c.name == SUPERIORITY and c.passed for c in self.checks)
+
 
 def ks_statistic(a: Sequence[float], b: Sequence[float]) -> float:
     """Two-sample Kolmogorov-Smirnov statistic (``scipy.stats.ks_2samp``): the largest gap between the two
@@ -299,6 +320,92 @@ def js_distance(a: Sequence[float], b: Sequence[float], bins: int = 20) -> float
     q = np.histogram(np.clip(y, edges[0], edges[-1]), bins=edges)[0] / y.size
     d = float(distance.jensenshannon(p, q, base=2))
     return 0.0 if math.isnan(d) else d  # identical histograms can round to sqrt(-1e-17)
+
+
+SUPERIORITY = "superiority"
+LAMBDAS: tuple[float, ...] = (0.05, 0.1, 0.2, 0.35, 0.5)
+"""bets of the mixture e-process (each < 1, so every factor stays positive on steps in [-1, 1])."""
+SUPERIORITY_LAMBDAS: tuple[float, ...] = (0.1, 0.2, 0.35, 0.5, 0.7)
+"""the superiority test's bets: bolder than the guard's, since it looks for a large difference quickly."""
+
+
+def bar_differences(times: Sequence[Any], a_hits: Sequence[float], b_hits: Sequence[float]) -> np.ndarray:
+    """``d_t`` = ``a``'s hit rate minus ``b``'s over each bar's rows, one per bar, in bar order (rows with a
+    missing hit are left out), clipped to [-1, 1]."""
+    if not len(times):
+        return np.zeros(0)
+    t = np.asarray(times)
+    d = np.asarray(a_hits, dtype=float) - np.asarray(b_hits, dtype=float)
+    ok = np.isfinite(d)
+    t, d = t[ok], d[ok]
+    if not len(d):
+        return np.zeros(0)
+    uniq, inv = np.unique(t, return_inverse=True)  # sorted bar labels: bar order
+    sums = np.bincount(inv, weights=d, minlength=len(uniq))
+    counts = np.bincount(inv, minlength=len(uniq))
+    return np.clip(sums / counts, -1.0, 1.0)
+
+
+def dependence_block(d: Sequence[float]) -> int:
+    """How many consecutive steps to average so that the averages are close to independent: the factor by
+    which autocorrelation inflates the variance of a mean, ``1 + 2 sum_k w_k rho_k`` (``rho`` the sample
+    autocorrelations, Bartlett weights ``w_k = 1 - k / (L + 1)`` over ``L = floor(4 (n / 100) ** (2 / 9))``
+    lags, at least 2: the Newey-West long-run variance), rounded up; 1 for a short, constant or
+    anti-correlated series.
+
+    >>> dependence_block([1.0, -1.0] * 20)
+    1
+    >>> dependence_block(np.repeat([1.0, -1.0, 0.5, -0.5], 10)) > 1
+    True
+    """
+    x = np.asarray(d, dtype=float)
+    x = x[np.isfinite(x)]
+    lags = min(max(2, int(4 * (len(x) / 100) ** (2 / 9))), len(x) // 4)
+    if lags < 1 or not x.std() > 0:
+        return 1
+    x = x - x.mean()
+    denom = float(x @ x)
+    factor = 1 + 2 * sum((1 - k / (lags + 1)) * float(x[:-k] @ x[k:]) / denom for k in range(1, lags + 1))
+    return max(1, math.ceil(factor - 1e-9))
+
+
+def block_means(d: Sequence[float], block: int) -> np.ndarray:
+    """Means of consecutive, non-overlapping blocks of ``block`` steps (a shorter last block is dropped)."""
+    x = np.asarray(d, dtype=float)
+    n = (len(x) // max(int(block), 1)) * max(int(block), 1)
+    return x[:n].reshape(-1, max(int(block), 1)).mean(axis=1) if n else np.zeros(0)
+
+
+def e_process(d: Sequence[float], lambdas: Sequence[float] = LAMBDAS) -> np.ndarray:
+    """The mixture e-process after each step: ``mean_k prod_{s<=t} (1 + lambda_k d_s)`` (t = 1..n)."""
+    x = np.asarray(d, dtype=float)
+    if not len(x):
+        return np.ones(0)
+    lam = np.asarray(lambdas, dtype=float)
+    logw = np.cumsum(np.log1p(np.outer(x, lam)), axis=0)
+    return np.exp(logw).mean(axis=1)
+
+
+def superiority_check(paired: PairedOutcomes | None, alpha: float, min_labelled: int) -> Check:
+    """The sequential test of the module docstring on the rollout's paired outcomes so far: passed (True) when
+    the candidate is clearly better, None otherwise (never a failure: a candidate that is no better walks the
+    canary steps, and a worse one fails the other checks)."""
+    bound = 1 / alpha
+    n = len(paired.times) if paired is not None else 0
+    if paired is None or n < min_labelled:
+        return Check(SUPERIORITY, None, bound, None,
+                     f"only {n} paired outcomes (< {min_labelled}) for the sequential test")
+    d = bar_differences(paired.times, paired.candidate_hits, paired.active_hits)
+    block = dependence_block(d)
+    e = e_process(block_means(d, block), SUPERIORITY_LAMBDAS)
+    e_max = float(e.max()) if len(e) else 1.0
+    better = e_max >= bound
+    cand = float(np.nanmean(np.asarray(paired.candidate_hits, dtype=float)))
+    act = float(np.nanmean(np.asarray(paired.active_hits, dtype=float)))
+    return Check(SUPERIORITY, e_max, bound, True if better else None,
+                 f"sequential test over {len(d)} bars (blocks of {block}; {n} paired outcomes): candidate "
+                 f"{cand:.3f} vs active {act:.3f} directional accuracy on the same requests, e-value {e_max:.2f} "
+                 + (f">= {bound:g}: clearly better (alpha {alpha})" if better else f"< {bound:g}"))
 
 
 def _finite(xs: Sequence[float]) -> np.ndarray:
@@ -369,6 +476,9 @@ def analyze(inp: AnalysisInput, thr: Thresholds) -> AnalysisResult:
                                 + ("" if ks <= thr.max_ks else
                                    (" and the candidate's errors are larger" if worse
                                     else " but the candidate's errors are smaller"))))
+
+    if thr.superiority_alpha is not None and o is not None:
+        checks.append(superiority_check(o.paired, thr.superiority_alpha, thr.min_labelled))
 
     if inp.paired_predictions is not None:
         cp, ap = inp.paired_predictions

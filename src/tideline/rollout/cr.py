@@ -75,7 +75,7 @@ def rollout_spec(name: str, spec: Mapping[str, Any], baseline: str) -> machine.R
     names = {"maxErrorRate": "max_error_rate", "maxP99LatencyMs": "max_p99_latency_ms",
              "accuracyMargin": "accuracy_margin", "maxKS": "max_ks",
              "maxPredictionDivergence": "max_prediction_divergence", "minRequests": "min_requests",
-             "minLabelled": "min_labelled"}
+             "minLabelled": "min_labelled", "superiorityAlpha": "superiority_alpha"}
     kw: dict[str, Any] = {}
     shadow_kw: dict[str, Any] = {}
     if "minDurationSeconds" in shadow:
@@ -103,7 +103,8 @@ def rollout_spec(name: str, spec: Mapping[str, Any], baseline: str) -> machine.R
             name=name, target=str(spec["targetRef"]), candidate=str(spec["candidate"]), baseline=baseline,
             bars=str(spec["bars"]) if spec.get("bars") else None,
             shadow=machine.ShadowSpec(**shadow_kw),
-            thresholds=Thresholds(**{names[k]: v for k, v in thr.items() if k in names}), **kw,
+            thresholds=Thresholds(**{names[k]: (None if k == "superiorityAlpha" and not v else v)  # 0: off
+                                     for k, v in thr.items() if k in names}), **kw,
         )
     except (ValueError, TypeError, KeyError) as e:
         raise ConfigError(f"invalid ModelRollout {name}: {e}") from e
@@ -129,7 +130,8 @@ def spec_to_cr(spec: machine.RolloutSpec, *, registry: str, mode: str, metrics_s
             "thresholds": {"maxErrorRate": float(t.max_error_rate), "maxP99LatencyMs": float(t.max_p99_latency_ms),
                            "accuracyMargin": float(t.accuracy_margin), "maxKS": float(t.max_ks),
                            "maxPredictionDivergence": float(t.max_prediction_divergence),
-                           "minRequests": int(t.min_requests), "minLabelled": int(t.min_labelled)},
+                           "minRequests": int(t.min_requests), "minLabelled": int(t.min_labelled),
+                           "superiorityAlpha": float(t.superiority_alpha or 0.0)},  # 0: off (no null in a CR)
         },
     }
     if spec.bars:

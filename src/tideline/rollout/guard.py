@@ -23,7 +23,6 @@ Pure: numbers in, an ``AnalysisResult`` out (``rollout.machine`` turns a failed 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -31,10 +30,16 @@ import numpy as np
 from tideline.config import ROLLOUT_DEFAULTS as _D
 from tideline.documents import Document
 from tideline.monitoring.outcomes import WatchOutcomes
-from tideline.rollout.analysis import AnalysisResult, Check, SeriesMetrics, Thresholds
+from tideline.rollout.analysis import (  # noqa: F401 - LAMBDAS and e_process are part of the guard's interface
+    LAMBDAS,
+    AnalysisResult,
+    Check,
+    SeriesMetrics,
+    Thresholds,
+    bar_differences,
+    e_process,
+)
 
-LAMBDAS: tuple[float, ...] = (0.05, 0.1, 0.2, 0.35, 0.5)
-"""bets of the mixture e-process (each < 1, so every factor stays positive on d in [-1, 1])."""
 FLOOR_PREVIOUS = "previous_floor"
 
 
@@ -64,28 +69,7 @@ class WatchSpec(Document):
 
 def per_bar_differences(w: WatchOutcomes) -> np.ndarray:
     """``d_t``: previous' hit rate minus production's, one per bar, in bar order."""
-    if not len(w.times):
-        return np.zeros(0)
-    t = np.asarray(w.times)
-    d = np.asarray(w.previous_hits, dtype=float) - np.asarray(w.production_hits, dtype=float)
-    ok = np.isfinite(d)
-    t, d = t[ok], d[ok]
-    if not len(d):
-        return np.zeros(0)
-    uniq, inv = np.unique(t, return_inverse=True)  # sorted bar labels: bar order
-    sums = np.bincount(inv, weights=d, minlength=len(uniq))
-    counts = np.bincount(inv, minlength=len(uniq))
-    return np.clip(sums / counts, -1.0, 1.0)
-
-
-def e_process(d: Sequence[float], lambdas: Sequence[float] = LAMBDAS) -> np.ndarray:
-    """The mixture e-process after each step: ``mean_k prod_{s<=t} (1 + lambda_k d_s)`` (t = 1..n)."""
-    x = np.asarray(d, dtype=float)
-    if not len(x):
-        return np.ones(0)
-    lam = np.asarray(lambdas, dtype=float)
-    logw = np.cumsum(np.log1p(np.outer(x, lam)), axis=0)
-    return np.exp(logw).mean(axis=1)
+    return bar_differences(w.times, w.previous_hits, w.production_hits)
 
 
 def guard_analyze(w: WatchOutcomes | None, production: SeriesMetrics, spec: WatchSpec,

@@ -17,7 +17,9 @@ Phases::
 * Shadow -> Canary when a *passing* analysis arrives after at least ``min_duration_s`` in shadow and
   with at least ``min_labelled`` labelled live outcomes for the candidate (``SetShadow(None)``,
   ``DeployCanary``, ``SetWeight(steps[0])``).
-* Canary step i -> i+1 on every passing interval. Steps are canary weights in percent; a final 100 means
+* Canary step i -> i+1 on every passing interval; a passing interval whose sequential test finds the
+  candidate clearly better (``AnalysisResult.clearly_better``, with ``thresholds.superiority_alpha`` set)
+  skips the remaining steps to Promoting. Steps are canary weights in percent; a final 100 means
   "promote" — the canary slot never gets 100% as a canary: traffic goes to 100% by *promotion*.
 * Promoting: ``PromoteInRegistry(candidate, expected_production=baseline)`` (compare-and-swap), then
   ``SetActive(candidate)`` (the slot serving the candidate becomes the active one, all traffic, the canary
@@ -162,7 +164,8 @@ class RolloutSpec(Document):
             thresholds=Thresholds(max_error_rate=cfg.max_error_rate, max_p99_latency_ms=cfg.max_p99_latency_ms,
                                   accuracy_margin=cfg.accuracy_margin, max_ks=cfg.max_ks,
                                   max_prediction_divergence=cfg.max_prediction_divergence,
-                                  min_requests=cfg.min_requests, min_labelled=cfg.min_outcomes))
+                                  min_requests=cfg.min_requests, min_labelled=cfg.min_outcomes,
+                                  superiority_alpha=cfg.superiority_alpha))
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> RolloutSpec:
@@ -457,6 +460,10 @@ def advance(
     nxt = st.step_index + 1
     if nxt >= len(weights):
         _start_promotion(spec, st, now, f"canary passed at {st.weight}%", actions)
+    elif analysis.clearly_better:  # a clear winner: the remaining steps would only delay it (analysis docstring)
+        why = next(c.reason for c in analysis.checks if c.name == "superiority")
+        _start_promotion(spec, st, now, f"canary passed at {st.weight}% and the candidate is clearly better "
+                                        f"({why}); the remaining steps skipped", actions)
     else:
         prev = st.weight
         _enter(st, Phase.CANARY, now, f"canary passed at {prev}%; now {weights[nxt]}%",

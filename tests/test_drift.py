@@ -320,6 +320,9 @@ def test_monitor_finds_a_jump_in_errors_within_a_bounded_delay():
         assert isinstance(first, ChangePoint)
         assert 1500 <= first.index <= 1500 + 250, (seed, first)
         assert first.timestamp == idx[first.index]
+        # where it began: much closer to the jump than the detection (the centred cumulative sum's peak)
+        assert abs(first.start - idx[1500]) <= pd.Timedelta(hours=60), (seed, first.start)
+        assert first.to_dict()["start"] == str(first.start)
         assert first.detector in PerformanceMonitor.DETECTORS
         assert len(changes) == 1  # one change, one alarm (the monitor re-learns its baseline after it)
 

@@ -516,7 +516,7 @@ def test_outcomes_from_log_by_hand(reg: Registry, tmp_path: Path) -> None:
     assert sorted(o.candidate_hits) == sorted(ch) and sorted(o.active_hits) == sorted(bh)
     assert paired.last_report["paired"] is True and paired.last_error is None
     # the pairs themselves, in bar order, for the rollout's sequential test (AAA bars 0..2, each side's hit)
-    assert o.paired is not None and list(o.paired.times) == [T0 + pd.Timedelta(hours=t) for t in range(3)]
+    assert o.paired is not None and list(o.paired.times) == [(T0 + pd.Timedelta(hours=t)).value for t in range(3)]
     assert list(o.paired.candidate_hits) == ch and list(o.paired.active_hits) == bh
     assert unpaired(cand, base).paired is None
 

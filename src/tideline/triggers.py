@@ -464,6 +464,7 @@ def training_window(live_metrics: Mapping[str, Any] | None, bar_times: Any, *, m
 
     When the live monitor (``live-metrics.json`` ``change_points``: ADWIN / Page-Hinkley on realized errors)
     found a change, the market the model was trained on is gone: retrain on the bars after the last change
+    (dated where it most likely began, its ``start``, when the monitor estimated it; else when it was detected)
     only (detections less than ``min_bars`` apart count as one change, dated by the first), once there are
     at least ``min_bars`` of them (before that a retrain would learn the old regime: not ready). Without a detected change: the latest ``lookback_bars``. ``bar_times``: the
     distinct bar times available now (any order).
@@ -475,7 +476,7 @@ def training_window(live_metrics: Mapping[str, Any] | None, bar_times: Any, *, m
         return TrainingWindow(None, 0, False, "no bars yet")
     changes = []
     for c in (live_metrics or {}).get("change_points") or []:
-        ts = _parse_time(c.get("timestamp")) if isinstance(c, Mapping) else None
+        ts = _parse_time(c.get("start") or c.get("timestamp")) if isinstance(c, Mapping) else None
         if ts is not None:
             changes.append(_naive_utc(ts))
     if changes:

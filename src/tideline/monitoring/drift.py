@@ -20,6 +20,7 @@ so ``auto`` switches to the KS test there (its p-value accounts for the sample s
 
 from __future__ import annotations
 
+import collections
 import io
 import json
 import logging
@@ -559,11 +560,42 @@ class ChangePoint:
     detail: dict[str, float]
     series: str = ""
     """what was monitored, e.g. ``abs_error`` or ``hit`` (set by the caller)."""
+    start: pd.Timestamp | None = None
+    """when the change most likely began (``estimate_start``), earlier than the detection itself; None when
+    unknown."""
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready change point (the timestamp as a string, or None)."""
+        """JSON-ready change point (the timestamps as strings, or None)."""
         return {"index": self.index, "timestamp": None if self.timestamp is None else str(self.timestamp),
+                "start": None if self.start is None else str(self.start),
                 "detector": self.detector, "series": self.series, "detail": self.detail}
+
+
+def estimate_start(values: Sequence[float], recent: int = 50) -> int:
+    """Where a shift in the mean of ``values`` (standardized against the level before it: mean 0) most likely
+    began, after it was detected at the end: Page's CUSUM towards the shift seen in the last ``recent`` values
+    (drift allowance half of it), and the index after the last time it stood at zero: the classic estimate of a
+    CUSUM's change time. A long stable stretch before the change keeps resetting it, so the estimate does not
+    wander back over it. 0 for fewer than two values or no shift.
+
+    >>> estimate_start([0.0] * 30 + [1.0] * 10)
+    30
+    >>> estimate_start([0.1, -0.1] * 200 + [-1.0] * 20)
+    400
+    """
+    x = np.asarray(values, dtype=np.float64)
+    if len(x) < 2:
+        return 0
+    shift = float(np.mean(x[-min(int(recent), len(x)):]))
+    if not math.isfinite(shift) or shift == 0.0:
+        return 0
+    y = np.sign(shift) * x - abs(shift) / 2
+    c, last_zero = 0.0, 0
+    for i, v in enumerate(y):
+        c = max(0.0, c + v)
+        if c == 0.0:
+            last_zero = i + 1
+    return min(last_zero, len(x) - 1)
 
 
 class PerformanceMonitor:
@@ -581,6 +613,8 @@ class PerformanceMonitor:
     """
 
     DETECTORS: tuple[str, ...] = ("adwin", "page_hinkley")
+    SEEN_MAX = 20_000
+    """values kept to date where a detected change began (``ChangePoint.start``)."""
 
     def __init__(self, detectors: Iterable[str] = DETECTORS, *, warmup: int = 100, adwin_delta: float = 0.002,
                  adwin_clock: int = 8, ph_threshold: float = 50.0, ph_delta: float = 0.2,
@@ -603,6 +637,8 @@ class PerformanceMonitor:
         self.n = 0
         self.changes: list[ChangePoint] = []
         self._buffer: list[tuple[float, pd.Timestamp | None]] = []
+        # standardized values since calibration (the latest SEEN_MAX): where a detected change began
+        self._seen: collections.deque[tuple[float, pd.Timestamp | None]] = collections.deque(maxlen=self.SEEN_MAX)
         self._center: float | None = None
         self._scale: float = 1.0
 
@@ -612,6 +648,7 @@ class PerformanceMonitor:
         self.n = 0
         self.changes = []
         self._buffer = []
+        self._seen.clear()
         self._center, self._scale = None, 1.0
 
     @property
@@ -649,7 +686,9 @@ class PerformanceMonitor:
     def _feed(self, idx: int, x: float, ts: pd.Timestamp | None) -> bool:
         assert self._center is not None
         z = (x - self._center) / self._scale
+        self._seen.append((z, ts))
         fired = False
+        start = None
         for name, det in self.detectors.items():
             det.update(z)
             if det.drift_detected:
@@ -657,11 +696,15 @@ class PerformanceMonitor:
                                             "baseline_std": self._scale}
                 if name == "adwin":
                     detail.update({"window": float(det.width), "window_mean_z": float(det.estimation)})
-                self.changes.append(ChangePoint(idx, ts, name, detail))
+                if start is None:  # the values since calibration: where did the new level begin?
+                    seen = list(self._seen)
+                    start = seen[estimate_start([v for v, _ in seen])][1]
+                self.changes.append(ChangePoint(idx, ts, name, detail, start=start))
                 fired = True
         if fired:  # start over: re-learn the baseline from the values after the change
             self.detectors = {n: self._factories[n]() for n in self.detectors}
             self._center, self._scale = None, 1.0
+            self._seen.clear()
         return fired
 
     def detect(self, series: pd.Series | Sequence[float] | np.ndarray) -> list[ChangePoint]:

@@ -469,10 +469,10 @@ def _cost_like(c: Any) -> bool:
 
 
 def _change_points(rows: pd.DataFrame, monitor_kwargs: Mapping[str, Any]) -> tuple[list[ChangePoint], int]:
-    from tideline.monitoring.drift import PerformanceMonitor
-
     """Changes in the realized absolute errors and in the direction hits (a flipped signal barely moves the
     errors' size but turns hits into misses), each watched by its own monitor; sorted by time."""
+    from tideline.monitoring.drift import PerformanceMonitor
+
     r = rows.loc[rows["status"] == "realized"].sort_values(["bar_time", "symbol"], kind="stable")
     index = pd.DatetimeIndex(r["bar_time"])
     found: list[ChangePoint] = []
@@ -684,7 +684,7 @@ class LiveOutcomeSource:
             base = base.merge(common, on=key, how="inner")
             both = cand[[*key, "hit"]].merge(base[[*key, "hit"]], on=key, suffixes=("_c", "_a")).sort_values(
                 "bar_time", kind="stable")
-            pairs = PairedOutcomes(times=both["bar_time"].to_numpy().tolist(),
+            pairs = PairedOutcomes(times=both["bar_time"].astype("int64").tolist(),  # ns: sortable, like the watch
                                    candidate_hits=both["hit_c"].to_numpy(dtype=np.float64).tolist(),
                                    active_hits=both["hit_a"].to_numpy(dtype=np.float64).tolist())
         self.last_report = {"candidate": int(len(cand)), "baseline": int(len(base)), "paired": paired,

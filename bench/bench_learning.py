@@ -23,11 +23,17 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--short", action="store_true")
+    ap.add_argument("--no-flip", action="store_true",
+                    help="the same market without the flip: count the retrains the loop starts anyway")
     args = ap.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     from tideline.app.demo import DemoConfig, run_demo
 
     cfg = DemoConfig.short(args.seed) if args.short else DemoConfig(seed=args.seed)
+    if args.no_flip:
+        import dataclasses
+
+        cfg = dataclasses.replace(cfg, flip=False)
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="tideline-bench-learning-") as tmp:
         res = run_demo(cfg, Path(tmp) / "demo")
@@ -37,6 +43,15 @@ def main() -> None:
     def first(kind: str, prefix: str = "") -> float | None:
         return next((e["wall"] for e in ev if e["kind"] == kind and e["text"].startswith(prefix)), None)
 
+    if args.no_flip:
+        runs = rec.get("retrains", [])
+        json.dump({"name": "learning_no_flip", "seed": args.seed, "symbols": cfg.symbols, "live_bars": len(rec["live"]),
+                   "wall_s": round(time.perf_counter() - t0, 1),
+                   "pipeline_runs": len(runs), "retrains_after_the_first_model": max(len(runs) - 1, 0),
+                   "decay_triggers": sum(e["kind"] == "trigger" and "performance_decay" in e["text"] for e in ev),
+                   "loop_ticks": rec.get("loop_ticks")}, sys.stdout)
+        sys.stdout.write("\n")
+        return
     out = {
         "name": "learning",
         "seed": args.seed,
@@ -53,10 +68,27 @@ def main() -> None:
         "seconds_to_trigger": first("trigger", "performance_decay"),
         "seconds_to_promotion": first("promoted", "retrained"), "seconds_to_rollback": first("rolled_back", "broken"),
         "loop_ticks": rec.get("loop_ticks"),
+        "rollouts": [_rollout(r, cfg.interval_bars) for r in rec.get("rollouts", [])],
         "cores": os.cpu_count(),
     }
     json.dump(out, sys.stdout)
     sys.stdout.write("\n")
+
+
+def _rollout(r: dict, interval_bars: int) -> dict:
+    """One rollout of the story: its path through the phases, and the bars (and analysis intervals) from its
+    start to its decision (the step that entered Promoting, RolledBack or Reverted... or the last one)."""
+    import pandas as pd
+
+    steps = r.get("steps") or []
+    path = [f"{s['phase']}{' ' + str(s['weight']) + '%' if s['weight'] else ''}" for s in steps]
+    end = next((s for s in steps if s["phase"] in ("Promoting", "Promoted", "Watching", "RolledBack")),
+               steps[-1] if steps else None)
+    bars = None
+    if steps and end is not None:
+        bars = int((pd.Timestamp(end["time"]) - pd.Timestamp(steps[0]["time"])) / pd.Timedelta(hours=1))
+    return {"label": r.get("label"), "phase": r.get("phase"), "path": path, "bars_to_decision": bars,
+            "intervals_to_decision": None if bars is None else round(bars / interval_bars)}
 
 
 if __name__ == "__main__":

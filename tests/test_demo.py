@@ -56,9 +56,11 @@ def test_short_demo_tells_the_whole_story(tmp_path: Path) -> None:
         assert line in out, (line, out[-3000:])
     rec = json.loads(report.with_suffix(".json").read_text())
     assert all(c["ok"] for c in rec["checks"]), rec["checks"]
-    # the retrained version went through every canary step; the broken one never left shadow
+    # the retrained version went through the canary steps; the broken one never left shadow
     retrained = next(r for r in rec["rollouts"] if r["label"] == "retrained" and r["phase"] == "Promoted")
-    assert [s["weight"] for s in retrained["steps"] if s["phase"] == "Canary"] == [10, 25, 50]
+    canary = [s["weight"] for s in retrained["steps"] if s["phase"] == "Canary"]
+    # every step walked, or fewer when the sequential test found the retrained model clearly better (never none)
+    assert canary and canary == [10, 25, 50][:len(canary)], canary
     broken = next(r for r in rec["rollouts"] if r["label"] == "broken")
     assert broken["phase"] == "RolledBack" and "directional accuracy" in broken["message"]
     assert all(s["weight"] == 0 for s in broken["steps"])

@@ -284,23 +284,3 @@ def test_the_unsafe_loading_scan_can_fail(tmp_path: Path) -> None:
     (tmp_path / "pkg" / "bad.py").write_text("import numpy as np\n\nx = np.load('a.npy', allow_pickle=True)\n")
     n, findings = scan_unsafe_loads([tmp_path / "pkg"])
     assert n == 2 and len(findings) == 1 and findings[0].endswith("bad.py:3: numpy.load(allow_pickle=...)")
-
-
-@pytest.mark.parametrize("family", ["xgboost", "lightgbm", "sklearn"])
-def test_min_leaf_share_lets_a_short_window_split_and_leaves_large_fits_alone(family: str) -> None:
-    from tideline.models import make_model
-
-    rng = np.random.default_rng(0)
-    n = 400
-    X = pd.DataFrame({"a": rng.normal(size=n), "b": rng.normal(size=n)}, dtype=np.float32)
-    y = np.where(X["a"] > 0, 0.01, -0.01) + rng.normal(0, 0.002, n)
-    spec = Spec(tabular=["a", "b"], sequence=[], channels=[], seq_len=0)
-    fixed = make_model(family, seed=0).fit(X, y, spec)
-    adaptive = make_model(family, seed=0, params={"min_leaf_share": 0.04}).fit(X, y, spec)
-    assert fixed.fit_info["min_leaf"] == 200 and adaptive.fit_info["min_leaf"] == 20  # ceil(0.04 * 400) < 20
-    hit = lambda m: float(np.mean(np.sign(m.predict(X)) == np.sign(y)))  # noqa: E731
-    assert hit(adaptive) > 0.9 and hit(adaptive) > hit(fixed)
-    big = make_model(family, seed=0, params={"min_leaf_share": 0.04})
-    assert big._leaf_size(1_000_000) == 200 and big._leaf_size(2_000) == 80  # the configured value caps it
-    with pytest.raises(ModelError, match="min_leaf_share"):
-        make_model(family, seed=0, params={"min_leaf_share": 1.5})

@@ -521,8 +521,10 @@ def test_training_window_follows_the_last_detected_change() -> None:
     assert w.ready and w.start == times[380] and w.bars_after == 119
     # dated where it most likely began (the monitor's estimate), not when it was detected
     cps = [{"timestamp": str(times[450]), "start": str(times[390]), "detector": "adwin"}]
-    w = training_window({"change_points": cps}, times, min_bars=100, lookback_bars=300)
+    w = training_window({"change_points": cps}, times, min_bars=100, lookback_bars=300, from_start=True)
     assert w.ready and w.start == times[390] and w.bars_after == 109
+    w = training_window({"change_points": cps}, times, min_bars=100, lookback_bars=300)  # the default: detection
+    assert not w.ready and w.start == times[450] and w.bars_after == 49
     assert training_window({}, [], min_bars=1, lookback_bars=1).ready is False
     with pytest.raises(ConfigError):
         training_window({}, times, min_bars=0, lookback_bars=10)

@@ -275,6 +275,9 @@ class LoopConfig(BaseModel):
     drift_html: bool = Field(True, description="store Evidently's HTML report with each drift check (False: "
                                                "the same figures as JSON only, seconds saved a check)")
     min_window_bars: int = Field(200, ge=10, description="bars of a new regime needed before a retrain uses it")
+    window_from: Literal["detection", "start"] = Field(
+        "detection", description="count a new regime's bars from when its change was detected, or from where it "
+                                 "most likely began (a change point's estimated start: sooner, on fewer bars)")
     lookback_bars: int | None = Field(None, ge=10, description="training window without a detected change "
                                                                "(bars per symbol; None = all stored history)")
     lease_seconds: float = Field(3600.0, gt=0, description="a tick holding the loop lock longer than this has died")

@@ -459,13 +459,13 @@ class TrainingWindow:
 
 
 def training_window(live_metrics: Mapping[str, Any] | None, bar_times: Any, *, min_bars: int,
-                    lookback_bars: int) -> TrainingWindow:
+                    lookback_bars: int, from_start: bool = False) -> TrainingWindow:
     """Regime-aware training window from production's live record.
 
     When the live monitor (``live-metrics.json`` ``change_points``: ADWIN / Page-Hinkley on realized errors)
     found a change, the market the model was trained on is gone: retrain on the bars after the last change
-    (dated where it most likely began, its ``start``, when the monitor estimated it; else when it was detected)
-    only (detections less than ``min_bars`` apart count as one change, dated by the first), once there are
+    (dated when it was detected; with ``from_start``, where it most likely began, its ``start``, when the
+    monitor estimated one) only (detections less than ``min_bars`` apart count as one change, dated by the first), once there are
     at least ``min_bars`` of them (before that a retrain would learn the old regime: not ready). Without a detected change: the latest ``lookback_bars``. ``bar_times``: the
     distinct bar times available now (any order).
     """
@@ -476,7 +476,8 @@ def training_window(live_metrics: Mapping[str, Any] | None, bar_times: Any, *, m
         return TrainingWindow(None, 0, False, "no bars yet")
     changes = []
     for c in (live_metrics or {}).get("change_points") or []:
-        ts = _parse_time(c.get("start") or c.get("timestamp")) if isinstance(c, Mapping) else None
+        when = (c.get("start") if from_start else None) or c.get("timestamp") if isinstance(c, Mapping) else None
+        ts = _parse_time(when) if when else None
         if ts is not None:
             changes.append(_naive_utc(ts))
     if changes:

@@ -79,14 +79,22 @@ class DemoConfig:
     """bars between drift checks."""
     metrics_window: int = 100
     """bars of live outcomes the decay rule judges."""
-    min_window_bars: int = 200
+    min_window_bars: int = 120
     """bars of a new regime needed before a retrain learns from them."""
+    window_from: str = "start"
+    """count them from where the change most likely began (``start``) or from its detection (``detection``)."""
+    superiority_alpha: float | None = 0.05
+    """a rollout whose sequential test finds the candidate clearly better promotes from its first passing canary
+    step (``tideline.rollout.analysis``); None walks every step."""
     lookback_bars: int = 800
     """training window when no change was detected."""
     interval_bars: int = 25
     """bars replayed per rollout analysis interval."""
     broken_after: int = 60
     """bars after the promotion before the broken candidate is rolled out."""
+    flip: bool = True
+    """False: the signal never flips (the same market otherwise): what the loop does when nothing changed —
+    the false-alarm run of ``bench/bench_learning.py --no-flip``; the story's checks then fail by design."""
     revert_at: int | None = None
     """bar index where the signal flips back (a second shift, e.g. inside the retrained version's watch: the
     guard then finds it worse than the version it replaced and reverts); None: one shift only."""
@@ -134,7 +142,8 @@ class DemoConfig:
     def short(cls, seed: int = 7) -> DemoConfig:
         """A smaller story for tests (same steps, fewer bars and symbols)."""
         return cls(seed=seed, symbols=4, bars=1250, history=450, shift_at=700, families=("lightgbm",),
-                   check_every=20, drift_every=200, metrics_window=80, min_window_bars=160, lookback_bars=450,
+                   check_every=20, drift_every=200, metrics_window=80, min_window_bars=160, window_from="detection",
+                   lookback_bars=450,
                    interval_bars=20, broken_after=40)
 
 
@@ -199,6 +208,7 @@ class World:
             loop=LoopConfig(
                 bars=str(home / "inbox"), settle_seconds=0.0, monitor_bars=cfg.metrics_window,
                 drift_every_hours=float(cfg.drift_every), min_window_bars=cfg.min_window_bars,
+                window_from=cfg.window_from,
                 lookback_bars=cfg.lookback_bars,
                 # one analysis interval = 1 s of the controller's clock = interval_bars replayed bars
                 rollout=LoopRolloutConfig(
@@ -206,11 +216,13 @@ class World:
                     interval_seconds=1.0, failure_limit=2, max_inconclusive=8, max_error_rate=0.01,
                     max_p99_latency_ms=cfg.max_p99_latency_ms, min_requests=2, accuracy_margin=0.05,
                     min_outcomes=cfg.symbols * 10, watch_seconds=float(cfg.watch_intervals),
+                    superiority_alpha=cfg.superiority_alpha,
                     watch_min_accuracy=0.45, watch_min_outcomes=cfg.symbols * 20)),
         )
         self.registry = open_registry(self.settings.registry_uri())
         self.market = synthetic_market(n_symbols=cfg.symbols, n_bars=cfg.bars, seed=cfg.seed,
-                                       shifts=[cfg.shift_at] + ([cfg.revert_at] if cfg.revert_at else []),
+                                       shifts=([cfg.shift_at] + ([cfg.revert_at] if cfg.revert_at else []))
+                                       if cfg.flip else [],
                                        signal_strength=cfg.signal_strength)
         self.times = pd.DatetimeIndex(sorted(self.market["timestamp"].unique()))
         self.shift_time = self.times[cfg.shift_at]

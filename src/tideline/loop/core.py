@@ -471,7 +471,7 @@ class Loop:
             allowed, why = Schedule(cfg.schedule).may_retrain(now)
             if not allowed:
                 return {"deferred": {"reason": why}}
-            win = training_window(live, times, min_bars=cfg.min_window_bars,
+            win = training_window(live, times, min_bars=cfg.min_window_bars, from_start=cfg.window_from == "start",
                                   lookback_bars=cfg.lookback_bars or len(times))
             if not win.ready:
                 return {"deferred": win.to_dict()}

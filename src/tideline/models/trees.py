@@ -8,11 +8,6 @@ and clipped at ``clip_sigma`` (5) robust std before fitting: squared error on th
 like a Huber loss on the tails while keeping every library on the same, fast objective. Predictions are
 mapped back to return units. Fits are deterministic for a given seed and data.
 
-A leaf-size floor sized for large data starves a fit on a short window (a few hundred rows after a market
-changed: at most one split). With ``min_leaf_share`` > 0 (off by default) the leaf-size parameter of each
-family (``min_child_weight``, ``min_data_in_leaf``, ``min_samples_leaf``) becomes at most that share of the
-fit's rows, never under 20: the configured value still caps it, so large fits are unchanged.
-
 HistGradientBoosting was chosen over RandomForest: histogram boosting is several times faster on 10^5-10^6
 rows and supports an external validation set for early stopping.
 """
@@ -31,9 +26,7 @@ from tideline.models.base import Dim, Model, StoredSpec
 log = logging.getLogger(__name__)
 
 # Our own keys; everything else in ``params`` goes to the library as is.
-_OWN_KEYS = ("num_boost_round", "early_stopping_rounds", "clip_sigma", "min_leaf_share")
-MIN_LEAF = 20
-"""the smallest leaf ``min_leaf_share`` may ask for."""
+_OWN_KEYS = ("num_boost_round", "early_stopping_rounds", "clip_sigma")
 
 # The only types a model.skops file may hold beyond those skops trusts by default.
 SKOPS_ALLOWED_TYPES: frozenset[str] = frozenset({
@@ -46,26 +39,12 @@ class _TreeModel(Model):
 
     # XGBoost/LightGBM take any of their many native params (and aliases); sklearn's are checked.
     passthrough_params: ClassVar[bool] = True
-    leaf_param: ClassVar[str]
-    """the library parameter that bounds a leaf's size (what ``min_leaf_share`` scales)."""
-
-    def _leaf_size(self, n_rows: int) -> float:
-        """The leaf-size bound of a fit on ``n_rows``: the configured one, or with ``min_leaf_share`` > 0 at most
-        that share of the rows (never under ``MIN_LEAF``); recorded in ``fit_info["min_leaf"]``."""
-        configured = float(self.params[self.leaf_param])
-        share = float(self.params.get("min_leaf_share") or 0.0)
-        size = configured if share <= 0 else min(configured, max(float(MIN_LEAF), float(np.ceil(share * n_rows))))
-        self.fit_info["min_leaf"] = size
-        return size
 
     @classmethod
     def _check_params(cls, defaults: dict[str, Any], overrides: dict[str, Any]) -> None:
         for key in ("num_boost_round", "early_stopping_rounds"):
             if key in overrides and (not isinstance(overrides[key], int) or overrides[key] < 0):
                 raise ModelError(f"{cls.family} param {key} must be a non-negative integer")
-        share = overrides.get("min_leaf_share", 0.0)
-        if isinstance(share, bool) or not isinstance(share, int | float) or not 0 <= share < 1:
-            raise ModelError(f"{cls.family} param min_leaf_share must be a number in [0, 1)")
         if not cls.passthrough_params:
             super()._check_params(defaults, overrides)
 
@@ -82,7 +61,6 @@ class XGBoostModel(_TreeModel):
     family = "xgboost"
     artifact_files = ("model.ubj",)
     libraries = ("xgboost",)
-    leaf_param = "min_child_weight"
 
     @classmethod
     def default_params(cls) -> dict[str, Any]:
@@ -102,7 +80,6 @@ class XGBoostModel(_TreeModel):
             "num_boost_round": 300,
             "early_stopping_rounds": 25,
             "clip_sigma": 5.0,
-            "min_leaf_share": 0.0,
         }
 
     @classmethod
@@ -120,8 +97,7 @@ class XGBoostModel(_TreeModel):
     def _fit(self, X: np.ndarray, y: np.ndarray, X_valid: np.ndarray | None, y_valid: np.ndarray | None) -> None:
         import xgboost as xgb
 
-        params = {**self._library_params(), "seed": self.seed, "verbosity": 0,
-                  "min_child_weight": self._leaf_size(len(X))}
+        params = {**self._library_params(), "seed": self.seed, "verbosity": 0}
         if self.n_threads:
             params["nthread"] = self.n_threads
         max_bin = int(params.get("max_bin", 256))
@@ -170,7 +146,6 @@ class LightGBMModel(_TreeModel):
     family = "lightgbm"
     artifact_files = ("model.txt",)
     libraries = ("lightgbm",)
-    leaf_param = "min_data_in_leaf"
 
     @classmethod
     def default_params(cls) -> dict[str, Any]:
@@ -191,7 +166,6 @@ class LightGBMModel(_TreeModel):
             "num_boost_round": 300,
             "early_stopping_rounds": 25,
             "clip_sigma": 5.0,
-            "min_leaf_share": 0.0,
         }
 
     @classmethod
@@ -211,7 +185,7 @@ class LightGBMModel(_TreeModel):
         import lightgbm as lgb
 
         params = {**self._library_params(), "seed": self.seed, "deterministic": True, "force_row_wise": True,
-                  "verbosity": -1, "num_threads": self.n_threads, "min_data_in_leaf": int(self._leaf_size(len(X)))}
+                  "verbosity": -1, "num_threads": self.n_threads}
         dtrain = lgb.Dataset(X, label=y, params={"max_bin": params.get("max_bin", 255), "verbosity": -1})
         valid_sets: list[Any] = []
         callbacks: list[Any] = []
@@ -395,7 +369,6 @@ class SklearnModel(_TreeModel):
     passthrough_params = False
     artifact_files = ("model.skops",)
     libraries = ("sklearn", "skops")
-    leaf_param = "min_samples_leaf"
 
     @classmethod
     def default_params(cls) -> dict[str, Any]:
@@ -414,11 +387,10 @@ class SklearnModel(_TreeModel):
             "max_bins": 127,
             "n_iter_no_change": 25,
             "clip_sigma": 5.0,
-            "min_leaf_share": 0.0,
         }
 
     def _estimator_params(self) -> dict[str, Any]:
-        return {k: v for k, v in self.params.items() if k not in ("clip_sigma", "min_leaf_share")}
+        return {k: v for k, v in self.params.items() if k != "clip_sigma"}
 
     @classmethod
     def search_space(cls) -> dict[str, Dim]:
@@ -435,9 +407,8 @@ class SklearnModel(_TreeModel):
     def _fit(self, X: np.ndarray, y: np.ndarray, X_valid: np.ndarray | None, y_valid: np.ndarray | None) -> None:
         from sklearn.ensemble import HistGradientBoostingRegressor
         has_valid = X_valid is not None and y_valid is not None
-        est = HistGradientBoostingRegressor(**{**self._estimator_params(),
-                                               "min_samples_leaf": int(self._leaf_size(len(X)))},
-                                            early_stopping=has_valid, random_state=self.seed)
+        est = HistGradientBoostingRegressor(**self._estimator_params(), early_stopping=has_valid,
+                                            random_state=self.seed)
         with _openmp_limit(self.n_threads):
             if has_valid:
                 est.fit(X, y, X_val=X_valid, y_val=y_valid)

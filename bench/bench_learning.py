@@ -25,15 +25,22 @@ def main() -> None:
     ap.add_argument("--short", action="store_true")
     ap.add_argument("--no-flip", action="store_true",
                     help="the same market without the flip: count the retrains the loop starts anyway")
+    ap.add_argument("--superiority-alpha", type=float, default=None,
+                    help="end a rollout early for a clearly better candidate (DemoConfig.superiority_alpha)")
+    ap.add_argument("--window-from", choices=("detection", "start"), default=None,
+                    help="count the new regime's bars from the change's detection or its estimated start")
+    ap.add_argument("--min-window-bars", type=int, default=None, help="DemoConfig.min_window_bars")
     args = ap.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     from tideline.app.demo import DemoConfig, run_demo
 
     cfg = DemoConfig.short(args.seed) if args.short else DemoConfig(seed=args.seed)
-    if args.no_flip:
-        import dataclasses
+    import dataclasses
 
-        cfg = dataclasses.replace(cfg, flip=False)
+    changes = {k: v for k, v in (("flip", False if args.no_flip else None),
+                                 ("superiority_alpha", args.superiority_alpha), ("window_from", args.window_from),
+                                 ("min_window_bars", args.min_window_bars)) if v is not None}
+    cfg = dataclasses.replace(cfg, **changes)
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="tideline-bench-learning-") as tmp:
         res = run_demo(cfg, Path(tmp) / "demo")
@@ -55,6 +62,7 @@ def main() -> None:
     out = {
         "name": "learning",
         "seed": args.seed,
+        **({"settings": changes} if changes else {}),
         "story_ok": res.ok,
         "failed_checks": [c["name"] for c in res.checks if not c["ok"]],
         "wall_s": round(time.perf_counter() - t0, 1),

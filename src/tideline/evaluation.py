@@ -737,8 +737,9 @@ def deflated_sharpe(returns: np.ndarray, trial_sharpes: Sequence[float],
     the returns' skew and kurtosis. Non-finite returns are dropped; a flat or too short series gives 0.
 
     ``more_trials`` are trials measured another way (tuning trials, on the walk-forward folds): they count in
-    the number of trials, and the variance is the larger of the candidates' and of all trials' together, so
-    that counting more trials never lowers the bar (many similar tuning trials would otherwise shrink it).
+    the number of trials, and the variance is the larger of the candidates' and of theirs, each measured within
+    its own periods (pooling them would count the gap between the two periods' levels as dispersion), so that
+    counting more trials never lowers the bar.
 
     >>> import numpy as np
     >>> rng = np.random.default_rng(1)
@@ -753,9 +754,8 @@ def deflated_sharpe(returns: np.ndarray, trial_sharpes: Sequence[float],
     r = r[np.isfinite(r)]
     trials = np.asarray([s for s in trial_sharpes if math.isfinite(s)], dtype=np.float64)
     more = np.asarray([s for s in more_trials if math.isfinite(s)], dtype=np.float64)
-    every = np.concatenate([trials, more])
-    n_trials = max(len(every), 1)
-    variance = max((float(t.var(ddof=1)) if len(t) > 1 else 0.0) for t in (trials, every))
+    n_trials = max(len(trials) + len(more), 1)
+    variance = max((float(t.var(ddof=1)) if len(t) > 1 else 0.0) for t in (trials, more))
     benchmark = expected_max_sharpe(variance, n_trials)
     sharpe = sharpe_per_period(r)
     if sharpe == 0.0:

@@ -79,11 +79,11 @@ class DemoConfig:
     """bars between drift checks."""
     metrics_window: int = 100
     """bars of live outcomes the decay rule judges."""
-    min_window_bars: int = 120
+    min_window_bars: int = 200
     """bars of a new regime needed before a retrain learns from them."""
-    window_from: str = "start"
+    window_from: str = "detection"
     """count them from where the change most likely began (``start``) or from its detection (``detection``)."""
-    superiority_alpha: float | None = 0.05
+    superiority_alpha: float | None = None
     """a rollout whose sequential test finds the candidate clearly better promotes from its first passing canary
     step (``tideline.rollout.analysis``); None walks every step."""
     lookback_bars: int = 800

@@ -756,7 +756,7 @@ def judge_all(results: list[FamilyResult], prod: ProductionScore, base: Mapping[
     hold = {r.family: holdout_returns(r.holdout_pred, ds, plan, settings, r.position) for r in results}
     tuned = [sr for r in results for sr in tuning.counted_sharpes(r.tuning)]
     trials = [sharpe_per_period(h.to_numpy()) for h in hold.values()] + [float(x) for x in earlier]
-    more = tuned + [float(x) for x in earlier_tuning]
+    more = tuned + [float(x) for x in earlier_tuning]  # measured on walk-forward periods: see deflated_sharpe
     wf = [r.fold_returns for r in results if r.fold_returns is not None and len(r.fold_returns)]
     pbo = pbo_cscv(pd.concat(wf, axis=1, join="inner").to_numpy()).pbo if len(wf) == len(results) else None
     named = [b for b in BASELINES_TO_BEAT if b in base]

@@ -3,7 +3,7 @@
 A trial fits the family on every purged walk-forward fold of the development rows (each fold's fit capped at
 ``training.cv_max_train_rows``) and scores it, exactly as ``--tune N`` does in a cycle; the final fit and
 hold-out come once after the search whatever N is. The market is ``bench_cycle.py``'s: 1,000,000 synthetic bars
-(20 symbols x 50,000). ``--trials`` (default 3, all complete: the pruner starts after 5) are run per family; the
+(20 symbols x 50,000). ``--trials`` (default 2, both complete: the pruner starts after 5) are run per family; the
 median seconds of a trial is reported, so a tuned cycle costs about the untuned one plus N times that per family.
 Prints one JSON object; ``bench/run_all.py`` collects it.
 """
@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import sys
 import time
 
@@ -22,7 +23,7 @@ def main() -> None:
     ap.add_argument("--symbols", type=int, default=20)
     ap.add_argument("--bars", type=int, default=50_000)
     ap.add_argument("--seed", type=int, default=7)
-    ap.add_argument("--trials", type=int, default=3)
+    ap.add_argument("--trials", type=int, default=2)
     ap.add_argument("--families", default="xgboost,lightgbm,sklearn,torch")
     args = ap.parse_args()
 
@@ -43,7 +44,7 @@ def main() -> None:
         done = sorted(t.seconds for t in rec.trials if t.state == "complete")
         per_family[fam] = {
             "trials": len(rec.trials), "complete": len(done),
-            "seconds_per_trial_median": round(done[len(done) // 2], 2) if done else None,
+            "seconds_per_trial_median": round(statistics.median(done), 2) if done else None,
             "seconds_total": round(rec.seconds, 2), "best_mean_fold_sharpe": round(rec.best_value or 0.0, 3),
         }
         print(json.dumps({fam: per_family[fam]}), file=sys.stderr, flush=True)

@@ -397,10 +397,11 @@ class VersionScoring:
     regime_bounds: tuple[int, float, float] | None = None
     """(volatility window, low, high) of the version's regimes (``evaluation.regime_thresholds``), when stored"""
 
-    def join(self, predictions: pd.DataFrame, bars: pd.DataFrame) -> pd.DataFrame:
-        """``join_outcomes`` with this version's label and position rule (and the volatility its regimes need)."""
+    def join(self, predictions: pd.DataFrame, bars: pd.DataFrame, *, regimes: bool = False) -> pd.DataFrame:
+        """``join_outcomes`` with this version's label and position rule; with ``regimes`` also the recent
+        volatility its regime bounds need (``live_regimes``)."""
         window = self.rule.vol_window if self.slippage_vol else None
-        if self.regime_bounds is not None and window in (None, self.regime_bounds[0]):
+        if regimes and self.regime_bounds is not None and window in (None, self.regime_bounds[0]):
             window = self.regime_bounds[0]
         return join_outcomes(predictions, bars, self.horizon, label=self.label, label_window=self.label_window,
                              rule=self.rule, vol_window=window)
@@ -446,7 +447,7 @@ def _regime_bounds(d: Any) -> tuple[int, float, float] | None:
 
 
 def live_regimes(rows: pd.DataFrame, sc: VersionScoring, periods_per_year: float) -> dict[str, Metrics]:
-    """Live figures of a version's realized rows (``join_outcomes`` through ``sc.join``) per volatility regime:
+    """Live figures of a version's realized rows (``sc.join(..., regimes=True)``) per volatility regime:
     each row's recent volatility (as the ``rvol`` feature, from the bars) against the bounds stored with the
     version, scored like the hold-out's (``evaluation.regime_metrics``: a regime with fewer than 20 rows is
     left out). Empty for a version stored without bounds."""
@@ -535,7 +536,7 @@ def run_feedback(registry: Registry, bars: pd.DataFrame, *, cost_bps: float | No
             log.warning("feedback: %s skipped: %s", v, e)
             continue
         report.horizons[v] = sc.horizon
-        joined = sc.join(preds, bars)
+        joined = sc.join(preds, bars, regimes=True)
         report.n_duplicates += joined.attrs["n_duplicates"]
         per_role = live_metrics(joined, cost_bps=sc.cost_bps, periods_per_year=ppy, **sc.trading())
         report.metrics.update(per_role)

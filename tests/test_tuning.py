@@ -67,7 +67,7 @@ def test_tune_keeps_every_trial_and_picks_the_best_mean_fold_objective():
     assert all(set(t.params) == set(SPACE) and t.seconds >= 0 for t in rec.trials)
     assert {t.state for t in rec.trials} <= {"complete", "pruned"}
     for t in rec.trials:  # every trial's Sharpe per period is measured on the fold returns it produced
-        assert t.folds == (4 if t.state == "complete" else t.folds) and t.sharpe_per_period is not None
+        assert (t.folds == 4 if t.state == "complete" else 2 <= t.folds < 4) and t.sharpe_per_period is not None
     # a trial below the median of earlier ones at the same fold is stopped early (the a-values differ widely)
     assert any(t.state == "pruned" and t.folds < 4 for t in rec.trials)
     # the deflated Sharpe counts every trial but the chosen one

@@ -56,6 +56,7 @@ def main() -> None:
                    "wall_s": round(time.perf_counter() - t0, 1),
                    "pipeline_runs": len(runs), "retrains_after_the_first_model": max(len(runs) - 1, 0),
                    "decay_triggers": sum(e["kind"] == "trigger" and "performance_decay" in e["text"] for e in ev),
+                   "ticks_with_a_change_point": rec.get("change_point_ticks"),
                    "loop_ticks": rec.get("loop_ticks")}, sys.stdout)
         sys.stdout.write("\n")
         return
@@ -73,6 +74,7 @@ def main() -> None:
                                                "recovery_bars", "windows")},
         "pipeline_runs": len(rec.get("retrains", [])),
         "pipeline_run_s": [r["seconds"] for r in rec.get("retrains", [])],
+        "retrains": [_retrain(r, rec) for r in rec.get("retrains", [])],
         "seconds_to_trigger": first("trigger", "performance_decay"),
         "seconds_to_promotion": first("promoted", "retrained"), "seconds_to_rollback": first("rolled_back", "broken"),
         "loop_ticks": rec.get("loop_ticks"),
@@ -81,6 +83,24 @@ def main() -> None:
     }
     json.dump(out, sys.stdout)
     sys.stdout.write("\n")
+
+
+def _retrain(r: dict, rec: dict) -> dict:
+    """One pipeline run of the story: the bar (counted from the shift) it ran at, its gate's decision and the
+    family of the best approved candidate."""
+    import pandas as pd
+
+    after = None
+    if r.get("bar_time"):
+        times = [pd.Timestamp(x["time"]).tz_localize(None) for x in rec["live"]]
+        shift = pd.Timestamp(rec["market"]["shift_times"][0]).tz_localize(None) if rec["market"]["shift_times"] \
+            else None
+        at = pd.Timestamp(r["bar_time"]).tz_localize(None)
+        if shift is not None:
+            after = sum(shift <= t <= at for t in times)
+    best = r.get("best") or {}
+    return {"bars_after_shift": after, "decision": r.get("decision"), "best_family": best.get("family"),
+            "best_version": best.get("version"), "reasons": r.get("reasons")}
 
 
 def _rollout(r: dict, interval_bars: int) -> dict:

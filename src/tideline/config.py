@@ -87,6 +87,9 @@ class TrainingConfig(BaseModel):
     params: dict[str, dict[str, Any]] = Field(default_factory=dict, description="per-family overrides")
     ensemble: bool = Field(True, description="an equal-weight ensemble of the trained families is one more "
                                              "candidate (when at least two trained)")
+    recalibrate: bool = Field(
+        True, description="production recalibrated on the window (a + b * its forecast, a warm start) is one more "
+                          "candidate, when production was trained entirely before the window")
     tune_trials: int = Field(
         0, ge=0, le=1000, description="Optuna trials per family inside the purged walk-forward folds (0: no tuning); "
                                       "every trial counts in the deflated Sharpe")

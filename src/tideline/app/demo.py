@@ -79,13 +79,17 @@ class DemoConfig:
     """bars between drift checks."""
     metrics_window: int = 100
     """bars of live outcomes the decay rule judges."""
-    min_window_bars: int = 200
-    """bars of a new regime needed before a retrain learns from them."""
-    window_from: str = "detection"
+    min_window_bars: int = 100
+    """bars of a new regime needed before a retrain learns from them (with production recalibrated on them as
+    one candidate, 100 bars give the gate enough; a fresh model alone needed about 200)."""
+    window_from: str = "start"
     """count them from where the change most likely began (``start``) or from its detection (``detection``)."""
-    superiority_alpha: float | None = None
+    superiority_alpha: float | None = 0.05
     """a rollout whose sequential test finds the candidate clearly better promotes from its first passing canary
     step (``tideline.rollout.analysis``); None walks every step."""
+    canary_steps: tuple[int, ...] = (25, 50, 100)
+    """the rollouts' canary weights. The demo's clients send one request per bar, so a 10% step would see 2.5
+    candidate requests per interval and often too few to judge."""
     lookback_bars: int = 800
     """training window when no change was detected."""
     interval_bars: int = 25
@@ -143,7 +147,7 @@ class DemoConfig:
         """A smaller story for tests (same steps, fewer bars and symbols)."""
         return cls(seed=seed, symbols=4, bars=1250, history=450, shift_at=700, families=("lightgbm",),
                    check_every=20, drift_every=200, metrics_window=80, min_window_bars=160, window_from="detection",
-                   lookback_bars=450,
+                   superiority_alpha=None, canary_steps=(10, 25, 50, 100), lookback_bars=450,
                    interval_bars=20, broken_after=40)
 
 
@@ -212,7 +216,7 @@ class World:
                 lookback_bars=cfg.lookback_bars,
                 # one analysis interval = 1 s of the controller's clock = interval_bars replayed bars
                 rollout=LoopRolloutConfig(
-                    name=NAME, shadow_seconds=2.0, min_labelled=cfg.symbols * 15, steps=[10, 25, 50, 100],
+                    name=NAME, shadow_seconds=2.0, min_labelled=cfg.symbols * 15, steps=list(cfg.canary_steps),
                     interval_seconds=1.0, failure_limit=2, max_inconclusive=8, max_error_rate=0.01,
                     max_p99_latency_ms=cfg.max_p99_latency_ms, min_requests=2, accuracy_margin=0.05,
                     min_outcomes=cfg.symbols * 10, watch_seconds=float(cfg.watch_intervals),
@@ -445,6 +449,7 @@ class Demo:
         self.retrain_runs: list[dict[str, Any]] = []
         self.ticks: list[dict[str, Any]] = []
         self.drift: dict[str, Any] = {}
+        self.change_point_ticks = 0
         self.broken: str | None = None
         self.announced: set[pd.Timestamp] = set()
         self.started = utcnow()
@@ -456,8 +461,10 @@ class Demo:
         from tideline.training.orchestration import run_local
 
         res = run_local(settings, source=source, rollout_mode=rollout_mode, reason=reason)
-        self.retrain_runs.append({k: res.get(k) for k in ("run_id", "versions", "decision", "best", "reasons",
-                                                           "candidate", "promoted", "seconds")})
+        at = self.traffic_now()
+        self.retrain_runs.append({**{k: res.get(k) for k in ("run_id", "versions", "decision", "best", "reasons",
+                                                             "candidate", "promoted", "seconds")},
+                                  "bar_time": None if at is None else at.isoformat(), "why": reason})
         return res
 
     def now(self) -> datetime:
@@ -503,6 +510,8 @@ class Demo:
                 self.skew_mismatched += int(st.get("skew_mismatched") or 0)
                 if st.get("skew_mismatched"):
                     self.tl.add("drift", summary, bar_time=at)
+            if name == "monitor" and st.get("change_points"):
+                self.change_point_ticks += 1
             if name == "monitor" and st.get("change_points") and not self.change_announced:
                 self.change_announced = True
                 cps = st["change_points"]
@@ -749,6 +758,7 @@ class Demo:
                        "live_start": w.live_times[0].isoformat(), "shift_times": [t.isoformat() for t in (w.shift_time, w.revert_time) if t is not None]},
             "live": live_rows, "events": self.tl.events, "triggers": self.triggers, "rollouts": self.rollouts,
             "retrains": self.retrain_runs, "loop_ticks": len(self.ticks),
+            "change_point_ticks": self.change_point_ticks,
             "registry": {"aliases": reg.aliases(), "versions": versions, "history": history},
             "drift": self.drift, "importance": _importance(reg), "learning": learning, "checks": checks,
             "traffic": {"requests": sum(tr.statuses.values()), "statuses": tr.statuses,

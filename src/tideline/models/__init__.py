@@ -33,6 +33,7 @@ _LAZY = {
     "SKOPS_ALLOWED_TYPES": "tideline.models.trees",
     "SequenceModel": "tideline.models.sequence",
     "EnsembleModel": "tideline.models.ensemble",
+    "RecalibratedModel": "tideline.models.recalibrated",
 }
 
 __all__ = [

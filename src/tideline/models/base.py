@@ -39,6 +39,7 @@ _FAMILY_MODULES = {
     "sklearn": ("tideline.models.trees", "SklearnModel"),
     "torch": ("tideline.models.sequence", "SequenceModel"),
     "ensemble": ("tideline.models.ensemble", "EnsembleModel"),  # built from trained members, never trained
+    "recalibrated": ("tideline.models.recalibrated", "RecalibratedModel"),  # a line on a fitted base model
 }
 
 

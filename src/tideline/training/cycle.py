@@ -137,6 +137,9 @@ class ProductionScore:
     metrics: Metrics | None = None
     returns: pd.Series | None = field(default=None, repr=False)
     error: str | None = None
+    model: Model | None = field(default=None, repr=False)
+    """the production model, when it reads this window's features (what a recalibration starts from)"""
+    manifest: ModelVersion | None = field(default=None, repr=False)
 
 
 @dataclass
@@ -423,14 +426,16 @@ def baselines(ds: Dataset, plan: Plan, settings: Settings) -> dict[str, Metrics]
 
 
 def fit_model(family: str, ds: Dataset, idx: np.ndarray, settings: Settings, cap: int | None,
-              params: Mapping[str, Any] | None = None) -> Model:
+              params: Mapping[str, Any] | None = None, factory: Callable[[], Model] | None = None) -> Model:
     """Fit one family on rows ``idx`` (the latest ``cap``), early-stopping on their purged last 10%; ``params``
-    (default: the configured ``training.params`` of the family) override the family's defaults."""
+    (default: the configured ``training.params`` of the family) override the family's defaults; ``factory``
+    makes the unfitted model instead (a recalibration of production)."""
     ts = ds.meta["timestamp"].to_numpy()
     fit_idx, val_idx = _inner_validation(ts, _recent(idx, cap), settings.features.horizon)
     t = settings.training
     chosen = t.params.get(family) if params is None else dict(params)
-    model = make_model(family, seed=t.seed, params=chosen, n_threads=t.n_threads)
+    model = factory() if factory is not None else make_model(family, seed=t.seed, params=chosen,
+                                                             n_threads=t.n_threads)
     kw: dict[str, Any] = {}
     if len(val_idx):
         kw = {"X_valid": ds.X.iloc[val_idx], "y_valid": ds.y[val_idx]}
@@ -489,15 +494,16 @@ class WalkForward:
 
 
 def walk_forward(family: str, ds: Dataset, plan: Plan, settings: Settings, params: Mapping[str, Any] | None = None,
-                 report: tuning.Report | None = None, advance: Callable[[int], None] | None = None) -> WalkForward:
-    """Fit ``family`` (with ``params``, see ``fit_model``) on each purged walk-forward fold of the development
-    rows and score it on the fold's test rows; ``report(k, figures, returns)`` is called after each fold (tuning
-    prunes through it)."""
+                 report: tuning.Report | None = None, advance: Callable[[int], None] | None = None,
+                 factory: Callable[[], Model] | None = None) -> WalkForward:
+    """Fit ``family`` (with ``params`` or ``factory``, see ``fit_model``) on each purged walk-forward fold of the
+    development rows and score it on the fold's test rows; ``report(k, figures, returns)`` is called after each
+    fold (tuning prunes through it)."""
     wf = WalkForward()
     cap = settings.training.cv_max_train_rows
     for k, sp in enumerate(plan.splits):
         tr, te = plan.dev[sp.train_idx], plan.dev[sp.test_idx]
-        m = fit_model(family, ds, tr, settings, cap, params)
+        m = fit_model(family, ds, tr, settings, cap, params, factory)
         wf.refs.append(rule_reference(m, ds, tr, settings, cap))
         wf.preds.append(m.predict(ds.X.iloc[te]))
         fold, ret = _fold(k, wf.preds[-1], wf.refs[-1], sp, ds, plan, settings)
@@ -521,21 +527,23 @@ def tune_family(family: str, ds: Dataset, plan: Plan, settings: Settings) -> tup
 
 
 def train_family(family: str, ds: Dataset, plan: Plan, settings: Settings,
-                 advance: Callable[[int], None] | None = None) -> tuple[Model, FamilyResult]:
+                 advance: Callable[[int], None] | None = None,
+                 factory: Callable[[], Model] | None = None) -> tuple[Model, FamilyResult]:
     """Purged walk-forward on the development rows (after tuning, when ``training.tune_trials`` is set and the
-    family has a search space: the chosen trial's), then the final fit and its hold-out figures."""
+    family has a search space: the chosen trial's), then the final fit and its hold-out figures; ``factory``
+    makes each unfitted model instead of the family (see ``recalibrated_result``)."""
     advance = advance or (lambda n=1: None)
     t0 = time.perf_counter()
     t = settings.training
     params: Mapping[str, Any] | None = None
     record: tuning.Tuning | None = None
-    if t.tune_trials and search_space(family):
+    if factory is None and t.tune_trials and search_space(family):
         record, wf = tune_family(family, ds, plan, settings)
         params = record.best_params
         advance(len(plan.splits))
     else:
-        wf = walk_forward(family, ds, plan, settings, advance=advance)
-    model = fit_model(family, ds, plan.dev, settings, t.max_train_rows, params)
+        wf = walk_forward(family, ds, plan, settings, advance=advance, factory=factory)
+    model = fit_model(family, ds, plan.dev, settings, t.max_train_rows, params, factory)
     rule_ref = rule_reference(model, ds, plan.dev, settings, t.max_train_rows)
     rule = fit_position_rule(settings.positions, rule_ref, plan.periods_per_year)
     pred = model.predict(ds.X.iloc[plan.hold])
@@ -630,6 +638,58 @@ def ensemble_model(result: FamilyResult, models: Mapping[str, Model], ds: Datase
     return model
 
 
+RECALIBRATED = "recalibrated"
+
+
+def recalibrated_result(prod: ProductionScore, ds: Dataset, plan: Plan, settings: Settings
+                        ) -> tuple[Model, FamilyResult] | None:
+    """Production recalibrated on this window (``tideline.models.recalibrated``: ``a + b * production(x)``, the
+    line fitted on each fold's training rows, then on all development rows) as one more candidate, judged and
+    counted like a trained family. A warm start: after a change that flips or rescales what production
+    learned, the line needs far fewer of the new regime's rows than a fresh model.
+
+    None (with the reason logged) when ``training.recalibrate`` is off, there is no production model that reads
+    this window's features, or production was not trained entirely before the window: its training rows,
+    their labels' horizon and the embargo must all end before the window's first bar, or the folds and the
+    hold-out would score it on rows it learned from.
+    """
+    from tideline.models.recalibrated import RecalibratedModel
+
+    if not settings.training.recalibrate or prod.model is None or prod.manifest is None:
+        return None
+    base, mv = prod.model, prod.manifest
+    end = _base_training_end(base, mv)
+    ts = pd.DatetimeIndex(pd.to_datetime(ds.meta["timestamp"].to_numpy()))
+    first, uniq = ts.min(), ts.unique().sort_values()
+    step = (uniq[1:] - uniq[:-1]).min() if len(uniq) > 1 else pd.Timedelta(0)
+    gap = (settings.features.horizon + settings.evaluation.embargo_bars) * step
+    if end is None or end.tz_localize(None) + gap >= first.tz_localize(None):
+        log.info("no recalibrated candidate: production %s was trained on rows up to %s, not entirely before "
+                 "this window (from %s)", mv.version, end, first)
+        return None
+    seed = settings.training.seed
+
+    def factory() -> Model:
+        return RecalibratedModel.on(base, version=mv.version, training_end=str(end), seed=seed)
+
+    try:
+        return train_family(RECALIBRATED, ds, plan, settings, factory=factory)
+    except TidelineError as e:
+        log.warning("no recalibrated candidate: %s", e)
+        return None
+
+
+def _base_training_end(model: Model, mv: ModelVersion) -> pd.Timestamp | None:
+    """Where the training rows of what a recalibration would fit a line on ended: the base's own when
+    production is itself a recalibration (its line is refitted, its base kept)."""
+    raw = getattr(model, "base_training_end", None) if model.family == RECALIBRATED else \
+        (mv.training_window or {}).get("end")
+    try:
+        return pd.Timestamp(raw) if raw else None
+    except (TypeError, ValueError):
+        return None
+
+
 def holdout_importance(model: Model, ds: Dataset, plan: Plan, settings: Settings) -> dict[str, Any] | None:
     """The final model's feature importance on (the latest rows of) its hold-out (``tideline.models.explain``);
     None, with a warning, when it cannot be measured (a version is still registered without it)."""
@@ -646,6 +706,7 @@ def score_production(registry: Registry, ds: Dataset, plan: Plan, bars: pd.DataF
     prod = registry.aliases().get("production")
     if prod is None:
         return ProductionScore()
+    same_features: Model | None = None
     try:
         mv = registry.get(prod)
         with tempfile.TemporaryDirectory(prefix="tideline-prod-") as tmp:
@@ -660,9 +721,11 @@ def score_production(registry: Registry, ds: Dataset, plan: Plan, bars: pd.DataF
             pred = model.predict(pds.X.iloc[pos])
         else:
             pred = model.predict(ds.X.iloc[plan.hold])
+            if model.family != "torch":
+                same_features = model
         rule = stored_rule(mv.position, mv.version)
         return ProductionScore(prod, _metrics(pred, ds, plan.hold, plan, settings, rule),
-                               holdout_returns(pred, ds, plan, settings, rule))
+                               holdout_returns(pred, ds, plan, settings, rule), model=same_features, manifest=mv)
     except TidelineError as e:
         log.warning("production %s could not be evaluated: %s", prod, e)
         return ProductionScore(prod, error=str(e))
@@ -830,11 +893,22 @@ def register_candidate(registry: Registry, model_dir: Path, cand: CandidateResul
 
 
 def choose_best(candidates: list[CandidateResult]) -> CandidateResult | None:
-    """The approved candidate with the best hold-out Sharpe (walk-forward Sharpe breaks ties)."""
+    """The approved candidate with the best out-of-sample Sharpe: the mean over its walk-forward folds and the
+    hold-out, each block weighing the same (``out_of_sample_sharpe``; the hold-out Sharpe breaks ties). One
+    short hold-out alone picks by luck between candidates that all passed: a fresh model fitted on a few hundred
+    rows and production recalibrated on them can swap places there and not over the folds."""
     approved = [c for c in candidates if c.decision.approved and c.version]
     if not approved:
         return None
-    return max(approved, key=lambda c: (c.holdout.sharpe, c.walk_forward.get("sharpe_mean", -math.inf)))
+    return max(approved, key=lambda c: (out_of_sample_sharpe(c), c.holdout.sharpe))
+
+
+def out_of_sample_sharpe(c: CandidateResult) -> float:
+    """Mean Sharpe of a candidate's out-of-sample blocks: each walk-forward fold's test rows and the hold-out."""
+    blocks = [float(f["sharpe"]) for f in c.folds if math.isfinite(float(f.get("sharpe", math.nan)))]
+    blocks.append(c.holdout.sharpe)
+    finite = [b for b in blocks if math.isfinite(b)]
+    return sum(finite) / len(finite) if finite else -math.inf
 
 
 def promote_best(registry: Registry, candidates: list[CandidateResult], prod_version: str | None,
@@ -915,6 +989,10 @@ class CycleRunner:
             ens = ensemble_result([fr for _, fr in trained.values()], ds, plan, s)
             if ens is not None:
                 trained[ENSEMBLE] = (ensemble_model(ens, {f: m for f, (m, _) in trained.items()}, ds, plan, s), ens)
+        with self._timed("recalibrate"):
+            recal = recalibrated_result(prod, ds, plan, s)
+            if recal is not None:
+                trained[RECALIBRATED] = recal
         candidates = judge_all([fr for _, fr in trained.values()], prod, base, ds, plan, s,
                                earlier_trials(self.registry), earlier_tuning_trials(self.registry))
 

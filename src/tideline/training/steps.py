@@ -306,6 +306,7 @@ def train(in_dataset: str | Path, family: str, settings_json: str, out_model_dir
 
 
 FAILED_FILE = "failed.json"  # in a model directory: the family's training failed (why)
+RECALIBRATED_MODEL = "recalibrated-model"  # in the decisions: production recalibrated, built where it is scored
 
 
 def save_result(fr: Any, out: Path) -> None:
@@ -376,6 +377,7 @@ def evaluate_and_select(in_dataset: str | Path, in_clean: str | Path, results: S
         earlier_tuning_trials,
         ensemble_result,
         judge_all,
+        recalibrated_result,
         score_production,
     )
 
@@ -400,6 +402,13 @@ def evaluate_and_select(in_dataset: str | Path, in_clean: str | Path, results: S
         where = _dir(Path(out_decisions) / "ensemble-result")
         save_result(ens, where)
         trained[str(where)] = ens
+    recal = recalibrated_result(prod, ds, plan, s)
+    if recal is not None:  # production recalibrated: its model (production's files and a line) goes to register
+        model, fr = recal
+        model.save(_dir(Path(out_decisions) / RECALIBRATED_MODEL))
+        where = _dir(Path(out_decisions) / "recalibrated-result")
+        save_result(fr, where)
+        trained[str(where)] = fr
     judged = (judge_all(list(trained.values()), prod, base, ds, plan, s, earlier_trials(reg),
                         earlier_tuning_trials(reg)) if trained else [])
     candidates = [{**c.to_dict(), "result_dir": r} for r, c in zip(trained, judged, strict=True)]
@@ -462,12 +471,21 @@ def register(in_dataset: str | Path, in_decisions: str | Path, models: Sequence[
     """
     from tideline.evaluation import Metrics
     from tideline.models import load_model
-    from tideline.training.cycle import ENSEMBLE, ProductionScore, choose_best, ensemble_model, register_candidate
+    from tideline.training.cycle import (
+        ENSEMBLE,
+        RECALIBRATED,
+        ProductionScore,
+        choose_best,
+        ensemble_model,
+        register_candidate,
+    )
 
     s = settings_from_json(settings_json)
     ds, plan, info = load_dataset(in_dataset)
     dec = _read_json(Path(in_decisions) / "decisions.json")
     by_family = {_family_of_model(m): Path(m) for m in models}
+    if (Path(in_decisions) / RECALIBRATED_MODEL).is_dir():
+        by_family[RECALIBRATED] = Path(in_decisions) / RECALIBRATED_MODEL
     missing = [c["family"] for c in dec["candidates"] if c["family"] not in by_family and c["family"] != ENSEMBLE]
     if missing:
         raise ModelError(f"no trained model reached the register step for {', '.join(missing)}")

@@ -5,7 +5,11 @@ JSON line.
 Reported: directional accuracy before the shift; after it, of the continuously retrained system (what the
 clients were answered with) and of the static model (v1 never replaced, predicted on the same rows);
 the same per window of ``window_bars`` bars after the shift; the bars until the system's trailing
-``window_bars``-bar accuracy is back within 2 points of its pre-shift level; and the story's timing.
+``window_bars``-bar accuracy is back within 2 points of its pre-shift level; each retrain (the bar after the
+shift it ran at, the gate's decision, the family promoted); each rollout's path and the analysis intervals to
+its decision; and the story's timing. ``--no-flip``: the same market without the flip (the false alarms: retrains,
+decay triggers, distinct change points the live detectors found). ``--before``: the demo's settings before
+issue 23, for the comparison.
 """
 
 from __future__ import annotations
@@ -30,6 +34,9 @@ def main() -> None:
     ap.add_argument("--window-from", choices=("detection", "start"), default=None,
                     help="count the new regime's bars from the change's detection or its estimated start")
     ap.add_argument("--min-window-bars", type=int, default=None, help="DemoConfig.min_window_bars")
+    ap.add_argument("--before", action="store_true",
+                    help="the demo as it was before issue 23: the window counted from the change's detection, "
+                         "200 bars of it, no recalibrated candidate, no early end, canary 10/25/50%%")
     args = ap.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     from tideline.app.demo import DemoConfig, run_demo
@@ -40,6 +47,9 @@ def main() -> None:
     changes = {k: v for k, v in (("flip", False if args.no_flip else None),
                                  ("superiority_alpha", args.superiority_alpha), ("window_from", args.window_from),
                                  ("min_window_bars", args.min_window_bars)) if v is not None}
+    if args.before:
+        changes = {"window_from": "detection", "min_window_bars": 200, "recalibrate": False,
+                   "superiority_alpha": None, "canary_steps": (10, 25, 50, 100), **changes}
     cfg = dataclasses.replace(cfg, **changes)
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="tideline-bench-learning-") as tmp:
@@ -56,14 +66,15 @@ def main() -> None:
                    "wall_s": round(time.perf_counter() - t0, 1),
                    "pipeline_runs": len(runs), "retrains_after_the_first_model": max(len(runs) - 1, 0),
                    "decay_triggers": sum(e["kind"] == "trigger" and "performance_decay" in e["text"] for e in ev),
-                   "ticks_with_a_change_point": rec.get("change_point_ticks"),
+                   "change_points": len(rec.get("change_points", [])),
+                   "change_points_by_detector": _by_detector(rec.get("change_points", [])),
                    "loop_ticks": rec.get("loop_ticks")}, sys.stdout)
         sys.stdout.write("\n")
         return
     out = {
         "name": "learning",
         "seed": args.seed,
-        **({"settings": changes} if changes else {}),
+        **({"settings": {k: list(v) if isinstance(v, tuple) else v for k, v in changes.items()}} if changes else {}),
         "story_ok": res.ok,
         "failed_checks": [c["name"] for c in res.checks if not c["ok"]],
         "wall_s": round(time.perf_counter() - t0, 1),
@@ -78,11 +89,22 @@ def main() -> None:
         "seconds_to_trigger": first("trigger", "performance_decay"),
         "seconds_to_promotion": first("promoted", "retrained"), "seconds_to_rollback": first("rolled_back", "broken"),
         "loop_ticks": rec.get("loop_ticks"),
+        "change_points": len(rec.get("change_points", [])),
+        "change_points_by_detector": _by_detector(rec.get("change_points", [])),
         "rollouts": [_rollout(r, cfg.interval_bars) for r in rec.get("rollouts", [])],
         "cores": os.cpu_count(),
     }
     json.dump(out, sys.stdout)
     sys.stdout.write("\n")
+
+
+def _by_detector(cps: list[dict]) -> dict[str, int]:
+    """Distinct change points found (each is reported by every later tick: counted once) per detector/series."""
+    out: dict[str, int] = {}
+    for c in cps:
+        k = f"{c['detector']} on {c['series']}"
+        out[k] = out.get(k, 0) + 1
+    return dict(sorted(out.items()))
 
 
 def _retrain(r: dict, rec: dict) -> dict:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 BENCHES = [["bench_cycle.py"], ["bench_drift.py"], ["bench_predictor.py"], ["bench_rollout.py"], ["bench_learning.py"],
+           ["bench_learning.py", "--before"], ["bench_learning.py", "--no-flip"],
            ["bench_bars.py"], ["bench_real.py"], ["bench_gate.py"], ["bench_gate.py", "--tune", "20", "--rules", "sign"],
            ["bench_tuning.py"], ["bench_replay.py"]]
 
@@ -93,10 +94,21 @@ def markdown(meta: dict, results: list[dict]) -> str:
                 f"| 5xx seen by clients during the switch | {r['client_5xx']} of {r['client_requests']} | 0 |",
                 "",
             ]
-        elif r.get("name") == "learning":
+        elif r.get("name") == "learning_no_flip":
             lines += [
-                f"| learning quality (`tideline demo`, seed {r['seed']}: {r['symbols']} symbols, {r['live_bars']} live bars, "
-                f"signal flips at bar {r['shift_at_bar']}) | value |", "|---|---|",
+                f"| the same market without the flip (`bench_learning.py --no-flip`, seed {r['seed']}, "
+                f"{r['live_bars']} live bars) | value |", "|---|---|",
+                f"| retrains after the first model | {r['retrains_after_the_first_model']} |",
+                f"| decay triggers | {r['decay_triggers']} |",
+                f"| change points the live detectors found (none move the training window without a trigger) | "
+                f"{r.get('change_points')} ({', '.join(f'{k}: {v}' for k, v in r.get('change_points_by_detector', {}).items())}) |",
+                "",
+            ]
+        elif r.get("name") == "learning":
+            before = " as before issue 23 (`--before`)" if "recalibrate" in (r.get("settings") or {}) else ""
+            lines += [
+                f"| learning quality (`tideline demo`{before}, seed {r['seed']}: {r['symbols']} symbols, "
+                f"{r['live_bars']} live bars, signal flips at bar {r['shift_at_bar']}) | value |", "|---|---|",
                 f"| story complete (decay triggered a retrain, promoted through a rollout, stood the guard's watch, "
                 f"broken candidate rolled back, 0 5xx, nothing lost) | "
                 f"{'yes' if r['story_ok'] else 'NO: ' + ', '.join(r['failed_checks'])} |",
@@ -106,6 +118,11 @@ def markdown(meta: dict, results: list[dict]) -> str:
                 *[f"| {w['label']}: retrained / static | {w['live']} / {w['static']} |" for w in r["windows"]],
                 f"| bars until the trailing {r['window_bars']}-bar accuracy is within {r['tolerance']} of the pre-shift level | "
                 f"{r['recovery_bars']} |",
+                *[f"| retrain {k + 1}: bars after the shift, gate, promoted family | "
+                  f"{'-' if t['bars_after_shift'] is None else t['bars_after_shift']}, {t['decision']}, "
+                  f"{t['best_family'] or '-'} |" for k, t in enumerate(r.get("retrains", []))],
+                *[f"| rollout of the {o['label']} candidate: path, intervals to its decision | "
+                  f"{' -> '.join(o['path'])}, {o['intervals_to_decision']} |" for o in r.get("rollouts", [])],
                 f"| pipeline runs (seconds each) | {r['pipeline_runs']} ({', '.join(map(str, r['pipeline_run_s']))}) |",
                 f"| loop ticks (every decision is `tideline loop`'s) | {r.get('loop_ticks')} |",
                 f"| whole story, wall time | {r['wall_s']} s |",

@@ -87,6 +87,8 @@ class DemoConfig:
     superiority_alpha: float | None = 0.05
     """a rollout whose sequential test finds the candidate clearly better promotes from its first passing canary
     step (``tideline.rollout.analysis``); None walks every step."""
+    recalibrate: bool = True
+    """production recalibrated on the window is one more candidate of a retrain (``training.recalibrate``)."""
     canary_steps: tuple[int, ...] = (25, 50, 100)
     """the rollouts' canary weights. The demo's clients send one request per bar, so a 10% step would see 2.5
     candidate requests per interval and often too few to judge."""
@@ -207,7 +209,7 @@ class World:
         self.settings = Settings(
             registry=(home / "registry").resolve().as_uri(), home=home,
             evaluation=EvaluationConfig(cost_bps=cfg.cost_bps),
-            training=TrainingConfig(families=list(cfg.families), seed=cfg.seed),
+            training=TrainingConfig(families=list(cfg.families), seed=cfg.seed, recalibrate=cfg.recalibrate),
             triggers=TriggerConfig(enabled=_TRIGGER_RULES, min_live_samples=min(200, cfg.symbols * 40)),
             loop=LoopConfig(
                 bars=str(home / "inbox"), settle_seconds=0.0, monitor_bars=cfg.metrics_window,
@@ -449,7 +451,7 @@ class Demo:
         self.retrain_runs: list[dict[str, Any]] = []
         self.ticks: list[dict[str, Any]] = []
         self.drift: dict[str, Any] = {}
-        self.change_point_ticks = 0
+        self.change_points: set[tuple[str, str, str]] = set()
         self.broken: str | None = None
         self.announced: set[pd.Timestamp] = set()
         self.started = utcnow()
@@ -510,8 +512,9 @@ class Demo:
                 self.skew_mismatched += int(st.get("skew_mismatched") or 0)
                 if st.get("skew_mismatched"):
                     self.tl.add("drift", summary, bar_time=at)
-            if name == "monitor" and st.get("change_points"):
-                self.change_point_ticks += 1
+            if name == "monitor":  # the record since the deployment: every change point, each tick again
+                self.change_points.update((str(c.get("detector")), str(c.get("series")), str(c.get("timestamp")))
+                                          for c in st.get("change_points") or [])
             if name == "monitor" and st.get("change_points") and not self.change_announced:
                 self.change_announced = True
                 cps = st["change_points"]
@@ -758,7 +761,7 @@ class Demo:
                        "live_start": w.live_times[0].isoformat(), "shift_times": [t.isoformat() for t in (w.shift_time, w.revert_time) if t is not None]},
             "live": live_rows, "events": self.tl.events, "triggers": self.triggers, "rollouts": self.rollouts,
             "retrains": self.retrain_runs, "loop_ticks": len(self.ticks),
-            "change_point_ticks": self.change_point_ticks,
+            "change_points": [{"detector": d, "series": se, "timestamp": t} for d, se, t in sorted(self.change_points)],
             "registry": {"aliases": reg.aliases(), "versions": versions, "history": history},
             "drift": self.drift, "importance": _importance(reg), "learning": learning, "checks": checks,
             "traffic": {"requests": sum(tr.statuses.values()), "statuses": tr.statuses,

@@ -14,7 +14,9 @@ help:
 	@echo "make demo   - the whole loop on one machine: train, serve, market shift, retrain, rollout, rollback, HTML report"
 	@echo "make bench  - run the benchmarks in bench/ and write bench/results.json + bench/RESULTS.md + docs/benchmarks.md"
 	@echo "make reliability - faults, bad input and attacks, many times each; writes the reliability table (docs/reliability.md)"
-	@echo "make kind-up | images | deploy | pipeline-upload | e2e | kind-down - tideline on a local kind cluster (docs/KIND.md)"
+	@echo "make images - build the pipeline, predictor and controller images (no cluster needed)"
+	@echo "make images-local - the same images where no image registry is reachable (debootstrap base, local wheels)"
+	@echo "make kind-up | kind-load | deploy | pipeline-upload | e2e | kind-down - tideline on a local kind cluster (docs/KIND.md)"
 
 # Every install takes its versions from one lock (requirements.lock, made by pip-compile from pyproject's
 # ranges: `make lock`); the build backend is locked too (--no-build-isolation), so nothing comes from the
@@ -113,6 +115,14 @@ PIPELINE_IMAGE   := ghcr.io/tideline/tideline:$(TIDELINE_VERSION)
 PREDICTOR_IMAGE  := ghcr.io/tideline/tideline-predictor:$(TIDELINE_VERSION)
 CONTROLLER_IMAGE := ghcr.io/tideline/tideline-controller:$(TIDELINE_VERSION)
 IMAGES           := $(PIPELINE_IMAGE) $(PREDICTOR_IMAGE) $(CONTROLLER_IMAGE)
+# the dependency image the three start from (docker/deps.Dockerfile; built first, never pushed)
+DEPS_IMAGE       := tideline-deps:$(TIDELINE_VERSION)
+# where the images' packages come from: the official Python base image and the PyTorch CPU index (its
+# default); a machine with no image registry passes local stand-ins instead (scripts/images-local.sh)
+IMAGE_BUILD_ARGS ?= --build-arg PYTHON_BASE_IMAGE=$(PYTHON_BASE_IMAGE)
+# flags for every build (e.g. --network host where the engine has no bridge network)
+BUILD_FLAGS      ?=
+BUILD            := DOCKER_BUILDKIT=1 $(DOCKER) build $(BUILD_FLAGS)
 # the KFP API through a port-forward on a free local port, polled until it answers (scripts/port-forward.sh)
 KFP_FORWARD   = sh scripts/port-forward.sh "$(K)" kubeflow svc/ml-pipeline 8888 .tideline/kfp-pf.pid
 E2E_REGISTRY := s3://tideline-models/registry
@@ -127,7 +137,7 @@ KSERVE_CRDS  := crd/inferenceservices.serving.kserve.io crd/servingruntimes.serv
 # wait (5 min at most) until cert-manager's cainjector has injected the CA bundle into a webhook configuration
 WAIT_CA       = sh scripts/wait-ca-bundle.sh "$(K)"
 
-.PHONY: kind-up images deploy pipeline-upload e2e kind-down chart-sync _cluster
+.PHONY: kind-up images images-local kind-load deploy pipeline-upload e2e kind-down chart-sync _cluster
 
 _cluster:
 	@$(CHECK) kubectl
@@ -188,13 +198,21 @@ kind-up:
 			--repo https://prometheus-community.github.io/helm-charts --version $(KUBE_PROMETHEUS_STACK_CHART_VERSION) \
 			--namespace monitoring -f manifests/addons/kube-prometheus-stack-values.yaml --wait --timeout 15m; \
 	else echo "(Prometheus + Grafana skipped; make kind-up PROMETHEUS=1 installs kube-prometheus-stack)"; fi
-	@echo "cluster kind-$(KIND_CLUSTER) ready; next: make images deploy"
+	@echo "cluster kind-$(KIND_CLUSTER) ready; next: make images kind-load deploy"
 
 images:
+	@$(CHECK) docker
+	$(BUILD) $(IMAGE_BUILD_ARGS) -f docker/deps.Dockerfile -t $(DEPS_IMAGE) .
+	$(BUILD) --build-arg DEPS_IMAGE=$(DEPS_IMAGE) -f components/Dockerfile -t $(PIPELINE_IMAGE) .
+	$(BUILD) --build-arg DEPS_IMAGE=$(DEPS_IMAGE) -f serving/Dockerfile -t $(PREDICTOR_IMAGE) .
+	$(BUILD) --build-arg DEPS_IMAGE=$(DEPS_IMAGE) -f docker/controller.Dockerfile -t $(CONTROLLER_IMAGE) .
+
+# the same images on a machine with no image registry: local base, wheels and CA (scripts/images-local.sh)
+images-local:
+	sh scripts/images-local.sh
+
+kind-load:
 	@$(CHECK) docker kind
-	$(DOCKER) build --build-arg PYTHON_BASE_IMAGE=$(PYTHON_BASE_IMAGE) -f components/Dockerfile -t $(PIPELINE_IMAGE) .
-	$(DOCKER) build --build-arg PYTHON_BASE_IMAGE=$(PYTHON_BASE_IMAGE) -f serving/Dockerfile -t $(PREDICTOR_IMAGE) .
-	$(DOCKER) build --build-arg PYTHON_BASE_IMAGE=$(PYTHON_BASE_IMAGE) -f docker/controller.Dockerfile -t $(CONTROLLER_IMAGE) .
 	@$(KIND) get clusters 2>/dev/null | grep -qx '$(KIND_CLUSTER)' \
 		|| { echo "error: kind cluster $(KIND_CLUSTER) not found; run: make kind-up"; exit 1; }
 	@# Docker 29's containerd image store can make `kind load docker-image` fail ("content digest ... not
@@ -226,7 +244,7 @@ pipeline-upload: $(STAMP) _cluster
 	$(BIN)/python scripts/kfp_upload.py --host http://127.0.0.1:$$port --version-prefix $(TIDELINE_VERSION)
 
 e2e: $(STAMP) _cluster
-	@$(K) -n $(NS) get deploy tideline-operator >/dev/null || { echo "error: tideline is not deployed; run: make images deploy"; exit 1; }
+	@$(K) -n $(NS) get deploy tideline-operator >/dev/null || { echo "error: tideline is not deployed; run: make images kind-load deploy"; exit 1; }
 	@port=$$($(KFP_FORWARD)) || exit 1; trap 'kill $$(cat .tideline/kfp-pf.pid) 2>/dev/null' EXIT; set -e; \
 	KFP_HOST=http://127.0.0.1:$$port; \
 	export TIDELINE_REGISTRY=$(E2E_REGISTRY) TIDELINE_S3_ENDPOINT_URL=http://minio.$(NS).svc:9000; \

@@ -573,18 +573,39 @@ def test_kind_config() -> None:
 
 @pytest.mark.parametrize("dockerfile", ["components/Dockerfile", "docker/controller.Dockerfile", "serving/Dockerfile"])
 def test_dockerfiles_are_pinned_non_root_with_a_small_context(dockerfile: str) -> None:
+    """Each image starts from the one dependency image (docker/deps.Dockerfile, built by `make images` from the
+    base in versions.env), runs as a non-root user and sends an allow-listed context."""
     text = (ROOT / dockerfile).read_text()
-    base = versions()["PYTHON_BASE_IMAGE"]
+    makefile = (ROOT / "Makefile").read_text()
     froms = re.findall(r"^FROM\s+(\S+)", text, re.M)
-    assert froms == ["${PYTHON_BASE_IMAGE}"], f"{dockerfile}: FROM {froms}: the base comes from versions.env"
-    assert re.search(r"^ARG\s+PYTHON_BASE_IMAGE\s*$", text, re.M), f"{dockerfile}: no default base (versions.env)"
-    assert f"--build-arg PYTHON_BASE_IMAGE=$(PYTHON_BASE_IMAGE) -f {dockerfile}" in (ROOT / "Makefile").read_text()
-    assert base.startswith("python:3.11")  # the Python the test suite runs on
+    assert froms == ["${DEPS_IMAGE}"], f"{dockerfile}: FROM {froms}: the shared dependency image"
+    assert re.search(r"^ARG\s+DEPS_IMAGE\s*$", text, re.M), f"{dockerfile}: no default dependency image"
+    assert f"$(BUILD) --build-arg DEPS_IMAGE=$(DEPS_IMAGE) -f {dockerfile}" in makefile
     users = re.findall(r"^USER\s+(\S+)", text, re.M)
     assert users and users[-1].split(":")[0] not in ("0", "root")
-    assert "-c requirements.lock" in text  # the tested dependency set (tests/test_lock.py)
+    assert "# syntax=" not in text  # a frontend image from a registry: unreachable where no registry is
+    for run in re.findall(r"pip install [^\n&]*", text):  # the project only: its dependencies are the lock's
+        assert "--no-deps" in run, run
     ignore = (ROOT / f"{dockerfile}.dockerignore").read_text().splitlines()
     assert ignore and [x for x in ignore if x and not x.startswith("#")][0] == "*"  # allow-list
+
+
+def test_the_dependency_image_installs_the_lock_on_the_pinned_base() -> None:
+    text = (ROOT / "docker/deps.Dockerfile").read_text()
+    makefile = (ROOT / "Makefile").read_text()
+    base = versions()["PYTHON_BASE_IMAGE"]
+    assert base.startswith("python:3.11")  # the Python the test suite runs on
+    assert re.search(r"^ARG\s+PYTHON_BASE_IMAGE\s*$", text, re.M)  # no default: versions.env gives it
+    assert "IMAGE_BUILD_ARGS ?= --build-arg PYTHON_BASE_IMAGE=$(PYTHON_BASE_IMAGE)" in makefile
+    assert "$(BUILD) $(IMAGE_BUILD_ARGS) -f docker/deps.Dockerfile -t $(DEPS_IMAGE) ." in makefile
+    assert "ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu" in text  # users: torch's CPU build
+    installs = re.findall(r"pip install [^;\n]*", text)
+    assert installs and all("-c /tmp/lock/requirements.lock" in run for run in installs)
+    assert "--mount=type=secret,id=ca,required=false" in text and "COPY" not in text  # the CA: never a layer
+    assert "useradd --system --uid 10001" in text and "# syntax=" not in text
+    ignore = [x for x in (ROOT / "docker/deps.Dockerfile.dockerignore").read_text().splitlines()
+              if x and not x.startswith("#")]
+    assert ignore == ["*", "!pyproject.toml", "!README.md", "!requirements.lock"]
 
 
 def test_versions_are_pinned_in_one_place() -> None:
@@ -626,7 +647,7 @@ DOCS = ["README.md", *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "docs").g
 def test_every_documented_make_command_exists(doc: str) -> None:
     documented = documented_make_commands((ROOT / doc).read_text())
     if doc == "docs/KIND.md":
-        assert {"kind-up", "images", "deploy", "pipeline-upload", "e2e", "kind-down"} <= documented
+        assert {"kind-up", "images", "kind-load", "deploy", "pipeline-upload", "e2e", "kind-down"} <= documented
     if doc == "README.md":  # the front door: the two set-up commands, the linters, the docs site
         assert {"demo", "test", "lint", "docs"} <= documented
     missing = documented - makefile_targets()
@@ -657,12 +678,13 @@ def test_versions_table_in_docs_matches_versions_env() -> None:
 
 @pytest.mark.skipif(shutil.which("make") is None, reason="make not installed")
 def test_make_targets_parse() -> None:
-    res = subprocess.run(["make", "-n", "kind-up", "images", "deploy", "pipeline-upload", "e2e", "kind-down",
-                          "chart-sync"], cwd=ROOT, capture_output=True, text=True, timeout=30,
+    res = subprocess.run(["make", "-n", "kind-up", "images", "kind-load", "deploy", "pipeline-upload", "e2e",
+                          "kind-down", "chart-sync"], cwd=ROOT, capture_output=True, text=True, timeout=30,
                          env={**os.environ, "KIND": "kind", "KUBECTL": "kubectl"})
     assert res.returncode == 0, res.stderr
     assert "kind create cluster --name tideline --image " + versions()["KIND_NODE_IMAGE"] in res.stdout
     assert "kind load docker-image --name tideline" in res.stdout
+    assert "DOCKER_BUILDKIT=1 docker build  --build-arg PYTHON_BASE_IMAGE=" + versions()["PYTHON_BASE_IMAGE"] in res.stdout
 
 
 def _fake_tool(d: Path, name: str, output: str) -> None:
@@ -685,7 +707,8 @@ def test_check_tools_enforces_the_version_ranges(tmp_path: Path) -> None:
     _fake_tool(tmp_path, "helm", "v5.0.0")  # the max is exclusive
     new = subprocess.run(["sh", str(script), "helm"], env=env, capture_output=True, text=True, timeout=30)
     assert new.returncode == 1 and "outside the supported range" in new.stderr
-    gone = subprocess.run(["sh", str(script), "docker"], env=env, capture_output=True, text=True, timeout=30)
+    gone = subprocess.run(["sh", str(script), "docker"], env={**env, "DOCKER": "tideline-no-such-docker"},
+                          capture_output=True, text=True, timeout=30)  # a machine may have docker in /usr/bin
     assert gone.returncode == 1 and "'docker' is required" in gone.stderr
 
 

@@ -79,8 +79,7 @@ def test_torch_stays_the_cpu_build(tmp_path: Path) -> None:
     assert mod.option("Linux", "x86_64", [str(tmp_path)]) == ""  # a local CPU wheel: pip takes it
     assert "$(PYTHON) scripts/torch_index.py" in (ROOT / "Makefile").read_text()
     # the images install from the CPU index too
-    for f in ("components/Dockerfile", "docker/controller.Dockerfile"):
-        assert "download.pytorch.org/whl/cpu" in (ROOT / f).read_text(), f
+    assert "download.pytorch.org/whl/cpu" in (ROOT / "docker/deps.Dockerfile").read_text()
 
 
 # ---- 5. KFP's Argo workflowDefaults survive `make deploy` ------------------------------------------------------
@@ -442,7 +441,7 @@ def test_images_fall_back_to_a_single_platform_archive() -> None:
     """kubernetes-sigs/kind#3795 (open; kind's docs since #4247): under Docker 29's containerd image store
     `kind load docker-image` fails with "ctr: content digest ...: not found"; the documented workaround is
     `docker save --platform <os/arch> --output X.tar IMAGE` + `kind load image-archive X.tar`."""
-    dry = make_n("images")
+    dry = make_n("kind-load")
     load = next(line for line in dry.splitlines() if line.startswith("kind load docker-image"))
     assert "|| {" in load
     assert "save --platform" in dry and "kind load image-archive --name tideline .tideline/images.tar" in dry

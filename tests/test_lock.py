@@ -97,7 +97,8 @@ def test_every_install_path_uses_the_lock() -> None:
     installs = [line for line in stamp.splitlines() if "$(PIP)" in line]
     assert installs and all("-c requirements.lock" in line for line in installs)
     assert "LOCK      := requirements.lock" in makefile
-    for dockerfile in ("components/Dockerfile", "docker/controller.Dockerfile", "serving/Dockerfile"):
+    for dockerfile in ("components/Dockerfile", "docker/controller.Dockerfile", "serving/Dockerfile",
+                       "docker/deps.Dockerfile"):
         text = (ROOT / dockerfile).read_text()
-        for run in re.findall(r"pip install [^\n&]*", text):
-            assert "-c requirements.lock" in run or "--no-deps" in run, f"{dockerfile}: {run}"
+        for run in re.findall(r"pip install [^\n&;]*", text):
+            assert "requirements.lock" in run or "--no-deps" in run, f"{dockerfile}: {run}"

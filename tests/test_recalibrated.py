@@ -91,10 +91,14 @@ def test_a_cycle_after_a_flip_offers_production_recalibrated_only_on_a_window_it
     first = CycleRunner(s, reg).run(tmp_path / "pre.parquet")
     assert first.promoted_version and "recalibrated" not in {c.family for c in first.candidates}  # no production
 
-    # the window overlaps production's training rows: a recalibration would be scored on rows it learned from
-    bars[bars["timestamp"] >= ts[500]].to_parquet(tmp_path / "overlap.parquet")
-    res = CycleRunner(s, reg).run(tmp_path / "overlap.parquet", promote=False)
-    assert "recalibrated" not in {c.family for c in res.candidates}
+    # the window overlaps production's training rows, or only the hold-out that chose it: a recalibration would
+    # be scored on rows that fitted or picked it
+    mv = reg.get(first.promoted_version)
+    assert pd.Timestamp(mv.training_window["end"]) < ts[580 + w] < pd.Timestamp(mv.evaluation["holdout"]["end"])
+    for start in (500, 580):
+        bars[bars["timestamp"] >= ts[start]].to_parquet(tmp_path / "overlap.parquet")
+        res = CycleRunner(s, reg).run(tmp_path / "overlap.parquet", promote=False)
+        assert "recalibrated" not in {c.family for c in res.candidates}, start
 
     # the window starts after the flip: production recalibrated is one more candidate, counted as a trial
     bars[bars["timestamp"] >= ts[900 - w]].to_parquet(tmp_path / "post.parquet")

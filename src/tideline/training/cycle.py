@@ -649,9 +649,9 @@ def recalibrated_result(prod: ProductionScore, ds: Dataset, plan: Plan, settings
     learned, the line needs far fewer of the new regime's rows than a fresh model.
 
     None (with the reason logged) when ``training.recalibrate`` is off, there is no production model that reads
-    this window's features, or production was not trained entirely before the window: its training rows,
-    their labels' horizon and the embargo must all end before the window's first bar, or the folds and the
-    hold-out would score it on rows it learned from.
+    this window's features, or production was not made entirely before the window: its training rows and
+    the hold-out it was chosen on, their labels' horizon and the embargo must all end before the window's
+    first bar, or the folds and the hold-out would score it on rows that fitted or picked it.
     """
     from tideline.models.recalibrated import RecalibratedModel
 
@@ -663,7 +663,7 @@ def recalibrated_result(prod: ProductionScore, ds: Dataset, plan: Plan, settings
     first, uniq = ts.min(), ts.unique().sort_values()
     step = (uniq[1:] - uniq[:-1]).min() if len(uniq) > 1 else pd.Timedelta(0)
     gap = (settings.features.horizon + settings.evaluation.embargo_bars) * step
-    if end is None or end.tz_localize(None) + gap >= first.tz_localize(None):
+    if end is None or end + gap >= first.tz_localize(None):
         log.info("no recalibrated candidate: production %s was trained on rows up to %s, not entirely before "
                  "this window (from %s)", mv.version, end, first)
         return None
@@ -680,14 +680,22 @@ def recalibrated_result(prod: ProductionScore, ds: Dataset, plan: Plan, settings
 
 
 def _base_training_end(model: Model, mv: ModelVersion) -> pd.Timestamp | None:
-    """Where the training rows of what a recalibration would fit a line on ended: the base's own when
+    """Where the rows that made production ended: its training rows and the hold-out it was chosen on (a window
+    that overlaps either would score the recalibration on rows that fitted or picked it); the base's own when
     production is itself a recalibration (its line is refitted, its base kept)."""
-    raw = getattr(model, "base_training_end", None) if model.family == RECALIBRATED else \
-        (mv.training_window or {}).get("end")
-    try:
-        return pd.Timestamp(raw) if raw else None
-    except (TypeError, ValueError):
-        return None
+    if model.family == RECALIBRATED:
+        raws = [getattr(model, "base_training_end", None)]
+    else:
+        raws = [(mv.training_window or {}).get("end"), ((mv.evaluation or {}).get("holdout") or {}).get("end")]
+    ends: list[pd.Timestamp] = []
+    for raw in raws:
+        try:
+            t = pd.Timestamp(raw) if raw else pd.NaT
+        except (TypeError, ValueError):
+            t = pd.NaT
+        if t is not pd.NaT:
+            ends.append(t.tz_localize(None) if t.tzinfo else t)
+    return max(ends) if raws[0] and ends else None  # no known training end: never offered
 
 
 def holdout_importance(model: Model, ds: Dataset, plan: Plan, settings: Settings) -> dict[str, Any] | None:

@@ -130,3 +130,19 @@ def test_the_best_approved_candidate_is_chosen_over_every_out_of_sample_block() 
     assert choose_best([lucky, cand("rejected", 99.0, [99.0], approved=False)]).family == "fresh"
     assert choose_best([cand("x", 1.0, [float("nan")])]).family == "x"  # a fold without a Sharpe is left out
     assert choose_best([cand("x", 1.0, [], approved=False)]) is None
+
+
+def test_a_recalibration_that_fails_leaves_the_other_candidates_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    from types import SimpleNamespace
+
+    from tideline.training import cycle
+
+    def boom(*a: object, **k: object) -> None:
+        raise ValueError("numbers went wrong")
+
+    monkeypatch.setattr(cycle, "train_family", boom)
+    monkeypatch.setattr(cycle, "_base_training_end", lambda m, mv: pd.Timestamp("2000-01-01"))
+    s = load_settings()
+    ds = SimpleNamespace(meta=pd.DataFrame({"timestamp": pd.date_range("2024-01-01", periods=3, freq="h")}))
+    prod = cycle.ProductionScore("v1", model=object(), manifest=SimpleNamespace(version="v1"))  # type: ignore[arg-type]
+    assert cycle.recalibrated_result(prod, ds, None, s) is None  # type: ignore[arg-type]

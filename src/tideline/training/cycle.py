@@ -674,8 +674,8 @@ def recalibrated_result(prod: ProductionScore, ds: Dataset, plan: Plan, settings
 
     try:
         return train_family(RECALIBRATED, ds, plan, settings, factory=factory)
-    except TidelineError as e:
-        log.warning("no recalibrated candidate: %s", e)
+    except Exception as e:  # noqa: BLE001 - like a family that fails: logged, and the other candidates go on
+        family_failure(RECALIBRATED, e)
         return None
 
 

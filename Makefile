@@ -16,6 +16,7 @@ help:
 	@echo "make reliability - faults, bad input and attacks, many times each; writes the reliability table (docs/reliability.md)"
 	@echo "make images - build the pipeline, predictor and controller images (no cluster needed)"
 	@echo "make images-local - the same images where no image registry is reachable (debootstrap base, local wheels)"
+	@echo "make images-test  - build them here and run them for real: pipeline, predictor, rollout, faults (root)"
 	@echo "make kind-up | kind-load | deploy | pipeline-upload | e2e | kind-down - tideline on a local kind cluster (docs/KIND.md)"
 
 # Every install takes its versions from one lock (requirements.lock, made by pip-compile from pyproject's
@@ -137,7 +138,7 @@ KSERVE_CRDS  := crd/inferenceservices.serving.kserve.io crd/servingruntimes.serv
 # wait (5 min at most) until cert-manager's cainjector has injected the CA bundle into a webhook configuration
 WAIT_CA       = sh scripts/wait-ca-bundle.sh "$(K)"
 
-.PHONY: kind-up images images-local kind-load deploy pipeline-upload e2e kind-down chart-sync _cluster
+.PHONY: kind-up images images-local images-test kind-load deploy pipeline-upload e2e kind-down chart-sync _cluster
 
 _cluster:
 	@$(CHECK) kubectl
@@ -210,6 +211,10 @@ images:
 # the same images on a machine with no image registry: local base, wheels and CA (scripts/images-local.sh)
 images-local:
 	sh scripts/images-local.sh
+
+# build the images here and run them for real: pipeline, predictor, rollout, faults, controller (tests/images)
+images-test: $(STAMP)
+	BIN=$(BIN) sh scripts/images-test.sh
 
 kind-load:
 	@$(CHECK) docker kind

@@ -5,8 +5,9 @@
 #   - torch's CPU wheel: from pip's find-links directory on this machine (`pip config list`), put in a
 #     scratch image that the dependency build mounts (tideline-wheels:local); the PyTorch index is not used;
 #   - pip's CA bundle: the host's, passed as a build secret (never written into a layer).
-# The engine: Debian's docker.io, started as `dockerd --storage-driver=vfs --iptables=false --bridge=none`
-# when none is running (no bridge here: every build and container uses the host network or none).
+# The engine: Debian's docker.io, started as `dockerd --storage-driver=overlay2 --iptables=false --bridge=none`
+# when none is running (vfs where overlayfs cannot be mounted; no bridge here: every build and container uses
+# the host network or none).
 # Needs root for apt-get, debootstrap and dockerd.
 set -eu
 
@@ -25,8 +26,23 @@ if [ -n "$need_pkgs" ]; then
 fi
 
 if ! "$DOCKER" info >/dev/null 2>&1; then
-    say "starting dockerd (vfs storage, no iptables, no bridge; log: /tmp/tideline-dockerd.log)"
-    nohup dockerd --storage-driver=vfs --iptables=false --bridge=none >/tmp/tideline-dockerd.log 2>&1 &
+    # overlay2 where this kernel mounts overlayfs on the engine's disk (layers shared, a container starts at
+    # once); vfs otherwise (every layer and every container a full copy). DOCKER_STORAGE_DRIVER overrides.
+    driver=${DOCKER_STORAGE_DRIVER:-}
+    if [ -z "$driver" ]; then
+        mkdir -p /var/lib/docker
+        probe=$(mktemp -d /var/lib/docker/overlay-probe.XXXXXX)
+        mkdir "$probe/l" "$probe/u" "$probe/w" "$probe/m"
+        if mount -t overlay overlay -o "lowerdir=$probe/l,upperdir=$probe/u,workdir=$probe/w" "$probe/m" 2>/dev/null; then
+            umount "$probe/m"
+            driver=overlay2
+        else
+            driver=vfs
+        fi
+        rm -rf "$probe"
+    fi
+    say "starting dockerd ($driver storage, no iptables, no bridge; log: /tmp/tideline-dockerd.log)"
+    nohup dockerd --storage-driver="$driver" --iptables=false --bridge=none >/tmp/tideline-dockerd.log 2>&1 &
     i=0
     until "$DOCKER" info >/dev/null 2>&1; do
         i=$((i + 1))

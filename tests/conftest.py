@@ -75,3 +75,17 @@ def wait_for(condition: Callable[[], Any], timeout: float = 30.0, what: str = "c
         if time.monotonic() > deadline:
             pytest.fail(f"{what} not reached after {timeout:.0f} s")
         time.sleep(0.02)
+
+
+# ---- tests/images: the built images, run for real (make images-test builds them first) ----------------
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--images", action="store_true", default=False,
+                     help="collect tests/images: the pipeline, predictor and controller images run for real "
+                          "(make images-test builds the images and runs them)")
+
+
+def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
+    """tests/images is its own suite (``make images-test``): it needs the images built and a container engine."""
+    if collection_path == Path(__file__).parent / "images" and not config.getoption("--images"):
+        return True
+    return None

@@ -590,6 +590,49 @@ def test_dockerfiles_are_pinned_non_root_with_a_small_context(dockerfile: str) -
     assert ignore and [x for x in ignore if x and not x.startswith("#")][0] == "*"  # allow-list
 
 
+# what a build context must never carry: tests, environments, VCS data, local state, credentials
+_KEPT_OUT = ("tests/test_x.py", ".venv/bin/python", ".git/config", ".tideline/registry/state.json", ".env",
+             "secrets/s3.key", "src/tideline/creds.pem", "src/tideline/.env", "src/tideline/id_rsa",
+             "src/tideline/deploy.key", "src/tideline/__pycache__/x.cpython-311.pyc", "src/tideline.egg-info/PKG-INFO",
+             "docs/index.md", "bench/bench_x.py", "examples/data/x.csv", "node_modules/x/index.js")
+
+
+def _context(dockerfile: str, root: Path) -> set[str]:
+    """The files BuildKit sends for ``dockerfile`` from ``root``: its ``<Dockerfile>.dockerignore`` applied with
+    docker's own pattern rules (docker-py's PatternMatcher mirrors moby's)."""
+    from docker.utils.build import exclude_paths
+
+    patterns = [x.strip() for x in (ROOT / f"{dockerfile}.dockerignore").read_text().splitlines()
+                if x.strip() and not x.strip().startswith("#")]
+    return {p for p in exclude_paths(str(root), patterns, dockerfile="no-such-dockerfile")
+            if (root / p).is_file()}
+
+
+@pytest.mark.parametrize("dockerfile", ["docker/deps.Dockerfile", "components/Dockerfile",
+                                        "docker/controller.Dockerfile", "serving/Dockerfile"])
+def test_no_dockerfile_can_take_tests_environments_git_or_secrets(dockerfile: str, tmp_path: Path) -> None:
+    """The images take their files from the build context only (bind mounts of it; no COPY or ADD from
+    elsewhere), so the .dockerignore decides what can reach a layer. A checkout planted with everything a
+    context must not carry sends none of it; the real checkout sends the project's metadata and sources only."""
+    text = (ROOT / dockerfile).read_text()
+    assert not re.search(r"^\s*(COPY|ADD)\b", text, re.M | re.I), f"{dockerfile}: files must come from the context"
+    sources = re.findall(r"--mount=type=bind,(?:source=([^,\s]+),)?target=", text)
+    planted = tmp_path / "checkout"
+    needed = ("pyproject.toml", "README.md", "requirements.lock", "src/tideline/__init__.py", "src/tideline/x.py")
+    for rel in (*needed, *_KEPT_OUT):
+        (planted / rel).parent.mkdir(parents=True, exist_ok=True)
+        (planted / rel).write_text("x")
+    sent = _context(dockerfile, planted)
+    assert not sent & set(_KEPT_OUT), f"{dockerfile} would send {sorted(sent & set(_KEPT_OUT))}"
+    assert {"pyproject.toml", "README.md", "requirements.lock"} <= sent
+    for src in filter(None, sources):  # a named bind source must be in the context
+        assert src in sent, f"{dockerfile} mounts {src}, which its .dockerignore keeps out"
+    real = _context(dockerfile, ROOT)
+    allowed = {"pyproject.toml", "README.md", "requirements.lock", ".dockerignore"}  # the builder's own file
+    assert real and all(p in allowed or (p.startswith("src/") and "__pycache__" not in p and ".egg-info" not in p)
+                        for p in real), sorted(p for p in real if p not in allowed and not p.startswith("src/"))
+
+
 def test_the_dependency_image_installs_the_lock_on_the_pinned_base() -> None:
     text = (ROOT / "docker/deps.Dockerfile").read_text()
     makefile = (ROOT / "Makefile").read_text()

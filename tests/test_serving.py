@@ -25,7 +25,7 @@ import pandas as pd
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import FAST_PARAMS, wait_for
+from conftest import FAST_PARAMS, free_port, wait_for
 from reliability.predictor import Server, start_server
 from tideline.config import FeatureConfig
 from tideline.data import synthetic_market
@@ -547,3 +547,75 @@ def test_read_predictions_of_an_empty_log_has_the_columns(tmp_path: Path) -> Non
     df = read_predictions(open_registry(tmp_path.as_uri()))
     assert list(df.columns) == list(COLUMNS) and df.empty
     assert np.issubdtype(df["prediction"].dtype, np.floating)
+
+
+@pytest.mark.slow
+def test_wait_for_model_serves_unready_with_the_reason_and_loads_when_the_version_appears(env: Env) -> None:
+    """--wait-for-model (the image and the chart): a version that cannot be loaded at start does not exit. The
+    server answers, unready (readiness 503, every model request a 503 naming the reason, liveness 200), logs the
+    reason on one line, and loads the version once it can: no crash loop that hides the cause."""
+    alias = "candidate"  # unset in this module (the startup-failure test checks it), unset again after
+    port = free_port()
+    cmd = [sys.executable, "-m", "tideline.serving", "--registry", env.uri, "--http-port", str(port),
+           "--ref", alias, "--reload-interval", "0.5", "--wait-for-model", "--no-prediction-log"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
+    base = f"http://127.0.0.1:{port}"
+    try:
+        def answers() -> bool:
+            assert proc.poll() is None, proc.communicate()[1][-2000:]
+            try:
+                return httpx.get(f"{base}/v2/health/live", timeout=2).status_code == 200
+            except httpx.TransportError:
+                return False
+
+        wait_for(answers, timeout=120, what="the unready predictor answering")
+        ready = httpx.get(f"{base}/v2/health/ready", timeout=5)
+        assert ready.status_code == 503 and f"alias '{alias}' is not set" in ready.json()["error"]
+        assert httpx.get(f"{base}/v2/models/{MODEL}/ready", timeout=5).status_code == 503
+        assert httpx.get(f"{base}/v2/models/{MODEL}", timeout=5).status_code == 503  # kserve would load here
+        r = httpx.post(f"{base}/v1/models/{MODEL}:predict", json={"instances": env.instances(2)}, timeout=5)
+        assert r.status_code == 503 and "not ready" in r.json()["error"] and r.headers["retry-after"] == "5"
+        r = httpx.post(f"{base}/v2/models/{MODEL}/infer", json={"inputs": []}, timeout=5)
+        assert r.status_code == 503
+
+        env.registry.set_alias(alias, "v2", reason="test: the version appears")
+        wait_for(lambda: httpx.get(f"{base}/v2/health/ready", timeout=5).status_code == 200, timeout=120,
+                 what="ready after the alias was set")
+        r = httpx.post(f"{base}/v1/models/{MODEL}:predict", json={"instances": env.instances(3)}, timeout=30)
+        assert r.status_code == 200 and r.headers["x-model-version"] == "v2"
+        assert np.allclose(r.json()["predictions"], env.expected("v2", 3))
+    finally:
+        proc.terminate()
+        out, err = proc.communicate(timeout=60)
+        env.registry.set_alias(alias, None, reason="test: cleanup")
+    assert proc.returncode == 0, err[-2000:]
+    assert "READY port=" in out  # announced once the version loaded
+    reasons = [line for line in err.splitlines() if "not ready: cannot load" in line]
+    assert len(reasons) == 1 and f"alias '{alias}' is not set" in reasons[0], err[-3000:]  # once, not per retry
+    assert "Traceback" not in err
+
+
+@pytest.mark.slow
+def test_wait_for_model_never_serves_a_tampered_version(env: Env) -> None:
+    port = free_port()
+    cmd = [sys.executable, "-m", "tideline.serving", "--registry", env.uri, "--http-port", str(port),
+           "--ref", "v3", "--reload-interval", "0.5", "--wait-for-model", "--no-prediction-log"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
+    base = f"http://127.0.0.1:{port}"
+    try:
+        def refused() -> bool:
+            assert proc.poll() is None, proc.communicate()[1][-2000:]
+            try:
+                return httpx.get(f"{base}/v2/health/ready", timeout=2).status_code == 503
+            except httpx.TransportError:
+                return False
+
+        wait_for(refused, timeout=120, what="the unready predictor answering")
+        time.sleep(3)  # a few retries: still up, still unready
+        r = httpx.post(f"{base}/v1/models/{MODEL}:predict", json={"instances": env.instances(2)}, timeout=5)
+        assert r.status_code == 503 and "sha256" in r.json()["error"] and proc.poll() is None
+    finally:
+        proc.terminate()
+        _, err = proc.communicate(timeout=60)
+    lines = [line for line in err.splitlines() if "not ready: cannot load" in line]
+    assert len(lines) == 1 and "IntegrityError" in lines[0] and "Traceback" not in err, err[-3000:]

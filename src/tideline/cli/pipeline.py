@@ -70,6 +70,10 @@ def run_cmd(
     reason: ReasonOpt = "manual",
     pipeline_root: Annotated[str | None, typer.Option(
         help="Where task artifacts go (default: <home>/pipeline-runs).")] = None,
+    runner: Annotated[str, typer.Option(
+        help="subprocess: each task a process of this Python; docker: each task in its own container of the "
+             "pipeline image ($TIDELINE_IMAGE, built by make images), which needs s3:// registry and data.")
+    ] = "subprocess",
     as_json: Annotated[bool, typer.Option("--json", help="Print the run summary as JSON.")] = False,
 ) -> None:
     """Run the retraining pipeline: every step a KFP task, families trained in parallel."""
@@ -82,12 +86,12 @@ def run_cmd(
     s = _settings(ctx, seed, tune)
     summary = run_local(s, source=source, synthetic=syn, families=parse_families(families),
                         rollout_mode=rollout_mode,
-                        pipeline_root=pipeline_root, quarantine=quarantine, reason=reason)
+                        pipeline_root=pipeline_root, quarantine=quarantine, reason=reason, runner=runner)
     if as_json:
         _echo(json.dumps(summary, indent=2, default=str))
         return
     _echo(f"pipeline run {summary['run_id']} finished in {summary['seconds']:.1f} s "
-          f"(registry {summary['registry']})")
+          f"({summary['runner']} runner, registry {summary['registry']})")
     for fam, version in summary["versions"].items():
         _echo(f"  {fam:<9} registered {version}: " + "; ".join(summary["reasons"].get(fam, [])))
     if summary["decision"] == "approved":

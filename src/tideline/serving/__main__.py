@@ -3,7 +3,9 @@ and v2 REST). Prints ``READY port=<port> version=<vN>`` on stdout once it answer
 
 Exit codes: 0 stopped by a signal · 2 bad arguments or ``TIDELINE_CHAOS`` · 4 the model cannot be loaded ·
 5 registry error · 6 unknown version or unset alias · 8 checksum mismatch · 9 registry unreachable ·
-70 internal error.
+70 internal error. With ``--wait-for-model`` (the image and the chart use it) a version that cannot be
+loaded at start does not exit: the server answers, unready, with the reason in its log and its 503s, and
+retries until the version loads.
 """
 
 from __future__ import annotations
@@ -47,6 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: 1000)")
     p.add_argument("--reload-interval", type=float, default=30.0,
                    help="seconds between registry polls for a moved alias; 0 = off (default: 30)")
+    p.add_argument("--wait-for-model", action="store_true",
+                   help="when the version cannot be loaded at start (store unreachable, version missing or "
+                        "tampered), serve unready and retry instead of exiting (a container: no crash loop)")
     p.add_argument("--prediction-log", action=argparse.BooleanOptionalAction, default=True,
                    help="log predictions as Parquet into the registry store (default: on)")
     p.add_argument("--max-rows", type=int, default=10_000, help="most rows per request (default: 10000)")
@@ -131,7 +136,14 @@ def run(argv: list[str] | None = None) -> int:
         reload_interval=args.reload_interval, prediction_log=predlog, max_rows=args.max_rows, chaos=chaos,
         shadow_timeout=args.shadow_timeout,
     )
-    predictor.load()  # resolve + fetch (sha256) + load, before the port opens
+    try:
+        predictor.load()  # resolve + fetch (sha256) + load, before the port opens
+    except ConfigError:
+        raise
+    except Exception as e:
+        if not args.wait_for_model:
+            raise
+        predictor.serve_unloaded(e)  # one line now; unready until a retry loads it
     if chaos is not None and chaos.active:
         logging.getLogger(__name__).warning("CHAOS is on: %s", chaos.describe())
     port = args.http_port or free_port()

@@ -60,6 +60,7 @@ from tideline.serving.validation import (
 log = logging.getLogger(__name__)
 
 ROLES = ("active", "canary")
+_LOAD_RETRY_MAX_S = 60.0  # serve_unloaded: the longest wait between two load attempts
 _INLINE_ROWS = 512  # bigger batches are predicted in a worker thread so the event loop stays free
 _MAX_SHADOW_INFLIGHT = 64
 
@@ -175,6 +176,8 @@ class TidelinePredictor(KServeModel):
         self._request_seq = 0
         self.flat: str | None = None
         """why every answer is flat (the registry's kill switch), or None."""
+        self.load_error: str | None = None
+        """why no version is loaded yet (``serve_unloaded``: the server answers, not ready), or None."""
 
     # -- loading -------------------------------------------------------------------------------
     @property
@@ -189,7 +192,7 @@ class TidelinePredictor(KServeModel):
         Raises the registry's and the model's errors: ``VersionNotFound`` (unknown version or unset alias for the
         active ref), ``IntegrityError``, ``StorageUnavailable``, ``ModelError``, ``TidelineError``.
         """
-        self._read_kill_switch()
+        self._read_kill_switch(quiet=self.load_error is not None)  # waiting: the load's error says it
         active = load_slot(self.registry, self.ref, self.role)
         shadow = None
         if self.shadow_ref:
@@ -202,6 +205,42 @@ class TidelinePredictor(KServeModel):
         self._install(active, shadow)
         self.ready = True
         return True
+
+    def serve_unloaded(self, error: BaseException) -> None:
+        """Start serving although ``load`` failed with ``error`` (an unreachable store, a missing or tampered
+        version, a model that will not load): the server answers but is not ready (``healthy`` is False,
+        every model request gets a 503 naming the reason), the reason is logged on one line, and
+        ``start_engine`` retries the load with backoff until it succeeds. In Kubernetes the pod stays up and
+        unready with the reason in its log, instead of a crash loop whose cause is in a previous container's log.
+        """
+        self.load_error = _one_line(error)
+        self.ready = True  # kserve registers (and starts the engine of) ready models only; healthy() decides
+        log.error("not ready: cannot load %r: %s; retrying every %.0f s at most", self.ref, self.load_error,
+                  _LOAD_RETRY_MAX_S)
+
+    async def healthy(self) -> bool:
+        """Ready = a version is loaded (kserve's model and server readiness checks)."""
+        return self.serving is not None
+
+    async def _load_until_ready(self) -> None:
+        loop = asyncio.get_running_loop()
+        delay = min(max(self.reload_interval, 1.0), _LOAD_RETRY_MAX_S)
+        while self.serving is None:
+            await asyncio.sleep(delay)
+            try:
+                await loop.run_in_executor(None, self.load)
+            except Exception as e:  # noqa: BLE001 - any failure: stay up, unready, and say why once
+                m.MODEL_RELOADS.labels(outcome="failed").inc()
+                reason = _one_line(e)
+                if reason != self.load_error:
+                    log.error("not ready: cannot load %r: %s", self.ref, reason)
+                self.load_error = reason
+                delay = min(delay * 2, _LOAD_RETRY_MAX_S)
+        self.load_error = None
+        m.MODEL_RELOADS.labels(outcome="ok").inc()
+        log.warning("ready: serving %s for %r", self.version, self.ref)
+        if self.reload_interval > 0:
+            await self._reload_loop()
 
     def _install(self, active: Slot, shadow: Slot | None) -> None:
         old = self.serving
@@ -218,9 +257,12 @@ class TidelinePredictor(KServeModel):
     # -- background tasks (hot reload) -----------------------------------------------------------
     async def start_engine(self) -> None:
         """Start the background work inside the server's loop: the hot-reload poll and the prediction log writer."""
-        self.ready = self.serving is not None
-        if self.reload_interval > 0:
-            self._spawn(self._reload_loop())
+        if self.serving is None and self.load_error is not None:
+            self._spawn(self._load_until_ready())
+        else:
+            self.ready = self.serving is not None
+            if self.reload_interval > 0:
+                self._spawn(self._reload_loop())
         if self.predlog is not None:
             self.predlog.start()
 
@@ -238,11 +280,12 @@ class TidelinePredictor(KServeModel):
             except Exception:  # pragma: no cover - the loop itself must never die
                 log.exception("reload check failed")
 
-    def _read_kill_switch(self) -> None:
+    def _read_kill_switch(self, quiet: bool = False) -> None:
         try:
             ks = self.registry.kill_switch()
         except Exception as e:  # noqa: BLE001 - unreachable store: keep the last known state
-            log.warning("registry unreachable while reading the kill switch (unchanged): %s", e)
+            if not quiet:
+                log.warning("registry unreachable while reading the kill switch (unchanged): %s", e)
             return
         flat = ks.reason if ks is not None else None
         if flat != self.flat:

@@ -57,6 +57,8 @@ _PREDICT_RE: Final = re.compile(
     r"^/v1/models/([^/]+):predict$|^/v2/models/([^/]+)(?:/versions/[^/]+)?/infer$")
 _V2_BINARY_HEADER: Final = b"inference-header-content-length"
 _EXPLAIN_RE: Final = re.compile(r"^/v1/models/([^/]+):explain$")
+# model metadata and readiness (kserve loads an unready model on metadata, and logs a traceback for each unready answer)
+_MODEL_RE: Final = re.compile(r"^/v[12]/models/[^/]+(?:/ready)?$")
 _VERSIONED_RE: Final = re.compile(r"^/v2/models/([^/]+)/versions/([^/]+)(/.*)?$")
 _JSON_TYPES: Final = (b"application/json", b"text/json")
 TIMED_OUT: Final = "tideline.timed_out"  # scope key: protocol_class answered this request 408
@@ -193,6 +195,12 @@ class GatewayMiddleware:
         path: str = scope["path"]
         method: str = scope["method"]
         name = self.predictor.name
+        waiting = getattr(self.predictor, "load_error", None)
+        if waiting and self.predictor.serving is None and (
+                match or path == "/v2/health/ready" or _MODEL_RE.match(path)):
+            # started unloaded (--wait-for-model): not ready, and kserve must not try to load on a request
+            return (503, f"not ready: no version of {name!r} is loaded yet: {waiting}",
+                    [(b"retry-after", b"5")])
         if match:
             asked = match.group(1) or match.group(2)
             if asked != name:

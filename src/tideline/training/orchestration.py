@@ -2,9 +2,10 @@
 
 The same pipeline definition (``tideline.training.kfp.pipeline.retrain_pipeline``) serves both:
 
-- ``run_local``: every component runs as a subprocess of this Python (``SubprocessRunner(use_venv=False)``)
-  with artifacts under a per-run directory; the ParallelFor fan-out, the ``dsl.Collected`` fan-in and the
-  ``dsl.If`` gate all run as they would on a cluster.
+- ``run_local``: every component runs as a subprocess of this Python (``SubprocessRunner(use_venv=False)``),
+  or with ``runner="docker"`` in its own container of the pipeline image (``DockerRunner``: host network, the
+  image's user 10001, S3 credentials passed in), with artifacts under a per-run directory; the ParallelFor
+  fan-out, the ``dsl.Collected`` fan-in and the ``dsl.If`` gate all run as they would on a cluster.
 - ``submit`` / ``schedule``: compile the pipeline and create a run / a recurring run through the KFP API.
 - ``start_retrain``: the single entry point the triggers use to start a run in either mode.
 
@@ -19,6 +20,7 @@ import builtins
 import contextlib
 import json
 import logging
+import os
 import re
 import tempfile
 import time
@@ -31,6 +33,7 @@ from typing import Any
 from tideline import errors
 from tideline.clock import utcnow
 from tideline.config import MODEL_FAMILIES, Settings
+from tideline.containers import container_environment
 from tideline.errors import (  # noqa: F401  (re-exported: callers import them from here)
     ConfigError,
     PipelineFailed,
@@ -42,6 +45,7 @@ from tideline.errors import (  # noqa: F401  (re-exported: callers import them f
 log = logging.getLogger(__name__)
 
 ROLLOUT_MODES = ("rollout", "direct")
+LOCAL_RUNNERS = ("subprocess", "docker")
 DEFAULT_EXPERIMENT = "tideline"
 DEFAULT_CRON = "0 0 2 * * *"
 PIPELINE_YAML = Path("pipelines") / "retrain.yaml"
@@ -63,8 +67,11 @@ def _families(settings: Settings, families: Sequence[str] | None) -> list[str]:
 def pipeline_arguments(settings: Settings, *, source: str | Path | None = None,
                        synthetic: Mapping[str, Any] | None = None, families: Sequence[str] | None = None,
                        rollout_mode: str = "rollout", quarantine: bool = False, reason: str = "manual",
-                       for_cluster: bool = False) -> dict[str, Any]:
-    """The ``retrain_pipeline`` arguments for these settings (settings travel as one JSON string)."""
+                       for_cluster: bool = False, where: str = "a cluster run") -> dict[str, Any]:
+    """The ``retrain_pipeline`` arguments for these settings (settings travel as one JSON string).
+
+    ``for_cluster``: the tasks run elsewhere (pods, containers; ``where`` names them in the errors) and see
+    only S3: the registry and a data source must be s3:// URIs."""
     from tideline.training.steps import settings_to_json
 
     if (source is None or source == "") == (synthetic is None):
@@ -81,10 +88,10 @@ def pipeline_arguments(settings: Settings, *, source: str | Path | None = None,
             src = str(Path(src).expanduser().resolve())
     if for_cluster:
         if not registry.startswith("s3://"):
-            raise ConfigError(f"a cluster run needs an s3:// registry, not {registry}",
-                              hint="pass --registry s3://bucket/prefix; file:// paths are not shared with the pods")
+            raise ConfigError(f"{where} needs an s3:// registry, not {registry}",
+                              hint="pass --registry s3://bucket/prefix; file:// paths are not shared with its tasks")
         if src and not src.startswith("s3://"):
-            raise ConfigError(f"a cluster run reads its data from s3://, not {src}", hint="upload the bars first")
+            raise ConfigError(f"{where} reads its data from s3://, not {src}", hint="upload the bars first")
     return {
         "registry_uri": registry,
         "source": src,
@@ -143,9 +150,12 @@ def _failure(run_dir: Path | None, exc: BaseException, log_path: Path) -> Tideli
 def run_local(settings: Settings, *, source: str | Path | None = None, synthetic: Mapping[str, Any] | None = None,
               families: Sequence[str] | None = None, rollout_mode: str = "rollout",
               pipeline_root: str | Path | None = None, quarantine: bool = False,
-              reason: str = "manual") -> dict[str, Any]:
-    """Run ``retrain_pipeline`` on this machine with ``kfp.local`` (one subprocess per task).
+              reason: str = "manual", runner: str = "subprocess") -> dict[str, Any]:
+    """Run ``retrain_pipeline`` on this machine with ``kfp.local``.
 
+    ``runner``: ``"subprocess"`` runs each task as a subprocess of this Python; ``"docker"`` runs each in its
+    own container of the pipeline image (``TIDELINE_IMAGE``, as the components name it; see
+    ``docker_runner``), which needs an s3:// registry and an s3:// or synthetic data source.
     Artifacts go under ``pipeline_root/<run id>/`` (default ``<settings.home>/pipeline-runs``); the task
     logs (kfp.local prints them) go to ``kfp-local.log`` there, not to stdout. Returns a summary: the
     versions registered, the decision, the candidate / promoted version and where each task's outputs are.
@@ -157,21 +167,29 @@ def run_local(settings: Settings, *, source: str | Path | None = None, synthetic
     from tideline.registry import open_registry
     from tideline.training.kfp.pipeline import retrain_pipeline
 
+    if runner not in LOCAL_RUNNERS:
+        raise ConfigError(f"unknown pipeline runner {runner!r}; choose one of {', '.join(LOCAL_RUNNERS)}")
+    in_containers = runner == "docker"
     args = pipeline_arguments(settings, source=source, synthetic=synthetic, families=families,
-                              rollout_mode=rollout_mode, quarantine=quarantine, reason=reason)
+                              rollout_mode=rollout_mode, quarantine=quarantine, reason=reason,
+                              for_cluster=in_containers, where="a run in containers")
     run_id = _run_id()
     root = Path(pipeline_root) if pipeline_root else Path(settings.home) / "pipeline-runs"
     root = (root / run_id).resolve()
     root.mkdir(parents=True, exist_ok=True)
     log_path = root / "kfp-local.log"
-    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root), raise_on_error=True)
+    if in_containers:
+        task_runner: Any = docker_runner(root)
+    else:
+        task_runner = local.SubprocessRunner(use_venv=False)
+    local.init(runner=task_runner, pipeline_root=str(root), raise_on_error=True)
     t0 = time.perf_counter()
     log.info("local pipeline run %s under %s", run_id, root)
     root_logger = logging.getLogger()
     saved_print, saved_handlers, saved_level = builtins.print, root_logger.handlers[:], root_logger.level
     try:
         with open(log_path, "w", encoding="utf-8") as fh, contextlib.redirect_stdout(fh), \
-                warnings.catch_warnings():
+                warnings.catch_warnings(), _engine_timeout(ENGINE_TIMEOUT_S if in_containers else None):
             # every component names the tideline image; the subprocess runner uses this Python instead
             warnings.filterwarnings("ignore", message=".*non-Python base image.*", category=RuntimeWarning)
             task = retrain_pipeline(**args)
@@ -193,6 +211,7 @@ def run_local(settings: Settings, *, source: str | Path | None = None, synthetic
     aliases = open_registry(args["registry_uri"], endpoint_url=settings.endpoint_url()).aliases()
     return {
         "mode": "local",
+        "runner": runner,
         "run_id": run_id,
         "reason": args["reason"],
         "registry": args["registry_uri"],
@@ -212,6 +231,60 @@ def run_local(settings: Settings, *, source: str | Path | None = None, synthetic
         "tasks": _task_dirs(run_dir),
         "seconds": round(seconds, 2),
     }
+
+
+# how long one call to the container engine may take: kfp.local's DockerRunner makes its docker client with
+# docker-py's default of 60 s, and an engine with the vfs storage driver (no overlay filesystem) copies the
+# whole image for each new container, which can take longer than that on a busy disk
+ENGINE_TIMEOUT_S = 600
+
+
+@contextlib.contextmanager
+def _engine_timeout(seconds: int | None) -> Iterator[None]:
+    """docker-py's default API timeout set to ``seconds`` for the duration (DockerTaskHandler calls
+    ``docker.from_env()`` with no timeout; ``docker.client`` reads this default at each call)."""
+    if seconds is None:
+        yield
+        return
+    import docker.client
+
+    saved = docker.client.DEFAULT_TIMEOUT_SECONDS
+    docker.client.DEFAULT_TIMEOUT_SECONDS = seconds
+    try:
+        yield
+    finally:
+        docker.client.DEFAULT_TIMEOUT_SECONDS = saved
+
+
+def docker_runner(pipeline_root: Path) -> Any:
+    """``kfp.local.DockerRunner`` for the pipeline image: every task in its own container on the host network
+    (an S3 server on loopback is reachable; the engine may have no bridge), as the image's user (10001),
+    with ``tideline.containers.container_environment``. The run's directory is made writable for that user
+    (the tasks create their output directories in it) and the image must exist locally (``make images``): a
+    missing image or an unreachable engine is a ``ConfigError`` here, before any task starts.
+    """
+    import docker
+    from docker.errors import DockerException, ImageNotFound
+    from kfp import local
+
+    from tideline.training.kfp.components import IMAGE
+
+    try:
+        client = docker.from_env()
+        try:
+            client.images.get(IMAGE)
+        finally:
+            client.close()
+    except ImageNotFound:
+        raise ConfigError(f"the pipeline image {IMAGE} is not in the local engine",
+                          hint="build it: make images (make images-local where no registry is reachable); "
+                               "or set TIDELINE_IMAGE") from None
+    except DockerException as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ConfigError(f"cannot reach the container engine: {first}",
+                          hint="start dockerd, or use the subprocess runner") from None
+    pipeline_root.chmod(0o777)  # the tasks run as uid 10001 and create their directories here
+    return local.DockerRunner(network_mode="host", environment=container_environment(os.environ))
 
 
 # ---- compile ------------------------------------------------------------------------------------------

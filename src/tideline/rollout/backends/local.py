@@ -82,6 +82,35 @@ def default_predictor_factory(registry_uri: str, name: str, *, reload_interval: 
     return make
 
 
+def container_predictor_factory(image: str, registry_uri: str, name: str, *, docker: str = "docker",
+                                reload_interval: float = 0.0, extra_args: Sequence[str] = (),
+                                env: Callable[[str, str], Mapping[str, str]] | None = None,
+                                environ: Mapping[str, str] | None = None) -> PredictorFactory:
+    """The predictor in its image (``serving/Dockerfile``), run as the chart runs it: ``docker run --rm`` on the
+    host network with ``tideline.containers.RESTRICTED`` (uid 10001, read-only root filesystem, a tmpfs /tmp,
+    no capabilities, no privilege escalation); the S3 variables pass by name
+    (``tideline.containers.run_options``). ``docker run`` relays the ``READY port=<p>`` line and a stop signal,
+    so the backend starts, waits for and stops it like a process (without ``--wait-for-model``: a version that
+    cannot load fails the start at once, with the reason). ``env(version, role)`` adds variables for that
+    one container (e.g. ``TIDELINE_CHAOS`` for a drill on the candidate); every container is labelled
+    ``tideline.io/predictor=<name>`` (``docker rm -f $(docker ps -aq --filter label=...)`` clears them)."""
+    from tideline.containers import RESTRICTED, run_options
+
+    base = run_options(os.environ if environ is None else environ)
+
+    def make(version: str, role: str) -> list[str]:
+        extra_env = dict(env(version, role)) if env is not None else {}
+        argv = [docker, "run", "--rm", "--network", "host", *RESTRICTED, *base,
+                "--label", f"tideline.io/predictor={name}", "--label", f"tideline.io/role={role}"]
+        for k, v in extra_env.items():
+            argv += ["-e", f"{k}={v}"]
+        return [*argv, image, "--registry", registry_uri, "--name", name, "--ref", version, "--role", role,
+                "--http-port", "0", "--host", "127.0.0.1", "--reload-interval", str(reload_interval),
+                *extra_args]
+
+    return make
+
+
 def router_command(active_url: str, port: int = 0, host: str = "127.0.0.1") -> list[str]:
     """The command line that starts the tideline router in front of ``active_url``."""
     return [sys.executable, "-m", "tideline.rollout.router", "--host", host, "--port", str(port),

@@ -34,9 +34,9 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 
 # One layer (the vfs storage driver copies every layer in full): the OpenMP runtime LightGBM's wheel links
 # (slim images lack it), the user the images run as, and the project's dependency set at the locked versions
-# (the project itself is installed by each image).
+# (the project itself is installed by each image; a stand-in README, so that editing the real one does not
+# invalidate this layer).
 RUN --mount=type=bind,source=pyproject.toml,target=/tmp/lock/pyproject.toml \
-    --mount=type=bind,source=README.md,target=/tmp/lock/README.md \
     --mount=type=bind,source=requirements.lock,target=/tmp/lock/requirements.lock \
     --mount=type=bind,from=wheels,target=/wheels \
     --mount=type=secret,id=ca,required=false \
@@ -50,8 +50,8 @@ RUN --mount=type=bind,source=pyproject.toml,target=/tmp/lock/pyproject.toml \
     if [ -n "$TORCH_INDEX_URL" ]; then opts="--extra-index-url $TORCH_INDEX_URL"; fi; \
     if [ -n "$WHEELS_DIR" ]; then opts="$opts --find-links /wheels$WHEELS_DIR"; fi; \
     python3 -m venv /opt/venv; \
-    mkdir -p /tmp/build/src/tideline && cp /tmp/lock/pyproject.toml /tmp/lock/README.md /tmp/build/ \
-    && touch /tmp/build/src/tideline/__init__.py; \
+    mkdir -p /tmp/build/src/tideline && cp /tmp/lock/pyproject.toml /tmp/build/ \
+    && touch /tmp/build/README.md /tmp/build/src/tideline/__init__.py; \
     pip install $opts -c /tmp/lock/requirements.lock setuptools wheel; \
     pip install $opts --no-build-isolation -c /tmp/lock/requirements.lock /tmp/build; \
     pip uninstall -y tideline; \

@@ -22,7 +22,10 @@ need_pkgs=""
 command -v debootstrap >/dev/null 2>&1 || need_pkgs="$need_pkgs debootstrap"
 if [ -n "$need_pkgs" ]; then
     say "installing$need_pkgs (apt-get)"
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $need_pkgs >/dev/null
+    # a fresh machine may have no package lists yet: update once and retry
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $need_pkgs >/dev/null 2>&1 \
+        || { apt-get update -q >/dev/null \
+             && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $need_pkgs >/dev/null; }
 fi
 
 if ! "$DOCKER" info >/dev/null 2>&1; then

@@ -38,8 +38,11 @@ json.dump(figures, open(path, "w"), indent=1, sort_keys=True)
 gb = lambda b: f"{b / 1e9:.2f} GB" if b else "?"
 print(f"images-test: build {figures['build_s']} s, tests {tests_s} s, total {total_s} s; "
       f"engine storage {gb(figures['engine_bytes'])}")
-for image, d in sorted(figures.get("images", {}).items()):
-    print(f"  {image}: {gb(d.get('bytes'))}")
+images = figures.get("images", {})
+deps = next((d.get("bytes") for image, d in images.items() if image.startswith("tideline-deps:")), None)
+for image, d in sorted(images.items()):
+    own = f" ({(d['bytes'] - deps) / 1e6:.1f} MB its own)" if deps and d.get("bytes") and d["bytes"] != deps else ""
+    print(f"  {image}: {gb(d.get('bytes'))}{own}")
 for runner, d in sorted(figures.get("pipeline", {}).items()):
     print(f"  pipeline ({runner} runner): {d['seconds']} s, {d['decision']}, best {d['best']} "
           f"(hold-out Sharpe {d['best_sharpe']}), {d['versions']} versions")

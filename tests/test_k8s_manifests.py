@@ -624,7 +624,7 @@ def test_no_dockerfile_can_take_tests_environments_git_or_secrets(dockerfile: st
         (planted / rel).write_text("x")
     sent = _context(dockerfile, planted)
     assert not sent & set(_KEPT_OUT), f"{dockerfile} would send {sorted(sent & set(_KEPT_OUT))}"
-    assert {"pyproject.toml", "README.md", "requirements.lock"} <= sent
+    assert {"pyproject.toml", "requirements.lock"} <= sent
     for src in filter(None, sources):  # a named bind source must be in the context
         assert src in sent, f"{dockerfile} mounts {src}, which its .dockerignore keeps out"
     real = _context(dockerfile, ROOT)
@@ -648,7 +648,7 @@ def test_the_dependency_image_installs_the_lock_on_the_pinned_base() -> None:
     assert "useradd --system --uid 10001" in text and "# syntax=" not in text
     ignore = [x for x in (ROOT / "docker/deps.Dockerfile.dockerignore").read_text().splitlines()
               if x and not x.startswith("#")]
-    assert ignore == ["*", "!pyproject.toml", "!README.md", "!requirements.lock"]
+    assert ignore == ["*", "!pyproject.toml", "!requirements.lock"]  # the README changes often: a stand-in
 
 
 def test_versions_are_pinned_in_one_place() -> None:

@@ -51,6 +51,7 @@ VERSION = dict(line.split("=", 1) for line in (ROOT / "versions.env").read_text(
 PIPELINE = f"ghcr.io/tideline/tideline:{VERSION}"
 PREDICTOR = f"ghcr.io/tideline/tideline-predictor:{VERSION}"
 CONTROLLER = f"ghcr.io/tideline/tideline-controller:{VERSION}"
+DEPS = f"tideline-deps:{VERSION}"  # the dependency image the three start from
 DOCKER = os.environ.get("DOCKER") or ("/usr/bin/docker" if Path("/usr/bin/docker").exists() else "docker")
 LABEL = "tideline.io/images-test"
 REPORT = ROOT / ".tideline" / "images-test.json"
@@ -92,7 +93,7 @@ def images() -> Iterator[None]:
 def report() -> Iterator[dict[str, Any]]:
     figures: dict[str, Any] = json.loads(REPORT.read_text()) if REPORT.is_file() else {}
     yield figures
-    for image in (PIPELINE, PREDICTOR, CONTROLLER):
+    for image in (PIPELINE, PREDICTOR, CONTROLLER, DEPS):
         size = docker("image", "inspect", "-f", "{{.Size}}", image, check=False).stdout.strip()
         figures.setdefault("images", {})[image] = {"bytes": int(size)} if size.isdigit() else {}
     REPORT.parent.mkdir(parents=True, exist_ok=True)

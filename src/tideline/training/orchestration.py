@@ -258,10 +258,12 @@ def _engine_timeout(seconds: int | None) -> Iterator[None]:
 
 def docker_runner(pipeline_root: Path) -> Any:
     """``kfp.local.DockerRunner`` for the pipeline image: every task in its own container on the host network
-    (an S3 server on loopback is reachable; the engine may have no bridge), as the image's user (10001),
-    with ``tideline.containers.container_environment``. The run's directory is made writable for that user
-    (the tasks create their output directories in it) and the image must exist locally (``make images``): a
-    missing image or an unreachable engine is a ``ConfigError`` here, before any task starts.
+    (an S3 server on loopback is reachable; the engine may have no bridge), with
+    ``tideline.containers.container_environment``. Run by root, the tasks run as the image's user (10001) and
+    the run's directory is made writable for it (the tasks create their output directories there); run by
+    another user, they run as that user's uid and gid, so the outputs are theirs to read and delete (the image
+    works under any uid). The image must exist locally (``make images``): a missing image or an unreachable
+    engine is a ``ConfigError`` here, before any task starts.
     """
     import docker
     from docker.errors import DockerException, ImageNotFound
@@ -283,8 +285,12 @@ def docker_runner(pipeline_root: Path) -> Any:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ConfigError(f"cannot reach the container engine: {first}",
                           hint="start dockerd, or use the subprocess runner") from None
-    pipeline_root.chmod(0o777)  # the tasks run as uid 10001 and create their directories here
-    return local.DockerRunner(network_mode="host", environment=container_environment(os.environ))
+    as_user: dict[str, str] = {}
+    if os.getuid() == 0:
+        pipeline_root.chmod(0o777)  # the tasks run as the image's user (10001) and create their directories here
+    else:
+        as_user["user"] = f"{os.getuid()}:{os.getgid()}"
+    return local.DockerRunner(network_mode="host", environment=container_environment(os.environ), **as_user)
 
 
 # ---- compile ------------------------------------------------------------------------------------------

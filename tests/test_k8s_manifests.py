@@ -225,12 +225,83 @@ def test_values_schema_rejects_bad_values(bad: dict[str, Any]) -> None:
     chart.validate_schema({})  # the defaults themselves are valid
 
 
-def test_created_secret_requires_credentials_and_namespace_is_fixed() -> None:
+def test_created_secret_requires_credentials() -> None:
     chart = helm.Chart.load(str(CHART))
     with pytest.raises(helm.HelmError, match="accessKeyId is required"):
         chart.render(values={"s3": {"createSecret": True}}, name="tideline", namespace=NS, is_install=True)
-    with pytest.raises(helm.HelmError, match="namespace tideline"):
-        chart.render(values={}, name="tideline", namespace="default", is_install=True)
+
+
+def _env(container: dict[str, Any]) -> dict[str, Any]:
+    return {e["name"]: e.get("value", e.get("valueFrom")) for e in container.get("env", [])}
+
+
+@pytest.mark.parametrize("namespace", ["tideline", "ml-prod", "default"])
+def test_the_chart_installs_in_any_namespace_with_nothing_left_pointing_at_another(namespace: str) -> None:
+    """Everything that names the namespace follows the release's: objects, the S3 endpoint (pods' env, KServe's
+    storage annotations), the operator's watch, the loop's rollout namespace, RBAC subjects. Only the
+    CronWorkflows, their ServiceAccount and the loop's S3 Secret copy live in cronWorkflows.namespace (Argo's)."""
+    vals = {"s3": {"createSecret": True, "accessKeyId": "id", "secretAccessKey": "not-a-default-value"}}
+    objs = render(vals, namespace=namespace)
+    argo = values("values.yaml")["cronWorkflows"]["namespace"]
+    for o in objs:
+        ns = o["metadata"].get("namespace")
+        if o["kind"] in ("CustomResourceDefinition",):
+            continue
+        assert ns in (namespace, argo), (key(o), ns)
+        if ns == argo:
+            assert key(o) in {("CronWorkflow", n) for n in ("tideline-trigger-check-daily", "tideline-retrain-weekly",
+                                                             "tideline-trigger-check-off-hours")} | {
+                ("ServiceAccount", "tideline-trigger"), ("Role", "tideline-trigger"),
+                ("RoleBinding", "tideline-trigger"), ("Secret", "tideline-s3")}, key(o)
+    text = yaml.safe_dump_all(objs)
+    endpoint = f"http://minio.{namespace}.svc:9000"
+    others = {"tideline", "ml-prod", "default"} - {namespace}
+    for other in others:  # no service address, watch or rollout namespace of another namespace
+        for needle in (f".{other}.svc", f"--namespace={other}", f"namespace: {other}\n"):
+            assert needle not in text, (other, needle)
+    pods = [(o, c) for o in objs for _, c, _ in containers_of(o)]
+    assert pods
+    for o, c in pods:
+        env = _env(c)
+        if "AWS_ENDPOINT_URL" in env:
+            assert env["AWS_ENDPOINT_URL"] == endpoint, (key(o), env["AWS_ENDPOINT_URL"])
+        if "TIDELINE_LOOP__NAMESPACE" in env:
+            assert env["TIDELINE_LOOP__NAMESPACE"] == namespace, key(o)
+    operator = next(c for o in objs if key(o) == ("Deployment", "tideline-operator") for _, c, _ in containers_of(o))
+    assert f"--namespace={namespace}" in operator["args"]
+    sa = next(o for o in objs if key(o) == ("ServiceAccount", "tideline-predictor"))
+    assert sa["metadata"]["annotations"]["serving.kserve.io/s3-endpoint"] == f"minio.{namespace}.svc:9000"
+    binding = next(o for o in objs if key(o) == ("RoleBinding", "tideline-loop-rollouts"))
+    assert binding["metadata"]["namespace"] == namespace and binding["subjects"][0]["namespace"] == argo
+    for o in objs:
+        validate_object(o)
+
+
+def test_an_external_s3_replaces_the_in_chart_minio() -> None:
+    vals = {"minio": {"enabled": False}, "s3": {"endpoint": "https://s3.eu-west-1.amazonaws.com", "region": "eu-west-1"},
+            "registry": "s3://acme-models/registry", "bars": "s3://acme-bars/daily/"}
+    objs = render(vals, namespace="ml-prod")
+    assert not [key(o) for o in objs if "minio" in o["metadata"]["name"]]  # no MinIO, no bucket job, no policy
+    for o in objs:
+        for _, c, _ in containers_of(o):
+            env = _env(c)
+            if "AWS_ENDPOINT_URL" in env:
+                assert env["AWS_ENDPOINT_URL"] == "https://s3.eu-west-1.amazonaws.com", key(o)
+                assert env["AWS_DEFAULT_REGION"] == "eu-west-1", key(o)
+            if "TIDELINE_REGISTRY" in env:
+                assert env["TIDELINE_REGISTRY"] == "s3://acme-models/registry", key(o)
+            if "TIDELINE_LOOP__BARS" in env:
+                assert env["TIDELINE_LOOP__BARS"] == "s3://acme-bars/daily/", key(o)
+    ann = next(o for o in objs if key(o) == ("ServiceAccount", "tideline-predictor"))["metadata"]["annotations"]
+    assert ann["serving.kserve.io/s3-endpoint"] == "s3.eu-west-1.amazonaws.com"
+    assert ann["serving.kserve.io/s3-usehttps"] == "1" and ann["serving.kserve.io/s3-verifyssl"] == "1"
+    chart = helm.Chart.load(str(CHART))
+    with pytest.raises(helm.HelmError, match="minio.enabled=false needs s3.endpoint"):
+        chart.render(values={"minio": {"enabled": False}}, name="tideline", namespace="ml-prod", is_install=True)
+    for bad in ({"s3": {"endpoint": "s3.amazonaws.com"}}, {"s3": {"endpoint": "https://host/path"}},
+                {"bars": "/data/bars"}):
+        with pytest.raises(helm.HelmError):
+            chart.validate_schema(bad)
 
 
 def test_helm_values_match_versions_env() -> None:

@@ -18,18 +18,27 @@ app.kubernetes.io/component: {{ . }}
 {{- end -}}
 
 {{/* The CronWorkflows and the S3 endpoint name namespace "tideline": refuse any other. */}}
+{{/* The release namespace: everything the chart names in it follows it (helm ... -n NAME). */}}
 {{- define "tideline.namespace" -}}
-{{- if ne .Release.Namespace "tideline" -}}
-{{- fail (printf "install this chart into namespace tideline (helm ... -n tideline), not %q: the CronWorkflows and the MinIO endpoint are named for it" .Release.Namespace) -}}
-{{- end -}}
 {{ .Release.Namespace }}
+{{- end -}}
+
+{{/* The S3 endpoint every pod uses: s3.endpoint (an external S3), else the in-chart MinIO of this namespace. */}}
+{{- define "tideline.s3Endpoint" -}}
+{{- if .Values.s3.endpoint -}}
+{{ .Values.s3.endpoint }}
+{{- else if .Values.minio.enabled -}}
+http://minio.{{ include "tideline.namespace" . }}.svc:9000
+{{- else -}}
+{{- fail "minio.enabled=false needs s3.endpoint (the external S3 the registry lives in, e.g. https://s3.eu-west-1.amazonaws.com)" -}}
+{{- end -}}
 {{- end -}}
 
 {{- define "tideline.s3env" -}}
 - name: TIDELINE_REGISTRY
   value: {{ .Values.registry | quote }}
 - name: AWS_ENDPOINT_URL
-  value: http://minio.{{ include "tideline.namespace" . }}.svc:9000
+  value: {{ include "tideline.s3Endpoint" . | quote }}
 - name: AWS_DEFAULT_REGION
   value: {{ .Values.s3.region | quote }}
 - name: AWS_ACCESS_KEY_ID
@@ -63,9 +72,11 @@ seccompProfile:
 {{- end -}}
 
 {{- define "tideline.s3annotations" -}}
-serving.kserve.io/s3-endpoint: minio.{{ include "tideline.namespace" . }}.svc:9000
-serving.kserve.io/s3-usehttps: "0"
-serving.kserve.io/s3-verifyssl: "0"
+{{- $url := urlParse (include "tideline.s3Endpoint" .) }}
+{{- $https := eq $url.scheme "https" }}
+serving.kserve.io/s3-endpoint: {{ $url.host | quote }}
+serving.kserve.io/s3-usehttps: {{ ternary "1" "0" $https | quote }}
+serving.kserve.io/s3-verifyssl: {{ ternary "1" "0" $https | quote }}
 serving.kserve.io/s3-region: {{ .Values.s3.region | quote }}
 {{- end -}}
 

@@ -284,4 +284,6 @@ kind-down:
 chart-sync:
 	cp manifests/crds/modelrollouts.tideline.io.yaml helm/tideline/crds/
 	cp manifests/cronworkflows/*.yaml helm/tideline/files/cronworkflows/
-	cp manifests/base/dashboards/tideline-rollouts.json helm/tideline/files/dashboards/
+	cp manifests/base/dashboards/tideline-rollouts.json manifests/base/dashboards/tideline-learning.json \
+		helm/tideline/files/dashboards/
+	cp manifests/base/prometheusrule.yaml helm/tideline/files/alerts/

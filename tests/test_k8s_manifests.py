@@ -114,6 +114,10 @@ def validate_object(obj: dict[str, Any]) -> None:
         check_modelrollout(crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"], obj)
     elif api == "monitoring.coreos.com/v1" and kind == "PodMonitor":
         validate_podmonitor(obj)
+    elif api == "monitoring.coreos.com/v1" and kind == "PrometheusRule":
+        import jsonschema
+
+        jsonschema.Draft7Validator(_PROMETHEUSRULE).validate(obj)  # the PromQL itself: promtool (test_alerts)
     else:  # core and built-in API groups: the Kubernetes OpenAPI schemas, unknown fields rejected
         kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
 
@@ -135,6 +139,32 @@ _PODMONITOR = {
                              "port": {"type": "string"}, "path": {"type": "string", "pattern": "^/"},
                              "interval": {"type": "string", "pattern": "^[0-9]+(ms|s|m|h)$"},
                              "scheme": {"enum": ["http", "https"]}}}}}},
+    },
+}
+
+
+# the closed subset of monitoring.coreos.com/v1 PrometheusRule (its API reference: spec.groups[].rules[]) we use;
+# every alert carries a severity label and a runbook annotation
+_PROMETHEUSRULE = {
+    "type": "object", "additionalProperties": False, "required": ["apiVersion", "kind", "metadata", "spec"],
+    "properties": {
+        "apiVersion": {"const": "monitoring.coreos.com/v1"}, "kind": {"const": "PrometheusRule"},
+        "metadata": {"type": "object"},
+        "spec": {"type": "object", "additionalProperties": False, "required": ["groups"], "properties": {
+            "groups": {"type": "array", "minItems": 1, "items": {
+                "type": "object", "additionalProperties": False, "required": ["name", "rules"], "properties": {
+                    "name": {"type": "string"}, "interval": {"type": "string"},
+                    "rules": {"type": "array", "minItems": 1, "items": {
+                        "type": "object", "additionalProperties": False, "required": ["alert", "expr", "labels",
+                                                                                      "annotations"],
+                        "properties": {
+                            "alert": {"type": "string", "pattern": "^[A-Z][A-Za-z0-9]+$"},
+                            "expr": {"type": "string", "minLength": 1},
+                            "for": {"type": "string", "pattern": "^[0-9]+(s|m|h|d)$"},
+                            "labels": {"type": "object", "required": ["severity"], "properties": {
+                                "severity": {"enum": ["critical", "high", "medium", "low"]}}},
+                            "annotations": {"type": "object", "required": ["summary", "runbook"],
+                                            "additionalProperties": {"type": "string"}}}}}}}}}},
     },
 }
 
@@ -602,6 +632,8 @@ def _pod_labels(o: dict[str, Any]) -> dict[str, str]:
     ("manifests/cronworkflows/retrain-weekly.yaml", "helm/tideline/files/cronworkflows/retrain-weekly.yaml"),
     ("manifests/cronworkflows/trigger-check-off-hours.yaml", "helm/tideline/files/cronworkflows/trigger-check-off-hours.yaml"),
     ("manifests/base/dashboards/tideline-rollouts.json", "helm/tideline/files/dashboards/tideline-rollouts.json"),
+    ("manifests/base/dashboards/tideline-learning.json", "helm/tideline/files/dashboards/tideline-learning.json"),
+    ("manifests/base/prometheusrule.yaml", "helm/tideline/files/alerts/prometheusrule.yaml"),
 ])
 def test_chart_copies_are_in_sync(src: str, dst: str) -> None:
     assert (ROOT / dst).read_bytes() == (ROOT / src).read_bytes(), f"{dst} is stale: run `make chart-sync`"
@@ -617,6 +649,21 @@ def test_grafana_dashboard_panels() -> None:
     cm = next(o for o in objects("helm-default") if key(o) == ("ConfigMap", "tideline-grafana-dashboard"))
     assert cm["metadata"]["labels"]["grafana_dashboard"] == "1"
     assert json.loads(cm["data"]["tideline-rollouts.json"]) == dash
+    # the learning dashboard beside it: every panel reads a control-plane metric the collector exports
+    learning = json.loads((ROOT / "manifests/base/dashboards/tideline-learning.json").read_text())
+    assert json.loads(cm["data"]["tideline-learning.json"]) == learning
+    exported = set(re.findall(r'"(tideline_[a-z_]+)"', (ROOT / "src/tideline/loop/metrics.py").read_text()))
+    for panel in learning["panels"]:
+        for target in panel["targets"]:
+            names = {n for n in re.findall(r"tideline_[a-z_]+", target["expr"])}
+            bare = {re.sub(r"_(total|sum|count)$", "", n) for n in names}
+            assert bare <= exported, (panel["title"], bare - exported)
+    for title in ("Live directional accuracy by version and role", "Retrains finished per day, by trigger and outcome",
+                  "Promotions and rollbacks per day", "Production model age", "Drifted-feature share (latest check)"):
+        assert title in {p["title"] for p in learning["panels"]}
+    for d in (dash, learning):  # the namespace follows the data (the chart installs in any namespace)
+        var = next(v for v in d["templating"]["list"] if v["name"] == "namespace")
+        assert var["type"] == "query" and "label_values(" in var["definition"]
     # the kube-state-metrics config that produces the rollout metrics reads fields the CRD has
     ksm = yaml.safe_load((ROOT / "manifests/addons/kube-prometheus-stack-values.yaml").read_text())["kube-state-metrics"]
     res = ksm["customResourceState"]["config"]["spec"]["resources"][0]

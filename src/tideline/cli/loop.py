@@ -8,8 +8,9 @@ from typing import Annotated, Any
 
 import typer
 
-from tideline.cli.context import open_registry, out, parse_now, print_json, state
+from tideline.cli.context import err, open_registry, out, parse_now, print_json, state
 from tideline.clock import utcnow
+from tideline.errors import ConfigError
 
 loop_app = typer.Typer(
     help="The continuous-learning loop: ingest new bars, monitor production, retrain when a rule fires, roll "
@@ -105,6 +106,11 @@ def loop(
         "--force", help="Retrain in this tick whatever the trigger rules say (a scheduled retrain); a rollout in "
                         "flight, a cooldown or a running retrain still refuse it.")] = False,
     reason: Annotated[str, typer.Option(help="Why (with --force): recorded with the run.")] = "forced retrain",
+    metrics_port: Annotated[int | None, typer.Option(
+        min=0, max=65535, help="Serve the control-plane metrics (retrains, promotions, rollbacks, model age, live "
+                               "accuracy, drift, ticks; read from the store) on this port at /metrics while the "
+                               "loop runs (0: a free port, printed).")] = None,
+    metrics_host: Annotated[str, typer.Option(help="Address for --metrics-port.")] = "127.0.0.1",
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Run the loop: one tick with --once, else ticks at the times of loop.schedule (a cron expression in a
@@ -113,7 +119,15 @@ def loop(
         return
     from tideline.loop.schedule import Schedule
 
+    if metrics_port is not None and once:
+        raise ConfigError("--metrics-port serves while the loop runs: drop --once (one-shot ticks are exported by "
+                          "a long-running loop or the operator, from what each tick records in the store)")
     lp = _make_loop(ctx, now, speed)
+    if metrics_port is not None:
+        from tideline.loop.metrics import serve
+
+        _, port = serve(lp.registry, metrics_port, host=metrics_host)
+        err.print(f"control-plane metrics on http://{metrics_host}:{port}/metrics", highlight=False)
     schedule = Schedule(lp.s.loop.schedule)
     while True:
         rec = lp.tick(wait_s=wait, force=reason if force else None)

@@ -199,6 +199,23 @@ def on_startup(settings: Any, **_: Any) -> None:
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=KOPF_PREFIX)
     settings.persistence.finalizer = f"{GROUP}/finalizer"
     settings.posting.level = logging.INFO
+    start_metrics(os.environ)
+
+
+def start_metrics(env: Mapping[str, str]) -> int | None:
+    """With ``TIDELINE_METRICS_PORT`` set, serve the control-plane metrics (``tideline.loop.metrics``: what the
+    loop's one-shot ticks, the pipeline runs and the rollouts recorded in the registry store) on that port,
+    every interface, for Prometheus; returns the port (None when off). ``TIDELINE_REGISTRY`` names the store."""
+    port = env.get("TIDELINE_METRICS_PORT")
+    if not port:
+        return None
+    if not env.get("TIDELINE_REGISTRY"):
+        raise ConfigError("TIDELINE_METRICS_PORT needs TIDELINE_REGISTRY (the store the metrics are read from)")
+    from tideline.loop.metrics import serve
+
+    registry = open_registry(env["TIDELINE_REGISTRY"], endpoint_url=env.get("AWS_ENDPOINT_URL") or None)
+    _, bound = serve(registry, int(port), host=env.get("TIDELINE_METRICS_HOST", "0.0.0.0"))
+    return bound
 
 
 def on_reconcile(body: Mapping[str, Any], patch: Any, logger: logging.Logger, **_: Any) -> None:

@@ -491,7 +491,7 @@ class Loop:
                 self._save_state(state | {"running": None})
             return {"window": win.to_dict(), "rows": len(window), **{k: res.get(k) for k in (
                 "run_id", "versions", "decision", "best", "reasons", "candidate", "promoted", "seconds",
-                "submitted", "source")}}
+                "submitted", "source", "failures")}}
 
         try:
             note = f"restart of run {restart_of}" if restart_of else force
@@ -525,7 +525,7 @@ class Loop:
         best = res.get("best") or {}
         rec.step("retrain", "approved" if best else "rejected",
                  _gate_summary(res), run_id=res.get("run_id"), versions=res.get("versions"),
-                 window=res.get("window"))
+                 window=res.get("window"), failures=res.get("failures") or {})
         if res.get("promoted"):
             rec.did.append(f"promoted {res['promoted']} (nothing was in production)")
         elif res.get("candidate") and production:

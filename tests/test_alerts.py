@@ -79,6 +79,21 @@ def test_promtool_checks_every_rule_and_its_unit_tests_pass(tmp_path: Path) -> N
     assert fired == alerts, alerts ^ fired
 
 
+@pytest.mark.parametrize("source", ["helm", "kustomize"])
+def test_the_rendered_prometheusrules_pass_promtool(source: str, tmp_path: Path) -> None:
+    """What the chart (in a namespace other than tideline) and kustomize really apply: promtool checks its rules."""
+    from test_k8s_manifests import kustomize, render
+
+    objs = render({}, namespace="ml-prod") if source == "helm" else kustomize("manifests/base")
+    rules = [o for o in objs if o["kind"] == "PrometheusRule"]
+    assert len(rules) == 1 and rules[0]["metadata"]["name"] == "tideline-alerts"
+    assert rules[0]["spec"] == yaml.safe_load(RULES.read_text())["spec"]  # the annotations' templates untouched
+    (tmp_path / "rendered.yaml").write_text(yaml.safe_dump(rules[0]["spec"], sort_keys=False))
+    r = subprocess.run([binary("promtool"), "check", "rules", str(tmp_path / "rendered.yaml")], capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 0 and "SUCCESS: 10 rules found" in r.stdout, r.stdout + r.stderr
+
+
 def test_a_broken_rule_fails_promtool(tmp_path: Path) -> None:
     """The unit tests are not a rubber stamp: a rule with a wrong threshold fails them."""
     promtool = binary("promtool")

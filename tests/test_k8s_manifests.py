@@ -307,6 +307,17 @@ def test_the_chart_installs_in_any_namespace_with_nothing_left_pointing_at_anoth
         validate_object(o)
 
 
+def test_notification_urls_come_from_a_secret_never_from_values() -> None:
+    objs = render({"notifications": {"existingSecret": "tideline-notifications"}})
+    op = next(c for o in objs if key(o) == ("Deployment", "tideline-operator") for _, c, _ in containers_of(o))
+    assert op["envFrom"] == [{"secretRef": {"name": "tideline-notifications"}}]
+    default = next(c for o in objects("helm-default") if key(o) == ("Deployment", "tideline-operator")
+                   for _, c, _ in containers_of(o))
+    assert "envFrom" not in default  # nothing configured: alerts are recorded, nothing is sent
+    with pytest.raises(helm.HelmError):
+        helm.Chart.load(str(CHART)).validate_schema({"notifications": {"urls": ["mailto://x"]}})
+
+
 def test_an_external_s3_replaces_the_in_chart_minio() -> None:
     vals = {"minio": {"enabled": False}, "s3": {"endpoint": "https://s3.eu-west-1.amazonaws.com", "region": "eu-west-1"},
             "registry": "s3://acme-models/registry", "bars": "s3://acme-bars/daily/"}

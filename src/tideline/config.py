@@ -381,6 +381,22 @@ class DriftConfig(BaseModel):
         return v
 
 
+class NotificationsConfig(BaseModel):
+    """Who hears about what (``tideline.loop.alerts``): apprise URLs per severity. An alert goes to the URLs of its
+    own severity (``mailto://``, ``slack://``, ``msteams://``, ``json://`` webhooks ...; apprise's URL syntax).
+    No URL: alerts are still recorded (``tideline alerts list``), nothing is sent."""
+
+    critical: list[str] = Field(default_factory=list, description="apprise URLs for critical alerts")
+    high: list[str] = Field(default_factory=list, description="apprise URLs for high-severity alerts")
+    medium: list[str] = Field(default_factory=list, description="apprise URLs for medium-severity alerts")
+    low: list[str] = Field(default_factory=list, description="apprise URLs for low-severity alerts")
+    retry_seconds: float = Field(300.0, gt=0, description="wait before retrying a failed delivery (doubling, "
+                                                           "at most an hour)")
+    timeout_seconds: float = Field(10.0, gt=0, description="connect and read timeout of one delivery")
+    stalled_hours: float = Field(26.0, gt=0, description="no successful loop tick for this long raises 'loop "
+                                                         "stalled' (critical)")
+
+
 class Settings(BaseSettings):
     """Everything configurable. Precedence: explicit arguments > env vars > settings file > defaults."""
 
@@ -399,6 +415,7 @@ class Settings(BaseSettings):
     drift: DriftConfig = DriftConfig()
     triggers: TriggerConfig = TriggerConfig()
     loop: LoopConfig = LoopConfig()
+    notifications: NotificationsConfig = NotificationsConfig()
 
     @model_validator(mode="after")
     def _volatility_is_a_feature(self) -> Settings:

@@ -416,6 +416,9 @@ REGISTRY_COMMANDS: dict[str, list[str]] = {
     "loop status": ["loop", "status"],
     "loop history": ["loop", "history"],
     "loop kill-switch": ["loop", "kill-switch", "on"],
+    "alerts list": ["alerts", "list"],
+    "alerts ack": ["alerts", "ack", "20261207T000000-abcdef"],
+    "alerts resolve": ["alerts", "resolve", "20261207T000000-abcdef"],
 }
 # commands that write may create a registry directory; they still fail on what they were asked to move
 MISSING_REGISTRY_SAYS = {"models promote": "v1", "models rollback": "no previous production version",
@@ -429,6 +432,7 @@ ALL_COMMANDS: list[list[str]] = [
     ["drift", "check"], ["feedback"], ["rollout", "start"], ["rollout", "resume"], ["rollout", "status"],
     ["rollout", "promote"], ["rollout", "rollback"], ["serve"], ["trigger", "check"], ["trigger", "run"], ["demo"],
     ["loop", "status"], ["loop", "history"], ["loop", "kill-switch"], ["replay"],
+    ["alerts", "list"], ["alerts", "ack"], ["alerts", "resolve"],
 ]
 MISSING_ARGS: list[tuple[list[str], str]] = [
     (["models", "show"], "missing argument 'version'"),
@@ -465,6 +469,9 @@ MISSING_ARGS: list[tuple[list[str], str]] = [
     (["loop", "--once", "--speed", "0"], "invalid value for '--speed'"),
     (["loop", "kill-switch"], "missing argument 'state'"),
     (["loop", "kill-switch", "sideways"], "'on' or 'off'"),
+    (["alerts", "ack"], "missing argument 'id'"),
+    (["alerts", "resolve"], "missing argument 'id'"),
+    (["alerts", "ack", "nosuch"], "no alert 'nosuch'"),
     (["replay"], "missing option '--data'"),
     (["replay", "--data", "{work}/nope.csv"], "not found"),
     (["replay", "--data", "{data}", "--policies", "yearly"], "unknown policy yearly"),

@@ -91,6 +91,12 @@ def _show_tick(rec: dict[str, Any]) -> None:
         out.print(Text("  did: ", "cyan").append(d), soft_wrap=True)
     if rec.get("error"):
         out.print(Text("  error: ", "red").append(rec["error"]), soft_wrap=True)
+    al = rec.get("alerts") or {}
+    if al.get("raised") or al.get("failed") or al.get("error"):
+        out.print(Text("  alerts: ", "magenta").append(
+            f"{len(al.get('raised', []))} raised, {al.get('sent', 0)} sent, {al.get('failed', 0)} failed "
+            f"(retried later)" + (f"; {al['error']}" if al.get("error") else "") + " - tideline alerts list"),
+            soft_wrap=True)
 
 
 @loop_app.callback()
@@ -129,9 +135,13 @@ def loop(
         _, port = serve(lp.registry, metrics_port, host=metrics_host)
         err.print(f"control-plane metrics on http://{metrics_host}:{port}/metrics", highlight=False)
     schedule = Schedule(lp.s.loop.schedule)
+    from tideline.loop.alerts import process
+
     while True:
         rec = lp.tick(wait_s=wait, force=reason if force else None)
         force = False  # a forced retrain is this tick's, not every tick's
+        # the alerts this tick calls for, and deliveries still pending (never raises, never blocks the loop)
+        rec["alerts"] = process(lp.registry, lp.s)
         print_json(rec) if as_json else _show_tick(rec)
         if once:
             if rec["outcome"] == "failed":

@@ -23,6 +23,7 @@ from rich.text import Text
 from typer.core import TyperGroup
 
 from tideline import __version__
+from tideline.cli.alerts import alerts_app
 from tideline.cli.context import err, out, state
 from tideline.cli.cycle import cycle
 from tideline.cli.data import data_app
@@ -110,6 +111,7 @@ app.add_typer(rollout_app, name="rollout")
 app.command("serve")(serve)
 app.add_typer(trigger_app, name="trigger")
 app.add_typer(loop_app, name="loop")
+app.add_typer(alerts_app, name="alerts")
 app.command("demo")(demo)
 app.command("replay")(replay)
 

@@ -200,6 +200,7 @@ def on_startup(settings: Any, **_: Any) -> None:
     settings.persistence.finalizer = f"{GROUP}/finalizer"
     settings.posting.level = logging.INFO
     start_metrics(os.environ)
+    start_alerts(os.environ)
 
 
 def start_metrics(env: Mapping[str, str]) -> int | None:
@@ -216,6 +217,30 @@ def start_metrics(env: Mapping[str, str]) -> int | None:
     registry = open_registry(env["TIDELINE_REGISTRY"], endpoint_url=env.get("AWS_ENDPOINT_URL") or None)
     _, bound = serve(registry, int(port), host=env.get("TIDELINE_METRICS_HOST", "0.0.0.0"))
     return bound
+
+
+def start_alerts(env: Mapping[str, str], *, interval_s: float | None = None) -> threading.Thread | None:
+    """With ``TIDELINE_REGISTRY`` set, a daemon thread runs ``tideline.loop.alerts.process`` every
+    ``TIDELINE_ALERTS_INTERVAL`` seconds (60): it raises what the loop's ticks and the rollouts recorded and
+    delivers to the apprise URLs of the settings (``TIDELINE_NOTIFICATIONS__<SEVERITY>``, from a Secret). A
+    pass never raises; None when there is no registry."""
+    if not env.get("TIDELINE_REGISTRY"):
+        return None
+    from tideline.config import load_settings
+    from tideline.loop.alerts import process
+
+    every = interval_s if interval_s is not None else float(env.get("TIDELINE_ALERTS_INTERVAL", "60"))
+    settings = load_settings(registry=env["TIDELINE_REGISTRY"])
+    registry = open_registry(env["TIDELINE_REGISTRY"], endpoint_url=env.get("AWS_ENDPOINT_URL") or None)
+
+    def run() -> None:
+        while True:
+            process(registry, settings)
+            time.sleep(every)
+
+    thread = threading.Thread(target=run, name="tideline-alerts", daemon=True)
+    thread.start()
+    return thread
 
 
 def on_reconcile(body: Mapping[str, Any], patch: Any, logger: logging.Logger, **_: Any) -> None:

@@ -19,7 +19,8 @@ Metrics (``tideline_`` prefix): ``loop_ticks_total{outcome}``, ``loop_last_tick_
 ``training_duration_seconds{family}`` (a summary over registered versions), ``promotions_total``,
 ``rollbacks_total{reason}``, ``production_model_age_seconds``, ``production_info{version}``,
 ``live_directional_accuracy{version,role}``, ``live_sharpe{version,role}``, ``live_mae{version,role}``,
-``live_outcomes{version,role}``, ``drift_share{version}``, ``kill_switch_on``, ``control_plane_scrape_errors_total``.
+``live_outcomes{version,role}``, ``drift_share{version}``, ``kill_switch_on``, ``alerts_open{severity}``,
+``notifications_total{outcome}`` (``tideline.loop.alerts``' records), ``control_plane_scrape_errors_total``.
 """
 
 from __future__ import annotations
@@ -159,7 +160,8 @@ class ControlPlaneCollector:
         """Every control-plane metric from the store as it is now (see the module docstring)."""
         with self._lock:  # one scrape at a time: the caches are not shared between threads
             metrics: list[Metric] = []
-            for part in (self._loop_metrics, self._registry_metrics, self._rollout_metrics, self._live_metrics):
+            for part in (self._loop_metrics, self._registry_metrics, self._rollout_metrics, self._live_metrics,
+                         self._alert_metrics):
                 try:
                     metrics += part()
                 except Exception as e:  # noqa: BLE001 - one unreadable source must not blank the others
@@ -296,6 +298,24 @@ class ControlPlaneCollector:
             if isinstance(share, (int, float)):
                 drift.add_metric([version], float(share))
         return [acc, sharpe, mae, n, drift]
+
+
+    def _alert_metrics(self) -> list[Metric]:
+        from tideline.loop.alerts import list_alerts
+
+        alerts = list_alerts(self.registry, include_resolved=True)
+        open_ = GaugeMetricFamily("tideline_alerts_open", "Alerts open or acknowledged, by severity.",
+                                  labels=["severity"])
+        counts = Counter(a.severity for a in alerts if a.status != "resolved")
+        for severity in ("critical", "high", "medium", "low"):
+            open_.add_metric([severity], counts.get(severity, 0))
+        sent = CounterMetricFamily("tideline_notifications", "Notification deliveries, by outcome (a failed one "
+                                   "is retried later).", labels=["outcome"])
+        ok = sum(1 for a in alerts for d in a.deliveries if d.get("ok"))
+        failed = sum(int(d.get("attempts", 1)) - (1 if d.get("ok") else 0) for a in alerts for d in a.deliveries)
+        sent.add_metric(["sent"], ok)
+        sent.add_metric(["failed"], failed)
+        return [open_, sent]
 
 
 def _epoch(value: Any) -> float | None:

@@ -253,3 +253,16 @@ def test_the_operator_raises_and_delivers_in_the_background(tmp_path: Path, smtp
     assert thread is not None and thread.daemon
     wait_for(lambda: len(smtp.messages) == 1, timeout=60, what="the operator's e-mail")
     assert smtp.messages[0]["Subject"].startswith("[tideline critical] Kill switch engaged")
+
+
+def test_a_rollout_waiting_for_approval_asks_for_it(tmp_path: Path, smtp: Inbox) -> None:
+    s = _settings(tmp_path, high=[mailto(smtp.port)])  # type: ignore[attr-defined]
+    reg = open_registry(s.registry_uri())
+    process(reg, s, now=T0)
+    doc = {"spec": {"name": "tideline", "candidate": "v4", "baseline": "v3"},
+           "status": {"phase": "AwaitingApproval", "phase_since": 5.0,
+                      "message": "canary passed at 50%; waiting for approval (kubectl tideline approve tideline, ...)"}}
+    reg.store.put("rollouts/tideline.json", json.dumps(doc).encode())
+    process(reg, s, now=T0 + 1)
+    process(reg, s, now=T0 + 2)  # still waiting: asked once
+    assert len(smtp.messages) == 1 and smtp.messages[0]["Subject"] == "[tideline high] Rollout of v4 awaits approval"

@@ -320,3 +320,64 @@ def test_bars_in_the_spec_wire_live_outcomes_into_the_analysis(registry: Registr
 
 def rollout_bars(w: World) -> str | None:
     return op.rollout_spec("roll", w.body()["spec"], "v1").bars
+
+
+# ---- human approval before promotion ---------------------------------------------------------------------------
+APPROVAL = {"strategy": {"shadow": {"minDurationSeconds": 10, "minLabelledSamples": 0},
+                         "canary": {"steps": [10, 50, 100]}, "watch": {"durationSeconds": 0},
+                         "approval": {"required": True, "timeoutSeconds": 60}}}
+
+
+def _plugin(world: World, *argv: str) -> tuple[int, str]:
+    import io
+
+    from tideline.k8s import kubectl_plugin as kp
+
+    out = io.StringIO()
+    code = kp.run(list(argv), api_factory=lambda ctx: (world.api, NS), out=out)
+    return code, out.getvalue()
+
+
+def _to_awaiting(world: World) -> None:
+    seen = []
+    for _ in range(6):
+        world.tick()
+        seen.append(world.status()["phase"])
+        if seen[-1] == "AwaitingApproval":
+            return
+    raise AssertionError(seen)
+
+
+def test_a_rollout_that_needs_approval_waits_and_promotes_once_approved_with_kubectl(
+        registry: Registry, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    world = World(registry, spec=APPROVAL)
+    monkeypatch.setattr(op, "_reconciler", world.rec)
+    code, _ = _plugin(world, "approve", "roll", "--by", "alice")  # not waiting yet: refused, nothing annotated
+    assert code == 2 and "not awaiting approval" in capsys.readouterr().err
+    assert op.ACTION_ANNOTATION not in (world.body()["metadata"].get("annotations") or {})
+    _to_awaiting(world)
+    st = world.status()
+    assert st["weight"] == 50 and "kubectl tideline approve roll" in st["message"]
+    for _ in range(3):  # it waits: passing analyses never promote it by themselves
+        world.tick()
+    assert world.status()["phase"] == "AwaitingApproval" and world.registry.aliases()["production"] == "v1"
+    assert world.isvc()["spec"]["predictor"].get("canaryTrafficPercent") == 50  # its traffic stays
+    code, printed = _plugin(world, "approve", "roll", "--by", "alice")  # the plugin's code path
+    assert code == 0 and "approved by alice" in printed
+    world.tick()
+    st = world.status()
+    assert st["phase"] == "Promoting" and st["approvedBy"] == "alice" and st["approvedAt"] == world.now
+    assert any("manual approve requested by alice" in e["message"] for e in st["events"])
+    world.tick()
+    assert world.status()["phase"] == "Promoted" and world.registry.aliases()["production"] == "v2"
+
+
+def test_no_approval_within_the_timeout_rolls_back(registry: Registry, monkeypatch: pytest.MonkeyPatch) -> None:
+    world = World(registry, spec=APPROVAL)
+    monkeypatch.setattr(op, "_reconciler", world.rec)
+    _to_awaiting(world)
+    world.tick(dt=61.0)
+    st = world.status()
+    assert st["phase"] == "RolledBack" and "no approval within 60 s" in st["message"]
+    assert world.registry.aliases()["production"] == "v1" and world.registry.status("v2") == Status.RETIRED
+    assert world.isvc()["spec"]["predictor"]["canaryTrafficPercent"] == 0

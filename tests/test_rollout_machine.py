@@ -164,6 +164,83 @@ def test_random_sequences_keep_the_status_valid(seq: list[tuple[str | None, str 
         assert all(a.percent < 100 for a in sw)
 
 
+@given(st.lists(st.tuples(st.sampled_from(["pass", "fail", "inconclusive", None]),
+                          st.sampled_from([None, None, None, "approve", "approve", "promote", "rollback"]),
+                          st.integers(0, 2000)), max_size=40),
+       st.sampled_from(["rollback", "wait"]), st.sampled_from([(5, 50, 100), (100,)]))
+@settings(max_examples=300, deadline=None, derandomize=True, database=None)
+def test_random_sequences_with_approval_keep_the_status_valid(seq: list[tuple[str | None, str | None, int]],
+                                                              on_timeout: str, steps: tuple[int, ...]) -> None:
+    spec = m.RolloutSpec(watch=NO_WATCH, name="t", target="t", candidate="v2", baseline="v1", steps=steps,
+                         shadow=m.ShadowSpec(45, 20), max_inconclusive=4,
+                         approval=m.ApprovalSpec(required=True, timeout_s=300, on_timeout=on_timeout))  # type: ignore[arg-type]
+    s, now = m.RolloutStatus.initial(spec), 0.0
+    for verdict, action, labelled in seq:
+        now += 30
+        before = s
+        s, acts = m.advance(spec, s, _res(verdict, labelled) if verdict else None, now, action,  # type: ignore[arg-type]
+                            approver="alice")
+        assert m.validate_status(spec, s) == []
+        if s.phase == m.Phase.PROMOTING and before.phase != m.Phase.PROMOTING and action != "promote":
+            assert before.phase == m.Phase.AWAITING_APPROVAL and action == "approve" and s.approved_by == "alice"
+        assert all(a.percent < 100 for a in acts if isinstance(a, m.SetWeight))
+        assert m.desired_actions(spec, s) is not None
+
+
+APPROVAL = m.RolloutSpec(watch=NO_WATCH, name="tideline", target="tideline", candidate="v2", baseline="v1",
+                         shadow=m.ShadowSpec(min_duration_s=60, min_labelled=50), interval_s=30, steps=(10, 50, 100),
+                         approval=m.ApprovalSpec(required=True, timeout_s=600))
+
+
+def _to_awaiting(spec: m.RolloutSpec) -> m.RolloutStatus:
+    s, _ = m.advance(spec, m.RolloutStatus.initial(spec), None, 0.0)
+    for t in (90.0, 120.0, 150.0):
+        s, _ = m.advance(spec, s, _res("pass"), t)
+    return s
+
+
+def test_a_rollout_that_needs_approval_waits_with_its_traffic_then_promotes_when_approved() -> None:
+    s = _to_awaiting(APPROVAL)
+    assert (s.phase, s.weight, s.step_index) == (m.Phase.AWAITING_APPROVAL, 50, 1), s.message
+    assert "kubectl tideline approve tideline" in s.message
+    assert m.desired_actions(APPROVAL, s)[-1] == m.SetWeight(50)  # a restarted controller keeps its traffic
+    s, acts = m.advance(APPROVAL, s, _res("pass"), 180.0)  # passing analyses never promote it by themselves
+    assert s.phase == m.Phase.AWAITING_APPROVAL and _kinds(acts) == [] and s.analyses[-1]["phase"] == "AwaitingApproval"
+    s, acts = m.advance(APPROVAL, s, None, 200.0, "approve", approver="alice")
+    assert s.phase == m.Phase.PROMOTING and (s.approved_by, s.approved_at) == ("alice", 200.0)
+    assert "approved by alice" in s.message and m.PromoteInRegistry("v2", "v1") in acts
+    assert m.RolloutStatus.from_dict(s.to_dict()) == s  # who and when are stored
+
+
+def test_no_approval_within_the_timeout_rolls_back_or_keeps_waiting() -> None:
+    s = _to_awaiting(APPROVAL)
+    s2, _ = m.advance(APPROVAL, s, None, 150.0 + 599)
+    assert s2.phase == m.Phase.AWAITING_APPROVAL
+    s2, acts = m.advance(APPROVAL, s, None, 150.0 + 600)
+    assert s2.phase == m.Phase.ROLLED_BACK and "no approval within 600 s" in s2.message
+    assert acts[0] == m.SetWeight(0) and m.RollbackInRegistry("v2") in acts
+    wait = m.RolloutSpec.from_dict({**APPROVAL.to_dict(), "approval": {"required": True, "timeout_s": 600,
+                                                                         "on_timeout": "wait"}})
+    s = _to_awaiting(wait)
+    s, _ = m.advance(wait, s, None, 150.0 + 5000)
+    assert s.phase == m.Phase.AWAITING_APPROVAL and "past its 600 s timeout" in s.message
+    s, _ = m.advance(wait, s, None, 150.0 + 5001, "approve", approver="bob")
+    assert s.phase == m.Phase.PROMOTING and s.approved_by == "bob"
+
+
+def test_a_failing_candidate_is_rolled_back_while_it_waits_and_a_stray_approval_changes_nothing() -> None:
+    s = _to_awaiting(APPROVAL)
+    for t in (180.0, 210.0):
+        s, _ = m.advance(APPROVAL, s, _res("fail"), t)
+    assert s.phase == m.Phase.ROLLED_BACK and "failed analyses" in s.message
+    canary, _ = m.advance(APPROVAL, m.RolloutStatus.initial(APPROVAL), None, 0.0)
+    after, acts = m.advance(APPROVAL, canary, None, 10.0, "approve", approver="eve")
+    assert after == canary and [a.msg for a in acts if isinstance(a, m.Event)] == [
+        "approval by eve ignored: the rollout is Shadow, not awaiting approval"]
+    assert m.RolloutSpec.from_dict({k: v for k, v in SPEC.to_dict().items() if k != "approval"}).approval == \
+        m.ApprovalSpec()  # a spec stored before approvals existed needs none
+
+
 # ---- a simulated world + the real controller -------------------------------------------------------------
 class Crash(BaseException):
     """The controller process dies (not an Exception: nothing in the controller may swallow it)."""
@@ -438,3 +515,28 @@ def test_production_moved_meanwhile_fails_the_rollout() -> None:
     world, status = _drive([], [], [], conflict=True)
     assert status.phase == m.Phase.FAILED and "AliasConflict" in status.message
     assert world.router["weight"] == 0 and world.procs[world.router["active"]] == "v1"  # type: ignore[index]
+
+
+def test_tideline_rollout_approve_records_who_and_the_controller_promotes() -> None:
+    """The local path (``tideline rollout approve``): refused while the rollout is not waiting, recorded with who
+    once it is, and the next reconcile promotes."""
+    from tideline.errors import PolicyError
+
+    spec = m.RolloutSpec.from_dict({**CTRL_SPEC.to_dict(), "approval": {"required": True, "timeout_s": 3600}})
+    store, world, clock = MemStore(), World(), FakeClock(0.0)
+    analyzer = ScriptedAnalyzer(["pass"] * 20)
+    ctrl = RolloutController(spec, world, store, clock, analyzer, owner="c")  # type: ignore[arg-type]
+    ctrl.reconcile_once()
+    with pytest.raises(PolicyError, match="not awaiting approval: it is Shadow"):
+        request_action(store, "tideline", "approve", by="bob")
+    for _ in range(10):
+        clock.sleep(30)
+        if ctrl.reconcile_once().phase == m.Phase.AWAITING_APPROVAL:
+            break
+    doc = request_action(store, "tideline", "approve", by="bob")
+    assert doc.requested_action == "approve:bob"
+    clock.sleep(30)
+    st_ = ctrl.reconcile_once()
+    assert st_.phase in (m.Phase.PROMOTING, m.Phase.PROMOTED) and st_.approved_by == "bob"
+    doc, _ = load_rollout(store, "tideline")
+    assert any(e["msg"] == "manual approve requested by bob" for e in doc.events)

@@ -214,6 +214,12 @@ class LoopRolloutConfig(BaseModel):
         0.45, ge=0, le=1, description="absolute floor of production's live directional accuracy in the watch; "
                                       "previous under it too throws the kill switch (None: no floor)")
     watch_min_outcomes: int = Field(200, ge=1, description="realized outcomes before the floor judges")
+    approval_required: bool = Field(False, description="a person approves each promotion (kubectl tideline approve, "
+                                                       "tideline rollout approve): the rollout waits in "
+                                                       "AwaitingApproval")
+    approval_timeout_seconds: float = Field(86400.0, gt=0, description="how long a rollout waits for approval")
+    approval_on_timeout: Literal["rollback", "wait"] = Field(
+        "rollback", description="no approval within the timeout: roll back, or keep waiting")
     mode: Literal["Serverless", "RawDeployment"] = Field(
         "RawDeployment", description="on a cluster: the InferenceService's KServe deployment mode (ModelRollout "
                                      "spec.mode)")

@@ -411,6 +411,7 @@ REGISTRY_COMMANDS: dict[str, list[str]] = {
     "rollout status": ["rollout", "status"],
     "rollout promote": ["rollout", "promote"],
     "rollout rollback": ["rollout", "rollback"],
+    "rollout approve": ["rollout", "approve", "--by", "alice"],
     "serve": ["serve", "--detach", "--port", "0"],
     "trigger check": ["trigger", "check"],
     "loop status": ["loop", "status"],
@@ -430,7 +431,7 @@ ALL_COMMANDS: list[list[str]] = [
     ["data", "synth"],
     ["pipeline", "run"], ["pipeline", "compile"], ["pipeline", "submit"], ["pipeline", "schedule"],
     ["drift", "check"], ["feedback"], ["rollout", "start"], ["rollout", "resume"], ["rollout", "status"],
-    ["rollout", "promote"], ["rollout", "rollback"], ["serve"], ["trigger", "check"], ["trigger", "run"], ["demo"],
+    ["rollout", "promote"], ["rollout", "rollback"], ["rollout", "approve"], ["serve"], ["trigger", "check"], ["trigger", "run"], ["demo"],
     ["loop", "status"], ["loop", "history"], ["loop", "kill-switch"], ["replay"],
     ["alerts", "list"], ["alerts", "ack"], ["alerts", "resolve"],
 ]
@@ -499,7 +500,7 @@ def cli_cases() -> list[CliCase]:
                      ["drift", "check", "--synthetic", "--symbols", "3", "--bars", "200", "--version", v],
                      ["serve", "--detach", "--port", "0", "--version", v]):
             cases.append(CliCase(f"{' '.join(argv[:2])}: version {v!r}", [*REG, *argv], v or "version"))
-    for sub in ("status", "resume", "promote", "rollback"):
+    for sub in ("status", "resume", "promote", "rollback", "approve"):
         cases.append(CliCase(f"rollout {sub}: unknown rollout", [*REG, "rollout", sub, "--name", "nosuch"], "nosuch"))
     cases.append(CliCase("models rollback: nothing to roll back", [*REG, "models", "rollback"], "previous"))
     cases.append(CliCase("rollout start: no production", [*REG, "rollout", "start", "--candidate", "v1"],

@@ -298,11 +298,11 @@ def rollout_status(
         time.sleep(1.0)
 
 
-def _manual(ctx: typer.Context, name: str, action: str) -> None:
+def _manual(ctx: typer.Context, name: str, action: str, by: str | None = None) -> None:
     from tideline.rollout.controller import RolloutController, request_action
 
     s, reg = _ctx(ctx)
-    request_action(reg.store, name, action)
+    request_action(reg.store, name, action, by=by)
     backend = _backend(s, reg, name)
     try:  # apply it now unless a live controller holds the lease (then that controller applies it)
         ctrl = RolloutController(name, backend, reg.store)
@@ -324,3 +324,16 @@ def rollout_promote(ctx: typer.Context, name: Annotated[str, _NAME] = "tideline"
 def rollout_rollback(ctx: typer.Context, name: Annotated[str, _NAME] = "tideline") -> None:
     """Abort the rollout: canary weight 0, shadow off, candidate retired; production untouched."""
     _manual(ctx, name, "rollback")
+
+
+@rollout_app.command("approve")
+def rollout_approve(
+    ctx: typer.Context,
+    name: Annotated[str, _NAME] = "tideline",
+    by: Annotated[str | None, typer.Option("--by", help="Who approves (default: $TIDELINE_USER, else your login "
+                                                        "name); recorded with the time.")] = None,
+) -> None:
+    """Approve the promotion of a rollout that waits for one (AwaitingApproval: loop.rollout.approval_required)."""
+    from tideline.cli.alerts import _who
+
+    _manual(ctx, name, "approve", by=_who(by))

@@ -13,6 +13,7 @@ Errors are one line on stderr; exit codes: 0 ok, 1 API error, 2 usage, 3 not fou
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -116,6 +117,26 @@ class Client:
         except Exception as e:
             raise _api_error(e, f"modelrollout {self.namespace}/{name}") from e
 
+    def approve(self, name: str, who: str) -> None:
+        """Approve the promotion of ``name`` (annotation ``approve:<who>``; the operator records who and when).
+
+        Raises ``PluginError`` (exit 2) when the rollout is not AwaitingApproval: nothing is annotated.
+        """
+        phase = (self.get(name).get("status") or {}).get("phase")
+        if phase != "AwaitingApproval":
+            raise PluginError(f"modelrollout {self.namespace}/{name} is not awaiting approval: it is "
+                              f"{phase or 'not started'}", EXIT_USAGE)
+        self.annotate(name, f"approve:{who}")
+
+
+def _user() -> str:
+    import getpass
+
+    try:
+        return os.environ.get("TIDELINE_USER") or getpass.getuser()
+    except (KeyError, OSError):
+        return "unknown"
+
 
 # -- rendering ----------------------------------------------------------------------------------------
 def _table(rows: Sequence[Sequence[str]]) -> str:
@@ -200,7 +221,8 @@ def render_list(items: Sequence[Mapping[str, Any]], now: float | None = None, al
 
 # -- CLI ----------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
-    """The ``kubectl tideline`` argument parser: status (--watch), promote, rollback, abort, history, list."""
+    """The ``kubectl tideline`` argument parser: status (--watch), promote, rollback, abort, approve, history,
+    list."""
     p = argparse.ArgumentParser(prog="kubectl tideline", description="Watch and steer tideline ModelRollouts.")
     p.add_argument("-n", "--namespace", help="namespace (default: the kubeconfig context's)")
     p.add_argument("--context", help="kubeconfig context")
@@ -213,6 +235,9 @@ def build_parser() -> argparse.ArgumentParser:
                       ("rollback", "abort: traffic back to the baseline"),
                       ("abort", "same as rollback")):
         sub.add_parser(cmd, help=text).add_argument("name")
+    ap = sub.add_parser("approve", help="approve the promotion of a rollout awaiting approval")
+    ap.add_argument("name")
+    ap.add_argument("--by", help="who approves (default: $TIDELINE_USER, else your login name); recorded with the time")
     sub.add_parser("history", help="analyses and events of a rollout").add_argument("name")
     ls = sub.add_parser("list", help="every ModelRollout")
     ls.add_argument("-A", "--all-namespaces", action="store_true")
@@ -253,6 +278,10 @@ def run(argv: Sequence[str] | None, *, api_factory: Callable[[str | None], tuple
             action = "rollback" if args.command == "abort" else args.command
             c.annotate(args.name, action)
             print(f"modelrollout {c.namespace}/{args.name}: {action} requested", file=out)
+        elif args.command == "approve":
+            who = args.by or _user()
+            c.approve(args.name, who)
+            print(f"modelrollout {c.namespace}/{args.name}: approved by {who}", file=out)
         elif args.command == "history":
             print(render_history(c.get(args.name)), file=out)
     except PluginError as e:

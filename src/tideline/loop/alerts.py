@@ -11,6 +11,7 @@ kind                   severity  from
 ``kill_switch``        critical  the registry's history: the kill switch was thrown
 ``loop_stalled``       critical  no successful tick for ``notifications.stalled_hours``
 ``rolled_back``        high      a rollout document that ended RolledBack or Reverted (with why)
+``approval_needed``    high      a rollout waits for a person's approval (AwaitingApproval)
 ``retrain_failed``     high      a tick whose retraining run failed (with the error)
 ``production_rollback`` high     the registry's history: production rolled back by hand
 ``decay``              medium    a tick whose performance_decay rule fired (with its reason)
@@ -192,9 +193,13 @@ def _from_event(ev: Any) -> Iterable[_Raised]:
 
 def _from_rollout(doc: dict[str, Any]) -> Iterable[_Raised]:
     spec, status = doc.get("spec") or {}, doc.get("status") or {}
+    cand = spec.get("candidate", "?")
+    if status.get("phase") == "AwaitingApproval":
+        yield _Raised(f"approval:{spec.get('name', '?')}:{cand}", "approval_needed", "high",
+                      f"Rollout of {cand} awaits approval", str(status.get("message", "")))
+        return
     if status.get("phase") not in ("RolledBack", "Reverted"):
         return
-    cand = spec.get("candidate", "?")
     yield _Raised(f"rolled_back:{spec.get('name', '?')}:{cand}", "rolled_back", "high",
                   f"Rollout of {cand} {'reverted' if status['phase'] == 'Reverted' else 'rolled back'}",
                   f"{cand} vs {spec.get('baseline', '?')}: {status.get('message', '')}")
@@ -214,7 +219,7 @@ def raise_alerts(registry: Registry, settings: Settings, *, now: float | None = 
     history = registry.history()
     rollout_docs = {k: _read(store, k) for k in store.list("rollouts/") if k.endswith(".json")}
     ended = {f"{k}:{(d or {}).get('status', {}).get('phase_since')}" for k, d in rollout_docs.items()
-             if d and (d.get("status") or {}).get("phase") in ("RolledBack", "Reverted")}
+             if d and (d.get("status") or {}).get("phase") in ("RolledBack", "Reverted", "AwaitingApproval")}
     raised: list[_Raised] = []
     if cursor is not None:
         for key in tick_keys:

@@ -155,16 +155,19 @@ class RolloutController:
                 return doc.status
             before = doc.to_dict()
 
-        action = doc.requested_action
-        if action is not None and action not in ("promote", "rollback"):
-            doc.add_event(now, f"ignored the manual request {action!r}: use promote or rollback")
+        action, approver = doc.requested_action, None
+        if action is not None and action.split(":", 1)[0] == "approve":  # "approve:<who>"
+            action, _, who = action.partition(":")
+            approver = who.strip() or None
+        if action is not None and action not in ("promote", "rollback", "approve"):
+            doc.add_event(now, f"ignored the manual request {action!r}: use promote, rollback or approve")
             action = None
         analysis = None
-        if doc.status.phase in (m.Phase.SHADOW, m.Phase.CANARY, m.Phase.WATCHING):
-            analysis = self._analyze(doc, now)
-        new, actions = m.advance(spec, doc.status, analysis, now, action)  # type: ignore[arg-type]
+        if doc.status.phase in (m.Phase.SHADOW, m.Phase.CANARY, m.Phase.AWAITING_APPROVAL, m.Phase.WATCHING):
+            analysis = self._analyze(doc, now)  # waiting for approval: still analysed (a failing one rolls back)
+        new, actions = m.advance(spec, doc.status, analysis, now, action, approver=approver)  # type: ignore[arg-type]
         if action:
-            doc.add_event(now, f"manual {action} requested")
+            doc.add_event(now, f"manual {action} requested" + (f" by {approver}" if approver else ""))
         doc.requested_action = None
         if new.message != doc.status.message:
             doc.add_event(now, new.message)

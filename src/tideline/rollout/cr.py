@@ -98,6 +98,16 @@ def rollout_spec(name: str, spec: Mapping[str, Any], baseline: str) -> machine.R
         if wkw.get("min_accuracy") == 0:  # minAccuracy 0: no floor (a CR field cannot be null)
             wkw["min_accuracy"] = None
         kw["watch"] = WatchSpec(**wkw)
+    approval = strategy.get("approval") or {}
+    if approval:
+        akw: dict[str, Any] = {}
+        if "required" in approval:
+            akw["required"] = bool(approval["required"])
+        if "timeoutSeconds" in approval:
+            akw["timeout_s"] = float(approval["timeoutSeconds"])
+        if "onTimeout" in approval:
+            akw["on_timeout"] = str(approval["onTimeout"])
+        kw["approval"] = machine.ApprovalSpec(**akw)
     try:
         return machine.RolloutSpec(
             name=name, target=str(spec["targetRef"]), candidate=str(spec["candidate"]), baseline=baseline,
@@ -123,6 +133,8 @@ def spec_to_cr(spec: machine.RolloutSpec, *, registry: str, mode: str, metrics_s
             "watch": {"durationSeconds": int(round(spec.watch.duration_s)), "alpha": float(spec.watch.alpha),
                       "minOutcomes": int(spec.watch.min_outcomes),
                       "minAccuracy": float(spec.watch.min_accuracy or 0.0)},  # 0: no floor
+            "approval": {"required": bool(spec.approval.required),
+                         "timeoutSeconds": int(round(spec.approval.timeout_s)), "onTimeout": spec.approval.on_timeout},
         },
         "analysis": {
             "intervalSeconds": int(round(spec.interval_s)), "failureLimit": int(spec.failure_limit),
@@ -144,7 +156,7 @@ FIELDS = {  # RolloutStatus field -> CR status field
     "inconclusive": "inconclusive", "started_at": "startedAt", "phase_since": "phaseSince",
     "last_analysis_at": "lastAnalysisAt", "analyses": "lastAnalyses", "message": "message",
     "candidate": "candidate", "baseline": "baseline", "generation": "machineGeneration",
-    "kill_switch": "killSwitch",
+    "kill_switch": "killSwitch", "approved_by": "approvedBy", "approved_at": "approvedAt",
 }
 
 

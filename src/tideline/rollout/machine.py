@@ -65,6 +65,7 @@ class Phase(str, Enum):
     PENDING = "Pending"
     SHADOW = "Shadow"
     CANARY = "Canary"
+    AWAITING_APPROVAL = "AwaitingApproval"
     PROMOTING = "Promoting"
     WATCHING = "Watching"
     PROMOTED = "Promoted"
@@ -80,7 +81,7 @@ class Phase(str, Enum):
 
 TERMINAL: frozenset[Phase] = frozenset({Phase.PROMOTED, Phase.ROLLED_BACK, Phase.REVERTED, Phase.FAILED})
 MAX_ANALYSES = 10
-ManualAction = Literal["promote", "rollback"]
+ManualAction = Literal["promote", "rollback", "approve"]
 
 
 # ---- spec ----------------------------------------------------------------------------------------------
@@ -94,6 +95,23 @@ class ShadowSpec(Document):
     """labelled live outcomes the candidate needs before it may take real traffic (0: none)."""
     max_duration_s: float = _D.shadow_max_seconds
     """still short of ``min_labelled`` after this long in shadow: roll back (0: wait forever)."""
+
+
+@dataclass(frozen=True)
+class ApprovalSpec(Document):
+    """A person approves the promotion (Flagger's confirm-promotion gate, a model registry's approval status):
+    once the analysis would promote, the rollout waits in AwaitingApproval (the candidate keeps its traffic and
+    its analysis: a failing one is still rolled back) until approved (``kubectl tideline approve``, ``tideline
+    rollout approve``); after ``timeout_s`` without one it rolls back (``on_timeout="rollback"``) or keeps waiting
+    (``"wait"``)."""
+
+    required: bool = _D.approval_required
+    timeout_s: float = _D.approval_timeout_seconds
+    on_timeout: Literal["rollback", "wait"] = _D.approval_on_timeout
+
+    def __post_init__(self) -> None:
+        if not self.timeout_s > 0:
+            raise ValueError("approval.timeout_s must be > 0")
 
 
 @dataclass(frozen=True)
@@ -123,6 +141,8 @@ class RolloutSpec(Document):
     controller uses the same source."""
     watch: WatchSpec = WatchSpec()
     """the guard after promotion (``duration_s == 0``: none)."""
+    approval: ApprovalSpec = ApprovalSpec()
+    """a person approves the promotion (``required``), or not."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "steps", tuple(int(s) for s in self.steps))
@@ -161,6 +181,8 @@ class RolloutSpec(Document):
             max_inconclusive=cfg.max_inconclusive, bars=bars,
             watch=WatchSpec(duration_s=cfg.watch_seconds, alpha=cfg.watch_alpha, min_accuracy=cfg.watch_min_accuracy,
                             min_outcomes=cfg.watch_min_outcomes),
+            approval=ApprovalSpec(required=cfg.approval_required, timeout_s=cfg.approval_timeout_seconds,
+                                  on_timeout=cfg.approval_on_timeout),
             thresholds=Thresholds(max_error_rate=cfg.max_error_rate, max_p99_latency_ms=cfg.max_p99_latency_ms,
                                   accuracy_margin=cfg.accuracy_margin, max_ks=cfg.max_ks,
                                   max_prediction_divergence=cfg.max_prediction_divergence,
@@ -197,6 +219,9 @@ class RolloutStatus(Document):
     """bumped whenever the desired state of the world changes."""
     kill_switch: bool = False
     """the guard threw the kill switch (Reverted with both versions under the floor)."""
+    approved_by: str | None = None
+    """who approved the promotion (``ApprovalSpec.required``), and when (``approved_at``, epoch seconds)."""
+    approved_at: float | None = None
 
     @property
     def terminal(self) -> bool:
@@ -320,8 +345,10 @@ def desired_actions(spec: RolloutSpec, status: RolloutStatus) -> list[Action]:
         return [*_revert_actions(spec), *kill]
     if p == Phase.SHADOW:
         return [SetWeight(0), MarkInRegistry(c, "SHADOW"), SetShadow(c)]
-    if p == Phase.CANARY:
+    if p == Phase.CANARY or (p == Phase.AWAITING_APPROVAL and status.weight > 0):
         return [SetShadow(None), MarkInRegistry(c, "CANARY"), DeployCanary(c), SetWeight(status.weight)]
+    if p == Phase.AWAITING_APPROVAL:  # it passed its shadow and had no canary step: still in shadow
+        return [SetWeight(0), MarkInRegistry(c, "SHADOW"), SetShadow(c)]
     if p in (Phase.PROMOTING, Phase.PROMOTED):
         return _promote_actions(spec)
     if p == Phase.ROLLED_BACK:
@@ -343,11 +370,23 @@ def _to_canary_or_promote(spec: RolloutSpec, st: RolloutStatus, now: float, why:
                           actions: list[Action]) -> None:
     weights = spec.canary_weights
     if not weights:
-        _start_promotion(spec, st, now, why, actions)
+        _promote_or_await(spec, st, now, why, actions)
         return
     _enter(st, Phase.CANARY, now, f"{why}; canary at {weights[0]}%", weight=weights[0], step_index=0)
     actions += [SetShadow(None), MarkInRegistry(spec.candidate, "CANARY"), DeployCanary(spec.candidate),
                 SetWeight(weights[0]), Event(st.message)]
+
+
+def _promote_or_await(spec: RolloutSpec, st: RolloutStatus, now: float, why: str, actions: list[Action]) -> None:
+    """Promote, or with ``spec.approval.required`` wait for a person in AwaitingApproval (traffic as it is)."""
+    if not spec.approval.required:
+        _start_promotion(spec, st, now, why, actions)
+        return
+    _enter(st, Phase.AWAITING_APPROVAL, now, f"{why}; waiting for approval (kubectl tideline approve {spec.name}, "
+           f"tideline rollout approve --name {spec.name}) for at most {spec.approval.timeout_s:g} s, then "
+           f"{'roll back' if spec.approval.on_timeout == 'rollback' else 'keep waiting'}",
+           weight=st.weight, step_index=st.step_index)
+    actions.append(Event(st.message))
 
 
 def _start_promotion(spec: RolloutSpec, st: RolloutStatus, now: float, why: str, actions: list[Action]) -> None:
@@ -368,13 +407,15 @@ def advance(
     action: ManualAction | None = None,
     *,
     error: str | None = None,
+    approver: str | None = None,
 ) -> tuple[RolloutStatus, list[Action]]:
     """One step of the machine. Returns a new status (the input is not changed) and the actions to apply.
 
     ``analysis`` is the result of the interval that just ended (None: no analysis this call).
-    ``action`` is a manual request; ``error`` reports a permanent failure applying the last actions.
+    ``action`` is a manual request (``approve``: by ``approver``, only while AwaitingApproval; otherwise it is
+    ignored with an event); ``error`` reports a permanent failure applying the last actions.
     """
-    if action not in (None, "promote", "rollback"):
+    if action not in (None, "promote", "rollback", "approve"):
         raise ValueError(f"unknown manual action {action!r}")
     st = copy.deepcopy(status)
     actions: list[Action] = []
@@ -398,6 +439,13 @@ def advance(
         return st, [Event(st.message)]
     if st.phase == Phase.WATCHING:
         return _watch(spec, st, analysis, now, action)
+    if action == "approve":
+        who = approver or "unknown"
+        if st.phase != Phase.AWAITING_APPROVAL:
+            return st, [Event(f"approval by {who} ignored: the rollout is {st.phase.value}, not awaiting approval")]
+        st.approved_by, st.approved_at = who, now
+        _start_promotion(spec, st, now, f"approved by {who}", actions)
+        return st, actions
     if action == "rollback":
         _roll_back(spec, st, now, "manual rollback", actions)
         return st, actions
@@ -413,10 +461,18 @@ def advance(
         else:
             _to_canary_or_promote(spec, st, now, "shadow skipped", actions)
         return st, actions
+    if st.phase == Phase.AWAITING_APPROVAL:
+        waited = now - (st.phase_since if st.phase_since is not None else now)
+        if waited >= spec.approval.timeout_s:
+            if spec.approval.on_timeout == "rollback":
+                _roll_back(spec, st, now, f"no approval within {spec.approval.timeout_s:g} s", actions)
+                return st, actions
+            st.message = (f"waiting for approval for {waited:.0f} s, past its {spec.approval.timeout_s:g} s "
+                          "timeout (on_timeout: wait)")
     if analysis is None:
         return st, actions
 
-    # Shadow or Canary with a fresh analysis.
+    # Shadow, Canary or AwaitingApproval with a fresh analysis.
     st.last_analysis_at = now
     rec = analysis.to_dict()
     rec["at"] = now
@@ -441,6 +497,8 @@ def advance(
         return st, actions
 
     st.failures = st.inconclusive = 0
+    if st.phase == Phase.AWAITING_APPROVAL:  # still passing: it waits for a person, never promotes itself
+        return st, actions
     if st.phase == Phase.SHADOW:
         waited = now - (st.phase_since if st.phase_since is not None else now)
         if waited < spec.shadow.min_duration_s:
@@ -459,11 +517,11 @@ def advance(
     weights = spec.canary_weights
     nxt = st.step_index + 1
     if nxt >= len(weights):
-        _start_promotion(spec, st, now, f"canary passed at {st.weight}%", actions)
+        _promote_or_await(spec, st, now, f"canary passed at {st.weight}%", actions)
     elif analysis.clearly_better:  # a clear winner: the remaining steps would only delay it (analysis docstring)
         why = next(c.reason for c in analysis.checks if c.name == "superiority")
-        _start_promotion(spec, st, now, f"canary passed at {st.weight}% and the candidate is clearly better "
-                                        f"({why}); the remaining steps skipped", actions)
+        _promote_or_await(spec, st, now, f"canary passed at {st.weight}% and the candidate is clearly better "
+                                         f"({why}); the remaining steps skipped", actions)
     else:
         prev = st.weight
         _enter(st, Phase.CANARY, now, f"canary passed at {prev}%; now {weights[nxt]}%",
@@ -526,7 +584,7 @@ def validate_status(spec: RolloutSpec, st: RolloutStatus) -> list[str]:
     """Internal consistency of a status; returns the problems (empty when valid)."""
     problems = []
     weights = spec.canary_weights
-    if st.phase == Phase.CANARY:
+    if st.phase == Phase.CANARY or (st.phase == Phase.AWAITING_APPROVAL and st.weight > 0):
         if not 0 <= st.step_index < len(weights) or st.weight != weights[st.step_index]:
             problems.append(f"canary weight {st.weight} / step {st.step_index} not in {list(weights)}")
     elif st.weight != 0:

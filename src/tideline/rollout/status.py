@@ -139,9 +139,10 @@ def create_rollout(store: Store, spec: m.RolloutSpec, now: float) -> RolloutDoc:
     return doc
 
 
-def request_action(store: Store, name: str, action: str) -> RolloutDoc:
-    """Record a manual ``promote``/``rollback`` for the controller (compare-and-swap)."""
-    if action not in ("promote", "rollback"):
+def request_action(store: Store, name: str, action: str, *, by: str | None = None) -> RolloutDoc:
+    """Record a manual ``promote``/``rollback``/``approve`` (by ``by``) for the controller (compare-and-swap). An
+    approval for a rollout that is not awaiting one is refused (``PolicyError``), nothing recorded."""
+    if action not in ("promote", "rollback", "approve"):
         raise ConfigError(f"unknown rollout action {action!r}")
 
     def record(doc: RolloutDoc | None) -> tuple[RolloutDoc, RolloutDoc]:
@@ -151,7 +152,10 @@ def request_action(store: Store, name: str, action: str) -> RolloutDoc:
             raise PolicyError(f"rollout {name!r} already {'ended' if doc.status.terminal else 'is promoting'}: "
                               f"{doc.status.phase.value}",
                               hint="use `tideline models promote|rollback` to move production now")
-        doc.requested_action = action
+        if action == "approve" and doc.status.phase != m.Phase.AWAITING_APPROVAL:
+            raise PolicyError(f"rollout {name!r} is not awaiting approval: it is {doc.status.phase.value}",
+                              hint="an approval is taken once its analysis would promote (AwaitingApproval)")
+        doc.requested_action = f"approve:{by or 'unknown'}" if action == "approve" else action
         return doc, doc
 
     return cas.update(store, rollout_key(name), record, load=RolloutDoc.from_json, dump=RolloutDoc.to_json,

@@ -469,6 +469,8 @@ MISSING_ARGS: list[tuple[list[str], str]] = [
     (["loop", "history", "--limit", "0"], "invalid value for '--limit'"),
     (["loop", "--once", "--speed", "0"], "invalid value for '--speed'"),
     (["loop", "kill-switch"], "missing argument 'state'"),
+    (["loop", "--api-port", "0"], "never served without one"),
+    (["loop", "--once", "--api-port", "0"], "drop --once"),
     (["loop", "kill-switch", "sideways"], "'on' or 'off'"),
     (["alerts", "ack"], "missing argument 'id'"),
     (["alerts", "resolve"], "missing argument 'id'"),

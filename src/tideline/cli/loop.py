@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from datetime import UTC, datetime
 from typing import Annotated, Any
@@ -99,6 +100,35 @@ def _show_tick(rec: dict[str, Any]) -> None:
             soft_wrap=True)
 
 
+def _serve_api(lp: Any, token: str, port: int, host: str) -> None:
+    """The API and status page (``tideline.app.api``) in a thread; ``POST /retrain`` runs one forced tick in
+    another (one at a time: a second request while it runs is a 409)."""
+    import threading
+
+    from tideline.app.api import Busy, create_app, serve_in_thread
+    from tideline.loop.alerts import process
+
+    lock = threading.Lock()
+    running: dict[str, threading.Thread] = {}
+
+    def retrain(reason: str) -> str:
+        with lock:
+            t = running.get("tick")
+            if t is not None and t.is_alive():
+                raise Busy("the retrain requested through the API (its tick is still running)")
+
+            def tick() -> None:
+                lp.tick(force=f"requested through the API: {reason}")
+                process(lp.registry, lp.s)
+
+            running["tick"] = threading.Thread(target=tick, name="tideline-api-retrain", daemon=True)
+            running["tick"].start()
+        return "a forced tick is running: tideline loop history (or GET /api/v1/decisions) shows its run"
+
+    _, bound = serve_in_thread(create_app(lp.registry, lp.s, token=token, retrain=retrain), port, host=host)
+    err.print(f"API and status page on http://{host}:{bound}/ (bearer token required)", highlight=False)
+
+
 @loop_app.callback()
 def loop(
     ctx: typer.Context,
@@ -117,6 +147,13 @@ def loop(
                                "accuracy, drift, ticks; read from the store) on this port at /metrics while the "
                                "loop runs (0: a free port, printed).")] = None,
     metrics_host: Annotated[str, typer.Option(help="Address for --metrics-port.")] = "127.0.0.1",
+    api_port: Annotated[int | None, typer.Option(
+        min=0, max=65535, help="Serve the loop's HTTP API and status page on this port while the loop runs (0: a "
+                               "free port, printed); needs a token.")] = None,
+    api_host: Annotated[str, typer.Option(help="Address for --api-port.")] = "127.0.0.1",
+    api_token_file: Annotated[str | None, typer.Option(
+        help="File holding the API's bearer token (a mounted Secret); else $TIDELINE_API_TOKEN. None: no API.")
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Run the loop: one tick with --once, else ticks at the times of loop.schedule (a cron expression in a
@@ -128,7 +165,16 @@ def loop(
     if metrics_port is not None and once:
         raise ConfigError("--metrics-port serves while the loop runs: drop --once (one-shot ticks are exported by "
                           "a long-running loop or the operator, from what each tick records in the store)")
+    if api_port is not None and once:
+        raise ConfigError("--api-port serves while the loop runs: drop --once")
+    token = None
+    if api_port is not None:
+        from tideline.app.api import load_token
+
+        token = load_token(api_token_file, dict(os.environ))  # before anything starts: never an open API
     lp = _make_loop(ctx, now, speed)
+    if api_port is not None and token is not None:
+        _serve_api(lp, token, api_port, api_host)
     if metrics_port is not None:
         from tideline.loop.metrics import serve
 

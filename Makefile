@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install lock test test-fast demo bench reliability lint docs clean help
+.PHONY: install lock test test-fast demo bench screenshot reliability lint docs clean help
 
 help:
 	@echo "make lock   - regenerate requirements.lock (every install's exact versions) from pyproject.toml"
@@ -13,6 +13,7 @@ help:
 	@echo "make docs   - the documentation site (MkDocs, docs/ + mkdocs.yml) into site/, strict: a broken link fails"
 	@echo "make demo   - the whole loop on one machine: train, serve, market shift, retrain, rollout, rollback, HTML report"
 	@echo "make bench  - run the benchmarks in bench/ and write bench/results.json + bench/RESULTS.md + docs/benchmarks.md"
+	@echo "make screenshot - the loop's status page over the demo's registry, by headless chromium (after make demo)"
 	@echo "make reliability - faults, bad input and attacks, many times each; writes the reliability table (docs/reliability.md)"
 	@echo "make images - build the pipeline, predictor and controller images (no cluster needed)"
 	@echo "make images-local - the same images where no image registry is reachable (debootstrap base, local wheels)"
@@ -92,6 +93,10 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/run_all.py
+
+# the loop's status page over the registry `make demo` left, photographed by headless chromium (docs/images/)
+screenshot: $(STAMP)
+	$(BIN)/python scripts/status_screenshot.py
 
 reliability: $(STAMP)
 	$(BIN)/python tests/reliability/run.py

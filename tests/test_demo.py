@@ -64,6 +64,10 @@ def test_short_demo_tells_the_whole_story(tmp_path: Path) -> None:
     broken = next(r for r in rec["rollouts"] if r["label"] == "broken")
     assert broken["phase"] == "RolledBack" and "directional accuracy" in broken["message"]
     assert all(s["weight"] == 0 for s in broken["steps"])
+    # the loop raised what a person should hear about (recorded: the demo configures no notification URL)
+    titles = {(a["kind"], a["severity"], a["title"]) for a in rec["alerts"]}
+    assert ("rolled_back", "high", f"Rollout of {broken['candidate']} rolled back") in titles, titles
+    assert ("promoted", "low", f"{retrained['candidate']} promoted to production") in titles, titles
     # the retrain after the shift offered production recalibrated on the new regime's bars (built in the
     # pipeline's evaluate step, stored by its register step) beside the fresh families
     assert "recalibrated" in rec["retrains"][1]["versions"], rec["retrains"][1]
@@ -110,6 +114,7 @@ def test_guard_reverts_a_promotion_that_decays_while_watched(tmp_path: Path) -> 
     (reverted,) = [r for r in rec["rollouts"] if r["phase"] == "Reverted"]
     assert [s["phase"] for s in reverted["steps"]][-2:] == ["Watching", "Reverted"]
     assert "reverted to v1: guard:" in reverted["message"] and reverted["baseline"] == "v1"
+    assert f"Rollout of {reverted['candidate']} reverted" in {a["title"] for a in rec["alerts"]}
     aliases = rec["registry"]["aliases"]
     assert aliases["production"] == "v1" and aliases["previous"] == reverted["candidate"]
     history = rec["registry"]["history"]

@@ -49,6 +49,7 @@ import pandas as pd
 from tideline.clock import utcnow
 from tideline.config import EvaluationConfig, LoopConfig, LoopRolloutConfig, Settings, TrainingConfig, TriggerConfig
 from tideline.errors import ConfigError, TidelineError
+from tideline.loop.alerts import list_alerts, process
 
 log = logging.getLogger(__name__)
 
@@ -490,6 +491,7 @@ class Demo:
         self._tell(rec)
         if self.rollouts_driver.pending is not None:
             self.rollouts_driver.run_pending()
+        process(w.registry, w.settings)  # the alerts this tick called for, as `tideline loop` raises them
         return rec
 
     def _tell(self, rec: dict[str, Any]) -> None:
@@ -763,6 +765,8 @@ class Demo:
             "retrains": self.retrain_runs, "loop_ticks": len(self.ticks),
             "change_points": [{"detector": d, "series": se, "timestamp": t} for d, se, t in sorted(self.change_points)],
             "registry": {"aliases": reg.aliases(), "versions": versions, "history": history},
+            "alerts": [{k: a.to_dict()[k] for k in ("kind", "severity", "title", "occurrences", "created_at")}
+                       for a in reversed(list_alerts(reg, include_resolved=True))],
             "drift": self.drift, "importance": _importance(reg), "learning": learning, "checks": checks,
             "traffic": {"requests": sum(tr.statuses.values()), "statuses": tr.statuses,
                         "rows_answered": tr.rows_answered, "rows_logged": int(len(served)),

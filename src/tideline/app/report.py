@@ -342,11 +342,14 @@ def _registry_section(record: Mapping[str, Any]) -> dict[str, Any]:
     cols = ("at", "action", "version", "from_version", "alias", "reason", "actor")
     history = [[_when(h.get(c)) if c == "at" else _text(h.get(c) or "") for c in cols]
                for h in _rows(registry.get("history"))]
+    alerts = [[_when(a.get("created_at")), _text(a.get("severity") or ""), _text(a.get("kind") or ""),
+               _text(a.get("title") or ""), _text(str(a.get("occurrences") or ""))] for a in _rows(record.get("alerts"))]
     return {
         "available": bool(registry),
         "aliases": [(_text(k), _text(v)) for k, v in _dict(registry.get("aliases")).items()],
         "version_headers": ["version", "family", "status", "created", *metric_keys, "note"], "versions": versions,
         "history_headers": list(cols), "history": history,
+        "alert_headers": ["raised", "severity", "kind", "alert", "occurrences"], "alerts": alerts,
     }
 
 

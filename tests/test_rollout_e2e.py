@@ -87,15 +87,34 @@ class World:
         return default_predictor_factory(self.uri, NAME, extra_args=["--log-flush-seconds", "0.5"], env=env)
 
 
+def market(root: Path) -> tuple[Path, Any, np.ndarray]:
+    """The market of these rollouts: 4 symbols with a planted signal, its bars written under ``root``, the
+    dataset, and the training rows (the first 60% of time; clients replay the rest)."""
+    bars = synthetic_market(n_symbols=4, n_bars=1500, seed=7, signal_strength=0.8)
+    bars_path = write_bars(bars, root / "bars.parquet")
+    ds = build_dataset(bars, FeatureConfig())
+    ts = pd.to_datetime(ds.meta["timestamp"])
+    return bars_path, ds, (ts <= ts.quantile(0.6)).to_numpy()
+
+
+def client_bodies(ds: Any, train: np.ndarray, columns: list[str]) -> list[bytes]:
+    """The clients' requests: the later 40% of the rows, ROWS_PER_REQUEST each, with symbol and timestamp."""
+    test_X = ds.X.loc[~train, columns].reset_index(drop=True)
+    test_meta = ds.meta.loc[~train].reset_index(drop=True)
+    rows = []
+    for rec, (t, sym) in zip(test_X.to_dict("records"), test_meta[["timestamp", "symbol"]].itertuples(index=False),
+                             strict=True):
+        rows.append({**{k: float(v) for k, v in rec.items()}, "symbol": str(sym),
+                     "timestamp": pd.Timestamp(t).isoformat()})
+    return [json.dumps({"instances": rows[i:i + ROWS_PER_REQUEST]}).encode()
+            for i in range(0, len(rows) - ROWS_PER_REQUEST + 1, ROWS_PER_REQUEST)]
+
+
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> World:
     root = tmp_path_factory.mktemp("e2e")
     cfg = FeatureConfig()
-    bars = synthetic_market(n_symbols=4, n_bars=1500, seed=7, signal_strength=0.8)
-    bars_path = write_bars(bars, root / "bars.parquet")
-    ds = build_dataset(bars, cfg)
-    ts = pd.to_datetime(ds.meta["timestamp"])
-    train = (ts <= ts.quantile(0.6)).to_numpy()
+    bars_path, ds, train = market(root)
     uri = (root / "reg").as_uri()
     reg = open_registry(uri)
     meta = {"family": "lightgbm", "feature_config": cfg.model_dump(), "feature_config_hash": feature_config_hash(cfg)}
@@ -125,17 +144,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> World:
     fit("good2", 3, 0.08, ds.y)
     reg.promote(versions["prod"], reason="e2e start")
 
-    cols = columns
-    test_X = ds.X.loc[~train, cols].reset_index(drop=True)
-    test_meta = ds.meta.loc[~train].reset_index(drop=True)
-    rows = []
-    for rec, (t, sym) in zip(test_X.to_dict("records"), test_meta[["timestamp", "symbol"]].itertuples(index=False),
-                             strict=True):
-        rows.append({**{k: float(v) for k, v in rec.items()}, "symbol": str(sym),
-                     "timestamp": pd.Timestamp(t).isoformat()})
-    bodies = [json.dumps({"instances": rows[i:i + ROWS_PER_REQUEST]}).encode()
-              for i in range(0, len(rows) - ROWS_PER_REQUEST + 1, ROWS_PER_REQUEST)]
-    return World(root, uri, reg, bars_path, bodies, versions, chaos={versions["slow"]: "delay_ms=400"})
+    return World(root, uri, reg, bars_path, client_bodies(ds, train, columns), versions,
+                 chaos={versions["slow"]: "delay_ms=400"})
 
 
 # ------------------------------------------------------------------------------------- clients, monitor

@@ -549,17 +549,22 @@ def test_read_predictions_of_an_empty_log_has_the_columns(tmp_path: Path) -> Non
     assert np.issubdtype(df["prediction"].dtype, np.floating)
 
 
+def _waiting(env: Env, ref: str) -> tuple[subprocess.Popen[str], str]:
+    """A predictor started with --wait-for-model on ``ref`` (polling every 0.5 s); the process and its URL."""
+    port = free_port()
+    cmd = [sys.executable, "-m", "tideline.serving", "--registry", env.uri, "--http-port", str(port),
+           "--ref", ref, "--reload-interval", "0.5", "--wait-for-model", "--no-prediction-log"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
+    return proc, f"http://127.0.0.1:{port}"
+
+
 @pytest.mark.slow
 def test_wait_for_model_serves_unready_with_the_reason_and_loads_when_the_version_appears(env: Env) -> None:
     """--wait-for-model (the image and the chart): a version that cannot be loaded at start does not exit. The
     server answers, unready (readiness 503, every model request a 503 naming the reason, liveness 200), logs the
     reason on one line, and loads the version once it can: no crash loop that hides the cause."""
     alias = "candidate"  # unset in this module (the startup-failure test checks it), unset again after
-    port = free_port()
-    cmd = [sys.executable, "-m", "tideline.serving", "--registry", env.uri, "--http-port", str(port),
-           "--ref", alias, "--reload-interval", "0.5", "--wait-for-model", "--no-prediction-log"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
-    base = f"http://127.0.0.1:{port}"
+    proc, base = _waiting(env, alias)
     try:
         def answers() -> bool:
             assert proc.poll() is None, proc.communicate()[1][-2000:]
@@ -597,11 +602,7 @@ def test_wait_for_model_serves_unready_with_the_reason_and_loads_when_the_versio
 
 @pytest.mark.slow
 def test_wait_for_model_never_serves_a_tampered_version(env: Env) -> None:
-    port = free_port()
-    cmd = [sys.executable, "-m", "tideline.serving", "--registry", env.uri, "--http-port", str(port),
-           "--ref", "v3", "--reload-interval", "0.5", "--wait-for-model", "--no-prediction-log"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
-    base = f"http://127.0.0.1:{port}"
+    proc, base = _waiting(env, "v3")
     try:
         def refused() -> bool:
             assert proc.poll() is None, proc.communicate()[1][-2000:]

@@ -35,7 +35,7 @@ import pytest
 from conftest import FAST_PARAMS, free_port, moto_server, wait_for
 from tideline.config import FeatureConfig, load_settings
 from tideline.containers import RESTRICTED
-from tideline.data import synthetic_market, write_bars
+from tideline.data import synthetic_market
 from tideline.features import build_dataset, feature_config_hash
 from tideline.k8s.entrypoint import NO_CLUSTER
 from tideline.models import load_model, make_model
@@ -315,13 +315,11 @@ def test_predictor_faults_leave_it_up_unready_with_one_line(pipeline_runs: dict[
 def rollout_world(s3: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """An S3 registry with production, a good candidate and a broken one (an infinite target scale: every
     prediction non-finite, so the predictor answers 500), and client bodies with their realized outcomes."""
+    from test_rollout_e2e import client_bodies, market
+
     root = tmp_path_factory.mktemp("rollout")
     cfg = FeatureConfig()
-    bars = synthetic_market(n_symbols=4, n_bars=1500, seed=7, signal_strength=0.8)
-    bars_path = write_bars(bars, root / "bars.parquet")
-    ds = build_dataset(bars, cfg)
-    ts = pd.to_datetime(ds.meta["timestamp"])
-    train = (ts <= ts.quantile(0.6)).to_numpy()
+    bars_path, ds, train = market(root)
     uri = f"s3://{_bucket(s3)}/models"
     reg = open_registry(uri, endpoint_url=s3)
     meta = {"family": "lightgbm", "feature_config": cfg.model_dump(), "feature_config_hash": feature_config_hash(cfg)}
@@ -339,13 +337,8 @@ def rollout_world(s3: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str
     (root / "broken" / "model.json").write_text(json.dumps(mj))
     versions["broken"] = reg.register(root / "broken", {**meta, "features": columns}).version
     reg.promote(versions["prod"], reason="images-test rollout start")
-    test_X = ds.X.loc[~train, columns].reset_index(drop=True)
-    test_meta = ds.meta.loc[~train].reset_index(drop=True)
-    rows = [{**{k: float(v) for k, v in rec.items()}, "symbol": str(sym), "timestamp": pd.Timestamp(t).isoformat()}
-            for rec, (t, sym) in zip(test_X.to_dict("records"),
-                                     test_meta[["timestamp", "symbol"]].itertuples(index=False), strict=True)]
-    bodies = [json.dumps({"instances": rows[i:i + 4]}).encode() for i in range(0, len(rows) - 3, 4)]
-    return {"uri": uri, "registry": reg, "bars": bars_path, "bodies": bodies, "versions": versions, "root": root}
+    return {"uri": uri, "registry": reg, "bars": bars_path, "bodies": client_bodies(ds, train, columns),
+            "versions": versions, "root": root}
 
 
 def test_a_rollout_with_the_candidate_in_a_container_promotes_a_good_one_and_rolls_back_a_broken_one(

@@ -170,7 +170,7 @@ def create_app(registry: Registry, settings: Settings, *, token: str, retrain: R
                 rec = s.get("live") if s.get("step") == "monitor" else None
                 version = str(s.get("summary", "")).split(":", 1)[0]
                 if rec and rec.get("n"):
-                    series.setdefault(version, []).append({"at": t.get("wall"), "n": rec["n"],
+                    series.setdefault(version, []).append({"at": t.get("at"), "n": rec["n"],  # the loop's clock
                                                            "directional_accuracy": rec.get("directional_accuracy"),
                                                            "sharpe": rec.get("sharpe")})
         return series

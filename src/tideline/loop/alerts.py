@@ -267,7 +267,7 @@ def _store_raised(registry: Registry, raised: list[_Raised], now: float) -> list
         registry.store.put(_key(a.id), json.dumps(a.to_dict()).encode(), if_none_match=True)
         open_by_key[r.key] = a
         new.append(a)
-        log.warning("alert %s (%s): %s", a.id, a.severity, a.title)
+        log.info("alert %s (%s): %s", a.id, a.severity, a.title)
     return new
 
 

@@ -4,8 +4,9 @@ The same pipeline definition (``tideline.training.kfp.pipeline.retrain_pipeline`
 
 - ``run_local``: every component runs as a subprocess of this Python (``SubprocessRunner(use_venv=False)``),
   or with ``runner="docker"`` in its own container of the pipeline image (``DockerRunner``: host network, the
-  image's user 10001, S3 credentials passed in), with artifacts under a per-run directory; the ParallelFor
-  fan-out, the ``dsl.Collected`` fan-in and the ``dsl.If`` gate all run as they would on a cluster.
+  image's user 10001 - the caller's uid when not root -, S3 credentials passed in), with artifacts under a
+  per-run directory; the ParallelFor fan-out, the ``dsl.Collected`` fan-in and the ``dsl.If`` gate all run as
+  they would on a cluster.
 - ``submit`` / ``schedule``: compile the pipeline and create a run / a recurring run through the KFP API.
 - ``start_retrain``: the single entry point the triggers use to start a run in either mode.
 

@@ -217,9 +217,12 @@ def raise_alerts(registry: Registry, settings: Settings, *, now: float | None = 
         cursor = None
     tick_keys = sorted(k for k in store.list(TICKS_PREFIX) if k.endswith(".json"))
     history = registry.history()
-    rollout_docs = {k: _read(store, k) for k in store.list("rollouts/") if k.endswith(".json")}
-    ended = {f"{k}:{(d or {}).get('status', {}).get('phase_since')}" for k, d in rollout_docs.items()
-             if d and (d.get("status") or {}).get("phase") in ("RolledBack", "Reverted", "AwaitingApproval")}
+    # a rollout's end by what it is, not where it is stored: an ended document moves to rollouts/history/ when
+    # the next rollout of its name starts, and must not be raised again there
+    docs = [d for d in (_read(store, k) for k in store.list("rollouts/") if k.endswith(".json")) if d]
+    rollout_docs = {_rollout_id(d): d for d in docs
+                    if (d.get("status") or {}).get("phase") in ("RolledBack", "Reverted", "AwaitingApproval")}
+    ended = set(rollout_docs)
     raised: list[_Raised] = []
     if cursor is not None:
         for key in tick_keys:
@@ -228,9 +231,8 @@ def raise_alerts(registry: Registry, settings: Settings, *, now: float | None = 
         for ev in history[int(cursor.get("history", 0)):]:
             raised += _from_event(ev)
         seen = set(cursor.get("rollouts", []))
-        for k, d in rollout_docs.items():
-            if d and f"{k}:{(d.get('status') or {}).get('phase_since')}" in ended - seen:
-                raised += _from_rollout(d)
+        for rid in sorted(ended - seen):
+            raised += _from_rollout(rollout_docs[rid])
     elif registry.kill_switch() is not None:
         ks = registry.kill_switch()
         raised.append(_Raised("kill_switch", "kill_switch", "critical", "Kill switch engaged: every predictor "
@@ -364,6 +366,11 @@ def process(registry: Registry, settings: Settings, *, deliver: Deliver = appris
         out["error"] = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         log.warning("alerts pass failed (tried again next time): %s", out["error"])
     return out
+
+
+def _rollout_id(doc: dict[str, Any]) -> str:
+    spec, status = doc.get("spec") or {}, doc.get("status") or {}
+    return f"{spec.get('name')}:{spec.get('candidate')}:{status.get('phase')}:{status.get('phase_since')}"
 
 
 def _iso(epoch: float) -> str:

@@ -168,8 +168,8 @@ def create_app(registry: Registry, settings: Settings, *, token: str, retrain: R
         for t in reversed(list_ticks(registry, limit=limit)):
             for s in t.get("steps", []):
                 rec = s.get("live") if s.get("step") == "monitor" else None
-                version = str(s.get("summary", "")).split(":", 1)[0]
                 if rec and rec.get("n"):
+                    version = alerts_mod.monitored_version(s)
                     series.setdefault(version, []).append({"at": t.get("at"), "n": rec["n"],  # the loop's clock
                                                            "directional_accuracy": rec.get("directional_accuracy"),
                                                            "sharpe": rec.get("sharpe")})

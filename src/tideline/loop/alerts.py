@@ -158,8 +158,8 @@ class _Raised:
 
 def _from_tick(tick: dict[str, Any]) -> Iterable[_Raised]:
     steps = tick.get("steps") or []
-    production = next((str(s.get("summary", "")).split(":", 1)[0] for s in steps if s.get("step") == "monitor"
-                       and s.get("outcome") == "ok"), "production")
+    production = next((monitored_version(s) for s in steps if s.get("step") == "monitor" and s.get("outcome") == "ok"),
+                      "production")
     for s in steps:
         step, outcome, summary = s.get("step"), s.get("outcome"), str(s.get("summary") or "")
         if step == "retrain" and outcome == "failed":
@@ -176,6 +176,11 @@ def _from_tick(tick: dict[str, Any]) -> Iterable[_Raised]:
                     what = "Live performance decayed" if kind == "decay" else "Features drifted"
                     yield _Raised(f"{kind}:{production}", kind, "medium", f"{what}: {production}",
                                   f"{rule.get('reason', '')} (tick {tick.get('id')}; {s.get('outcome')})")
+
+
+def monitored_version(step: dict[str, Any]) -> str:
+    """The version a tick's monitor step watched (records before it was kept: the start of its summary)."""
+    return str(step.get("version") or str(step.get("summary", "")).split(":", 1)[0])
 
 
 def _from_event(ev: Any) -> Iterable[_Raised]:

@@ -368,7 +368,7 @@ class Loop:
         differ = {v: k for v, k in whole.skew.items() if k.mismatched}
         if differ:
             summary += "; training/serving skew: " + "; ".join(k.summary() for k in differ.values())
-        rec.step("monitor", "ok", summary, predictions=whole.n_predictions, change_points=cps,
+        rec.step("monitor", "ok", summary, version=production, predictions=whole.n_predictions, change_points=cps,
                  live={"n": m.n, "directional_accuracy": m.directional_accuracy, "sharpe": m.sharpe} if m else None,
                  skew=skew, skew_mismatched=sum(k.mismatched for k in whole.skew.values()))
         if self.s.loop.drift_checks:

@@ -149,7 +149,7 @@ def test_an_unreachable_store_is_counted_not_raised(world: Any) -> None:
 
     reg.store.list = broken  # type: ignore[method-assign]
     got = _samples(collector)
-    assert got[("tideline_control_plane_scrape_errors_total", ())] == 2  # the ticks and the rollouts
+    assert got[("tideline_control_plane_scrape_errors_total", ())] == 3  # the ticks, the rollouts, the alerts
     assert got[("tideline_promotions_total", ())] == 2  # what could be read is still exported
 
 

@@ -20,6 +20,7 @@ malformed body.
 
 from __future__ import annotations
 
+import functools
 import hmac
 import json
 import logging
@@ -47,7 +48,7 @@ log = logging.getLogger(__name__)
 API = "/api/v1"
 TOKEN_ENV = "TIDELINE_API_TOKEN"
 
-# POST /retrain: starts one forced tick; returns {"run": id} or raises RunInProgress-like Busy(run id)
+# POST /retrain: starts one forced tick and says so, or raises Busy(what is still running)
 Retrain = Callable[[str], str]
 
 
@@ -218,21 +219,18 @@ def create_app(registry: Registry, settings: Settings, *, token: str, retrain: R
 
     @app.get("/static/plotly.min.js", include_in_schema=False)
     def plotly_js() -> Response:
-        from plotly.offline import get_plotlyjs
-
-        return Response(_cached(get_plotlyjs), media_type="application/javascript",
+        return Response(_plotly_js(), media_type="application/javascript",
                         headers={"Cache-Control": "max-age=86400"})
 
     return app
 
 
-_CACHE: dict[str, str] = {}
+@functools.cache
+def _plotly_js() -> str:
+    """The installed plotly's bundle (read once: about 4 MB)."""
+    from plotly.offline import get_plotlyjs
 
-
-def _cached(make: Callable[[], str]) -> str:
-    if "plotly" not in _CACHE:
-        _CACHE["plotly"] = make()
-    return _CACHE["plotly"]
+    return str(get_plotlyjs())
 
 
 def _alert_change(change: Callable[[], alerts_mod.Alert]) -> dict[str, Any]:

@@ -320,10 +320,11 @@ def deliver_pending(registry: Registry, settings: Settings, *, deliver: Deliver 
     now = time.time() if now is None else now
     cfg = settings.notifications
     counts = {"sent": 0, "failed": 0, "pending": 0}
+    shown = {u: redact(u) for sev in SEVERITIES for u in getattr(cfg, sev)}  # once per pass, not per alert
     for a in list_alerts(registry):
         routes = list(getattr(cfg, a.severity, []) or [])
         done = {d["route"] for d in a.deliveries if d.get("ok")}
-        todo = [u for u in routes if redact(u) not in done]
+        todo = [u for u in routes if shown[u] not in done]
         if not todo:
             continue
         if a.retry_at is not None and a.retry_at > now:
@@ -333,13 +334,13 @@ def deliver_pending(registry: Registry, settings: Settings, *, deliver: Deliver 
         for url in todo:
             try:
                 deliver(url, a.title, a.body, a.severity, cfg.timeout_seconds)
-                results.append({"route": redact(url), "ok": True, "error": None})
+                results.append({"route": shown[url], "ok": True, "error": None})
                 counts["sent"] += 1
             except Exception as e:  # noqa: BLE001 - any failure: recorded, retried later, never raised
                 reason = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
-                results.append({"route": redact(url), "ok": False, "error": reason})
+                results.append({"route": shown[url], "ok": False, "error": reason})
                 counts["failed"] += 1
-                log.warning("alert %s: delivery to %s failed (retried later): %s", a.id, redact(url), reason)
+                log.warning("alert %s: delivery to %s failed (retried later): %s", a.id, shown[url], reason)
 
         def record(alert: Alert, results: list[dict[str, Any]] = results) -> Alert:
             stamp = _iso(now)

@@ -18,7 +18,10 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from tideline.errors import ConfigError
 
-MODEL_FAMILIES: tuple[str, ...] = ("xgboost", "lightgbm", "sklearn", "torch")
+MODEL_FAMILIES: tuple[str, ...] = ("xgboost", "lightgbm", "sklearn", "torch", "rl")
+"""Every family a cycle can train (``tideline.models``; ``rl`` is the policy family that learns positions)."""
+DEFAULT_FAMILIES: tuple[str, ...] = ("xgboost", "lightgbm", "sklearn", "torch")
+"""What a cycle trains unless ``training.families`` says otherwise (``rl`` is asked for by name)."""
 LabelName = Literal["raw", "vol_scaled", "demeaned_rolling", "demeaned_cross_section", "direction"]
 LABELS: tuple[str, ...] = get_args(LabelName)
 
@@ -77,7 +80,7 @@ class TrainingConfig(BaseModel):
     ``families`` must be non-empty and name only ``MODEL_FAMILIES`` (``load_settings`` reports otherwise as a
     ``ConfigError``).
     """
-    families: list[str] = list(MODEL_FAMILIES)
+    families: list[str] = list(DEFAULT_FAMILIES)
     seed: int = 7
     max_train_rows: int | None = Field(
         600_000, description="most recent rows kept for the final fit (None: all); CV folds use fewer"

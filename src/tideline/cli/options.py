@@ -6,7 +6,7 @@ from typing import Annotated, Any
 
 import typer
 
-from tideline.config import MODEL_FAMILIES
+from tideline.config import DEFAULT_FAMILIES, MODEL_FAMILIES
 from tideline.errors import ConfigError
 
 DataOpt = Annotated[str | None, typer.Option(
@@ -16,7 +16,8 @@ SymbolsOpt = Annotated[int, typer.Option(min=1, max=500, help="Synthetic: number
 BarsOpt = Annotated[int, typer.Option(min=300, max=2_000_000, help="Synthetic: bars per symbol.")]
 SeedOpt = Annotated[int, typer.Option(help="Seed for the synthetic market (and the models when training).")]
 FamiliesOpt = Annotated[str | None, typer.Option(
-    help=f"Comma-separated model families (default: all of {', '.join(MODEL_FAMILIES)}).")]
+    help=f"Comma-separated model families, of {', '.join(MODEL_FAMILIES)} (default: training.families, "
+         f"{', '.join(DEFAULT_FAMILIES)} unless set).")]
 QuarantineOpt = Annotated[bool, typer.Option(
     "--quarantine", help="Drop bad rows (reported) instead of refusing the data.")]
 TuneOpt = Annotated[int | None, typer.Option(

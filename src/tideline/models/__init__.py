@@ -14,7 +14,9 @@ from tideline.models.base import (
     FAMILIES,
     FORMAT_VERSION,
     META_FILE,
+    POLICY_FAMILIES,
     Dim,
+    Market,
     Model,
     SpecLike,
     StoredSpec,
@@ -34,13 +36,16 @@ _LAZY = {
     "SequenceModel": "tideline.models.sequence",
     "EnsembleModel": "tideline.models.ensemble",
     "RecalibratedModel": "tideline.models.recalibrated",
+    "PolicyModel": "tideline.models.reinforcement",
 }
 
 __all__ = [
     "FAMILIES",
     "FORMAT_VERSION",
     "META_FILE",
+    "POLICY_FAMILIES",
     "Dim",
+    "Market",
     "Model",
     "SpecLike",
     "StoredSpec",

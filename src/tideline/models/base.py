@@ -33,11 +33,15 @@ log = logging.getLogger(__name__)
 FORMAT_VERSION = 1
 META_FILE = "model.json"
 FAMILIES: tuple[str, ...] = ("xgboost", "lightgbm", "sklearn", "torch")
+"""The families that forecast the forward return (trained on features and labels alone)."""
+POLICY_FAMILIES: tuple[str, ...] = ("rl",)
+"""The families that learn a position by trading (they need the ``Market`` their positions earn on)."""
 _FAMILY_MODULES = {
     "xgboost": ("tideline.models.trees", "XGBoostModel"),
     "lightgbm": ("tideline.models.trees", "LightGBMModel"),
     "sklearn": ("tideline.models.trees", "SklearnModel"),
     "torch": ("tideline.models.sequence", "SequenceModel"),
+    "rl": ("tideline.models.reinforcement", "PolicyModel"),
     "ensemble": ("tideline.models.ensemble", "EnsembleModel"),  # built from trained members, never trained
     "recalibrated": ("tideline.models.recalibrated", "RecalibratedModel"),  # a line on a fitted base model
 }
@@ -87,6 +91,32 @@ class StoredSpec(Document):
             return super().from_dict(d)
         except ValueError as e:
             raise ModelError(f"stored feature spec is not valid: {e}") from None
+
+
+@dataclass(frozen=True)
+class Market:
+    """What a family that trades needs beside the features, one entry per feature row: the next bar's return
+    its position earns, the row's symbol and bar time (episodes walk each symbol's bars in time order) and
+    its cost per unit of turnover (``evaluation.cost_bps`` plus the slippage, as the evaluation charges it);
+    ``weight`` (optional) makes some rows' episodes likelier to be drawn (experience fine-tuning)."""
+
+    next_return: np.ndarray
+    symbol: np.ndarray
+    timestamp: np.ndarray
+    unit_cost: np.ndarray
+    weight: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        n = len(self.next_return)
+        arrays = {"symbol": self.symbol, "timestamp": self.timestamp, "unit_cost": self.unit_cost}
+        if self.weight is not None:
+            arrays["weight"] = self.weight
+        bad = {k: len(v) for k, v in arrays.items() if len(v) != n}
+        if bad:
+            raise ModelError(f"market arrays disagree in length with its {n} returns: {bad}")
+
+    def __len__(self) -> int:
+        return len(self.next_return)
 
 
 # --------------------------------------------------------------------------- target scaling
@@ -165,11 +195,15 @@ class Dim(Document):
 
 
 class Model(ABC):
-    """A regression model of the forward return. Subclasses implement the ``_``-prefixed hooks."""
+    """A model of the forward return (``output == "return"``), or a policy whose prediction is the position it
+    takes (``output == "position"``: the families of ``POLICY_FAMILIES``, trained on a ``Market``). Subclasses
+    implement the ``_``-prefixed hooks."""
 
     family: ClassVar[str]
     artifact_files: ClassVar[tuple[str, ...]]
     libraries: ClassVar[tuple[str, ...]] = ()
+    output: ClassVar[str] = "return"
+    """What ``predict`` answers: ``return`` (a forecast of the forward return) or ``position`` (in [-1, 1])."""
 
     def __init__(self, *, seed: int = 0, params: dict[str, Any] | None = None, n_threads: int = 0) -> None:
         defaults = self.default_params()
@@ -185,6 +219,8 @@ class Model(ABC):
         self.y_scale = 1.0
         self.fit_info: dict[str, Any] = {}
         self._fitted = False
+        self._market: Market | None = None
+        self._valid_market: Market | None = None
 
     # -- hooks ---------------------------------------------------------------------------------
     @classmethod
@@ -236,8 +272,11 @@ class Model(ABC):
         return self._fitted
 
     def fit(self, X: pd.DataFrame, y: np.ndarray, spec: SpecLike, *, X_valid: pd.DataFrame | None = None,
-            y_valid: np.ndarray | None = None) -> Model:
-        """Fit on ``X`` (needs the spec's columns) and forward returns ``y``; the valid set drives early stopping."""
+            y_valid: np.ndarray | None = None, market: Market | None = None,
+            valid_market: Market | None = None) -> Model:
+        """Fit on ``X`` (needs the spec's columns) and forward returns ``y``; the valid set drives early stopping.
+        A policy (``output == "position"``) also needs the ``market`` of the rows of ``X`` (and ``valid_market``
+        of the valid rows, when given): its positions are trained on the returns and costs they would earn."""
         stored = StoredSpec.from_spec(spec)
         columns = self._input_columns(stored)
         if not columns:
@@ -250,8 +289,15 @@ class Model(ABC):
         if X_valid is not None and len(X_valid) > 0:
             Xv = _matrix(X_valid, columns, "validation")
             yv = _target(y_valid, len(Xv), "validation")
+        if self.output == "position":
+            if market is None or len(market) != len(Xa):
+                raise ModelError(f"{self.family} policy needs the market of its {len(Xa)} training rows "
+                                 f"(got {'none' if market is None else len(market)})")
+            if Xv is not None and (valid_market is None or len(valid_market) != len(Xv)):
+                raise ModelError(f"{self.family} policy needs the market of its {len(Xv)} validation rows")
+        self._market, self._valid_market = market, valid_market
         clip = float(self.params.get("clip_sigma", 0.0) or 0.0)
-        self.y_center, self.y_scale = fit_target_scaler(ya)
+        self.y_center, self.y_scale = fit_target_scaler(ya) if self.output == "return" else (0.0, 1.0)
         ys = scale_target(ya, self.y_center, self.y_scale, clip)
         yvs = scale_target(yv, self.y_center, self.y_scale, clip) if yv is not None else None
         self.columns = columns
@@ -265,6 +311,8 @@ class Model(ABC):
             raise
         except Exception as e:  # library errors become one-line ModelErrors
             raise ModelError(f"{self.family} model failed to train: {_first_line(e)}") from e
+        finally:
+            self._market = self._valid_market = None
         self.fit_info["fit_seconds"] = round(time.perf_counter() - t0, 3)
         self.fit_info["train_rows"] = int(len(Xa))
         self.fit_info["valid_rows"] = int(len(Xv)) if Xv is not None else 0
@@ -326,6 +374,7 @@ class Model(ABC):
             raise ModelError(f"cannot save {self.family} model to {directory}: {e.strerror or e}") from None
         meta = {
             "family": self.family,
+            "output": self.output,
             "format_version": FORMAT_VERSION,
             "seed": self.seed,
             "params": self.params,
@@ -464,7 +513,7 @@ def model_class(family: str) -> type[Model]:
     try:
         module_name, cls_name = _FAMILY_MODULES[family]
     except (KeyError, TypeError):
-        raise ModelError(f"unknown model family {family!r}; known: {list(FAMILIES)}") from None
+        raise ModelError(f"unknown model family {family!r}; known: {[*FAMILIES, *POLICY_FAMILIES]}") from None
     cls: type[Model] = getattr(importlib.import_module(module_name), cls_name)
     return cls
 
@@ -490,5 +539,5 @@ def load_model(directory: str | Path) -> Model:
     meta = read_meta(directory)
     family = meta["family"]
     if family not in _FAMILY_MODULES:
-        raise ModelError(f"{directory} holds an unknown model family {family!r}; known: {list(FAMILIES)}")
+        raise ModelError(f"{directory} holds an unknown model family {family!r}; known: {[*FAMILIES, *POLICY_FAMILIES]}")
     return model_class(family)._from_meta(directory, meta)

@@ -47,7 +47,7 @@ from tideline.evaluation import (
     strategy_returns,
 )
 from tideline.features import Dataset, build_dataset, feature_config_hash
-from tideline.models import Model, explain, load_model, make_model, read_meta, search_space
+from tideline.models import Market, Model, explain, load_model, make_model, model_class, read_meta, search_space
 from tideline.policy import Evidence, PolicyDecision, decide
 from tideline.positions import PositionRule, fit_position_rule, stored_rule
 from tideline.registry import ModelVersion, Registry
@@ -378,6 +378,36 @@ def sign_rule(settings: Settings, plan: Plan) -> PositionRule:
     return fit_position_rule(settings.positions.model_copy(update={"rule": "sign"}), None, plan.periods_per_year)
 
 
+def family_output(family: str) -> str:
+    """What a family's predictions are: ``return`` forecasts, or ``position`` s (a policy, ``tideline.models.
+    reinforcement``); an ensemble or a recalibration forecasts returns."""
+    if family in (ENSEMBLE, RECALIBRATED):
+        return "return"
+    return model_class(family).output
+
+
+def fitted_rule(family: str, settings: Settings, plan: Plan, rule_ref: np.ndarray | None) -> PositionRule:
+    """The position rule of a ``family`` model whose rule was fitted on ``rule_ref``: the configured one, or for
+    a policy (whose prediction already is a position) ``sign`` with the configured volatility sizing, so its
+    positions go through the one position function like every other family's."""
+    if family_output(family) == "position":
+        return sign_rule(settings, plan)
+    return fit_position_rule(settings.positions, rule_ref, plan.periods_per_year)
+
+
+def market_of(ds: Dataset, idx: np.ndarray, settings: Settings) -> Market:
+    """The ``Market`` of rows ``idx``: next-bar returns, symbols, bar times, and each row's cost per unit of
+    turnover as the evaluation charges it (``cost_bps`` plus the volatility-scaled slippage)."""
+    cost = np.full(len(idx), settings.evaluation.cost_bps / 1e4)
+    slip = settings.evaluation.slippage_vol
+    if slip:
+        col = f"rvol_{settings.positions.vol_window}"
+        if col not in ds.X:
+            raise DataError(f"the dataset has no {col} (positions.vol_window must be a feature window)")
+        cost = cost + slip * np.nan_to_num(ds.X[col].to_numpy(dtype=np.float64)[idx], nan=0.0)
+    return Market(ds.next_return[idx], ds.meta["symbol"].to_numpy()[idx], ds.meta["timestamp"].to_numpy()[idx], cost)
+
+
 def _trading(ds: Dataset, idx: np.ndarray, settings: Settings, rule: PositionRule) -> dict[str, Any]:
     """The position rule, each row's recent volatility (when the rule or the slippage needs it), the slippage."""
     slip = settings.evaluation.slippage_vol
@@ -426,10 +456,12 @@ def baselines(ds: Dataset, plan: Plan, settings: Settings) -> dict[str, Metrics]
 
 
 def fit_model(family: str, ds: Dataset, idx: np.ndarray, settings: Settings, cap: int | None,
-              params: Mapping[str, Any] | None = None, factory: Callable[[], Model] | None = None) -> Model:
+              params: Mapping[str, Any] | None = None, factory: Callable[[], Model] | None = None,
+              prepare: Callable[[Model], None] | None = None) -> Model:
     """Fit one family on rows ``idx`` (the latest ``cap``), early-stopping on their purged last 10%; ``params``
     (default: the configured ``training.params`` of the family) override the family's defaults; ``factory``
-    makes the unfitted model instead (a recalibration of production)."""
+    makes the unfitted model instead (a recalibration of production); ``prepare`` is called on the unfitted
+    model (a policy's warm start and experience, ``PolicyPrep``). A policy is given its rows' market."""
     ts = ds.meta["timestamp"].to_numpy()
     fit_idx, val_idx = _inner_validation(ts, _recent(idx, cap), settings.features.horizon)
     t = settings.training
@@ -439,6 +471,12 @@ def fit_model(family: str, ds: Dataset, idx: np.ndarray, settings: Settings, cap
     kw: dict[str, Any] = {}
     if len(val_idx):
         kw = {"X_valid": ds.X.iloc[val_idx], "y_valid": ds.y[val_idx]}
+    if model.output == "position":
+        kw["market"] = market_of(ds, fit_idx, settings)
+        if len(val_idx):
+            kw["valid_market"] = market_of(ds, val_idx, settings)
+    if prepare is not None:
+        prepare(model)
     return model.fit(ds.X.iloc[fit_idx], ds.y[fit_idx], ds.spec, **kw)
 
 
@@ -454,7 +492,7 @@ def rule_reference(model: Model, ds: Dataset, idx: np.ndarray, settings: Setting
                    ) -> np.ndarray | None:
     """The predictions a ``zscore`` rule is fitted on (see ``position_rule``); None for a rule that needs none.
     The rows depend on ``idx``, ``cap`` and the horizon only, so every family's are the same rows."""
-    if settings.positions.rule != "zscore":
+    if settings.positions.rule != "zscore" or model.output == "position":
         return None
     ts = ds.meta["timestamp"].to_numpy()
     recent = _recent(idx, cap)
@@ -506,7 +544,7 @@ def walk_forward(family: str, ds: Dataset, plan: Plan, settings: Settings, param
         m = fit_model(family, ds, tr, settings, cap, params, factory)
         wf.refs.append(rule_reference(m, ds, tr, settings, cap))
         wf.preds.append(m.predict(ds.X.iloc[te]))
-        fold, ret = _fold(k, wf.preds[-1], wf.refs[-1], sp, ds, plan, settings)
+        fold, ret = _fold(family, k, wf.preds[-1], wf.refs[-1], sp, ds, plan, settings)
         wf.folds.append(fold)
         wf.returns.append(ret)
         if report is not None:
@@ -528,10 +566,13 @@ def tune_family(family: str, ds: Dataset, plan: Plan, settings: Settings) -> tup
 
 def train_family(family: str, ds: Dataset, plan: Plan, settings: Settings,
                  advance: Callable[[int], None] | None = None,
-                 factory: Callable[[], Model] | None = None) -> tuple[Model, FamilyResult]:
+                 factory: Callable[[], Model] | None = None,
+                 prepare: Callable[[Model], None] | None = None) -> tuple[Model, FamilyResult]:
     """Purged walk-forward on the development rows (after tuning, when ``training.tune_trials`` is set and the
     family has a search space: the chosen trial's), then the final fit and its hold-out figures; ``factory``
-    makes each unfitted model instead of the family (see ``recalibrated_result``)."""
+    makes each unfitted model instead of the family (see ``recalibrated_result``); ``prepare`` is applied to
+    the final fit only (a policy's warm start and experience: the folds' test rows lie before what the earlier
+    version and the experiences saw, so the folds stay cold-started)."""
     advance = advance or (lambda n=1: None)
     t0 = time.perf_counter()
     t = settings.training
@@ -543,9 +584,9 @@ def train_family(family: str, ds: Dataset, plan: Plan, settings: Settings,
         advance(len(plan.splits))
     else:
         wf = walk_forward(family, ds, plan, settings, advance=advance, factory=factory)
-    model = fit_model(family, ds, plan.dev, settings, t.max_train_rows, params, factory)
+    model = fit_model(family, ds, plan.dev, settings, t.max_train_rows, params, factory, prepare)
     rule_ref = rule_reference(model, ds, plan.dev, settings, t.max_train_rows)
-    rule = fit_position_rule(settings.positions, rule_ref, plan.periods_per_year)
+    rule = fitted_rule(family, settings, plan, rule_ref)
     pred = model.predict(ds.X.iloc[plan.hold])
     hm = _metrics(pred, ds, plan.hold, plan, settings, rule)
     ref = reference_sample(model, ds, plan.dev, t.seed)
@@ -557,12 +598,12 @@ def train_family(family: str, ds: Dataset, plan: Plan, settings: Settings,
                                tuning=record.to_dict() if record else None)
 
 
-def _fold(k: int, pred: np.ndarray, rule_ref: np.ndarray | None, sp: Split, ds: Dataset, plan: Plan,
+def _fold(family: str, k: int, pred: np.ndarray, rule_ref: np.ndarray | None, sp: Split, ds: Dataset, plan: Plan,
           settings: Settings) -> tuple[dict[str, Any], pd.Series]:
     """One walk-forward fold's figures and net returns per test period, from its test predictions."""
     tr, te = plan.dev[sp.train_idx], plan.dev[sp.test_idx]
     ts = ds.meta["timestamp"].to_numpy()
-    rule = fit_position_rule(settings.positions, rule_ref, plan.periods_per_year)
+    rule = fitted_rule(family, settings, plan, rule_ref)
     fm = _metrics(pred, ds, te, plan, settings, rule)
     return ({"fold": k, "train_rows": int(len(tr)), "test_rows": int(len(te)), "test_start": _ts(ts[te][0]),
              "test_end": _ts(ts[te][-1]), **fm.to_dict()}, _returns(pred, ds, te, settings, plan, rule))
@@ -587,7 +628,7 @@ def ensemble_result(results: Sequence[FamilyResult], ds: Dataset, plan: Plan, se
     gate judges it like one, and its Sharpe is one more trial). None when ``training.ensemble`` is off or
     fewer than two families trained; its feature importance is measured once its model exists
     (``ensemble_model``)."""
-    members = [r for r in results if r.members is None]
+    members = [r for r in results if r.members is None and family_output(r.family) == "return"]
     if not settings.training.ensemble or len(members) < 2:
         return None
     if any(r.fold_preds is None or r.fold_refs is None for r in members):
@@ -603,7 +644,7 @@ def ensemble_result(results: Sequence[FamilyResult], ds: Dataset, plan: Plan, se
         pred = mean([r.fold_preds[k] for r in members])  # type: ignore[index]
         assert pred is not None
         rref = mean([r.fold_refs[k] for r in members])  # type: ignore[index]
-        fold, ret = _fold(k, pred, rref, sp, ds, plan, settings)
+        fold, ret = _fold(ENSEMBLE, k, pred, rref, sp, ds, plan, settings)
         folds.append(fold)
         fold_returns.append(ret)
         fold_preds.append(pred)
@@ -729,7 +770,7 @@ def score_production(registry: Registry, ds: Dataset, plan: Plan, bars: pd.DataF
             pred = model.predict(pds.X.iloc[pos])
         else:
             pred = model.predict(ds.X.iloc[plan.hold])
-            if model.family != "torch":
+            if model.family != "torch" and model.output == "return":
                 same_features = model
         rule = stored_rule(mv.position, mv.version)
         return ProductionScore(prod, _metrics(pred, ds, plan.hold, plan, settings, rule),

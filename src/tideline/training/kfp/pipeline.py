@@ -6,7 +6,7 @@ ingest -> validate -> features -> { drift_report, train x family (ParallelFor) }
 
 from kfp import dsl
 
-from tideline.config import MODEL_FAMILIES
+from tideline.config import DEFAULT_FAMILIES
 from tideline.training.kfp.components import (
     drift_report,
     evaluate_and_select,
@@ -29,7 +29,7 @@ def retrain_pipeline(
     registry_uri: str,
     source: str = "",
     synthetic_json: str = "",
-    families: list = list(MODEL_FAMILIES),  # noqa: B006 - KFP reads the default into the pipeline spec
+    families: list = list(DEFAULT_FAMILIES),  # noqa: B006 - KFP reads the default into the pipeline spec
     settings_json: str = "{}",
     quarantine: bool = False,
     rollout_mode: str = "rollout",

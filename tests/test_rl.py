@@ -1,0 +1,250 @@
+"""The rl family: its trading environment against the evaluation's arithmetic, the policy model's interface
+(fit / predict / save / load without pickle), warm start, and the cycle training, judging and registering it."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from tideline.errors import ModelError
+from tideline.evaluation import position_returns
+from tideline.models import Market, PolicyModel, load_model, make_model
+from tideline.models.reinforcement import ACTIONS, Episodes, bars_env, bars_vec_env, net_mean_reward
+
+FAST = {"min_timesteps": 20_000, "passes": 2.0, "n_checks": 4}
+
+
+def _market_data(n_bars: int = 1500, n_symbols: int = 4, seed: int = 0, signal: float = 0.35
+                 ) -> tuple[pd.DataFrame, Market, Spec]:
+    """Features whose first column predicts the next return with correlation ``signal`` (0: pure noise)."""
+    rng = np.random.default_rng(seed)
+    ts = np.tile(pd.date_range("2021-01-01", periods=n_bars, freq="h").to_numpy(), n_symbols)
+    sym = np.repeat([f"S{i}" for i in range(n_symbols)], n_bars)
+    n = len(ts)
+    X = pd.DataFrame(rng.standard_normal((n, 5)), columns=[f"f{i}" for i in range(5)])
+    nr = 0.005 * (signal * X["f0"].to_numpy() + np.sqrt(1 - signal ** 2) * rng.standard_normal(n))
+    return X, Market(nr, sym, ts, np.full(n, 1e-4)), Spec(list(X.columns))
+
+
+class Spec:
+    def __init__(self, tabular: list[str]) -> None:
+        self.tabular, self.sequence, self.channels, self.seq_len = tabular, [], [], 0
+
+    @property
+    def all_columns(self) -> list[str]:
+        return list(self.tabular)
+
+
+def _take(m: Market, idx: np.ndarray) -> Market:
+    return Market(m.next_return[idx], m.symbol[idx], m.timestamp[idx], m.unit_cost[idx])
+
+
+def _by_time(X: pd.DataFrame, m: Market, frac: float) -> tuple[np.ndarray, np.ndarray]:
+    cut = np.sort(m.timestamp)[int(len(m) * frac)]
+    return np.flatnonzero(m.timestamp < cut), np.flatnonzero(m.timestamp >= cut)
+
+
+def _fit(X: pd.DataFrame, m: Market, spec: Spec, idx: np.ndarray, seed: int = 0, **params: float) -> PolicyModel:
+    model = make_model("rl", seed=seed, params={**FAST, **params}, n_threads=1)
+    model.fit(X.iloc[idx], np.zeros(len(idx)), spec, market=_take(m, idx))
+    assert isinstance(model, PolicyModel)
+    return model
+
+
+# ---------------------------------------------------------------------------------------------- environment
+
+
+def test_the_environment_is_a_valid_gymnasium_env() -> None:
+    from gymnasium.utils.env_checker import check_env
+
+    X, m, _ = _market_data(200, 2)
+    env = bars_env(Episodes(X.to_numpy(np.float32), m, 0.005), episode_bars=50)
+    check_env(env, skip_render_check=True)
+
+
+def test_the_reward_is_what_the_evaluation_charges() -> None:
+    """Holding positions through one symbol's bars earns, net of costs, exactly ``position_returns`` (the
+    evaluation's costed strategy), in units of the reward scale."""
+    X, m, _ = _market_data(300, 1)
+    ep = Episodes(X.to_numpy(np.float32), m, reward_scale=0.005)
+    pos = ACTIONS[np.random.default_rng(1).integers(0, 3, len(ep))]
+    want = position_returns(pos, m.next_return, pd.DataFrame({"timestamp": m.timestamp, "symbol": m.symbol}),
+                            cost_bps=1.0)
+    assert net_mean_reward(pos, ep) == pytest.approx(float(want.mean()), rel=1e-12)
+    env = bars_env(ep, episode_bars=len(ep))
+    env.reset(options={"start": 0})
+    total = 0.0
+    for a in pos + 1:
+        _, r, terminated, truncated, _ = env.step(int(a))
+        total += r
+        assert not terminated
+    assert truncated and total * 0.005 == pytest.approx(float(want.sum()), rel=1e-9)
+
+
+def test_the_vectorised_environment_steps_like_the_reference_one() -> None:
+    X, m, _ = _market_data(400, 3)
+    ep = Episodes(X.to_numpy(np.float32), m, 0.005)
+    vec = bars_vec_env(ep, episode_bars=40, n_envs=8, seed=3)
+    obs = vec.reset()
+    starts, ends = vec.row.copy(), vec.end.copy()
+    refs = []
+    for s in starts:
+        env = bars_env(ep, episode_bars=40)
+        o, _ = env.reset(options={"start": int(s)})
+        refs.append(env)
+        np.testing.assert_array_equal(o, obs[len(refs) - 1])
+    rng = np.random.default_rng(0)
+    live = np.ones(8, dtype=bool)
+    for _ in range(45):
+        a = rng.integers(0, 3, 8)
+        vec.step_async(a)
+        obs, rew, done, infos = vec.step_wait()
+        for i, env in enumerate(refs):
+            if not live[i]:
+                continue
+            o, r, _, trunc, _ = env.step(int(a[i]))
+            assert rew[i] == pytest.approx(r, rel=1e-6)
+            assert bool(done[i]) == trunc
+            if trunc:  # a new episode took its place: the old one's last observation is in the info
+                np.testing.assert_array_equal(infos[i]["terminal_observation"], o)
+                assert infos[i]["TimeLimit.truncated"]
+                live[i] = False
+            else:
+                np.testing.assert_array_equal(obs[i], o)
+    assert not live.any() and (ends - starts <= 40).all()
+
+
+def test_episodes_never_cross_a_symbol() -> None:
+    X, m, _ = _market_data(30, 3)
+    ep = Episodes(X.to_numpy(np.float32), m, 0.005)
+    vec = bars_vec_env(ep, episode_bars=1000, n_envs=16, seed=0)
+    vec.reset()
+    sym = np.asarray(m.symbol)[ep.order]
+    for _ in range(100):
+        rows, ends = vec.row.copy(), vec.end.copy()
+        assert (sym[rows] == sym[ends - 1]).all()
+        vec.step_async(np.zeros(16, dtype=np.int64))
+        vec.step_wait()
+
+
+# ---------------------------------------------------------------------------------------------- the model
+
+
+@pytest.fixture(scope="module")
+def trained() -> tuple[PolicyModel, pd.DataFrame, Market, Spec, np.ndarray]:
+    X, m, spec = _market_data()
+    tr, te = _by_time(X, m, 0.7)
+    return _fit(X, m, spec, tr), X, m, spec, te
+
+
+def test_the_policy_trades_a_planted_signal_net_of_costs(trained) -> None:
+    model, X, m, _, te = trained
+    pos = model.predict(X.iloc[te])
+    assert set(np.unique(pos)) <= {-1.0, 0.0, 1.0}
+    meta = pd.DataFrame({"timestamp": m.timestamp[te], "symbol": m.symbol[te]})
+    net = position_returns(pos, m.next_return[te], meta, cost_bps=1.0)
+    long = position_returns(np.ones(len(te)), m.next_return[te], meta, cost_bps=1.0)
+    hit = np.mean(np.sign(pos) == np.sign(m.next_return[te]))
+    assert net.mean() > 0 and net.mean() > long.mean() + 5e-4, (net.mean(), long.mean())
+    assert hit > 0.55
+    assert model.fit_info["timesteps"] >= 20_000 and model.fit_info["warm_start"] is None
+
+
+def test_save_load_round_trip_without_pickle(trained, tmp_path: Path) -> None:
+    model, X, *_ = trained
+    files = model.save(tmp_path / "m")
+    assert sorted(files) == ["model.json", "policy.pt"]
+    meta = json.loads((tmp_path / "m" / "model.json").read_text())
+    assert meta["family"] == "rl" and meta["output"] == "position"
+    assert meta["extra"]["network"]["width"] == 64 and len(meta["extra"]["input_scaler"]["center"]) == 5
+    loaded = load_model(tmp_path / "m")
+    np.testing.assert_array_equal(loaded.predict(X), model.predict(X))
+    # one row at a time answers as the batch does
+    batch = model.predict(X.iloc[:40])
+    assert [float(loaded.predict(X.iloc[[i]])[0]) for i in range(40)] == batch.tolist()
+    # the predictor's path never imports stable-baselines3 (nor unpickles anything)
+    code = ("import sys; from tideline.models import load_model; import pandas as pd, numpy as np; "
+            f"m = load_model({str(tmp_path / 'm')!r}); "
+            "m.predict(pd.DataFrame(np.zeros((2, 5)), columns=[f'f{i}' for i in range(5)])); "
+            "print('stable_baselines3' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_a_pickled_or_tampered_policy_is_refused(trained, tmp_path: Path) -> None:
+    import torch
+
+    model, *_ = trained
+    model.save(tmp_path / "m")
+    # a pickle inside a weights file: refused even when model.json is made to vouch for it
+    torch.save({"x": object.__new__(Spec)}, tmp_path / "m" / "policy.pt")
+    from tideline.models.base import sha256_file
+    meta = json.loads((tmp_path / "m" / "model.json").read_text())
+    meta["files"]["policy.pt"] = sha256_file(tmp_path / "m" / "policy.pt")
+    (tmp_path / "m" / "model.json").write_text(json.dumps(meta))
+    with pytest.raises(ModelError, match="refused|weights"):
+        load_model(tmp_path / "m")
+    model.save(tmp_path / "n")
+    (tmp_path / "n" / "policy.pt").write_bytes(b"not torch")
+    with pytest.raises(ModelError, match="corrupt"):
+        load_model(tmp_path / "n")
+
+
+def test_a_policy_needs_its_market() -> None:
+    X, m, spec = _market_data(100, 1)
+    model = make_model("rl", seed=0)
+    with pytest.raises(ModelError, match="needs the market of its 100 training rows"):
+        model.fit(X, np.zeros(len(X)), spec)
+    with pytest.raises(ModelError, match="disagree in length"):
+        Market(m.next_return, m.symbol[:5], m.timestamp, m.unit_cost)
+
+
+def test_same_seed_same_policy() -> None:
+    X, m, spec = _market_data(600, 2)
+    tr, te = _by_time(X, m, 0.7)
+    a = _fit(X, m, spec, tr, seed=5).predict(X.iloc[te])
+    b = _fit(X, m, spec, tr, seed=5).predict(X.iloc[te])
+    np.testing.assert_array_equal(a, b)
+
+
+def test_validation_picks_the_checkpoint() -> None:
+    X, m, spec = _market_data(1200, 3)
+    tr, va = _by_time(X, m, 0.8)
+    model = make_model("rl", seed=0, params=FAST, n_threads=1)
+    model.fit(X.iloc[tr], np.zeros(len(tr)), spec, X_valid=X.iloc[va], y_valid=np.zeros(len(va)),
+              market=_take(m, tr), valid_market=_take(m, va))
+    checks = model.fit_info["checks"]
+    assert len(checks) == 4
+    assert model.fit_info["valid_net_bps"] == max(c["valid_net_bps"] for c in checks)
+
+
+def test_warm_start_reaches_the_cold_result_in_fewer_steps() -> None:
+    """A version trained on the first period, fine-tuned on the next: it starts where the cold one has to get
+    to, so half the steps reach the cold start's result on the later hold-out."""
+    X, m, spec = _market_data(2400, 4, seed=3)
+    ts = np.sort(np.unique(m.timestamp))
+    first = np.flatnonzero(m.timestamp < ts[800])
+    second = np.flatnonzero((m.timestamp >= ts[800]) & (m.timestamp < ts[1600]))
+    test = np.flatnonzero(m.timestamp >= ts[1600])
+    previous = _fit(X, m, spec, first, seed=1)
+    meta = pd.DataFrame({"timestamp": m.timestamp[test], "symbol": m.symbol[test]})
+
+    def score(model: PolicyModel) -> float:
+        return float(position_returns(model.predict(X.iloc[test]), m.next_return[test], meta, 1.0).mean())
+
+    cold = _fit(X, m, spec, second, seed=2)
+    warm = make_model("rl", seed=2, params=FAST, n_threads=1)
+    assert warm.warm_start(previous, "v1") is None
+    warm.fit(X.iloc[second], np.zeros(len(second)), spec, market=_take(m, second))
+    assert warm.fit_info["warm_start"] == {"from": "v1"}
+    assert warm.fit_info["timesteps"] < cold.fit_info["timesteps"]
+    assert score(warm) >= 0.95 * score(cold) > 0
+    # a previous version with another network is not used (a cold start, and why)
+    other = make_model("rl", seed=2, params={**FAST, "width": 32}, n_threads=1)
+    assert "width" in other.warm_start(previous, "v1")

@@ -147,7 +147,8 @@ class PolicyConfig(BaseModel):
 
 
 TRIGGER_RULES: tuple[str, ...] = (
-    "no_production", "model_age", "new_data", "performance_decay", "drift", "regime_shift", "cadence", "manual",
+    "no_production", "model_age", "new_data", "performance_decay", "drift", "regime_shift", "cadence", "experience",
+    "manual",
 )
 
 
@@ -168,6 +169,9 @@ class TriggerConfig(BaseModel):
     cadence_high_days: float = Field(3.0, gt=0, description="cadence in a high-volatility regime")
     cadence_normal_days: float = Field(7.0, gt=0, description="cadence in a normal regime")
     cadence_low_days: float = Field(14.0, gt=0, description="cadence in a low-volatility regime")
+    min_new_experiences: int = Field(
+        5000, ge=100, description="experience: new experiences (served predictions with realized outcomes, "
+                                  "tideline.monitoring.experience) since production's training window ended")
     lock_ttl_seconds: float = Field(6 * 3600.0, gt=0, description="a run lock older than this may be taken over")
 
     @field_validator("enabled")
@@ -406,6 +410,22 @@ class NotificationsConfig(BaseModel):
                                                          "stalled' (critical)")
 
 
+class ExperienceConfig(BaseModel):
+    """The experience buffer (``tideline.monitoring.experience``): served predictions with realized outcomes,
+    kept append-only in the registry store, and what the rl family fine-tunes on."""
+
+    enabled: bool = Field(True, description="the loop adds each tick's realized predictions to the buffer")
+    retention_days: float = Field(365.0, gt=0, description="experiences whose bar is older than this (before the "
+                                                           "newest one) are deleted")
+    pending_days: float = Field(7.0, gt=0, description="a logged prediction still waiting for its outcome is "
+                                                       "looked at again for at most this long")
+    annotate_quantile: float = Field(0.05, gt=0, lt=0.5, description="high-value / failed: the top / bottom "
+                                                                      "quantile of rewards; mistakes: the worst "
+                                                                      "quantile of wrong-side moves")
+    finetune_weight: float = Field(3.0, ge=1, description="the rl family draws annotated experiences this many "
+                                                          "times as often when fine-tuning")
+
+
 class Settings(BaseSettings):
     """Everything configurable. Precedence: explicit arguments > env vars > settings file > defaults."""
 
@@ -425,6 +445,7 @@ class Settings(BaseSettings):
     triggers: TriggerConfig = TriggerConfig()
     loop: LoopConfig = LoopConfig()
     notifications: NotificationsConfig = NotificationsConfig()
+    experience: ExperienceConfig = ExperienceConfig()
 
     @model_validator(mode="after")
     def _volatility_is_a_feature(self) -> Settings:

@@ -65,7 +65,7 @@ class VersionSkew:
         return text
 
 
-class _StoredBars:
+class StoredBars:
     """The stored bars sorted by (symbol, timestamp), with each symbol's range: windows are slices."""
 
     def __init__(self, bars: pd.DataFrame) -> None:
@@ -103,7 +103,7 @@ def check_skew(registry: Any, predictions: pd.DataFrame, bars: pd.DataFrame, *,
         return out
     keyed = predictions.loc[predictions["version"].notna() & predictions["symbol"].notna()
                             & predictions["bar_time"].notna() & predictions["feature_hash"].notna()]
-    stored = _StoredBars(bars)
+    stored = StoredBars(bars)
     for version, rows in keyed.groupby("version", sort=True):
         v = str(version)
         res = out[v] = VersionSkew(v)
@@ -117,11 +117,12 @@ def check_skew(registry: Any, predictions: pd.DataFrame, bars: pd.DataFrame, *,
             res.error = e.message
             continue
         chosen = _latest_requests(rows, sample)
-        from_bars = chosen["bars"].notna()
-        for _, req in chosen.loc[from_bars].groupby("request_id", sort=False):
-            _check_bars_request(res, req, stored, cfg, columns)
-        if (~from_bars).any():
-            _check_client_features(res, chosen.loc[~from_bars], stored, cfg, columns)
+        values, available = recompute_features(chosen, stored, cfg, columns)
+        res.unavailable += int((~available).sum())
+        from_bars = chosen["bars"].notna().to_numpy()
+        for source, mask in (("bars", from_bars & available), ("features", ~from_bars & available)):
+            if mask.any():
+                _compare(res, chosen.loc[mask], values[mask], source)
         res.checked = res.bars_checked + res.features_checked
         res.mismatched = res.bars_mismatched + res.features_mismatched
     return out
@@ -158,45 +159,63 @@ def _compare(res: VersionSkew, rows: pd.DataFrame, recomputed: np.ndarray, sourc
                              "recomputed": got[i]})
 
 
-def _check_bars_request(res: VersionSkew, req: pd.DataFrame, stored: _StoredBars, cfg: Any,
-                        columns: list[str]) -> None:
-    windows, ok = [], []
+def recompute_features(rows: pd.DataFrame, stored: StoredBars, cfg: Any, columns: list[str]
+                       ) -> tuple[np.ndarray, np.ndarray]:
+    """The features each logged prediction in ``rows`` was served on, recomputed from the stored bars as the
+    predictor computed them (see the module doc: a request of bars from the same window, with its symbols
+    together; features the client sent from the start of the stored bars). Returns ``(values, available)``:
+    an ``n x len(columns)`` float64 matrix in ``rows``' order, and which rows could be recomputed (the others'
+    values are NaN: their stored bars are not all there)."""
+    values = np.full((len(rows), len(columns)), np.nan)
+    available = np.zeros(len(rows), dtype=bool)
+    if len(rows) == 0:
+        return values, available
+    pos = np.arange(len(rows))
+    from_bars = rows["bars"].notna().to_numpy()
+    for _, req in rows.loc[from_bars].assign(_p=pos[from_bars]).groupby("request_id", sort=False):
+        got = _from_bars_request(req, stored, cfg, columns)
+        if got is not None:
+            values[req["_p"].to_numpy()] = got
+            available[req["_p"].to_numpy()] = True
+    if (~from_bars).any():
+        got, found = _from_stored_history(rows.loc[~from_bars], stored, cfg, columns)
+        values[pos[~from_bars][found]] = got[found]
+        available[pos[~from_bars][found]] = True
+    return values, available
+
+
+def _from_bars_request(req: pd.DataFrame, stored: StoredBars, cfg: Any, columns: list[str]) -> np.ndarray | None:
+    windows = []
     for sym, t, n in req[["symbol", "bar_time", "bars"]].itertuples(index=False, name=None):
         w = stored.window(str(sym), t, int(n))
-        ok.append(w is not None)
-        if w is not None:
-            windows.append(w)
-    if not all(ok):  # the request's symbols belong together (cross-sectional ranks): all or nothing
-        res.unavailable += len(req)
-        return
+        if w is None:  # the request's symbols belong together (cross-sectional ranks): all or nothing
+            return None
+        windows.append(w)
     frame = stored.bars.iloc[np.concatenate(windows)].reset_index(drop=True)
     try:
         X, meta = last_bar_frame(frame, cfg)
         values = X[columns].to_numpy(dtype=np.float64)
     except (DataError, KeyError):
-        res.unavailable += len(req)
-        return
+        return None
     at = {str(s): i for i, s in enumerate(meta["symbol"].astype(str))}
-    req = req.assign(_i=[at[str(s)] for s in req["symbol"]])
-    _compare(res, req, values[req["_i"].to_numpy()], "bars")
+    return values[[at[str(s)] for s in req["symbol"]]]
 
 
-def _check_client_features(res: VersionSkew, rows: pd.DataFrame, stored: _StoredBars, cfg: Any,
-                           columns: list[str]) -> None:
+def _from_stored_history(rows: pd.DataFrame, stored: StoredBars, cfg: Any, columns: list[str]
+                         ) -> tuple[np.ndarray, np.ndarray]:
+    out = np.full((len(rows), len(columns)), np.nan)
     upto = stored.bars.loc[stored.bars["timestamp"] <= rows["bar_time"].max()]
     try:
         frame, _ = compute_features(upto, cfg)
         values = frame[columns]
     except (DataError, KeyError):
-        res.unavailable += len(rows)
-        return
+        return out, np.zeros(len(rows), dtype=bool)
     key = pd.MultiIndex.from_arrays([frame["symbol"].astype(str), frame["timestamp"]])
     pos = key.get_indexer(pd.MultiIndex.from_arrays([rows["symbol"].astype(str),
                                                       pd.DatetimeIndex(rows["bar_time"]).astype("datetime64[ns]")]))
     found = pos >= 0
-    res.unavailable += int((~found).sum())
-    if found.any():
-        _compare(res, rows.loc[found], values.to_numpy(dtype=np.float64)[pos[found]], "features")
+    out[found] = values.to_numpy(dtype=np.float64)[pos[found]]
+    return out, found
 
 
-__all__ = ["VersionSkew", "check_skew"]
+__all__ = ["StoredBars", "VersionSkew", "check_skew", "recompute_features"]

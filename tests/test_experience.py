@@ -211,3 +211,27 @@ def test_retention_deletes_old_days(served, tmp_path: Path) -> None:
     res = xp.collect(reg, market, ExperienceConfig(retention_days=10), now=NOW)
     df = xp.read_experiences(reg)
     assert res.deleted_days and df["bar_time"].min() >= df["bar_time"].max() - pd.Timedelta(days=10)
+
+
+def test_the_experience_trigger_counts_what_accrued_after_the_training_window(served, tmp_path: Path) -> None:
+    from tideline.config import TriggerConfig
+    from tideline.triggers import build_context, evaluate, rule_experience
+
+    reg, v, market, times = _copy(served, tmp_path)
+    xp.collect(reg, market, now=NOW)
+    # production: the served version's model, trained on the bars up to 409
+    mv = reg.get(v)
+    v2 = reg.register(Path(reg.fetch(v, tmp_path / "m")), mv.model_dump(
+        include={"family", "features", "feature_config", "feature_config_hash", "position"})
+        | {"training_window": {"start": str(times[0]), "end": str(times[409]), "n_rows": 1}}).version
+    reg.promote(v2, reason="test")
+    ctx = build_context(reg, bars=market)
+    assert ctx.production.version == v2 and ctx.new_experiences == 30 * 4  # bars 410..439
+    fired = rule_experience(ctx, TriggerConfig(min_new_experiences=120))
+    assert fired.fired and fired.details["new_experiences"] == 120 and "120 new experiences" in fired.reason
+    quiet = rule_experience(ctx, TriggerConfig(min_new_experiences=1000))
+    assert not quiet.fired and "< 1,000" in quiet.reason
+    report = evaluate(ctx, TriggerConfig(min_new_experiences=120, enabled=["experience"]))
+    assert report.fired and report.reasons == [f"experience: {fired.reason}"]
+    with pytest.raises(ValueError):  # the minimum
+        TriggerConfig(min_new_experiences=10)

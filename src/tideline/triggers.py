@@ -20,6 +20,8 @@ Rules (each returns a ``RuleResult`` with a human-readable reason, fired or not)
                         (the regime the model was trained in): "high" or "low" instead of "normal".
 * ``cadence``           regime-adaptive schedule: production is at least ``cadence_<regime>_days`` old
                         (high 3 d, normal 7 d, low 14 d by default).
+* ``experience``        at least ``min_new_experiences`` experiences (served predictions with realized outcomes,
+                        ``tideline.monitoring.experience``) whose bar lies after production's training window.
 * ``manual``            somebody asked, with a reason.
 
 ``RunLock`` keeps one retraining run at a time across processes and machines with the registry store's
@@ -112,6 +114,8 @@ class TriggerContext:
     drift: dict[str, Any] | None = None
     manual: str | None = None
     notes: list[str] = field(default_factory=list)
+    new_experiences: int | None = None
+    """experiences whose bar lies after production's training window (None: not counted)"""
 
     def __post_init__(self) -> None:
         self.now = aware(self.now)
@@ -409,6 +413,25 @@ def rule_cadence(ctx: TriggerContext, cfg: TriggerConfig, regime: RegimeInfo | N
     return RuleResult("cadence", False, f"model age {age:.1f} d < {days:g} d cadence ({label} regime)", d)
 
 
+def rule_experience(ctx: TriggerContext, cfg: TriggerConfig) -> RuleResult:
+    """Fires when at least ``min_new_experiences`` experiences have a bar after production's training window
+    ended; never without production, its window end, or a count."""
+    if ctx.production is None:
+        return RuleResult("experience", False, "no model in production")
+    end = _parse_time(ctx.production.training_window.get("end"))
+    if end is None:
+        return RuleResult("experience", False, f"{ctx.production.version} has no training window end")
+    if ctx.new_experiences is None:
+        return RuleResult("experience", False, "the experience buffer was not counted",
+                          {"training_end": end.isoformat()})
+    n = int(ctx.new_experiences)
+    d = {"new_experiences": n, "min_new_experiences": cfg.min_new_experiences, "training_end": end.isoformat()}
+    verb = ">=" if n >= cfg.min_new_experiences else "<"
+    return RuleResult("experience", n >= cfg.min_new_experiences,
+                      f"{n:,} new experiences since the training window ended ({end:%Y-%m-%d %H:%M}) {verb} "
+                      f"{cfg.min_new_experiences:,}", d)
+
+
 def rule_manual(ctx: TriggerContext, cfg: TriggerConfig) -> RuleResult:
     """Fires when a manual request (a non-blank reason) was given."""
     if ctx.manual and ctx.manual.strip():
@@ -428,6 +451,7 @@ def evaluate(ctx: TriggerContext, cfg: TriggerConfig | None = None) -> TriggerRe
         "drift": lambda: rule_drift(ctx, cfg),
         "regime_shift": lambda: rule_regime_shift(ctx, cfg, regime),
         "cadence": lambda: rule_cadence(ctx, cfg, regime),
+        "experience": lambda: rule_experience(ctx, cfg),
         "manual": lambda: rule_manual(ctx, cfg),
     }
     assert tuple(rules) == TRIGGER_RULES
@@ -517,16 +541,23 @@ def _read_json_attachment(registry: Registry, version: str, name: str, notes: li
 
 def build_context(registry: Registry, *, bars: pd.DataFrame | None = None, now: datetime | None = None,
                   manual: str | None = None) -> TriggerContext:
-    """Production version, its live metrics and latest drift report (attachments), the given bars."""
+    """Production version, its live metrics and latest drift report (attachments), the experiences since its
+    training window ended, the given bars."""
+    from tideline.monitoring.experience import new_since
+
     notes: list[str] = []
     prod_id = registry.aliases().get("production")
     production = live = drift = None
+    experiences = None
     if prod_id is not None:
         production = registry.get(prod_id)
         live = _read_json_attachment(registry, prod_id, LIVE_METRICS_ATTACHMENT, notes)
         drift = _read_json_attachment(registry, prod_id, DRIFT_ATTACHMENT, notes)
+        end = _parse_time(production.training_window.get("end"))
+        if end is not None:
+            experiences = new_since(registry, end)
     return TriggerContext(now=now or utcnow(), production=production, bars=bars, live_metrics=live, drift=drift,
-                          manual=manual, notes=notes)
+                          manual=manual, notes=notes, new_experiences=experiences)
 
 
 # ---- run lock ---------------------------------------------------------------------------------------------

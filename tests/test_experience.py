@@ -235,3 +235,17 @@ def test_the_experience_trigger_counts_what_accrued_after_the_training_window(se
     assert report.fired and report.reasons == [f"experience: {fired.reason}"]
     with pytest.raises(ValueError):  # the minimum
         TriggerConfig(min_new_experiences=10)
+
+
+def test_skew_found_by_a_tick_raises_one_alert_per_version() -> None:
+    from tideline.loop.alerts import _from_tick
+
+    tick = {"id": "t1", "wall": "2026-12-07T00:00:00+00:00", "steps": [
+        {"step": "monitor", "outcome": "ok", "version": "v3", "summary": "v3: ...",
+         "skew": {"v3": {"checked": 10, "mismatched": 0}, "v2": {"checked": 10, "mismatched": 2}}},
+        {"step": "experience", "outcome": "ok", "summary": "3 with training/serving skew", "skew": {"v4": 3}},
+    ]}
+    raised = list(_from_tick(tick))
+    assert [(r.key, r.kind, r.severity) for r in raised] == [("skew:v2", "skew", "medium"),
+                                                            ("skew:v4", "skew", "medium")]
+    assert "training/serving skew" in raised[1].body

@@ -16,6 +16,8 @@ kind                   severity  from
 ``production_rollback`` high     the registry's history: production rolled back by hand
 ``decay``              medium    a tick whose performance_decay rule fired (with its reason)
 ``drift``              medium    a tick whose drift rule fired (with its reason)
+``skew``               medium    a tick that found training/serving skew: features recomputed from the stored
+                                 bars differ from what a version saw (its experiences are quarantined)
 ``rejected``           low       a tick whose run's candidates all failed the gate (with the reasons)
 ``promoted``           low       the registry's history: a version promoted to production
 =====================  ========  =================================================================
@@ -169,6 +171,13 @@ def _from_tick(tick: dict[str, Any]) -> Iterable[_Raised]:
             run = s.get("run_id") or tick.get("id")
             yield _Raised(f"rejected:{run}", "rejected", "low", "Candidates rejected by the gate",
                           f"run {run}: {summary}")
+        elif step in ("monitor", "experience") and outcome == "ok":
+            counts = s.get("skew") or {}
+            for version, n in sorted(counts.items()):
+                n = n.get("mismatched", 0) if isinstance(n, dict) else n
+                if n:
+                    yield _Raised(f"skew:{version}", "skew", "medium", f"Training/serving skew: {version}",
+                                  f"{summary} (tick {tick.get('id')})")
         elif step == "decide":
             for rule in s.get("rules") or []:
                 if rule.get("fired") and rule.get("name") in ("performance_decay", "drift"):

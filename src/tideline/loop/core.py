@@ -265,6 +265,8 @@ class Loop:
             self.rollouts.publish_recent(recent)
         production = self.registry.aliases().get("production")
         live = self._monitor(rec, bars, production, now)
+        if self.s.experience.enabled:
+            self._experience(rec, bars, now)
         state = self._state()
         if self._rollout_in_flight(rec, state, now):
             return
@@ -374,6 +376,19 @@ class Loop:
         if self.s.loop.drift_checks:
             self._maybe_drift(rec, bars, production, now)
         return {"change_points": cps}
+
+    def _experience(self, rec: TickRecord, bars: pd.DataFrame, now: datetime) -> None:
+        """Add the predictions whose outcomes are now known to the experience buffer (a failure is recorded and
+        the tick goes on: the buffer catches up on the next one)."""
+        from tideline.monitoring.experience import collect
+
+        try:
+            res = collect(self.registry, bars, self.s.experience, now=now)
+        except TidelineError as e:
+            rec.step("experience", "failed", f"experience buffer: {e}")
+            return
+        rec.step("experience", "ok", res.summary(), added=res.added, pending=res.pending, skew=res.skew,
+                 quarantined=res.quarantined, skew_examples=res.skew_examples)
 
     def _deployed_at(self, production: str) -> datetime:
         """When production was last promoted (its live record starts there)."""

@@ -249,3 +249,37 @@ def test_skew_found_by_a_tick_raises_one_alert_per_version() -> None:
     assert [(r.key, r.kind, r.severity) for r in raised] == [("skew:v2", "skew", "medium"),
                                                             ("skew:v4", "skew", "medium")]
     assert "training/serving skew" in raised[1].body
+
+
+def test_the_cli(served, tmp_path: Path) -> None:
+    import json
+    import subprocess
+    import sys
+
+    reg, v, market, times = _copy(served, tmp_path)
+    bars = tmp_path / "bars.parquet"
+    market.to_parquet(bars)
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "tideline", "--registry", (tmp_path / "reg").as_uri(),
+                               "experience", *args], capture_output=True, text=True, timeout=120)
+
+    empty = run("stats")
+    assert empty.returncode == 0 and "the experience buffer is empty" in empty.stdout
+    res = run("collect", "--data", str(bars))
+    assert res.returncode == 0 and "160 experience(s) added from 160 logged prediction(s)" in res.stdout, res.stderr
+    st = run("stats", "--json")
+    assert json.loads(st.stdout)["rows"] == 160
+    text = run("stats").stdout
+    assert "160 experiences of 4 symbol(s)" in text and "high_value" in text
+    listed = run("list", "--tag", "failed", "--json")
+    rows = json.loads(listed.stdout)
+    assert rows and all(r["failed"] and r["reward"] < 0 for r in rows)
+    bad = run("list", "--tag", "lucky")
+    assert bad.returncode != 0 and "unknown tag 'lucky'" in bad.stderr and "Traceback" not in bad.stderr
+    exp = run("export", str(tmp_path / "x.parquet"))
+    assert exp.returncode == 0 and "wrote 160 experiences" in exp.stdout
+    df = pd.read_parquet(tmp_path / "x.parquet")
+    assert {"reward", "action", "done", "high_value"} <= set(df.columns) and any(c.startswith("next.") for c in df)
+    no_bars = run("collect")
+    assert no_bars.returncode != 0 and "no bars are stored" in no_bars.stderr

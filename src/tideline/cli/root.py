@@ -24,6 +24,7 @@ from typer.core import TyperGroup
 
 from tideline import __version__
 from tideline.cli.alerts import alerts_app
+from tideline.cli.experience import experience_app
 from tideline.cli.context import err, out, state
 from tideline.cli.cycle import cycle
 from tideline.cli.data import data_app
@@ -112,6 +113,7 @@ app.command("serve")(serve)
 app.add_typer(trigger_app, name="trigger")
 app.add_typer(loop_app, name="loop")
 app.add_typer(alerts_app, name="alerts")
+app.add_typer(experience_app, name="experience")
 app.command("demo")(demo)
 app.command("replay")(replay)
 

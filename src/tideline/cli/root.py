@@ -24,12 +24,12 @@ from typer.core import TyperGroup
 
 from tideline import __version__
 from tideline.cli.alerts import alerts_app
-from tideline.cli.experience import experience_app
 from tideline.cli.context import err, out, state
 from tideline.cli.cycle import cycle
 from tideline.cli.data import data_app
 from tideline.cli.demo import demo
 from tideline.cli.drift import drift_app
+from tideline.cli.experience import experience_app
 from tideline.cli.feedback import feedback
 from tideline.cli.loop import loop_app
 from tideline.cli.models import models_app

@@ -283,3 +283,29 @@ def test_the_cli(served, tmp_path: Path) -> None:
     assert {"reward", "action", "done", "high_value"} <= set(df.columns) and any(c.startswith("next.") for c in df)
     no_bars = run("collect")
     assert no_bars.returncode != 0 and "no bars are stored" in no_bars.stderr
+
+
+def test_a_policy_fine_tunes_on_the_experiences_before_its_hold_out(served, tmp_path: Path) -> None:
+    """The cycle's PolicyPrep hands the rl family the buffer's experiences that end before the hold-out (by
+    the label horizon): the rows after it are the ones the policy is judged on."""
+    from tideline.config import load_settings
+    from tideline.training.cycle import PolicyPrep, fit_model, make_dataset, plan_windows
+
+    reg, v, market, times = _copy(served, tmp_path)
+    xp.collect(reg, market, now=NOW)
+    s = load_settings(registry=(tmp_path / "reg").as_uri())
+    s = s.model_copy(update={
+        "evaluation": s.evaluation.model_copy(update={"holdout_fraction": 0.06}),
+        "training": s.training.model_copy(update={"params": {"rl": {"min_timesteps": 8192, "passes": 1.0,
+                                                                     "n_checks": 1, "finetune_passes": 1.0}}})})
+    ds = make_dataset(market, s.features)
+    plan = plan_windows(ds, s)
+    hold_start = ds.meta["timestamp"].iloc[plan.hold].min()
+    prep = PolicyPrep(reg, ds, plan, s)
+    model = fit_model("rl", ds, plan.dev, s, None, prepare=prep)
+    used = [n for n in prep.notes if n.startswith("fine-tuned on")]
+    expected = int(sum(1 for t in times[FIRST:LAST] if t < hold_start - pd.Timedelta(days=1))) * 4
+    assert used == [f"fine-tuned on {expected} experiences before {hold_start - pd.Timedelta(days=1)}"], prep.notes
+    assert 0 < expected < 160 and model.fit_info["experience_rows"] == expected
+    assert model.fit_info["preparation"] == prep.notes
+    assert [c["phase"] for c in model.fit_info["checks"]][-1] == "experience"

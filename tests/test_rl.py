@@ -248,3 +248,44 @@ def test_warm_start_reaches_the_cold_result_in_fewer_steps() -> None:
     # a previous version with another network is not used (a cold start, and why)
     other = make_model("rl", seed=2, params={**FAST, "width": 32}, n_threads=1)
     assert "width" in other.warm_start(previous, "v1")
+
+
+# ---------------------------------------------------------------------------------------------- the cycle
+
+
+@pytest.mark.slow
+def test_the_cycle_trains_judges_registers_and_warm_starts_the_policy(tmp_path: Path) -> None:
+    """``tideline cycle --families rl``: the policy goes through the purged walk-forward, the gate and the
+    registry like any family; the next cycle, on more data, warm-starts from it — the first version's rows all
+    ended before the new hold-out."""
+    from tideline.config import load_settings
+    from tideline.data import synthetic_market
+    from tideline.registry import open_registry
+
+    bars = synthetic_market(n_symbols=4, n_bars=2000, seed=5, signal_strength=0.4)
+    first = bars.loc[bars["timestamp"] < bars["timestamp"].unique()[1000]]
+    first.to_parquet(tmp_path / "first.parquet")
+    bars.to_parquet(tmp_path / "all.parquet")
+    cfg = tmp_path / "tideline.toml"
+    cfg.write_text('[training.params.rl]\nmin_timesteps = 20000\npasses = 1.0\nn_checks = 3\n'
+                   '[training.params.lightgbm]\nnum_boost_round = 60\n')
+    uri = (tmp_path / "reg").as_uri()
+
+    def cycle(data: Path) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "tideline", "--registry", uri, "--config", str(cfg), "cycle",
+                               "--data", str(data), "--families", "rl,lightgbm"], capture_output=True, text=True,
+                              timeout=600)
+
+    one = cycle(tmp_path / "first.parquet")
+    assert one.returncode == 0, one.stderr
+    reg = open_registry(uri)
+    v1 = next(mv for mv in reg.list_versions() if mv.family == "rl")
+    assert v1.decision is not None and v1.metrics["n_obs"] > 0 and v1.position["rule"] == "sign"
+    assert {"vs_baseline", "walk_forward", "deflated_sharpe"} <= {c["name"] for c in v1.decision["checks"]}
+    two = cycle(tmp_path / "all.parquet")
+    assert two.returncode == 0, two.stderr
+    v2 = [mv for mv in reg.list_versions() if mv.family == "rl"][-1]
+    assert v2.version != v1.version
+    m = load_model(reg.fetch(v2.version, tmp_path / "m2"))
+    assert m.fit_info["warm_start"] == {"from": v1.version}
+    assert m.fit_info["preparation"][0].startswith(f"warm start from {v1.version}")

@@ -265,6 +265,15 @@ class Model(ABC):
     def _load_artifacts(self, directory: Path, extra: dict[str, Any]) -> None:
         """Read the artifact files back (raise anything; ``load`` turns it into ModelError)."""
 
+    def warm_start(self, previous: Model, version: str = "") -> str | None:
+        """Start the next ``fit`` from ``previous`` (an earlier version of this family); None when it will, else why
+        not (the fit starts cold). Only policies warm-start (``tideline.models.reinforcement``)."""
+        return f"the {self.family} family does not warm-start"
+
+    def fine_tune_on(self, X: pd.DataFrame, market: Market) -> None:
+        """After fitting on its training rows, train on these rows too (a policy's experiences)."""
+        raise ModelError(f"the {self.family} family does not fine-tune on experiences")
+
     # -- public API ----------------------------------------------------------------------------
     @property
     def is_fitted(self) -> bool:

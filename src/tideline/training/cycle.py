@@ -47,7 +47,17 @@ from tideline.evaluation import (
     strategy_returns,
 )
 from tideline.features import Dataset, build_dataset, feature_config_hash
-from tideline.models import Market, Model, explain, load_model, make_model, model_class, read_meta, search_space
+from tideline.models import (
+    Market,
+    Model,
+    StoredSpec,
+    explain,
+    load_model,
+    make_model,
+    model_class,
+    read_meta,
+    search_space,
+)
 from tideline.policy import Evidence, PolicyDecision, decide
 from tideline.positions import PositionRule, fit_position_rule, stored_rule
 from tideline.registry import ModelVersion, Registry
@@ -477,7 +487,12 @@ def fit_model(family: str, ds: Dataset, idx: np.ndarray, settings: Settings, cap
             kw["valid_market"] = market_of(ds, val_idx, settings)
     if prepare is not None:
         prepare(model)
-    return model.fit(ds.X.iloc[fit_idx], ds.y[fit_idx], ds.spec, **kw)
+    model.fit(ds.X.iloc[fit_idx], ds.y[fit_idx], ds.spec, **kw)
+    notes = getattr(prepare, "notes", None)
+    if notes:
+        model.fit_info["preparation"] = list(notes)
+        log.info("%s: %s", family, "; ".join(notes))
+    return model
 
 
 def position_rule(model: Model, ds: Dataset, idx: np.ndarray, settings: Settings, plan: Plan,
@@ -700,11 +715,8 @@ def recalibrated_result(prod: ProductionScore, ds: Dataset, plan: Plan, settings
         return None
     base, mv = prod.model, prod.manifest
     end = _base_training_end(base, mv)
-    ts = pd.DatetimeIndex(pd.to_datetime(ds.meta["timestamp"].to_numpy()))
-    first, uniq = ts.min(), ts.unique().sort_values()
-    step = (uniq[1:] - uniq[:-1]).min() if len(uniq) > 1 else pd.Timedelta(0)
-    gap = (settings.features.horizon + settings.evaluation.embargo_bars) * step
-    if end is None or end + gap >= first.tz_localize(None):
+    first, gap = _window_start_and_gap(ds, np.arange(len(ds)), settings)
+    if end is None or end + gap >= first:
         log.info("no recalibrated candidate: production %s was trained on rows up to %s, not entirely before "
                  "this window (from %s)", mv.version, end, first)
         return None
@@ -720,11 +732,87 @@ def recalibrated_result(prod: ProductionScore, ds: Dataset, plan: Plan, settings
         return None
 
 
-def _base_training_end(model: Model, mv: ModelVersion) -> pd.Timestamp | None:
-    """Where the rows that made production ended: its training rows and the hold-out it was chosen on (a window
-    that overlaps either would score the recalibration on rows that fitted or picked it); the base's own when
-    production is itself a recalibration (its line is refitted, its base kept)."""
-    if model.family == RECALIBRATED:
+def _window_start_and_gap(ds: Dataset, idx: np.ndarray, settings: Settings) -> tuple[pd.Timestamp, pd.Timedelta]:
+    """The first bar of rows ``idx`` (naive UTC) and the gap a label needs before it: (horizon + embargo) bars."""
+    ts = pd.DatetimeIndex(pd.to_datetime(ds.meta["timestamp"].to_numpy()))
+    uniq = ts.unique().sort_values()
+    step = (uniq[1:] - uniq[:-1]).min() if len(uniq) > 1 else pd.Timedelta(0)
+    first = pd.DatetimeIndex(ts[idx]).min()
+    first = first.tz_localize(None) if first.tzinfo else first
+    return first, (settings.features.horizon + settings.evaluation.embargo_bars) * step
+
+
+@dataclass
+class PolicyPrep:
+    """What a policy's final fit starts from and fine-tunes on (``fit_model``'s ``prepare``): the newest version
+    of its family whose training rows and hold-out ended before this hold-out (a warm start: its weights, and
+    fewer steps), and the experience buffer's rows before the hold-out (``tideline.monitoring.experience.
+    training_set``). Both must end ``horizon + embargo`` bars before the hold-out's first bar, or the hold-out
+    would score a policy on rows that taught it. ``notes`` says what was used, and why not."""
+
+    registry: Registry
+    ds: Dataset
+    plan: Plan
+    settings: Settings
+    notes: list[str] = field(default_factory=list)
+
+    def __call__(self, model: Model) -> None:
+        if model.output != "position":
+            return
+        first, gap = _window_start_and_gap(self.ds, self.plan.hold, self.settings)
+        cutoff = first - gap
+        self._warm_start(model, cutoff)
+        self._experience(model, cutoff)
+
+    def _warm_start(self, model: Model, cutoff: pd.Timestamp) -> None:
+        earlier = [mv for mv in self.registry.list_versions() if mv.family == model.family]
+        for mv in reversed(earlier):
+            end = _base_training_end(None, mv)
+            if end is None or end >= cutoff:
+                continue
+            try:
+                with tempfile.TemporaryDirectory(prefix="tideline-warm-") as tmp:
+                    previous = load_model(self.registry.fetch(mv.version, Path(tmp)))
+            except TidelineError as e:
+                self.notes.append(f"no warm start from {mv.version}: {e}")
+                continue
+            why = model.warm_start(previous, mv.version)
+            self.notes.append(f"warm start from {mv.version} (trained on rows up to {end})" if why is None
+                              else f"no warm start from {mv.version}: {why}")
+            if why is None:
+                return
+        if earlier and not any(n.startswith("warm start") for n in self.notes):
+            self.notes.append(f"cold start: no {model.family} version ended before {cutoff} (the hold-out's rows "
+                              "must not have taught it)")
+
+    def _experience(self, model: Model, cutoff: pd.Timestamp) -> None:
+        from tideline.monitoring.experience import training_set
+
+        columns = model._input_columns(StoredSpec.from_spec(self.ds.spec))
+        try:
+            got = training_set(self.registry, columns, feature_config_hash(self.settings.features), cutoff,
+                               self.settings.experience)
+        except TidelineError as e:
+            self.notes.append(f"no experience fine-tuning: {e}")
+            return
+        if got is None:
+            self.notes.append(f"no experiences before {cutoff} to fine-tune on")
+            return
+        X, rows = got
+        cost = np.full(len(rows), self.settings.evaluation.cost_bps / 1e4)
+        col = f"rvol_{self.settings.positions.vol_window}"
+        if self.settings.evaluation.slippage_vol and col in X:
+            cost = cost + self.settings.evaluation.slippage_vol * np.nan_to_num(X[col].to_numpy(np.float64), nan=0.0)
+        model.fine_tune_on(X, Market(rows["next_return"].to_numpy(np.float64), rows["symbol"].to_numpy(),
+                                     rows["bar_time"].to_numpy(), cost, rows["weight"].to_numpy(np.float64)))
+        self.notes.append(f"fine-tuned on {len(rows):,} experiences before {cutoff}")
+
+
+def _base_training_end(model: Model | None, mv: ModelVersion) -> pd.Timestamp | None:
+    """Where the rows that made a version ended: its training rows and the hold-out it was chosen on (a window
+    that overlaps either would score a model built on it on rows that fitted or picked it); the base's own when
+    the version is a recalibration (its line is refitted, its base kept)."""
+    if model is not None and model.family == RECALIBRATED:
         raws = [getattr(model, "base_training_end", None)]
     else:
         raws = [(mv.training_window or {}).get("end"), ((mv.evaluation or {}).get("holdout") or {}).get("end")]
@@ -1025,8 +1113,9 @@ class CycleRunner:
         with rep.stage("train + evaluate", total=len(families) * (len(plan.splits) + 1)) as advance:
             for fam in families:
                 with self._timed(f"train:{fam}"):
+                    prep = PolicyPrep(self.registry, ds, plan, s) if family_output(fam) == "position" else None
                     try:
-                        model, fr = train_family(fam, ds, plan, s, advance)
+                        model, fr = train_family(fam, ds, plan, s, advance, prepare=prep)
                     except Exception as e:  # noqa: BLE001 - one family failing does not sink the others
                         failures[fam] = family_failure(fam, e)
                         continue

@@ -258,7 +258,6 @@ def test_the_cycle_trains_judges_registers_and_warm_starts_the_policy(tmp_path: 
     """``tideline cycle --families rl``: the policy goes through the purged walk-forward, the gate and the
     registry like any family; the next cycle, on more data, warm-starts from it — the first version's rows all
     ended before the new hold-out."""
-    from tideline.config import load_settings
     from tideline.data import synthetic_market
     from tideline.registry import open_registry
 

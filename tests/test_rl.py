@@ -288,3 +288,43 @@ def test_the_cycle_trains_judges_registers_and_warm_starts_the_policy(tmp_path: 
     m = load_model(reg.fetch(v2.version, tmp_path / "m2"))
     assert m.fit_info["warm_start"] == {"from": v1.version}
     assert m.fit_info["preparation"][0].startswith(f"warm start from {v1.version}")
+
+
+def test_live_outcomes_of_a_policy_against_a_forecaster_carry_kinds_and_net_returns(trained, tmp_path: Path) -> None:
+    """What a rollout of an rl version against a return forecaster is judged on: the outcome source says the
+    kinds differ and pairs each request's net returns, which are what the evaluation charges."""
+    import io
+
+    from tideline.monitoring.feedback import outcomes_from_log
+    from tideline.registry import open_registry
+
+    model, *_ = trained
+    model.save(tmp_path / "rl")
+    reg = open_registry((tmp_path / "reg").as_uri())
+    cand = reg.register(tmp_path / "rl", {"family": "rl", "features": model.columns}).version
+    base = reg.register(tmp_path / "rl", {"family": "lightgbm", "features": model.columns}).version
+    ts = pd.date_range("2024-01-01", periods=120, freq="D")
+    rng = np.random.default_rng(0)
+    close = 100 * np.exp(np.cumsum(0.01 * rng.standard_normal(len(ts))))
+    bars = pd.DataFrame({"timestamp": ts, "symbol": "AAA", "open": close, "high": close * 1.01, "low": close * 0.99,
+                         "close": close, "volume": 1000.0})
+    rows = []
+    for i, t in enumerate(ts[:100]):
+        for version, pred in ((cand, float(rng.choice([-1.0, 0.0, 1.0]))), (base, float(1e-3 * rng.standard_normal()))):
+            rows.append({"request_id": f"r{i}", "time": pd.Timestamp("2024-06-01", tz="UTC") + pd.Timedelta(seconds=i),
+                         "symbol": "AAA", "bar_time": t, "feature_hash": "0" * 16, "prediction": pred,
+                         "version": version, "role": "shadow" if version == cand else "active", "bars": None})
+    buf = io.BytesIO()
+    pd.DataFrame(rows).to_parquet(buf, index=False)
+    reg.store.put("predictions/2024-06-01/mixed.parquet", buf.getvalue())
+    out = outcomes_from_log(reg, bars, min_pairs=50)(cand, base)
+    assert out is not None and out.kinds == ("position", "return")
+    p = out.paired
+    assert p is not None and len(p.candidate_net) == len(p.times) == 100
+    # the candidate's net returns are those of the evaluation's costed strategy on its positions
+    log = pd.DataFrame(rows)
+    mine = log.loc[log["version"] == cand].sort_values("bar_time")
+    nr = np.log(close[1:101] / close[:100])
+    meta = pd.DataFrame({"timestamp": mine["bar_time"].to_numpy(), "symbol": "AAA"})
+    want = position_returns(mine["prediction"].to_numpy(), nr, meta, cost_bps=1.0)
+    np.testing.assert_allclose(np.asarray(p.candidate_net), want.to_numpy(), rtol=0, atol=1e-15)

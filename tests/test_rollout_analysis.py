@@ -276,3 +276,65 @@ def test_dependence_block_and_block_means() -> None:
     assert dependence_block([1.0, 1.0]) == 1 and dependence_block([]) == 1
     assert block_means([1.0, 3.0, 5.0, 7.0, 9.0], 2).tolist() == [2.0, 6.0]
     assert len(block_means([1.0], 3)) == 0
+
+
+def _paired_net(n_bars: int, cand_edge: float, seed: int = 0, per_bar: int = 4):
+    """Paired outcomes on ``n_bars`` bars of ``per_bar`` symbols: both sides' net returns and hits; the candidate
+    earns ``cand_edge`` more per prediction on average."""
+    from tideline.monitoring.outcomes import PairedOutcomes
+
+    rng = np.random.default_rng(seed)
+    n = n_bars * per_bar
+    times = np.repeat(np.arange(n_bars), per_bar)
+    a = 0.002 * rng.standard_normal(n)
+    c = a + cand_edge + 0.002 * rng.standard_normal(n)
+    return PairedOutcomes(times=times.tolist(), candidate_hits=(c > 0).astype(float).tolist(),
+                          active_hits=(a > 0).astype(float).tolist(), candidate_net=c.tolist(), active_net=a.tolist())
+
+
+def test_models_whose_outputs_differ_in_kind_are_compared_on_hit_rate_and_net_pnl() -> None:
+    """A policy (positions) against a return forecaster: errors and prediction distributions are not compared
+    (their scales differ by kind), hit rate and net PnL on the same requests are."""
+    paired = _paired_net(200, 0.0)
+    rng = np.random.default_rng(1)
+    # positions vs returns: "errors" of a position are ~1, a forecaster's ~1e-3: KS would fail on scale alone
+    out = LiveOutcomes(candidate_errors=rng.choice([-1.0, 1.0], 800).tolist(),
+                       active_errors=(1e-3 * rng.standard_normal(800)).tolist(),
+                       candidate_hits=list(paired.candidate_hits), active_hits=list(paired.active_hits),
+                       paired=paired, kinds=("position", "return"))
+    inp = AnalysisInput(_series(500), _series(500), outcomes=out,
+                        paired_predictions=(rng.choice([-1.0, 1.0], 800).tolist(), (1e-3 * rng.standard_normal(800)).tolist()))
+    res = analyze(inp, Thresholds(min_labelled=50))
+    by = {c.name: c for c in res.checks}
+    assert by["error_ks"].passed is None and "not compared: the candidate answers positions" in by["error_ks"].reason
+    assert by["prediction_divergence"].passed is None and by["prediction_divergence"].value is None
+    assert by["directional_accuracy"].passed is True and by["net_pnl"].passed is True
+    assert res.verdict == "pass", res.reasons
+    # the same figures between two return forecasters: the KS check does judge them (and fails on the scale)
+    same = analyze(AnalysisInput(_series(500), _series(500), outcomes=LiveOutcomes(
+        out.candidate_errors, out.active_errors, out.candidate_hits, out.active_hits, paired=paired,
+        kinds=("return", "return"))), Thresholds(min_labelled=50))
+    assert next(c for c in same.checks if c.name == "error_ks").passed is False
+
+
+def test_net_pnl_fails_a_significantly_worse_candidate_only() -> None:
+    thr = Thresholds(min_labelled=50)
+
+    def pnl(edge: float, seed: int = 0):
+        paired = _paired_net(300, edge, seed)
+        out = LiveOutcomes(candidate_hits=list(paired.candidate_hits), active_hits=list(paired.active_hits),
+                           paired=paired, kinds=("position", "return"))
+        return next(c for c in analyze(AnalysisInput(_series(500), _series(500), outcomes=out), thr).checks
+                    if c.name == "net_pnl")
+
+    worse = pnl(-0.001)
+    assert worse.passed is False and worse.value < -2 and "significantly worse" in worse.reason
+    assert pnl(0.001).passed is True and pnl(0.0005).passed is True
+    # equal candidates: a false failure in at most a few percent of seeds
+    fails = sum(pnl(0.0, seed).passed is False for seed in range(40))
+    assert fails <= 4, fails
+    few = _paired_net(5, 0.0)
+    out = LiveOutcomes(paired=few, kinds=("position", "return"))
+    check = next(c for c in analyze(AnalysisInput(_series(500), _series(500), outcomes=out), thr).checks
+                 if c.name == "net_pnl")
+    assert check.passed is None and "only 20 paired net returns" in check.reason

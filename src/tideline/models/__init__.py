@@ -24,6 +24,7 @@ from tideline.models.base import (
     load_model,
     make_model,
     model_class,
+    output_kind,
     read_meta,
     search_space,
 )
@@ -53,6 +54,7 @@ __all__ = [
     "load_model",
     "make_model",
     "model_class",
+    "output_kind",
     "read_meta",
     "search_space",
     *_LAZY,

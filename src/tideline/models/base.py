@@ -527,6 +527,15 @@ def model_class(family: str) -> type[Model]:
     return cls
 
 
+def output_kind(family: str) -> str:
+    """What ``family``'s predictions are: ``return`` forecasts or ``position`` s (``Model.output``); ``return``
+    for a family this tideline does not know."""
+    try:
+        return model_class(family).output
+    except ModelError:
+        return "return"
+
+
 def default_params(family: str) -> dict[str, Any]:
     """The default hyperparameters of ``family``."""
     return model_class(family).default_params()

@@ -61,6 +61,7 @@ from tideline.evaluation import (
     strategy_returns,
 )
 from tideline.features import compute_labels
+from tideline.models.base import output_kind
 from tideline.monitoring.outcomes import LiveOutcomes, PairedOutcomes, WatchOutcomes
 from tideline.monitoring.predictions import naive_utc, normalize_predictions, read_predictions, utc_bound
 from tideline.monitoring.skew import VersionSkew, check_skew
@@ -465,6 +466,26 @@ def live_regimes(rows: pd.DataFrame, sc: VersionScoring, periods_per_year: float
                           periods_per_year=periods_per_year, vol=vol, **sc.trading())
 
 
+def net_returns(rows: pd.DataFrame, sc: VersionScoring) -> np.ndarray:
+    """Each realized row's net return of its position (``join_outcomes``' ``position`` x ``next_return``, less the
+    version's unit cost and slippage times the turnover from the version's previous row of the symbol; a
+    symbol's first row starts flat), in ``rows``' order: what ``tideline.evaluation`` charges, per row."""
+    if rows.empty:
+        return np.zeros(0)
+    order = np.lexsort((pd.DatetimeIndex(rows["bar_time"]).asi8, rows["symbol"].astype(str).to_numpy()))
+    pos = rows["position"].to_numpy(dtype=np.float64)[order]
+    sym = rows["symbol"].astype(str).to_numpy()[order]
+    prev = np.r_[0.0, pos[:-1]]
+    prev[np.r_[True, sym[1:] != sym[:-1]]] = 0.0
+    unit = np.full(len(pos), sc.cost_bps / 1e4)
+    if sc.slippage_vol and "vol" in rows:
+        unit = unit + sc.slippage_vol * np.nan_to_num(rows["vol"].to_numpy(dtype=np.float64)[order], nan=0.0)
+    nr = np.nan_to_num(rows["next_return"].to_numpy(dtype=np.float64)[order], nan=0.0)
+    out = np.empty(len(pos))
+    out[order] = pos * nr - unit * np.abs(pos - prev)
+    return out
+
+
 def _cost_like(c: Any) -> bool:
     return isinstance(c, (int, float)) and not isinstance(c, bool) and math.isfinite(c) and c >= 0
 
@@ -659,9 +680,11 @@ class LiveOutcomeSource:
         rows = log_df.loc[log_df["version"] == version]
         if len(rows) == 0:
             return rows.assign(error=pd.Series([], dtype=np.float64), hit=pd.Series([], dtype=np.float64))
-        joined = _version_rows(self._scored(version).join(rows, bars))
+        sc = self._scored(version)
+        joined = _version_rows(sc.join(rows, bars))
         ok = (joined["status"] == "realized") & np.isfinite(joined["prediction"].to_numpy(dtype=np.float64))
-        return joined.loc[ok]
+        real = joined.loc[ok]
+        return real.assign(net=net_returns(real, sc))
 
     def __call__(self, candidate: str, baseline: str) -> Any:
         try:
@@ -670,6 +693,7 @@ class LiveOutcomeSource:
             log_df = log_df.loc[log_df["version"].isin([candidate, baseline])]
             cand = self._realized(log_df, candidate, bars)
             base = self._realized(log_df, baseline, bars)
+            kinds = (output_kind(self.registry.get(candidate).family), output_kind(self.registry.get(baseline).family))
             watch = self._watch(log_df, candidate, baseline, bars)
         except (TidelineError, OSError, ValueError, KeyError) as e:
             self.last_error = f"{type(e).__name__}: {e}"
@@ -683,11 +707,13 @@ class LiveOutcomeSource:
         if paired:
             cand = cand.merge(common, on=key, how="inner")
             base = base.merge(common, on=key, how="inner")
-            both = cand[[*key, "hit"]].merge(base[[*key, "hit"]], on=key, suffixes=("_c", "_a")).sort_values(
-                "bar_time", kind="stable")
+            both = cand[[*key, "hit", "net"]].merge(base[[*key, "hit", "net"]], on=key, suffixes=("_c", "_a"))
+            both = both.sort_values("bar_time", kind="stable")
             pairs = PairedOutcomes(times=both["bar_time"].astype("int64").tolist(),  # ns: sortable, like the watch
                                    candidate_hits=both["hit_c"].to_numpy(dtype=np.float64).tolist(),
-                                   active_hits=both["hit_a"].to_numpy(dtype=np.float64).tolist())
+                                   active_hits=both["hit_a"].to_numpy(dtype=np.float64).tolist(),
+                                   candidate_net=both["net_c"].to_numpy(dtype=np.float64).tolist(),
+                                   active_net=both["net_a"].to_numpy(dtype=np.float64).tolist())
         self.last_report = {"candidate": int(len(cand)), "baseline": int(len(base)), "paired": paired,
                             "watch_pairs": None if watch is None else len(watch.times),
                             "common": int(len(common)), "logged": int(len(log_df))}
@@ -696,7 +722,7 @@ class LiveOutcomeSource:
             active_errors=base["error"].to_numpy(dtype=np.float64).tolist(),
             candidate_hits=cand["hit"].to_numpy(dtype=np.float64).tolist(),
             active_hits=base["hit"].to_numpy(dtype=np.float64).tolist(),
-            paired=pairs, watch=watch,
+            paired=pairs, watch=watch, kinds=kinds,
         )
 
     def _watch(self, log_df: pd.DataFrame, candidate: str, baseline: str, bars: pd.DataFrame) -> Any:

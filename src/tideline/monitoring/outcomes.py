@@ -35,10 +35,16 @@ class PairedOutcomes:
     times: Sequence[Any] = ()
     candidate_hits: Sequence[float] = ()
     active_hits: Sequence[float] = ()
+    candidate_net: Sequence[float] = ()
+    """each row's net return of the candidate's position (after costs; empty: not measured)"""
+    active_net: Sequence[float] = ()
 
     def __post_init__(self) -> None:
         if not len(self.times) == len(self.candidate_hits) == len(self.active_hits):
             raise ValueError("paired outcomes must be index-aligned")
+        if (len(self.candidate_net) or len(self.active_net)) and not (
+                len(self.candidate_net) == len(self.active_net) == len(self.times)):
+            raise ValueError("paired net returns must be index-aligned with the outcomes")
 
 
 @dataclass
@@ -56,6 +62,9 @@ class LiveOutcomes:
     paired: PairedOutcomes | None = None
     """the two versions' hits on the same (symbol, bar) keys, with the bar times (the sequential test of
     ``tideline.rollout.analysis`` reads them); None when they share too few."""
+    kinds: tuple[str, str] | None = None
+    """what the candidate's and the active model's predictions are (``return`` forecasts or ``position`` s, see
+    ``tideline.models.output_kind``); when they differ, errors and prediction distributions are not compared"""
     watch: WatchOutcomes | None = None
     """after the candidate was promoted: its outcomes and the baseline's (in shadow) on the same requests,
     for the guard (``tideline.rollout.guard``); None before the promotion."""

@@ -27,6 +27,15 @@ blocks are close to independent. Under "the candidate is no better" every ``prod
 nonnegative supermartingale, and so is their mixture over a grid of ``lambda`` (``e_process``); by Ville's
 inequality it ever reaches ``1 / superiority_alpha`` with chance at most ``superiority_alpha``. A clear
 winner crosses within a few intervals; a close call never does, and walks every step.
+
+**Net PnL on the same requests** (``net_pnl``, when the live outcomes carry each paired row's net return): per bar,
+the candidate's mean net return minus the active model's, averaged in dependence blocks as above; the check
+fails when the candidate is significantly worse (the blocks' mean below ``-PNL_Z`` standard errors).
+
+**Models whose outputs differ in kind** (a policy answering positions against a model forecasting returns,
+``LiveOutcomes.kinds``): only what both have is compared — direction hit rate, the sequential test on hits,
+and net PnL on the same requests. Error distributions (``error_ks``) and prediction distributions
+(``prediction_divergence``) are reported as not compared, never as a pass or a failure.
 """
 
 from __future__ import annotations
@@ -408,6 +417,37 @@ def superiority_check(paired: PairedOutcomes | None, alpha: float, min_labelled:
                  + (f">= {bound:g}: clearly better (alpha {alpha})" if better else f"< {bound:g}"))
 
 
+NET_PNL = "net_pnl"
+PNL_Z = 2.0
+"""``net_pnl`` fails when the candidate's paired net PnL is below the active model's by more than this many
+standard errors."""
+
+
+def net_pnl_check(paired: PairedOutcomes | None, min_labelled: int) -> Check | None:
+    """The ``net_pnl`` check of the module docstring; None when the outcomes carry no net returns."""
+    if paired is None or not len(paired.candidate_net):
+        return None
+    c, a = np.asarray(paired.candidate_net, dtype=float), np.asarray(paired.active_net, dtype=float)
+    ok = np.isfinite(c) & np.isfinite(a)
+    n = int(ok.sum())
+    if n < min_labelled:
+        return Check(NET_PNL, None, -PNL_Z, None, f"only {n} paired net returns (< {min_labelled})")
+    uniq, inv = np.unique(np.asarray(paired.times)[ok], return_inverse=True)
+    d = np.bincount(inv, weights=(c - a)[ok], minlength=len(uniq)) / np.bincount(inv, minlength=len(uniq))
+    block = dependence_block(d)
+    m = block_means(d, block)
+    text = (f"net PnL on the same requests: candidate {c[ok].mean() * 1e4:+.2f} vs active {a[ok].mean() * 1e4:+.2f} "
+            f"bps per prediction over {len(d)} bars (blocks of {block})")
+    if len(m) < 2:
+        return Check(NET_PNL, None, -PNL_Z, None, text + ": too few blocks to judge")
+    sd = float(m.std(ddof=1))
+    z = float(m.mean() / (sd / math.sqrt(len(m)))) if sd > 0 else (0.0 if m.mean() == 0 else math.copysign(
+        math.inf, float(m.mean())))
+    worse = z < -PNL_Z
+    return Check(NET_PNL, z, -PNL_Z, not worse,
+                 text + f", paired z {z:+.2f} " + (f"< {-PNL_Z:g}: significantly worse" if worse else f">= {-PNL_Z:g}"))
+
+
 def _finite(xs: Sequence[float]) -> np.ndarray:
     arr = np.asarray(xs, dtype=float)
     return arr[np.isfinite(arr)]
@@ -447,6 +487,10 @@ def analyze(inp: AnalysisInput, thr: Thresholds) -> AnalysisResult:
     labelled = 0
     more_accurate: str | None = None  # set when live outcomes show the candidate clearly more accurate
     o = inp.outcomes
+    kinds = o.kinds if o is not None else None
+    other_kind = None if kinds is None or kinds[0] == kinds[1] else (
+        f"not compared: the candidate answers {kinds[0]}s, the active model {kinds[1]}s (hit rate and net PnL "
+        "on the same requests are)")
     if o is not None:
         ch, ah = _finite(o.candidate_hits), _finite(o.active_hits)
         labelled = int(max(ch.size, _finite(o.candidate_errors).size))
@@ -463,7 +507,9 @@ def analyze(inp: AnalysisInput, thr: Thresholds) -> AnalysisResult:
             if diff >= max(thr.accuracy_margin, 1e-9):
                 more_accurate = f"{diff:+.3f} live directional accuracy on {ch.size} labelled outcomes"
         ce, ae = _finite(o.candidate_errors), _finite(o.active_errors)
-        if ce.size < thr.min_labelled or ae.size < thr.min_labelled:
+        if other_kind is not None:
+            checks.append(Check("error_ks", None, thr.max_ks, None, other_kind))
+        elif ce.size < thr.min_labelled or ae.size < thr.min_labelled:
             checks.append(Check("error_ks", None, thr.max_ks, None,
                                 f"{ce.size} candidate / {ae.size} active live errors (< {thr.min_labelled})"))
         else:
@@ -479,8 +525,13 @@ def analyze(inp: AnalysisInput, thr: Thresholds) -> AnalysisResult:
 
     if thr.superiority_alpha is not None and o is not None:
         checks.append(superiority_check(o.paired, thr.superiority_alpha, thr.min_labelled))
+    pnl = net_pnl_check(o.paired, thr.min_labelled) if o is not None else None
+    if pnl is not None:
+        checks.append(pnl)
 
-    if inp.paired_predictions is not None:
+    if inp.paired_predictions is not None and other_kind is not None:
+        checks.append(Check("prediction_divergence", None, thr.max_prediction_divergence, None, other_kind))
+    elif inp.paired_predictions is not None:
         cp, ap = inp.paired_predictions
         if len(cp) != len(ap):
             raise ValueError("paired predictions must have the same length")

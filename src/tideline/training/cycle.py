@@ -54,7 +54,7 @@ from tideline.models import (
     explain,
     load_model,
     make_model,
-    model_class,
+    output_kind,
     read_meta,
     search_space,
 )
@@ -391,9 +391,7 @@ def sign_rule(settings: Settings, plan: Plan) -> PositionRule:
 def family_output(family: str) -> str:
     """What a family's predictions are: ``return`` forecasts, or ``position`` s (a policy, ``tideline.models.
     reinforcement``); an ensemble or a recalibration forecasts returns."""
-    if family in (ENSEMBLE, RECALIBRATED):
-        return "return"
-    return model_class(family).output
+    return output_kind(family)
 
 
 def fitted_rule(family: str, settings: Settings, plan: Plan, rule_ref: np.ndarray | None) -> PositionRule:

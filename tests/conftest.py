@@ -30,6 +30,7 @@ FAST_PARAMS = {
     "lightgbm": {"num_boost_round": 60},
     "sklearn": {"max_iter": 60},
     "torch": {"max_epochs": 2, "max_rows": 20_000},
+    "rl": {"min_timesteps": 16_384, "passes": 1.0, "n_checks": 2},
 }
 
 

@@ -162,6 +162,25 @@ def test_bad_data_fails_the_validate_task_and_registers_nothing(tmp_path):
     assert not reg_dir.exists() or open_registry(s.registry_uri()).list_versions() == []
 
 
+@pytest.mark.slow
+def test_the_pipeline_trains_evaluates_and_registers_a_policy(tmp_path):
+    """``--families rl``: the train task fits the policy (prepared from the registry it is given), evaluate
+    judges it on its positions, register stores it like any family."""
+    s = _settings(tmp_path, **PERMISSIVE)
+    summary = run_local(s, synthetic=SYN, families=["rl"], reason="test: a policy")
+    reg = open_registry(s.registry_uri())
+    (mv,) = reg.list_versions()
+    assert mv.family == "rl" and mv.decision["approved"] is True and mv.position["rule"] == "sign"
+    assert summary["versions"] == {"rl": mv.version} and summary["decision"] == "approved"
+    from tideline.models import load_model
+
+    model = load_model(reg.fetch(mv.version, tmp_path / "m"))
+    assert model.output == "position" and model.fit_info["timesteps"] >= 16_384
+    # the train task had the registry: with no earlier rl version and no experiences, it says so
+    (note,) = model.fit_info["preparation"]
+    assert note.startswith("no experiences before ")
+
+
 # ---- compile --------------------------------------------------------------------------------------------
 def _compile_fresh(out: Path) -> bytes:
     """Compile in a clean process with the default image (TIDELINE_IMAGE unset), as the repo's YAML is."""

@@ -285,14 +285,19 @@ def _flat_summary(result: Any) -> dict[str, Any]:
 # ---- train --------------------------------------------------------------------------------------------
 @_record_failures
 def train(in_dataset: str | Path, family: str, settings_json: str, out_model_dir: str | Path,
-          out_result: str | Path) -> dict[str, Any]:
-    """Purged walk-forward + final fit of one family; the model and its figures as artifacts."""
-    from tideline.training.cycle import family_failure, train_family
+          out_result: str | Path, registry_uri: str = "") -> dict[str, Any]:
+    """Purged walk-forward + final fit of one family; the model and its figures as artifacts. A policy family
+    (``rl``) is prepared from the registry at ``registry_uri`` when given (``cycle.PolicyPrep``: a warm start
+    from an earlier version, the experiences before the hold-out)."""
+    from tideline.training.cycle import PolicyPrep, family_failure, family_output, train_family
 
     s = settings_from_json(settings_json)
     ds, plan, _ = load_dataset(in_dataset)
     try:
-        model, fr = train_family(family, ds, plan, s)
+        prep = None
+        if registry_uri and family_output(family) == "position":
+            prep = PolicyPrep(_open(registry_uri, s), ds, plan, s)
+        model, fr = train_family(family, ds, plan, s, prepare=prep)
     except Exception as e:  # noqa: BLE001 - one family failing does not sink the run: it is recorded
         failed = {"family": family, "failed": family_failure(family, e)}
         _write_json(_dir(out_model_dir) / FAILED_FILE, failed)

@@ -70,11 +70,12 @@ def drift_report(dataset: Input[Dataset], report: Output[HTML], metrics: Output[
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
 def train(dataset: Input[Dataset], family: str, settings_json: str, model: Output[Model],
-          result: Output[Artifact], metrics: Output[Metrics]):
-    """Purged walk-forward + final fit of one model family; hold-out figures as metrics."""
+          result: Output[Artifact], metrics: Output[Metrics], registry_uri: str = ""):
+    """Purged walk-forward + final fit of one model family; hold-out figures as metrics (a policy family
+    warm-starts from, and fine-tunes on the experiences in, the registry at ``registry_uri``)."""
     from tideline.training import steps
 
-    figures = steps.train(dataset.path, family, settings_json, model.path, result.path)
+    figures = steps.train(dataset.path, family, settings_json, model.path, result.path, registry_uri=registry_uri)
     if "failed" in figures:  # recorded; the run goes on with the other families
         model.metadata.update({"family": family, "failed": figures["failed"]})
         result.metadata.update({"family": family, "failed": figures["failed"]})

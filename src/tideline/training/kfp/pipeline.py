@@ -47,7 +47,8 @@ def retrain_pipeline(
     drift = drift_report(dataset=feats.outputs["dataset"])
 
     with dsl.ParallelFor(families) as family:
-        trained = train(dataset=feats.outputs["dataset"], family=family, settings_json=settings_json)
+        trained = train(dataset=feats.outputs["dataset"], family=family, settings_json=settings_json,
+                        registry_uri=registry_uri)
 
     judged = evaluate_and_select(
         dataset=feats.outputs["dataset"], clean=checked.outputs["clean"],

@@ -328,3 +328,24 @@ def test_live_outcomes_of_a_policy_against_a_forecaster_carry_kinds_and_net_retu
     meta = pd.DataFrame({"timestamp": mine["bar_time"].to_numpy(), "symbol": "AAA"})
     want = position_returns(mine["prediction"].to_numpy(), nr, meta, cost_bps=1.0)
     np.testing.assert_allclose(np.asarray(p.candidate_net), want.to_numpy(), rtol=0, atol=1e-15)
+
+
+def test_the_predictor_serves_a_policy_its_answer_is_the_position(trained, tmp_path: Path) -> None:
+    from test_serving_bars import ask
+    from tideline.registry import open_registry
+    from tideline.serving.predictor import TidelinePredictor
+
+    model, X, *_ = trained
+    model.save(tmp_path / "rl")
+    reg = open_registry((tmp_path / "reg").as_uri())
+    v = reg.register(tmp_path / "rl", {"family": "rl", "features": model.columns,
+                                       "position": {"rule": "sign"}}).version
+    reg.promote(v, reason="test")
+    p = TidelinePredictor("tideline", reg, ref="production")
+    p.load()
+    rows = X.iloc[:30]
+    out = ask(p, {"instances": rows.to_dict("records")})
+    want = model.predict(rows)
+    assert out["predictions"] == want.tolist() and out["positions"] == want.tolist()
+    assert out["model_version"] == v
+    p.stop()

@@ -17,8 +17,9 @@ later rewards is the turnover it saves or costs; ``gamma`` weighs that.
 Training runs ``passes`` x rows environment steps (within ``min_timesteps`` .. ``max_timesteps``) over many
 episodes at once (``BarsVecEnv``: ``BarsEnv``'s arithmetic vectorised in numpy), checking the policy
 ``n_checks`` times on the purged validation rows; the one whose positions earned the most there, net of costs,
-is kept. ``warm_start(previous)`` starts from a previous version's weights (same inputs and network), and then
-only ``warm_fraction`` of the steps are run; ``fine_tune_on(X, market)`` adds experience rows (served
+is kept. ``warm_start(previous)`` starts from a previous version's weights (same inputs and network; checked on
+the validation rows before any step, and kept unless training betters it), and then only ``warm_fraction`` of
+the steps are run; ``fine_tune_on(X, market)`` adds experience rows (served
 predictions with realized outcomes, ``tideline.monitoring.experience``) that, after the pre-training on history,
 train the policy ``finetune_passes`` x their rows more steps, their episodes drawn by the market's weights.
 
@@ -273,8 +274,8 @@ class PolicyModel(Model):
         within ``min_timesteps`` .. ``max_timesteps``), episodes, validation checks, warm start and fine-tuning."""
         return {
             "width": 64, "depth": 2, "learning_rate": 3e-4, "n_envs": 64, "n_steps": 64, "batch_size": 1024,
-            "n_epochs": 4, "gamma": 0.9, "gae_lambda": 0.95, "clip_range": 0.2, "ent_coef": 0.01,
-            "passes": 3.0, "min_timesteps": 50_000, "max_timesteps": 2_000_000, "episode_bars": 128,
+            "n_epochs": 4, "gamma": 0.5, "gae_lambda": 0.95, "clip_range": 0.2, "ent_coef": 0.001,
+            "passes": 8.0, "min_timesteps": 50_000, "max_timesteps": 2_000_000, "episode_bars": 128,
             "n_checks": 6, "warm_fraction": 0.5, "finetune_passes": 4.0,
         }
 
@@ -352,10 +353,14 @@ class PolicyModel(Model):
                       gae_lambda=float(p["gae_lambda"]), clip_range=float(p["clip_range"]),
                       ent_coef=float(p["ent_coef"]), seed=self.seed, device="cpu", verbose=0,
                       policy_kwargs={"net_arch": [int(p["width"])] * int(p["depth"])})
-            if self._warm is not None:
-                ppo.policy.load_state_dict(self._warm[0], strict=True)
             best: tuple[float, dict[str, Any]] | None = None
             checks: list[dict[str, Any]] = []
+            if self._warm is not None:
+                ppo.policy.load_state_dict(self._warm[0], strict=True)
+                if valid is not None:  # where the previous version starts on these rows: kept unless bettered
+                    score = net_mean_reward(self._positions(ppo.policy, valid.obs), valid)
+                    checks.append({"phase": "warm start", "steps": 0, "valid_net_bps": round(score * 1e4, 4)})
+                    best = (score, {k: v.detach().clone() for k, v in ppo.policy.state_dict().items()})
             done = 0
             for phase, episodes, n in phases:
                 if episodes is not train:

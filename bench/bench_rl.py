@@ -95,50 +95,53 @@ def gate(seeds: int, strength: float) -> dict:
 
 
 def warm_start(seeds: int = 3) -> dict:
-    """Per seed: a policy trained on the first 40% of a planted-signal market (the previous version), then the
-    next 40% learnt cold and warm-started from it, each checked ``n_checks`` times on the last 20% (the later
-    rows: a learning curve, not a selection). Reported: each curve, and the steps each needs to reach the cold
-    start's final figure."""
-    from tideline.data import synthetic_market
-    from tideline.features import FeatureConfig, build_dataset
-    from tideline.models import Market, make_model
-
-    runs = []
-    for seed in range(seeds):
-        bars = synthetic_market(10, 6000, seed=100 + seed, signal_strength=0.15)
-        ds = build_dataset(bars, FeatureConfig())
-        ts = ds.meta["timestamp"].to_numpy()
-        times = np.unique(ts)
-        cut1, cut2 = times[len(times) * 2 // 5], times[len(times) * 4 // 5]
-        first, second, later = (np.flatnonzero(ts < cut1), np.flatnonzero((ts >= cut1) & (ts < cut2)),
-                                np.flatnonzero(ts >= cut2))
-
-        def market(idx: np.ndarray) -> Market:
-            return Market(ds.next_return[idx], ds.meta["symbol"].to_numpy()[idx], ts[idx], np.full(len(idx), 1e-4))
-
-        def fit(idx: np.ndarray, previous=None, warm_fraction: float = 1.0):  # noqa: ANN001
-            m = make_model("rl", seed=seed, params={"n_checks": 12, "warm_fraction": warm_fraction})
-            if previous is not None:
-                assert m.warm_start(previous, "previous") is None
-            m.fit(ds.X.iloc[idx], ds.y[idx], ds.spec, X_valid=ds.X.iloc[later], y_valid=ds.y[later],
-                  market=market(idx), valid_market=market(later))
-            return m
-
-        previous = fit(first)
-        cold = fit(second)
-        warm = fit(second, previous)  # the same budget, to see the whole curve
-        curve = {k: [(c["steps"], c["valid_net_bps"]) for c in m.fit_info["checks"]] for k, m in
-                 (("cold", cold), ("warm", warm))}
-        final = curve["cold"][-1][1]
-        reach = {k: next((st for st, v in c if v >= final), None) for k, c in curve.items()}
-        runs.append({"seed": seed, "cold_final_bps": final, "steps_to_cold_final": reach, "curves": curve})
+    """Per seed (``warm_run``): the steps a cold and a warm-started policy need to reach the cold start's final
+    figure on the later rows."""
+    runs = [warm_run(seed) for seed in range(seeds)]
     reached = [r for r in runs if r["steps_to_cold_final"]["warm"] is not None]
-    return {"name": "rl_warm_start", "seeds": seeds, "rows_second": int(len(second)),
-            "warm_reached_cold_final": len(reached),
+    return {"name": "rl_warm_start", "seeds": seeds, "warm_reached_cold_final": len(reached),
             "median_steps_to_cold_final": {
                 k: float(np.median([r["steps_to_cold_final"][k] for r in runs if r["steps_to_cold_final"][k]
                                     is not None])) for k in ("cold", "warm")},
             "runs": runs}
+
+
+def warm_run(seed: int) -> dict:
+    """A policy trained on the first 40% of a planted-signal market (the previous version), then the next 40%
+    learnt cold and warm-started from it, each checked ``n_checks`` times on the last 20% (the later rows: a
+    learning curve, not a selection): both curves and the steps each needs to reach the cold start's final
+    figure."""
+    from tideline.data import synthetic_market
+    from tideline.features import FeatureConfig, build_dataset
+    from tideline.models import Market, make_model
+
+    bars = synthetic_market(10, 6000, seed=100 + seed, signal_strength=0.15)
+    ds = build_dataset(bars, FeatureConfig())
+    ts = ds.meta["timestamp"].to_numpy()
+    times = np.unique(ts)
+    cut1, cut2 = times[len(times) * 2 // 5], times[len(times) * 4 // 5]
+    first, second, later = (np.flatnonzero(ts < cut1), np.flatnonzero((ts >= cut1) & (ts < cut2)),
+                            np.flatnonzero(ts >= cut2))
+
+    def market(idx: np.ndarray) -> Market:
+        return Market(ds.next_return[idx], ds.meta["symbol"].to_numpy()[idx], ts[idx], np.full(len(idx), 1e-4))
+
+    def fit(idx: np.ndarray, previous=None):  # noqa: ANN001
+        m = make_model("rl", seed=seed, params={"n_checks": 12, "warm_fraction": 1.0})  # the same budget: whole curves
+        if previous is not None:
+            assert m.warm_start(previous, "previous") is None
+        m.fit(ds.X.iloc[idx], ds.y[idx], ds.spec, X_valid=ds.X.iloc[later], y_valid=ds.y[later],
+              market=market(idx), valid_market=market(later))
+        return m
+
+    previous = fit(first)
+    cold, warm = fit(second), fit(second, previous)
+    curve = {k: [(c["steps"], c["valid_net_bps"]) for c in m.fit_info["checks"]] for k, m in
+             (("cold", cold), ("warm", warm))}
+    final = curve["cold"][-1][1]
+    reach = {k: next((st for st, v in c if v >= final), None) for k, c in curve.items()}
+    return {"seed": seed, "rows_second": int(len(second)), "cold_final_bps": final, "steps_to_cold_final": reach,
+            "curves": curve}
 
 
 def main() -> None:

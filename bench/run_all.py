@@ -15,11 +15,16 @@ HERE = Path(__file__).resolve().parent
 BENCHES = [["bench_cycle.py"], ["bench_drift.py"], ["bench_predictor.py"], ["bench_rollout.py"], ["bench_learning.py"],
            ["bench_learning.py", "--before"], ["bench_learning.py", "--no-flip"],
            ["bench_bars.py"], ["bench_real.py"], ["bench_gate.py"], ["bench_gate.py", "--tune", "20", "--rules", "sign"],
-           ["bench_tuning.py"], ["bench_replay.py"]]
+           ["bench_tuning.py"], ["bench_replay.py"], ["bench_rl.py"]]
 
 
 def run(argv: list[str]) -> list[dict]:
-    """Every JSON object line a benchmark printed (one benchmark may report several results)."""
+    """Every JSON object line a benchmark printed (one benchmark may report several results), each tagged with the
+    command that made it (``bench``) and the day."""
+    return [{**r, "bench": " ".join(argv), "date": dt.date.today().isoformat()} for r in _run(argv)]
+
+
+def _run(argv: list[str]) -> list[dict]:
     p = subprocess.run([sys.executable, str(HERE / argv[0]), *argv[1:]], capture_output=True, text=True)
     if p.returncode != 0:
         return [{"name": argv[0], "error": (p.stderr.strip().splitlines() or ["failed"])[-1]}]
@@ -37,7 +42,10 @@ def run(argv: list[str]) -> list[dict]:
 
 
 def markdown(meta: dict, results: list[dict]) -> str:
-    lines = [f"Measured {meta['date']} on {meta['cores']} cores ({meta['machine']}), Python {meta['python']}.", ""]
+    later = sorted({(r["bench"].split()[0], r["date"]) for r in results
+                    if r.get("date") and r.get("bench") and r["date"] != meta["date"]})
+    lines = [f"Measured {meta['date']} on {meta['cores']} cores ({meta['machine']}), Python {meta['python']}"
+             + "".join(f"; {b} on {d}" for b, d in later) + ".", ""]
     for r in results:
         if r.get("name") == "cycle":
             lines += [
@@ -203,6 +211,38 @@ def markdown(meta: dict, results: list[dict]) -> str:
                   + " | |" for k, v in r["per_policy"].items()],
                 "",
             ]
+        elif r.get("name") == "rl_train":
+            lines += [
+                "| the rl family (bench_rl.py) | value | target |", "|---|---|---|",
+                f"| training the policy: {r['rows']:,} rows x {r['features']} features, {r['timesteps']:,} environment "
+                f"steps | {r['fit_s']} s | <= {r['goal_s']} s |",
+                f"| one-row model call, rl policy / torch network | {r['one_row_predict_us']['rl']} us / "
+                f"{r['one_row_predict_us']['torch']} us | rl <= torch |",
+                "",
+            ]
+        elif r.get("name") == "rl_gate":
+            lines += [
+                "| the rl family against the gate (bench_rl.py) | value | target |", "|---|---|---|",
+                f"| market | {r['symbols']} symbols x {r['bars']:,} daily bars (the gate benchmark's), 1 bp costs | |",
+                f"| planted signal (strength {r['strength']}): hold-out net Sharpe beats every baseline | "
+                f"{r['signal_beats_baselines']} of {r['seeds']} seeds | >= 80% |",
+                f"| planted signal: promoted by the gate / median hold-out Sharpe | {r['signal_approved']} of "
+                f"{r['seeds']} / {r['signal_sharpe_median']} | |",
+                f"| pure noise: promoted by the gate | {r['noise_approved']} of {r['seeds']} | none (<= 1 of 20) |",
+                f"| wall time | {r['wall_s']} s | |",
+                "",
+            ]
+        elif r.get("name") == "rl_warm_start":
+            lines += [
+                "| rl warm start (bench_rl.py): steps to reach the cold start's final figure on the later rows | "
+                "cold | warm |", "|---|---|---|",
+                *[f"| seed {x['seed']} (cold final {x['cold_final_bps']} bps per row) | "
+                  f"{x['steps_to_cold_final']['cold']:,} | {x['steps_to_cold_final']['warm']:,} |"
+                  if x["steps_to_cold_final"]["warm"] is not None else
+                  f"| seed {x['seed']} (cold final {x['cold_final_bps']} bps per row) | "
+                  f"{x['steps_to_cold_final']['cold']:,} | not reached |" for x in r["runs"]],
+                "",
+            ]
         elif "error" in r:
             lines += [f"{r['name']}: failed: {r['error']}", ""]
     return "\n".join(lines)
@@ -213,9 +253,21 @@ def _cell(v: object) -> str:
 
 
 def main() -> None:
+    """All benchmarks; ``--only FILE ...`` re-runs those (e.g. ``bench_rl.py``) and keeps the other results."""
     meta = {"date": dt.date.today().isoformat(), "cores": os.cpu_count(), "machine": platform.machine(),
             "python": platform.python_version()}
-    results = [r for b in BENCHES for r in run(b)]
+    only = sys.argv[sys.argv.index("--only") + 1:] if "--only" in sys.argv else None
+    if only is None:
+        results = [r for b in BENCHES for r in run(b)]
+    else:
+        chosen = [b for b in BENCHES if b[0] in only]
+        if not chosen:
+            raise SystemExit(f"no benchmark named {only}; known: {sorted({b[0] for b in BENCHES})}")
+        old = json.loads((HERE / "results.json").read_text())
+        meta = old["meta"]
+        tags = {" ".join(b) for b in chosen}
+        results = [r for r in old["results"] if r.get("bench") not in tags and r.get("name") not in
+                   {b[0] for b in chosen}] + [r for b in chosen for r in run(b)]
     (HERE / "results.json").write_text(json.dumps({"meta": meta, "results": results}, indent=2) + "\n")
     md = markdown(meta, results)
     (HERE / "RESULTS.md").write_text(md + "\n")

@@ -288,6 +288,10 @@ def test_the_cycle_trains_judges_registers_and_warm_starts_the_policy(tmp_path: 
     m = load_model(reg.fetch(v2.version, tmp_path / "m2"))
     assert m.fit_info["warm_start"] == {"from": v1.version}
     assert m.fit_info["preparation"][0].startswith(f"warm start from {v1.version}")
+    assert v2.evaluation["learning"]["warm_start"] == {"from": v1.version}
+    shown = subprocess.run([sys.executable, "-m", "tideline", "--registry", uri, "models", "show", v2.version],
+                           capture_output=True, text=True, timeout=120)
+    assert f"warm start from {v1.version}" in shown.stdout, shown.stdout
 
 
 def test_live_outcomes_of_a_policy_against_a_forecaster_carry_kinds_and_net_returns(trained, tmp_path: Path) -> None:

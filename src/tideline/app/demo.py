@@ -767,6 +767,7 @@ class Demo:
             "registry": {"aliases": reg.aliases(), "versions": versions, "history": history},
             "alerts": [{k: a.to_dict()[k] for k in ("kind", "severity", "title", "occurrences", "created_at")}
                        for a in reversed(list_alerts(reg, include_resolved=True))],
+            "experience": _experience(reg, w.settings),
             "drift": self.drift, "importance": _importance(reg), "learning": learning, "checks": checks,
             "traffic": {"requests": sum(tr.statuses.values()), "statuses": tr.statuses,
                         "rows_answered": tr.rows_answered, "rows_logged": int(len(served)),
@@ -836,6 +837,16 @@ class Demo:
                        "the loop recomputed from its stored bars"},
         ]
         return checks
+
+
+def _experience(reg: Any, settings: Any) -> dict[str, Any]:
+    """The experience buffer the loop filled from the served predictions (``tideline experience stats``)."""
+    from tideline.monitoring.experience import stats
+
+    st = stats(reg, settings.experience.annotate_quantile).to_dict()
+    return {"registry": settings.registry_uri(),
+            **{k: st[k] for k in ("rows", "versions", "roles", "reward_bps", "hit_rate", "regimes", "tags",
+                                  "quarantined")}}
 
 
 def _importance(reg: Any) -> dict[str, Any]:

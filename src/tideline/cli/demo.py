@@ -50,6 +50,11 @@ def demo(
                   f"{learn.get('post_shift_live_accuracy')} vs static v1 {learn.get('post_shift_static_accuracy')}; "
                   f"back within {learn.get('tolerance')} of the pre-shift level after "
                   f"{learn.get('recovery_bars')} bars", highlight=False)
+    xp = res.record.get("experience") or {}
+    if xp.get("rows"):
+        out.print(f"experience buffer: {xp['rows']:,} served predictions with their realized outcomes, of "
+                  f"{len(xp.get('versions') or {})} version(s); mean net reward {xp.get('reward_bps')} bps, hit rate "
+                  f"{xp.get('hit_rate')} (tideline --registry {xp['registry']} experience stats)", highlight=False)
     out.print("[dim]the market is synthetic, its planted signal far stronger than any real market's: annualised "
               "Sharpe ratios of 20-80 here are a property of the toy, not a promise[/dim]")
     out.print(f"report: {res.report}\nrecord: {res.record_path}\n{res.seconds:.0f} s", highlight=False)

@@ -130,6 +130,11 @@ def models_show(ctx: typer.Context, version: Annotated[str, typer.Argument(help=
         out.print(f"  {k}: {d.get(k)}")
     out.print(f"  training_window: {d['training_window']}")
     out.print(f"  features: {len(mv.features)}")
+    learning = (mv.evaluation or {}).get("learning") or {}
+    if learning:  # a policy: how its final fit started and what it fine-tuned on
+        out.print(f"  learning: {learning.get('timesteps') or 0:,} environment steps; "
+                  + "; ".join(learning.get("preparation") or ["no registry given: cold start, no experiences"]),
+                  highlight=False, soft_wrap=True)
     t = Table(title="hold-out metrics (net of costs)")
     t.add_column("metric")
     t.add_column("value")

@@ -1010,6 +1010,7 @@ def register_candidate(registry: Registry, model_dir: Path, cand: CandidateResul
             "tuning": cand.tuning,
             "regime_thresholds": info.get("regime_thresholds"),
             "cost_bps": settings.evaluation.cost_bps, "source": info["source"],
+            "learning": _learning(meta),
         },
         "decision": cand.decision.to_dict(),
         "position": cand.position.to_dict(),
@@ -1025,6 +1026,15 @@ def register_candidate(registry: Registry, model_dir: Path, cand: CandidateResul
                                 json.dumps(dict(importance)).encode(), actor="cycle")
     cand.version = mv.version
     return mv
+
+
+def _learning(meta: Mapping[str, Any]) -> dict[str, Any] | None:
+    """How a policy's final fit was prepared and ran (its ``fit_info``: warm start, experiences, steps), for the
+    version's evaluation record; None for the other families."""
+    if meta.get("output") != "position":
+        return None
+    fi = meta.get("fit_info") or {}
+    return {k: fi.get(k) for k in ("preparation", "warm_start", "experience_rows", "timesteps", "valid_net_bps")}
 
 
 def choose_best(candidates: list[CandidateResult]) -> CandidateResult | None:

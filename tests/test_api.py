@@ -211,6 +211,7 @@ def chrome(tmp: Path) -> Any:
 
 @pytest.mark.slow
 def test_the_status_page_follows_a_rollout_in_a_real_browser(tmp_path: Path) -> None:
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.common.by import By as Find
     from selenium.webdriver.support.ui import WebDriverWait
 
@@ -224,7 +225,8 @@ def test_the_status_page_follows_a_rollout_in_a_real_browser(tmp_path: Path) -> 
     browser = chrome(tmp_path)
     try:
         browser.get(f"http://127.0.0.1:{port}/?refresh=1")
-        wait = WebDriverWait(browser, 60)
+        # the page re-renders its tables on each refresh: an element found just before one is stale, look again
+        wait = WebDriverWait(browser, 60, ignored_exceptions=(StaleElementReferenceException,))
         wait.until(lambda b: b.find_element(Find.ID, "login").is_displayed())  # no token yet: it asks for one
         browser.find_element(Find.ID, "token").send_keys("not-the-token-0123456789")
         browser.find_element(Find.ID, "use").click()
@@ -234,14 +236,14 @@ def test_the_status_page_follows_a_rollout_in_a_real_browser(tmp_path: Path) -> 
         field.send_keys(TOKEN)
         browser.find_element(Find.ID, "use").click()
         wait.until(lambda b: b.find_element(Find.ID, "page").is_displayed())
-        assert browser.find_element(Find.ID, "production").text == "v1"
-        assert browser.find_element(Find.ID, "kill").text == "ON: drill"
+        wait.until(lambda b: b.find_element(Find.ID, "production").text == "v1")
+        wait.until(lambda b: b.find_element(Find.ID, "kill").text == "ON: drill")
         wait.until(lambda b: b.find_element(Find.CSS_SELECTOR, "#rollouts td.phase").text == "Shadow")
         doc["status"] |= {"phase": "Canary", "weight": 10, "message": "shadow passed; canary at 10%"}
         reg.store.put("rollouts/tideline.json", json.dumps(doc).encode())  # the rollout moves on
         wait.until(lambda b: b.find_element(Find.CSS_SELECTOR, "#rollouts td.phase").text == "Canary")
-        assert "10%" in browser.find_element(Find.ID, "rollouts").text
-        assert "Kill switch engaged" in browser.find_element(Find.ID, "alerts").text
+        wait.until(lambda b: "10%" in b.find_element(Find.ID, "rollouts").text)
+        wait.until(lambda b: "Kill switch engaged" in b.find_element(Find.ID, "alerts").text)
         # the live accuracy plot, drawn by the plotly the server itself serves (no CDN)
         wait.until(lambda b: b.execute_script("return !!window.Plotly && "
                                               "document.querySelectorAll('#live .scatterlayer .trace').length > 0"))

@@ -13,7 +13,8 @@ thousands of labelled samples. Versions:
                predictor answers 500 (a genuinely broken model, no chaos);
 * ``slow``     ``good``'s files served with ``TIDELINE_CHAOS=delay_ms=400`` on the candidate process only;
 * ``shuffled`` LightGBM trained on permuted labels (learned nothing: live accuracy ~0.5 vs ~0.7);
-* ``good2``    LightGBM, seed 3 (the candidate of the controller-crash test).
+* ``good2``    LightGBM, seed 3 (the candidate of the controller-crash test);
+* ``rl``       a policy (family ``rl``) whose answers are positions, rolled out against a return forecaster.
 
 A client thread sends requests through the router during every rollout and records each answer's status,
 ``x-model-version`` and route; a monitor thread samples the router's state and probes the upstreams it
@@ -48,7 +49,7 @@ from tideline.clock import SystemClock
 from tideline.config import FeatureConfig
 from tideline.data import synthetic_market, write_bars
 from tideline.features import build_dataset, feature_config_hash
-from tideline.models import make_model
+from tideline.models import Market, make_model
 from tideline.monitoring.feedback import outcomes_from_log
 from tideline.registry import Registry, Status, open_registry
 from tideline.rollout import machine as m
@@ -142,6 +143,13 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> World:
     versions["slow"] = reg.register(arts["good"], {**meta, "features": columns}).version
     fit("shuffled", 1, 0.05, np.random.default_rng(0).permutation(ds.y))
     fit("good2", 3, 0.08, ds.y)
+    # a policy (family rl): its answer is a position, not a return forecast
+    sym, ts = ds.meta["symbol"].to_numpy(), ds.meta["timestamp"].to_numpy()
+    rl = make_model("rl", seed=1, params=FAST_PARAMS["rl"], n_threads=1)
+    rl.fit(ds.X[train], ds.y[train], ds.spec, market=Market(ds.next_return[train], sym[train], ts[train],
+                                                            np.full(int(train.sum()), 1e-4)))
+    rl.save(root / "art-rl")
+    versions["rl"] = reg.register(root / "art-rl", {**meta, "family": "rl", "features": rl.columns}).version
     reg.promote(versions["prod"], reason="e2e start")
 
     return World(root, uri, reg, bars_path, client_bodies(ds, train, columns), versions,
@@ -445,3 +453,25 @@ def test_controller_killed_mid_canary_resumes_to_a_consistent_end(world: World, 
     assert max(weights) == 50 and all(w < 100 for w in weights)
     state = serving.backend.read_state()
     assert state["active"]["version"] == cand and state["candidate"] is None
+
+
+def test_a_policy_is_rolled_out_against_a_forecaster_on_hit_rate_and_net_pnl(world: World, serving: Serving) -> None:
+    """An rl version (positions) against the LightGBM in production (return forecasts): the analysis compares
+    what both have — direction hit rate and net PnL on the same requests — and reports the error and prediction
+    distributions as not compared; the policy is promoted like any candidate."""
+    reg = world.registry
+    old, cand = reg.aliases()["production"], world.versions["rl"]
+    status, seen = run_rollout(serving, spec(cand, old), reg)
+    serving.traffic.finish()
+    serving.monitor.finish()
+    doc, _ = load_rollout(reg.store, NAME)
+    shadow = [{c["name"]: c for c in an["checks"]} for an in doc.status.analyses
+              if an["phase"] == "Shadow" and an["verdict"] == "pass"]
+    assert shadow, doc.status.analyses
+    last = shadow[-1]
+    assert last["directional_accuracy"]["passed"] is True and last["net_pnl"]["passed"] is True, last
+    for name in ("error_ks", "prediction_divergence"):
+        assert last[name]["passed"] is None and "not compared" in last[name]["reason"], last[name]
+    assert status.phase == m.Phase.PROMOTED, (status.message, seen)
+    assert reg.aliases()["production"] == cand
+    serving.traffic.assert_clean()

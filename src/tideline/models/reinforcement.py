@@ -32,7 +32,6 @@ rebuilt in plain torch from the weights and the position is its most likely acti
 from __future__ import annotations
 
 import logging
-import pickle
 import time
 from pathlib import Path
 from typing import Any
@@ -41,7 +40,7 @@ import numpy as np
 
 from tideline.errors import ModelError
 from tideline.models.base import Dim, Market, Model, StoredSpec
-from tideline.models.sequence import _TorchSettings
+from tideline.models.sequence import _TorchSettings, load_state_dict
 
 log = logging.getLogger(__name__)
 
@@ -431,7 +430,6 @@ class PolicyModel(Model):
                             "activation": "tanh", "library": "stable_baselines3.PPO MlpPolicy"}}
 
     def _load_artifacts(self, directory: Path, extra: dict[str, Any]) -> None:
-        import torch
 
         center = np.asarray(extra["input_scaler"]["center"], dtype=np.float32)
         scale = np.asarray(extra["input_scaler"]["scale"], dtype=np.float32)
@@ -442,11 +440,4 @@ class PolicyModel(Model):
             raise ModelError(f"{directory / 'model.json'}: its actions are not {ACTIONS.tolist()}")
         self._center, self._scale = center, scale
         self._reward_scale = float(extra.get("reward_scale", 1.0))
-        try:
-            state = torch.load(directory / "policy.pt", weights_only=True, map_location="cpu")
-        except pickle.UnpicklingError:
-            raise ModelError(f"{directory / 'policy.pt'} is refused: it is not a plain weights-only state dict "
-                             "(tideline never loads pickled objects)") from None
-        if not isinstance(state, dict):
-            raise ModelError(f"{directory / 'policy.pt'} does not hold a state dict")
-        self._set_policy(state)
+        self._set_policy(load_state_dict(directory / "policy.pt"))

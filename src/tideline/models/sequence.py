@@ -97,6 +97,21 @@ def _build_network(n_tab: int, seq_len: int, n_channels: int, p: dict[str, Any])
     return PatchEncoderNet()
 
 
+def load_state_dict(path: Path) -> dict[str, Any]:
+    """A torch state dict saved by ``torch.save``, loaded with ``weights_only=True``: ``ModelError`` when the file
+    holds anything else (a pickled object is refused, never unpickled)."""
+    import torch
+
+    try:
+        state = torch.load(path, weights_only=True, map_location="cpu")
+    except pickle.UnpicklingError:
+        raise ModelError(f"{path} is refused: it is not a plain weights-only state dict "
+                         "(tideline never loads pickled objects)") from None
+    if not isinstance(state, dict):
+        raise ModelError(f"{path} does not hold a state dict")
+    return state
+
+
 class _TorchSettings:
     """Seeds, threads and deterministic algorithms for the duration of a fit/predict; restored after."""
 
@@ -291,7 +306,6 @@ class SequenceModel(Model):
         }
 
     def _load_artifacts(self, directory: Path, extra: dict[str, Any]) -> None:
-        import torch
 
         arch = extra["architecture"]
         self._n_tab, self._seq_len, self._n_channels = (int(arch["n_tab"]), int(arch["seq_len"]),
@@ -303,13 +317,7 @@ class SequenceModel(Model):
             raise ModelError(f"{directory / 'model.json'}: scaler/architecture do not match its "
                              f"{len(self.columns)} columns")
         self._mean, self._std = mean, std
-        try:
-            state = torch.load(directory / "model.pt", weights_only=True, map_location="cpu")
-        except pickle.UnpicklingError:
-            raise ModelError(f"{directory / 'model.pt'} is refused: it is not a plain weights-only state dict "
-                             "(tideline never loads pickled objects)") from None
-        if not isinstance(state, dict):
-            raise ModelError(f"{directory / 'model.pt'} does not hold a state dict")
+        state = load_state_dict(directory / "model.pt")
         net = _build_network(self._n_tab, self._seq_len, self._n_channels, self.params)
         net.load_state_dict(state, strict=True)
         net.eval()

@@ -69,9 +69,9 @@ def test_short_demo_tells_the_whole_story(tmp_path: Path) -> None:
     assert ("rolled_back", "high", f"Rollout of {broken['candidate']} rolled back") in titles, titles
     assert ("promoted", "low", f"{retrained['candidate']} promoted to production") in titles, titles
     # the loop kept every served prediction with a realized outcome as an experience (no skew: the predictors
-    # computed exactly the features training does), of active, shadow and canary roles
+    # computed exactly the features training does), of the active and the candidate slots
     xp = rec["experience"]
-    assert xp["rows"] > 1000 and xp["quarantined"] == {} and {"active", "shadow"} <= set(xp["roles"]), xp
+    assert xp["rows"] > 1000 and xp["quarantined"] == {} and {"active", "canary"} <= set(xp["roles"]), xp
     assert len(xp["versions"]) >= 3 and sum(xp["regimes"].values()) == xp["rows"]
     assert "experience buffer:" in out and "experience stats" in out
     # the retrain after the shift offered production recalibrated on the new regime's bars (built in the

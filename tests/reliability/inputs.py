@@ -420,6 +420,10 @@ REGISTRY_COMMANDS: dict[str, list[str]] = {
     "alerts list": ["alerts", "list"],
     "alerts ack": ["alerts", "ack", "20261207T000000-abcdef"],
     "alerts resolve": ["alerts", "resolve", "20261207T000000-abcdef"],
+    "experience collect": ["experience", "collect", "--data", "{data}"],
+    "experience stats": ["experience", "stats"],
+    "experience list": ["experience", "list"],
+    "experience export": ["experience", "export", "{work}/buffer.parquet"],
 }
 # commands that write may create a registry directory; they still fail on what they were asked to move
 MISSING_REGISTRY_SAYS = {"models promote": "v1", "models rollback": "no previous production version",
@@ -434,6 +438,7 @@ ALL_COMMANDS: list[list[str]] = [
     ["rollout", "promote"], ["rollout", "rollback"], ["rollout", "approve"], ["serve"], ["trigger", "check"], ["trigger", "run"], ["demo"],
     ["loop", "status"], ["loop", "history"], ["loop", "kill-switch"], ["replay"],
     ["alerts", "list"], ["alerts", "ack"], ["alerts", "resolve"],
+    ["experience", "collect"], ["experience", "stats"], ["experience", "list"], ["experience", "export"],
 ]
 MISSING_ARGS: list[tuple[list[str], str]] = [
     (["models", "show"], "missing argument 'version'"),
@@ -475,6 +480,12 @@ MISSING_ARGS: list[tuple[list[str], str]] = [
     (["alerts", "ack"], "missing argument 'id'"),
     (["alerts", "resolve"], "missing argument 'id'"),
     (["alerts", "ack", "nosuch"], "no alert 'nosuch'"),
+    (["experience", "export"], "missing argument 'file'"),
+    (["experience", "export", "{work}/buffer.txt"], "must end in .parquet or .csv"),
+    (["experience", "list", "--tag", "lucky"], "unknown tag 'lucky'"),
+    (["experience", "list", "--limit", "0"], "invalid value for '--limit'"),
+    (["experience", "collect"], "no bars are stored"),
+    (["experience", "collect", "--data", "{work}/nope.csv"], "not found"),
     (["replay"], "missing option '--data'"),
     (["replay", "--data", "{work}/nope.csv"], "not found"),
     (["replay", "--data", "{data}", "--policies", "yearly"], "unknown policy yearly"),

@@ -388,6 +388,11 @@ def sign_rule(settings: Settings, plan: Plan) -> PositionRule:
     return fit_position_rule(settings.positions.model_copy(update={"rule": "sign"}), None, plan.periods_per_year)
 
 
+def _output(model: Model) -> str:
+    """``model.output`` (``return`` for a stand-in that does not say)."""
+    return str(getattr(model, "output", "return"))
+
+
 def family_output(family: str) -> str:
     """What a family's predictions are: ``return`` forecasts, or ``position`` s (a policy, ``tideline.models.
     reinforcement``); an ensemble or a recalibration forecasts returns."""
@@ -479,7 +484,7 @@ def fit_model(family: str, ds: Dataset, idx: np.ndarray, settings: Settings, cap
     kw: dict[str, Any] = {}
     if len(val_idx):
         kw = {"X_valid": ds.X.iloc[val_idx], "y_valid": ds.y[val_idx]}
-    if model.output == "position":
+    if _output(model) == "position":
         kw["market"] = market_of(ds, fit_idx, settings)
         if len(val_idx):
             kw["valid_market"] = market_of(ds, val_idx, settings)
@@ -505,7 +510,7 @@ def rule_reference(model: Model, ds: Dataset, idx: np.ndarray, settings: Setting
                    ) -> np.ndarray | None:
     """The predictions a ``zscore`` rule is fitted on (see ``position_rule``); None for a rule that needs none.
     The rows depend on ``idx``, ``cap`` and the horizon only, so every family's are the same rows."""
-    if settings.positions.rule != "zscore" or model.output == "position":
+    if settings.positions.rule != "zscore" or _output(model) == "position":
         return None
     ts = ds.meta["timestamp"].to_numpy()
     recent = _recent(idx, cap)
@@ -713,7 +718,7 @@ def recalibrated_result(prod: ProductionScore, ds: Dataset, plan: Plan, settings
         return None
     base, mv = prod.model, prod.manifest
     end = _base_training_end(base, mv)
-    first, gap = _window_start_and_gap(ds, np.arange(len(ds)), settings)
+    first, gap = _window_start_and_gap(ds, None, settings)
     if end is None or end + gap >= first:
         log.info("no recalibrated candidate: production %s was trained on rows up to %s, not entirely before "
                  "this window (from %s)", mv.version, end, first)
@@ -730,12 +735,14 @@ def recalibrated_result(prod: ProductionScore, ds: Dataset, plan: Plan, settings
         return None
 
 
-def _window_start_and_gap(ds: Dataset, idx: np.ndarray, settings: Settings) -> tuple[pd.Timestamp, pd.Timedelta]:
-    """The first bar of rows ``idx`` (naive UTC) and the gap a label needs before it: (horizon + embargo) bars."""
+def _window_start_and_gap(ds: Dataset, idx: np.ndarray | None, settings: Settings
+                          ) -> tuple[pd.Timestamp, pd.Timedelta]:
+    """The first bar of rows ``idx`` (None: every row; naive UTC) and the gap a label needs before it: (horizon +
+    embargo) bars."""
     ts = pd.DatetimeIndex(pd.to_datetime(ds.meta["timestamp"].to_numpy()))
     uniq = ts.unique().sort_values()
     step = (uniq[1:] - uniq[:-1]).min() if len(uniq) > 1 else pd.Timedelta(0)
-    first = pd.DatetimeIndex(ts[idx]).min()
+    first = (ts if idx is None else pd.DatetimeIndex(ts[idx])).min()
     first = first.tz_localize(None) if first.tzinfo else first
     return first, (settings.features.horizon + settings.evaluation.embargo_bars) * step
 
@@ -755,7 +762,7 @@ class PolicyPrep:
     notes: list[str] = field(default_factory=list)
 
     def __call__(self, model: Model) -> None:
-        if model.output != "position":
+        if _output(model) != "position":
             return
         first, gap = _window_start_and_gap(self.ds, self.plan.hold, self.settings)
         cutoff = first - gap
@@ -856,7 +863,7 @@ def score_production(registry: Registry, ds: Dataset, plan: Plan, bars: pd.DataF
             pred = model.predict(pds.X.iloc[pos])
         else:
             pred = model.predict(ds.X.iloc[plan.hold])
-            if model.family != "torch" and model.output == "return":
+            if model.family != "torch" and _output(model) == "return":
                 same_features = model
         rule = stored_rule(mv.position, mv.version)
         return ProductionScore(prod, _metrics(pred, ds, plan.hold, plan, settings, rule),

@@ -212,6 +212,7 @@ def collect(registry: Any, bars: pd.DataFrame, config: ExperienceConfig | None =
     b = bars.assign(timestamp=naive_utc(bars["timestamp"]), symbol=bars["symbol"].astype(str))
     stored_bars = StoredBars(b)
     next_bar = _next_bar_times(b)
+    features_cache: dict[Any, Any] = {}  # a request served to several versions is recomputed once
     for version, rows in keyed.groupby("version", sort=True):
         v = str(version)
         try:
@@ -241,7 +242,7 @@ def collect(registry: Any, bars: pd.DataFrame, config: ExperienceConfig | None =
         res.realized += int(len(real))
         if real.empty:
             continue
-        values, available = recompute_features(real, stored_bars, fcfg, columns)
+        values, available = recompute_features(real, stored_bars, fcfg, columns, features_cache)
         res.unavailable += int((~available).sum())
         real, values = real.loc[available].reset_index(drop=True), values[available]
         got = np.array(feature_hashes(values), dtype=object) if len(values) else np.array([], dtype=object)

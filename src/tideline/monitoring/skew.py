@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 
 from tideline.errors import DataError, TidelineError
-from tideline.features import compute_features, last_bar_frame, stored_feature_config
+from tideline.features import compute_features, feature_config_hash, last_bar_frame, stored_feature_config
 from tideline.monitoring.predictions import feature_hashes
 
 _EXAMPLES: Final = 5
@@ -159,13 +159,15 @@ def _compare(res: VersionSkew, rows: pd.DataFrame, recomputed: np.ndarray, sourc
                              "recomputed": got[i]})
 
 
-def recompute_features(rows: pd.DataFrame, stored: StoredBars, cfg: Any, columns: list[str]
-                       ) -> tuple[np.ndarray, np.ndarray]:
+def recompute_features(rows: pd.DataFrame, stored: StoredBars, cfg: Any, columns: list[str],
+                       cache: dict[Any, Any] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The features each logged prediction in ``rows`` was served on, recomputed from the stored bars as the
     predictor computed them (see the module doc: a request of bars from the same window, with its symbols
     together; features the client sent from the start of the stored bars). Returns ``(values, available)``:
     an ``n x len(columns)`` float64 matrix in ``rows``' order, and which rows could be recomputed (the others'
-    values are NaN: their stored bars are not all there)."""
+    values are NaN: their stored bars are not all there). ``cache`` (a dict the caller keeps) holds each request's
+    features by request and feature config, so a request served to several versions (a shadow's copy) is
+    recomputed once."""
     values = np.full((len(rows), len(columns)), np.nan)
     available = np.zeros(len(rows), dtype=bool)
     if len(rows) == 0:
@@ -173,7 +175,7 @@ def recompute_features(rows: pd.DataFrame, stored: StoredBars, cfg: Any, columns
     pos = np.arange(len(rows))
     from_bars = rows["bars"].notna().to_numpy()
     for _, req in rows.loc[from_bars].assign(_p=pos[from_bars]).groupby("request_id", sort=False):
-        got = _from_bars_request(req, stored, cfg, columns)
+        got = _from_bars_request(req, stored, cfg, columns, cache)
         if got is not None:
             values[req["_p"].to_numpy()] = got
             available[req["_p"].to_numpy()] = True
@@ -184,20 +186,40 @@ def recompute_features(rows: pd.DataFrame, stored: StoredBars, cfg: Any, columns
     return values, available
 
 
-def _from_bars_request(req: pd.DataFrame, stored: StoredBars, cfg: Any, columns: list[str]) -> np.ndarray | None:
+def _from_bars_request(req: pd.DataFrame, stored: StoredBars, cfg: Any, columns: list[str],
+                       cache: dict[Any, Any] | None = None) -> np.ndarray | None:
+    key = None
+    if cache is not None:
+        key = (feature_config_hash(cfg), tuple(sorted((str(sym), pd.Timestamp(t).value, int(n)) for sym, t, n in
+                                                      req[["symbol", "bar_time", "bars"]].itertuples(index=False))))
+        if key in cache:
+            frame_x, at = cache[key]
+            return None if frame_x is None else _pick(frame_x, at, req, columns)
     windows = []
     for sym, t, n in req[["symbol", "bar_time", "bars"]].itertuples(index=False, name=None):
         w = stored.window(str(sym), t, int(n))
         if w is None:  # the request's symbols belong together (cross-sectional ranks): all or nothing
+            if key is not None:
+                cache[key] = (None, None)  # type: ignore[index]
             return None
         windows.append(w)
     frame = stored.bars.iloc[np.concatenate(windows)].reset_index(drop=True)
     try:
         X, meta = last_bar_frame(frame, cfg)
+    except DataError:
+        X = None
+    at = None if X is None else {str(s): i for i, s in enumerate(meta["symbol"].astype(str))}
+    if key is not None:
+        cache[key] = (X, at)  # type: ignore[index]
+    return None if X is None else _pick(X, at, req, columns)
+
+
+def _pick(X: pd.DataFrame, at: dict[str, int], req: pd.DataFrame, columns: list[str]) -> np.ndarray | None:
+    """The request's rows of ``columns`` in a request's recomputed features (None: a column is not there)."""
+    try:
         values = X[columns].to_numpy(dtype=np.float64)
-    except (DataError, KeyError):
+    except KeyError:
         return None
-    at = {str(s): i for i, s in enumerate(meta["symbol"].astype(str))}
     return values[[at[str(s)] for s in req["symbol"]]]
 
 

@@ -265,7 +265,7 @@ class PolicyModel(Model):
         self._warm: tuple[dict[str, Any], str] | None = None
         self._warm_columns: list[str] = []
         self._warm_scaler = (self._center, self._scale)
-        self._experience: tuple[np.ndarray, Market] | None = None
+        self._experience: tuple[Any, Market] | None = None
 
     @classmethod
     def default_params(cls) -> dict[str, Any]:

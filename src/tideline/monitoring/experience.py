@@ -233,10 +233,11 @@ def collect(registry: Any, bars: pd.DataFrame, config: ExperienceConfig | None =
         status = joined["status"].to_numpy()
         res.duplicates += int(joined.attrs.get("n_duplicates", 0))
         res.unknown_bar += int((status == "unknown_bar").sum())
-        waiting = joined.loc[status == "pending"]
+        waiting = joined.loc[status == "pending", "time"]
         res.pending += int(len(waiting))
+        waiting = waiting.loc[waiting >= floor]  # older ones are given up on
         if len(waiting):
-            pending_times.append(pd.Timestamp(waiting["time"].min()))
+            pending_times.append(pd.Timestamp(waiting.min()))
         real = joined.loc[(status == "realized") & np.isfinite(joined["prediction"].to_numpy(dtype=np.float64))
                           & np.isfinite(joined["next_return"].to_numpy(dtype=np.float64))].reset_index(drop=True)
         res.realized += int(len(real))
@@ -262,8 +263,7 @@ def collect(registry: Any, bars: pd.DataFrame, config: ExperienceConfig | None =
             new_rows.append(_experiences(real.loc[ok].reset_index(drop=True), values[ok], columns, mv, sc,
                                          next_bar))
     _commit(store, res, new_rows, quarantine, cfg)
-    waiting = [t for t in pending_times if t >= floor]  # older ones are given up on
-    nxt = min(waiting) if waiting else (pd.Timestamp(preds["time"].max()) if len(preds) else since_t)
+    nxt = min(pending_times) if pending_times else (pd.Timestamp(preds["time"].max()) if len(preds) else since_t)
     store.put(STATE_KEY, json.dumps({"since": nxt.isoformat() if nxt is not None else None,
                                      "last_pass": res.to_dict()}, sort_keys=True).encode())
     return res

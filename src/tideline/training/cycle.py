@@ -393,17 +393,11 @@ def _output(model: Model) -> str:
     return str(getattr(model, "output", "return"))
 
 
-def family_output(family: str) -> str:
-    """What a family's predictions are: ``return`` forecasts, or ``position`` s (a policy, ``tideline.models.
-    reinforcement``); an ensemble or a recalibration forecasts returns."""
-    return output_kind(family)
-
-
 def fitted_rule(family: str, settings: Settings, plan: Plan, rule_ref: np.ndarray | None) -> PositionRule:
     """The position rule of a ``family`` model whose rule was fitted on ``rule_ref``: the configured one, or for
     a policy (whose prediction already is a position) ``sign`` with the configured volatility sizing, so its
     positions go through the one position function like every other family's."""
-    if family_output(family) == "position":
+    if output_kind(family) == "position":
         return sign_rule(settings, plan)
     return fit_position_rule(settings.positions, rule_ref, plan.periods_per_year)
 
@@ -646,7 +640,7 @@ def ensemble_result(results: Sequence[FamilyResult], ds: Dataset, plan: Plan, se
     gate judges it like one, and its Sharpe is one more trial). None when ``training.ensemble`` is off or
     fewer than two families trained; its feature importance is measured once its model exists
     (``ensemble_model``)."""
-    members = [r for r in results if r.members is None and family_output(r.family) == "return"]
+    members = [r for r in results if r.members is None and output_kind(r.family) == "return"]
     if not settings.training.ensemble or len(members) < 2:
         return None
     if any(r.fold_preds is None or r.fold_refs is None for r in members):
@@ -1128,7 +1122,7 @@ class CycleRunner:
         with rep.stage("train + evaluate", total=len(families) * (len(plan.splits) + 1)) as advance:
             for fam in families:
                 with self._timed(f"train:{fam}"):
-                    prep = PolicyPrep(self.registry, ds, plan, s) if family_output(fam) == "position" else None
+                    prep = PolicyPrep(self.registry, ds, plan, s) if output_kind(fam) == "position" else None
                     try:
                         model, fr = train_family(fam, ds, plan, s, advance, prepare=prep)
                     except Exception as e:  # noqa: BLE001 - one family failing does not sink the others

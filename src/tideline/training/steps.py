@@ -289,13 +289,14 @@ def train(in_dataset: str | Path, family: str, settings_json: str, out_model_dir
     """Purged walk-forward + final fit of one family; the model and its figures as artifacts. A policy family
     (``rl``) is prepared from the registry at ``registry_uri`` when given (``cycle.PolicyPrep``: a warm start
     from an earlier version, the experiences before the hold-out)."""
-    from tideline.training.cycle import PolicyPrep, family_failure, family_output, train_family
+    from tideline.models import output_kind
+    from tideline.training.cycle import PolicyPrep, family_failure, train_family
 
     s = settings_from_json(settings_json)
     ds, plan, _ = load_dataset(in_dataset)
     try:
         prep = None
-        if registry_uri and family_output(family) == "position":
+        if registry_uri and output_kind(family) == "position":
             prep = PolicyPrep(_open(registry_uri, s), ds, plan, s)
         model, fr = train_family(family, ds, plan, s, prepare=prep)
     except Exception as e:  # noqa: BLE001 - one family failing does not sink the run: it is recorded

@@ -96,7 +96,7 @@ def test_status_decisions_triggers_live_and_alerts_come_from_the_store(tmp_path:
     assert st["rollouts"] == [{"name": "tideline", "candidate": "v2", "baseline": "v1", "phase": "AwaitingApproval",
                                "weight": 50, "message": "canary passed at 50%; waiting for approval",
                                "approved_by": None}]
-    assert st["last_tick"]["id"] == "tick11"
+    assert st["last_tick"]["id"] == "tick11" and st["experience"] is None  # no experience pass yet
     assert [t["id"] for t in client.get("/api/v1/decisions", params={"limit": 5}).json()] == ["tick11", "tick10"]
     trig = client.get("/api/v1/triggers").json()
     assert trig["tick"] == "tick11" and trig["rules"][0]["name"] == "performance_decay"
@@ -218,6 +218,9 @@ def test_the_status_page_follows_a_rollout_in_a_real_browser(tmp_path: Path) -> 
     from tideline.app.api import serve_in_thread
 
     reg, app, _ = _world(tmp_path)
+    last_pass = {"at": "2026-12-07T11:00:00+00:00", "added": 120, "pending": 8, "skew": {"v1": 3},
+                 "quarantined": {"skew": 3}}
+    reg.store.put("experience/state.json", json.dumps({"since": None, "last_pass": last_pass}).encode())
     doc = json.loads(reg.store.get("rollouts/tideline.json")[0])
     doc["status"] |= {"phase": "Shadow", "weight": 0, "message": "shadowing v2 next to v1"}
     reg.store.put("rollouts/tideline.json", json.dumps(doc).encode())
@@ -238,6 +241,8 @@ def test_the_status_page_follows_a_rollout_in_a_real_browser(tmp_path: Path) -> 
         wait.until(lambda b: b.find_element(Find.ID, "page").is_displayed())
         wait.until(lambda b: b.find_element(Find.ID, "production").text == "v1")
         wait.until(lambda b: b.find_element(Find.ID, "kill").text == "ON: drill")
+        wait.until(lambda b: b.find_element(Find.ID, "experience").text
+                   == "+120, 8 pending, skew 3 2026-12-07T11:00:00")
         wait.until(lambda b: b.find_element(Find.CSS_SELECTOR, "#rollouts td.phase").text == "Shadow")
         doc["status"] |= {"phase": "Canary", "weight": 10, "message": "shadow passed; canary at 10%"}
         reg.store.put("rollouts/tideline.json", json.dumps(doc).encode())  # the rollout moves on

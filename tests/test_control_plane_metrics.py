@@ -149,7 +149,8 @@ def test_an_unreachable_store_is_counted_not_raised(world: Any) -> None:
 
     reg.store.list = broken  # type: ignore[method-assign]
     got = _samples(collector)
-    assert got[("tideline_control_plane_scrape_errors_total", ())] == 3  # the ticks, the rollouts, the alerts
+    # the ticks, the rollouts, the alerts, the experience passes
+    assert got[("tideline_control_plane_scrape_errors_total", ())] == 4
     assert got[("tideline_promotions_total", ())] == 2  # what could be read is still exported
 
 
@@ -161,6 +162,8 @@ def test_an_unreachable_store_is_counted_not_raised(world: Any) -> None:
     ({"phase": "RolledBack", "message": "rolled back: 20 inconclusive analyses in a row (...)"}, "inconclusive"),
     ({"phase": "RolledBack", "message": "rolled back: 2 consecutive failed analyses",
       "analyses": [{"checks": [{"name": "directional_accuracy", "passed": False}]}]}, "accuracy"),
+    ({"phase": "RolledBack", "message": "rolled back: 2 consecutive failed analyses",
+      "analyses": [{"checks": [{"name": "net_pnl", "passed": False}]}]}, "pnl"),
     ({"phase": "RolledBack", "message": "rolled back", "analyses": [{"checks": [{"name": "new_check",
                                                                                   "passed": False}]}]}, "other"),
 ])

@@ -136,6 +136,34 @@ def test_skew_is_counted_quarantined_and_never_returned(served, tmp_path: Path) 
     assert xp.stats(reg).quarantined == {"skew": res.skew[v]}
 
 
+def test_each_pass_is_recorded_and_counted_once_by_the_control_plane(served, tmp_path: Path) -> None:
+    from test_control_plane_metrics import _samples
+    from tideline.loop.metrics import ControlPlaneCollector
+
+    reg, v, market, times = _copy(served, tmp_path)
+    restated = market.copy()
+    hit = (restated["symbol"] == "SYM001") & (restated["timestamp"] == times[410])
+    restated.loc[hit, ["close", "low"]] *= 0.97
+    early = restated.loc[restated["timestamp"] <= times[420]]
+    first = xp.collect(reg, early, now=NOW)
+    assert first.skew.get(v, 0) > 0 and first.pending == 80
+    # a pass that reads the same predictions again (here: its state lost, so it reads the whole log) stores and
+    # counts nothing twice
+    reg.store.delete(xp.STATE_KEY)
+    again = xp.collect(reg, early, now=NOW)
+    assert (again.skew, again.quarantined, again.added, again.already_stored) == ({}, {}, 0, first.added)
+    last = xp.collect(reg, restated, now=NOW)  # the later bars' windows hold the restated bar too: new skew
+    assert last.added + sum(last.skew.values()) == 80
+    assert len(reg.store.list(xp.PASSES)) == 3
+    got = _samples(ControlPlaneCollector(reg))
+    assert got[("tideline_experiences_added_total", ())] == first.added + last.added == len(xp.read_experiences(reg))
+    skewed = first.skew[v] + last.skew.get(v, 0)
+    assert got[("tideline_experience_skew_total", (("version", v),))] == skewed == len(xp.read_quarantine(reg))
+    assert got[("tideline_experience_quarantined_total", (("reason", "skew"),))] == skewed
+    assert got[("tideline_experiences_pending", ())] == 0
+    assert got[("tideline_experience_last_pass_timestamp_seconds", ())] == pd.Timestamp(last.at).timestamp()
+
+
 def test_predictions_of_a_version_the_registry_does_not_hold_are_quarantined(served, tmp_path: Path) -> None:
     reg, v, market, times = _copy(served, tmp_path)
     log = read_predictions(reg)

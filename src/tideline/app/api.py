@@ -144,7 +144,7 @@ def create_app(registry: Registry, settings: Settings, *, token: str, retrain: R
         return {"production": aliases.get("production"), "previous": aliases.get("previous"),
                 "candidate": aliases.get("candidate"), "kill_switch": None if ks is None else ks.reason,
                 "rollouts": _rollouts(registry), "last_tick": _tick_summary(ticks[0]) if ticks else None,
-                "run": _run_in_progress(registry, settings)}
+                "run": _run_in_progress(registry, settings), "experience": _experience(registry)}
 
     @app.get(f"{API}/triggers", dependencies=auth, summary="The rules of the latest decision")
     def triggers() -> dict[str, Any]:
@@ -244,6 +244,18 @@ def _tick_summary(t: dict[str, Any]) -> dict[str, Any]:
     return {"id": t.get("id"), "at": t.get("at"), "wall": t.get("wall"), "outcome": t.get("outcome"),
             "error": t.get("error"), "did": t.get("did") or [],
             "steps": [{k: s.get(k) for k in ("step", "outcome", "summary")} for s in t.get("steps", [])]}
+
+
+def _experience(registry: Registry) -> dict[str, Any] | None:
+    """The latest experience pass's counts (None before the first): one small object, not the buffer."""
+    from tideline.monitoring.experience import read_state
+
+    last = read_state(registry).get("last_pass")
+    if not isinstance(last, dict):
+        return None
+    return {"at": last.get("at"), "added": last.get("added", 0), "pending": last.get("pending", 0),
+            "skew": sum(int(n) for n in (last.get("skew") or {}).values()),
+            "quarantined": sum(int(n) for n in (last.get("quarantined") or {}).values())}
 
 
 def _rollouts(registry: Registry) -> list[dict[str, Any]]:

@@ -20,7 +20,10 @@ Metrics (``tideline_`` prefix): ``loop_ticks_total{outcome}``, ``loop_last_tick_
 ``rollbacks_total{reason}``, ``production_model_age_seconds``, ``production_info{version}``,
 ``live_directional_accuracy{version,role}``, ``live_sharpe{version,role}``, ``live_mae{version,role}``,
 ``live_outcomes{version,role}``, ``drift_share{version}``, ``kill_switch_on``, ``alerts_open{severity}``,
-``notifications_total{outcome}`` (``tideline.loop.alerts``' records), ``control_plane_scrape_errors_total``.
+``notifications_total{outcome}`` (``tideline.loop.alerts``' records), ``experiences_added_total``,
+``experience_skew_total{version}`` (rows quarantined for training/serving skew), ``experience_quarantined_total
+{reason}``, ``experiences_pending`` and ``experience_last_pass_timestamp_seconds`` (the experience passes'
+records, ``experience/passes/``: a pass run by hand counts too), ``control_plane_scrape_errors_total``.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from tideline.clock import utc_timestamp
 from tideline.errors import IntegrityError, RegistryError, StorageUnavailable
 from tideline.loop.core import TICKS_PREFIX
+from tideline.monitoring.experience import PASSES
 from tideline.monitoring.feedback import LIVE_METRICS_ATTACHMENT
 from tideline.registry import Registry
 from tideline.store import NotFound
@@ -50,14 +54,15 @@ TERMINAL_BACK = ("RolledBack", "Reverted")  # a rollout that ended with producti
 # a failed analysis check -> the rollback reason label (bounded: Prometheus labels must not be free text)
 _CHECK_REASONS = {"error_rate": "error_rate", "p99_latency": "latency", "latency": "latency",
                   "directional_accuracy": "accuracy", "prediction_divergence": "divergence",
-                  "prediction_ks": "distribution", "ks": "distribution", "superiority": "superiority"}
+                  "prediction_ks": "distribution", "ks": "distribution", "superiority": "superiority",
+                  "net_pnl": "pnl"}
 
 
 def rollback_reason(doc: dict[str, Any]) -> str:
     """The bounded reason label of an ended rollout document that went back: ``manual``, ``guard`` (the watch
     after promotion reverted it), ``no_outcomes`` (the shadow never got enough labelled outcomes),
     ``inconclusive``, or the first failed check of its last analysis (``error_rate``, ``latency``, ``accuracy``,
-    ``divergence``, ``distribution``); ``other`` when none applies."""
+    ``divergence``, ``distribution``, ``superiority``, ``pnl``); ``other`` when none applies."""
     status = doc.get("status") or {}
     message = str(status.get("message") or "")
     if "manual rollback" in message:
@@ -127,6 +132,10 @@ class ControlPlaneCollector:
         keys = sorted(k for k in self.registry.store.list(TICKS_PREFIX) if k.endswith(".json"))
         return [d for d in (self._immutable(k) for k in keys) if d]
 
+    def _passes(self) -> list[dict[str, Any]]:
+        keys = sorted(k for k in self.registry.store.list(PASSES) if k.endswith(".json"))
+        return [d for d in (self._immutable(k) for k in keys) if isinstance(d, dict)]
+
     def _rollouts(self) -> list[dict[str, Any]]:
         out = []
         for key in self.registry.store.list(ROLLOUTS_PREFIX):
@@ -161,7 +170,7 @@ class ControlPlaneCollector:
         with self._lock:  # one scrape at a time: the caches are not shared between threads
             metrics: list[Metric] = []
             for part in (self._loop_metrics, self._registry_metrics, self._rollout_metrics, self._live_metrics,
-                         self._alert_metrics):
+                         self._alert_metrics, self._experience_metrics):
                 try:
                     metrics += part()
                 except Exception as e:  # noqa: BLE001 - one unreadable source must not blank the others
@@ -316,6 +325,40 @@ class ControlPlaneCollector:
         sent.add_metric(["sent"], ok)
         sent.add_metric(["failed"], failed)
         return [open_, sent]
+
+
+    def _experience_metrics(self) -> list[Metric]:
+        passes = self._passes()
+        added = CounterMetricFamily("tideline_experiences_added", "Experiences added to the buffer (served "
+                                    "predictions with a realized outcome and verified features).")
+        skew = CounterMetricFamily("tideline_experience_skew", "Served predictions whose features, recomputed from "
+                                   "the stored bars, differ from what the version saw (training/serving skew; "
+                                   "quarantined, never trained on), by version.", labels=["version"])
+        held = CounterMetricFamily("tideline_experience_quarantined", "Rows moved to the experience quarantine, by "
+                                   "reason (skew, unknown_version, unreadable_version).", labels=["reason"])
+        pending = GaugeMetricFamily("tideline_experiences_pending", "Served predictions still waiting for their "
+                                    "outcome at the latest experience pass.")
+        last = GaugeMetricFamily("tideline_experience_last_pass_timestamp_seconds",
+                                 "When the latest experience pass ran.")
+        per_version: Counter[str] = Counter()
+        per_reason: Counter[str] = Counter()
+        total = 0
+        for p in passes:
+            total += int(p.get("added") or 0)
+            per_version.update({str(k): int(n) for k, n in (p.get("skew") or {}).items()})
+            per_reason.update({str(k): int(n) for k, n in (p.get("quarantined") or {}).items()})
+        added.add_metric([], total)
+        for version, n in sorted(per_version.items()):
+            skew.add_metric([version], n)
+        for reason, n in sorted(per_reason.items()):
+            held.add_metric([reason], n)
+        timed = [(_epoch(p.get("at")), p) for p in passes]
+        timed = [(t, p) for t, p in timed if t is not None]
+        if timed:
+            t, p = max(timed, key=lambda tp: tp[0])
+            last.add_metric([], t)
+            pending.add_metric([], float(p.get("pending") or 0))
+        return [added, skew, held, pending, last]
 
 
 def _epoch(value: Any) -> float | None:

@@ -22,7 +22,11 @@ de-duplicated on (version, role, symbol, bar_time) against what is stored. Quara
 registry does not hold, rows or objects that fail the schema) go under ``experience/quarantine/<YYYY-MM-DD>/``,
 each row with its ``reason``. Day folders older than ``experience.retention_days`` before the newest bar are
 deleted. ``experience/state.json`` says where the next pass reads the prediction log from (the oldest
-prediction still waiting for its outcome, for at most ``pending_days``) and keeps the last pass's counts.
+prediction still waiting for its outcome, for at most ``pending_days``) and keeps the last pass's counts. Each
+pass also leaves its counts under ``experience/passes/`` (a small JSON object, never changed): the control plane's
+``tideline_experience*`` counters are counted from them (``tideline.loop.metrics``), whoever ran the pass. A
+pass counts what it newly stored: a prediction read again (the log is re-read from the oldest pending one) is
+neither added nor quarantined twice.
 
 ``read_experiences`` checks what it reads: an object that is not Parquet or lacks the schema is moved to the
 quarantine whole (its reason beside it), rows with a missing reward or key or a version the registry does not
@@ -64,6 +68,7 @@ PREFIX: Final = "experience/"
 PARTS: Final = "experience/parts/"
 QUARANTINE: Final = "experience/quarantine/"
 STATE_KEY: Final = "experience/state.json"
+PASSES: Final = "experience/passes/"
 KEY: Final = ("version", "role", "symbol", "bar_time")
 STATE: Final = "s."
 """prefix of the state columns: ``s.<feature>`` for each input column of the version"""
@@ -94,7 +99,8 @@ class ExperiencePass(Document):
     duplicates: int = 0
     unavailable: int = 0
     skew: dict[str, int] = field(default_factory=dict)
-    """per version: realized rows whose recomputed features differ from what the version saw (quarantined)"""
+    """per version: realized rows whose recomputed features differ from what the version saw, newly quarantined
+    (a row already in the quarantine from an earlier pass is not counted again)"""
     quarantined: dict[str, int] = field(default_factory=dict)
     """per reason kind (skew, unknown_version, unreadable_version): rows moved to the quarantine"""
     skew_examples: list[dict[str, Any]] = field(default_factory=list)
@@ -251,7 +257,6 @@ def collect(registry: Any, bars: pd.DataFrame, config: ExperienceConfig | None =
         skewed = got != logged
         if skewed.any():
             bad = real.loc[skewed]
-            res.skew[v] = int(skewed.sum())
             for (_, r), h in zip(bad.head(max(0, 5 - len(res.skew_examples))).iterrows(), got[skewed], strict=False):
                 res.skew_examples.append({"version": v, "symbol": r["symbol"], "bar_time": r["bar_time"].isoformat(),
                                           "logged": r["feature_hash"], "recomputed": h})
@@ -263,6 +268,9 @@ def collect(registry: Any, bars: pd.DataFrame, config: ExperienceConfig | None =
             new_rows.append(_experiences(real.loc[ok].reset_index(drop=True), values[ok], columns, mv, sc,
                                          next_bar))
     _commit(store, res, new_rows, quarantine, cfg)
+    res.skew_examples = [e for e in res.skew_examples if e["version"] in res.skew]
+    store.put(f"{PASSES}{pd.Timestamp(now).strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}.json",
+              json.dumps(res.to_dict(), sort_keys=True).encode())
     nxt = min(pending_times) if pending_times else (pd.Timestamp(preds["time"].max()) if len(preds) else since_t)
     store.put(STATE_KEY, json.dumps({"since": nxt.isoformat() if nxt is not None else None,
                                      "last_pass": res.to_dict()}, sort_keys=True).encode())
@@ -345,6 +353,8 @@ def _commit(store: Any, res: ExperiencePass, new_rows: list[pd.DataFrame], quara
             q = q.loc[~_keys_of(q).isin(_keys_of(stored_q))]
         for kind, n in q["reason_kind"].value_counts().items():
             res.quarantined[str(kind)] = res.quarantined.get(str(kind), 0) + int(n)
+        for version, n in q.loc[q["reason_kind"] == "skew", "version"].value_counts().sort_index().items():
+            res.skew[str(version)] = int(n)
         for day, part in q.groupby(q["bar_time"].dt.strftime("%Y-%m-%d"), sort=True):
             _put_frame(store, f"{QUARANTINE}{day}/{uuid.uuid4().hex[:12]}.parquet", part.reset_index(drop=True))
     res.deleted_days = _retain(store, cfg.retention_days)
@@ -623,5 +633,5 @@ def new_since(registry: Any, after: Any) -> int:
     return int((pd.to_datetime(df["bar_time"]) > t).sum()) if len(df) else 0
 
 
-__all__ = ["COLUMNS", "ExperiencePass", "ExperienceStats", "annotate", "collect", "new_since", "read_experiences",
+__all__ = ["COLUMNS", "PASSES", "ExperiencePass", "ExperienceStats", "annotate", "collect", "new_since", "read_experiences",
            "read_quarantine", "read_state", "state_columns", "stats", "training_set", "with_next_state"]

@@ -22,8 +22,9 @@ Metrics (``tideline_`` prefix): ``loop_ticks_total{outcome}``, ``loop_last_tick_
 ``live_outcomes{version,role}``, ``drift_share{version}``, ``kill_switch_on``, ``alerts_open{severity}``,
 ``notifications_total{outcome}`` (``tideline.loop.alerts``' records), ``experiences_added_total``,
 ``experience_skew_total{version}`` (rows quarantined for training/serving skew), ``experience_quarantined_total
-{reason}``, ``experiences_pending`` and ``experience_last_pass_timestamp_seconds`` (the experience passes'
-records, ``experience/passes/``: a pass run by hand counts too), ``control_plane_scrape_errors_total``.
+{reason}`` (the records of the experience passes that stored something, ``experience/passes/``: a pass run by
+hand counts too), ``experiences_pending`` and ``experience_last_pass_timestamp_seconds`` (the buffer's state:
+its latest pass), ``control_plane_scrape_errors_total``.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from tideline.clock import utc_timestamp
 from tideline.errors import IntegrityError, RegistryError, StorageUnavailable
 from tideline.loop.core import TICKS_PREFIX
-from tideline.monitoring.experience import PASSES
+from tideline.monitoring.experience import PASSES, read_state
 from tideline.monitoring.feedback import LIVE_METRICS_ATTACHMENT
 from tideline.registry import Registry
 from tideline.store import NotFound
@@ -352,12 +353,11 @@ class ControlPlaneCollector:
             skew.add_metric([version], n)
         for reason, n in sorted(per_reason.items()):
             held.add_metric([reason], n)
-        timed = [(_epoch(p.get("at")), p) for p in passes]
-        timed = [(t, p) for t, p in timed if t is not None]
-        if timed:
-            t, p = max(timed, key=lambda tp: tp[0])
-            last.add_metric([], t)
-            pending.add_metric([], float(p.get("pending") or 0))
+        latest = read_state(self.registry).get("last_pass")
+        at = _epoch(latest.get("at")) if isinstance(latest, dict) else None
+        if at is not None:
+            last.add_metric([], at)
+            pending.add_metric([], float(latest.get("pending") or 0))  # type: ignore[union-attr]
         return [added, skew, held, pending, last]
 
 

@@ -22,11 +22,11 @@ de-duplicated on (version, role, symbol, bar_time) against what is stored. Quara
 registry does not hold, rows or objects that fail the schema) go under ``experience/quarantine/<YYYY-MM-DD>/``,
 each row with its ``reason``. Day folders older than ``experience.retention_days`` before the newest bar are
 deleted. ``experience/state.json`` says where the next pass reads the prediction log from (the oldest
-prediction still waiting for its outcome, for at most ``pending_days``) and keeps the last pass's counts. Each
-pass also leaves its counts under ``experience/passes/`` (a small JSON object, never changed): the control plane's
-``tideline_experience*`` counters are counted from them (``tideline.loop.metrics``), whoever ran the pass. A
-pass counts what it newly stored: a prediction read again (the log is re-read from the oldest pending one) is
-neither added nor quarantined twice.
+prediction still waiting for its outcome, for at most ``pending_days``) and keeps the last pass's counts. A
+pass that stored something also leaves its counts under ``experience/passes/`` (a small JSON object, never
+changed): the control plane's ``tideline_experience*`` counters are counted from them (``tideline.loop.metrics``),
+whoever ran the pass. A pass counts what it newly stored: a prediction read again (the log is re-read from the
+oldest pending one) is neither added nor quarantined twice.
 
 ``read_experiences`` checks what it reads: an object that is not Parquet or lacks the schema is moved to the
 quarantine whole (its reason beside it), rows with a missing reward or key or a version the registry does not
@@ -269,8 +269,9 @@ def collect(registry: Any, bars: pd.DataFrame, config: ExperienceConfig | None =
                                          next_bar))
     _commit(store, res, new_rows, quarantine, cfg)
     res.skew_examples = [e for e in res.skew_examples if e["version"] in res.skew]
-    store.put(f"{PASSES}{pd.Timestamp(now).strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}.json",
-              json.dumps(res.to_dict(), sort_keys=True).encode())
+    if res.added or res.quarantined:  # what the counters count; a pass that stored nothing leaves no record
+        store.put(f"{PASSES}{pd.Timestamp(now).strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}.json",
+                  json.dumps(res.to_dict(), sort_keys=True).encode())
     nxt = min(pending_times) if pending_times else (pd.Timestamp(preds["time"].max()) if len(preds) else since_t)
     store.put(STATE_KEY, json.dumps({"since": nxt.isoformat() if nxt is not None else None,
                                      "last_pass": res.to_dict()}, sort_keys=True).encode())

@@ -124,6 +124,57 @@ def test_the_same_alert_is_not_sent_twice_while_open_and_resolving_reopens_it(tm
         resolve(reg, "nosuch", by="carol")
 
 
+def test_resolved_alerts_are_archived_so_a_pass_reads_only_the_open_ones(tmp_path: Path) -> None:
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from tideline.loop.alerts import ALERTS_PREFIX, RESOLVED_PREFIX
+    from tideline.loop.metrics import ControlPlaneCollector
+
+    s = _settings(tmp_path)
+    reg = open_registry(s.registry_uri())
+    process(reg, s, now=T0)
+    monitor = {"step": "monitor", "outcome": "ok", "summary": "v3: 300 live outcome(s) ..."}
+    for hour in range(10, 16):  # six decay alerts, each resolved before the next
+        _tick(reg, f"2026-12-07T{hour}:00:00+00:00", [monitor, DECAY])
+        process(reg, s, now=T0 + hour)
+        (alert,) = list_alerts(reg)
+        resolve(reg, alert.id, by="alice")
+    assert reg.store.list(ALERTS_PREFIX) == [] and len(reg.store.list(RESOLVED_PREFIX)) == 6
+    again = resolve(reg, alert.id, by="bob")  # resolving an archived alert changes nothing
+    assert again.resolved_by == "alice" and len(list_alerts(reg, include_resolved=True)) == 6
+    with pytest.raises(ConfigError, match="is resolved"):
+        acknowledge(reg, alert.id, by="carol")
+    # a move cut short (resolved in the records, not yet archived) is finished by the next pass, counted once
+    _tick(reg, "2026-12-07T17:00:00+00:00", [monitor, DECAY])
+    process(reg, s, now=T0 + 17)
+    (last,) = list_alerts(reg)
+    key = f"{ALERTS_PREFIX}{last.id}.json"
+    reg.store.put(key, json.dumps({**json.loads(reg.store.get(key)[0]), "status": "resolved"}).encode())
+    assert list_alerts(reg) == [] and len(list_alerts(reg, include_resolved=True)) == 7
+    reads: list[str] = []
+    real_get = reg.store.get
+
+    def counting_get(k: str) -> Any:
+        reads.append(k)
+        return real_get(k)
+
+    reg.store.get = counting_get  # type: ignore[method-assign]
+    process(reg, s, now=T0 + 18)
+    assert reg.store.list(ALERTS_PREFIX) == [] and len(reg.store.list(RESOLVED_PREFIX)) == 7
+    reads.clear()
+    process(reg, s, now=T0 + 19)
+    assert not [k for k in reads if k.startswith(RESOLVED_PREFIX)]  # a pass never reads the archive
+    # the metrics count every delivery record, the archive's read once
+    collector = ControlPlaneCollector(reg)
+    for _ in range(2):
+        reads.clear()
+        registry = CollectorRegistry()
+        registry.register(collector)  # type: ignore[arg-type]
+        text = generate_latest(registry).decode()
+        assert 'tideline_alerts_open{severity="medium"} 0.0' in text
+    assert not [k for k in reads if k.startswith(RESOLVED_PREFIX)]  # the second scrape: all cached
+
+
 def test_an_unreachable_server_and_a_malformed_url_never_stop_the_loop_and_nothing_is_lost(tmp_path: Path) -> None:
     port = free_port()  # nothing listens there yet
     s = _settings(tmp_path, critical=[mailto(port), "nosuch://where"])

@@ -26,6 +26,11 @@ kind                   severity  from
 while an alert with that key is open or acknowledged, the same condition only counts an occurrence on it (no new
 record, nothing sent). Resolving it lets the next occurrence raise a new one.
 
+**Resolved ones are archived**: resolving an alert moves its record from ``alerts/records/`` to
+``alerts/resolved/`` (written there first, then deleted from the records; a pass finishes a move that was cut
+short). So each pass, and each metrics scrape, reads only the open and acknowledged records — however many have
+been resolved over the months — and a resolved record never changes again (the metrics read it once).
+
 **Delivery never blocks the loop**: each alert goes to the apprise URLs of its severity
 (``notifications.<severity>``), each with ``notifications.timeout_seconds``; a URL that fails (an unreachable SMTP
 server or webhook, a malformed URL) is recorded on the alert with its one-line reason and retried on a later pass
@@ -56,6 +61,7 @@ log = logging.getLogger(__name__)
 SEVERITIES = ("critical", "high", "medium", "low")
 STATUSES = ("open", "acknowledged", "resolved")
 ALERTS_PREFIX = "alerts/records/"
+RESOLVED_PREFIX = "alerts/resolved/"
 CURSOR_KEY = "alerts/cursor.json"
 MAX_RETRY_S = 3600.0
 
@@ -100,24 +106,54 @@ def _key(alert_id: str) -> str:
     return f"{ALERTS_PREFIX}{alert_id}.json"
 
 
-def list_alerts(registry: Registry, *, include_resolved: bool = False) -> list[Alert]:
-    """Every alert record, newest first; resolved ones only with ``include_resolved``."""
+def _resolved_key(alert_id: str) -> str:
+    return f"{RESOLVED_PREFIX}{alert_id}.json"
+
+
+def read_alerts(store: Any, prefix: str, read: Callable[[str], dict[str, Any] | None] | None = None) -> list[Alert]:
+    """The alert records under ``prefix`` (unreadable ones skipped); ``read(key)`` reads one (default: the
+    store; the metrics pass a cached reader for the archive, whose records never change)."""
     out = []
-    for key in registry.store.list(ALERTS_PREFIX):
-        try:
-            a = Alert.from_dict(json.loads(registry.store.get(key)[0]))
-        except (NotFound, ValueError, TypeError):
+    for key in store.list(prefix):
+        doc = read(key) if read is not None else _read(store, key)
+        if not isinstance(doc, dict):
             continue
-        if include_resolved or a.status != "resolved":
-            out.append(a)
+        try:
+            out.append(Alert.from_dict(doc))
+        except TypeError:  # a record missing a field
+            continue
+    return out
+
+
+def list_alerts(registry: Registry, *, include_resolved: bool = False) -> list[Alert]:
+    """The open and acknowledged alerts, newest first; the resolved ones too (the archive) with
+    ``include_resolved``."""
+    records = read_alerts(registry.store, ALERTS_PREFIX)
+    out = [a for a in records if a.status != "resolved"]
+    if include_resolved:
+        archived = read_alerts(registry.store, RESOLVED_PREFIX)
+        ids = {a.id for a in archived}
+        out += archived + [a for a in records if a.status == "resolved" and a.id not in ids]  # a move cut short
     return sorted(out, key=lambda a: a.created_at, reverse=True)
 
 
+def _archive(registry: Registry, alert: Alert) -> None:
+    """Move a resolved record to the archive: written there first, then deleted from the records."""
+    registry.store.put(_resolved_key(alert.id), json.dumps(alert.to_dict()).encode())
+    registry.store.delete(_key(alert.id))
+
+
 def _update(registry: Registry, alert_id: str, mutate: Callable[[Alert], Alert]) -> Alert:
-    """Read-modify-write one record (compare-and-swap: a concurrent ack and delivery both land)."""
+    """Read-modify-write one record (compare-and-swap: a concurrent ack and delivery both land). An archived
+    (resolved) alert is never written again: ``mutate`` sees it (acknowledging one says it is resolved) and
+    whatever it would change is dropped."""
     def apply(doc: dict[str, Any] | None) -> tuple[dict[str, Any], Alert]:
         if doc is None:
-            raise ConfigError(f"no alert {alert_id!r}", hint="tideline alerts list --all")
+            archived = _read(registry.store, _resolved_key(alert_id))
+            if archived is None:
+                raise ConfigError(f"no alert {alert_id!r}", hint="tideline alerts list --all")
+            mutate(Alert.from_dict(archived))
+            raise Unchanged(Alert.from_dict(archived))
         new = mutate(Alert.from_dict(doc))
         return new.to_dict(), new
 
@@ -145,7 +181,10 @@ def resolve(registry: Registry, alert_id: str, *, by: str, now: str | None = Non
         a.status, a.resolved_by, a.resolved_at = "resolved", by, now or utcnow().isoformat()
         return a
 
-    return _update(registry, alert_id, mutate)
+    alert = _update(registry, alert_id, mutate)
+    if registry.store.exists(_key(alert_id)):
+        _archive(registry, alert)
+    return alert
 
 
 # ---- raising them from the records ---------------------------------------------------------------------------
@@ -266,7 +305,12 @@ def raise_alerts(registry: Registry, settings: Settings, *, now: float | None = 
 
 def _store_raised(registry: Registry, raised: list[_Raised], now: float) -> list[Alert]:
     stamp = _iso(now)
-    open_by_key = {a.key: a for a in list_alerts(registry)}
+    records = read_alerts(registry.store, ALERTS_PREFIX)
+    for a in records:
+        if a.status == "resolved":  # resolved, but its move to the archive was cut short: finish it
+            _archive(registry, a)
+    open_by_key = {a.key: a for a in sorted(records, key=lambda a: a.created_at, reverse=True)
+                   if a.status != "resolved"}
     new: list[Alert] = []
     for r in raised:
         current = open_by_key.get(r.key)

@@ -311,9 +311,13 @@ class ControlPlaneCollector:
 
 
     def _alert_metrics(self) -> list[Metric]:
-        from tideline.loop.alerts import list_alerts
+        from tideline.loop.alerts import ALERTS_PREFIX, RESOLVED_PREFIX, read_alerts
 
-        alerts = list_alerts(self.registry, include_resolved=True)
+        store = self.registry.store
+        records = read_alerts(store, ALERTS_PREFIX)  # the open ones (and a resolved one whose move was cut short)
+        archived = read_alerts(store, RESOLVED_PREFIX, self._immutable)  # never change: read once
+        ids = {a.id for a in archived}
+        alerts = archived + [a for a in records if a.id not in ids]
         open_ = GaugeMetricFamily("tideline_alerts_open", "Alerts open or acknowledged, by severity.",
                                   labels=["severity"])
         counts = Counter(a.severity for a in alerts if a.status != "resolved")

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import orjson
 import pytest
 
 from tideline.monitoring.predictions import DEAD_PREFIX, read_predictions
@@ -117,7 +118,16 @@ def test_the_batch_path_accepts_and_refuses_exactly_what_the_row_path_does(monke
             return (e.status, e.message)
         return (b.X.tobytes(), tuple(b.symbols), b.bar_times.tobytes())
 
-    fast_taken = 0
+    def decoded(payload: Any) -> Any:
+        """The one-pass path on the body's bytes: a batch, or None (then the dict paths answer)."""
+        try:
+            body = orjson.dumps(payload)
+        except (TypeError, orjson.JSONEncodeError):
+            return None
+        b = v.decode_v1(body, schema)
+        return None if b is None else (b.X.tobytes(), tuple(b.symbols), b.bar_times.tobytes())
+
+    fast_taken = decode_taken = 0
     for k in range(3000):
         payload = {"instances": [dict(x) for x in good]} if k % 10 == 0 else _v1_body(d, cols, good)[0]
         if isinstance(payload, dict) and isinstance(payload.get("instances"), list) and k % 3 == 0:
@@ -127,4 +137,11 @@ def test_the_batch_path_accepts_and_refuses_exactly_what_the_row_path_does(monke
         slow, fast = answer(payload, False), answer(payload, True)
         assert fast == slow, (payload, slow, fast)
         fast_taken += isinstance(fast[0], bytes) and len(payload["instances"]) >= 1
+        one_pass = decoded(payload)
+        assert one_pass is None or one_pass == slow, (payload, slow, one_pass)
+        decode_taken += one_pass is not None
     assert fast_taken > 300  # valid batches were common enough to exercise the fast path
+    assert decode_taken >= fast_taken - 10  # and the one-pass path took nearly every one of them
+    whole = orjson.dumps({"instances": good})
+    for i in range(0, len(whole), 7):  # a byte that is not UTF-8 anywhere: not taken, never raised
+        assert v.decode_v1(whole[:i] + b"\xa9" + whole[i + 1:], schema) is None

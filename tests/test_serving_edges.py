@@ -126,6 +126,31 @@ def test_v1_content_types(fx: Fixture, srv: Server, ctype: str, status: int) -> 
         assert "must be JSON" in err
 
 
+def test_kserve_hands_a_v1_body_over_undecoded_under_the_gateways_content_type() -> None:
+    """The rule the gateway relies on (kserve/protocol/dataplane.py, ``DataPlane.decode``): a body whose
+    Content-Type is absent or one of ``JSON_HEADERS`` is parsed with orjson; any other type reaches the model
+    as the bytes that came. The gateway gives plain-JSON v1 predictions ``RAW_V1_TYPE``; CloudEvents keep theirs."""
+    from kserve.model_repository import ModelRepository
+    from kserve.protocol.dataplane import JSON_HEADERS, DataPlane
+
+    from tideline.serving.server import RAW_V1_TYPE, _raw_v1_headers
+
+    plane = DataPlane(model_registry=ModelRepository())
+    body = b'{"instances": [{"a": 1.0}]}'
+    assert RAW_V1_TYPE.decode() not in JSON_HEADERS
+    assert plane.decode(body, {"content-type": RAW_V1_TYPE.decode()})[0] == body
+    assert plane.decode(body, {"content-type": "application/json"})[0] == {"instances": [{"a": 1.0}]}
+    for ctype in (b"application/json", b"application/json; charset=utf-8", b"text/json",
+                  b"application/x-www-form-urlencoded", None):
+        headers = [(b"host", b"x")] + ([(b"content-type", ctype)] if ctype else [])
+        assert dict(_raw_v1_headers(headers))[b"content-type"] == RAW_V1_TYPE, ctype
+    kept = [[(b"content-type", b"application/cloudevents+json")],
+            [(b"content-type", b"application/json"), (b"ce-specversion", b"1.0"), (b"ce-source", b"s"),
+             (b"ce-type", b"t"), (b"ce-id", b"1")]]
+    for headers in kept:
+        assert _raw_v1_headers(headers) == headers
+
+
 def test_v2_needs_a_json_content_type(fx: Fixture, srv: Server) -> None:
     body = json.dumps({"inputs": [{"name": c, "shape": [1], "datatype": "FP64", "data": [0.0]}
                                   for c in fx.columns]}).encode()

@@ -53,6 +53,7 @@ from tideline.serving.validation import (
     RequestError,
     Schema,
     _check_values,
+    decode_v1,
     validate_v1,
     validate_v2,
 )
@@ -388,15 +389,18 @@ class TidelinePredictor(KServeModel):
             batch = validate_v2(payload.inputs, serving.schema)
             v2, rid = True, payload.id
         else:
-            if isinstance(payload, bytes | bytearray | str):
-                # kserve hands non-JSON content types over undecoded
-                try:
-                    payload = orjson.loads(payload)
-                except orjson.JSONDecodeError as e:
-                    raise RequestError(400, f"the body is not valid JSON: {e}") from None
-            bars = is_bars_request(payload)
-            batch = bars_batch(payload, serving) if bars else validate_v1(payload, serving.schema)
-            v2, rid = False, None
+            v2, rid, bars = False, None, False
+            # the body undecoded (the gateway has kserve hand v1 bodies over as they came): the common body is
+            # parsed and validated in one pass; any other is parsed here and validated row by row
+            batch = decode_v1(payload, serving.schema) if isinstance(payload, bytes | bytearray | str) else None
+            if batch is None:
+                if isinstance(payload, bytes | bytearray | str):
+                    try:
+                        payload = orjson.loads(payload)
+                    except orjson.JSONDecodeError as e:
+                        raise RequestError(400, f"the body is not valid JSON: {e}") from None
+                bars = is_bars_request(payload)
+                batch = bars_batch(payload, serving) if bars else validate_v1(payload, serving.schema)
         request_id = (headers or {}).get("x-request-id") or rid or self._next_request_id()
         return Prepared(serving, batch, v2, _header_safe(str(request_id)[:128]), utcnow(), bars=not v2 and bars)
 

@@ -90,6 +90,23 @@ class Schema:
         return frozenset(self.required) | frozenset(self.optional) | frozenset(META_FIELDS)
 
     @functools.cached_property
+    def v1_decoder(self) -> Any:
+        """A msgspec decoder for the common v1 body: ``{"instances": [...], "parameters": ...?}`` whose every row
+        holds exactly the required features as numbers, plus ``symbol`` / ``timestamp`` as strings (``decode_v1``);
+        None when the schema has optional features (their absence has its own rules) or a feature named like a
+        key of the envelope."""
+        import msgspec
+
+        if self.optional or not self.required or set(self.required) & {*META_FIELDS, "instances", "parameters"}:
+            return None
+        fields = [(f"f{i}", float, msgspec.field(name=c)) for i, c in enumerate(self.required)]
+        row = msgspec.defstruct("Row", [*fields, ("symbol", str, None), ("timestamp", str, None)],
+                                forbid_unknown_fields=True, gc=False)
+        body = msgspec.defstruct("V1", [("instances", list[row]), ("parameters", object, None)],
+                                 forbid_unknown_fields=True)
+        return msgspec.json.Decoder(body)
+
+    @functools.cached_property
     def getter(self) -> Any:
         """The required features of one instance, as a tuple, in C (``operator.itemgetter``)."""
         return itemgetter(*self.required) if len(self.required) > 1 else (lambda d: (d[self.required[0]],))
@@ -257,6 +274,30 @@ _ABSENT: Final = object()
 _FAST_MIN_ROWS: Final = 8  # below this the row loop is quicker than the batch's fixed numpy costs
 
 
+def decode_v1(body: bytes | bytearray | str, schema: Schema) -> Batch | None:
+    """Parse and validate a v1 body in one pass (msgspec, in C: a number where each feature belongs, no key
+    missing or unknown, strings for ``symbol`` / ``timestamp``), for the common body; None for any other (the
+    caller parses it and ``validate_v1`` refuses it with its reason, or accepts what this path does not take).
+    Like ``_fast_v1`` it never refuses and never accepts what ``validate_v1`` would refuse: both give the same
+    batch (tested on generated bodies)."""
+    import msgspec
+    from msgspec.structs import astuple
+
+    decoder = schema.v1_decoder
+    if decoder is None:
+        return None
+    try:
+        rows = decoder.decode(body).instances
+    except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError):  # the last: bytes not UTF-8
+        return None
+    n, k = len(rows), len(schema.required)
+    if not 0 < n <= schema.max_rows:
+        return None
+    cells = np.array(list(map(astuple, rows)), dtype=object)  # n x (features, symbol, timestamp)
+    X = cells[:, :k].astype(np.float64)
+    return _finish(X, cells[:, k].tolist(), cells[:, k + 1].tolist(), None, schema)
+
+
 def _fast_v1(instances: list[Any], schema: Schema) -> Batch | None:
     """The whole batch at once, with no per-row Python beyond C-level ``map``: None when anything is off
     (the row-by-row path then finds and names it), so this path never refuses and never accepts what the
@@ -286,7 +327,17 @@ def _fast_v1(instances: list[Any], schema: Schema) -> Batch | None:
     r_idx, c_idx = np.nonzero((X == 1.0) | (X == 0.0))
     if len(r_idx) and bool in set(map(type, map(getitem, map(rows.__getitem__, r_idx.tolist()), c_idx.tolist()))):
         return None
+    return _finish(X, syms, stamps, _ABSENT, schema)
+
+
+def _finish(X: np.ndarray, syms: list[Any], stamps: list[Any], absent: Any, schema: Schema) -> Batch | None:
+    """The batch of a typed matrix and its rows' symbols and timestamps (``absent`` where a row has none), or
+    None when a value is outside float32, the symbols or timestamps are on some rows only, or one is bad."""
+    n = len(syms)
     if not (np.abs(X) <= F32_MAX).all():
+        return None
+    has_sym, has_ts = _present(syms, absent), _present(stamps, absent)
+    if has_sym is None or has_ts is None:
         return None
     symbols: list[str | None] = [None] * n
     if has_sym:
@@ -306,10 +357,10 @@ def _fast_v1(instances: list[Any], schema: Schema) -> Batch | None:
     return Batch(X=X, columns=schema.columns, symbols=symbols, bar_times=times)
 
 
-def _present(values: list[Any]) -> bool | None:
+def _present(values: list[Any], absent: Any = _ABSENT) -> bool | None:
     """True when every row carries the key, False when none does, None when only some do."""
-    first = values[0] is not _ABSENT
-    return first if all((v is not _ABSENT) is first for v in values) else None
+    first = values[0] is not absent
+    return first if all((v is not absent) is first for v in values) else None
 
 
 def _times_array(times: Sequence[datetime | None]) -> np.ndarray:

@@ -10,6 +10,7 @@ import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -149,6 +150,44 @@ def test_kserve_hands_a_v1_body_over_undecoded_under_the_gateways_content_type()
              (b"ce-type", b"t"), (b"ce-id", b"1")]]
     for headers in kept:
         assert _raw_v1_headers(headers) == headers
+
+
+def test_the_gateway_hands_v1_predictions_to_kserve_under_the_raw_type_and_v2_as_they_came() -> None:
+    """The gateway itself (an ASGI app behind it records what it was given): a v1 prediction's Content-Type is
+    swapped, after the body was read whole; a v2 request and any other route keep theirs."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from tideline.serving.server import RAW_V1_TYPE, GatewayMiddleware
+
+    seen: dict[str, Any] = {}
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        seen[scope["path"]] = (dict(scope["headers"]).get(b"content-type"), (await receive())["body"])
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"x-model-version", b"v1")]})
+        await send({"type": "http.response.body", "body": b"{}"})
+
+    predictor = SimpleNamespace(name="tideline", version="v1", role="active", serving=object(), load_error=None)
+    gateway = GatewayMiddleware(app, predictor=predictor, max_body_bytes=1 << 20)
+
+    async def call(path: str) -> None:
+        body = b'{"instances": []}'
+        scope = {"type": "http", "method": "POST", "path": path, "headers": [
+            (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]}
+        messages = iter([{"type": "http.request", "body": body, "more_body": False}])
+
+        async def receive() -> Any:
+            return next(messages)
+
+        async def send(_: Any) -> None:
+            return None
+
+        await gateway(scope, receive, send)
+
+    for path in ("/v1/models/tideline:predict", "/v2/models/tideline/infer"):
+        asyncio.run(call(path))
+    assert seen["/v1/models/tideline:predict"] == (RAW_V1_TYPE, b'{"instances": []}')
+    assert seen["/v2/models/tideline/infer"] == (b"application/json", b'{"instances": []}')
 
 
 def test_v2_needs_a_json_content_type(fx: Fixture, srv: Server) -> None:

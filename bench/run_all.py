@@ -268,8 +268,16 @@ def main() -> None:
         old = json.loads((HERE / "results.json").read_text())
         meta = old["meta"]
         tags = {" ".join(b) for b in chosen}
-        results = [r for r in old["results"] if r.get("bench") not in tags and r.get("name") not in
-                   {b[0] for b in chosen}] + [r for b in chosen for r in run(b)]
+        new = [r for b in chosen for r in run(b)]
+        names = {r.get("name") for r in new}
+
+        def replaced(r: dict) -> bool:  # an older result of these: tagged with its command, or untagged (older
+            return r.get("bench") in tags or (r.get("bench") is None and r.get("name") in names)  # runs) and named so
+
+        first = next((i for i, r in enumerate(old["results"]) if replaced(r)), len(old["results"]))
+        kept = [r for r in old["results"] if not replaced(r)]
+        at = sum(1 for r in old["results"][:first] if not replaced(r))
+        results = kept[:at] + new + kept[at:]  # in the place of the results they replace
     (HERE / "results.json").write_text(json.dumps({"meta": meta, "results": results}, indent=2) + "\n")
     md = markdown(meta, results)
     (HERE / "RESULTS.md").write_text(md + "\n")

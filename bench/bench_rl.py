@@ -11,7 +11,9 @@ Prints one JSON object per part:
   net Sharpe beats every baseline in >= 80% of the seeds; on noise it passes the gate in none (at most 1 of 20).
 * ``rl_warm_start``: per seed, a policy trained on the first 40% of a planted-signal market; the next 40% learnt
   cold and warm-started from it, both checked along the way on the last 20%: their learning curves and the steps
-  each needs to reach the cold start's final figure (target: fewer for the warm start).
+  each needs to reach the cold start's final figure (target: fewer for the warm start). ``after_flip``: the same
+  on markets whose signal flips where the second 40% begins: what the previous version earns there, whether the
+  warm start was declined (the default ``warm_floor_bps``), and the curve of a warm start forced on anyway.
 """
 
 from __future__ import annotations
@@ -103,19 +105,22 @@ def warm_start(seeds: int = 3) -> dict:
             "median_steps_to_cold_final": {
                 k: float(np.median([r["steps_to_cold_final"][k] for r in runs if r["steps_to_cold_final"][k]
                                     is not None])) for k in ("cold", "warm")},
-            "runs": runs}
+            "runs": runs, "after_flip": [warm_run(seed, flip=True) for seed in range(seeds)]}
 
 
-def warm_run(seed: int) -> dict:
+def warm_run(seed: int, flip: bool = False) -> dict:
     """A policy trained on the first 40% of a planted-signal market (the previous version), then the next 40%
     learnt cold and warm-started from it, each checked ``n_checks`` times on the last 20% (the later rows: a
     learning curve, not a selection): both curves and the steps each needs to reach the cold start's final
-    figure."""
+    figure. ``flip``: the signal flips where the second 40% begins; the warm start is as the defaults decide
+    (``warm``) and forced on (``forced``: ``warm_floor_bps`` -1e9)."""
     from tideline.data import synthetic_market
     from tideline.features import FeatureConfig, build_dataset
     from tideline.models import Market, make_model
 
-    bars = synthetic_market(10, 6000, seed=100 + seed, signal_strength=0.15)
+    n_bars = 6000
+    bars = synthetic_market(10, n_bars, seed=100 + seed, signal_strength=0.15,
+                            shifts=[n_bars * 2 // 5] if flip else None)
     ds = build_dataset(bars, FeatureConfig())
     ts = ds.meta["timestamp"].to_numpy()
     times = np.unique(ts)
@@ -126,8 +131,9 @@ def warm_run(seed: int) -> dict:
     def market(idx: np.ndarray) -> Market:
         return Market(ds.next_return[idx], ds.meta["symbol"].to_numpy()[idx], ts[idx], np.full(len(idx), 1e-4))
 
-    def fit(idx: np.ndarray, previous=None):  # noqa: ANN001
-        m = make_model("rl", seed=seed, params={"n_checks": 12, "warm_fraction": 1.0})  # the same budget: whole curves
+    def fit(idx: np.ndarray, previous=None, **params: float):  # noqa: ANN001, ANN003
+        # the same budget (warm_fraction 1): whole curves
+        m = make_model("rl", seed=seed, params={"n_checks": 12, "warm_fraction": 1.0, **params})
         if previous is not None:
             assert m.warm_start(previous, "previous") is None
         m.fit(ds.X.iloc[idx], ds.y[idx], ds.spec, X_valid=ds.X.iloc[later], y_valid=ds.y[later],
@@ -135,13 +141,15 @@ def warm_run(seed: int) -> dict:
         return m
 
     previous = fit(first)
-    cold, warm = fit(second), fit(second, previous)
-    curve = {k: [(c["steps"], c["valid_net_bps"]) for c in m.fit_info["checks"]] for k, m in
-             (("cold", cold), ("warm", warm))}
+    fits = {"cold": fit(second), "warm": fit(second, previous)}
+    if flip:
+        fits["forced"] = fit(second, previous, warm_floor_bps=-1e9)
+    curve = {k: [(c["steps"], c["valid_net_bps"]) for c in m.fit_info["checks"]] for k, m in fits.items()}
     final = curve["cold"][-1][1]
     reach = {k: next((st for st, v in c if v >= final), None) for k, c in curve.items()}
-    return {"seed": seed, "rows_second": int(len(second)), "cold_final_bps": final, "steps_to_cold_final": reach,
-            "curves": curve}
+    return {"seed": seed, "flip": flip, "rows_second": int(len(second)), "cold_final_bps": final,
+            "steps_to_cold_final": reach, "warm_start": fits["warm"].fit_info.get("warm_start"),
+            "best_bps": {k: max(v for _, v in c) for k, c in curve.items()}, "curves": curve}
 
 
 def main() -> None:

@@ -245,9 +245,24 @@ def markdown(meta: dict, results: list[dict]) -> str:
                   f"{x['steps_to_cold_final']['cold']:,} | not reached |" for x in r["runs"]],
                 "",
             ]
+            if r.get("after_flip"):
+                lines += [
+                    "| rl warm start after a flip of the signal (bench_rl.py): steps to the cold start's final figure, "
+                    "and the best checked figure | cold | warm (as decided) | warm forced on |", "|---|---|---|---|",
+                    *[f"| seed {x['seed']} (cold final {x['cold_final_bps']} bps per row; "
+                      + ("warm start declined: " + str((x.get('warm_start') or {}).get('why_not'))
+                         if (x.get('warm_start') or {}).get('why_not') else "warm start kept") + ") | "
+                      + " | ".join(f"{_steps(x['steps_to_cold_final'][k])}, best {x['best_bps'][k]} bps"
+                                   for k in ("cold", "warm", "forced")) + " |" for x in r["after_flip"]],
+                    "",
+                ]
         elif "error" in r:
             lines += [f"{r['name']}: failed: {r['error']}", ""]
     return "\n".join(lines)
+
+
+def _steps(n: int | None) -> str:
+    return "not reached" if n is None else f"{n:,} steps"
 
 
 def _cell(v: object) -> str:

@@ -250,6 +250,35 @@ def test_warm_start_reaches_the_cold_result_in_fewer_steps() -> None:
     assert "width" in other.warm_start(previous, "v1")
 
 
+def test_a_warm_start_from_a_policy_the_market_moved_under_is_declined() -> None:
+    """After the signal flips, the previous version loses on the new validation rows: starting from it would
+    first mean unlearning it, so the fit starts cold with the whole budget and says why. Where it still earns,
+    it is started from."""
+    X, m, spec = _market_data(2400, 4, seed=3)
+    ts = np.sort(np.unique(m.timestamp))
+    first = np.flatnonzero(m.timestamp < ts[800])
+    second = np.flatnonzero((m.timestamp >= ts[800]) & (m.timestamp < ts[1600]))
+    test = np.flatnonzero(m.timestamp >= ts[1600])
+    previous = _fit(X, m, spec, first, seed=1)
+    flipped = Market(np.where(m.timestamp >= ts[800], -m.next_return, m.next_return), m.symbol, m.timestamp,
+                     m.unit_cost)
+
+    def warm_fit(market: Market) -> PolicyModel:
+        model = make_model("rl", seed=2, params=FAST, n_threads=1)
+        assert model.warm_start(previous, "v1") is None
+        model.fit(X.iloc[second], np.zeros(len(second)), spec, X_valid=X.iloc[test], y_valid=np.zeros(len(test)),
+                  market=_take(market, second), valid_market=_take(market, test))
+        return model  # type: ignore[return-value]
+
+    kept, declined = warm_fit(m), warm_fit(flipped)
+    assert kept.fit_info["warm_start"] == {"from": "v1"}
+    assert kept.fit_info["checks"][0]["phase"] == "warm start" and kept.fit_info["checks"][0]["valid_net_bps"] > 0
+    why = declined.fit_info["warm_start"]["why_not"]
+    assert declined.fit_info["warm_start"]["from"] is None and "the market moved under it" in why, why
+    assert declined.fit_info["timesteps"] > kept.fit_info["timesteps"]  # the whole budget, not warm_fraction of it
+    assert all(c["phase"] != "warm start" for c in declined.fit_info["checks"])
+
+
 # ---------------------------------------------------------------------------------------------- the cycle
 
 

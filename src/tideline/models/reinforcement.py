@@ -19,7 +19,10 @@ episodes at once (``BarsVecEnv``: ``BarsEnv``'s arithmetic vectorised in numpy),
 ``n_checks`` times on the purged validation rows; the one whose positions earned the most there, net of costs,
 is kept. ``warm_start(previous)`` starts from a previous version's weights (same inputs and network; checked on
 the validation rows before any step, and kept unless training betters it), and then only ``warm_fraction`` of
-the steps are run; ``fine_tune_on(X, market)`` adds experience rows (served
+the steps are run — unless the previous policy earns no more than ``warm_floor_bps`` (0) a row on the
+validation rows, net of costs: then the market moved under it (after a flip it would have to unlearn what it
+knew, slower than learning afresh), so it is a cold start with the whole budget, and ``fit_info["warm_start"]``
+says why; ``fine_tune_on(X, market)`` adds experience rows (served
 predictions with realized outcomes, ``tideline.monitoring.experience``) that, after the pre-training on history,
 train the policy ``finetune_passes`` x their rows more steps, their episodes drawn by the market's weights.
 
@@ -270,12 +273,14 @@ class PolicyModel(Model):
     @classmethod
     def default_params(cls) -> dict[str, Any]:
         """Network (``width`` x ``depth``, tanh), PPO settings, the step budget (``passes`` over the rows,
-        within ``min_timesteps`` .. ``max_timesteps``), episodes, validation checks, warm start and fine-tuning."""
+        within ``min_timesteps`` .. ``max_timesteps``), episodes, validation checks, warm start (``warm_floor_bps``:
+        what the previous policy must earn on the validation rows, bps a row net, to be started from) and
+        fine-tuning."""
         return {
             "width": 64, "depth": 2, "learning_rate": 3e-4, "n_envs": 64, "n_steps": 64, "batch_size": 1024,
             "n_epochs": 4, "gamma": 0.5, "gae_lambda": 0.95, "clip_range": 0.2, "ent_coef": 0.001,
             "passes": 8.0, "min_timesteps": 50_000, "max_timesteps": 2_000_000, "episode_bars": 128,
-            "n_checks": 6, "warm_fraction": 0.5, "finetune_passes": 4.0,
+            "n_checks": 6, "warm_fraction": 0.5, "warm_floor_bps": 0.0, "finetune_passes": 4.0,
         }
 
     @classmethod
@@ -306,9 +311,24 @@ class PolicyModel(Model):
         self._experience = (X, market)
 
     # -- training -----------------------------------------------------------------------------------
-    def _scale_obs(self, X: np.ndarray) -> np.ndarray:
-        z = (X - self._center) / self._scale
+    def _scale_obs(self, X: np.ndarray, scaler: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
+        center, scale = scaler if scaler is not None else (self._center, self._scale)
+        z = (X - center) / scale
         return np.clip(np.nan_to_num(z, nan=0.0, posinf=CLIP, neginf=-CLIP), -CLIP, CLIP).astype(np.float32)
+
+    def _warm_earns(self, X_valid: np.ndarray) -> float:
+        """What the previous version's policy earns on the validation rows (mean net return a row), as it would
+        have traded them: its own weights and input scaling."""
+        import torch
+
+        assert self._warm is not None and self._valid_market is not None
+        depth = int(self.params["depth"])
+        actor = _actor(len(self.columns), int(self.params["width"]), depth)
+        actor.load_state_dict(_actor_state(self._warm[0], depth), strict=True)
+        valid = Episodes(self._scale_obs(X_valid, self._warm_scaler), self._valid_market, 1.0)
+        with _TorchSettings(self.n_threads, deterministic=True), torch.inference_mode():
+            pos = ACTIONS[actor(torch.from_numpy(valid.obs)).argmax(dim=1).numpy()]
+        return net_mean_reward(pos, valid)
 
     def _fit(self, X: np.ndarray, y: np.ndarray, X_valid: np.ndarray | None, y_valid: np.ndarray | None) -> None:
         import torch
@@ -320,6 +340,13 @@ class PolicyModel(Model):
         if self._warm is not None and self._warm_columns != self.columns:
             warm_reason = f"{self._warm[1] or 'the previous version'} reads other columns"
             self._warm = None
+        if self._warm is not None and X_valid is not None and self._valid_market is not None:
+            earned = self._warm_earns(X_valid) * 1e4
+            if earned <= float(p["warm_floor_bps"]):  # no head start to keep: it would first have to unlearn
+                warm_reason = (f"{self._warm[1] or 'the previous version'} earns {earned:.2f} bps a row on the "
+                               f"validation rows, net of costs (floor {float(p['warm_floor_bps']):g}): the market "
+                               "moved under it")
+                self._warm = None
         if self._warm is not None:  # the previous version's scaling: its weights were learnt on it
             self._center, self._scale = self._warm_scaler
         else:

@@ -486,6 +486,9 @@ def fit_model(family: str, ds: Dataset, idx: np.ndarray, settings: Settings, cap
         prepare(model)
     model.fit(ds.X.iloc[fit_idx], ds.y[fit_idx], ds.spec, **kw)
     notes = getattr(prepare, "notes", None)
+    declined = (model.fit_info.get("warm_start") or {}).get("why_not")
+    if notes is not None and declined:  # the policy looked at the previous version and started cold
+        notes.append(f"cold start after all: {declined}")
     if notes:
         model.fit_info["preparation"] = list(notes)
         log.info("%s: %s", family, "; ".join(notes))

@@ -309,7 +309,6 @@ class ControlPlaneCollector:
                 drift.add_metric([version], float(share))
         return [acc, sharpe, mae, n, drift]
 
-
     def _alert_metrics(self) -> list[Metric]:
         from tideline.loop.alerts import ALERTS_PREFIX, RESOLVED_PREFIX, read_alerts
 
@@ -330,7 +329,6 @@ class ControlPlaneCollector:
         sent.add_metric(["sent"], ok)
         sent.add_metric(["failed"], failed)
         return [open_, sent]
-
 
     def _experience_metrics(self) -> list[Metric]:
         passes = self._passes()

@@ -224,15 +224,21 @@ def test_validation_picks_the_checkpoint() -> None:
     assert model.fit_info["valid_net_bps"] == max(c["valid_net_bps"] for c in checks)
 
 
-def test_warm_start_reaches_the_cold_result_in_fewer_steps() -> None:
-    """A version trained on the first period, fine-tuned on the next: it starts where the cold one has to get
-    to, so half the steps reach the cold start's result on the later hold-out."""
+@pytest.fixture(scope="module")
+def periods() -> tuple[pd.DataFrame, Market, Spec, np.ndarray, np.ndarray, PolicyModel]:
+    """A market in three periods: the previous version trained on the first; the second's and the last's rows."""
     X, m, spec = _market_data(2400, 4, seed=3)
     ts = np.sort(np.unique(m.timestamp))
     first = np.flatnonzero(m.timestamp < ts[800])
     second = np.flatnonzero((m.timestamp >= ts[800]) & (m.timestamp < ts[1600]))
     test = np.flatnonzero(m.timestamp >= ts[1600])
-    previous = _fit(X, m, spec, first, seed=1)
+    return X, m, spec, second, test, _fit(X, m, spec, first, seed=1)
+
+
+def test_warm_start_reaches_the_cold_result_in_fewer_steps(periods) -> None:  # noqa: ANN001
+    """A version trained on the first period, fine-tuned on the next: it starts where the cold one has to get
+    to, so half the steps reach the cold start's result on the later hold-out."""
+    X, m, spec, second, test, previous = periods
     meta = pd.DataFrame({"timestamp": m.timestamp[test], "symbol": m.symbol[test]})
 
     def score(model: PolicyModel) -> float:
@@ -250,18 +256,13 @@ def test_warm_start_reaches_the_cold_result_in_fewer_steps() -> None:
     assert "width" in other.warm_start(previous, "v1")
 
 
-def test_a_warm_start_from_a_policy_the_market_moved_under_is_declined() -> None:
+def test_a_warm_start_from_a_policy_the_market_moved_under_is_declined(periods) -> None:  # noqa: ANN001
     """After the signal flips, the previous version loses on the new validation rows: starting from it would
     first mean unlearning it, so the fit starts cold with the whole budget and says why. Where it still earns,
     it is started from."""
-    X, m, spec = _market_data(2400, 4, seed=3)
-    ts = np.sort(np.unique(m.timestamp))
-    first = np.flatnonzero(m.timestamp < ts[800])
-    second = np.flatnonzero((m.timestamp >= ts[800]) & (m.timestamp < ts[1600]))
-    test = np.flatnonzero(m.timestamp >= ts[1600])
-    previous = _fit(X, m, spec, first, seed=1)
-    flipped = Market(np.where(m.timestamp >= ts[800], -m.next_return, m.next_return), m.symbol, m.timestamp,
-                     m.unit_cost)
+    X, m, spec, second, test, previous = periods
+    flipped = Market(np.where(m.timestamp >= m.timestamp[second].min(), -m.next_return, m.next_return), m.symbol,
+                     m.timestamp, m.unit_cost)
 
     def warm_fit(market: Market) -> PolicyModel:
         model = make_model("rl", seed=2, params=FAST, n_threads=1)
